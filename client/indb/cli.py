@@ -1,0 +1,132 @@
+"""The `indb` command line.
+
+Core commands live here (db, psql, dsn, install, info, demo). Feature areas add their own commands in
+modules named ``indb/cmd_*.py`` exposing ``register(subparsers)``; they are found automatically.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+
+from . import __version__
+from .errors import IndbError
+from .localdb import Cluster
+
+
+def _cmd_db(args) -> int:
+    cluster = Cluster.local()
+    if args.action == "start":
+        print(f"indb db: {cluster.start()} ({cluster.data}, port {cluster.port})")
+    elif args.action == "stop":
+        print(f"indb db: {cluster.stop()}")
+    else:
+        st = cluster.status()
+        print(json.dumps(st, indent=2))
+        return 0 if st["running"] else 3
+    return 0
+
+
+def _cmd_psql(args) -> int:
+    cluster = Cluster.local()
+    argv = cluster.psql_args(args.dbname) + list(args.rest)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def _cmd_dsn(args) -> int:
+    print(Cluster.local().dsn(args.dbname, tcp=args.tcp))
+    return 0
+
+
+def _cmd_install(args) -> int:
+    from .install import install
+
+    dsn = args.dsn or os.environ.get("INDB_DSN")
+    if not dsn:
+        cluster = Cluster.local()
+        if not cluster.running():
+            print(f"indb install: {cluster.start()}", file=sys.stderr)
+        dsn = cluster.dsn()
+    if args.venv is None:
+        from .localdb import ensure_server_can_reach, repo_root
+
+        ensure_server_can_reach([__import__("pathlib").Path(sys.prefix), repo_root() / "plpython"])
+    summary = install(dsn, venv=args.venv, target=args.revision, check_runtime=not args.no_runtime_check)
+    print(f"indb install: schema at revision {summary['to']} (was {summary['from'] or 'empty'}), "
+          f"{len(summary['sql_files'])} sql files applied, runtime venv {summary['venv']}, "
+          f"{summary['seconds']} s")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .client import connect
+
+    with connect(args.dsn) as c:
+        print(json.dumps(c.runtime_info(), indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run
+
+    return run(args.dsn, only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="indb", description="indb: machine learning inside PostgreSQL")
+    p.add_argument("--version", action="version", version=f"indb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the project's local PostgreSQL cluster")
+    db.add_argument("action", choices=["start", "stop", "status"])
+    db.set_defaults(func=_cmd_db)
+
+    ps = sub.add_parser("psql", help="psql into the local database (extra arguments go to psql)")
+    ps.add_argument("--dbname", default="indb")
+    ps.add_argument("rest", nargs=argparse.REMAINDER)
+    ps.set_defaults(func=_cmd_psql)
+
+    dsn = sub.add_parser("dsn", help="print a libpq connection string for the local database")
+    dsn.add_argument("--dbname", default="indb")
+    dsn.add_argument("--tcp", action="store_true", help="TCP on 127.0.0.1 with the cluster's password instead of the socket")
+    dsn.set_defaults(func=_cmd_dsn)
+
+    ins = sub.add_parser("install", help="install or upgrade the indb schema (alembic upgrade + sql/)")
+    ins.add_argument("--dsn", help="target database (default: $INDB_DSN, else the local cluster)")
+    ins.add_argument("--venv", help="runtime venv path as the server sees it (default: this Python's venv)")
+    ins.add_argument("--revision", default="head", help="alembic revision to upgrade to (default head)")
+    ins.add_argument("--no-runtime-check", action="store_true", help="do not check the runtime from inside the server")
+    ins.set_defaults(func=_cmd_install)
+
+    info = sub.add_parser("info", help="print ml.runtime_info() of the database")
+    info.add_argument("--dsn")
+    info.set_defaults(func=_cmd_info)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on real data")
+    demo.add_argument("--dsn")
+    demo.add_argument("--only", action="append", help="run only these demo steps (repeatable)")
+    demo.set_defaults(func=_cmd_demo)
+
+    pkg = importlib.import_module("indb")
+    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("cmd_")):
+        importlib.import_module(f"indb.{mod}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except IndbError as e:
+        print(f"indb {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

