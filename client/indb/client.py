@@ -21,8 +21,8 @@ def default_dsn() -> str:
     return os.environ.get("INDB_DSN") or Cluster.local().dsn()
 
 
-class Client:
-    """``indb.connect()`` returns one. Feature areas hang off it as small namespaces."""
+class Base:
+    """Plumbing shared by the feature-area mixins: one connection, SQLSTATE-mapped errors."""
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
@@ -58,7 +58,8 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- runtime -----------------------------------------------------------------------------
+
+class RuntimeAPI(Base):
     def version(self) -> str:
         return self.scalar("select ml.version()")
 
@@ -68,12 +69,18 @@ class Client:
     def warmup(self, model: str = "all-MiniLM-L6-v2") -> dict:
         return self.scalar("select ml.warmup(%s)", [model])
 
-    # -- embeddings --------------------------------------------------------------------------
-    def embed(self, inputs: str | list[str], model: str = "all-MiniLM-L6-v2"):
-        """One text -> numpy vector; a list -> list of vectors (one model call in the server)."""
-        if isinstance(inputs, str):
-            return self.scalar("select ml.embed(%s, %s::text)", [model, inputs])
-        return self.scalar("select ml.embed(%s, %s::text[])", [model, list(inputs)])
+
+
+from .embeddings import EmbeddingsAPI  # noqa: E402
+from .collections import CollectionsAPI  # noqa: E402
+from .training import TrainingAPI  # noqa: E402
+from .tracking import TrackingAPI  # noqa: E402
+from .features import FeaturesMixin  # noqa: E402
+
+
+class Client(RuntimeAPI, EmbeddingsAPI, CollectionsAPI, TrainingAPI, TrackingAPI, FeaturesMixin):
+    """``indb.connect()`` returns one. Each feature area is a mixin in its own module; every method
+    calls one SQL function of the public API."""
 
 
 def connect(dsn: str | None = None, autocommit: bool = True, **kwargs) -> Client:
