@@ -48,6 +48,7 @@ def default_port(state: Path) -> int:
 class Cluster:
     state: Path
     port: int
+    pg_bin: Path = PG_BIN
 
     @classmethod
     def local(cls) -> "Cluster":
@@ -127,7 +128,7 @@ class Cluster:
         self._own(pwfile)
         pwfile.chmod(0o600)
         try:
-            r = self._as_server([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+            r = self._as_server([str(self.pg_bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                                  "--pwfile", str(pwfile), "-E", "UTF8", "--locale=C.UTF-8",
                                  "--auth-local=trust", "--auth-host=scram-sha-256"])
         finally:
@@ -169,7 +170,7 @@ lc_messages = 'C.UTF-8'
     def running(self) -> bool:
         if not self.initialized():
             return False
-        r = self._as_server([str(PG_BIN / "pg_ctl"), "status", "-D", str(self.data)])
+        r = self._as_server([str(self.pg_bin / "pg_ctl"), "status", "-D", str(self.data)])
         return r.returncode == 0
 
     def start(self) -> str:
@@ -186,7 +187,7 @@ lc_messages = 'C.UTF-8'
             stale = "a stale postmaster.pid (left by a crash) - Postgres will recover"
         else:
             stale = ""
-        r = self._as_server([str(PG_BIN / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.logfile),
+        r = self._as_server([str(self.pg_bin / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.logfile),
                              "-w", "-t", "120"])
         if r.returncode != 0:
             tail = _tail(self.logfile, 20)
@@ -200,7 +201,7 @@ lc_messages = 'C.UTF-8'
     def stop(self) -> str:
         if not self.running():
             return "not running"
-        r = self._as_server([str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "120"])
+        r = self._as_server([str(self.pg_bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "120"])
         if r.returncode != 0:
             raise ClusterError(f"pg_ctl stop failed: {r.stdout}{r.stderr}")
         return "stopped"
@@ -235,14 +236,14 @@ lc_messages = 'C.UTF-8'
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", str(self.run), "-p", str(self.port), "-q"])
+            r = subprocess.run([str(self.pg_bin / "pg_isready"), "-h", str(self.run), "-p", str(self.port), "-q"])
             if r.returncode == 0:
                 return
             time.sleep(0.2)
         raise ClusterError(f"server not ready after {timeout}s; see {self.logfile}")
 
     def psql_args(self, dbname: str = DB_NAME) -> list[str]:
-        return [str(PG_BIN / "psql"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, "-d", dbname]
+        return [str(self.pg_bin / "psql"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, "-d", dbname]
 
     def _ensure_database(self) -> None:
         r = subprocess.run(self.psql_args("postgres") + ["-tAc", f"select 1 from pg_database where datname = '{DB_NAME}'"],
@@ -250,7 +251,7 @@ lc_messages = 'C.UTF-8'
         if r.returncode != 0:
             raise ClusterError(r.stderr)
         if r.stdout.strip() != "1":
-            r = subprocess.run([str(PG_BIN / "createdb"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, DB_NAME],
+            r = subprocess.run([str(self.pg_bin / "createdb"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, DB_NAME],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise ClusterError(f"createdb {DB_NAME} failed: {r.stderr}")

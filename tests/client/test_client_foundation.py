@@ -1,0 +1,62 @@
+"""The thin client and the CLI against the real database."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import indb
+
+BIN = Path(sys.prefix) / "bin"
+
+
+def test_connect_registers_vector_types_and_embeds(client):
+    v = client.embed("PostgreSQL keeps the embeddings next to the rows")
+    assert isinstance(v, np.ndarray) and v.shape == (384,)
+    assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-3, "MiniLM vectors are normalized"
+    many = client.embed(["first", "second", "third"])
+    assert len(many) == 3 and all(m.shape == (384,) for m in many)
+    assert client.version() == indb.__version__
+
+
+def test_unknown_model_raises_not_found_with_the_registered_names(client):
+    with pytest.raises(indb.NotFound) as ei:
+        client.embed("hello", model="no-such-model")
+    assert ei.value.sqlstate == "42704"
+    assert "no-such-model" in str(ei.value) and "all-MiniLM-L6-v2" in str(ei.value)
+
+
+def test_sql_errors_keep_their_sqlstate_class(client):
+    with pytest.raises(indb.InvalidInput) as ei:
+        client.call("select 1/0")
+    assert ei.value.sqlstate == "22012"
+    assert client.scalar("select 1") == 1, "the connection stays usable after an error"
+
+
+def test_cli_dsn_works_with_psql_and_psycopg(cluster):
+    dsn = subprocess.run([str(BIN / "indb"), "dsn"], capture_output=True, text=True, check=True).stdout.strip()
+    assert dsn == cluster.dsn()
+    out = subprocess.run(["psql", dsn, "-Atc", "select ml.runtime_info()->>'python'"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("3.11")
+    tcp = subprocess.run([str(BIN / "indb"), "dsn", "--tcp"], capture_output=True, text=True, check=True).stdout.strip()
+    assert "host=127.0.0.1" in tcp
+    with indb.connect(tcp) as c:
+        assert c.scalar("select inet_client_addr()::text") == "127.0.0.1/32"
+
+
+def test_cli_db_status_reports_the_running_cluster():
+    out = subprocess.run([str(BIN / "indb"), "db", "status"], capture_output=True, text=True)
+    assert out.returncode == 0 and '"running": true' in out.stdout
+
+
+def test_cli_install_error_is_one_clear_line_and_exit_1(empty_db):
+    dsn = empty_db("indb_cli")
+    out = subprocess.run([str(BIN / "indb"), "install", "--dsn", dsn, "--venv", "/nonexistent"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "indb install: error:" in out.stderr and "/nonexistent" in out.stderr
+    assert "Traceback" not in out.stderr

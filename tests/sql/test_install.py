@@ -1,0 +1,111 @@
+"""Schema install by migrations: fresh install == upgrade from the first revision; reinstall is a no-op;
+a failing install leaves nothing behind; the runtime is reachable from inside the server."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from indb.install import head_revision, install
+from indb.localdb import PG_BIN
+
+
+def schema_snapshot(dsn: str) -> str:
+    """pg_dump --schema-only of the indb schemas, normalized (no comments with db names, no blank runs)."""
+    r = subprocess.run([str(PG_BIN / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
+                        "-n", "ml", "-n", "registry", "-n", "audit", "-n", "features", "-d", dsn],
+                       capture_output=True, text=True, check=True)
+    lines = [l for l in r.stdout.splitlines() if l and not l.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
+             and "pg_catalog.set_config('search_path'" not in l]
+    return "\n".join(lines)
+
+
+def test_upgrade_from_first_revision_equals_fresh_install(empty_db):
+    fresh, upgraded = empty_db("indb_fresh"), empty_db("indb_upgraded")
+    install(fresh, venv=sys.prefix)
+    first = install(upgraded, venv=sys.prefix, target="0001", apply_sql=False)
+    assert first["to"] == "0001"
+    second = install(upgraded, venv=sys.prefix)
+    assert second["from"] == "0001" and second["to"] == head_revision()
+    a, b = schema_snapshot(fresh), schema_snapshot(upgraded)
+    assert "CREATE TABLE registry.runs" in a
+    assert a == b
+
+
+def test_reinstall_is_idempotent_and_keeps_data(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as c:
+        c.execute("insert into registry.experiments(name) values ('keep-me') on conflict do nothing")
+    again = install(db_dsn, venv=sys.prefix)
+    assert again["from"] == again["to"] == head_revision()
+    with psycopg.connect(db_dsn) as c:
+        assert c.execute("select count(*) from registry.experiments where name = 'keep-me'").fetchone()[0] == 1
+        assert c.execute("select count(*) from ml.installs").fetchone()[0] >= 2
+
+
+def test_failed_install_rolls_back_everything(empty_db, tmp_path, monkeypatch):
+    """A broken sql/ file makes the whole install fail: no schema, no alembic version, no half state."""
+    import indb.install as inst
+
+    dsn = empty_db("indb_broken")
+    good = inst.sql_files()
+    broken = tmp_path / "999-broken.sql"
+    broken.write_text("create function ml.broken() returns int language sql as $$ select no_such_column $$;")
+    monkeypatch.setattr(inst, "sql_files", lambda: [*good, broken])
+    with pytest.raises(inst.InstallError, match="999-broken.sql"):
+        inst.install(dsn, venv=sys.prefix)
+    with psycopg.connect(dsn) as c:
+        assert c.execute("select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')").fetchone()[0] == 0
+        assert c.execute("select count(*) from pg_extension where extname = 'vector'").fetchone()[0] == 0
+
+
+def test_install_refuses_a_venv_the_server_cannot_use(empty_db):
+    dsn = empty_db("indb_badvenv")
+    with pytest.raises(inst_error(), match="cannot load the indb runtime") as ei:
+        install(dsn, venv="/nonexistent/venv")
+    assert "--venv" in str(ei.value)
+    with psycopg.connect(dsn) as c:
+        assert c.execute("select to_regnamespace('ml') is null").fetchone()[0]
+
+
+def inst_error():
+    from indb.errors import InstallError
+
+    return InstallError
+
+
+def test_runtime_info_from_sql(sconn):
+    info = sconn.execute("select ml.runtime_info()").fetchone()[0]
+    assert info["python"].startswith("3.11")
+    assert info["venv"] == sys.prefix
+    assert info["device"] in ("cpu", "cuda")
+    assert info["packages"]["torch"].startswith("2.13.0")
+    assert info["env"]["OMP_WAIT_POLICY"] == "PASSIVE" and info["env"]["HF_HUB_OFFLINE"] == "1"
+    assert info["torch_threads"] >= 1
+    assert sconn.execute("select ml.version()").fetchone()[0] == info["indb_runtime"]
+
+
+def test_warmup_loads_the_default_model_once(sconn):
+    first = sconn.execute("select ml.warmup()").fetchone()[0]
+    assert first["model"] == "all-MiniLM-L6-v2"
+    info = sconn.execute("select ml.runtime_info()").fetchone()[0]
+    assert "all-MiniLM-L6-v2" in info["loaded_models"]
+    assert {"torch", "sentence_transformers", "xgboost"} <= set(info["imported"])
+    second = sconn.execute("select ml.warmup()").fetchone()[0]
+    assert second["total_s"] < 1.0, "second warm-up in the same backend must reuse the loaded model"
+
+
+def test_embedding_inside_the_database_is_real(sconn):
+    row = sconn.execute(
+        "select vector_dims(ml.embed('all-MiniLM-L6-v2', 'a cat sat on the mat')), "
+        "       ml.embed('all-MiniLM-L6-v2', 'a cat sat on the mat') <=> ml.embed('all-MiniLM-L6-v2', 'a kitten rested on a rug'), "
+        "       ml.embed('all-MiniLM-L6-v2', 'a cat sat on the mat') <=> ml.embed('all-MiniLM-L6-v2', 'quarterly tax filing deadline')"
+    ).fetchone()
+    assert row[0] == 384
+    assert row[1] < row[2], "a paraphrase must be closer than unrelated text"
+
+
+def test_pg_cron_is_preloaded_in_the_cluster(sconn):
+    assert re.search(r"\bpg_cron\b", sconn.execute("show shared_preload_libraries").fetchone()[0])

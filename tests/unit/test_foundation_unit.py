@@ -1,0 +1,117 @@
+"""Foundation pieces that need no database: versions agree, errors map, bootstrap, progress."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_client_and_runtime_versions_agree():
+    import indb
+    import indb_runtime
+
+    assert indb.__version__ == indb_runtime.__version__
+    for pyproject in ("client/pyproject.toml", "plpython/pyproject.toml"):
+        text = (REPO / pyproject).read_text()
+        assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == indb.__version__, pyproject
+
+
+def test_sql_version_is_rendered_from_the_client_version():
+    from indb import __version__
+    from indb.install import render_sql, sql_files
+
+    files = sql_files()
+    assert files[0].name.startswith("000-"), "the runtime bootstrap must be applied first"
+    runtime = render_sql(files[0])
+    assert f"select '{__version__}'::text" in runtime
+    assert "@INDB_VERSION@" not in runtime
+
+
+def test_every_plpython_function_in_sql_is_parallel_unsafe_and_bootstraps():
+    """plpy.execute in a parallel worker fails: every plpython3u function must say PARALLEL UNSAFE."""
+    from indb.install import sql_files
+
+    offenders = []
+    for f in sql_files():
+        text = f.read_text()
+        for m in re.finditer(r"create or replace function\s+([\w.]+)\s*\((.*?)\$\$(.*?)\$\$", text, re.S | re.I):
+            header, body = m.group(2), m.group(3)
+            if "plpython3u" in header.lower() and "parallel unsafe" not in header.lower():
+                offenders.append(f"{f.name}:{m.group(1)}")
+    assert not offenders, f"plpython3u functions without PARALLEL UNSAFE: {offenders}"
+
+
+def test_migrations_form_one_linear_chain_from_0001():
+    from alembic.script import ScriptDirectory
+
+    from indb.install import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = script.get_heads()
+    assert len(heads) == 1, f"more than one head: {heads}"
+    revs = list(script.walk_revisions())
+    assert revs[-1].revision == "0001" and revs[-1].down_revision is None
+
+
+@pytest.mark.parametrize("sqlstate,cls", [
+    ("57014", "Canceled"), ("42501", "PermissionDenied"), ("42704", "NotFound"), ("42P01", "NotFound"),
+    ("22023", "InvalidInput"), ("23505", "ConflictError"), ("38000", "RuntimeFailure"), (None, "IndbError"),
+])
+def test_sqlstates_map_to_the_exception_hierarchy(sqlstate, cls):
+    import indb
+    from indb.errors import from_sqlstate
+
+    assert from_sqlstate(sqlstate) is getattr(indb, cls)
+    assert issubclass(from_sqlstate(sqlstate), indb.IndbError)
+
+
+def test_bootstrap_sets_environment_and_refuses_a_version_mismatch(monkeypatch):
+    from indb_runtime import bootstrap
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(bootstrap, "STATE", {"activated_at": None, "venv": None, "models": {}})
+    with pytest.raises(bootstrap.RuntimeMismatch, match="0.0.0-other"):
+        bootstrap.activate("/nonexistent", "0.0.0-other")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    out = bootstrap.activate("/some/venv", bootstrap.__version__)
+    assert out["venv"] == "/some/venv"
+
+
+def test_runtime_errors_carry_sqlstate_through_plpy():
+    from fakeplpy import FakeError, FakePlpy
+
+    from indb_runtime import errors
+
+    plpy = FakePlpy()
+
+    def boom():
+        raise errors.invalid("k must be positive", hint="pass k >= 1")
+
+    with pytest.raises(FakeError) as ei:
+        errors.call(plpy, boom)
+    assert ei.value.sqlstate == "22023" and "k must be positive" in str(ei.value) and ei.value.hint == "pass k >= 1"
+
+
+def test_progress_reports_rate_and_time_left():
+    from indb.progress import Progress
+
+    lines = []
+    p = Progress(total=100, label="embedding", out=lines.append, every_s=0)
+    p.t0 -= 10  # pretend 10 s went by
+    p.update(50)
+    assert re.search(r"embedding: 50/100 rows, [\d.]+ rows/s, [\d.]+ s elapsed, ~\d+ s left", lines[-1]), lines[-1]
+
+
+def test_default_port_is_stable_per_state_folder(monkeypatch):
+    from indb.localdb import default_port
+
+    monkeypatch.delenv("INDB_PORT", raising=False)
+    a, b = default_port(Path("/x/a/.state")), default_port(Path("/x/b/.state"))
+    assert a == default_port(Path("/x/a/.state")) and 54000 <= a < 55000 and 54000 <= b < 55000
+    monkeypatch.setenv("INDB_PORT", "6543")
+    assert default_port(Path("/x/a/.state")) == 6543
