@@ -1,0 +1,1 @@
+"""indb benchmarks: one script per question; results written to benchmarks/results/."""
