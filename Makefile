@@ -50,7 +50,7 @@ install: db
 demo: install
 	@$(INDB) demo
 
-test: db
+test: install
 	@set +e; $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected" >&2; exit 0; fi; exit $$rc
 
