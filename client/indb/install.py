@@ -34,8 +34,16 @@ def sql_files() -> list[Path]:
     return sorted((repo_root() / "sql").glob("*.sql"))
 
 
-def render_sql(path: Path) -> str:
-    return path.read_text().replace("@INDB_VERSION@", __version__)
+PINNED_SEARCH_PATH = "search_path = pg_catalog, pg_temp"
+
+
+def render_sql(path: Path, vector_schema: str = "public") -> str:
+    """The text of a sql/ file as installed: @INDB_VERSION@ filled in, and every pinned
+    ``search_path = pg_catalog, pg_temp`` widened with the schema that holds the vector extension
+    (its types and operators must resolve inside functions; the schema is wherever the database
+    already has pgvector, usually public)."""
+    pinned = f'search_path = pg_catalog, "{vector_schema}", pg_temp' if vector_schema != "pg_catalog" else PINNED_SEARCH_PATH
+    return path.read_text().replace("@INDB_VERSION@", __version__).replace(PINNED_SEARCH_PATH, pinned)
 
 
 def alembic_config():
@@ -100,10 +108,13 @@ def install(dsn: str, venv: str | None = None, target: str = "head", apply_sql: 
                     psql.Identifier(dbapi.info.dbname), psql.Literal(venv)))
                 cur.execute("select set_config('indb.venv', %s, true)", [venv])
                 applied = []
+                cur.execute("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+                            "where e.extname = 'vector'")
+                vector_schema = cur.fetchone()[0]
                 if apply_sql:
                     for f in sql_files():
                         try:
-                            cur.execute(render_sql(f))
+                            cur.execute(render_sql(f, vector_schema))
                         except psycopg.Error as e:
                             raise InstallError(f"applying {f.relative_to(repo_root())} failed: {e}",
                                                sqlstate=getattr(e, "sqlstate", None)) from e

@@ -115,3 +115,12 @@ def test_default_port_is_stable_per_state_folder(monkeypatch):
     assert a == default_port(Path("/x/a/.state")) and 54000 <= a < 55000 and 54000 <= b < 55000
     monkeypatch.setenv("INDB_PORT", "6543")
     assert default_port(Path("/x/a/.state")) == 6543
+
+
+def test_pinned_search_path_is_widened_with_the_vector_schema(tmp_path):
+    from indb.install import render_sql
+
+    f = tmp_path / "x.sql"
+    f.write_text("create function ml.f() returns int language sql set search_path = pg_catalog, pg_temp as $$ select 1 $$;")
+    assert 'search_path = pg_catalog, "extensions", pg_temp' in render_sql(f, "extensions")
+    assert 'search_path = pg_catalog, "public", pg_temp' in render_sql(f)
