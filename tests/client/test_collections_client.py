@@ -1,0 +1,42 @@
+"""The Python client's collection methods, end to end against the real database and model."""
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+
+from indb.errors import InvalidInput, NotFound
+
+
+def test_client_round_trip_with_progress_and_typed_errors(client):
+    name = f"cl_{secrets.token_hex(3)}"
+    info = client.create_collection(name, options={"m": 8})
+    assert info["table"] == f"collections.{name}"
+    lines = []
+    docs = [{"id": f"n{i}", "content": f"note {i} about {'cats' if i % 2 else 'rockets'}", "metadata": {"i": i}}
+            for i in range(40)]
+    assert client.add_documents(name, docs, batch_size=16, progress=lines.append) == 40
+    assert lines and lines[-1].endswith("done") and "40/40 rows" in lines[-1]
+    hits = client.search(name, "a note about felines", k=5, filter={"i": {"$lt": 20}})
+    assert len(hits) == 5 and all(h["metadata"]["i"] < 20 for h in hits)
+    assert all(int(h["id"][1:]) % 2 == 1 for h in hits)  # the cat notes
+    vec = client.embed("a note about felines")
+    by_vec = client.search(name, vec, k=5, filter={"i": {"$lt": 20}})
+    assert [h["id"] for h in by_vec] == [h["id"] for h in hits]
+    kw = client.keyword_search(name, "rockets", k=3)
+    assert len(kw) == 3 and all("rockets" in h["content"] for h in kw)
+    hy = client.hybrid_search(name, "rockets", k=3, method="weighted")
+    assert {"vector_rank", "keyword_rank"} <= set(hy[0]) and "rockets" in hy[0]["content"]
+    ex = client.explain_search(name, "cats", k=3, filter={"i": 3})
+    assert ex["strategy"] == "exact" and ex["filter_matches"] == 1
+    h = client.collection_health(name, sample=5)
+    assert h["rows"] == 40 and h["bm25"]["documents"] == 40
+    assert any(c["name"] == name for c in client.collections())
+    with pytest.raises(NotFound):
+        client.search("no_such_collection", "x")
+    with pytest.raises(InvalidInput) as e:
+        client.search(name, "x", filter={"i": {"$between": [1, 2]}})
+    assert e.value.sqlstate == "22023" and "$.i.$between" in str(e.value)
+    assert client.drop_collection(name) is True
+    assert client.drop_collection(name, if_exists=True) is False
