@@ -1,0 +1,313 @@
+"""Algorithms for ml.train: names per task, estimator construction with hyperparameter checks, fitting in
+chunks (a ``tick`` callback between chunks lets statement_timeout / cancel interrupt), training curves.
+
+No Postgres here; ``tick(done, total)`` is whatever the caller passes (in the database: a cheap
+plpy.execute plus a NOTICE with progress).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import IndbRuntimeError, invalid
+
+TASKS = ("regression", "classification", "clustering")
+
+ALGORITHMS = {
+    "regression": ["xgboost", "lightgbm", "random_forest", "extra_trees", "gradient_boosting",
+                   "hist_gradient_boosting", "linear", "ridge", "lasso", "elastic_net", "svm", "knn", "mlp"],
+    "classification": ["xgboost", "lightgbm", "random_forest", "extra_trees", "gradient_boosting",
+                       "hist_gradient_boosting", "logistic", "ridge", "svm", "knn", "mlp"],
+    "clustering": ["kmeans", "mini_batch_kmeans"],
+}
+
+# key metric per task (higher is better) used by automatic_deploy and ml.deploy('best_score')
+KEY_METRIC = {"regression": "r2", "classification": "f1", "clustering": "silhouette"}
+
+# Defaults chosen where the library default is poor or slow for in-database use.
+DEFAULTS = {
+    "xgboost": {"n_estimators": 100, "random_state": 0, "n_jobs": None},
+    "lightgbm": {"n_estimators": 100, "random_state": 0, "verbose": -1},
+    "random_forest": {"n_estimators": 100, "random_state": 0},
+    "extra_trees": {"n_estimators": 100, "random_state": 0},
+    "gradient_boosting": {"random_state": 0},
+    "hist_gradient_boosting": {"random_state": 0},
+    "kmeans": {"n_clusters": 8, "random_state": 0, "n_init": "auto"},
+    "mini_batch_kmeans": {"n_clusters": 8, "random_state": 0, "n_init": "auto"},
+    "logistic": {"max_iter": 1000},
+}
+
+# Types of hyperparameters whose library default is None (so the default cannot tell the type).
+KNOWN_TYPES = {
+    "max_depth": int, "n_estimators": int, "num_leaves": int, "min_child_samples": int, "n_jobs": int,
+    "learning_rate": float, "subsample": float, "colsample_bytree": float, "reg_alpha": float,
+    "reg_lambda": float, "min_child_weight": float, "gamma": (float, str), "max_bin": int, "random_state": int,
+    "max_leaf_nodes": int, "max_features": (int, float, str), "tree_method": str, "booster": str,
+    "objective": str, "hidden_layers": list, "epochs": int, "batch_size": int, "weight_decay": float,
+    "n_clusters": int, "n_neighbors": int, "C": float, "alpha": float, "l1_ratio": float,
+}
+
+
+def valid_algorithms(task: str) -> list[str]:
+    return ALGORITHMS[task]
+
+
+def check_task(task: str | None) -> str:
+    if task not in TASKS:
+        raise invalid(f'unknown task "{task}"', detail="tasks: " + ", ".join(TASKS),
+                      hint="pass task => 'regression' (or classification, clustering) on the first ml.train of a project")
+    return task
+
+
+def check_algorithm(task: str, algorithm: str) -> str:
+    if algorithm not in ALGORITHMS[task]:
+        raise invalid(f'unknown algorithm "{algorithm}" for task {task}',
+                      detail=f"valid algorithms for {task}: " + ", ".join(ALGORITHMS[task]))
+    return algorithm
+
+
+def estimator_class(task: str, algorithm: str):
+    reg = task == "regression"
+    if algorithm == "xgboost":
+        import xgboost as xgb
+
+        return xgb.XGBRegressor if reg else xgb.XGBClassifier
+    if algorithm == "lightgbm":
+        import lightgbm as lgb
+
+        return lgb.LGBMRegressor if reg else lgb.LGBMClassifier
+    if algorithm == "mlp":
+        from .mlp import TorchMLP
+
+        return TorchMLP
+    from sklearn import cluster, ensemble, linear_model, neighbors, svm
+
+    table = {
+        "random_forest": (ensemble.RandomForestRegressor, ensemble.RandomForestClassifier),
+        "extra_trees": (ensemble.ExtraTreesRegressor, ensemble.ExtraTreesClassifier),
+        "gradient_boosting": (ensemble.GradientBoostingRegressor, ensemble.GradientBoostingClassifier),
+        "hist_gradient_boosting": (ensemble.HistGradientBoostingRegressor, ensemble.HistGradientBoostingClassifier),
+        "linear": (linear_model.LinearRegression, None),
+        "ridge": (linear_model.Ridge, linear_model.RidgeClassifier),
+        "lasso": (linear_model.Lasso, None),
+        "elastic_net": (linear_model.ElasticNet, None),
+        "logistic": (None, linear_model.LogisticRegression),
+        "svm": (svm.SVR, svm.SVC),
+        "knn": (neighbors.KNeighborsRegressor, neighbors.KNeighborsClassifier),
+        "kmeans": (cluster.KMeans, cluster.KMeans),
+        "mini_batch_kmeans": (cluster.MiniBatchKMeans, cluster.MiniBatchKMeans),
+    }
+    return table[algorithm][0 if reg or task == "clustering" else 1]
+
+
+def _param_names(cls) -> dict[str, Any]:
+    """Constructor parameters and defaults (xgboost/lightgbm take **kwargs: use get_params())."""
+    try:
+        return dict(cls().get_params())
+    except Exception:  # pragma: no cover
+        sig = inspect.signature(cls.__init__)
+        return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "kwargs")}
+
+
+def _type_ok(value, expected) -> bool:
+    if expected is None:
+        return True
+    exp = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in exp
+    for e in exp:
+        if e is float and isinstance(value, (int, float)):
+            return True
+        if e is int and isinstance(value, int):
+            return True
+        if e is int and isinstance(value, float) and value.is_integer():
+            return True
+        if isinstance(value, e):
+            return True
+    return False
+
+
+def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
+    """Unknown names and wrong types fail here with the parameter named (before any fitting)."""
+    if not isinstance(hyperparams, dict):
+        raise invalid("hyperparams must be a JSON object", hint='e.g. hyperparams => \'{"max_depth": 6}\'')
+    cls = estimator_class(task, algorithm)
+    known = _param_names(cls)
+    out = dict(DEFAULTS.get(algorithm, {}))
+    if algorithm in ("kmeans", "mini_batch_kmeans") and "n_clusters" not in hyperparams:
+        out["n_clusters"] = 8
+    for k, v in hyperparams.items():
+        if k not in known and algorithm not in ("xgboost", "lightgbm"):
+            raise invalid(f'unknown hyperparameter "{k}" for {algorithm}',
+                          detail="valid hyperparameters: " + ", ".join(sorted(known)))
+        default = known.get(k)
+        expected = KNOWN_TYPES.get(k)
+        if expected is not None and v is not None and not _type_ok(v, expected):
+            names = "/".join(e.__name__ for e in (expected if isinstance(expected, tuple) else (expected,)))
+            raise invalid(f'hyperparameter "{k}" of {algorithm} must be {names}, got {type(v).__name__} {v!r}',
+                          hint=f'e.g. hyperparams => \'{{"{k}": {json_example(expected, default)}}}\'')
+        if isinstance(v, float) and (expected is int or expected == (int,)) and v.is_integer():
+            v = int(v)
+        out[k] = v
+    return out
+
+
+def json_example(expected, default) -> str:
+    e = expected[0] if isinstance(expected, tuple) else expected
+    if default is not None and not isinstance(default, str):
+        return str(default).lower() if isinstance(default, bool) else str(default)
+    return {int: "6", float: "0.1", str: '"auto"', list: "[64, 64]", bool: "true"}.get(e, "1")
+
+
+def make(task: str, algorithm: str, params: dict):
+    cls = estimator_class(task, algorithm)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as e:
+        raise invalid(f"{algorithm} rejected the hyperparameters: {e}")
+
+
+def _chunked_forest(est, X, y, tick) -> None:
+    """Random forests / extra trees / gradient boosting grow in chunks with warm_start so cancel works."""
+    total = int(est.get_params().get("n_estimators", 100))
+    step = max(1, min(25, total // 4 or 1))
+    est.set_params(warm_start=True)
+    n = 0
+    while n < total:
+        n = min(total, n + step)
+        est.set_params(n_estimators=n)
+        est.fit(X, y)
+        tick(n, total)
+    est.set_params(warm_start=False)
+
+
+def fit(task: str, algorithm: str, est, X: np.ndarray, y: np.ndarray | None,
+        eval_set: tuple | None = None, tick: Callable[[int, int], None] = lambda d, t: None) -> dict:
+    """Fit ``est`` in place; returns per-iteration curves {name: [values]} where the library has them."""
+    curves: dict[str, list] = {}
+    try:
+        if algorithm == "xgboost":
+            import xgboost as xgb
+
+            total = int(est.get_params().get("n_estimators") or 100)
+
+            class Tick(xgb.callback.TrainingCallback):
+                def after_iteration(self, model, epoch, evals_log):
+                    if epoch % 10 == 9 or epoch + 1 == total:
+                        tick(epoch + 1, total)
+                    return False
+
+            est.set_params(callbacks=[Tick()])
+            kw = {"verbose": False}
+            if eval_set is not None:
+                kw["eval_set"] = [eval_set]
+            est.fit(X, y, **kw)
+            est.set_params(callbacks=None)
+            if eval_set is not None:
+                for name, vals in est.evals_result().get("validation_0", {}).items():
+                    curves["test_" + name] = [float(v) for v in vals]
+        elif algorithm == "lightgbm":
+            total = int(est.get_params().get("n_estimators") or 100)
+
+            def cb(env):
+                if env.iteration % 10 == 9 or env.iteration + 1 == total:
+                    tick(env.iteration + 1, total)
+
+            kw = {"callbacks": [cb]}
+            if eval_set is not None:
+                kw["eval_set"] = [eval_set]
+            est.fit(X, y, **kw)
+            if eval_set is not None:
+                for name, vals in est.evals_result_.get("valid_0", {}).items():
+                    curves["test_" + name] = [float(v) for v in vals]
+        elif algorithm in ("random_forest", "extra_trees"):
+            _chunked_forest(est, X, y, tick)
+        elif algorithm == "gradient_boosting":
+            _chunked_forest(est, X, y, tick)
+            curves["train_loss"] = [float(v) for v in est.train_score_]
+        elif algorithm == "mlp":
+            est.fit(X, y, tick=tick)
+            curves["train_loss"] = list(est.loss_curve_)
+        elif task == "clustering":
+            est.fit(X)
+            tick(1, 1)
+        else:
+            est.fit(X, y)
+            tick(1, 1)
+    except IndbRuntimeError:
+        raise
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ == "InvalidParameterError" or "parameter" in str(e).lower():
+            raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above")
+        raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}")
+    except Exception as e:  # errors from xgboost / lightgbm native code
+        if type(e).__module__.startswith(("plpy", "spiexceptions")) or type(e).__name__ in ("QueryCanceled", "SPIError"):
+            raise
+        if "XGBoostError" in type(e).__name__ or "LightGBMError" in type(e).__name__:
+            raise invalid(f"{algorithm} rejected the training set-up: {str(e).splitlines()[0][:500]}",
+                          hint="check hyperparams")
+        raise
+    return curves
+
+
+def predict(task: str, est, X: np.ndarray) -> np.ndarray:
+    return np.asarray(est.predict(X), dtype=np.float64)
+
+
+def predict_proba(est, X: np.ndarray) -> np.ndarray | None:
+    if hasattr(est, "predict_proba"):
+        try:
+            return np.asarray(est.predict_proba(X), dtype=np.float64)
+        except AttributeError:  # SVC without probability=True
+            pass
+    if hasattr(est, "decision_function"):
+        d = np.asarray(est.decision_function(X), dtype=np.float64)
+        if d.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-d))
+            return np.column_stack([1 - p, p])
+        e = np.exp(d - d.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return None
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    err = p - y
+    ss_res = float(np.sum(err ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return {"r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+            "rmse": math.sqrt(ss_res / len(y)), "mae": float(np.mean(np.abs(err)))}
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, proba: np.ndarray | None, n_classes: int) -> dict:
+    from sklearn import metrics as skm
+
+    yi, pi = y.astype(int), p.astype(int)
+    avg = "binary" if n_classes == 2 else "macro"
+    out = {"accuracy": float(skm.accuracy_score(yi, pi)),
+           "precision": float(skm.precision_score(yi, pi, average=avg, zero_division=0)),
+           "recall": float(skm.recall_score(yi, pi, average=avg, zero_division=0)),
+           "f1": float(skm.f1_score(yi, pi, average=avg, zero_division=0))}
+    if proba is not None and proba.shape[1] == n_classes:
+        labels = list(range(n_classes))
+        try:
+            if n_classes == 2:
+                out["roc_auc"] = float(skm.roc_auc_score(yi, proba[:, 1]))
+            else:
+                out["roc_auc"] = float(skm.roc_auc_score(yi, proba, multi_class="ovr", labels=labels))
+        except ValueError:
+            out["roc_auc"] = None  # only one class in the test split
+        out["log_loss"] = float(skm.log_loss(yi, np.clip(proba, 1e-15, 1), labels=labels))
+    return out
+
+
+def clustering_metrics(X: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn import metrics as skm
+
+    k = len(set(labels.tolist()))
+    if k < 2 or k >= len(labels):
+        return {"silhouette": None, "clusters": k}
+    n = min(len(labels), 5000)
+    return {"silhouette": float(skm.silhouette_score(X, labels, sample_size=n, random_state=0)), "clusters": k}

@@ -1,0 +1,125 @@
+"""A small torch MLP with a scikit-learn face (fit / predict / predict_proba), picklable for the registry.
+
+Inputs are standardized inside the model (and the target, for regression), so it trains well without
+asking for ``scale`` in preprocess. ``tick(epoch, epochs)`` runs after every epoch (cancel point).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+class TorchMLP:
+    def __init__(self, task: str = "regression", hidden_layers=(64, 64), epochs: int = 50, batch_size: int = 256,
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0, random_state: int = 0):
+        self.task = task
+        self.hidden_layers = list(hidden_layers)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+        self.net = None
+        self.loss_curve_: list[float] = []
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in ("task", "hidden_layers", "epochs", "batch_size", "learning_rate",
+                                              "weight_decay", "random_state")}
+
+    def set_params(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+        return self
+
+    def _build(self, n_in: int, n_out: int):
+        import torch.nn as nn
+
+        layers, prev = [], n_in
+        for h in self.hidden_layers:
+            layers += [nn.Linear(prev, int(h)), nn.ReLU()]
+            prev = int(h)
+        layers.append(nn.Linear(prev, n_out))
+        return nn.Sequential(*layers)
+
+    def fit(self, X, y, tick=lambda d, t: None):
+        import torch
+
+        torch.manual_seed(self.random_state)
+        X = np.asarray(X, dtype=np.float32)
+        self.mu_ = X.mean(axis=0)
+        self.sd_ = X.std(axis=0)
+        self.sd_[self.sd_ == 0] = 1.0
+        Xt = torch.from_numpy((X - self.mu_) / self.sd_)
+        if self.task == "classification":
+            self.classes_ = np.unique(y)
+            n_out = len(self.classes_)
+            yt = torch.from_numpy(np.searchsorted(self.classes_, y).astype(np.int64))
+            loss_fn = torch.nn.CrossEntropyLoss()
+        else:
+            y = np.asarray(y, dtype=np.float32)
+            self.ymu_, self.ysd_ = float(y.mean()), float(y.std() or 1.0)
+            n_out = 1
+            yt = torch.from_numpy(((y - self.ymu_) / self.ysd_).reshape(-1, 1))
+            loss_fn = torch.nn.MSELoss()
+        self.net = self._build(X.shape[1], n_out)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        n = len(Xt)
+        g = torch.Generator().manual_seed(self.random_state)
+        self.loss_curve_ = []
+        for epoch in range(int(self.epochs)):
+            perm = torch.randperm(n, generator=g)
+            total = 0.0
+            self.net.train()
+            for i in range(0, n, int(self.batch_size)):
+                idx = perm[i:i + int(self.batch_size)]
+                opt.zero_grad()
+                loss = loss_fn(self.net(Xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+            self.loss_curve_.append(total / n)
+            tick(epoch + 1, int(self.epochs))
+        self.net.eval()
+        return self
+
+    def _forward(self, X):
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(((np.asarray(X, dtype=np.float32) - self.mu_) / self.sd_).astype(np.float32))
+            return self.net(x).numpy()
+
+    def predict(self, X):
+        out = self._forward(X)
+        if self.task == "classification":
+            return self.classes_[out.argmax(axis=1)]
+        return out[:, 0].astype(np.float64) * self.ysd_ + self.ymu_
+
+    def predict_proba(self, X):
+        out = self._forward(X).astype(np.float64)
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    # pickle the weights as torch bytes, not the module object
+    def __getstate__(self):
+        import torch
+
+        state = dict(self.__dict__)
+        if self.net is not None:
+            buf = io.BytesIO()
+            torch.save(self.net.state_dict(), buf)
+            state["net"] = buf.getvalue()
+            state["_n_in"] = self.net[0].in_features
+            state["_n_out"] = self.net[-1].out_features
+        return state
+
+    def __setstate__(self, state):
+        raw = state.get("net")
+        self.__dict__.update(state)
+        if isinstance(raw, bytes):
+            import torch
+
+            self.net = self._build(state["_n_in"], state["_n_out"])
+            self.net.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
+            self.net.eval()

@@ -1,0 +1,120 @@
+"""Training helpers without Postgres: splits, search grids, hyperparameter checks, target encoding,
+metrics, explanations that add up, the MLP's pickle round trip."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from indb_runtime import algorithms as algs
+from indb_runtime import explain, training
+from indb_runtime.errors import IndbRuntimeError
+
+
+def test_splits_are_deterministic_and_disjoint():
+    y = np.arange(100, dtype=float)
+    tr, te = training.split_indices(100, 0.2, "random", y, "regression")
+    tr2, te2 = training.split_indices(100, 0.2, "random", y, "regression")
+    assert len(te) == 20 and set(tr).isdisjoint(te) and len(tr) + len(te) == 100
+    assert np.array_equal(te, te2) and np.array_equal(tr, tr2)
+    tr, te = training.split_indices(100, 0.2, "last", y, "regression")
+    assert te.tolist() == list(range(80, 100))
+    cls = np.array([0] * 90 + [1] * 10)
+    tr, te = training.split_indices(100, 0.2, "stratified", cls, "classification")
+    assert (cls[te] == 1).sum() == 2 and (cls[te] == 0).sum() == 18
+    with pytest.raises(IndbRuntimeError, match="test_size must be between 0 and 1"):
+        training.split_indices(100, 1.5, "random", y, "regression")
+    with pytest.raises(IndbRuntimeError, match='unknown test_sampling "first"'):
+        training.split_indices(100, 0.2, "first", y, "regression")
+
+
+def test_search_candidates():
+    combos, folds = training.search_candidates("grid", {"a": [1, 2], "b": [3, 4, 5], "cv": 4})
+    assert len(combos) == 6 and folds == 4 and {"a": 2, "b": 5} in combos
+    combos, folds = training.search_candidates("random", {"a": [1, 2], "b": [3, 4, 5], "n_iter": 3})
+    assert len(combos) == 3 and folds == 3
+    assert training.search_candidates("random", {"a": [1, 2], "b": [3, 4, 5], "n_iter": 3})[0] == combos
+    with pytest.raises(IndbRuntimeError, match="must be a list"):
+        training.search_candidates("grid", {"a": 1})
+    with pytest.raises(IndbRuntimeError, match='unknown search "bayes"'):
+        training.search_candidates("bayes", {"a": [1]})
+
+
+def test_hyperparameter_checks_name_the_parameter():
+    hp = algs.check_hyperparams("regression", "xgboost", {"max_depth": 4.0, "learning_rate": 0.1})
+    assert hp["max_depth"] == 4 and isinstance(hp["max_depth"], int)
+    with pytest.raises(IndbRuntimeError, match='"n_estimators" of random_forest must be int, got str'):
+        algs.check_hyperparams("regression", "random_forest", {"n_estimators": "many"})
+    with pytest.raises(IndbRuntimeError, match='unknown hyperparameter "depth" for knn') as e:
+        algs.check_hyperparams("regression", "knn", {"depth": 3})
+    assert "n_neighbors" in e.value.detail
+    with pytest.raises(IndbRuntimeError, match='unknown algorithm "xgboost" for task clustering') as e:
+        algs.check_algorithm("clustering", "xgboost")
+    assert e.value.detail == "valid algorithms for clustering: kmeans, mini_batch_kmeans"
+    with pytest.raises(IndbRuntimeError, match='unknown task "ranking"'):
+        algs.check_task("ranking")
+
+
+def test_target_encoding_and_labels():
+    y, classes = training.encode_target(["b", "a", "b"], "classification", "text")
+    assert classes == ["a", "b"] and y.tolist() == [1, 0, 1]
+    y, classes = training.encode_target([True, False], "classification", "boolean")
+    b = {"task": "classification", "classes": classes}
+    assert training.prediction_values(b, np.array([1.0, 0.0])).tolist() == [1.0, 0.0]
+    y, classes = training.encode_target([3, 7, 7], "classification", "integer")
+    b = {"task": "classification", "classes": classes}
+    assert training.prediction_values(b, np.array([1.0, 0.0])).tolist() == [7.0, 3.0]  # labels, not indexes
+    with pytest.raises(IndbRuntimeError, match="at least two classes"):
+        training.encode_target([1, 1], "classification", "integer")
+    with pytest.raises(IndbRuntimeError, match="2 NULL"):
+        training.encode_target([1.0, None, None], "regression", "float8")
+    with pytest.raises(IndbRuntimeError, match="numeric target"):
+        training.encode_target(["x"], "regression", "text")
+
+
+def test_metrics():
+    m = algs.regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    assert m["mae"] == pytest.approx(1 / 3) and m["rmse"] == pytest.approx((1 / 3) ** 0.5) and m["r2"] == 0.5
+    c = algs.classification_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]),
+                                    np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), 2)
+    assert c["accuracy"] == 0.75 and c["precision"] == 1.0 and c["recall"] == 0.5 and c["roc_auc"] == 1.0
+
+
+def _bundle(alg, task="regression", n=200):
+    rng = np.random.RandomState(0)
+    X = rng.rand(n, 3)
+    y = 3 * X[:, 0] - 2 * X[:, 1] + rng.rand(n) * 0.1
+    if task == "classification":
+        y = (y > 0.5).astype(int)
+    est = algs.make(task, alg, algs.check_hyperparams(task, alg, {"n_estimators": 20} if alg not in (
+        "linear", "logistic") else {}))
+    algs.fit(task, alg, est, X, y)
+    return {"algorithm": alg, "task": task, "est": est, "groups": ["a", "b", "b"], "classes": [0, 1],
+            "x_mean": X.mean(axis=0).tolist(), "x_std": X.std(axis=0).tolist()}, X
+
+
+@pytest.mark.parametrize("alg", ["xgboost", "lightgbm", "random_forest", "gradient_boosting", "linear"])
+def test_explanations_add_up(alg):
+    b, X = _bundle(alg)
+    e = explain.contributions(b, X[:1])
+    assert set(e["contributions"]) == {"a", "b"}  # expanded columns grouped back
+    assert e["raw_output"] == pytest.approx(float(b["est"].predict(X[:1])[0]), rel=1e-4)
+    imp = explain.importance(b)
+    assert abs(sum(imp.values()) - 1) < 1e-9
+
+
+def test_chunked_forest_ticks_and_mlp_pickles():
+    ticks = []
+    b, X = _bundle("random_forest")
+    est = algs.make("regression", "random_forest", {"n_estimators": 40, "random_state": 0})
+    algs.fit("regression", "random_forest", est, X, X[:, 0], tick=lambda d, t: ticks.append((d, t)))
+    assert ticks[-1] == (40, 40) and len(ticks) >= 2 and len(est.estimators_) == 40
+    mlp = algs.make("regression", "mlp", {"task": "regression", "epochs": 30, "hidden_layers": [16],
+                                                 "batch_size": 16})
+    y = 3 * X[:, 0] + 1
+    curves = algs.fit("regression", "mlp", mlp, X, y)
+    assert len(curves["train_loss"]) == 30 and curves["train_loss"][-1] < curves["train_loss"][0]
+    again = pickle.loads(pickle.dumps(mlp))
+    assert np.allclose(again.predict(X[:5]), mlp.predict(X[:5]))
+    assert algs.regression_metrics(y, mlp.predict(X))["r2"] > 0.8
