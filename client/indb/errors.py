@@ -76,9 +76,20 @@ def translate(exc: BaseException) -> IndbError:
     """Turn a psycopg error into the matching IndbError (keeps message, detail and hint)."""
     diag = getattr(exc, "diag", None)
     sqlstate = getattr(exc, "sqlstate", None)
-    message = getattr(diag, "message_primary", None) or str(exc).strip()
+    message = _strip_plpython_prefix(getattr(diag, "message_primary", None) or str(exc).strip())
     detail = getattr(diag, "message_detail", None)
     hint = getattr(diag, "message_hint", None)
     err = from_sqlstate(sqlstate)(message, sqlstate=sqlstate, detail=detail, hint=hint)
     err.__cause__ = exc
     return err
+
+
+def _strip_plpython_prefix(message: str) -> str:
+    """PL/Python prefixes errors raised with plpy.error() by 'plpy.Error: ' (and SPI ones by
+    'spiexceptions.Name: '); the SQLSTATE already says what kind of error it is."""
+    for prefix in ("plpy.Error: ", "plpy.SPIError: "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    if message.startswith("spiexceptions.") and ": " in message:
+        return message.split(": ", 1)[1]
+    return message

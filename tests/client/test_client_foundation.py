@@ -60,3 +60,9 @@ def test_cli_install_error_is_one_clear_line_and_exit_1(empty_db):
     assert out.returncode == 1
     assert "indb install: error:" in out.stderr and "/nonexistent" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_errors_raised_in_plpython_read_cleanly_in_the_client(client):
+    with pytest.raises(indb.NotFound) as ei:
+        client.embed("x", model="missing-model")
+    assert str(ei.value).startswith('embedding model "missing-model"'), str(ei.value)
