@@ -1,8 +1,203 @@
-"""Client methods for the feature store (SQL: features.*); exposed as client.features."""
+"""Client methods for the feature store (SQL: features.*); exposed as ``client.features``.
+
+    fs = client.features
+    fs.get_online(["user_stats:avg_rating"], {"user_id": 1})          -> dict
+    fs.get_historical(entity_df_or_sql, ["user_stats:avg_rating"])   -> pandas.DataFrame
+    fs.dataset("movielens_train")                                    -> torch.utils.data.Dataset
+"""
 from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+from psycopg import sql as psql
 
 from .client import Base
 
 
 class FeaturesMixin(Base):
-    pass
+    @property
+    def features(self) -> "FeatureStore":
+        fs = self.__dict__.get("_features")
+        if fs is None:
+            fs = self.__dict__["_features"] = FeatureStore(self)
+        return fs
+
+
+def _pg_type(dtype) -> str:
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "bigint"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float8"
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    return "text"
+
+
+class FeatureStore:
+    """The feature store API of one client connection; every method calls one features.* SQL function."""
+
+    def __init__(self, client: Base):
+        self._c = client
+
+    # -- definitions ---------------------------------------------------------------------------
+    def create_entity(self, name: str, join_keys: Sequence[str], description: str | None = None) -> int:
+        return self._c.scalar("select features.create_entity(%s, %s, %s)", [name, list(join_keys), description])
+
+    def create_feature_view(self, name: str, entity: str, source: str, timestamp_column: str, features: list,
+                            ttl: str | None = None, description: str | None = None, owner: str | None = None,
+                            partition_by: str = "year", breaking: bool = False) -> str:
+        return self._c.scalar(
+            "select features.create_feature_view(%s, %s, %s, %s, %s::jsonb, %s::interval, %s, %s, %s, %s)",
+            [name, entity, source, timestamp_column, json.dumps(features), ttl, description, owner, partition_by,
+             breaking])
+
+    def create_on_demand_feature(self, name: str, expression: str, type: str, inputs: Sequence[str],
+                                 request_fields: dict | None = None, description: str | None = None) -> str:
+        return self._c.scalar("select features.create_on_demand_feature(%s, %s, %s, %s, %s::jsonb, %s)",
+                              [name, expression, type, list(inputs), json.dumps(request_fields or {}), description])
+
+    # -- writes ----------------------------------------------------------------------------------
+    def materialize(self, view: str, start_ts, end_ts, statistics: bool = True) -> dict:
+        return self._c.scalar("select features.materialize(%s, %s, %s, %s)", [view, start_ts, end_ts, statistics])
+
+    def materialize_incremental(self, view: str, statistics: bool = True) -> dict:
+        return self._c.scalar("select features.materialize_incremental(%s, %s)", [view, statistics])
+
+    def push(self, view: str, rows: list[dict] | dict, target: str = "online_and_offline") -> dict:
+        return self._c.scalar("select features.push(%s, %s::jsonb, %s)", [view, json.dumps(rows, default=str), target])
+
+    # -- reads -----------------------------------------------------------------------------------
+    def get_online(self, features: Sequence[str], entity_keys: dict, request: dict | None = None,
+                   full_names: bool = False) -> dict:
+        """Latest values for one entity: {key..., feature: value, '_status': {feature: present|not_found|outside_ttl}}."""
+        return self._c.scalar("select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
+                              [list(features), json.dumps(entity_keys), None if request is None else json.dumps(request),
+                               full_names])
+
+    def get_online_batch(self, features: Sequence[str], entity_keys: Iterable[dict], request: Any = None,
+                         full_names: bool = False) -> list[dict]:
+        rows = self._c.call("select features.get_online_batch(%s, %s::jsonb, %s::jsonb, %s) as r",
+                            [list(features), json.dumps(list(entity_keys)),
+                             None if request is None else json.dumps(request), full_names])
+        return [r["r"] for r in rows]
+
+    def entity_query(self, entity_df) -> str:
+        """A SELECT over a pandas DataFrame's rows (jsonb_to_recordset of one quoted literal, typed by dtype)."""
+        import pandas as pd
+
+        df = entity_df
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError("entity_df must be a pandas DataFrame or a SQL string")
+        cols = [str(c) for c in df.columns]
+        types = [_pg_type(df[c].dtype) for c in df.columns]
+        records = json.loads(df.to_json(orient="records", date_format="iso", date_unit="us"))
+        defs = psql.SQL(", ").join(psql.SQL("{} {}").format(psql.Identifier(c), psql.SQL(t)) for c, t in zip(cols, types))
+        q = psql.SQL("select {} from jsonb_to_recordset({}::jsonb) as e({})").format(
+            psql.SQL(", ").join(psql.Identifier(c) for c in cols), psql.Literal(json.dumps(records)), defs)
+        return q.as_string(self._c.conn)
+
+    def historical_query(self, entity, features: Sequence[str], ttl_override: str | None = None,
+                         full_names: bool = False, timestamp_column: str | None = None) -> str:
+        q = entity if isinstance(entity, str) else self.entity_query(entity)
+        return self._c.scalar("select features.historical_query(%s, %s, %s::interval, %s, %s)",
+                              [q, list(features), ttl_override, full_names, timestamp_column])
+
+    def get_historical(self, entity, features: Sequence[str], ttl_override: str | None = None,
+                       full_names: bool = False, timestamp_column: str | None = None):
+        """Point-in-time join: ``entity`` is a DataFrame (keys + event timestamp) or a SQL query/table name.
+        Runs the SQL of features.historical_query (the same join features.get_historical runs) and returns a
+        typed pandas DataFrame, one row per entity row."""
+        import pandas as pd
+
+        q = self.historical_query(entity, features, ttl_override, full_names, timestamp_column)
+        with self._c._errors(), self._c.conn.cursor() as cur:
+            cur.execute(q)
+            cols = [d.name for d in cur.description]
+            rows = cur.fetchall()
+        return pd.DataFrame.from_records(rows, columns=cols)
+
+    def create_training_set(self, name: str, entity, features: Sequence[str], label: str | None = None,
+                            ttl_override: str | None = None) -> dict:
+        q = entity if isinstance(entity, str) else self.entity_query(entity)
+        return self._c.scalar("select features.create_training_set(%s, %s, %s, %s, %s::interval)",
+                              [name, q, list(features), label, ttl_override])
+
+    def training_set(self, name: str) -> dict:
+        info = self._c.scalar("select features.training_set(%s)", [name])
+        if info is None:
+            from .errors import NotFound
+
+            raise NotFound(f'training set "{name}" does not exist', sqlstate="42704",
+                           hint="create it with client.features.create_training_set(...)")
+        return info
+
+    def dataset(self, name: str, label: str | None = None, features: Sequence[str] | None = None):
+        """A torch.utils.data.Dataset over a training set: (float32 features, label) per row."""
+        return TrainingSetDataset(self, name, label=label, features=features)
+
+    # -- monitoring ------------------------------------------------------------------------------
+    def drift(self, view: str, feature: str, baseline: str, current: str, psi_threshold: float = 0.2,
+              ks_threshold: float = 0.1) -> dict:
+        return self._c.scalar("select features.drift(%s, %s, %s, %s, %s, %s)",
+                              [view, feature, baseline, current, psi_threshold, ks_threshold])
+
+    def check_skew(self, view: str, sample: int = 100, strict: bool = False, threshold: float = 0.0) -> dict:
+        return self._c.scalar("select features.check_skew(%s, %s, %s, %s)", [view, sample, strict, threshold])
+
+    def freshness(self) -> list[dict]:
+        return self._c.call("select * from features.freshness order by name, version")
+
+
+def _torch_dataset_base():
+    try:
+        from torch.utils.data import Dataset
+    except ImportError:  # pragma: no cover - torch is in the runtime venv
+        return object
+    return Dataset
+
+
+class TrainingSetDataset(_torch_dataset_base()):
+    """Loads a training set table once; numeric feature columns become a float32 tensor (NULL -> NaN)."""
+
+    def __init__(self, store: FeatureStore, name: str, label: str | None = None, features: Sequence[str] | None = None):
+        import numpy as np
+        import torch
+
+        info = store.training_set(name)
+        self.name = name
+        self.relation = info["relation"]
+        self.label = label or info.get("label")
+        numeric = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean"}
+        cols = info["columns"]
+        skip = {self.label, "event_timestamp"}
+        if features is None:
+            wanted = set(info.get("feature_columns") or [c["name"] for c in cols])
+            features = [c["name"] for c in cols if c["name"] not in skip and c["name"] in wanted
+                        and (c["type"] in numeric or c["type"].startswith("numeric"))]
+        self.feature_names = list(features)
+        parts = [psql.Identifier(f) for f in self.feature_names]
+        if self.label:
+            parts.append(psql.Identifier(self.label))
+        # relation is regclass text written by the server (quoted as needed), not user input
+        q = psql.SQL("select {} from {}").format(psql.SQL(", ").join(parts), psql.SQL(self.relation))
+        with store._c._errors(), store._c.conn.cursor() as cur:
+            cur.execute(q)
+            rows = cur.fetchall()
+        arr = np.array([[np.nan if v is None else float(v) for v in r] for r in rows], dtype=np.float32).reshape(
+            len(rows), len(parts))
+        n = len(self.feature_names)
+        self.X = torch.from_numpy(arr[:, :n].copy())
+        self.y = torch.from_numpy(arr[:, n].copy()) if self.label else None
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def __getitem__(self, i):
+        return (self.X[i], self.y[i]) if self.y is not None else self.X[i]

@@ -1,0 +1,241 @@
+"""Question: what latency does features.get_online give for 1 entity x 20 features (and a batch of 100
+entities), from a client on loopback with a prepared statement, with 1 and 4 concurrent clients - side by
+side with Redis HGETALL (redis-server from Debian, started here on 127.0.0.1 with a random port) for the
+same data? Target: p99 <= 1 ms single client.
+
+    flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.features_online
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import psycopg
+
+from ._features_db import bench_database, write_section
+from .common import percentile
+
+N_USERS = 10_000
+N_FEATS = 20
+CALLS = int(os.environ.get("INDB_ONLINE_CALLS", "5000"))
+BATCH_CALLS = int(os.environ.get("INDB_ONLINE_BATCH_CALLS", "300"))
+FEATS = [f"online20:f{i}" for i in range(1, N_FEATS + 1)]
+
+
+def summary(lat_s: list[float], wall: float | None = None) -> dict:
+    ms = [x * 1000 for x in lat_s]
+    out = {"calls": len(ms), "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
+           "max_ms": max(ms), "mean_ms": sum(ms) / len(ms)}
+    if wall:
+        out["throughput_per_s"] = len(ms) / wall
+    return out
+
+
+# -- workers (run in child processes for the multi-client runs) -----------------------------------------------
+def pg_single(args):
+    dsn, calls, seed = args
+    rnd = random.Random(seed)
+    lat = []
+    with psycopg.connect(dsn, autocommit=True) as c:
+        q = "select features.get_online(%s, %s::jsonb)"
+        for _ in range(50):  # warm-up: plan cache, catalog caches
+            c.execute(q, [FEATS, json.dumps({"user_id": rnd.randint(1, N_USERS)})], prepare=True).fetchone()
+        for _ in range(calls):
+            k = json.dumps({"user_id": rnd.randint(1, N_USERS)})
+            t0 = time.perf_counter()
+            r = c.execute(q, [FEATS, k], prepare=True).fetchone()[0]
+            lat.append(time.perf_counter() - t0)
+            assert r["_status"]["f1"] == "present"
+    return lat
+
+
+def pg_raw(args):
+    """Lower bound: the bare primary-key lookup get_online does, without resolution and ttl checks."""
+    dsn, calls, seed, view_id = args
+    rnd = random.Random(seed)
+    lat = []
+    with psycopg.connect(dsn, autocommit=True) as c:
+        q = "select values from features.online_store where view_id = %s and entity_key = %s"
+        for _ in range(50):
+            c.execute(q, [view_id, f"[{rnd.randint(1, N_USERS)}]"], prepare=True).fetchone()
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            c.execute(q, [view_id, f"[{rnd.randint(1, N_USERS)}]"], prepare=True).fetchone()
+            lat.append(time.perf_counter() - t0)
+    return lat
+
+
+def pg_batch(args):
+    dsn, calls, seed = args
+    rnd = random.Random(seed)
+    lat = []
+    with psycopg.connect(dsn, autocommit=True) as c:
+        q = "select features.get_online_batch(%s, %s::jsonb)"
+        for _ in range(10):
+            c.execute(q, [FEATS, json.dumps([{"user_id": rnd.randint(1, N_USERS)} for _ in range(100)])], prepare=True).fetchall()
+        for _ in range(calls):
+            keys = json.dumps([{"user_id": rnd.randint(1, N_USERS)} for _ in range(100)])
+            t0 = time.perf_counter()
+            rows = c.execute(q, [FEATS, keys], prepare=True).fetchall()
+            lat.append(time.perf_counter() - t0)
+            assert len(rows) == 100
+    return lat
+
+
+def redis_single(args):
+    import redis
+
+    port, calls, seed = args
+    rnd = random.Random(seed)
+    r = redis.Redis(host="127.0.0.1", port=port)
+    lat = []
+    for _ in range(50):
+        r.hgetall(f"user:{rnd.randint(1, N_USERS)}")
+    for _ in range(calls):
+        k = f"user:{rnd.randint(1, N_USERS)}"
+        t0 = time.perf_counter()
+        v = r.hgetall(k)
+        lat.append(time.perf_counter() - t0)
+        assert len(v) == N_FEATS
+    return lat
+
+
+def redis_batch(args):
+    import redis
+
+    port, calls, seed = args
+    rnd = random.Random(seed)
+    r = redis.Redis(host="127.0.0.1", port=port)
+    lat = []
+    for _ in range(calls):
+        p = r.pipeline(transaction=False)
+        for _ in range(100):
+            p.hgetall(f"user:{rnd.randint(1, N_USERS)}")
+        t0 = time.perf_counter()
+        out = p.execute()
+        lat.append(time.perf_counter() - t0)
+        assert len(out) == 100
+    return lat
+
+
+def concurrent(fn, make_args, clients: int) -> dict:
+    ctx = mp.get_context("fork")
+    with ctx.Pool(clients) as pool:
+        t0 = time.perf_counter()
+        parts = pool.map(fn, [make_args(i) for i in range(clients)])
+        wall = time.perf_counter() - t0
+    return summary([x for p in parts for x in p], wall)
+
+
+# -- redis server ------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_redis():
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(exe):
+        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True, capture_output=True)
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="indb-redis-")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    for _ in range(100):
+        try:
+            redis.Redis(host="127.0.0.1", port=port).ping()
+            break
+        except Exception:
+            time.sleep(0.05)
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    return proc, port, version, d
+
+
+def tcp_dsn(dsn: str) -> tuple[str, str]:
+    """The same database over TCP 127.0.0.1 (like a client on loopback) when the server listens there."""
+    d = psycopg.conninfo.conninfo_to_dict(dsn)
+    d["host"] = "127.0.0.1"
+    tcp = psycopg.conninfo.make_conninfo(**d)
+    try:
+        psycopg.connect(tcp, connect_timeout=3).close()
+        return tcp, "tcp 127.0.0.1"
+    except psycopg.Error:
+        return dsn, "unix socket (server not reachable on 127.0.0.1)"
+
+
+def main() -> None:
+    out: dict = {}
+    with bench_database("indb_bench_features_online") as (sock_dsn, note):
+        dsn, transport = tcp_dsn(sock_dsn)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            cols = ", ".join(f"random() * {i} as f{i}" for i in range(1, N_FEATS + 1))
+            c.execute(f"create table online_src as select g::bigint as user_id, now() - random() * interval '1 hour' as ts, {cols} "
+                      f"from generate_series(1, {N_USERS}) g")
+            c.execute("select features.create_entity('user', array['user_id'])")
+            feats = [{"name": f"f{i}", "type": "float8"} for i in range(1, N_FEATS + 1)]
+            c.execute("select features.create_feature_view('online20', 'user', 'online_src', 'ts', %s, ttl => '1 day')",
+                      [json.dumps(feats)])
+            c.execute("select features.materialize_incremental('online20')")
+            c.execute("vacuum analyze features.online_store")
+            view_id = c.execute("select id from features.feature_views where name = 'online20'").fetchone()[0]
+            rows = c.execute("select entity_key, values from features.online_store where view_id = %s", [view_id]).fetchall()
+        # indb
+        res = {}
+        t0 = time.perf_counter()
+        lat = pg_single((dsn, CALLS, 1))
+        res["get_online_1_client"] = summary(lat, time.perf_counter() - t0)
+        print("indb get_online 1 client:", res["get_online_1_client"], flush=True)
+        res["get_online_4_clients"] = concurrent(pg_single, lambda i: (dsn, CALLS // 2, 10 + i), 4)
+        print("indb get_online 4 clients:", res["get_online_4_clients"], flush=True)
+        res["get_online_batch100_1_client"] = summary(pg_batch((dsn, BATCH_CALLS, 2)))
+        res["get_online_batch100_4_clients"] = concurrent(pg_batch, lambda i: (dsn, BATCH_CALLS // 2, 20 + i), 4)
+        print("indb batch:", res["get_online_batch100_1_client"], res["get_online_batch100_4_clients"], flush=True)
+        res["raw_pk_lookup_1_client"] = summary(pg_raw((dsn, CALLS, 3, view_id)))
+        out["indb"] = res
+        out["install"] = note
+    # redis with the same data (20 fields per user hash)
+    proc, port, version, d = start_redis()
+    try:
+        import redis
+
+        r = redis.Redis(host="127.0.0.1", port=port)
+        p = r.pipeline(transaction=False)
+        for key, values in rows:
+            p.hset(f"user:{json.loads(key)[0]}", mapping={k: repr(v) for k, v in values.items()})
+        p.execute()
+        res = {}
+        t0 = time.perf_counter()
+        lat = redis_single((port, CALLS, 1))
+        res["hgetall_1_client"] = summary(lat, time.perf_counter() - t0)
+        res["hgetall_4_clients"] = concurrent(redis_single, lambda i: (port, CALLS // 2, 10 + i), 4)
+        res["pipeline100_hgetall_1_client"] = summary(redis_batch((port, BATCH_CALLS, 2)))
+        res["pipeline100_hgetall_4_clients"] = concurrent(redis_batch, lambda i: (port, BATCH_CALLS // 2, 20 + i), 4)
+        print("redis:", res, flush=True)
+        out["redis"] = {"version": version, **res}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+    out["setup"] = {"entities": N_USERS, "features_per_call": N_FEATS, "calls_single": CALLS,
+                    "calls_batch": BATCH_CALLS, "client": f"psycopg 3, prepare=True, Postgres over {transport}; redis-py over tcp 127.0.0.1",
+                    "note": "4-client runs are 4 processes on a 2-core machine shared with other work"}
+    out["target_p99_ms"] = 1.0
+    out["meets_target_single_client"] = out["indb"]["get_online_1_client"]["p99_ms"] <= 1.0
+    print("wrote", write_section("online_serving", out))
+
+
+if __name__ == "__main__":
+    main()

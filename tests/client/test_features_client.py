@@ -1,0 +1,70 @@
+"""client.features end to end: DataFrame in, DataFrame out; online dicts; a torch Dataset over a training set."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def fs(client):
+    c = client
+    c.call("create table cl_events (user_id bigint, ts timestamptz, score float8, tier text)")
+    c.call("""insert into cl_events values
+              (1, '2024-05-01 00:00+00', 1.5, 'gold'), (1, '2024-05-03 00:00+00', 2.5, 'gold'),
+              (2, '2024-05-02 00:00+00', 7.0, 'free')""")
+    fs = c.features
+    fs.create_entity("cl_user", ["user_id"])
+    assert fs.create_feature_view("cl_stats", "cl_user", "cl_events", "ts",
+                                  [{"name": "score"}, {"name": "tier"}, {"name": "score_sq", "type": "float8", "expr": "score * score"}]) == "cl_stats@1"
+    r = fs.materialize("cl_stats", "2024-04-01", "2024-06-01")
+    assert r["rows_written"] == 3
+    return fs
+
+
+def test_get_historical_from_a_dataframe(fs):
+    entity_df = pd.DataFrame({
+        "user_id": [1, 1, 2, 3],
+        "event_timestamp": pd.to_datetime(["2024-05-02", "2024-05-04", "2024-05-01", "2024-05-04"], utc=True),
+        "label": [0, 1, 0, 1],
+    })
+    df = fs.get_historical(entity_df, ["cl_stats:score", "cl_stats:tier"])
+    assert list(df.columns) == ["user_id", "event_timestamp", "label", "score", "tier"]
+    assert df["score"].tolist()[:3] == [1.5, 2.5, None] or df["score"].isna().tolist() == [False, False, True, True]
+    assert df.loc[0, "score"] == 1.5 and df.loc[1, "score"] == 2.5 and df.loc[1, "tier"] == "gold"
+    assert pd.isna(df.loc[2, "score"]) and pd.isna(df.loc[3, "score"])
+
+
+def test_get_historical_from_sql(fs):
+    df = fs.get_historical("select 2::bigint as user_id, '2024-05-05'::timestamptz as event_timestamp", ["cl_stats:*"])
+    assert df.iloc[0][["score", "tier", "score_sq"]].tolist() == [7.0, "free", 49.0]
+
+
+def test_get_online_returns_a_dict(fs):
+    r = fs.get_online(["cl_stats:score", "cl_stats:tier"], {"user_id": 1})
+    assert r["score"] == 2.5 and r["tier"] == "gold" and r["_status"] == {"score": "present", "tier": "present"}
+    rows = fs.get_online_batch(["cl_stats:score"], [{"user_id": 2}, {"user_id": 5}])
+    assert [x["score"] for x in rows] == [7.0, None]
+
+
+def test_bad_feature_name_is_a_not_found_error(fs):
+    from indb.errors import NotFound
+
+    with pytest.raises(NotFound) as ei:
+        fs.get_online(["cl_stats:nope"], {"user_id": 1})
+    assert "no feature" in str(ei.value)
+
+
+def test_torch_dataset_over_a_training_set(fs):
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    entity = pd.DataFrame({"user_id": [1, 2, 1], "event_timestamp": pd.to_datetime(["2024-05-01", "2024-05-02", "2024-05-03"], utc=True),
+                           "y": [0.5, 1.0, 1.5]})
+    info = fs.create_training_set("cl_train", entity, ["cl_stats:score", "cl_stats:score_sq", "cl_stats:tier"], label="y")
+    assert info["rows"] == 3
+    ds = fs.dataset("cl_train")
+    assert isinstance(ds, Dataset) and len(ds) == 3 and ds.feature_names == ["score", "score_sq"]
+    x, y = ds[2]
+    assert x.dtype == torch.float32 and x.tolist() == [2.5, 6.25] and y.item() == 1.5
+    xb, yb = next(iter(DataLoader(ds, batch_size=3)))
+    assert xb.shape == (3, 2) and yb.tolist() == [0.5, 1.0, 1.5]

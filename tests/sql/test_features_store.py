@@ -1,0 +1,244 @@
+"""Feature store behaviour against a real database: versioning, materialization with statistics and
+expectations, push, online serving with ttl, on-demand features, drift, freshness, skew, training sets,
+and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+
+def one(conn, sql, params=None):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def err(conn, sql, params=None) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql, params)
+    return ei.value
+
+
+@pytest.fixture(scope="module")
+def shop(sconn):
+    """A small 'orders' source: 3 customers over 3 days, and a customer_stats view (ttl 2 days)."""
+    c = sconn
+    c.execute("create table fs_orders (customer_id int, ts timestamptz, amount numeric, country text)")
+    rows = []
+    for i in range(60):
+        rows.append((i % 3 + 1, T0 + timedelta(hours=i), 10 + i, ["DE", "FR", "IT"][i % 3]))
+    with c.cursor() as cur:
+        cur.executemany("insert into fs_orders values (%s, %s, %s, %s)", rows)
+    c.execute("select features.create_entity('customer', array['customer_id'], 'a shop customer')")
+    feats = [
+        {"name": "amount", "type": "float8", "expect": {"not_null": True, "min": 0}},
+        {"name": "amount_x2", "type": "float8", "expr": "amount * 2"},
+        {"name": "country", "expect": {"in": ["DE", "FR", "IT"]}},
+    ]
+    assert one(c, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', owner => 'shop-team')",
+               [json.dumps(feats)]) == "customer_stats@1"
+    return c
+
+
+def test_materialize_writes_offline_online_and_statistics(shop):
+    r = one(shop, "select features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
+    assert r["rows_read"] == 60 and r["rows_written"] == 60 and r["online_updated"] == 3 and r["rows_quarantined"] == 0
+    run = shop.execute("select status, rows_written from features.materialization_runs where id = %s", [r["run_id"]]).fetchone()
+    assert run == ("succeeded", 60)
+    stats = dict(shop.execute("select feature, stats from features.statistics where run_id = %s", [r["run_id"]]).fetchall())
+    a = stats["amount"]
+    assert a["count"] == 60 and a["nulls"] == 0 and a["min"] == 10 and a["max"] == 69
+    assert abs(a["mean"] - 39.5) < 1e-9 and abs(a["quantiles"]["p50"] - 39.5) < 1e-9
+    assert sum(a["histogram"]["counts"]) == 60 and len(a["histogram"]["edges"]) == 11
+    assert stats["country"]["kind"] == "categorical" and stats["country"]["distinct"] == 3
+
+
+def test_rematerializing_is_idempotent(shop):
+    r = one(shop, "select features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
+    assert r["rows_written"] == 60
+    v = one(shop, "select offline_table from features.feature_views where name = 'customer_stats'")
+    assert one(shop, f"select count(*) from {v}") == 60
+
+
+def test_offline_store_is_partitioned_by_event_time(shop):
+    n = one(shop, """select count(*) from pg_inherits i join pg_class c on c.oid = i.inhparent
+                      join features.feature_views v on v.offline_table = 'features.' || c.relname where v.name = 'customer_stats'""")
+    assert n >= 1
+    assert one(shop, """select c.relkind from pg_class c join features.feature_views v on v.offline_table = 'features.' || c.relname
+                         where v.name = 'customer_stats'""") == "p"
+
+
+def test_online_values_equal_offline_values_for_the_same_entity_and_time(shop):
+    online = one(shop, "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 2}')")
+    ts = online["_event_ts"]["customer_stats@1"]
+    hist = one(shop, "select features.get_historical(%s, array['customer_stats:amount', 'customer_stats:country'], '100 years')",
+               [f"select 2 as customer_id, '{ts}'::timestamptz as event_timestamp"])
+    # online is subject to the 2-day ttl against now(); compare the values themselves through ttl_override
+    assert online["_status"]["amount"] == "outside_ttl" and online["amount"] is None
+    assert hist["amount"] == 68 and hist["country"] == "FR"
+    assert one(shop, "select (features.check_skew('customer_stats', 10))->>'mismatches'") == "0"
+
+
+def test_online_ttl_flags_instead_of_serving_stale(shop):
+    shop.execute("select features.push('customer_stats', %s)",
+                 [json.dumps([{"customer_id": 3, "ts": datetime.now(timezone.utc).isoformat(), "amount": 5, "amount_x2": 10, "country": "IT"}])])
+    r = one(shop, "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 3}')")
+    assert r["amount"] == 5 and r["_status"] == {"amount": "present", "country": "present"}
+    r = one(shop, "select features.get_online(array['customer_stats:amount'], '{\"customer_id\": 1}')")
+    assert r["amount"] is None and r["_status"]["amount"] == "outside_ttl"
+    r = one(shop, "select features.get_online(array['customer_stats:amount'], '{\"customer_id\": 999}')")
+    assert r["amount"] is None and r["_status"]["amount"] == "not_found"
+    fresh = shop.execute("select entities, ttl_breaches, last_status from features.freshness where view = 'customer_stats@1'").fetchone()
+    assert fresh == (3, 2, "succeeded")
+
+
+def test_get_online_batch_keeps_input_order(shop):
+    rows = [r[0] for r in shop.execute(
+        "select features.get_online_batch(array['customer_stats:amount'], '[{\"customer_id\": 3}, {\"customer_id\": 999}, {\"customer_id\": \"3\"}]')")]
+    assert [r["customer_id"] for r in rows] == [3, 999, "3"]
+    assert [r["_status"]["amount"] for r in rows] == ["present", "not_found", "present"]
+    assert rows[0]["amount"] == rows[2]["amount"] == 5
+
+
+def test_expectations_quarantine_rows_instead_of_dropping_them(shop):
+    r = one(shop, "select features.push('customer_stats', %s)", [json.dumps([
+        {"customer_id": 1, "ts": (T0 + timedelta(days=5)).isoformat(), "amount": -5, "amount_x2": -10, "country": "DE"},
+        {"customer_id": 1, "ts": (T0 + timedelta(days=5, hours=1)).isoformat(), "amount": None, "amount_x2": None, "country": "XX"},
+        {"customer_id": 2, "ts": (T0 + timedelta(days=5)).isoformat(), "amount": 1, "amount_x2": 2, "country": "DE"},
+    ])])
+    assert r["rows_quarantined"] == 2 and r["rows_written"] == 1
+    q = shop.execute("""select row->>'country', failures from features.quarantine where run_id = %s order by id""", [r["run_id"]]).fetchall()
+    assert q[0] == ("DE", ["amount: min 0"])
+    assert q[1][0] == "XX" and set(q[1][1]) == {"amount: not_null", "country: in [\"DE\", \"FR\", \"IT\"]"}
+
+
+def test_versions_are_immutable_and_additive_changes_make_a_new_version(shop):
+    e = err(shop, "update features.feature_views set ttl = '1 day' where name = 'customer_stats'")
+    assert e.sqlstate == "55000" and "immutable" in str(e)
+    feats = [{"name": "amount", "type": "float8", "expect": {"not_null": True, "min": 0}},
+             {"name": "amount_x2", "type": "float8", "expr": "amount * 2"},
+             {"name": "country", "expect": {"in": ["DE", "FR", "IT"]}},
+             {"name": "amount_x3", "type": "float8", "expr": "amount * 3"}]
+    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+               [json.dumps(feats)]) == "customer_stats@2"
+    # same definition again: no new version
+    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+               [json.dumps(feats)]) == "customer_stats@2"
+    e = err(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+            [json.dumps(feats[:1])])
+    assert e.sqlstate == "22023" and "breaking" in str(e) and "amount_x2" in e.diag.message_detail
+    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', breaking => true)",
+               [json.dumps(feats[:1])]) == "customer_stats@3"
+    # name alone = latest; old versions stay readable
+    e = err(shop, "select features.get_online(array['customer_stats:country'], '{\"customer_id\": 1}')")
+    assert e.sqlstate == "42704" and "customer_stats@3" in str(e)
+    r = one(shop, "select features.get_online(array['customer_stats@1:country'], '{\"customer_id\": 3}')")
+    assert r["country"] == "IT"
+
+
+def test_materialize_incremental_continues_where_the_last_run_ended(shop):
+    shop.execute("create table fs_clicks (customer_id int, ts timestamptz, n int)")
+    shop.execute("insert into fs_clicks values (1, now() - interval '2 hours', 1), (2, now() - interval '1 hour', 2)")
+    shop.execute("""select features.create_feature_view('clicks', 'customer', 'fs_clicks', 'ts', '[{"name": "n"}]')""")
+    assert one(shop, "select (features.materialize_incremental('clicks'))->>'rows_written'") == "2"
+    shop.execute("insert into fs_clicks values (1, now() - interval '1 hour', 5), (3, now(), 7)")
+    shop.commit() if not shop.autocommit else None
+    # the row at now() of this statement's transaction is not < the new end (now()) of the next run: only newer rows
+    r = one(shop, "select features.materialize_incremental('clicks')")
+    assert r["rows_written"] in (1, 2)
+    assert one(shop, "select count(*) from features.materialization_runs r join features.feature_views v on v.id = r.view_id where v.name = 'clicks'") == 2
+
+
+def test_on_demand_feature_is_the_same_online_and_offline(shop):
+    one(shop, """select features.create_on_demand_feature('amount_vs_request', 'request_amount - amount', 'float8',
+                 array['customer_stats@1:amount'], '{"request_amount": "float8"}')""")
+    online = one(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}', '{\"request_amount\": 12.5}')")
+    assert online["amount_vs_request"] == 7.5
+    hist = one(shop, "select features.get_historical('select 3 as customer_id, now() as event_timestamp, 12.5::float8 as request_amount', array['amount_vs_request'])")
+    assert hist["amount_vs_request"] == 7.5
+    e = err(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}')")
+    assert e.sqlstate == "22023" and "request_amount" in str(e)
+    e = err(shop, "select features.create_on_demand_feature('bad_odf', 'nosuchcol + 1', 'float8', array['customer_stats@1:amount'])")
+    assert "nosuchcol" in str(e)
+
+
+def test_create_training_set_registers_a_dataset_with_lineage(shop):
+    r = one(shop, """select features.create_training_set('fs_train', 'select customer_id, ts as event_timestamp, amount as label from fs_orders',
+                     array['customer_stats@1:amount_x2', 'customer_stats@1:country'], 'label')""")
+    assert r["rows"] == 60 and r["relation"] == "public.fs_train"
+    row = shop.execute("select kind, row_count, materialized::text, schema->>'label' from registry.datasets where id = %s", [r["dataset_id"]]).fetchone()
+    assert row == ("training_set", 60, "fs_train", "label")
+    edge = shop.execute("select src_kind, dst_kind from registry.lineage_edges where dst_id = %s", [str(r["dataset_id"])]).fetchall()
+    assert edge == [("feature_view_version", "training_set")]
+    # features at the same event time as the label's row are included (event time <= entity time)
+    assert one(shop, "select count(*) from fs_train where amount_x2 = 2 * label") == 60
+    e = err(shop, "select features.create_training_set('fs_train', 'select 1 as customer_id, now() as event_timestamp', array['customer_stats@1:country'])")
+    assert e.sqlstate == "42P07"
+
+
+def test_drift_flags_a_shift_and_stays_quiet_without_one(sconn):
+    c = sconn
+    c.execute("create table fs_drift (customer_id int, ts timestamptz, x float8)")
+    rnd = random.Random(7)
+    rows = [(i, T0 + timedelta(minutes=i), rnd.gauss(0, 1)) for i in range(2000)]               # day 1: N(0,1)
+    rows += [(i, T0 + timedelta(days=2, minutes=i), rnd.gauss(0, 1)) for i in range(2000)]       # day 3: N(0,1)
+    rows += [(i, T0 + timedelta(days=4, minutes=i), rnd.gauss(0.8, 1)) for i in range(2000)]     # day 5: shifted
+    with c.cursor() as cur:
+        cur.executemany("insert into fs_drift values (%s, %s, %s)", rows)
+    c.execute("""select features.create_feature_view('drifty', 'customer', 'fs_drift', 'ts', '[{"name": "x"}]')""")
+    runs = [one(c, "select (features.materialize('drifty', %s, %s))->>'run_id'", [T0 + timedelta(days=d), T0 + timedelta(days=d + 2)]) for d in (0, 2, 4)]
+    same = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", f"run:{runs[1]}"])
+    shifted = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
+    assert same["drift"] is False and same["psi"] < 0.1
+    assert shifted["drift"] is True and shifted["psi"] > 0.2 and shifted["ks"] > 0.2
+    rng = one(c, "select features.drift('drifty', 'x', %s, %s)",
+              [f"[{T0.isoformat()},{(T0 + timedelta(days=1)).isoformat()})", f"[{(T0 + timedelta(days=2)).isoformat()},{(T0 + timedelta(days=3)).isoformat()})"])
+    assert rng["drift"] is False and rng["baseline"]["n"] == 1440
+    e = err(c, "select features.drift('drifty', 'x', 'yesterday', 'latest')")
+    assert e.sqlstate == "22023" and "tstzrange" in e.diag.message_hint
+
+
+def test_check_skew_strict_fails_loudly_on_divergence(shop):
+    shop.execute("create table fs_skew (customer_id int, ts timestamptz, y int)")
+    shop.execute("insert into fs_skew select g, now() - interval '1 hour', g from generate_series(1, 20) g")
+    shop.execute("""select features.create_feature_view('skewy', 'customer', 'fs_skew', 'ts', '[{"name": "y"}]')""")
+    shop.execute("select features.materialize_incremental('skewy')")
+    assert one(shop, "select (features.check_skew('skewy', 50, strict => true))->>'mismatches'") == "0"
+    # the source changes after materialization: online no longer equals the definition
+    shop.execute("update fs_skew set y = y + 1 where customer_id <= 5")
+    r = one(shop, "select features.check_skew('skewy', 50)")
+    assert r["sampled"] == 20 and r["source_mismatches"] == 5 and r["offline_mismatches"] == 0
+    e = err(shop, "select features.check_skew('skewy', 50, strict => true, threshold => 0.1)")
+    assert e.sqlstate == "IXF01" and "skew" in str(e)
+
+
+def test_bad_input_gives_clear_errors(shop):
+    cases = [
+        ("select features.get_online(array['customer_stats@1:nope'], '{\"customer_id\": 1}')", "42704", "no feature"),
+        ("select features.get_online(array['nope:amount'], '{\"customer_id\": 1}')", "42704", "does not exist"),
+        ("select features.get_online(array['customer_stats@1:amount'], '{\"customer_id\": \"abc\"}')", "22023", "integer"),
+        ("select features.get_online(array['customer_stats@1:amount'], '{\"cust\": 1}')", "22023", "missing"),
+        ("select features.get_online(array['customer_stats@1:amount', 'customer_stats@2:amount'], '{\"customer_id\": 1}')", "42710", "more than one view"),
+        ("select features.get_historical('select 1 as customer_id', array['customer_stats@1:amount'])", "42703", "timestamp"),
+        ("select features.get_historical('select ''a''::text as customer_id, now() as event_timestamp', array['customer_stats@1:amount'])", "42804", "type"),
+        ("select features.create_feature_view('nots', 'customer', 'fs_orders', 'created', '[{\"name\": \"amount\"}]')", "42703", "no timestamp column"),
+        ("select features.create_feature_view('nots', 'customer', 'no_such_table', 'ts', '[{\"name\": \"amount\"}]')", "42P01", "not a table"),
+        ("select features.create_feature_view('nots', 'nobody', 'fs_orders', 'ts', '[{\"name\": \"amount\"}]')", "42704", "entity"),
+        ("select features.create_feature_view('nots', 'customer', 'fs_orders', 'ts', '[{\"name\": \"amount\", \"expr\": \"amount +\"}]')", "42601", "expression of feature amount"),
+        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": 1, \"amount_x2\": 2, \"country\": \"DE\", \"extra\": 1}]')", "42703", "extra"),
+        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": 1}]')", "22023", "lack fields"),
+        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": null, \"amount\": 1, \"amount_x2\": 2, \"country\": \"DE\"}]')", "22004", "null timestamp"),
+        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": \"lots\", \"amount_x2\": 2, \"country\": \"DE\"}]')", "22P02", "declared type"),
+        ("select features.schedule('customer_stats', '*/5 * * * *')", "0A000", "pg_cron"),
+        ("select features.materialize('customer_stats', '2024-02-01', '2024-01-01')", "22023", "start_ts < end_ts"),
+    ]
+    for sql, state, text in cases:
+        e = err(shop, sql)
+        assert e.sqlstate == state, (sql, e.sqlstate, str(e))
+        assert text in (str(e) + " " + (e.diag.message_detail or "")), (sql, str(e))
+    # nothing was half-written by the failed pushes
+    assert one(shop, "select count(*) from features.fv_1_offline where event_ts = '2024-01-01'") == 0
