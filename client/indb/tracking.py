@@ -1,8 +1,351 @@
-"""Client methods for experiment tracking and the model registry (SQL: registry.*)."""
+"""Client methods for experiment tracking and the model registry (SQL: registry.*).
+
+Familiar to MLflow users::
+
+    with client.start_run(experiment="churn", run_name="xgb-depth-6") as run:
+        run.log_params({"max_depth": 6, "eta": 0.1})
+        for step in range(100):
+            run.log_metric("rmse", rmse, step=step)      # buffered, sent in batches (registry.log_batch)
+        run.log_artifact("confusion.png")
+    client.register_model("churn", model, run=run.id)   # next version; lineage run -> model_version
+    client.set_alias("churn", "champion", 3)
+    model = client.load_model("churn", alias="champion")
+    df = client.search_runs(["churn"], "metrics.rmse < 0.5 and params.max_depth = '6'")
+
+Model artifact formats (registry.model_versions.artifact_format), chosen per flavor:
+  xgboost-ubj     xgboost Booster / XGBModel: booster.save_raw('ubj'); sklearn wrappers come back as their class
+  lightgbm-text   lightgbm Booster: model_to_string()
+  sklearn-pickle  scikit-learn estimators (and lightgbm's sklearn wrappers): pickle protocol 5
+  torch-save      torch.nn.Module: torch.save(module) (the module's class must be importable when loading)
+  bytes           anything already serialized (flavor given by the caller); load_model returns the bytes
+  (ml.train writes flavor indb-pickle: load_model returns its bundle, a dict with the estimator under "est")
+Every artifact's sha256 is checked by the database when it is read back. Pickle and torch.save run code
+when loaded: load only models from a registry you trust (indb roles decide who may register them).
+"""
 from __future__ import annotations
 
+import io
+import os
+import pickle
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+from psycopg.types.json import Jsonb
+
 from .client import Base
+from .errors import InvalidInput
+
+
+# ----------------------------------------------------------------------------------------------
+# model (de)serialization
+def _cls_path(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def serialize_model(model: Any, flavor: str | None = None) -> tuple[str, str, bytes, str | None]:
+    """(flavor, artifact_format, bytes, algorithm) for a model object."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        if not flavor:
+            raise InvalidInput("register_model got raw bytes: say which flavor they are (flavor='xgboost', ...)")
+        return flavor, "bytes", bytes(model), None
+    mod = type(model).__module__.split(".")[0]
+    if mod == "xgboost":
+        import xgboost as xgb
+
+        booster = model if isinstance(model, xgb.Booster) else model.get_booster()
+        return "xgboost", "xgboost-ubj", bytes(booster.save_raw("ubj")), _cls_path(model)
+    if mod == "lightgbm":
+        import lightgbm as lgb
+
+        if isinstance(model, lgb.Booster):
+            return "lightgbm", "lightgbm-text", model.model_to_string().encode(), _cls_path(model)
+        return "lightgbm", "sklearn-pickle", pickle.dumps(model, protocol=5), _cls_path(model)
+    if mod == "torch" or _is_torch_module(model):
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        return "torch", "torch-save", buf.getvalue(), _cls_path(model)
+    if mod == "sklearn" or hasattr(model, "get_params"):
+        return "sklearn", "sklearn-pickle", pickle.dumps(model, protocol=5), _cls_path(model)
+    raise InvalidInput(f"cannot register a {_cls_path(model)}: supported are xgboost, lightgbm, scikit-learn and "
+                       "torch models, or bytes with flavor=")
+
+
+def _is_torch_module(model) -> bool:
+    try:
+        import sys
+
+        torch = sys.modules.get("torch")
+        return bool(torch) and isinstance(model, torch.nn.Module)
+    except Exception:
+        return False
+
+
+def _sniff(data: bytes) -> str:
+    if data[:1] == b"\x80":
+        return "sklearn-pickle"
+    if data[:2] == b"PK":
+        return "torch-save"
+    if data[:4] == b"tree":
+        return "lightgbm-text"
+    if data[:1] == b"{":
+        return "xgboost-json" if data[:2] in (b'{"', b"{\n") else "xgboost-ubj"
+    return "bytes"
+
+
+def deserialize_model(data: bytes, flavor: str | None, fmt: str | None, algorithm: str | None = None) -> Any:
+    fmt = fmt or _sniff(data)
+    if fmt in ("xgboost-ubj", "xgboost-json"):
+        import xgboost as xgb
+
+        cls = (algorithm or "").rsplit(".", 1)[-1]
+        if cls in ("XGBClassifier", "XGBRegressor", "XGBRanker", "XGBRFClassifier", "XGBRFRegressor"):
+            model = getattr(xgb, cls)()
+            model.load_model(bytearray(data))
+            return model
+        booster = xgb.Booster()
+        booster.load_model(bytearray(data))
+        return booster
+    if fmt == "lightgbm-text":
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=data.decode())
+    if fmt in ("sklearn-pickle", "pickle") or flavor == "indb-pickle":
+        # indb-pickle: ml.train's bundle (dict with the estimator "est" and its preprocessing "pre")
+        return pickle.loads(data)
+    if fmt == "torch-save":
+        import torch
+
+        return torch.load(io.BytesIO(data), weights_only=False)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+class Run:
+    """A RUNNING run. Metric points are buffered and sent with registry.log_batch every
+    ``batch_size`` points or ``flush_seconds``, on flush() and when the run ends."""
+
+    def __init__(self, client: "TrackingAPI", run_id: str, experiment: str, batch_size: int = 5000,
+                 flush_seconds: float = 2.0):
+        self.client = client
+        self.id = str(run_id)
+        self.experiment = experiment
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self._keys: list[str] = []
+        self._values: list[float] = []
+        self._steps: list[int] = []
+        self._ts: list[datetime | None] = []
+        self._last_flush = time.monotonic()
+        self.status = "RUNNING"
+        self.points_sent = 0
+
+    run_id = property(lambda self: self.id)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} experiment={self.experiment!r} {self.status}>"
+
+    # -- params, tags
+    def log_param(self, key: str, value: Any) -> None:
+        self.client.call("select registry.log_param(%s, %s, %s)", [self.id, key, _str(value)])
+
+    def log_params(self, params: dict) -> None:
+        self.client.call("select registry.log_params(%s, %s)",
+                         [self.id, Jsonb({k: _str(v) for k, v in params.items()})])
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.client.call("select registry.set_tag(%s, %s, %s)", [self.id, key, _str(value)])
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.call("select registry.log_batch(%s, tags => %s)",
+                         [self.id, Jsonb({k: _str(v) for k, v in tags.items()})])
+
+    # -- metrics (batched)
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: datetime | None = None) -> None:
+        self._keys.append(key)
+        self._values.append(float(value))
+        self._steps.append(int(step or 0))
+        self._ts.append(timestamp)
+        if len(self._keys) >= self.batch_size or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def log_metrics(self, metrics: dict, step: int | None = None, timestamp: datetime | None = None) -> None:
+        for k, v in metrics.items():
+            self.log_metric(k, v, step, timestamp)
+
+    def flush(self) -> int:
+        n = len(self._keys)
+        if n:
+            ts = None if all(t is None for t in self._ts) else self._ts
+            self.client.call("select registry.log_batch(%s, %b::text[], %b::float8[], %b::int8[], %s::timestamptz[])",
+                             [self.id, self._keys, self._values, self._steps, ts])
+            self.points_sent += n
+            self._keys, self._values, self._steps, self._ts = [], [], [], []
+        self._last_flush = time.monotonic()
+        return n
+
+    # -- artifacts and inputs
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> dict:
+        p = Path(local_path)
+        if not p.is_file():
+            raise InvalidInput(f"log_artifact: {p} is not a file")
+        name = artifact_path or p.name
+        if artifact_path and artifact_path.endswith("/"):
+            name = artifact_path + p.name
+        return self.log_bytes(name, p.read_bytes())
+
+    def log_bytes(self, path: str, data: bytes) -> dict:
+        return self.client.scalar("select registry.log_artifact(%s, %s, %s)", [self.id, path, bytes(data)])
+
+    def log_uri(self, path: str, uri: str) -> dict:
+        return self.client.scalar("select registry.log_artifact(%s, %s, null, %s)", [self.id, path, uri])
+
+    def log_input(self, dataset: str, digest: str, context: str = "training", source: str | None = None,
+                  row_count: int | None = None) -> int:
+        return self.client.scalar("select registry.log_input(%s, %s, %s, %s, %s, %s)",
+                                  [self.id, dataset, digest, context, source, row_count])
+
+    # -- lifecycle
+    def end(self, status: str = "FINISHED") -> None:
+        try:
+            self.flush()
+        finally:
+            if self.status == "RUNNING":
+                self.client.call("select registry.end_run(%s, %s)", [self.id, status])
+                self.status = status
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            try:
+                self.end("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+            except Exception:
+                pass
+
+
+def _str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 class TrackingAPI(Base):
-    pass
+    # -- runs
+    def create_experiment(self, name: str, description: str | None = None, tags: dict | None = None) -> int:
+        return self.scalar("select registry.create_experiment(%s, %s, %s)", [name, description, Jsonb(tags or {})])
+
+    def start_run(self, experiment: str, run_name: str | None = None, tags: dict | None = None,
+                  parent_run: "str | Run | None" = None, batch_size: int = 5000, flush_seconds: float = 2.0) -> Run:
+        parent = parent_run.id if isinstance(parent_run, Run) else parent_run
+        rid = self.scalar("select registry.start_run(%s, %s, %s, %s)",
+                          [experiment, run_name, Jsonb({k: _str(v) for k, v in (tags or {}).items()}), parent])
+        return Run(self, str(rid), experiment, batch_size=batch_size, flush_seconds=flush_seconds)
+
+    def get_run(self, run_id: str) -> dict:
+        return self.scalar("select registry.get_run(%s)", [str(run_id)])
+
+    def metric_history(self, run_id: str, key: str) -> list[dict]:
+        return self.call("select * from registry.metric_history(%s, %s)", [str(run_id), key])
+
+    def get_artifact(self, run_id: str, path: str) -> bytes:
+        return bytes(self.scalar("select registry.get_artifact(%s, %s)", [str(run_id), path]))
+
+    def search_runs(self, experiments: Iterable[str] | str | None = None, filter: str = "",
+                    order_by: list[str] | None = None, max_results: int = 1000):
+        """Runs as a pandas DataFrame with MLflow's columns: run_id, experiment, status, start_time, end_time,
+        params.<key>, metrics.<key>, tags.<key>."""
+        import pandas as pd
+
+        if isinstance(experiments, str):
+            experiments = [experiments]
+        rows = self.call("select * from registry.search_runs(%s, %s, %s, %s)",
+                         [list(experiments) if experiments is not None else None, filter or "",
+                          order_by, max_results])
+        flat = []
+        for r in rows:
+            d = {k: r[k] for k in ("run_id", "experiment", "run_name", "status", "user_name", "start_time",
+                                   "end_time")}
+            d["run_id"] = str(d["run_id"])
+            for prefix in ("metrics", "params", "tags"):
+                for k, v in (r[prefix] or {}).items():
+                    d[f"{prefix}.{k}"] = v
+            flat.append(d)
+        cols = ["run_id", "experiment", "run_name", "status", "user_name", "start_time", "end_time"]
+        return pd.DataFrame(flat, columns=None if flat else cols)
+
+    # -- registry
+    def register_model(self, name: str, model: Any = None, run: "str | Run | None" = None,
+                       flavor: str | None = None, artifact_uri: str | None = None, description: str | None = None,
+                       tags: dict | None = None, input_schema: dict | None = None,
+                       output_schema: dict | None = None, metrics: dict | None = None,
+                       hyperparams: dict | None = None, task: str | None = None) -> dict:
+        """Add the next version of registered model ``name`` (created if missing); returns
+        {model, version, version_id}."""
+        data = fmt = algorithm = None
+        if model is not None:
+            flavor, fmt, data, algorithm = serialize_model(model, flavor)
+        elif artifact_uri is None:
+            raise InvalidInput("register_model needs a model object, bytes, or an artifact_uri")
+        run_id = run.id if isinstance(run, Run) else (str(run) if run else None)
+        rows = self.call(
+            "select * from registry.register_model(name => %s, run => %s, artifact => %s, artifact_uri => %s, "
+            "flavor => %s, artifact_format => %s, source => 'client', algorithm => %s, task => %s, "
+            "input_schema => %s, output_schema => %s, metrics => %s, hyperparams => %s, description => %s, "
+            "tags => %s)",
+            [name, run_id, data, artifact_uri, flavor, fmt, algorithm, task,
+             Jsonb(input_schema) if input_schema is not None else None,
+             Jsonb(output_schema) if output_schema is not None else None,
+             Jsonb(metrics or {}), Jsonb(hyperparams or {}), description,
+             Jsonb({k: _str(v) for k, v in (tags or {}).items()})])
+        return rows[0]
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.call("select registry.set_alias(%s, %s, %s)", [name, alias, int(version)])
+
+    def delete_alias(self, name: str, alias: str) -> bool:
+        return self.scalar("select registry.delete_alias(%s, %s)", [name, alias])
+
+    def get_model_version(self, name: str, alias: str | None = None, version: int | None = None) -> dict:
+        ref = _ref(alias, version)
+        rows = self.call("select * from registry.get_model_version(%s, %s)", [name, ref])
+        return rows[0]
+
+    def list_model_versions(self, name: str) -> list[dict]:
+        return self.call("select * from registry.list_model_versions(%s)", [name])
+
+    def load_model(self, name: str, alias: str | None = None, version: int | None = None) -> Any:
+        """The model object of a version (by alias, version number, or the latest): an xgboost Booster or
+        sklearn-API model, a lightgbm Booster, a scikit-learn estimator or a torch module."""
+        mv = self.get_model_version(name, alias, version)
+        if mv["artifact"] is None:
+            raise InvalidInput(f"model {name!r} version {mv['version']} has no stored artifact"
+                               + (f"; it lives at {mv['artifact_uri']}" if mv["artifact_uri"] else ""))
+        return deserialize_model(bytes(mv["artifact"]), mv["flavor"], mv["artifact_format"], mv["algorithm"])
+
+    # -- lineage and audit
+    def lineage(self, kind: str, id: Any, direction: str = "both", max_depth: int = 20) -> list[dict]:
+        return self.call("select * from registry.lineage(%s, %s, %s, %s)", [kind, str(id), direction, max_depth])
+
+    def add_lineage(self, src_kind: str, src_id: Any, dst_kind: str, dst_id: Any, relation: str = "derived") -> None:
+        self.call("select registry.add_lineage(%s, %s, %s, %s, %s)",
+                  [src_kind, str(src_id), dst_kind, str(dst_id), relation])
+
+    def audit_verify(self) -> dict:
+        return self.call("select * from audit.verify()")[0]
+
+
+def _ref(alias: str | None, version: int | None) -> str:
+    if alias is not None and version is not None:
+        raise InvalidInput("give alias or version, not both")
+    if version is not None:
+        return str(int(version))
+    return alias or "latest"

@@ -1,0 +1,425 @@
+"""registry.search_runs: MLflow's run filter syntax, parsed into parameterized SQL.
+
+    metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' and attributes.status = 'FINISHED'
+
+Grammar (MLflow's, plus OR and parentheses)::
+
+    expr       := term (OR term)*
+    term       := factor (AND factor)*
+    factor     := '(' expr ')' | comparison
+    comparison := field op value
+                | field [NOT] IN '(' value (',' value)* ')'
+                | field IS [NOT] NULL
+    field      := entity '.' key         entity: metrics|metric, params|param|parameters, tags|tag,
+                                                 attributes|attribute|attr|run, datasets|dataset
+    key        := name | `quoted` | "quoted"
+    value      := 'string' | "string" | number
+
+The SQL text is assembled only from fixed fragments chosen here; every key and value the user wrote is
+bound as a parameter ($1, $2, ...). Errors carry SQLSTATE 42601 and the position of the problem.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import IndbRuntimeError
+
+HINT = ("filters look like: metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
+        "and attributes.status = 'FINISHED'; strings in quotes, numbers bare; and/or/parentheses")
+
+ENTITIES = {
+    "metrics": "metric", "metric": "metric",
+    "params": "param", "param": "param", "parameters": "param", "parameter": "param",
+    "tags": "tag", "tag": "tag",
+    "attributes": "attr", "attribute": "attr", "attr": "attr", "run": "attr",
+    "datasets": "dataset", "dataset": "dataset",
+}
+
+# attribute name -> (SQL expression over runs r / experiments e, type)
+ATTRIBUTES = {
+    "status": ("r.status", "text"),
+    "run_name": ("r.name", "text"),
+    "run_id": ("r.run_uuid::text", "text"),
+    "run_uuid": ("r.run_uuid::text", "text"),
+    "user_id": ("r.user_name", "text"),
+    "user_name": ("r.user_name", "text"),
+    "start_time": ("r.start_time", "time"),
+    "end_time": ("r.end_time", "time"),
+    "experiment": ("e.name", "text"),
+    "experiment_name": ("e.name", "text"),
+}
+DATASET_FIELDS = {"name": "d.name", "digest": "d.digest", "context": "i.context"}
+
+NUM_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+STR_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "LIKE": "like", "ILIKE": "ilike"}
+MAX_RESULTS = 50000
+
+TOKEN_RE = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<num>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
+  | (?P<str>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*")
+  | (?P<btick>`[^`]*`)
+  | (?P<op><=|>=|!=|<>|==|=|<|>)
+  | (?P<lp>\()
+  | (?P<rp>\))
+  | (?P<comma>,)
+  | (?P<dot>\.)
+  | (?P<word>[A-Za-z_][A-Za-z0-9_\-/:]*)
+""", re.VERBOSE)
+
+
+@dataclass
+class Tok:
+    kind: str
+    text: str
+    pos: int
+
+
+def syntax_error(text: str, pos: int, message: str) -> IndbRuntimeError:
+    pos = max(0, min(pos, len(text)))
+    detail = f"{text}\n{' ' * pos}^"
+    return IndbRuntimeError("42601", f"invalid filter at position {pos + 1}: {message}", detail, HINT)
+
+
+def tokenize(text: str) -> list[Tok]:
+    toks, i = [], 0
+    while i < len(text):
+        m = TOKEN_RE.match(text, i)
+        if not m:
+            raise syntax_error(text, i, f"unexpected character {text[i]!r}")
+        kind = m.lastgroup
+        if kind != "ws":
+            toks.append(Tok(kind, m.group(), i))
+        i = m.end()
+    toks.append(Tok("end", "", len(text)))
+    return toks
+
+
+def unquote(s: str) -> str:
+    q = s[0]
+    body = s[1:-1]
+    if q == "'":
+        body = body.replace("''", "'")
+    return re.sub(r"\\(.)", r"\1", body)
+
+
+class Parser:
+    def __init__(self, text: str, params: list):
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+        self.params = params
+
+    # -- helpers
+    def peek(self) -> Tok:
+        return self.toks[self.i]
+
+    def next(self) -> Tok:
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def is_word(self, *words: str) -> bool:
+        t = self.peek()
+        return t.kind == "word" and t.text.upper() in words
+
+    def expect(self, kind: str, what: str) -> Tok:
+        t = self.peek()
+        if t.kind != kind:
+            raise syntax_error(self.text, t.pos, f"expected {what}, found {describe(t)}")
+        return self.next()
+
+    def bind(self, value, pgtype: str) -> str:
+        self.params.append((value, pgtype))
+        return f"${len(self.params)}"
+
+    # -- grammar
+    def parse(self) -> str:
+        if self.peek().kind == "end":
+            return "true"
+        sql = self.expr()
+        t = self.peek()
+        if t.kind != "end":
+            raise syntax_error(self.text, t.pos, f"expected AND, OR or the end of the filter, found {describe(t)}")
+        return sql
+
+    def expr(self) -> str:
+        parts = [self.term()]
+        while self.is_word("OR"):
+            self.next()
+            parts.append(self.term())
+        return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+
+    def term(self) -> str:
+        parts = [self.factor()]
+        while self.is_word("AND"):
+            self.next()
+            parts.append(self.factor())
+        return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+
+    def factor(self) -> str:
+        if self.peek().kind == "lp":
+            self.next()
+            inner = self.expr()
+            self.expect("rp", "')'")
+            return inner
+        return self.comparison()
+
+    def field(self) -> tuple[str, str, int]:
+        t = self.peek()
+        if t.kind == "word" and "." not in t.text and self.toks[self.i + 1].kind != "dot" \
+                and t.text.lower() in ATTRIBUTES:
+            # bare attribute (MLflow accepts e.g. status = 'FINISHED' only with a prefix; we allow it)
+            self.next()
+            return "attr", t.text.lower(), t.pos
+        if t.kind != "word":
+            raise syntax_error(self.text, t.pos, f"expected a field such as metrics.rmse, found {describe(t)}")
+        self.next()
+        entity = ENTITIES.get(t.text.lower())
+        if entity is None:
+            raise syntax_error(self.text, t.pos,
+                               f"unknown entity {t.text!r}: use metrics., params., tags., attributes. or datasets.")
+        self.expect("dot", f"'.' after {t.text}")
+        k = self.next()
+        if k.kind == "word":
+            key = k.text
+            # keys may contain dots (tags.mlflow.runName): glue word . word ...
+            while self.peek().kind == "dot" and self.toks[self.i + 1].kind == "word" \
+                    and self.toks[self.i + 1].pos == self.peek().pos + 1 and self.peek().pos == k.pos + len(key):
+                self.next()
+                key += "." + self.next().text
+        elif k.kind == "btick" or (k.kind == "str" and k.text[0] == '"'):
+            key = k.text[1:-1]
+        else:
+            raise syntax_error(self.text, k.pos, f"expected a key after {t.text}., found {describe(k)}")
+        if not key:
+            raise syntax_error(self.text, k.pos, "empty key")
+        if entity == "attr" and key.lower() not in ATTRIBUTES:
+            raise syntax_error(self.text, k.pos, f"unknown attribute {key!r}; attributes: " + ", ".join(ATTRIBUTES))
+        if entity == "dataset" and key.lower() not in DATASET_FIELDS:
+            raise syntax_error(self.text, k.pos, f"unknown dataset field {key!r}; use datasets.name, datasets.digest "
+                                                 "or datasets.context")
+        return entity, key.lower() if entity in ("attr", "dataset") else key, t.pos
+
+    def value(self) -> tuple[str, object, int]:
+        t = self.next()
+        if t.kind == "num":
+            return "num", float(t.text), t.pos
+        if t.kind == "str":
+            return "str", unquote(t.text), t.pos
+        raise syntax_error(self.text, t.pos, f"expected a value ('text' or a number), found {describe(t)}")
+
+    def comparison(self) -> str:
+        entity, key, fpos = self.field()
+        t = self.peek()
+        negate = False
+        if self.is_word("IS"):
+            self.next()
+            if self.is_word("NOT"):
+                self.next()
+                negate = True
+            if not self.is_word("NULL"):
+                raise syntax_error(self.text, self.peek().pos, f"expected NULL after IS, found {describe(self.peek())}")
+            self.next()
+            return self.null_test(entity, key, negate, fpos)
+        if self.is_word("NOT"):
+            self.next()
+            negate = True
+            if not self.is_word("IN"):
+                raise syntax_error(self.text, self.peek().pos, f"expected IN after NOT, found {describe(self.peek())}")
+        if self.is_word("IN"):
+            self.next()
+            self.expect("lp", "'(' after IN")
+            vals = [self.value()]
+            while self.peek().kind == "comma":
+                self.next()
+                vals.append(self.value())
+            self.expect("rp", "')' closing the IN list")
+            return self.in_list(entity, key, vals, negate)
+        if t.kind == "op":
+            op = self.next().text
+        elif self.is_word("LIKE", "ILIKE"):
+            op = self.next().text.upper()
+        else:
+            raise syntax_error(self.text, t.pos, f"expected a comparison (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), "
+                                                 f"found {describe(t)}")
+        vkind, val, vpos = self.value()
+        return self.compare(entity, key, op, vkind, val, t.pos, vpos)
+
+    # -- SQL fragments
+    def compare(self, entity, key, op, vkind, val, opos, vpos) -> str:
+        if entity == "metric":
+            if op not in NUM_OPS:
+                raise syntax_error(self.text, opos, f"operator {op} does not apply to metrics; use = != < <= > >=")
+            if vkind != "num":
+                raise syntax_error(self.text, vpos, f"metric {key!r} is compared with a number, not a string")
+            return (f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
+                    f"{self.bind(key, 'text')} and m.value {NUM_OPS[op]} {self.bind(val, 'float8')})")
+        attr_type = ATTRIBUTES.get(key, (None, None))[1] if entity == "attr" else None
+        if attr_type == "time":
+            if op not in NUM_OPS:
+                raise syntax_error(self.text, opos, f"operator {op} does not apply to {key}; use = != < <= > >=")
+            col = ATTRIBUTES[key][0]
+            if vkind == "num":  # MLflow: milliseconds since the epoch
+                return f"{col} {NUM_OPS[op]} to_timestamp({self.bind(val / 1000.0, 'float8')})"
+            return f"{col} {NUM_OPS[op]} {self.bind(val, 'timestamptz')}"
+        if op not in STR_OPS:
+            raise syntax_error(self.text, opos, f"operator {op} does not apply to {entity} values; "
+                                                "use =, !=, LIKE, ILIKE or IN")
+        if vkind != "str":
+            raise syntax_error(self.text, vpos, f"{entity} values are strings: write {key} {op} '{_fmt(val)}'")
+        sop = STR_OPS[op]
+        if entity == "param":
+            return (f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
+                    f"{self.bind(key, 'text')} and p.value {sop} {self.bind(val, 'text')})")
+        if entity == "tag":
+            if sop == "=":
+                return f"r.tags @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
+            return f"(r.tags ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
+        if entity == "dataset":
+            return (f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
+                    f"where i.run_id = r.id and {DATASET_FIELDS[key]} {sop} {self.bind(val, 'text')})")
+        return f"{ATTRIBUTES[key][0]} {sop} {self.bind(val, 'text')}"
+
+    def in_list(self, entity, key, vals, negate) -> str:
+        if entity == "metric":
+            if any(k != "num" for k, _, _ in vals):
+                bad = next(p for k, _, p in vals if k != "num")
+                raise syntax_error(self.text, bad, "metric IN lists hold numbers")
+            arr = self.bind([v for _, v, _ in vals], "float8[]")
+            inner = (f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
+                     f"{self.bind(key, 'text')} and m.value = any({arr}))")
+            return f"not {inner}" if negate else inner
+        bad = next((p for k, _, p in vals if k != "str"), None)
+        if bad is not None:
+            raise syntax_error(self.text, bad, "IN lists of params, tags and attributes hold quoted strings")
+        arr = self.bind([v for _, v, _ in vals], "text[]")
+        if entity == "param":
+            expr = (f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
+                    f"{self.bind(key, 'text')} and p.value = any({arr}))")
+        elif entity == "tag":
+            expr = f"coalesce((r.tags ->> {self.bind(key, 'text')}) = any({arr}), false)"
+        elif entity == "dataset":
+            expr = (f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
+                    f"where i.run_id = r.id and {DATASET_FIELDS[key]} = any({arr}))")
+        else:
+            col, typ = ATTRIBUTES[key]
+            if typ == "time":
+                raise syntax_error(self.text, vals[0][2], f"IN does not apply to {key}")
+            expr = f"coalesce({col} = any({arr}), false)"
+        return f"not {expr}" if negate else expr
+
+    def null_test(self, entity, key, negate, pos) -> str:
+        if entity == "metric":
+            e = f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = {self.bind(key, 'text')})"
+        elif entity == "param":
+            e = f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = {self.bind(key, 'text')})"
+        elif entity == "tag":
+            e = f"r.tags ? {self.bind(key, 'text')}"
+        elif entity == "attr":
+            e = f"{ATTRIBUTES[key][0]} is not null"
+        else:
+            raise syntax_error(self.text, pos, "IS NULL does not apply to datasets")
+        # "x IS NULL" is true when the run has no such metric/param/tag
+        return e if negate else f"not {e}"
+
+
+def _fmt(v) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def describe(t: Tok) -> str:
+    if t.kind == "end":
+        return "the end of the filter"
+    return repr(t.text)
+
+
+def parse_filter(text: str | None, params: list) -> str:
+    """Return a SQL boolean expression over runs r / experiments e; appends (value, type) to params."""
+    return Parser(text or "", params).parse()
+
+
+ORDER_RE = re.compile(r"^\s*(?P<field>.+?)(?:\s+(?P<dir>asc|desc))?\s*$", re.IGNORECASE)
+
+
+def parse_order_by(items: list[str] | None, params: list) -> list[str]:
+    out = []
+    for item in items or []:
+        if item is None or not item.strip():
+            raise IndbRuntimeError("42601", "empty order_by item", hint="order_by items look like 'metrics.rmse ASC'")
+        m = ORDER_RE.match(item)
+        text = m.group("field")
+        direction = (m.group("dir") or "asc").lower()
+        p = Parser(text, params)
+        try:
+            entity, key, _ = p.field()
+        except IndbRuntimeError as e:
+            e.message = e.message.replace("invalid filter", "invalid order_by item " + repr(item))
+            raise
+        if p.peek().kind != "end":
+            raise IndbRuntimeError("42601", f"invalid order_by item {item!r}: expected a field then ASC or DESC",
+                                   None, "order_by items look like 'metrics.rmse ASC' or 'attributes.start_time DESC'")
+        if entity == "metric":
+            expr = f"(select m.value from registry.latest_metrics m where m.run_id = r.id and m.key = {p.bind(key, 'text')})"
+        elif entity == "param":
+            expr = f"(select p.value from registry.params p where p.run_id = r.id and p.key = {p.bind(key, 'text')})"
+        elif entity == "tag":
+            expr = f"(r.tags ->> {p.bind(key, 'text')})"
+        elif entity == "attr":
+            expr = ATTRIBUTES[key][0]
+        else:
+            raise IndbRuntimeError("42601", f"invalid order_by item {item!r}: cannot order by datasets")
+        out.append(f"{expr} {direction} nulls last")
+    return out
+
+
+SELECT = """select r.run_uuid as run_id, e.name as experiment, r.name as run_name, r.status, r.user_name,
+       r.start_time, r.end_time,
+       (select coalesce(jsonb_object_agg(p.key, p.value), '{{}}') from registry.params p where p.run_id = r.id) as params,
+       (select coalesce(jsonb_object_agg(m.key, m.value), '{{}}') from registry.latest_metrics m where m.run_id = r.id) as metrics,
+       r.tags
+  from registry.runs r join registry.experiments e on e.id = r.experiment_id
+ where {where}
+ order by {order}
+ limit {limit}"""
+
+
+def build(experiments, filter_text, order_by, max_results) -> tuple[str, list]:
+    """(sql, [(value, type), ...]) for one search_runs call."""
+    if max_results is None:
+        max_results = 1000
+    if not 1 <= int(max_results) <= MAX_RESULTS:
+        raise IndbRuntimeError("22023", f"max_results must be between 1 and {MAX_RESULTS}, got {max_results}")
+    params: list = []
+    where = []
+    if experiments is not None:
+        if any(x is None for x in experiments):
+            raise IndbRuntimeError("22004", "experiments contains a null name")
+        where.append(f"e.name = any({_bind(params, list(experiments), 'text[]')})")
+    cond = parse_filter(filter_text, params)
+    if cond != "true":
+        where.append(cond)
+    order = parse_order_by(order_by, params) + ["r.start_time desc", "r.id desc"]
+    limit = _bind(params, int(max_results), "int4")
+    sql = SELECT.format(where=" and ".join(where) or "true", order=", ".join(order), limit=limit)
+    return sql, params
+
+
+def _bind(params: list, value, pgtype: str) -> str:
+    params.append((value, pgtype))
+    return f"${len(params)}"
+
+
+def execute(plpy, SD, experiments, filter_text, order_by, max_results):
+    sql, params = build(experiments, filter_text, order_by, max_results)
+    types = [t for _, t in params]
+    cache = SD.setdefault("plans", {})
+    key = (sql, tuple(types))
+    plan = cache.get(key)
+    if plan is None:
+        if len(cache) > 200:
+            cache.clear()
+        plan = plpy.prepare(sql, types)
+        cache[key] = plan
+    return plpy.execute(plan, [v for v, _ in params])

@@ -1,0 +1,812 @@
+-- Registry and experiment tracking (issue 6): experiments, runs, params, metrics (batched), artifacts,
+-- datasets, registered models and versions, aliases, lineage, search_runs.
+--
+-- Every function here is SECURITY INVOKER: it reads and writes the registry tables as the calling role,
+-- so the roles' table grants (999-grants.sql) and the tenant row-level security (900-security.sql)
+-- apply to the API and to direct SQL alike. Values are always passed as parameters.
+--
+-- Lineage node ids (registry.lineage_edges.src_id/dst_id, text): the primary key of the row, as text:
+--   dataset -> registry.datasets.id, run -> registry.runs.id, model_version -> registry.model_versions.id,
+--   deployment -> registry.deployments.id, feature_view_version / training_set / prediction_log -> the
+--   owning issue's primary key. registry.lineage() also accepts a run's uuid and 'model/3', 'model@alias'.
+-- Edges written automatically by triggers (whoever writes the rows, ml.train or the client):
+--   run_inputs    -> dataset -(input, or input:<context> when not training)-> run
+--   model_versions-> run -(produced)-> model_version
+--   deployments   -> model_version -(deployed)-> deployment
+
+-- ------------------------------------------------------------------------------------------------
+-- tenancy helpers (also used by the row-level security policies of 900-security.sql)
+create or replace function registry.current_tenant() returns text
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t text := nullif(current_setting('indb.tenant', true), '');
+  r text;
+  roles text[];
+begin
+  if t is null then
+    -- no setting: a role that is a member of exactly one indb_tenant_<name> role works as that tenant
+    if (select rolsuper from pg_roles where rolname = current_user) then
+      return null;
+    end if;
+    select array_agg(substr(rolname, 13)) into roles
+      from pg_roles where rolname like 'indb\_tenant\_%' and pg_has_role(current_user, oid, 'member');
+    if cardinality(roles) = 1 then
+      return roles[1];
+    end if;
+    return null;
+  end if;
+  r := 'indb_tenant_' || t;
+  if exists (select 1 from pg_roles where rolname = r) and not pg_has_role(current_user, r, 'member') then
+    raise exception 'role "%" may not act as tenant "%"', current_user, t
+      using errcode = '42501',
+            detail = format('tenant %L is bound to role %I and role %I is not a member of it', t, r, current_user),
+            hint = format('SET indb.tenant to a tenant you belong to, or GRANT %I TO %I', r, current_user);
+  end if;
+  return t;
+end $$;
+comment on function registry.current_tenant() is
+  'the session''s tenant: setting indb.tenant (checked against role indb_tenant_<name> when that role exists), or the one indb_tenant_* role the user belongs to';
+
+create or replace function registry.is_admin() returns boolean
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select case when exists (select 1 from pg_roles where rolname = 'indb_admin')
+                  then pg_has_role(current_user, 'indb_admin', 'member')
+                  else (select rolsuper from pg_roles where rolname = current_user) end $$;
+comment on function registry.is_admin() is 'true for members of indb_admin (and superusers): they see every tenant';
+
+-- ------------------------------------------------------------------------------------------------
+-- validation helpers
+create or replace function registry._check_key(what text, key text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if key is null or key = '' then
+    raise exception '% name is empty', what using errcode = '22023', hint = format('give every %s a name', what);
+  end if;
+  if length(key) > 250 then
+    raise exception '% name is too long (% characters, at most 250)', what, length(key) using errcode = '22023';
+  end if;
+  if key !~ '^[A-Za-z0-9_./: -]+$' then
+    raise exception 'invalid % name %', what, quote_literal(key)
+      using errcode = '22023',
+            hint = 'names may contain letters, digits, underscores, dashes, periods, spaces, slashes and colons';
+  end if;
+end $$;
+
+create or replace function registry._check_name(what text, name text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if name is null or btrim(name) = '' then
+    raise exception '% name is empty', what using errcode = '22023';
+  end if;
+  if length(name) > 256 then
+    raise exception '% name is too long (% characters, at most 256)', what, length(name) using errcode = '22023';
+  end if;
+  if name ~ '[[:cntrl:]]' then
+    raise exception '% name contains control characters', what using errcode = '22023',
+      hint = 'use printable characters only';
+  end if;
+end $$;
+
+create or replace function registry._run(run uuid, for_write boolean) returns registry.runs
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs;
+begin
+  if run is null then
+    raise exception 'run id is null' using errcode = '22004', hint = 'pass the uuid returned by registry.start_run';
+  end if;
+  select * into r from registry.runs where run_uuid = run;
+  if not found then
+    raise exception 'run % not found', run using errcode = '42704',
+      hint = 'check the run id and the session''s tenant (setting indb.tenant)';
+  end if;
+  if for_write then
+    if r.status <> 'RUNNING' then
+      raise exception 'run % is %, it no longer accepts params, metrics or artifacts', run, r.status
+        using errcode = '55000', hint = 'start a new run (tags can still be set on a finished run)';
+    end if;
+  end if;
+  if (for_write is not null) and r.tenant is distinct from registry.current_tenant() and not registry.is_admin() then
+    raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501';
+  end if;
+  return r;
+end $$;
+
+-- ------------------------------------------------------------------------------------------------
+-- experiments and runs
+create or replace function registry.create_experiment(name text, description text default null,
+                                                      tags jsonb default '{}') returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare eid bigint;
+begin
+  perform registry._check_name('experiment', name);
+  if tags is not null and jsonb_typeof(tags) <> 'object' then
+    raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+  end if;
+  insert into registry.experiments(name, description, tags) values (name, description, coalesce(tags, '{}'))
+  on conflict on constraint experiments_name_key do nothing returning id into eid;
+  if eid is null then
+    raise exception 'experiment % already exists', quote_literal(name) using errcode = '42710',
+      hint = 'pick another name, or use registry.start_run(experiment => ...) which reuses it';
+  end if;
+  return eid;
+end $$;
+
+create or replace function registry._experiment(name text, create_missing boolean) returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare eid bigint;
+begin
+  perform registry._check_name('experiment', name);
+  select id into eid from registry.experiments e where e.name = _experiment.name;
+  if eid is null and create_missing then
+    insert into registry.experiments(name) values (name)
+    on conflict on constraint experiments_name_key do nothing returning id into eid;
+    if eid is null then
+      select id into eid from registry.experiments e where e.name = _experiment.name;
+      if eid is null then
+        raise exception 'experiment name % is taken by another tenant', quote_literal(name) using errcode = '42710',
+          hint = 'experiment names are unique across tenants; pick another name';
+      end if;
+    end if;
+  end if;
+  if eid is null then
+    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704';
+  end if;
+  return eid;
+end $$;
+
+create or replace function registry.start_run(experiment text, run_name text default null,
+                                              tags jsonb default '{}', parent_run uuid default null)
+returns uuid
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare eid bigint; pid bigint; rid uuid;
+begin
+  if run_name is not null then perform registry._check_name('run', run_name); end if;
+  if tags is not null then
+    if jsonb_typeof(tags) <> 'object' then
+      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+    end if;
+    perform registry._check_key('tag', k) from jsonb_object_keys(tags) k;
+  end if;
+  if parent_run is not null then
+    pid := (registry._run(parent_run, null)).id;
+  end if;
+  eid := registry._experiment(experiment, true);
+  insert into registry.runs(experiment_id, parent_run_id, name, tags)
+  values (eid, pid, run_name, registry._tags_of(coalesce(tags, '{}')))
+  returning run_uuid into rid;
+  return rid;
+end $$;
+comment on function registry.start_run(text, text, jsonb, uuid) is
+  'start a RUNNING run in an experiment (created if missing); returns its uuid';
+
+create or replace function registry.end_run(run uuid, status text default 'FINISHED') returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs;
+begin
+  if status not in ('FINISHED', 'FAILED', 'KILLED') then
+    raise exception 'invalid end status %', quote_literal(status) using errcode = '22023',
+      hint = 'use FINISHED, FAILED or KILLED';
+  end if;
+  r := registry._run(run, true);
+  update registry.runs set status = end_run.status, end_time = clock_timestamp() where id = r.id;
+end $$;
+
+create or replace function registry._tags_of(tags jsonb) returns jsonb
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select coalesce(jsonb_object_agg(key, case when jsonb_typeof(value) = 'string' then value
+                                                  when jsonb_typeof(value) = 'null' then 'null'::jsonb
+                                                  else to_jsonb(value::text) end), '{}')
+      from jsonb_each(tags) $$;
+
+-- the one batch entry point: metrics (parallel arrays), params and tags in one statement
+create or replace function registry.log_batch(run uuid, metric_keys text[] default null,
+                                              metric_values float8[] default null,
+                                              metric_steps bigint[] default null,
+                                              metric_ts timestamptz[] default null,
+                                              params jsonb default null, tags jsonb default null)
+returns int
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  r registry.runs;
+  nk int := coalesce(cardinality(metric_keys), 0);
+  bad text;
+  n int := 0;
+begin
+  r := registry._run(run, nk > 0 or params is not null);
+  if coalesce(cardinality(metric_values), 0) <> nk
+     or (metric_steps is not null and cardinality(metric_steps) <> nk)
+     or (metric_ts is not null and cardinality(metric_ts) <> nk) then
+    raise exception 'metric arrays differ in length (keys %, values %, steps %, timestamps %)',
+      nk, coalesce(cardinality(metric_values), 0), cardinality(metric_steps), cardinality(metric_ts)
+      using errcode = '22023', hint = 'pass one value (and one step/timestamp, if any) per key';
+  end if;
+  if nk > 0 then
+    perform registry._check_key('metric', k) from (select distinct k from unnest(metric_keys) k) d;
+    if array_position(metric_values, null) is not null then
+      raise exception 'metric value at position % is null', array_position(metric_values, null)
+        using errcode = '22004', hint = 'log NaN for a missing value, or leave the point out';
+    end if;
+    insert into registry.metrics(run_id, key, value, step, ts, tenant)
+    select r.id, u.k, u.v, coalesce(u.s, 0), coalesce(u.t, now()), r.tenant
+      from unnest(metric_keys, metric_values, metric_steps, metric_ts) as u(k, v, s, t);
+    insert into registry.latest_metrics as l (run_id, key, value, step, ts, tenant)
+    select distinct on (u.k) r.id, u.k, u.v, coalesce(u.s, 0), coalesce(u.t, now()), r.tenant
+      from unnest(metric_keys, metric_values, metric_steps, metric_ts) with ordinality as u(k, v, s, t, o)
+     order by u.k, coalesce(u.s, 0) desc, coalesce(u.t, now()) desc, u.o desc
+    on conflict (run_id, key) do update set value = excluded.value, step = excluded.step, ts = excluded.ts
+     where (excluded.step, excluded.ts) >= (l.step, l.ts);
+    n := nk;
+  end if;
+  if params is not null then
+    if jsonb_typeof(params) <> 'object' then
+      raise exception 'params must be a JSON object, got %', jsonb_typeof(params) using errcode = '22023';
+    end if;
+    perform registry._check_key('param', k) from jsonb_object_keys(params) k;
+    select p.key into bad from jsonb_each_text(params) p where length(p.value) > 6000 limit 1;
+    if bad is not null then
+      raise exception 'value of param % is longer than 6000 characters', quote_literal(bad) using errcode = '22001';
+    end if;
+    select p.key into bad
+      from jsonb_each_text(params) p join registry.params x on x.run_id = r.id and x.key = p.key
+     where x.value is distinct from p.value limit 1;
+    if bad is not null then
+      raise exception 'param % was already logged for run % with a different value', quote_literal(bad), run
+        using errcode = '22023', detail = 'params are immutable once logged',
+              hint = 'log the new value under another key, or start a new run';
+    end if;
+    insert into registry.params(run_id, key, value, tenant)
+    select r.id, p.key, p.value, r.tenant from jsonb_each_text(params) p
+    on conflict (run_id, key) do nothing;
+    n := n + (select count(*) from jsonb_object_keys(params));
+  end if;
+  if tags is not null then
+    if jsonb_typeof(tags) <> 'object' then
+      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+    end if;
+    perform registry._check_key('tag', k) from jsonb_object_keys(tags) k;
+    update registry.runs set tags = runs.tags || registry._tags_of(log_batch.tags) where id = r.id;
+    n := n + (select count(*) from jsonb_object_keys(tags));
+  end if;
+  return n;
+end $$;
+comment on function registry.log_batch(uuid, text[], float8[], bigint[], timestamptz[], jsonb, jsonb) is
+  'log many metric points (parallel arrays key/value/step/timestamp), params and tags to a RUNNING run in one call';
+
+create or replace function registry.log_metric(run uuid, key text, value float8, step bigint default 0,
+                                               ts timestamptz default null) returns void
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select registry.log_batch(run, array[key], array[value], array[step], array[ts]); $$;
+
+create or replace function registry.log_metrics(run uuid, metrics jsonb, step bigint default 0) returns int
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare bad text;
+begin
+  if metrics is null or jsonb_typeof(metrics) <> 'object' then
+    raise exception 'metrics must be a JSON object of key: number' using errcode = '22023';
+  end if;
+  select key into bad from jsonb_each(metrics) where jsonb_typeof(value) <> 'number' limit 1;
+  if bad is not null then
+    raise exception 'metric % is not a number', quote_literal(bad) using errcode = '22023';
+  end if;
+  return registry.log_batch(run, array(select key from jsonb_each(metrics) order by key),
+                            array(select value::text::float8 from jsonb_each(metrics) order by key),
+                            array_fill(step, array[(select count(*)::int from jsonb_object_keys(metrics))]));
+end $$;
+
+create or replace function registry.log_param(run uuid, key text, value text) returns void
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select registry.log_batch(run, params => jsonb_build_object(key, value)); $$;
+
+create or replace function registry.log_params(run uuid, params jsonb) returns int
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select registry.log_batch(run, params => params); $$;
+
+create or replace function registry.set_tag(run uuid, key text, value text) returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform registry._check_key('tag', key);
+  perform registry.log_batch(run, tags => jsonb_build_object(key, value));
+end $$;
+
+create or replace function registry.get_run(run uuid) returns jsonb
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs;
+begin
+  r := registry._run(run, null);
+  return jsonb_build_object(
+    'run_id', r.run_uuid, 'name', r.name, 'status', r.status, 'user', r.user_name,
+    'experiment', (select name from registry.experiments where id = r.experiment_id),
+    'parent_run_id', (select run_uuid from registry.runs where id = r.parent_run_id),
+    'start_time', r.start_time, 'end_time', r.end_time, 'tags', r.tags, 'tenant', r.tenant,
+    'params', (select coalesce(jsonb_object_agg(key, value), '{}') from registry.params where run_id = r.id),
+    'metrics', (select coalesce(jsonb_object_agg(key, value), '{}') from registry.latest_metrics where run_id = r.id),
+    'artifacts', (select coalesce(jsonb_agg(jsonb_build_object('path', path, 'size_bytes', size_bytes,
+                                                                'sha256', sha256, 'uri', uri) order by path), '[]')
+                    from registry.artifacts where run_id = r.id),
+    'inputs', (select coalesce(jsonb_agg(jsonb_build_object('dataset', d.name, 'digest', d.digest,
+                                                             'context', i.context, 'dataset_id', d.id)), '[]')
+                 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id where i.run_id = r.id));
+end $$;
+
+create or replace function registry.metric_history(run uuid, key text)
+returns table(step bigint, value float8, ts timestamptz)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare rid bigint := (registry._run(run, null)).id;
+begin
+  return query select m.step, m.value, m.ts from registry.metrics m
+                where m.run_id = rid and m.key = metric_history.key order by m.step, m.ts;
+end $$;
+
+-- ------------------------------------------------------------------------------------------------
+-- artifacts: bytes in the database (sha256 + size, limit `indb.max_artifact_bytes`, default 64 MiB) or a URI
+create or replace function registry.max_artifact_bytes() returns bigint
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select coalesce(nullif(current_setting('indb.max_artifact_bytes', true), '')::bigint, 67108864) $$;
+
+create or replace function registry.log_artifact(run uuid, path text, content bytea default null,
+                                                 uri text default null) returns jsonb
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs; lim bigint := registry.max_artifact_bytes(); h text; sz bigint;
+begin
+  r := registry._run(run, true);
+  if path is null or path = '' or path ~ '(^/|(^|/)\.\.(/|$)|[[:cntrl:]])' or length(path) > 1024 then
+    raise exception 'invalid artifact path %', coalesce(quote_literal(path), 'NULL') using errcode = '22023',
+      hint = 'use a relative path such as model/model.ubj (no leading /, no .., at most 1024 characters)';
+  end if;
+  if (content is null) = (uri is null) then
+    raise exception 'give exactly one of content or uri for artifact %', quote_literal(path) using errcode = '22023';
+  end if;
+  if content is not null then
+    sz := octet_length(content);
+    if sz > lim then
+      raise exception 'artifact % is % bytes, over the limit of % bytes', quote_literal(path), sz, lim
+        using errcode = '54000',
+              hint = 'store it elsewhere and log its uri, or raise the limit: SET indb.max_artifact_bytes = <bytes>';
+    end if;
+    h := encode(sha256(content), 'hex');
+  end if;
+  insert into registry.artifacts(run_id, path, uri, content, sha256, size_bytes, tenant)
+  values (r.id, path, uri, content, h, sz, r.tenant)
+  on conflict on constraint artifacts_run_id_path_key do update set uri = excluded.uri, content = excluded.content,
+      sha256 = excluded.sha256, size_bytes = excluded.size_bytes, created_at = now();
+  return jsonb_build_object('path', path, 'sha256', h, 'size_bytes', sz, 'uri', uri);
+end $$;
+
+create or replace function registry.get_artifact(run uuid, path text) returns bytea
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare rid bigint := (registry._run(run, null)).id; a registry.artifacts;
+begin
+  select * into a from registry.artifacts where run_id = rid and artifacts.path = get_artifact.path;
+  if not found then
+    raise exception 'run % has no artifact %', run, quote_literal(path) using errcode = '42704';
+  end if;
+  if a.content is null then
+    raise exception 'artifact % is stored at %, not in the database', quote_literal(path), a.uri using errcode = '55000';
+  end if;
+  if encode(sha256(a.content), 'hex') <> a.sha256 then
+    raise exception 'artifact % of run % fails its sha256 check', quote_literal(path), run using errcode = 'XX001';
+  end if;
+  return a.content;
+end $$;
+
+create or replace function registry.list_artifacts(run uuid)
+returns table(path text, size_bytes bigint, sha256 text, uri text, created_at timestamptz)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare rid bigint := (registry._run(run, null)).id;
+begin
+  return query select a.path, a.size_bytes, a.sha256, a.uri, a.created_at from registry.artifacts a
+                where a.run_id = rid order by a.path;
+end $$;
+
+-- ------------------------------------------------------------------------------------------------
+-- datasets a run used
+create or replace function registry.log_input(run uuid, dataset text, digest text,
+                                              context text default 'training', source text default null,
+                                              row_count bigint default null, schema jsonb default null)
+returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs; did bigint;
+begin
+  r := registry._run(run, true);
+  perform registry._check_name('dataset', dataset);
+  perform registry._check_key('dataset context', context);
+  if digest is null or digest !~ '^[A-Za-z0-9:_-]{1,128}$' then
+    raise exception 'invalid dataset digest %', coalesce(quote_literal(digest), 'NULL') using errcode = '22023',
+      hint = 'a digest is a hash such as a sha256 hex string';
+  end if;
+  insert into registry.datasets(name, digest, source, row_count, schema)
+  values (dataset, digest, source, row_count, schema)
+  on conflict on constraint datasets_name_digest_key do nothing returning id into did;
+  if did is null then
+    select id into did from registry.datasets d where d.name = dataset and d.digest = log_input.digest;
+    if did is null then
+      raise exception 'dataset %@% belongs to another tenant', dataset, digest using errcode = '42710';
+    end if;
+  end if;
+  insert into registry.run_inputs(run_id, dataset_id, context, tenant) values (r.id, did, context, r.tenant)
+  on conflict do nothing;
+  return did;
+end $$;
+
+-- ------------------------------------------------------------------------------------------------
+-- registered models, versions, aliases
+create or replace function registry._model(name text, lock boolean) returns registry.registered_models
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models;
+begin
+  if lock then
+    select * into m from registry.registered_models r where r.name = _model.name for update;
+  else
+    select * into m from registry.registered_models r where r.name = _model.name;
+  end if;
+  if not found then
+    raise exception 'registered model % not found', quote_literal(name) using errcode = '42704',
+      hint = 'register it first (registry.register_model), and check the session''s tenant';
+  end if;
+  return m;
+end $$;
+
+create or replace function registry.register_model(
+    name text, run uuid default null, artifact bytea default null, artifact_uri text default null,
+    flavor text default null, artifact_format text default null, source text default 'client',
+    algorithm text default null, task text default null, input_schema jsonb default null,
+    output_schema jsonb default null, metrics jsonb default '{}', hyperparams jsonb default '{}',
+    description text default null, tags jsonb default '{}')
+returns table(model text, version int, version_id bigint)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models; rid bigint; v int; vid bigint; lim bigint := registry.max_artifact_bytes();
+begin
+  perform registry._check_name('model', name);
+  if source not in ('client', 'ml.train') then
+    raise exception 'invalid source %', quote_literal(source) using errcode = '22023', hint = 'use client or ml.train';
+  end if;
+  if artifact is not null and octet_length(artifact) > lim then
+    raise exception 'model artifact is % bytes, over the limit of % bytes', octet_length(artifact), lim
+      using errcode = '54000', hint = 'store it elsewhere and pass artifact_uri, or SET indb.max_artifact_bytes';
+  end if;
+  if tags is not null then perform registry._check_key('tag', k) from jsonb_object_keys(tags) k; end if;
+  if run is not null then
+    rid := (registry._run(run, null)).id;
+  end if;
+  insert into registry.registered_models(name, task, description)
+  values (name, task, null) on conflict on constraint registered_models_name_key do nothing;
+  begin
+    m := registry._model(name, true);
+  exception when undefined_object then
+    raise exception 'model name % is taken by another tenant', quote_literal(name) using errcode = '42710',
+      hint = 'registered model names are unique across tenants; pick another name';
+  end;
+  select coalesce(max(mv.version), 0) + 1 into v from registry.model_versions mv where mv.model_id = m.id;
+  insert into registry.model_versions(model_id, version, run_id, source, flavor, algorithm, task, artifact,
+                                      artifact_uri, artifact_sha256, artifact_format, artifact_size,
+                                      input_schema, output_schema, metrics, hyperparams, description, tags, tenant)
+  values (m.id, v, rid, source, flavor, algorithm, coalesce(task, m.task), artifact, artifact_uri,
+          encode(sha256(artifact), 'hex'), artifact_format, octet_length(artifact), input_schema, output_schema,
+          coalesce(metrics, '{}'), coalesce(hyperparams, '{}'), description, registry._tags_of(coalesce(tags, '{}')),
+          m.tenant)
+  returning id into vid;
+  update registry.registered_models set updated_at = now(), task = coalesce(registered_models.task, register_model.task)
+   where id = m.id;
+  return query select m.name, v, vid;
+end $$;
+comment on function registry.register_model(text, uuid, bytea, text, text, text, text, text, text, jsonb, jsonb, jsonb, jsonb, text, jsonb) is
+  'add the next version of a registered model (created if missing); the same kind of version ml.train writes';
+
+create or replace function registry._version(model text, ref text) returns registry.model_versions
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models := registry._model(model, false); mv registry.model_versions;
+begin
+  if ref is null or ref = '' or ref = 'latest' then
+    select * into mv from registry.model_versions where model_id = m.id order by version desc limit 1;
+  elsif ref ~ '^v?[0-9]{1,9}$' then
+    select * into mv from registry.model_versions where model_id = m.id and version = ltrim(ref, 'v')::int;
+  else
+    select v.* into mv from registry.aliases a join registry.model_versions v on v.id = a.version_id
+     where a.model_id = m.id and a.alias = ref;
+    if not found then
+      raise exception 'model % has no alias %', quote_literal(model), quote_literal(ref) using errcode = '42704',
+        detail = format('aliases: %s', coalesce((select string_agg(alias, ', ' order by alias)
+                                                   from registry.aliases where model_id = m.id), 'none'));
+    end if;
+  end if;
+  if mv.id is null then
+    raise exception 'model % has no version %', quote_literal(model), quote_literal(coalesce(ref, 'latest'))
+      using errcode = '42704',
+            detail = format('versions: %s', coalesce((select string_agg(version::text, ', ' order by version)
+                                                        from registry.model_versions where model_id = m.id), 'none'));
+  end if;
+  return mv;
+end $$;
+
+create or replace function registry.set_alias(model text, alias text, version int) returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models; vid bigint;
+begin
+  if alias is null or alias !~ '^[A-Za-z][A-Za-z0-9_-]{0,63}$' or alias = 'latest' or alias ~ '^v[0-9]+$' then
+    raise exception 'invalid alias %', coalesce(quote_literal(alias), 'NULL') using errcode = '22023',
+      hint = 'an alias starts with a letter, has at most 64 letters, digits, _ or -, and is not latest or v<N>';
+  end if;
+  m := registry._model(model, true);   -- row lock: alias moves of one model are serialized
+  select id into vid from registry.model_versions mv where mv.model_id = m.id and mv.version = set_alias.version;
+  if vid is null then
+    raise exception 'model % has no version %', quote_literal(model), coalesce(version::text, 'NULL')
+      using errcode = '42704',
+            detail = format('versions: %s', coalesce((select string_agg(mv.version::text, ', ' order by mv.version)
+                                                        from registry.model_versions mv where mv.model_id = m.id), 'none')),
+            hint = 'the alias was not changed';
+  end if;
+  insert into registry.aliases as a (model_id, alias, version_id, tenant) values (m.id, alias, vid, m.tenant)
+  on conflict on constraint aliases_pkey do update set version_id = excluded.version_id, updated_at = now();
+end $$;
+comment on function registry.set_alias(text, text, int) is 'point alias (champion, challenger, any name) at a version, atomically';
+
+create or replace function registry.delete_alias(model text, alias text) returns boolean
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models := registry._model(model, true);
+begin
+  delete from registry.aliases a where a.model_id = m.id and a.alias = delete_alias.alias;
+  return found;
+end $$;
+
+create or replace function registry.get_model_version(model text, ref text default 'latest')
+returns table(model_name text, version int, version_id bigint, run_id uuid, source text, flavor text,
+              artifact_format text, artifact bytea, artifact_uri text, artifact_sha256 text, algorithm text,
+              task text, input_schema jsonb, output_schema jsonb, metrics jsonb, hyperparams jsonb,
+              description text, tags jsonb, aliases text[], created_at timestamptz)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare mv registry.model_versions := registry._version(model, ref);
+begin
+  if mv.artifact is not null and encode(sha256(mv.artifact), 'hex') is distinct from mv.artifact_sha256 then
+    raise exception 'model % version % fails its sha256 check', quote_literal(model), mv.version using errcode = 'XX001';
+  end if;
+  return query
+  select model, mv.version, mv.id, (select r.run_uuid from registry.runs r where r.id = mv.run_id), mv.source, mv.flavor,
+         mv.artifact_format, mv.artifact, mv.artifact_uri, mv.artifact_sha256, mv.algorithm, mv.task, mv.input_schema,
+         mv.output_schema, mv.metrics, mv.hyperparams, mv.description, mv.tags,
+         array(select a.alias from registry.aliases a where a.version_id = mv.id order by a.alias), mv.created_at;
+end $$;
+
+create or replace function registry.list_model_versions(model text)
+returns table(version int, version_id bigint, source text, flavor text, algorithm text, run_id uuid,
+              aliases text[], metrics jsonb, created_at timestamptz)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models := registry._model(model, false);
+begin
+  return query
+  select mv.version, mv.id, mv.source, mv.flavor, mv.algorithm, r.run_uuid,
+         array(select a.alias from registry.aliases a where a.version_id = mv.id order by a.alias),
+         mv.metrics, mv.created_at
+    from registry.model_versions mv left join registry.runs r on r.id = mv.run_id
+   where mv.model_id = m.id order by mv.version;
+end $$;
+
+-- ------------------------------------------------------------------------------------------------
+-- lineage
+create or replace function registry._check_kind(kind text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if kind is null or kind not in ('dataset', 'feature_view_version', 'training_set', 'run', 'model_version',
+                                  'deployment', 'prediction_log') then
+    raise exception 'unknown lineage kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023',
+      hint = 'kinds: dataset, feature_view_version, training_set, run, model_version, deployment, prediction_log';
+  end if;
+end $$;
+
+create or replace function registry._node_id(kind text, id text) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare mname text; ref text;
+begin
+  perform registry._check_kind(kind);
+  if id is null or id = '' then
+    raise exception 'lineage node id is empty' using errcode = '22023';
+  end if;
+  if kind = 'run' and id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+    return (registry._run(id::uuid, null)).id::text;
+  end if;
+  if kind = 'model_version' and id !~ '^[0-9]+$' then
+    if position('@' in id) > 0 then
+      mname := split_part(id, '@', 1); ref := substr(id, length(mname) + 2);
+    elsif id ~ '/v?[0-9]+$' then
+      mname := regexp_replace(id, '/v?[0-9]+$', ''); ref := substring(id from '/v?([0-9]+)$');
+    else
+      mname := id; ref := 'latest';
+    end if;
+    return (registry._version(mname, ref)).id::text;
+  end if;
+  return id;
+end $$;
+
+create or replace function registry.node_label(kind text, id text) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare out text;
+begin
+  if id !~ '^[0-9]+$' then return null; end if;
+  case kind
+    when 'dataset' then
+      select d.name || '@' || left(d.digest, 12) into out from registry.datasets d where d.id = node_label.id::bigint;
+    when 'run' then
+      select coalesce(r.name || ' ', '') || '(' || r.run_uuid || ', ' || r.status || ')' into out
+        from registry.runs r where r.id = node_label.id::bigint;
+    when 'model_version' then
+      select m.name || '/' || v.version into out
+        from registry.model_versions v join registry.registered_models m on m.id = v.model_id where v.id = node_label.id::bigint;
+    when 'deployment' then
+      select m.name || ' deployment ' || d.id || ' (' || d.strategy || ')' into out
+        from registry.deployments d join registry.registered_models m on m.id = d.model_id where d.id = node_label.id::bigint;
+    else
+      out := null;
+  end case;
+  return out;
+end $$;
+
+create or replace function registry.add_lineage(src_kind text, src_id text, dst_kind text, dst_id text,
+                                                relation text default 'derived') returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform registry._check_key('lineage relation', relation);
+  insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation)
+  values (src_kind, registry._node_id(src_kind, src_id), dst_kind, registry._node_id(dst_kind, dst_id), relation)
+  on conflict do nothing;
+end $$;
+
+create or replace function registry.lineage(kind text, id text, direction text default 'both',
+                                            max_depth int default 20)
+returns table(side text, depth int, src_kind text, src_id text, src_label text, relation text,
+              dst_kind text, dst_id text, dst_label text)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare nid text;
+begin
+  if direction not in ('up', 'down', 'both', 'upstream', 'downstream') then
+    raise exception 'invalid direction %', quote_literal(direction) using errcode = '22023',
+      hint = 'use up (what it came from), down (what came from it) or both';
+  end if;
+  if max_depth is null or max_depth < 1 or max_depth > 100 then
+    raise exception 'max_depth must be between 1 and 100' using errcode = '22023';
+  end if;
+  nid := registry._node_id(kind, id);
+  return query
+  with recursive
+  up_e(src_kind, src_id, dst_kind, dst_id, relation, depth) as (
+      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, 1
+        from registry.lineage_edges e
+       where direction in ('up', 'upstream', 'both') and e.dst_kind = kind and e.dst_id = nid
+      union
+      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, u.depth + 1
+        from up_e u join registry.lineage_edges e on e.dst_kind = u.src_kind and e.dst_id = u.src_id
+       where u.depth < max_depth),
+  down_e(src_kind, src_id, dst_kind, dst_id, relation, depth) as (
+      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, 1
+        from registry.lineage_edges e
+       where direction in ('down', 'downstream', 'both') and e.src_kind = kind and e.src_id = nid
+      union
+      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, d.depth + 1
+        from down_e d join registry.lineage_edges e on e.src_kind = d.dst_kind and e.src_id = d.dst_id
+       where d.depth < max_depth),
+  edges as (
+      select 'up'::text as dir, min(u.depth) as depth, u.src_kind, u.src_id, u.relation, u.dst_kind, u.dst_id
+        from up_e u group by 3, 4, 5, 6, 7
+      union all
+      select 'down', min(d.depth), d.src_kind, d.src_id, d.relation, d.dst_kind, d.dst_id
+        from down_e d group by 3, 4, 5, 6, 7)
+  select e.dir, e.depth, e.src_kind, e.src_id, registry.node_label(e.src_kind, e.src_id), e.relation,
+         e.dst_kind, e.dst_id, registry.node_label(e.dst_kind, e.dst_id)
+    from edges e order by e.dir desc, e.depth, e.src_kind, e.src_id, e.dst_kind, e.dst_id;
+end $$;
+comment on function registry.lineage(text, text, text, int) is
+  'walk lineage edges up (what an object came from) and/or down (what was made from it)';
+
+-- lineage edges written whoever inserts the rows (client tracking or ml.train)
+create or replace function registry._lineage_trigger() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_table_name = 'model_versions' then
+    if new.run_id is not null then
+      insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
+      values ('run', new.run_id::text, 'model_version', new.id::text, 'produced', new.tenant) on conflict do nothing;
+    end if;
+  elsif tg_table_name = 'deployments' then
+    insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
+    values ('model_version', new.version_id::text, 'deployment', new.id::text, 'deployed', new.tenant) on conflict do nothing;
+  elsif tg_table_name = 'run_inputs' then
+    insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
+    values ('dataset', new.dataset_id::text, 'run', new.run_id::text,
+            case when new.context = 'training' then 'input' else 'input:' || new.context end, new.tenant)
+    on conflict do nothing;
+  end if;
+  return null;
+end $$;
+
+drop trigger if exists indb_lineage on registry.model_versions;
+create trigger indb_lineage after insert on registry.model_versions
+  for each row execute function registry._lineage_trigger();
+drop trigger if exists indb_lineage on registry.deployments;
+create trigger indb_lineage after insert on registry.deployments
+  for each row execute function registry._lineage_trigger();
+drop trigger if exists indb_lineage on registry.run_inputs;
+create trigger indb_lineage after insert on registry.run_inputs
+  for each row execute function registry._lineage_trigger();
+
+-- ------------------------------------------------------------------------------------------------
+-- search_runs: MLflow filter syntax, parsed in Python (plpython/indb_runtime/search_runs.py) into SQL with
+-- $n parameters; the SQL text only ever contains fixed fragments chosen by the parser.
+create or replace function registry.search_runs(experiments text[] default null, filter text default '',
+                                                order_by text[] default null, max_results int default 1000)
+returns table(run_id uuid, experiment text, run_name text, status text, user_name text,
+              start_time timestamptz, end_time timestamptz, params jsonb, metrics jsonb, tags jsonb)
+language plpython3u stable parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.search_runs' not in sys.modules:
+    if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import search_runs, errors
+return errors.call(plpy, search_runs.execute, plpy, SD, experiments, filter, order_by, max_results)
+$$;
+comment on function registry.search_runs(text[], text, text[], int) is
+  'runs matching an MLflow-style filter (metrics.rmse < 0.5 and params.depth = ''6'' and tags.team = ''x'' and attributes.status = ''FINISHED'')';

@@ -1,0 +1,112 @@
+"""The search_runs filter parser without a database: MLflow syntax in, parameterized SQL out."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fakeplpy import FakePlpy
+from indb_runtime import search_runs as sr
+from indb_runtime.errors import IndbRuntimeError
+
+
+def build(f, order_by=None, experiments=None, max_results=100):
+    return sr.build(experiments, f, order_by, max_results)
+
+
+def test_the_issue_example_becomes_four_parameterized_conditions():
+    sql, params = build("metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
+                        "and attributes.status = 'FINISHED'", experiments=["exp"])
+    values = [v for v, _ in params]
+    assert values == [["exp"], "rmse", 0.5, "depth", "6", "team", "x", "FINISHED", 100]
+    # every user value is a $n placeholder: none of them appears in the SQL text
+    for v in ("rmse", "depth", "'6'", "team", "FINISHED"):
+        assert v not in sql
+    assert "m.value < $3" in sql and "p.value = $5" in sql and "r.status = $8" in sql
+    assert re.search(r"limit \$9\s*$", sql)
+
+
+def test_injection_attempts_stay_values_or_are_syntax_errors():
+    evil = "x'; drop table registry.runs; --"
+    sql, params = build(f"params.depth = \"{evil}\"")
+    assert "drop table" not in sql and evil in [v for v, _ in params]
+    sql, params = build("tags.`a'; delete from x` = 'y'")
+    assert "delete" not in sql and "a'; delete from x" in [v for v, _ in params]
+    for bad in ["metrics.rmse < 0.5; drop table registry.runs", "metrics.rmse < 0.5 -- x",
+                "params.depth = '6' union select 1", "metrics.rmse < (select 1)"]:
+        with pytest.raises(IndbRuntimeError) as e:
+            build(bad)
+        assert e.value.sqlstate == "42601"
+
+
+@pytest.mark.parametrize("text, pos, words", [
+    ("metrics.rmse < 'a'", 16, "number"),
+    ("params.depth = 6", 16, "strings"),
+    ("foo.x = 1", 1, "unknown entity"),
+    ("attributes.bogus = 'x'", 12, "unknown attribute"),
+    ("metrics.rmse <", 15, "expected a value"),
+    ("metrics.rmse < 0.5 and", 23, "expected a field"),
+    ("metrics.rmse < 0.5 params.x = '1'", 20, "expected AND, OR"),
+    ("(metrics.rmse < 0.5", 20, "')'"),
+    ("metrics.rmse like 'a'", 14, "does not apply to metrics"),
+    ("params.x ~ 'a'", 10, "unexpected character"),
+])
+def test_errors_point_at_the_problem(text, pos, words):
+    with pytest.raises(IndbRuntimeError) as e:
+        build(text)
+    err = e.value
+    assert err.sqlstate == "42601"
+    assert f"position {pos}:" in err.message and words in err.message
+    first, caret = err.detail.split("\n")
+    assert first == text and caret.index("^") == pos - 1
+    assert "metrics.rmse < 0.5" in err.hint
+
+
+def test_or_parentheses_in_like_and_null_tests():
+    sql, params = build("(metrics.acc >= 0.9 or params.model IN ('xgb', 'lgbm')) and tags.team != 'ml' "
+                        "and run_name ILIKE 'base%' and tags.note IS NULL and params.seed IS NOT NULL")
+    assert " or " in sql and "= any($" in sql and "ilike" in sql
+    assert "not r.tags ? $" in sql
+    assert ["xgb", "lgbm"] in [v for v, _ in params]
+
+
+def test_keys_with_dots_dashes_and_quotes():
+    _, params = build("tags.mlflow.runName = 'a' and metrics.f1-score > 0 and params.\"learning rate\" = '0.1'")
+    keys = [v for v, _ in params]
+    assert "mlflow.runName" in keys and "f1-score" in keys and "learning rate" in keys
+
+
+def test_times_and_datasets():
+    sql, params = build("attributes.start_time > 1700000000000 and datasets.digest = 'abc'")
+    assert "to_timestamp(" in sql and 1700000000.0 in [v for v, _ in params]
+    assert "registry.run_inputs" in sql
+    sql, params = build("attributes.end_time < '2026-01-01'")
+    assert ("2026-01-01", "timestamptz") in params
+
+
+def test_order_by_and_limits():
+    sql, params = build("", order_by=["metrics.rmse ASC", "params.depth desc", "attributes.start_time"])
+    assert "asc nulls last" in sql and "desc nulls last" in sql
+    assert sql.index("m.key = $1") < sql.index("p.key = $2")
+    with pytest.raises(IndbRuntimeError, match="order_by"):
+        build("", order_by=["metrics.rmse sideways"])
+    with pytest.raises(IndbRuntimeError, match="max_results"):
+        build("", max_results=0)
+    with pytest.raises(IndbRuntimeError, match="max_results"):
+        build("", max_results=10 ** 6)
+
+
+def test_empty_filter_matches_everything():
+    sql, params = build("   ")
+    assert "where true" in sql and params == [(100, "int4")]
+
+
+def test_execute_prepares_once_per_filter_shape():
+    plpy = FakePlpy(answers={"from registry.runs": [{"run_id": "u"}]})
+    SD = {}
+    out1 = sr.execute(plpy, SD, None, "metrics.rmse < 0.5", None, 10)
+    out2 = sr.execute(plpy, SD, None, "metrics.rmse < 0.9", None, 10)
+    sr.execute(plpy, SD, None, "metrics.acc < 0.9 and params.a = 'b'", None, 10)
+    assert out1 == out2 == [{"run_id": "u"}]
+    assert len(SD["plans"]) == 2  # same shape, different values -> one plan
+    assert plpy.executed[0][1] == ["rmse", 0.5, 10] and plpy.executed[1][1] == ["rmse", 0.9, 10]
