@@ -60,6 +60,16 @@ begin
   return nid;
 end $$;
 
+-- a row as jsonb without the left-out columns; they are set to NULL *before* the conversion, so a
+-- large bytea (a 150 MB model) is never turned into a JSON string (that fails above 256 MB and is slow)
+create or replace function audit._row_jsonb(r anyelement, drop_cols text[]) returns jsonb
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select to_jsonb(jsonb_populate_record(r, coalesce((select jsonb_object_agg(c, null) from unnest(drop_cols) c),
+                                                    '{}'::jsonb))) - drop_cols
+$$;
+
 -- row trigger: TG_ARGV[0] = comma-separated primary key columns, TG_ARGV[1..] = columns left out (bytea)
 create or replace function audit._row_trigger() returns trigger
 language plpgsql security definer parallel unsafe
@@ -73,12 +83,12 @@ begin
   if tg_table_name = 'lineage_edges' and tg_op = 'INSERT' and pg_trigger_depth() > 1 then
     return null;
   end if;
-  if tg_op in ('UPDATE', 'DELETE') then o := to_jsonb(old) - drop_cols; end if;
-  if tg_op in ('INSERT', 'UPDATE') then n := to_jsonb(new) - drop_cols; end if;
+  if tg_op in ('UPDATE', 'DELETE') then o := audit._row_jsonb(old, drop_cols); end if;
+  if tg_op in ('INSERT', 'UPDATE') then n := audit._row_jsonb(new, drop_cols); end if;
   src := coalesce(n, o);
   select jsonb_object_agg(c, src -> c) into k from unnest(string_to_array(tg_argv[0], ',')) c;
   if tg_op = 'UPDATE' then
-    select jsonb_object_agg(key, value) into o from jsonb_each(to_jsonb(old) - drop_cols) e
+    select jsonb_object_agg(key, value) into o from jsonb_each(o) e
      where n -> e.key is distinct from e.value;
     if o is null or o - 'updated_at' = '{}'::jsonb then
       return null;  -- nothing changed but a timestamp
