@@ -544,6 +544,14 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
                                json.dumps(_json_safe(metrics)), json.dumps(_json_safe(params_out))])[0]["id"]
     _edge(plpy, "dataset", ds, "run", run, "input")
     _edge(plpy, "run", run, "model_version", version_id, "produced")
+    # a feature-store training set read by this run: training_set -> snapshot, so lineage walks on from
+    # the feature view versions to the model (matched by the training set's table name in the relation)
+    plpy.execute(_plan(plpy, "tset_edge",
+                       "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
+                       "select 'training_set', d.id::text, 'dataset', $1::text, 'snapshot_of' "
+                       "from registry.datasets d join pg_class c on c.oid = d.materialized "
+                       "where d.kind = 'training_set' and $2 ~* ('(^|[^a-z0-9_$])' || c.relname || '($|[^a-z0-9_$])') "
+                       "on conflict do nothing", ["int8", "text"]), [ds, relation])
     plpy.execute(_plan(plpy, "settings",
                        "insert into registry.training_projects (model_id, task, relation, target) values ($1, $2, $3, $4) "
                        "on conflict (model_id) do update set relation = excluded.relation, target = excluded.target, "

@@ -172,7 +172,8 @@ def test_create_training_set_registers_a_dataset_with_lineage(shop):
     assert r["rows"] == 60 and r["relation"] == "public.fs_train"
     row = shop.execute("select kind, row_count, materialized::text, schema->>'label' from registry.datasets where id = %s", [r["dataset_id"]]).fetchone()
     assert row == ("training_set", 60, "fs_train", "label")
-    edge = shop.execute("select src_kind, dst_kind from registry.lineage_edges where dst_id = %s", [str(r["dataset_id"])]).fetchall()
+    edge = shop.execute("select src_kind, dst_kind from registry.lineage_edges where dst_kind = 'training_set' and dst_id = %s",
+                        [str(r["dataset_id"])]).fetchall()
     assert edge == [("feature_view_version", "training_set")]
     # features at the same event time as the label's row are included (event time <= entity time)
     assert one(shop, "select count(*) from fs_train where amount_x2 = 2 * label") == 60
