@@ -62,7 +62,12 @@ class Cluster:
 
     @property
     def run(self) -> Path:
-        return self.state / "run"
+        """The socket folder: .state/run, or a short folder in /tmp when a deep checkout would make the
+        socket path longer than a Unix socket allows (107 bytes)."""
+        here = self.state / "run"
+        if len(str(here / f".s.PGSQL.{self.port}")) <= 100:
+            return here
+        return Path("/tmp") / f"indb-{hashlib.sha256(str(self.state).encode()).hexdigest()[:12]}"
 
     @property
     def logdir(self) -> Path:

@@ -120,3 +120,15 @@ def test_install_on_a_server_without_pgvector_names_it_and_changes_nothing(tmp_p
             assert conn.execute("select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')").fetchone()[0] == 0
     finally:
         c.stop()
+
+
+def test_a_deep_checkout_still_gets_a_usable_socket(tmp_path):
+    deep = tmp_path.joinpath(*["a-deeply-nested-checkout-folder"] * 4) / ".state"
+    c = Cluster(deep, _free_port())
+    try:
+        c.start()
+        assert not str(c.run).startswith(str(deep))
+        with psycopg.connect(c.dsn()) as conn:
+            assert conn.execute("select 1").fetchone()[0] == 1
+    finally:
+        c.stop()

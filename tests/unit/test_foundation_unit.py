@@ -124,3 +124,13 @@ def test_pinned_search_path_is_widened_with_the_vector_schema(tmp_path):
     f.write_text("create function ml.f() returns int language sql set search_path = pg_catalog, pg_temp as $$ select 1 $$;")
     assert 'search_path = pg_catalog, "extensions", pg_temp' in render_sql(f, "extensions")
     assert 'search_path = pg_catalog, "public", pg_temp' in render_sql(f)
+
+
+def test_socket_folder_stays_within_the_unix_socket_path_limit():
+    from indb.localdb import Cluster
+
+    short = Cluster(Path("/work/x/.state"), 54321)
+    assert short.run == Path("/work/x/.state/run")
+    deep = Cluster(Path("/" + "/".join(["a-rather-long-folder-name"] * 6) + "/.state"), 54321)
+    assert len(str(deep.run / ".s.PGSQL.54321")) <= 100
+    assert deep.run == Cluster(deep.state, 54321).run, "the same checkout always gets the same socket folder"
