@@ -59,61 +59,41 @@ def _json(text: str, what: str):
 
 def run_train(args) -> int:
     from .client import connect
-    from .errors import IndbError
 
-    try:
-        with connect(args.dsn) as c:
-            r = c.train(args.project, task=args.task, relation=args.relation, target=args.target,
-                        algorithm=args.algorithm, hyperparams=_json(args.hyperparams, "--hyperparams"),
-                        test_size=args.test_size, test_sampling=args.test_sampling,
-                        preprocess=_json(args.preprocess, "--preprocess"), search=args.search,
-                        search_params=_json(args.search_params, "--search-params"),
-                        automatic_deploy=not args.no_deploy, materialize=args.materialize,
-                        progress=lambda line: print(line, file=sys.stderr, flush=True))
-            print(json.dumps(r, default=str))
-    except IndbError as e:
-        print(f"indb train: {e}", file=sys.stderr)
-        return 1
+    with connect(args.dsn) as c:
+        r = c.train(args.project, task=args.task, relation=args.relation, target=args.target,
+                    algorithm=args.algorithm, hyperparams=_json(args.hyperparams, "--hyperparams"),
+                    test_size=args.test_size, test_sampling=args.test_sampling,
+                    preprocess=_json(args.preprocess, "--preprocess"), search=args.search,
+                    search_params=_json(args.search_params, "--search-params"),
+                    automatic_deploy=not args.no_deploy, materialize=args.materialize,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(json.dumps(r, default=str))
     return 0
 
 
 def run_predict(args) -> int:
     from .client import connect
-    from .errors import IndbError
 
     feats = _json(args.features, "features")
-    try:
-        with connect(args.dsn) as c:
-            print(json.dumps(c.explain(args.project, feats)) if args.explain else c.predict(args.project, feats))
-    except IndbError as e:
-        print(f"indb predict: {e}", file=sys.stderr)
-        return 1
+    with connect(args.dsn) as c:
+        print(json.dumps(c.explain(args.project, feats)) if args.explain else c.predict(args.project, feats))
     return 0
 
 
 def run_deploy(args) -> int:
     from .client import connect
-    from .errors import IndbError
 
-    try:
-        with connect(args.dsn) as c:
-            print(json.dumps(c.deploy(args.project, args.strategy, args.model_id)))
-    except IndbError as e:
-        print(f"indb deploy: {e}", file=sys.stderr)
-        return 1
+    with connect(args.dsn) as c:
+        print(json.dumps(c.deploy(args.project, args.strategy, args.model_id)))
     return 0
 
 
 def run_models(args) -> int:
     from .client import connect
-    from .errors import IndbError
 
-    try:
-        with connect(args.dsn) as c:
-            rows = c.models(args.project) if args.project else c.projects()
-            for r in rows:
-                print(json.dumps(r, default=str))
-    except IndbError as e:
-        print(f"indb models: {e}", file=sys.stderr)
-        return 1
+    with connect(args.dsn) as c:
+        rows = c.models(args.project) if args.project else c.projects()
+        for r in rows:
+            print(json.dumps(r, default=str))
     return 0

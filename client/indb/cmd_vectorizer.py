@@ -16,31 +16,26 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from .client import connect
-    from .errors import IndbError
 
-    try:
-        with connect(args.dsn) as c:
-            if args.action == "status":
-                rows = c.vectorizer_status(args.name)
-                for r in rows:
-                    age = r["oldest_pending_age"]
-                    print(f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {r['source_rows']:,}, "
-                          f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
-                          + (f" (oldest {age})" if age else "") + f", failed {r['failed']:,}"
-                          + (f", staging {r['staging_model']} ({r['staging_role']}, {r['staging_rows']:,} rows)"
-                             if r["staging_model"] else "")
-                          + (f"\n  last error: {r['last_error']}" if r["last_error"] else ""))
-                if not rows:
-                    print("no vectorizers", file=sys.stderr)
-            elif not args.name:
-                print(f"indb vectorizer {args.action}: a vectorizer name is required", file=sys.stderr)
-                return 2
-            elif args.action == "backfill":
-                c.warmup()
-                print(json.dumps(c.backfill(args.name, batch=args.batch, progress=True)))
-            else:
-                print(json.dumps(c.retry_vectorizer(args.name)))
-    except IndbError as e:
-        print(f"indb vectorizer: {e}", file=sys.stderr)
-        return 1
+    with connect(args.dsn) as c:
+        if args.action == "status":
+            rows = c.vectorizer_status(args.name)
+            for r in rows:
+                age = r["oldest_pending_age"]
+                print(f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {r['source_rows']:,}, "
+                      f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
+                      + (f" (oldest {age})" if age else "") + f", failed {r['failed']:,}"
+                      + (f", staging {r['staging_model']} ({r['staging_role']}, {r['staging_rows']:,} rows)"
+                         if r["staging_model"] else "")
+                      + (f"\n  last error: {r['last_error']}" if r["last_error"] else ""))
+            if not rows:
+                print("no vectorizers", file=sys.stderr)
+        elif not args.name:
+            print(f"indb vectorizer {args.action}: a vectorizer name is required", file=sys.stderr)
+            return 2
+        elif args.action == "backfill":
+            c.warmup()
+            print(json.dumps(c.backfill(args.name, batch=args.batch, progress=True)))
+        else:
+            print(json.dumps(c.retry_vectorizer(args.name)))
     return 0
