@@ -3,46 +3,18 @@ benchmarks/results/features.json (one section per script), and peak memory of a 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from contextlib import contextmanager
 
 import psycopg
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, scratch_database
 
 
 @contextmanager
 def bench_database(name: str = "indb_bench_features"):
     """Yield (dsn, install_note). The database is dropped afterwards."""
-    from indb.install import install, render_sql
-    from indb.localdb import Cluster, repo_root
-
-    c = Cluster.local()
-    if not c.running():
-        c.start()
-    admin = c.dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as a:
-        a.execute(f'drop database if exists "{name}" with (force)')
-        a.execute(f'create database "{name}"')
-    dsn = psycopg.conninfo.make_conninfo(**{**psycopg.conninfo.conninfo_to_dict(admin), "dbname": name})
-    note = "full indb install"
-    try:
-        try:
-            install(dsn, venv=sys.prefix, log=lambda *a: None)
-        except Exception as e:  # another area's sql/ file mid-edit must not block the feature benchmarks
-            note = f"partial install (migrations + sql/000 + sql/500) because the full install failed: {e}"[:300]
-            install(dsn, venv=sys.prefix, apply_sql=False, log=lambda *a: None)
-            with psycopg.connect(dsn, autocommit=True) as x:
-                vs = x.execute("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
-                               "where e.extname = 'vector'").fetchone()[0]
-                for f in ("000-runtime.sql", "500-features.sql"):
-                    x.execute(render_sql(repo_root() / "sql" / f, vs))
-        yield dsn, note
-    finally:
-        if not os.environ.get("INDB_KEEP_BENCH_DB"):
-            with psycopg.connect(admin, autocommit=True) as a:
-                a.execute(f'drop database if exists "{name}" with (force)')
+    with scratch_database(name) as dsn:
+        yield dsn, "full indb install"
 
 
 def backend_peak_kib(conn: psycopg.Connection) -> int | None:

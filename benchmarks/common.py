@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,3 +40,43 @@ def write(area: str, payload: dict) -> Path:
     path = RESULTS / f"{area}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def create_scratch_db(name: str) -> str:
+    """(Re)create database ``name`` in the project's cluster with indb installed; returns its DSN."""
+    import sys
+
+    import psycopg
+
+    from indb.install import install
+    from indb.localdb import Cluster
+
+    c = Cluster.local()
+    if not c.running():
+        c.start()
+    with psycopg.connect(c.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.execute(f'create database "{name}"')
+    dsn = c.dsn(name)
+    install(dsn, venv=sys.prefix)
+    return dsn
+
+
+def drop_scratch_db(name: str) -> None:
+    import psycopg
+
+    from indb.localdb import Cluster
+
+    with psycopg.connect(Cluster.local().dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@contextmanager
+def scratch_database(name: str):
+    """A throwaway database with indb installed, dropped afterwards (kept with INDB_KEEP_BENCH_DB=1)."""
+    dsn = create_scratch_db(name)
+    try:
+        yield dsn
+    finally:
+        if not os.environ.get("INDB_KEEP_BENCH_DB"):
+            drop_scratch_db(name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -51,24 +50,7 @@ def texts(n: int) -> list[str]:
 
 
 def setup_db() -> tuple[str, str]:
-    from indb.install import install, sql_files
-    import indb.install as ins
-    from indb.localdb import Cluster
-
-    c = Cluster.local()
-    with psycopg.connect(c.dsn("postgres"), autocommit=True) as a:
-        a.execute(f'drop database if exists "{DB}" with (force)')
-        a.execute(f'create database "{DB}"')
-    dsn = c.dsn(DB)
-    note = "full install"
-    try:
-        install(dsn, venv=sys.prefix)
-    except Exception as e:  # other areas' sql/ files are edited concurrently on this shared checkout
-        orig = sql_files
-        ins.sql_files = lambda: [p for p in orig() if p.name.startswith(("000", "100"))]
-        install(dsn, venv=sys.prefix)
-        note = f"install with sql/000+100 only (full install failed: {str(e)[:160]})"
-    return dsn, note
+    return common.create_scratch_db(DB), "full install"
 
 
 def connect(dsn):

@@ -3,12 +3,9 @@ merged into benchmarks/results/registry.json (one section per script)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 
-import psycopg
-
-from .common import RESULTS, machine
+from .common import RESULTS, create_scratch_db, drop_scratch_db, machine
 
 DBNAME = "indb_bench_registry"
 NOTE = ("machine shared with four other engineers' builds/tests/benchmarks (2 CPU cores): absolute numbers are "
@@ -16,23 +13,11 @@ NOTE = ("machine shared with four other engineers' builds/tests/benchmarks (2 CP
 
 
 def fresh_db(name: str = DBNAME) -> str:
-    from indb.install import install
-    from indb.localdb import Cluster
-
-    c = Cluster.local()
-    with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    dsn = c.dsn(name)
-    install(dsn, venv=sys.prefix)
-    return dsn
+    return create_scratch_db(name)
 
 
 def drop_db(name: str = DBNAME) -> None:
-    from indb.localdb import Cluster
-
-    with psycopg.connect(Cluster.local().dsn("postgres"), autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    drop_scratch_db(name)
 
 
 def save(section: str, payload: dict) -> None:

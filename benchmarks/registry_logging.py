@@ -7,7 +7,6 @@ Each run logs 10 params and 20 metrics x 100 steps (2,000 points) through the ML
 """
 from __future__ import annotations
 
-import time
 
 from .registry_common import Timer, drop_db, fresh_db, save
 
