@@ -1,5 +1,6 @@
 """Shared by the features_* benchmarks: a throwaway database with indb installed, results merged into
 benchmarks/results/features.json (one section per script), and peak memory of a Postgres backend."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def write_section(section: str, payload: dict) -> str:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "features.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = {"machine": {**machine(), "note": "2 CPU cores shared with four other engineers' work; "
-                                                       "numbers are noisy and pessimistic"}, **payload}
+    data[section] = {
+        "machine": {
+            **machine(),
+            "note": "2 CPU cores shared with four other engineers' work; numbers are noisy and pessimistic",
+        },
+        **payload,
+    }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     try:
         plot()
@@ -64,7 +70,11 @@ def plot() -> str | None:
     pit = data.get("point_in_time_join", {})
     sets = [k for k in pit if k.startswith(("movielens", "synthetic"))]
     if sets:
-        sides = [("indb", "indb get_historical"), ("pandas_merge_asof", "pandas merge_asof"), ("duckdb_asof", "DuckDB ASOF")]
+        sides = [
+            ("indb", "indb get_historical"),
+            ("pandas_merge_asof", "pandas merge_asof"),
+            ("duckdb_asof", "DuckDB ASOF"),
+        ]
         w = 0.25
         for i, (key, label) in enumerate(sides):
             axes[0].bar([j + i * w for j in range(len(sets))], [pit[s][key]["median_s"] for s in sets], w, label=label)
@@ -75,10 +85,12 @@ def plot() -> str | None:
         axes[0].legend(fontsize=8)
     on = data.get("online_serving", {})
     if on.get("indb") and on.get("redis"):
-        rows = [("indb get_online\n1 client", on["indb"]["get_online_1_client"]),
-                ("indb get_online\n4 clients", on["indb"]["get_online_4_clients"]),
-                ("Redis HGETALL\n1 client", on["redis"]["hgetall_1_client"]),
-                ("Redis HGETALL\n4 clients", on["redis"]["hgetall_4_clients"])]
+        rows = [
+            ("indb get_online\n1 client", on["indb"]["get_online_1_client"]),
+            ("indb get_online\n4 clients", on["indb"]["get_online_4_clients"]),
+            ("Redis HGETALL\n1 client", on["redis"]["hgetall_1_client"]),
+            ("Redis HGETALL\n4 clients", on["redis"]["hgetall_4_clients"]),
+        ]
         xs = range(len(rows))
         axes[1].bar([x - 0.2 for x in xs], [r[1]["p50_ms"] for r in rows], 0.4, label="p50")
         axes[1].bar([x + 0.2 for x in xs], [r[1]["p99_ms"] for r in rows], 0.4, label="p99")

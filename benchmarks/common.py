@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts: where results go, machine facts, percentiles."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "loadavg_at_start": [round(x, 2) for x in load],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip(),
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip(),
     }
 
 

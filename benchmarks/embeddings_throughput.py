@@ -14,6 +14,7 @@ Also: backend memory (RSS) with the model loaded, first-call latency in a new ba
 
 Run: flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.embeddings_throughput
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ from . import common
 
 MODEL = "all-MiniLM-L6-v2"
 N = int(os.environ.get("INDB_BENCH_N", "10000"))
-BATCH = 64          # texts per model call, every side
-WORKER_TAKE = 256   # rows per ml.process_queue transaction (the default: 4 x batch_size)
+BATCH = 64  # texts per model call, every side
+WORKER_TAKE = 256  # rows per ml.process_queue transaction (the default: 4 x batch_size)
 DB = "indb_bench_embeddings"
 
 
@@ -73,21 +74,38 @@ def main() -> None:
     n = len(data)
     print(f"{n} texts, mean {sum(map(len, data)) / n:.0f} chars", flush=True)
     dsn, install_note = setup_db()
-    res: dict = {"n_texts": n, "texts": "first N sentences (>= 20 chars) of SciFact abstracts in corpus order",
-                 "mean_chars": round(sum(map(len, data)) / n, 1), "batch_size": BATCH, "worker_rows_per_call": WORKER_TAKE, "install": install_note,
-                 "note": "2 CPU cores shared with four other engineers' work; numbers are noisy", "sides": {}}
+    res: dict = {
+        "n_texts": n,
+        "texts": "first N sentences (>= 20 chars) of SciFact abstracts in corpus order",
+        "mean_chars": round(sum(map(len, data)) / n, 1),
+        "batch_size": BATCH,
+        "worker_rows_per_call": WORKER_TAKE,
+        "install": install_note,
+        "note": "2 CPU cores shared with four other engineers' work; numbers are noisy",
+        "sides": {},
+    }
 
     # first-call latency and memory, in fresh backends
     with connect(dsn) as c:
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
         rss0 = rss_mb(pid)
-        t = time.time(); c.execute("select ml.embed(%s, 'first call')", [MODEL]); cold = time.time() - t
+        t = time.time()
+        c.execute("select ml.embed(%s, 'first call')", [MODEL])
+        cold = time.time() - t
         rss1 = rss_mb(pid)
     with connect(dsn) as c:
-        t = time.time(); w = c.execute("select ml.warmup(%s)", [MODEL]).fetchone()[0]; warm_s = time.time() - t
-        t = time.time(); c.execute("select ml.embed(%s, 'first call')", [MODEL]); warm_first = time.time() - t
-    res["first_call"] = {"cold_first_embed_s": round(cold, 3), "warmup_s": round(warm_s, 3), "warmup_detail": w,
-                         "first_embed_after_warmup_s": round(warm_first, 4)}
+        t = time.time()
+        w = c.execute("select ml.warmup(%s)", [MODEL]).fetchone()[0]
+        warm_s = time.time() - t
+        t = time.time()
+        c.execute("select ml.embed(%s, 'first call')", [MODEL])
+        warm_first = time.time() - t
+    res["first_call"] = {
+        "cold_first_embed_s": round(cold, 3),
+        "warmup_s": round(warm_s, 3),
+        "warmup_detail": w,
+        "first_embed_after_warmup_s": round(warm_first, 4),
+    }
     res["backend_memory_mb"] = {"before_model": round(rss0, 1), "with_model_loaded": round(rss1, 1)}
     print(res["first_call"], res["backend_memory_mb"], flush=True)
 
@@ -161,8 +179,12 @@ def main() -> None:
         assert not errs, errs
         with connect(dsn) as c:
             assert c.execute(f"select count(*) from {tbl}_embeddings").fetchone()[0] == n
-        side(f"4_async_{workers}_worker" + ("s" if workers > 1 else ""), drained, insert_enqueue_s=round(enqueue_s, 2),
-             end_to_end_rows_per_s=round(n / (drained + enqueue_s), 1))
+        side(
+            f"4_async_{workers}_worker" + ("s" if workers > 1 else ""),
+            drained,
+            insert_enqueue_s=round(enqueue_s, 2),
+            end_to_end_rows_per_s=round(n / (drained + enqueue_s), 1),
+        )
 
     # 5. client-side pipeline: SELECT, embed here, COPY back
     with connect(dsn) as c:
@@ -174,7 +196,10 @@ def main() -> None:
         t = time.time()
         rows = c.execute("select id, body from bench_client").fetchall()
         vecs = m.encode([r[1] for r in rows], batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
-        with c.cursor() as cur, cur.copy("copy bench_client_embeddings (id, embedding) from stdin with (format binary)") as cp:
+        with (
+            c.cursor() as cur,
+            cur.copy("copy bench_client_embeddings (id, embedding) from stdin with (format binary)") as cp,
+        ):
             cp.set_types(["int4", "vector"])
             for (i, _), v in zip(rows, vecs):
                 cp.write_row([i, v])
@@ -184,8 +209,10 @@ def main() -> None:
     t = time.time()
     m.encode(data, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
     side("1b_python_sentence_transformers_again", time.time() - t)
-    base = (res["sides"]["1_python_sentence_transformers"]["rows_per_s"]
-            + res["sides"]["1b_python_sentence_transformers_again"]["rows_per_s"]) / 2
+    base = (
+        res["sides"]["1_python_sentence_transformers"]["rows_per_s"]
+        + res["sides"]["1b_python_sentence_transformers_again"]["rows_per_s"]
+    ) / 2
     res["python_baseline_rows_per_s"] = round(base, 1)
     res["ratios_vs_python"] = {k: round(v["rows_per_s"] / base, 3) for k, v in res["sides"].items()}
     res["targets"] = {"2_sql_ml_embed_array": 0.9, "3_sync_vectorizer_one_insert": 0.8, "4_async_2_workers": 0.9}

@@ -5,6 +5,7 @@ same data? Target: p99 <= 1 ms single client.
 
     flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.features_online
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ FEATS = [f"online20:f{i}" for i in range(1, N_FEATS + 1)]
 
 def summary(lat_s: list[float], wall: float | None = None) -> dict:
     ms = [x * 1000 for x in lat_s]
-    out = {"calls": len(ms), "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
-           "max_ms": max(ms), "mean_ms": sum(ms) / len(ms)}
+    out = {
+        "calls": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms),
+        "mean_ms": sum(ms) / len(ms),
+    }
     if wall:
         out["throughput_per_s"] = len(ms) / wall
     return out
@@ -79,7 +86,9 @@ def pg_batch(args):
     with psycopg.connect(dsn, autocommit=True) as c:
         q = "select features.get_online_batch(%s, %s::jsonb)"
         for _ in range(10):
-            c.execute(q, [FEATS, json.dumps([{"user_id": rnd.randint(1, N_USERS)} for _ in range(100)])], prepare=True).fetchall()
+            c.execute(
+                q, [FEATS, json.dumps([{"user_id": rnd.randint(1, N_USERS)} for _ in range(100)])], prepare=True
+            ).fetchall()
         for _ in range(calls):
             keys = json.dumps([{"user_id": rnd.randint(1, N_USERS)} for _ in range(100)])
             t0 = time.perf_counter()
@@ -150,8 +159,11 @@ def start_redis():
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     d = tempfile.mkdtemp(prefix="indb-redis-")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
 
     for _ in range(100):
@@ -182,16 +194,22 @@ def main() -> None:
         dsn, transport = tcp_dsn(sock_dsn)
         with psycopg.connect(dsn, autocommit=True) as c:
             cols = ", ".join(f"random() * {i} as f{i}" for i in range(1, N_FEATS + 1))
-            c.execute(f"create table online_src as select g::bigint as user_id, now() - random() * interval '1 hour' as ts, {cols} "
-                      f"from generate_series(1, {N_USERS}) g")
+            c.execute(
+                f"create table online_src as select g::bigint as user_id, now() - random() * interval '1 hour' as ts, {cols} "
+                f"from generate_series(1, {N_USERS}) g"
+            )
             c.execute("select features.create_entity('user', array['user_id'])")
             feats = [{"name": f"f{i}", "type": "float8"} for i in range(1, N_FEATS + 1)]
-            c.execute("select features.create_feature_view('online20', 'user', 'online_src', 'ts', %s, ttl => '1 day')",
-                      [json.dumps(feats)])
+            c.execute(
+                "select features.create_feature_view('online20', 'user', 'online_src', 'ts', %s, ttl => '1 day')",
+                [json.dumps(feats)],
+            )
             c.execute("select features.materialize_incremental('online20')")
             c.execute("vacuum analyze features.online_store")
             view_id = c.execute("select id from features.feature_views where name = 'online20'").fetchone()[0]
-            rows = c.execute("select entity_key, values from features.online_store where view_id = %s", [view_id]).fetchall()
+            rows = c.execute(
+                "select entity_key, values from features.online_store where view_id = %s", [view_id]
+            ).fetchall()
         # indb
         res = {}
         t0 = time.perf_counter()
@@ -229,9 +247,14 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(d, ignore_errors=True)
-    out["setup"] = {"entities": N_USERS, "features_per_call": N_FEATS, "calls_single": CALLS,
-                    "calls_batch": BATCH_CALLS, "client": f"psycopg 3, prepare=True, Postgres over {transport}; redis-py over tcp 127.0.0.1",
-                    "note": "4-client runs are 4 processes on a 2-core machine shared with other work"}
+    out["setup"] = {
+        "entities": N_USERS,
+        "features_per_call": N_FEATS,
+        "calls_single": CALLS,
+        "calls_batch": BATCH_CALLS,
+        "client": f"psycopg 3, prepare=True, Postgres over {transport}; redis-py over tcp 127.0.0.1",
+        "note": "4-client runs are 4 processes on a 2-core machine shared with other work",
+    }
     out["target_p99_ms"] = 1.0
     out["meets_target_single_client"] = out["indb"]["get_online_1_client"]["p99_ms"] <= 1.0
     print("wrote", write_section("online_serving", out))

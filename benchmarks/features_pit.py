@@ -13,6 +13,7 @@ peak RSS (VmHWM) above the RSS right after loading the inputs.
 
     flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.features_pit
 """
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,7 @@ def export(conn, sql: str, path: Path) -> int:
     return len(df)
 
 
-SIDE = r'''
+SIDE = r"""
 import json, sys, time, statistics
 def hwm():
     for l in open("/proc/self/status"):
@@ -132,7 +133,7 @@ for rep in range(spec["repeats"]):
 rss1, peak = hwm()
 print(json.dumps({"seconds": times, "rows": n, "sums": sums, "non_null": nn,
                   "rss_after_load_mib": rss0 / 1024, "peak_rss_mib": peak / 1024, "join_extra_mib": max(peak - rss0, 0) / 1024}))
-'''
+"""
 
 
 def run_side(side: str, spec: dict) -> dict:
@@ -155,8 +156,12 @@ def pg_side(conn, entity_sql: str, feats: list[str], check: list[str]) -> dict:
             dt, mem = timed_pg(conn, f"create unlogged table pit_out as {q}")
             times.append(dt)
             mems.append(mem)
-        per[method] = {"seconds": times, "median_s": statistics.median(times), "backend_extra_anon_mib": max(mems) / 1024,
-                       "strategy_in_sql": "merge" if "_indb_grp" in q else "lateral"}
+        per[method] = {
+            "seconds": times,
+            "median_s": statistics.median(times),
+            "backend_extra_anon_mib": max(mems) / 1024,
+            "strategy_in_sql": "merge" if "_indb_grp" in q else "lateral",
+        }
         print(f"  indb {method}: {per[method]['median_s']:.2f}s ({per[method]['strategy_in_sql']})", flush=True)
     n = conn.execute("select count(*) from pit_out").fetchone()[0]
     sums = {c: float(conn.execute(f"select coalesce(sum({c}), 0) from pit_out").fetchone()[0]) for c in check}
@@ -172,8 +177,16 @@ def pg_side(conn, entity_sql: str, feats: list[str], check: list[str]) -> dict:
     gh_time = time.perf_counter() - t0
     plan = "\n".join(r[0] for r in conn.execute("explain " + q).fetchall())
     conn.execute("reset indb.features_pit_method")
-    return {**per["auto"], "by_strategy": per, "rows": n, "sums": sums, "non_null": nn,
-            "create_training_set_s": ts_time, "get_historical_jsonb_s": gh_time, "plan_head": plan.splitlines()[:14]}
+    return {
+        **per["auto"],
+        "by_strategy": per,
+        "rows": n,
+        "sums": sums,
+        "non_null": nn,
+        "create_training_set_s": ts_time,
+        "get_historical_jsonb_s": gh_time,
+        "plan_head": plan.splitlines()[:14],
+    }
 
 
 def compare(name: str, conn, entity_sql, feats, check, spec) -> dict:
@@ -183,12 +196,23 @@ def compare(name: str, conn, entity_sql, feats, check, spec) -> dict:
     for r in (pdr, ddb):
         r["median_s"] = statistics.median(r["seconds"])
     agree = all(pg["non_null"][c] == pdr["non_null"][c] == ddb["non_null"][c] for c in check) and all(
-        abs(pg["sums"][c] - pdr["sums"][c]) <= 1e-6 * max(1, abs(pg["sums"][c])) and
-        abs(pg["sums"][c] - ddb["sums"][c]) <= 1e-6 * max(1, abs(pg["sums"][c])) for c in check)
-    res = {"indb": pg, "pandas_merge_asof": pdr, "duckdb_asof": ddb, "results_agree": agree,
-           "indb_over_duckdb": pg["median_s"] / ddb["median_s"], "indb_over_pandas": pg["median_s"] / pdr["median_s"]}
-    print(f"{name}: indb {pg['median_s']:.2f}s  pandas {pdr['median_s']:.2f}s  duckdb {ddb['median_s']:.2f}s  "
-          f"ratio vs duckdb {res['indb_over_duckdb']:.2f}  agree={agree}", flush=True)
+        abs(pg["sums"][c] - pdr["sums"][c]) <= 1e-6 * max(1, abs(pg["sums"][c]))
+        and abs(pg["sums"][c] - ddb["sums"][c]) <= 1e-6 * max(1, abs(pg["sums"][c]))
+        for c in check
+    )
+    res = {
+        "indb": pg,
+        "pandas_merge_asof": pdr,
+        "duckdb_asof": ddb,
+        "results_agree": agree,
+        "indb_over_duckdb": pg["median_s"] / ddb["median_s"],
+        "indb_over_pandas": pg["median_s"] / pdr["median_s"],
+    }
+    print(
+        f"{name}: indb {pg['median_s']:.2f}s  pandas {pdr['median_s']:.2f}s  duckdb {ddb['median_s']:.2f}s  "
+        f"ratio vs duckdb {res['indb_over_duckdb']:.2f}  agree={agree}",
+        flush=True,
+    )
     return res
 
 
@@ -203,17 +227,25 @@ def movielens(conn, tmp: Path) -> dict:
     conn.execute("select features.create_entity('movie', array['movie_id'])")
     # rolling features from strictly earlier ratings (no label leakage)
     for ent, key, p in (("user", "user_id", "u"), ("movie", "movie_id", "m")):
-        src = (f"select {key}, ts, count(*) over w as n_prior, avg(rating) over w as avg_prior, "
-               f"stddev_samp(rating) over w as std_prior, lag(rating) over (partition by {key} order by ts) as last_rating "
-               f"from ratings window w as (partition by {key} order by ts rows between unbounded preceding and 1 preceding)")
-        feats = [{"name": f"{p}_n_prior", "type": "float8", "expr": "n_prior"},
-                 {"name": f"{p}_avg_prior", "type": "float8", "expr": "avg_prior"},
-                 {"name": f"{p}_std_prior", "type": "float8", "expr": "std_prior"},
-                 {"name": f"{p}_last_rating", "type": "float8", "expr": "last_rating"}]
-        conn.execute("select features.create_feature_view(%s, %s, %s, 'ts', %s, partition_by => 'year')",
-                     [f"{ent}_rolling", ent, src, json.dumps(feats)])
+        src = (
+            f"select {key}, ts, count(*) over w as n_prior, avg(rating) over w as avg_prior, "
+            f"stddev_samp(rating) over w as std_prior, lag(rating) over (partition by {key} order by ts) as last_rating "
+            f"from ratings window w as (partition by {key} order by ts rows between unbounded preceding and 1 preceding)"
+        )
+        feats = [
+            {"name": f"{p}_n_prior", "type": "float8", "expr": "n_prior"},
+            {"name": f"{p}_avg_prior", "type": "float8", "expr": "avg_prior"},
+            {"name": f"{p}_std_prior", "type": "float8", "expr": "std_prior"},
+            {"name": f"{p}_last_rating", "type": "float8", "expr": "last_rating"},
+        ]
+        conn.execute(
+            "select features.create_feature_view(%s, %s, %s, 'ts', %s, partition_by => 'year')",
+            [f"{ent}_rolling", ent, src, json.dumps(feats)],
+        )
         t0 = time.perf_counter()
-        r = conn.execute("select features.materialize(%s, '1990-01-01', '2030-01-01')", [f"{ent}_rolling"]).fetchone()[0]
+        r = conn.execute("select features.materialize(%s, '1990-01-01', '2030-01-01')", [f"{ent}_rolling"]).fetchone()[
+            0
+        ]
         print(f"materialized {ent}_rolling: {r['rows_written']} rows in {time.perf_counter() - t0:.1f}s", flush=True)
     conn.execute("vacuum analyze")
     entity_sql = "select user_id, movie_id, ts as event_timestamp, rating as label from ratings"
@@ -221,11 +253,17 @@ def movielens(conn, tmp: Path) -> dict:
     n_ent = export(conn, entity_sql, tmp / "ml_ent.parquet")
     views = []
     for ent, key, p in (("user", "user_id", "u"), ("movie", "movie_id", "m")):
-        off = conn.execute("select offline_table from features.feature_views where name = %s", [f"{ent}_rolling"]).fetchone()[0]
+        off = conn.execute(
+            "select offline_table from features.feature_views where name = %s", [f"{ent}_rolling"]
+        ).fetchone()[0]
         fs = [f"{p}_n_prior", f"{p}_avg_prior", f"{p}_std_prior", f"{p}_last_rating"]
         n = export(conn, f"select {key}, event_ts, {', '.join(fs)} from {off}", tmp / f"ml_{ent}.parquet")
         views.append({"keys": [key], "features": fs, "path": str(tmp / f"ml_{ent}.parquet"), "rows": n})
-    spec = {"entity": str(tmp / "ml_ent.parquet"), "views": views, "check": ["u_avg_prior", "m_avg_prior", "u_last_rating"]}
+    spec = {
+        "entity": str(tmp / "ml_ent.parquet"),
+        "views": views,
+        "check": ["u_avg_prior", "m_avg_prior", "u_last_rating"],
+    }
     res = compare("movielens", conn, entity_sql, feats, spec["check"], spec)
     res["entity_rows"] = n_ent
     res["feature_rows"] = sum(v["rows"] for v in views)
@@ -245,7 +283,9 @@ def synthetic(conn, tmp: Path, scale: int) -> dict:
     feats = [{"name": f"f{i}", "type": "float8"} for i in range(1, 6)]
     conn.execute("select features.create_feature_view('syn', 'syn_user', 'syn_src', 'ts', %s)", [json.dumps(feats)])
     t0 = time.perf_counter()
-    r = conn.execute("select features.materialize('syn', '2024-01-01', '2025-02-01', statistics => false)").fetchone()[0]
+    r = conn.execute("select features.materialize('syn', '2024-01-01', '2025-02-01', statistics => false)").fetchone()[
+        0
+    ]
     mat_s = time.perf_counter() - t0
     print(f"materialized syn: {r['rows_written']} rows in {mat_s:.1f}s", flush=True)
     conn.execute(f"""create table syn_ent as
@@ -256,9 +296,11 @@ def synthetic(conn, tmp: Path, scale: int) -> dict:
     off = conn.execute("select offline_table from features.feature_views where name = 'syn'").fetchone()[0]
     export(conn, "select * from syn_ent", tmp / "syn_ent.parquet")
     n = export(conn, f"select uid, event_ts, f1, f2, f3, f4, f5 from {off}", tmp / "syn_feat.parquet")
-    spec = {"entity": str(tmp / "syn_ent.parquet"),
-            "views": [{"keys": ["uid"], "features": ["f1", "f2", "f3", "f4", "f5"], "path": str(tmp / "syn_feat.parquet")}],
-            "check": ["f1", "f3"]}
+    spec = {
+        "entity": str(tmp / "syn_ent.parquet"),
+        "views": [{"keys": ["uid"], "features": ["f1", "f2", "f3", "f4", "f5"], "path": str(tmp / "syn_feat.parquet")}],
+        "check": ["f1", "f3"],
+    }
     res = compare(f"synthetic x{scale}", conn, "syn_ent", ["syn:*"], spec["check"], spec)
     res.update({"scale": scale, "feature_rows": n, "entity_rows": n_ent, "materialize_s": mat_s})
     return res
@@ -270,18 +312,22 @@ def main() -> None:
     with bench_database() as (dsn, note), tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            settings = {k: conn.execute(f"show {k}").fetchone()[0] for k in
-                        ("jit", "max_parallel_workers_per_gather", "work_mem", "shared_buffers")}
+            settings = {
+                k: conn.execute(f"show {k}").fetchone()[0]
+                for k in ("jit", "max_parallel_workers_per_gather", "work_mem", "shared_buffers")
+            }
             out["movielens_small"] = movielens(conn, tmp)
             out[f"synthetic_x{scale}"] = synthetic(conn, tmp, scale)
         out["install"] = note
         out["postgres_settings"] = settings
-        out["notes"] = ("x100 (10M feature rows, 1M entity rows) does not fit a ~10 minute run on 2 shared cores; "
-                        f"ran x{scale}. indb = CREATE UNLOGGED TABLE AS <features.historical_query> (the SQL that "
-                        "get_historical and create_training_set run), per strategy (lateral index probes, sort-merge "
-                        "with window functions) and 'auto' (the default: merge when feature rows < 6 x entity rows); "
-                        "pandas = sort + merge_asof per view; DuckDB = "
-                        "CREATE TABLE AS ... ASOF LEFT JOIN, 2 threads; median of 3 runs each, inputs preloaded.")
+        out["notes"] = (
+            "x100 (10M feature rows, 1M entity rows) does not fit a ~10 minute run on 2 shared cores; "
+            f"ran x{scale}. indb = CREATE UNLOGGED TABLE AS <features.historical_query> (the SQL that "
+            "get_historical and create_training_set run), per strategy (lateral index probes, sort-merge "
+            "with window functions) and 'auto' (the default: merge when feature rows < 6 x entity rows); "
+            "pandas = sort + merge_asof per view; DuckDB = "
+            "CREATE TABLE AS ... ASOF LEFT JOIN, 2 threads; median of 3 runs each, inputs preloaded."
+        )
     path = write_section("point_in_time_join", out)
     print("wrote", path)
 

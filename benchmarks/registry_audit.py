@@ -8,6 +8,7 @@ in alternating blocks so that load from other work on the shared machine hits bo
 verify(): N_EVENTS synthetic events appended through audit._append (the trigger path) in transactions of
 1,000, then audit.verify() timed 3 times; seconds per million = median time * 1e6 / events.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -22,8 +23,10 @@ N_EVENTS = 200_000
 
 
 def set_audit(conn, on: bool) -> None:
-    rows = conn.execute("select tgrelid::regclass::text, tgname from pg_trigger "
-                        "where tgname in ('indb_audit', 'indb_audit_batch') and not tgisinternal").fetchall()
+    rows = conn.execute(
+        "select tgrelid::regclass::text, tgname from pg_trigger "
+        "where tgname in ('indb_audit', 'indb_audit_batch') and not tgisinternal"
+    ).fetchall()
     for rel, name in rows:
         conn.execute(f"alter table {rel} {'enable' if on else 'disable'} trigger {name}")
 
@@ -53,7 +56,7 @@ def main() -> None:
         workload(client, 20, "warm")
         on_s, off_s = [], []
         for b in range(BLOCKS):
-            for state in ((True, False) if b % 2 == 0 else (False, True)):
+            for state in (True, False) if b % 2 == 0 else (False, True):
                 set_audit(admin, state)
                 s = workload(client, PER_BLOCK, f"{'on' if state else 'off'}{b}")
                 (on_s if state else off_s).append(s / PER_BLOCK * 1000.0)
@@ -63,13 +66,16 @@ def main() -> None:
             "iterations_per_side": BLOCKS * PER_BLOCK,
             "ms_per_iteration_audit_on": [round(x, 2) for x in on_s],
             "ms_per_iteration_audit_off": [round(x, 2) for x in off_s],
-            "median_ms_on": round(med_on, 2), "median_ms_off": round(med_off, 2),
+            "median_ms_on": round(med_on, 2),
+            "median_ms_off": round(med_off, 2),
             "overhead_pct": round((med_on / med_off - 1) * 100, 1),
             "events_per_iteration": None,
         }
         before = admin.execute("select count(*) from audit.events").fetchone()[0]
         workload(client, 10, "count")
-        overhead["events_per_iteration"] = (admin.execute("select count(*) from audit.events").fetchone()[0] - before) / 10
+        overhead["events_per_iteration"] = (
+            admin.execute("select count(*) from audit.events").fetchone()[0] - before
+        ) / 10
         print("overhead", overhead)
 
         # verify() per million events
@@ -77,10 +83,12 @@ def main() -> None:
             done = 0
             while done < N_EVENTS:
                 k = min(1000, N_EVENTS - done)
-                admin.execute("select count(audit._append('INSERT', 'bench.synthetic', jsonb_build_object('id', g), "
-                              "null, jsonb_build_object('id', g, 'name', 'row ' || g, 'value', g * 0.5, "
-                              "'tags', jsonb_build_object('team', 'x')), null)) from generate_series(%s::int, %s::int) g",
-                              [done + 1, done + k])
+                admin.execute(
+                    "select count(audit._append('INSERT', 'bench.synthetic', jsonb_build_object('id', g), "
+                    "null, jsonb_build_object('id', g, 'name', 'row ' || g, 'value', g * 0.5, "
+                    "'tags', jsonb_build_object('team', 'x')), null)) from generate_series(%s::int, %s::int) g",
+                    [done + 1, done + k],
+                )
                 done += k
         events = admin.execute("select count(*) from audit.events").fetchone()[0]
         times = []
@@ -90,20 +98,26 @@ def main() -> None:
             assert ok
             times.append(t.s)
         med = statistics.median(times)
-        verify = {"events": events, "append_events_per_s": round(N_EVENTS / t_gen.s),
-                  "verify_seconds": [round(x, 2) for x in times],
-                  "verify_seconds_per_million_events": round(med * 1e6 / events, 1)}
+        verify = {
+            "events": events,
+            "append_events_per_s": round(N_EVENTS / t_gen.s),
+            "verify_seconds": [round(x, 2) for x in times],
+            "verify_seconds_per_million_events": round(med * 1e6 / events, 1),
+        }
         print("verify", verify)
         client.close()
         admin.close()
-        save("audit", {
-            "question": "audit overhead on a write-heavy registry workload (target <= 15%) and audit.verify() "
-                        "time per million events",
-            "workload": "per iteration: start_run, log_params(10), 20 metrics in one log_batch, set_tag, end_run, "
-                        "register_model (1 KiB), set_alias",
-            "overhead": overhead,
-            "verify": verify,
-        })
+        save(
+            "audit",
+            {
+                "question": "audit overhead on a write-heavy registry workload (target <= 15%) and audit.verify() "
+                "time per million events",
+                "workload": "per iteration: start_run, log_params(10), 20 metrics in one log_batch, set_tag, end_run, "
+                "register_model (1 KiB), set_alias",
+                "overhead": overhead,
+                "verify": verify,
+            },
+        )
     finally:
         drop_db()
 

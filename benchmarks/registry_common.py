@@ -1,5 +1,6 @@
 """Shared by the registry_* benchmarks: a fresh benchmark database with indb installed, and results
 merged into benchmarks/results/registry.json (one section per script)."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ import time
 from .common import RESULTS, create_scratch_db, drop_scratch_db, machine
 
 DBNAME = "indb_bench_registry"
-NOTE = ("machine shared with four other engineers' builds/tests/benchmarks (2 CPU cores): absolute numbers are "
-        "pessimistic and noisy; sides of one comparison were measured in the same run, interleaved where possible")
+NOTE = (
+    "machine shared with four other engineers' builds/tests/benchmarks (2 CPU cores): absolute numbers are "
+    "pessimistic and noisy; sides of one comparison were measured in the same run, interleaved where possible"
+)
 
 
 def fresh_db(name: str = DBNAME) -> str:

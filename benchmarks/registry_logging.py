@@ -5,6 +5,7 @@ Each run logs 10 params and 20 metrics x 100 steps (2,000 points) through the ML
   batched (client default, 5,000 points per batch), batched with 500 per batch, and one SQL call per point
   (what an unbatched client does). Throughput counts the whole run: start_run, params, metrics, end_run.
 """
+
 from __future__ import annotations
 
 
@@ -18,8 +19,7 @@ STEPS = 100
 def log_runs(client, n_runs: int, batch_size: int, exp: str) -> dict:
     with Timer() as t:
         for i in range(n_runs):
-            with client.start_run(experiment=exp, run_name=f"r{i}", batch_size=batch_size,
-                                  flush_seconds=3600) as run:
+            with client.start_run(experiment=exp, run_name=f"r{i}", batch_size=batch_size, flush_seconds=3600) as run:
                 run.log_params({f"p{k}": k * i for k in range(PARAMS)})
                 for step in range(STEPS):
                     for m in range(METRICS):
@@ -52,13 +52,16 @@ def main() -> None:
         again = log_runs(client, 50, 5000, "batched5000b")  # second measurement of the main side
         results["batched_5000_repeat"] = again
         n = client.scalar("select count(*) from registry.metrics")
-        save("logging", {
-            "question": "client metric logging throughput (target >= 50,000 points/s batched)",
-            "workload": f"{PARAMS} params + {METRICS} metrics x {STEPS} steps per run, via client.start_run/log_metric",
-            "results": results,
-            "metric_rows_in_db": n,
-            "audit": "on (one INSERT_BATCH audit event per log_batch call)",
-        })
+        save(
+            "logging",
+            {
+                "question": "client metric logging throughput (target >= 50,000 points/s batched)",
+                "workload": f"{PARAMS} params + {METRICS} metrics x {STEPS} steps per run, via client.start_run/log_metric",
+                "results": results,
+                "metric_rows_in_db": n,
+                "audit": "on (one INSERT_BATCH audit event per log_batch call)",
+            },
+        )
         for k, v in results.items():
             print(f"{k:32} {v['points_per_s']:>10,} points/s  ({v['points']:,} points in {v['seconds']} s)")
     finally:

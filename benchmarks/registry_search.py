@@ -8,6 +8,7 @@ The issue asks for 100,000 runs with 20 metrics x 100 steps; the 200 M history p
 ~10 minute budget on this shared machine and search never reads history, so history is left out here
 (logging throughput is registry_logging.py). N_RUNS = 100,000 is kept.
 """
+
 from __future__ import annotations
 
 import random
@@ -66,10 +67,14 @@ def populate(conn) -> dict:
             select 'deployment', d.id::text, 'prediction_log', (d.id * 1000 + g)::text, 'logged'
               from registry.deployments d, generate_series(1, 5) g;""")
         conn.execute("set session_replication_role = origin")
-        conn.execute("vacuum analyze registry.runs, registry.params, registry.latest_metrics, registry.lineage_edges, "
-                     "registry.model_versions, registry.deployments, registry.experiments")
-    counts = {t: conn.execute(f"select count(*) from registry.{t}").fetchone()[0]
-              for t in ("runs", "params", "latest_metrics", "lineage_edges", "model_versions")}
+        conn.execute(
+            "vacuum analyze registry.runs, registry.params, registry.latest_metrics, registry.lineage_edges, "
+            "registry.model_versions, registry.deployments, registry.experiments"
+        )
+    counts = {
+        t: conn.execute(f"select count(*) from registry.{t}").fetchone()[0]
+        for t in ("runs", "params", "latest_metrics", "lineage_edges", "model_versions")
+    }
     return {"seconds": round(t.s, 1), "rows": counts}
 
 
@@ -88,9 +93,14 @@ def series(conn, make, n=QUERIES) -> dict:
         ms, k = timed(conn, *make(rng))
         lat.append(ms)
         rows.append(k)
-    return {"queries": n, "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
-            "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2),
-            "mean_rows": round(statistics.mean(rows), 1)}
+    return {
+        "queries": n,
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p95_ms": round(percentile(lat, 95), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(max(lat), 2),
+        "mean_rows": round(statistics.mean(rows), 1),
+    }
 
 
 def main() -> None:
@@ -102,40 +112,76 @@ def main() -> None:
 
             def q(order):
                 def make(rng):
-                    f = FILTER.format(t=round(rng.uniform(0.2, 0.8), 3), d=rng.randint(2, 10), team=f"t{rng.randint(0, 4)}")
+                    f = FILTER.format(
+                        t=round(rng.uniform(0.2, 0.8), 3), d=rng.randint(2, 10), team=f"t{rng.randint(0, 4)}"
+                    )
                     return ("select * from registry.search_runs(array['bench'], %s, %s, 100)", [f, order])
+
                 return make
 
             res = {
                 "filter": FILTER.format(t="<0.2..0.8>", d="<2..10>", team="<t0..t4>"),
                 "search_default_order_limit_100": series(conn, q(None)),
                 "search_order_by_metric_limit_100": series(conn, q(["metrics.rmse ASC"])),
-                "search_4_conditions_with_status": series(conn, lambda rng: (
-                    "select * from registry.search_runs(array['bench'], %s, null, 100)",
-                    [FILTER.format(t=round(rng.uniform(0.2, 0.8), 3), d=rng.randint(2, 10), team=f"t{rng.randint(0, 4)}")
-                     + " and attributes.status = 'FINISHED'"])),
+                "search_4_conditions_with_status": series(
+                    conn,
+                    lambda rng: (
+                        "select * from registry.search_runs(array['bench'], %s, null, 100)",
+                        [
+                            FILTER.format(
+                                t=round(rng.uniform(0.2, 0.8), 3), d=rng.randint(2, 10), team=f"t{rng.randint(0, 4)}"
+                            )
+                            + " and attributes.status = 'FINISHED'"
+                        ],
+                    ),
+                ),
             }
             n_versions = conn.execute("select count(*) from registry.model_versions").fetchone()[0]
-            res["lineage_model_version_both"] = series(conn, lambda rng: (
-                "select * from registry.lineage('model_version', %s)", [str(rng.randint(1, n_versions))]))
-            res["lineage_dataset_down"] = series(conn, lambda rng: (
-                "select * from registry.lineage('dataset', %s, 'down')", [str(rng.randint(1, N_CHAINS // 10))]))
-            res["lineage_prediction_log_up"] = series(conn, lambda rng: (
-                "select * from registry.lineage('prediction_log', %s, 'up')",
-                [str(rng.randint(1, N_CHAINS // 10) * 1000 + rng.randint(1, 5))]))
-            plan = "\n".join(r[0] for r in conn.execute(
-                "explain analyze " + __import__("indb_runtime.search_runs", fromlist=["build"]).build(
-                    ["bench"], FILTER.format(t=0.5, d=6, team="t1"), None, 100)[0].replace("$1", "array['bench']")
-                .replace("$2", "'rmse'").replace("$3", "0.5").replace("$4", "'depth'").replace("$5", "'6'")
-                .replace("$6", "'team'").replace("$7", "'t1'").replace("$8", "100")).fetchall())
-        save("search_and_lineage", {
-            "question": "search_runs 3-condition filter p99 (target <= 50 ms) and lineage walk p99 on many runs",
-            "population": pop,
-            "scaled": "100,000 runs with 10 params and 20 metrics (latest values); the 100-step metric history "
-                      "(200 M points) is not loaded: search reads latest_metrics only",
-            "results": res,
-            "plan_example": plan,
-        })
+            res["lineage_model_version_both"] = series(
+                conn,
+                lambda rng: ("select * from registry.lineage('model_version', %s)", [str(rng.randint(1, n_versions))]),
+            )
+            res["lineage_dataset_down"] = series(
+                conn,
+                lambda rng: (
+                    "select * from registry.lineage('dataset', %s, 'down')",
+                    [str(rng.randint(1, N_CHAINS // 10))],
+                ),
+            )
+            res["lineage_prediction_log_up"] = series(
+                conn,
+                lambda rng: (
+                    "select * from registry.lineage('prediction_log', %s, 'up')",
+                    [str(rng.randint(1, N_CHAINS // 10) * 1000 + rng.randint(1, 5))],
+                ),
+            )
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "explain analyze "
+                    + __import__("indb_runtime.search_runs", fromlist=["build"])
+                    .build(["bench"], FILTER.format(t=0.5, d=6, team="t1"), None, 100)[0]
+                    .replace("$1", "array['bench']")
+                    .replace("$2", "'rmse'")
+                    .replace("$3", "0.5")
+                    .replace("$4", "'depth'")
+                    .replace("$5", "'6'")
+                    .replace("$6", "'team'")
+                    .replace("$7", "'t1'")
+                    .replace("$8", "100")
+                ).fetchall()
+            )
+        save(
+            "search_and_lineage",
+            {
+                "question": "search_runs 3-condition filter p99 (target <= 50 ms) and lineage walk p99 on many runs",
+                "population": pop,
+                "scaled": "100,000 runs with 10 params and 20 metrics (latest values); the 100-step metric history "
+                "(200 M points) is not loaded: search reads latest_metrics only",
+                "results": res,
+                "plan_example": plan,
+            },
+        )
         for k, v in res.items():
             if isinstance(v, dict):
                 print(f"{k:40} p50 {v['p50_ms']:8.2f} ms  p99 {v['p99_ms']:8.2f} ms  rows {v['mean_rows']}")

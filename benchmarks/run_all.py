@@ -1,4 +1,5 @@
 """`make bench`: run every benchmark script in benchmarks/ (modules named <area>_*.py with a main())."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,11 @@ import benchmarks
 
 
 def main() -> int:
-    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
-                   if m.name not in ("common", "run_all") and not m.name.startswith("_"))
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules(benchmarks.__path__)
+        if m.name not in ("common", "run_all") and not m.name.startswith("_")
+    )
     only = set(sys.argv[1:])
     for name in names:
         if only and not any(name.startswith(o) for o in only):

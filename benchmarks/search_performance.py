@@ -19,6 +19,7 @@ this run's 10-minute budget (see the note in the results).
 
 Run: flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.search_performance [--n 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,14 +65,22 @@ def merge_results(key: str, payload: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "search.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = {"machine": {**machine(), "note": "2 CPU cores shared with four other engineers' tests and "
-                                                    "benchmarks running at the same time"}, **payload}
+    data[key] = {
+        "machine": {
+            **machine(),
+            "note": "2 CPU cores shared with four other engineers' tests and benchmarks running at the same time",
+        },
+        **payload,
+    }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def lat_stats(ts: list[float]) -> dict:
-    return {"p50_ms": round(percentile(ts, 50) * 1000, 3), "p99_ms": round(percentile(ts, 99) * 1000, 3),
-            "mean_ms": round(sum(ts) / len(ts) * 1000, 3)}
+    return {
+        "p50_ms": round(percentile(ts, 50) * 1000, 3),
+        "p99_ms": round(percentile(ts, 99) * 1000, 3),
+        "mean_ms": round(sum(ts) / len(ts) * 1000, 3),
+    }
 
 
 def recall(got: list[list[str]], truth: list[list[str]]) -> float:
@@ -100,36 +109,66 @@ def run_queries(conn, sql, qparams, warm=5):
 
 
 def sizes(conn, name) -> dict:
-    return {r[0]: r[1] for r in conn.execute(
-        "select ic.relname, pg_relation_size(ic.oid) from pg_index x join pg_class ic on ic.oid = x.indexrelid "
-        "where x.indrelid = %s::regclass", [f"collections.{name}"]).fetchall()}
+    return {
+        r[0]: r[1]
+        for r in conn.execute(
+            "select ic.relname, pg_relation_size(ic.oid) from pg_index x join pg_class ic on ic.oid = x.indexrelid "
+            "where x.indrelid = %s::regclass",
+            [f"collections.{name}"],
+        ).fetchall()
+    }
 
 
 def ann_rows(conn, name, queries, truth, efs, label, hand=True, extra_opts=None):
     rows = []
     for ef in efs:
         opts = {"ef_search": ef, **(extra_opts or {})}
-        ts, ids = run_queries(conn, "select id, score, content, metadata from ml.search(%s, %s::vector, %s, null, %s)",
-                              [[name, vec(q), K, Jsonb(opts)] for q in queries])
-        row = {"collection": label, "method": "ml.search (options.ef_search)", "ef_search": ef, "recall_at_10": recall(ids, truth), **lat_stats(ts)}
+        ts, ids = run_queries(
+            conn,
+            "select id, score, content, metadata from ml.search(%s, %s::vector, %s, null, %s)",
+            [[name, vec(q), K, Jsonb(opts)] for q in queries],
+        )
+        row = {
+            "collection": label,
+            "method": "ml.search (options.ef_search)",
+            "ef_search": ef,
+            "recall_at_10": recall(ids, truth),
+            **lat_stats(ts),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if hand:
             conn.execute(f"set hnsw.ef_search = {int(ef)}")
             # ml.search honoring the session's hnsw.ef_search, exactly like the hand-written query
-            ts1, ids1 = run_queries(conn, "select id, score, content, metadata from ml.search(%s, %s::vector, %s)",
-                                    [[name, vec(q), K] for q in queries])
-            srow = {"collection": label, "method": "ml.search (session hnsw.ef_search)", "ef_search": ef,
-                    "recall_at_10": recall(ids1, truth), **lat_stats(ts1)}
+            ts1, ids1 = run_queries(
+                conn,
+                "select id, score, content, metadata from ml.search(%s, %s::vector, %s)",
+                [[name, vec(q), K] for q in queries],
+            )
+            srow = {
+                "collection": label,
+                "method": "ml.search (session hnsw.ef_search)",
+                "ef_search": ef,
+                "recall_at_10": recall(ids1, truth),
+                **lat_stats(ts1),
+            }
             rows.append(srow)
             print(json.dumps(srow), flush=True)
             # the same result shape as ml.search: id, score, content, metadata
-            ts2, ids2 = run_queries(conn, f"select id, 1 - (embedding <=> %s::vector) as score, content, metadata "
-                                          f"from collections.{name} order by embedding <=> %s::vector limit %s",
-                                    [[vec(q), vec(q), K] for q in queries])
+            ts2, ids2 = run_queries(
+                conn,
+                f"select id, 1 - (embedding <=> %s::vector) as score, content, metadata "
+                f"from collections.{name} order by embedding <=> %s::vector limit %s",
+                [[vec(q), vec(q), K] for q in queries],
+            )
             conn.execute("reset hnsw.ef_search")
-            hrow = {"collection": label, "method": "hand-written pgvector", "ef_search": ef,
-                    "recall_at_10": recall(ids2, truth), **lat_stats(ts2)}
+            hrow = {
+                "collection": label,
+                "method": "hand-written pgvector",
+                "ef_search": ef,
+                "recall_at_10": recall(ids2, truth),
+                **lat_stats(ts2),
+            }
             row["overhead_p50_pct"] = round((row["p50_ms"] / hrow["p50_ms"] - 1) * 100, 1)
             srow["overhead_p50_pct"] = round((srow["p50_ms"] / hrow["p50_ms"] - 1) * 100, 1)
             row["overhead_p50_ms"] = round(row["p50_ms"] - hrow["p50_ms"], 3)
@@ -145,6 +184,7 @@ def throughput(dsn, sql_fn, seconds=12.0, clients=4):
 
     def worker(i):
         from pgvector.psycopg import register_vector
+
         with psycopg.connect(dsn, autocommit=True) as c:
             register_vector(c)
             rng = np.random.default_rng(i)
@@ -176,12 +216,16 @@ def main(argv=None) -> None:
     client = indb.connect(dsn)
     conn = client.conn
     conn.execute("set maintenance_work_mem = '1GB'")
-    out: dict = {"n_vectors": args.n, "dim": DIM, "k": K,
-                 "data": "clustered: 1,000 Gaussian centres (standard normal, 384-d), point = centre + N(0, 0.6^2) "
-                         "noise, L2-normalized, seed 7; synthetic text: 18 Zipf(1.3) words from a 5,000-word "
-                         "vocabulary + 7 words of the document's cluster topic",
-                 "one_million": "not run: a 1M x 384 HNSW build on 2 shared cores does not fit the 10-minute run; "
-                                "at the build rate measured here it would take roughly 10x the 100k build time"}
+    out: dict = {
+        "n_vectors": args.n,
+        "dim": DIM,
+        "k": K,
+        "data": "clustered: 1,000 Gaussian centres (standard normal, 384-d), point = centre + N(0, 0.6^2) "
+        "noise, L2-normalized, seed 7; synthetic text: 18 Zipf(1.3) words from a 5,000-word "
+        "vocabulary + 7 words of the document's cluster topic",
+        "one_million": "not run: a 1M x 384 HNSW build on 2 shared cores does not fit the 10-minute run; "
+        "at the build rate measured here it would take roughly 10x the 100k build time",
+    }
     t_all = time.time()
     X, label, centres = clustered(args.n)
     texts = synthetic_text(label)
@@ -199,7 +243,9 @@ def main(argv=None) -> None:
     conn.execute(f"drop index collections.{name}_ann")  # bulk load first, then build (the fast way)
     t0 = time.time()
     with conn.cursor() as cur:
-        with cur.copy(f"copy collections.{name} (id, content, metadata, embedding) from stdin with (format binary)") as cp:
+        with cur.copy(
+            f"copy collections.{name} (id, content, metadata, embedding) from stdin with (format binary)"
+        ) as cp:
             cp.set_types(["text", "text", "jsonb", "vector"])
             for i in range(args.n):
                 cp.write_row([ids[i], texts[i], Jsonb({"bucket": int(bucket[i]), "cluster": int(label[i])}), X[i]])
@@ -207,8 +253,11 @@ def main(argv=None) -> None:
     print("copy", out["copy_seconds"], flush=True)
     r = client.reindex_collection(name, concurrently=False)
     out["hnsw_build_seconds"] = r["seconds"]
-    out["sizes_bytes"] = {"table_total": conn.execute(f"select pg_total_relation_size('collections.{name}')").fetchone()[0],
-                          "vectors_raw": args.n * DIM * 4, **sizes(conn, name)}
+    out["sizes_bytes"] = {
+        "table_total": conn.execute(f"select pg_total_relation_size('collections.{name}')").fetchone()[0],
+        "vectors_raw": args.n * DIM * 4,
+        **sizes(conn, name),
+    }
     print("build", r, out["sizes_bytes"], flush=True)
     conn.execute(f"vacuum analyze collections.{name}")
 
@@ -216,19 +265,32 @@ def main(argv=None) -> None:
 
     # filtered search: 1% (bucket = 7) -> exact strategy; 10% (bucket < 10) -> iterative index scan
     filt = []
-    for flt, pred, lbl in [({"bucket": 7}, bucket == 7, "1% selective"), ({"bucket": {"$lt": 10}}, bucket < 10, "10% selective")]:
+    for flt, pred, lbl in [
+        ({"bucket": 7}, bucket == 7, "1% selective"),
+        ({"bucket": {"$lt": 10}}, bucket < 10, "10% selective"),
+    ]:
         sub = np.where(pred)[0]
         ftruth = [list(ids[sub[np.argsort(-(X[sub] @ q), kind="stable")[:K]]]) for q in Q[:100]]
-        ts, got = run_queries(conn, "select id from ml.search(%s, %s::vector, %s, %s)",
-                              [[name, vec(q), K, Jsonb(flt)] for q in Q[:100]])
+        ts, got = run_queries(
+            conn, "select id from ml.search(%s, %s::vector, %s, %s)", [[name, vec(q), K, Jsonb(flt)] for q in Q[:100]]
+        )
         strategy = client.explain_search(name, Q[0].tolist(), K, flt)
-        row = {"filter": lbl, "matches": int(pred.sum()), "strategy": strategy["strategy"],
-               "min_rows_returned": min(len(g) for g in got), "recall_at_10": recall(got, ftruth), **lat_stats(ts)}
+        row = {
+            "filter": lbl,
+            "matches": int(pred.sum()),
+            "strategy": strategy["strategy"],
+            "min_rows_returned": min(len(g) for g in got),
+            "recall_at_10": recall(got, ftruth),
+            **lat_stats(ts),
+        }
         # pgvector alone (no iterative scan, same ef) for contrast: rows returned can fall short of k
         conn.execute("set hnsw.ef_search = 40")
         where = "(metadata->>'bucket')::int = 7" if lbl.startswith("1%") else "(metadata->>'bucket')::int < 10"
-        ts2, got2 = run_queries(conn, f"select id from collections.{name} where {where} order by embedding <=> %s::vector limit %s",
-                                [[vec(q), K] for q in Q[:100]])
+        ts2, got2 = run_queries(
+            conn,
+            f"select id from collections.{name} where {where} order by embedding <=> %s::vector limit %s",
+            [[vec(q), K] for q in Q[:100]],
+        )
         conn.execute("reset hnsw.ef_search")
         row["plain_pgvector_min_rows_returned"] = min(len(g) for g in got2)
         row["plain_pgvector_recall_at_10"] = recall(got2, ftruth)
@@ -242,23 +304,39 @@ def main(argv=None) -> None:
     ts, _ = run_queries(conn, "select id from ml.hybrid_search(%s, %s, 10)", [[name, t] for t in qtexts])
     ts_kw, _ = run_queries(conn, "select id from ml.keyword_search(%s, %s, 10)", [[name, t] for t in qtexts])
     ts_emb, _ = run_queries(conn, "select ml.embed('all-MiniLM-L6-v2', %s::text)", [[t] for t in qtexts])
-    out["hybrid_100k"] = {"hybrid_search": lat_stats(ts), "keyword_search": lat_stats(ts_kw),
-                          "query_embedding_only": lat_stats(ts_emb), "candidates": 100}
+    out["hybrid_100k"] = {
+        "hybrid_search": lat_stats(ts),
+        "keyword_search": lat_stats(ts_kw),
+        "query_embedding_only": lat_stats(ts_emb),
+        "candidates": 100,
+    }
     print("hybrid", json.dumps(out["hybrid_100k"]), flush=True)
 
     # throughput, 4 clients
     out["throughput_4_clients"] = {
-        "ml.search": throughput(dsn, lambda g: ("select * from ml.search(%s, %s::vector, 10, null, '{\"ef_search\": 40}')",
-                                                 [name, vec(Q[g.integers(0, len(Q))])])),
-        "hand-written pgvector": throughput(dsn, lambda g: (f"select id, 1 - (embedding <=> %s::vector), content, metadata "
-                                                             f"from collections.{name} order by embedding <=> %s::vector limit 10",
-                                                             [vec(Q[g.integers(0, len(Q))])] * 2)),
+        "ml.search": throughput(
+            dsn,
+            lambda g: (
+                "select * from ml.search(%s, %s::vector, 10, null, '{\"ef_search\": 40}')",
+                [name, vec(Q[g.integers(0, len(Q))])],
+            ),
+        ),
+        "hand-written pgvector": throughput(
+            dsn,
+            lambda g: (
+                f"select id, 1 - (embedding <=> %s::vector), content, metadata "
+                f"from collections.{name} order by embedding <=> %s::vector limit 10",
+                [vec(Q[g.integers(0, len(Q))])] * 2,
+            ),
+        ),
     }
     print("throughput", out["throughput_4_clients"], flush=True)
 
     # halfvec and binary_rerank copies of the same vectors
-    for lbl, opts, extra in [("halfvec", {"halfvec": True}, {}),
-                             ("binary_rerank", {"binary_rerank": True}, {"rerank_candidates": 200})]:
+    for lbl, opts, extra in [
+        ("halfvec", {"halfvec": True}, {}),
+        ("binary_rerank", {"binary_rerank": True}, {"rerank_candidates": 200}),
+    ]:
         cname = f"bench_{lbl}"
         client.drop_collection(cname, if_exists=True)
         client.create_collection(cname, model=None, options={"dimensions": DIM, **opts})
@@ -267,9 +345,14 @@ def main(argv=None) -> None:
         conn.execute(f"insert into collections.{cname} (id, embedding) select id, embedding from collections.{name}")
         r = client.reindex_collection(cname, concurrently=False)
         conn.execute(f"vacuum analyze collections.{cname}")
-        info = {"build_seconds": r["seconds"], "load_seconds": round(time.time() - t0 - r["seconds"], 1),
-                "sizes_bytes": {"table_total": conn.execute(f"select pg_total_relation_size('collections.{cname}')").fetchone()[0],
-                                **sizes(conn, cname)}}
+        info = {
+            "build_seconds": r["seconds"],
+            "load_seconds": round(time.time() - t0 - r["seconds"], 1),
+            "sizes_bytes": {
+                "table_total": conn.execute(f"select pg_total_relation_size('collections.{cname}')").fetchone()[0],
+                **sizes(conn, cname),
+            },
+        }
         print(lbl, info, flush=True)
         rr = ann_rows(conn, cname, Q, truth, [40, 100], f"synthetic 100k ({lbl})", hand=False, extra_opts=extra)
         for x in rr:
@@ -280,11 +363,23 @@ def main(argv=None) -> None:
     if conn.execute("select count(*) from ml.collections where name = 'scifact'").fetchone()[0]:
         from indb.demo.search import read_train
         from indb.localdb import repo_root
+
         queries, _ = read_train(repo_root().parent / "shared" / "data")
-        qv = [v.to_numpy() for v in conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])",
-                                                 [list(queries.values())[:200]]).fetchone()[0]]
-        strue = [[r[0] for r in conn.execute("select id from ml.search('scifact', %s::vector, 10, null, '{\"exact\": true}')",
-                                             [vec(q)]).fetchall()] for q in qv]
+        qv = [
+            v.to_numpy()
+            for v in conn.execute(
+                "select ml.embed('all-MiniLM-L6-v2', %s::text[])", [list(queries.values())[:200]]
+            ).fetchone()[0]
+        ]
+        strue = [
+            [
+                r[0]
+                for r in conn.execute(
+                    "select id from ml.search('scifact', %s::vector, 10, null, '{\"exact\": true}')", [vec(q)]
+                ).fetchall()
+            ]
+            for q in qv
+        ]
         rows += ann_rows(conn, "scifact", qv, strue, [40, 100], "SciFact 5,183 MiniLM")
         out["scifact_sizes_bytes"] = sizes(conn, "scifact")
     out["ann"] = rows
@@ -292,14 +387,17 @@ def main(argv=None) -> None:
     merge_results("performance", out)
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (lbl, meth), grp in _groups(rows).items():
             ax.plot([g["recall_at_10"] for g in grp], [g["p50_ms"] for g in grp], marker="o", label=f"{lbl} / {meth}")
             for g in grp:
                 ax.annotate(str(g["ef_search"]), (g["recall_at_10"], g["p50_ms"]), fontsize=7)
-        ax.set_xlabel("recall@10"); ax.set_ylabel("p50 latency (ms)")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("p50 latency (ms)")
         ax.set_title("ml.search vs hand-written pgvector (labels: hnsw.ef_search); shared 2-core machine")
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -9,6 +9,7 @@ Published anchors (SciFact test split, not these train queries): BM25 0.665-0.67
 
 Run: flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.search_quality
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def recall100(ranked, rel):
 
 def reference_bm25(conn, queries: dict[str, str]) -> dict[str, list[str]]:
     tf: dict[str, dict[str, int]] = defaultdict(dict)
-    for did, lex, n in conn.execute("select id, u.lexeme, coalesce(array_length(u.positions, 1), 1) "
-                                    "from collections.scifact, unnest(tsv) u"):
+    for did, lex, n in conn.execute(
+        "select id, u.lexeme, coalesce(array_length(u.positions, 1), 1) from collections.scifact, unnest(tsv) u"
+    ):
         tf[did][lex] = n
     ids = [r[0] for r in conn.execute("select id from collections.scifact")]
     dl = {d: sum(tf[d].values()) for d in ids}
@@ -47,7 +49,9 @@ def reference_bm25(conn, queries: dict[str, str]) -> dict[str, list[str]]:
             postings[lex].append(d)
     out = {}
     for qid, text in queries.items():
-        terms = set(conn.execute("select array(select lexeme from unnest(to_tsvector('english', %s)))", [text]).fetchone()[0])
+        terms = set(
+            conn.execute("select array(select lexeme from unnest(to_tsvector('english', %s)))", [text]).fetchone()[0]
+        )
         scores: dict[str, float] = defaultdict(float)
         for t in terms:
             if t not in df:
@@ -77,7 +81,9 @@ def main() -> None:
         "vector (ml.search, MiniLM)": lambda q: ("select id from ml.search('scifact', %s::text, 100)", [q]),
         "hybrid rrf (ml.hybrid_search)": lambda q: ("select id from ml.hybrid_search('scifact', %s, 100)", [q]),
         "hybrid weighted (ml.hybrid_search)": lambda q: (
-            "select id from ml.hybrid_search('scifact', %s, 100, method => 'weighted')", [q]),
+            "select id from ml.hybrid_search('scifact', %s, 100, method => 'weighted')",
+            [q],
+        ),
     }
     ranked: dict[str, dict[str, list[str]]] = {}
     lat: dict[str, list[float]] = {}
@@ -94,9 +100,11 @@ def main() -> None:
     ref_seconds = time.perf_counter() - t0
     rows = []
     for name, rk in ranked.items():
-        row = {"method": name,
-               "ndcg_at_10": round(sum(ndcg10(rk[q], qrels[q]) for q in queries) / len(queries), 4),
-               "recall_at_100": round(sum(recall100(rk[q], qrels[q]) for q in queries) / len(queries), 4)}
+        row = {
+            "method": name,
+            "ndcg_at_10": round(sum(ndcg10(rk[q], qrels[q]) for q in queries) / len(queries), 4),
+            "recall_at_100": round(sum(recall100(rk[q], qrels[q]) for q in queries) / len(queries), 4),
+        }
         if name in lat:
             row["p50_ms"] = round(percentile(lat[name], 50) * 1000, 2)
             row["p99_ms"] = round(percentile(lat[name], 99) * 1000, 2)
@@ -106,8 +114,10 @@ def main() -> None:
     kw, vec = by["keyword (ml.keyword_search, BM25)"], by["vector (ml.search, MiniLM)"]
     ref = by["reference BM25 (Python, same tokens)"]
     best_hybrid = max(by["hybrid rrf (ml.hybrid_search)"], by["hybrid weighted (ml.hybrid_search)"])
-    same_top10 = sum(ranked["keyword (ml.keyword_search, BM25)"][q][:10] == ranked["reference BM25 (Python, same tokens)"][q][:10]
-                     for q in queries)
+    same_top10 = sum(
+        ranked["keyword (ml.keyword_search, BM25)"][q][:10] == ranked["reference BM25 (Python, same tokens)"][q][:10]
+        for q in queries
+    )
     checks = {
         "keyword_within_0.01_of_reference": abs(kw - ref) <= 0.01,
         "keyword_minus_reference": round(kw - ref, 4),
@@ -117,11 +127,18 @@ def main() -> None:
         "hybrid_beats_both_by_0.02": best_hybrid - max(kw, vec) >= 0.02,
     }
     print(checks)
-    merge_results("quality", {"dataset": "SciFact corpus (5,183 docs, title + abstract), 809 train queries, qrels/train.tsv",
-                              "queries": len(queries), "rows": rows, "checks": checks,
-                              "reference_seconds": round(ref_seconds, 1),
-                              "anchors_test_split": {"BM25": "0.665-0.679", "all-MiniLM-L6-v2": 0.645},
-                              "total_seconds": round(time.time() - t_all, 1)})
+    merge_results(
+        "quality",
+        {
+            "dataset": "SciFact corpus (5,183 docs, title + abstract), 809 train queries, qrels/train.tsv",
+            "queries": len(queries),
+            "rows": rows,
+            "checks": checks,
+            "reference_seconds": round(ref_seconds, 1),
+            "anchors_test_split": {"BM25": "0.665-0.679", "all-MiniLM-L6-v2": 0.645},
+            "total_seconds": round(time.time() - t_all, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

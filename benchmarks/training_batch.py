@@ -2,6 +2,7 @@
 ml.predict_batch and SELECT ml.predict(project, t) FROM t vs the client pipeline (SELECT -> predict in the
 client -> COPY the predictions back). Target: in-database >= 3x faster than the client pipeline.
 Every side writes its predictions into a table, so all sides do the same job."""
+
 from __future__ import annotations
 
 import os
@@ -78,23 +79,34 @@ def main() -> None:
     t0 = time.perf_counter()
     n = make_table(c.conn)
     gen_s = time.perf_counter() - t0
-    r = c.train("bench_batch", task="regression", relation="bench_housing", target="median_house_value",
-                hyperparams=HP, preprocess=PREPROCESS, test_size=0.2)
+    r = c.train(
+        "bench_batch",
+        task="regression",
+        relation="bench_housing",
+        target="median_house_value",
+        hyperparams=HP,
+        preprocess=PREPROCESS,
+        test_size=0.2,
+    )
     c.deploy("bench_batch", model_id=r["model_id"])
     c.conn.execute("select ml.predict('bench_batch', h) from bench_housing h limit 1")  # warm the backend
     res = {"rows": n, "generate_seconds": round(gen_s, 2), "model": {"algorithm": "xgboost", **HP}}
 
     t0 = time.perf_counter()
     c.conn.execute("drop table if exists bench_out_batch")
-    c.conn.execute("create table bench_out_batch as select row_number, prediction "
-                   "from ml.predict_batch('bench_batch', 'bench_housing_1m')")
+    c.conn.execute(
+        "create table bench_out_batch as select row_number, prediction "
+        "from ml.predict_batch('bench_batch', 'bench_housing_1m')"
+    )
     res["ml.predict_batch_seconds"] = round(time.perf_counter() - t0, 2)
     print("ml.predict_batch", res["ml.predict_batch_seconds"])
 
     t0 = time.perf_counter()
     c.conn.execute("drop table if exists bench_out_rows")
-    c.conn.execute(f"create table bench_out_rows as select id, ml.predict('bench_batch', t) as prediction "
-                   f"from bench_housing_1m t where id <= {PER_ROW_ROWS}")
+    c.conn.execute(
+        f"create table bench_out_rows as select id, ml.predict('bench_batch', t) as prediction "
+        f"from bench_housing_1m t where id <= {PER_ROW_ROWS}"
+    )
     per_row = time.perf_counter() - t0
     res["select_ml_predict_rows_measured"] = PER_ROW_ROWS
     res["select_ml_predict_seconds_measured"] = round(per_row, 2)
@@ -107,18 +119,26 @@ def main() -> None:
     print("client pipeline", res["client_pipeline_seconds"])
 
     # all sides agree (same model, same rows)
-    diff = c.conn.execute("select max(abs(b.prediction - o.prediction)) from bench_out_batch b "
-                          "join bench_out_client o on o.id = b.row_number").fetchone()[0]
-    diff_rows = c.conn.execute("select max(abs(b.prediction - o.prediction)) from bench_out_rows b "
-                               "join bench_out_client o on o.id = b.id").fetchone()[0]
+    diff = c.conn.execute(
+        "select max(abs(b.prediction - o.prediction)) from bench_out_batch b "
+        "join bench_out_client o on o.id = b.row_number"
+    ).fetchone()[0]
+    diff_rows = c.conn.execute(
+        "select max(abs(b.prediction - o.prediction)) from bench_out_rows b join bench_out_client o on o.id = b.id"
+    ).fetchone()[0]
     res["max_abs_difference_batch_vs_client"] = diff
     res["max_abs_difference_per_row_vs_client"] = diff_rows
-    res["speedup_predict_batch_over_client"] = round(res["client_pipeline_seconds"] / res["ml.predict_batch_seconds"], 2)
-    res["speedup_per_row_over_client"] = round(res["client_pipeline_seconds"] /
-                                               res["select_ml_predict_seconds_for_all_rows_extrapolated"], 3)
+    res["speedup_predict_batch_over_client"] = round(
+        res["client_pipeline_seconds"] / res["ml.predict_batch_seconds"], 2
+    )
+    res["speedup_per_row_over_client"] = round(
+        res["client_pipeline_seconds"] / res["select_ml_predict_seconds_for_all_rows_extrapolated"], 3
+    )
     res["target_met"] = res["speedup_predict_batch_over_client"] >= 3
-    res["scaled_down"] = (f"SELECT ml.predict(...) FROM t measured on the first {PER_ROW_ROWS:,} rows and extrapolated "
-                          "linearly (one PL/Python call per row; the full million would take several minutes)")
+    res["scaled_down"] = (
+        f"SELECT ml.predict(...) FROM t measured on the first {PER_ROW_ROWS:,} rows and extrapolated "
+        "linearly (one PL/Python call per row; the full million would take several minutes)"
+    )
     for tbl in ("bench_out_batch", "bench_out_rows", "bench_out_client"):
         c.conn.execute(f"drop table if exists {tbl}")
     save("batch_prediction", res)

@@ -1,5 +1,6 @@
 """Helpers of the training benchmarks: the housing table, the preprocessing, merging results into
 benchmarks/results/training.json (one section per script)."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,27 @@ from pathlib import Path
 from .common import RESULTS, write
 
 DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-COLUMNS = ("longitude float8, latitude float8, housing_median_age float8, total_rooms float8, "
-           "total_bedrooms float8, population float8, households float8, median_income float8, "
-           "median_house_value float8, ocean_proximity text")
-FEATURES = ["longitude", "latitude", "housing_median_age", "total_rooms", "total_bedrooms", "population",
-            "households", "median_income", "ocean_proximity"]
+COLUMNS = (
+    "longitude float8, latitude float8, housing_median_age float8, total_rooms float8, "
+    "total_bedrooms float8, population float8, households float8, median_income float8, "
+    "median_house_value float8, ocean_proximity text"
+)
+FEATURES = [
+    "longitude",
+    "latitude",
+    "housing_median_age",
+    "total_rooms",
+    "total_bedrooms",
+    "population",
+    "households",
+    "median_income",
+    "ocean_proximity",
+]
 PREPROCESS = {"ocean_proximity": {"encode": "one_hot"}, "total_bedrooms": {"impute": "median"}}
-NOTE = ("measured on a shared machine: 2 CPU cores used by five engineers at once, so absolute times are noisy; "
-        "all sides of one question run back to back in one process")
+NOTE = (
+    "measured on a shared machine: 2 CPU cores used by five engineers at once, so absolute times are noisy; "
+    "all sides of one question run back to back in one process"
+)
 
 
 def connect():
@@ -36,9 +50,11 @@ def load_housing(conn) -> int:
 
 def load_titanic(conn) -> int:
     if not conn.execute("select to_regclass('public.bench_titanic')").fetchone()[0]:
-        conn.execute('create table public.bench_titanic ("PassengerId" int, "Survived" int, "Pclass" int, '
-                     '"Name" text, "Sex" text, "Age" float8, "SibSp" int, "Parch" int, "Ticket" text, "Fare" float8, '
-                     '"Cabin" text, "Embarked" text)')
+        conn.execute(
+            'create table public.bench_titanic ("PassengerId" int, "Survived" int, "Pclass" int, '
+            '"Name" text, "Sex" text, "Age" float8, "SibSp" int, "Parch" int, "Ticket" text, "Fare" float8, '
+            '"Cabin" text, "Embarked" text)'
+        )
         with conn.cursor().copy("copy public.bench_titanic from stdin with (format csv, header true)") as cp:
             cp.write((DATA / "titanic" / "train.csv").read_bytes())
     return conn.execute("select count(*) from public.bench_titanic").fetchone()[0]
@@ -72,8 +88,9 @@ def plot(path: Path | None = None) -> Path | None:
     if sp:
         sides = ["ml.train", "plain_python", "client_pipeline"]
         for i, side in enumerate(sides):
-            axes[0].bar([j + i * 0.27 for j in range(len(sp))], [sp[a]["seconds_median"][side] for a in sp], 0.27,
-                        label=side)
+            axes[0].bar(
+                [j + i * 0.27 for j in range(len(sp))], [sp[a]["seconds_median"][side] for a in sp], 0.27, label=side
+            )
         axes[0].set_xticks([j + 0.27 for j in range(len(sp))], list(sp))
         axes[0].set_ylabel("seconds (median of 3)")
         axes[0].set_title("training on California housing (20,640 rows)")
@@ -81,8 +98,11 @@ def plot(path: Path | None = None) -> Path | None:
     bp = data.get("batch_prediction")
     if bp:
         labels = ["ml.predict_batch", "client pipeline", "SELECT ml.predict\n(extrapolated)"]
-        vals = [bp["ml.predict_batch_seconds"], bp["client_pipeline_seconds"],
-                bp["select_ml_predict_seconds_for_all_rows_extrapolated"]]
+        vals = [
+            bp["ml.predict_batch_seconds"],
+            bp["client_pipeline_seconds"],
+            bp["select_ml_predict_seconds_for_all_rows_extrapolated"],
+        ]
         axes[1].bar(labels, vals, color=["tab:blue", "tab:green", "tab:gray"])
         axes[1].set_yscale("log")
         axes[1].set_ylabel("seconds (log)")
@@ -91,8 +111,12 @@ def plot(path: Path | None = None) -> Path | None:
     if lat:
         forms = ["float8[]", "jsonb", "select_1_baseline"]
         short = {"float8[]": "float8[]", "jsonb": "jsonb", "select_1_baseline": "select 1"}
-        axes[2].bar([short[f] + "\np50" for f in forms], [lat[f]["p50_ms"] for f in forms], color="tab:blue", label="p50")
-        axes[2].bar([short[f] + "\np99" for f in forms], [lat[f]["p99_ms"] for f in forms], color="tab:orange", label="p99")
+        axes[2].bar(
+            [short[f] + "\np50" for f in forms], [lat[f]["p50_ms"] for f in forms], color="tab:blue", label="p50"
+        )
+        axes[2].bar(
+            [short[f] + "\np99" for f in forms], [lat[f]["p99_ms"] for f in forms], color="tab:orange", label="p99"
+        )
         axes[2].axhline(2.0, color="red", linestyle="--", label="p99 target 2 ms")
         axes[2].set_ylabel("ms")
         axes[2].set_title("single-row ml.predict latency")

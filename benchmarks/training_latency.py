@@ -1,6 +1,7 @@
 """Single-row ml.predict latency from a client (Unix-socket loopback, prepared statement, model warm):
 p50/p99 for the float8[] form (numeric features) and the jsonb form (with the one-hot text feature).
 Target: p99 <= 2 ms."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ from .common import percentile
 from .training_common import PREPROCESS, connect, load_housing, save
 
 CALLS = int(os.environ.get("BENCH_LATENCY_CALLS", "3000"))
-NUMERIC = ["longitude", "latitude", "housing_median_age", "total_rooms", "total_bedrooms", "population",
-           "households", "median_income"]
+NUMERIC = [
+    "longitude",
+    "latitude",
+    "housing_median_age",
+    "total_rooms",
+    "total_bedrooms",
+    "population",
+    "households",
+    "median_income",
+]
 
 
 def measure(conn, sql: str, params_list: list) -> dict:
@@ -23,26 +32,46 @@ def measure(conn, sql: str, params_list: list) -> dict:
         t0 = time.perf_counter()
         conn.execute(sql, p, prepare=True).fetchone()
         lat.append((time.perf_counter() - t0) * 1000)
-    return {"calls": len(lat), "p50_ms": round(percentile(lat, 50), 3), "p90_ms": round(percentile(lat, 90), 3),
-            "p99_ms": round(percentile(lat, 99), 3), "max_ms": round(max(lat), 3),
-            "mean_ms": round(sum(lat) / len(lat), 3)}
+    return {
+        "calls": len(lat),
+        "p50_ms": round(percentile(lat, 50), 3),
+        "p90_ms": round(percentile(lat, 90), 3),
+        "p99_ms": round(percentile(lat, 99), 3),
+        "max_ms": round(max(lat), 3),
+        "mean_ms": round(sum(lat) / len(lat), 3),
+    }
 
 
 def main() -> None:
     c = connect()
     load_housing(c.conn)
     hp = {"n_estimators": 300, "max_depth": 6}
-    c.train("bench_latency_num", task="regression", target="median_house_value", hyperparams=hp,
-            relation=f"select {', '.join(NUMERIC)}, median_house_value from bench_housing",
-            preprocess={"total_bedrooms": {"impute": "median"}})
-    c.train("bench_latency_json", task="regression", relation="bench_housing", target="median_house_value",
-            hyperparams=hp, preprocess=PREPROCESS)
-    rows = c.conn.execute(f"select {', '.join(NUMERIC)}, ocean_proximity from bench_housing "
-                          f"where total_bedrooms is not null limit {CALLS}").fetchall()
+    c.train(
+        "bench_latency_num",
+        task="regression",
+        target="median_house_value",
+        hyperparams=hp,
+        relation=f"select {', '.join(NUMERIC)}, median_house_value from bench_housing",
+        preprocess={"total_bedrooms": {"impute": "median"}},
+    )
+    c.train(
+        "bench_latency_json",
+        task="regression",
+        relation="bench_housing",
+        target="median_house_value",
+        hyperparams=hp,
+        preprocess=PREPROCESS,
+    )
+    rows = c.conn.execute(
+        f"select {', '.join(NUMERIC)}, ocean_proximity from bench_housing "
+        f"where total_bedrooms is not null limit {CALLS}"
+    ).fetchall()
     arrays = [([float(x) for x in r[:8]],) for r in rows]
     objs = [(json.dumps(dict(zip(NUMERIC + ["ocean_proximity"], r))),) for r in rows]
-    res = {"transport": "Unix-domain socket on the same host (TCP loopback needs a password on this cluster)",
-           "model": {"algorithm": "xgboost", **hp}}
+    res = {
+        "transport": "Unix-domain socket on the same host (TCP loopback needs a password on this cluster)",
+        "model": {"algorithm": "xgboost", **hp},
+    }
     res["float8[]"] = measure(c.conn, "select ml.predict('bench_latency_num', %s::float8[])", arrays)
     res["jsonb"] = measure(c.conn, "select ml.predict('bench_latency_json', %s::jsonb)", objs)
     res["select_1_baseline"] = measure(c.conn, "select %s::int", [(i,) for i in range(len(rows))])

@@ -2,6 +2,7 @@
 hyperparameters in a plain Python process on the same rows (target: ml.train <= 1.2x), vs the client
 pipeline a user would otherwise write (psycopg -> pandas -> fit -> pickle -> INSERT the model).
 Median of 3 runs per side, imports warm on every side."""
+
 from __future__ import annotations
 
 import os
@@ -79,11 +80,19 @@ def main() -> None:
     with psycopg.connect(dsn) as raw:
         rows = raw.execute(f"select {', '.join(cols)} from bench_housing").fetchall()
     same_rows = pd.DataFrame(rows, columns=cols)  # the plain process gets the rows in memory up front
-    c.conn.execute("create table if not exists public.bench_client_models (id bigserial primary key, "
-                   "name text, model bytea, rmse float8, created_at timestamptz default now())")
+    c.conn.execute(
+        "create table if not exists public.bench_client_models (id bigserial primary key, "
+        "name text, model bytea, rmse float8, created_at timestamptz default now())"
+    )
     # warm-up: imports in the database backend and here
-    c.train("bench_speed_warm", task="regression", relation="select * from bench_housing limit 500",
-            target="median_house_value", preprocess=PREPROCESS, hyperparams={"n_estimators": 5})
+    c.train(
+        "bench_speed_warm",
+        task="regression",
+        relation="select * from bench_housing limit 500",
+        target="median_house_value",
+        preprocess=PREPROCESS,
+        hyperparams={"n_estimators": 5},
+    )
     fit_and_score(same_rows.head(500), "xgboost", {"n_estimators": 5})
     results = {}
     for alg, hp in CASES.items():
@@ -91,8 +100,16 @@ def main() -> None:
         for i in range(REPEAT):
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
-            r = c.train(f"bench_speed_{alg}", task="regression", relation="bench_housing", target="median_house_value",
-                        algorithm=alg, hyperparams=hp, preprocess=PREPROCESS, test_size=0.2)
+            r = c.train(
+                f"bench_speed_{alg}",
+                task="regression",
+                relation="bench_housing",
+                target="median_house_value",
+                algorithm=alg,
+                hyperparams=hp,
+                preprocess=PREPROCESS,
+                test_size=0.2,
+            )
             t_db.append(time.perf_counter() - t0)
             rm["ml.train"] = r["metrics"]["rmse"]
             fit_db.append(r["metrics"]["fit_seconds"])
@@ -109,32 +126,55 @@ def main() -> None:
                 est, rmse = fit_and_score(df, alg, hp)
                 buf = io.BytesIO()
                 pickle.dump(est, buf)
-                cc.execute("insert into bench_client_models (name, model, rmse) values (%s, %s, %s)",
-                           [f"client_{alg}", buf.getvalue(), rmse])
+                cc.execute(
+                    "insert into bench_client_models (name, model, rmse) values (%s, %s, %s)",
+                    [f"client_{alg}", buf.getvalue(), rmse],
+                )
                 cc.commit()
             rm["client_pipeline"] = rmse
             t_client.append(time.perf_counter() - t0)
             loads.append(round(load, 2))
-        res = {"hyperparams": hp, "rows": n,
-               "seconds_median": {"ml.train": round(statistics.median(t_db), 3),
-                                  "plain_python": round(statistics.median(t_plain), 3),
-                                  "client_pipeline": round(statistics.median(t_client), 3)},
-               "seconds_all": {"ml.train": [round(x, 3) for x in t_db], "plain_python": [round(x, 3) for x in t_plain],
-                               "client_pipeline": [round(x, 3) for x in t_client]},
-               "test_rmse": {k: round(v, 1) for k, v in rm.items()}, "loadavg_1min_per_round": loads,
-               "fit_only_seconds_median": {"inside ml.train": round(statistics.median(fit_db), 3),
-                                           "plain_python": round(statistics.median(fit_plain), 3)},
-               "model_bytes": c.conn.execute("select length(artifact) from registry.model_versions "
-                                             "where id = %s", [r["model_id"]]).fetchone()[0]}
-        res["ratio_ml_train_over_plain"] = round(res["seconds_median"]["ml.train"] / res["seconds_median"]["plain_python"], 3)
-        res["ratio_ml_train_over_client"] = round(res["seconds_median"]["ml.train"] / res["seconds_median"]["client_pipeline"], 3)
+        res = {
+            "hyperparams": hp,
+            "rows": n,
+            "seconds_median": {
+                "ml.train": round(statistics.median(t_db), 3),
+                "plain_python": round(statistics.median(t_plain), 3),
+                "client_pipeline": round(statistics.median(t_client), 3),
+            },
+            "seconds_all": {
+                "ml.train": [round(x, 3) for x in t_db],
+                "plain_python": [round(x, 3) for x in t_plain],
+                "client_pipeline": [round(x, 3) for x in t_client],
+            },
+            "test_rmse": {k: round(v, 1) for k, v in rm.items()},
+            "loadavg_1min_per_round": loads,
+            "fit_only_seconds_median": {
+                "inside ml.train": round(statistics.median(fit_db), 3),
+                "plain_python": round(statistics.median(fit_plain), 3),
+            },
+            "model_bytes": c.conn.execute(
+                "select length(artifact) from registry.model_versions where id = %s", [r["model_id"]]
+            ).fetchone()[0],
+        }
+        res["ratio_ml_train_over_plain"] = round(
+            res["seconds_median"]["ml.train"] / res["seconds_median"]["plain_python"], 3
+        )
+        res["ratio_ml_train_over_client"] = round(
+            res["seconds_median"]["ml.train"] / res["seconds_median"]["client_pipeline"], 3
+        )
         res["target_met"] = res["ratio_ml_train_over_plain"] <= 1.2
         results[alg] = res
         print(alg, res["seconds_median"], "ratio vs plain", res["ratio_ml_train_over_plain"])
-    save("training_speed", {"what": "ml.train (whole call: read rows, snapshot, preprocess, fit, metrics, curves, "
-                                    "store model, deploy) vs plain Python (pandas preprocessing + fit + score on rows "
-                                    "already in memory) vs client pipeline (SELECT -> pandas -> fit -> pickle -> INSERT)",
-                            "results": results})
+    save(
+        "training_speed",
+        {
+            "what": "ml.train (whole call: read rows, snapshot, preprocess, fit, metrics, curves, "
+            "store model, deploy) vs plain Python (pandas preprocessing + fit + score on rows "
+            "already in memory) vs client pipeline (SELECT -> pandas -> fit -> pickle -> INSERT)",
+            "results": results,
+        },
+    )
     c.close()
 
 

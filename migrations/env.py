@@ -3,6 +3,7 @@
 Functions, triggers, views and grants live in sql/ and are re-applied by `indb install` after the
 upgrade, inside the same transaction. The version table lives in the `ml` schema.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 `db_dsn` creates `indb_test_<random>` once per test session, installs indb into it (alembic + sql/),
 and drops it at the end. No mocks of Postgres anywhere.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """indb: machine learning inside PostgreSQL - the thin Python client."""
+
 __version__ = "0.1.0"
 
 from .client import Client, connect  # noqa: E402
@@ -15,6 +16,16 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
-    "Client", "connect", "IndbError", "ClusterError", "InstallError", "InvalidInput", "NotFound",
-    "PermissionDenied", "ConflictError", "RuntimeFailure", "Canceled", "__version__",
+    "Client",
+    "connect",
+    "IndbError",
+    "ClusterError",
+    "InstallError",
+    "InvalidInput",
+    "NotFound",
+    "PermissionDenied",
+    "ConflictError",
+    "RuntimeFailure",
+    "Canceled",
+    "__version__",
 ]

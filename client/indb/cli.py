@@ -3,6 +3,7 @@
 Core commands live here (db, psql, dsn, install, info, demo). Feature areas add their own commands in
 modules named ``indb/cmd_*.py`` exposing ``register(subparsers)``; they are found automatically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def _cmd_install(args) -> int:
 
         ensure_server_can_reach([__import__("pathlib").Path(sys.prefix), repo_root() / "plpython"])
     summary = install(dsn, venv=args.venv, target=args.revision, check_runtime=not args.no_runtime_check)
-    print(f"indb install: schema at revision {summary['to']} (was {summary['from'] or 'empty'}), "
-          f"{len(summary['sql_files'])} sql files applied, runtime venv {summary['venv']}, "
-          f"{summary['seconds']} s")
+    print(
+        f"indb install: schema at revision {summary['to']} (was {summary['from'] or 'empty'}), "
+        f"{len(summary['sql_files'])} sql files applied, runtime venv {summary['venv']}, "
+        f"{summary['seconds']} s"
+    )
     return 0
 
 
@@ -92,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dsn = sub.add_parser("dsn", help="print a libpq connection string for the local database")
     dsn.add_argument("--dbname", default="indb")
-    dsn.add_argument("--tcp", action="store_true", help="TCP on 127.0.0.1 with the cluster's password instead of the socket")
+    dsn.add_argument(
+        "--tcp", action="store_true", help="TCP on 127.0.0.1 with the cluster's password instead of the socket"
+    )
     dsn.set_defaults(func=_cmd_dsn)
 
     ins = sub.add_parser("install", help="install or upgrade the indb schema (alembic upgrade + sql/)")

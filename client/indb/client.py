@@ -2,6 +2,7 @@
 
 Every method calls one SQL function of the public API; the client owns no DDL.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,6 @@ class RuntimeAPI(Base):
 
     def warmup(self, model: str = "all-MiniLM-L6-v2") -> dict:
         return self.scalar("select ml.warmup(%s)", [model])
-
 
 
 from .embeddings import EmbeddingsAPI  # noqa: E402

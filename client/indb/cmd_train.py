@@ -6,6 +6,7 @@
     indb deploy house rollback
     indb models [house]
 """
+
 from __future__ import annotations
 
 import json
@@ -61,13 +62,22 @@ def run_train(args) -> int:
     from .client import connect
 
     with connect(args.dsn) as c:
-        r = c.train(args.project, task=args.task, relation=args.relation, target=args.target,
-                    algorithm=args.algorithm, hyperparams=_json(args.hyperparams, "--hyperparams"),
-                    test_size=args.test_size, test_sampling=args.test_sampling,
-                    preprocess=_json(args.preprocess, "--preprocess"), search=args.search,
-                    search_params=_json(args.search_params, "--search-params"),
-                    automatic_deploy=not args.no_deploy, materialize=args.materialize,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+        r = c.train(
+            args.project,
+            task=args.task,
+            relation=args.relation,
+            target=args.target,
+            algorithm=args.algorithm,
+            hyperparams=_json(args.hyperparams, "--hyperparams"),
+            test_size=args.test_size,
+            test_sampling=args.test_sampling,
+            preprocess=_json(args.preprocess, "--preprocess"),
+            search=args.search,
+            search_params=_json(args.search_params, "--search-params"),
+            automatic_deploy=not args.no_deploy,
+            materialize=args.materialize,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
         print(json.dumps(r, default=str))
     return 0
 

@@ -1,4 +1,5 @@
 """`indb vectorizer status|backfill|retry|process NAME`: look after vectorizers from the shell."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,18 @@ def run(args) -> int:
             rows = c.vectorizer_status(args.name)
             for r in rows:
                 age = r["oldest_pending_age"]
-                print(f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {r['source_rows']:,}, "
-                      f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
-                      + (f" (oldest {age})" if age else "") + f", failed {r['failed']:,}"
-                      + (f", staging {r['staging_model']} ({r['staging_role']}, {r['staging_rows']:,} rows)"
-                         if r["staging_model"] else "")
-                      + (f"\n  last error: {r['last_error']}" if r["last_error"] else ""))
+                print(
+                    f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {r['source_rows']:,}, "
+                    f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
+                    + (f" (oldest {age})" if age else "")
+                    + f", failed {r['failed']:,}"
+                    + (
+                        f", staging {r['staging_model']} ({r['staging_role']}, {r['staging_rows']:,} rows)"
+                        if r["staging_model"]
+                        else ""
+                    )
+                    + (f"\n  last error: {r['last_error']}" if r["last_error"] else "")
+                )
             if not rows:
                 print("no vectorizers", file=sys.stderr)
         elif not args.name:

@@ -3,6 +3,7 @@
 Several workers can run at once (the queue is taken FOR UPDATE SKIP LOCKED). Progress (rows done, rate,
 pending, time left) goes to stderr. ``--once`` drains what is due and exits; otherwise it keeps polling.
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,9 @@ def register(sub) -> None:
     p = sub.add_parser("worker", help="embed queued rows of async vectorizers (run several for parallelism)")
     p.add_argument("--dsn", help="database (default: $INDB_DSN, else the local cluster)")
     p.add_argument("--once", action="store_true", help="drain the queue once and exit")
-    p.add_argument("--batch", type=int, default=None, help="rows per transaction (default: the vectorizer's batch_size)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="rows per transaction (default: the vectorizer's batch_size)"
+    )
     p.add_argument("--vectorizer", default=None, help="only this vectorizer (default: all)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds to wait when the queue is empty")
     p.add_argument("--quiet", action="store_true")
@@ -57,6 +60,9 @@ def run(args) -> int:
             pass
         bar.finish()
         if failed:
-            print(f"indb worker: {failed} item(s) moved to ml.vectorizer_failed; see ml.vectorizer_status, "
-                  f"fix the cause and run ml.retry_vectorizer(name)", file=sys.stderr)
+            print(
+                f"indb worker: {failed} item(s) moved to ml.vectorizer_failed; see ml.vectorizer_status, "
+                f"fix the cause and run ml.retry_vectorizer(name)",
+                file=sys.stderr,
+            )
     return 0

@@ -5,6 +5,7 @@ ml.drop_collection). Each method calls one SQL function; the client owns no DDL.
 ``add_documents(..., progress=print)`` sends the documents in batches and reports rows done, rate and
 time left (client/indb/progress.py); the server also embeds in chunks and emits NOTICE progress.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -29,18 +30,31 @@ def _doc(d: Mapping) -> dict:
 
 
 class CollectionsAPI(Base):
-    def create_collection(self, name: str, model: str | None = "all-MiniLM-L6-v2", index: str = "hnsw",
-                          metric: str = "cosine", partition_by: str | None = None,
-                          options: Mapping | None = None) -> dict:
+    def create_collection(
+        self,
+        name: str,
+        model: str | None = "all-MiniLM-L6-v2",
+        index: str = "hnsw",
+        metric: str = "cosine",
+        partition_by: str | None = None,
+        options: Mapping | None = None,
+    ) -> dict:
         """ml.create_collection: a table collections.<name> with embedding, tsvector, metadata and indexes."""
-        return self.scalar("select ml.create_collection(%s, %s, %s, %s, %s, %s)",
-                           [name, model, index, metric, partition_by, Jsonb(dict(options or {}))])
+        return self.scalar(
+            "select ml.create_collection(%s, %s, %s, %s, %s, %s)",
+            [name, model, index, metric, partition_by, Jsonb(dict(options or {}))],
+        )
 
     def drop_collection(self, name: str, if_exists: bool = False) -> bool:
         return self.scalar("select ml.drop_collection(%s, %s)", [name, if_exists])
 
-    def add_documents(self, collection: str, docs: Iterable[Mapping], batch_size: int = 512,
-                      progress: Callable[[str], None] | None = None) -> int:
+    def add_documents(
+        self,
+        collection: str,
+        docs: Iterable[Mapping],
+        batch_size: int = 512,
+        progress: Callable[[str], None] | None = None,
+    ) -> int:
         """ml.add_documents in batches (upsert by id). Documents: {id, content, metadata, tenant, created_at,
         embedding}; those without an embedding are embedded in the server. Returns rows written."""
         from .progress import Progress
@@ -49,7 +63,7 @@ class CollectionsAPI(Base):
         bar = Progress(len(docs), f"add_documents {collection}", out=progress) if progress else None
         written = 0
         for start in range(0, len(docs), batch_size):
-            batch = [_doc(d) for d in docs[start:start + batch_size]]
+            batch = [_doc(d) for d in docs[start : start + batch_size]]
             written += self.scalar("select ml.add_documents(%s, %s)", [collection, Jsonb(batch)])
             if bar:
                 bar.update(len(batch))
@@ -57,34 +71,73 @@ class CollectionsAPI(Base):
             bar.finish()
         return written
 
-    def search(self, collection: str, query: str | Sequence[float], k: int = 10, filter: Mapping | None = None,
-               options: Mapping | None = None) -> list[dict]:
+    def search(
+        self,
+        collection: str,
+        query: str | Sequence[float],
+        k: int = 10,
+        filter: Mapping | None = None,
+        options: Mapping | None = None,
+    ) -> list[dict]:
         """ml.search: query is text (embedded by the collection's model) or a vector. Rows: id, score, content, metadata."""
         if isinstance(query, str):
             sql, q = "select * from ml.search(%s, %s::text, %s, %s, %s)", query
         else:
             sql, q = "select * from ml.search(%s, %s::vector, %s, %s, %s)", _vector_literal(query)
-        return self.call(sql, [collection, q, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))])
+        return self.call(
+            sql, [collection, q, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))]
+        )
 
-    def explain_search(self, collection: str, query: str | Sequence[float], k: int = 10,
-                       filter: Mapping | None = None, options: Mapping | None = None) -> dict:
+    def explain_search(
+        self,
+        collection: str,
+        query: str | Sequence[float],
+        k: int = 10,
+        filter: Mapping | None = None,
+        options: Mapping | None = None,
+    ) -> dict:
         """ml.search with options.explain: {strategy, reason, filter_matches, settings, plan}."""
         row = self.search(collection, query, k, filter, {**dict(options or {}), "explain": True})[0]
         return {**row["metadata"], "plan": row["content"]}
 
-    def keyword_search(self, collection: str, query: str, k: int = 10, filter: Mapping | None = None,
-                       options: Mapping | None = None) -> list[dict]:
+    def keyword_search(
+        self, collection: str, query: str, k: int = 10, filter: Mapping | None = None, options: Mapping | None = None
+    ) -> list[dict]:
         """ml.keyword_search: BM25 (options k1, b)."""
-        return self.call("select * from ml.keyword_search(%s, %s, %s, %s, %s)",
-                         [collection, query, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))])
+        return self.call(
+            "select * from ml.keyword_search(%s, %s, %s, %s, %s)",
+            [collection, query, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))],
+        )
 
-    def hybrid_search(self, collection: str, query: str, k: int = 10, filter: Mapping | None = None,
-                      method: str = "rrf", rrf_k: int = 60, vector_weight: float = 1.0, keyword_weight: float = 1.0,
-                      candidates: int = 100, options: Mapping | None = None) -> list[dict]:
+    def hybrid_search(
+        self,
+        collection: str,
+        query: str,
+        k: int = 10,
+        filter: Mapping | None = None,
+        method: str = "rrf",
+        rrf_k: int = 60,
+        vector_weight: float = 1.0,
+        keyword_weight: float = 1.0,
+        candidates: int = 100,
+        options: Mapping | None = None,
+    ) -> list[dict]:
         """ml.hybrid_search: rows id, score, vector_rank, keyword_rank, content, metadata."""
-        return self.call("select * from ml.hybrid_search(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                         [collection, query, k, Jsonb(filter) if filter is not None else None, method, rrf_k,
-                          vector_weight, keyword_weight, candidates, Jsonb(dict(options or {}))])
+        return self.call(
+            "select * from ml.hybrid_search(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                collection,
+                query,
+                k,
+                Jsonb(filter) if filter is not None else None,
+                method,
+                rrf_k,
+                vector_weight,
+                keyword_weight,
+                candidates,
+                Jsonb(dict(options or {})),
+            ],
+        )
 
     def collection_health(self, name: str, sample: int = 20) -> dict:
         return self.scalar("select ml.collection_health(%s, %s)", [name, sample])
@@ -97,5 +150,7 @@ class CollectionsAPI(Base):
 
     def collections(self) -> list[dict[str, Any]]:
         """The catalog ml.collections (those this session's tenant may see)."""
-        return self.call("select name, table_schema || '.' || table_name as table, model, dimensions, index_type, "
-                         "metric, storage, binary_rerank, partition_by, rls, created_at from ml.collections order by name")
+        return self.call(
+            "select name, table_schema || '.' || table_name as table, model, dimensions, index_type, "
+            "metric, storage, binary_rerank, partition_by, rls, created_at from ml.collections order by name"
+        )

@@ -1,4 +1,5 @@
 """Client methods for embeddings and vectorizers (SQL: ml.embed, ml.chunk, ml.*vectorizer*, ml.process_queue)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -15,33 +16,70 @@ class EmbeddingsAPI(Base):
             return as_numpy(self.scalar("select ml.embed(%s, %s::text)", [model, inputs]))
         return [as_numpy(v) for v in self.scalar("select ml.embed(%s, %s::text[])", [model, list(inputs)])]
 
-    def register_embedding_model(self, name: str, path: str, dimensions: int | None = None,
-                                 max_tokens: int | None = None, normalize: bool = True, replace: bool = False) -> dict:
+    def register_embedding_model(
+        self,
+        name: str,
+        path: str,
+        dimensions: int | None = None,
+        max_tokens: int | None = None,
+        normalize: bool = True,
+        replace: bool = False,
+    ) -> dict:
         """Register a local sentence-transformers folder (a path the database server can read)."""
-        return self.scalar("select ml.register_embedding_model(%s, %s, %s, %s, %s, %s)",
-                           [name, path, dimensions, max_tokens, normalize, replace])
+        return self.scalar(
+            "select ml.register_embedding_model(%s, %s, %s, %s, %s, %s)",
+            [name, path, dimensions, max_tokens, normalize, replace],
+        )
 
     def embedding_models(self) -> list[dict]:
-        return self.call("select name, dimensions, max_tokens, normalize, source_path from ml.embedding_models order by name")
+        return self.call(
+            "select name, dimensions, max_tokens, normalize, source_path from ml.embedding_models order by name"
+        )
 
-    def chunk(self, text: str, chunk_size: int, overlap: int = 0, by: str = "tokens",
-              model: str = "all-MiniLM-L6-v2") -> list[str]:
+    def chunk(
+        self, text: str, chunk_size: int, overlap: int = 0, by: str = "tokens", model: str = "all-MiniLM-L6-v2"
+    ) -> list[str]:
         rows = self.call("select seq, chunk from ml.chunk(%s, %s, %s, %s, %s)", [text, chunk_size, overlap, by, model])
         return [r["chunk"] for r in rows]
 
     # -- vectorizers ----------------------------------------------------------------------------
-    def create_vectorizer(self, source: str, columns: list[str], model: str = "all-MiniLM-L6-v2", mode: str = "sync",
-                          chunk_size: int | None = None, chunk_overlap: int = 0, name: str | None = None,
-                          batch_size: int | None = None, destination: str | None = None, backfill: bool = True,
-                          chunk_by: str = "tokens", max_attempts: int | None = None,
-                          progress: bool | Callable[[str], None] | None = None) -> dict:
+    def create_vectorizer(
+        self,
+        source: str,
+        columns: list[str],
+        model: str = "all-MiniLM-L6-v2",
+        mode: str = "sync",
+        chunk_size: int | None = None,
+        chunk_overlap: int = 0,
+        name: str | None = None,
+        batch_size: int | None = None,
+        destination: str | None = None,
+        backfill: bool = True,
+        chunk_by: str = "tokens",
+        max_attempts: int | None = None,
+        progress: bool | Callable[[str], None] | None = None,
+    ) -> dict:
         """Create a vectorizer. With ``progress`` (True: print to stderr, or a callable taking a line) the existing
         rows are backfilled in separate batches after creation, reporting rows done, rate and time left; without
         it the backfill runs inside the creating statement."""
         inline = backfill and not progress
-        out = self.scalar("select ml.create_vectorizer(%s::regclass, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                          [source, list(columns), model, mode, chunk_size, chunk_overlap, name, batch_size,
-                           destination, inline, chunk_by, max_attempts])
+        out = self.scalar(
+            "select ml.create_vectorizer(%s::regclass, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                source,
+                list(columns),
+                model,
+                mode,
+                chunk_size,
+                chunk_overlap,
+                name,
+                batch_size,
+                destination,
+                inline,
+                chunk_by,
+                max_attempts,
+            ],
+        )
         if backfill and progress:
             out["backfill"] = self.backfill(out["name"], progress=progress)
         return out
@@ -84,11 +122,21 @@ class EmbeddingsAPI(Base):
     def retry_vectorizer(self, name: str) -> dict:
         return self.scalar("select ml.retry_vectorizer(%s)", [name])
 
-    def alter_vectorizer(self, name: str, mode: str | None = None, batch_size: int | None = None,
-                         chunk_size: int | None = None, chunk_overlap: int | None = None, chunk_by: str | None = None,
-                         max_attempts: int | None = None, refresh: bool = True) -> dict:
-        return self.scalar("select ml.alter_vectorizer(%s, %s, %s, %s, %s, %s, %s, %s)",
-                           [name, mode, batch_size, chunk_size, chunk_overlap, chunk_by, max_attempts, refresh])
+    def alter_vectorizer(
+        self,
+        name: str,
+        mode: str | None = None,
+        batch_size: int | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: str | None = None,
+        max_attempts: int | None = None,
+        refresh: bool = True,
+    ) -> dict:
+        return self.scalar(
+            "select ml.alter_vectorizer(%s, %s, %s, %s, %s, %s, %s, %s)",
+            [name, mode, batch_size, chunk_size, chunk_overlap, chunk_by, max_attempts, refresh],
+        )
 
     def drop_vectorizer(self, name: str, drop_embeddings: bool = False) -> dict:
         return self.scalar("select ml.drop_vectorizer(%s, %s)", [name, drop_embeddings])

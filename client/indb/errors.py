@@ -1,4 +1,5 @@
 """A small exception hierarchy, mapped from SQLSTATEs raised by the SQL API."""
+
 from __future__ import annotations
 
 
@@ -89,7 +90,7 @@ def _strip_plpython_prefix(message: str) -> str:
     'spiexceptions.Name: '); the SQLSTATE already says what kind of error it is."""
     for prefix in ("plpy.Error: ", "plpy.SPIError: "):
         if message.startswith(prefix):
-            return message[len(prefix):]
+            return message[len(prefix) :]
     if message.startswith("spiexceptions.") and ": " in message:
         return message.split(": ", 1)[1]
     return message

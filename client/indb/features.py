@@ -1,10 +1,11 @@
 """Client methods for the feature store (SQL: features.*); exposed as ``client.features``.
 
-    fs = client.features
-    fs.get_online(["user_stats:avg_rating"], {"user_id": 1})          -> dict
-    fs.get_historical(entity_df_or_sql, ["user_stats:avg_rating"])   -> pandas.DataFrame
-    fs.dataset("movielens_train")                                    -> torch.utils.data.Dataset
+fs = client.features
+fs.get_online(["user_stats:avg_rating"], {"user_id": 1})          -> dict
+fs.get_historical(entity_df_or_sql, ["user_stats:avg_rating"])   -> pandas.DataFrame
+fs.dataset("movielens_train")                                    -> torch.utils.data.Dataset
 """
+
 from __future__ import annotations
 
 import json
@@ -50,18 +51,48 @@ class FeatureStore:
     def create_entity(self, name: str, join_keys: Sequence[str], description: str | None = None) -> int:
         return self._c.scalar("select features.create_entity(%s, %s, %s)", [name, list(join_keys), description])
 
-    def create_feature_view(self, name: str, entity: str, source: str, timestamp_column: str, features: list,
-                            ttl: str | None = None, description: str | None = None, owner: str | None = None,
-                            partition_by: str = "year", breaking: bool = False) -> str:
+    def create_feature_view(
+        self,
+        name: str,
+        entity: str,
+        source: str,
+        timestamp_column: str,
+        features: list,
+        ttl: str | None = None,
+        description: str | None = None,
+        owner: str | None = None,
+        partition_by: str = "year",
+        breaking: bool = False,
+    ) -> str:
         return self._c.scalar(
             "select features.create_feature_view(%s, %s, %s, %s, %s::jsonb, %s::interval, %s, %s, %s, %s)",
-            [name, entity, source, timestamp_column, json.dumps(features), ttl, description, owner, partition_by,
-             breaking])
+            [
+                name,
+                entity,
+                source,
+                timestamp_column,
+                json.dumps(features),
+                ttl,
+                description,
+                owner,
+                partition_by,
+                breaking,
+            ],
+        )
 
-    def create_on_demand_feature(self, name: str, expression: str, type: str, inputs: Sequence[str],
-                                 request_fields: dict | None = None, description: str | None = None) -> str:
-        return self._c.scalar("select features.create_on_demand_feature(%s, %s, %s, %s, %s::jsonb, %s)",
-                              [name, expression, type, list(inputs), json.dumps(request_fields or {}), description])
+    def create_on_demand_feature(
+        self,
+        name: str,
+        expression: str,
+        type: str,
+        inputs: Sequence[str],
+        request_fields: dict | None = None,
+        description: str | None = None,
+    ) -> str:
+        return self._c.scalar(
+            "select features.create_on_demand_feature(%s, %s, %s, %s, %s::jsonb, %s)",
+            [name, expression, type, list(inputs), json.dumps(request_fields or {}), description],
+        )
 
     # -- writes ----------------------------------------------------------------------------------
     def materialize(self, view: str, start_ts, end_ts, statistics: bool = True) -> dict:
@@ -74,18 +105,27 @@ class FeatureStore:
         return self._c.scalar("select features.push(%s, %s::jsonb, %s)", [view, json.dumps(rows, default=str), target])
 
     # -- reads -----------------------------------------------------------------------------------
-    def get_online(self, features: Sequence[str], entity_keys: dict, request: dict | None = None,
-                   full_names: bool = False) -> dict:
+    def get_online(
+        self, features: Sequence[str], entity_keys: dict, request: dict | None = None, full_names: bool = False
+    ) -> dict:
         """Latest values for one entity: {key..., feature: value, '_status': {feature: present|not_found|outside_ttl}}."""
-        return self._c.scalar("select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
-                              [list(features), json.dumps(entity_keys), None if request is None else json.dumps(request),
-                               full_names])
+        return self._c.scalar(
+            "select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
+            [list(features), json.dumps(entity_keys), None if request is None else json.dumps(request), full_names],
+        )
 
-    def get_online_batch(self, features: Sequence[str], entity_keys: Iterable[dict], request: Any = None,
-                         full_names: bool = False) -> list[dict]:
-        rows = self._c.call("select features.get_online_batch(%s, %s::jsonb, %s::jsonb, %s) as r",
-                            [list(features), json.dumps(list(entity_keys)),
-                             None if request is None else json.dumps(request), full_names])
+    def get_online_batch(
+        self, features: Sequence[str], entity_keys: Iterable[dict], request: Any = None, full_names: bool = False
+    ) -> list[dict]:
+        rows = self._c.call(
+            "select features.get_online_batch(%s, %s::jsonb, %s::jsonb, %s) as r",
+            [
+                list(features),
+                json.dumps(list(entity_keys)),
+                None if request is None else json.dumps(request),
+                full_names,
+            ],
+        )
         return [r["r"] for r in rows]
 
     def entity_query(self, entity_df) -> str:
@@ -98,19 +138,36 @@ class FeatureStore:
         cols = [str(c) for c in df.columns]
         types = [_pg_type(df[c].dtype) for c in df.columns]
         records = json.loads(df.to_json(orient="records", date_format="iso", date_unit="us"))
-        defs = psql.SQL(", ").join(psql.SQL("{} {}").format(psql.Identifier(c), psql.SQL(t)) for c, t in zip(cols, types))
+        defs = psql.SQL(", ").join(
+            psql.SQL("{} {}").format(psql.Identifier(c), psql.SQL(t)) for c, t in zip(cols, types)
+        )
         q = psql.SQL("select {} from jsonb_to_recordset({}::jsonb) as e({})").format(
-            psql.SQL(", ").join(psql.Identifier(c) for c in cols), psql.Literal(json.dumps(records)), defs)
+            psql.SQL(", ").join(psql.Identifier(c) for c in cols), psql.Literal(json.dumps(records)), defs
+        )
         return q.as_string(self._c.conn)
 
-    def historical_query(self, entity, features: Sequence[str], ttl_override: str | None = None,
-                         full_names: bool = False, timestamp_column: str | None = None) -> str:
+    def historical_query(
+        self,
+        entity,
+        features: Sequence[str],
+        ttl_override: str | None = None,
+        full_names: bool = False,
+        timestamp_column: str | None = None,
+    ) -> str:
         q = entity if isinstance(entity, str) else self.entity_query(entity)
-        return self._c.scalar("select features.historical_query(%s, %s, %s::interval, %s, %s)",
-                              [q, list(features), ttl_override, full_names, timestamp_column])
+        return self._c.scalar(
+            "select features.historical_query(%s, %s, %s::interval, %s, %s)",
+            [q, list(features), ttl_override, full_names, timestamp_column],
+        )
 
-    def get_historical(self, entity, features: Sequence[str], ttl_override: str | None = None,
-                       full_names: bool = False, timestamp_column: str | None = None):
+    def get_historical(
+        self,
+        entity,
+        features: Sequence[str],
+        ttl_override: str | None = None,
+        full_names: bool = False,
+        timestamp_column: str | None = None,
+    ):
         """Point-in-time join: ``entity`` is a DataFrame (keys + event timestamp) or a SQL query/table name.
         Runs the SQL of features.historical_query (the same join features.get_historical runs) and returns a
         typed pandas DataFrame, one row per entity row."""
@@ -123,19 +180,25 @@ class FeatureStore:
             rows = cur.fetchall()
         return pd.DataFrame.from_records(rows, columns=cols)
 
-    def create_training_set(self, name: str, entity, features: Sequence[str], label: str | None = None,
-                            ttl_override: str | None = None) -> dict:
+    def create_training_set(
+        self, name: str, entity, features: Sequence[str], label: str | None = None, ttl_override: str | None = None
+    ) -> dict:
         q = entity if isinstance(entity, str) else self.entity_query(entity)
-        return self._c.scalar("select features.create_training_set(%s, %s, %s, %s, %s::interval)",
-                              [name, q, list(features), label, ttl_override])
+        return self._c.scalar(
+            "select features.create_training_set(%s, %s, %s, %s, %s::interval)",
+            [name, q, list(features), label, ttl_override],
+        )
 
     def training_set(self, name: str) -> dict:
         info = self._c.scalar("select features.training_set(%s)", [name])
         if info is None:
             from .errors import NotFound
 
-            raise NotFound(f'training set "{name}" does not exist', sqlstate="42704",
-                           hint="create it with client.features.create_training_set(...)")
+            raise NotFound(
+                f'training set "{name}" does not exist',
+                sqlstate="42704",
+                hint="create it with client.features.create_training_set(...)",
+            )
         return info
 
     def dataset(self, name: str, label: str | None = None, features: Sequence[str] | None = None):
@@ -143,10 +206,19 @@ class FeatureStore:
         return TrainingSetDataset(self, name, label=label, features=features)
 
     # -- monitoring ------------------------------------------------------------------------------
-    def drift(self, view: str, feature: str, baseline: str, current: str, psi_threshold: float = 0.2,
-              ks_threshold: float = 0.1) -> dict:
-        return self._c.scalar("select features.drift(%s, %s, %s, %s, %s, %s)",
-                              [view, feature, baseline, current, psi_threshold, ks_threshold])
+    def drift(
+        self,
+        view: str,
+        feature: str,
+        baseline: str,
+        current: str,
+        psi_threshold: float = 0.2,
+        ks_threshold: float = 0.1,
+    ) -> dict:
+        return self._c.scalar(
+            "select features.drift(%s, %s, %s, %s, %s, %s)",
+            [view, feature, baseline, current, psi_threshold, ks_threshold],
+        )
 
     def check_skew(self, view: str, sample: int = 100, strict: bool = False, threshold: float = 0.0) -> dict:
         return self._c.scalar("select features.check_skew(%s, %s, %s, %s)", [view, sample, strict, threshold])
@@ -179,8 +251,13 @@ class TrainingSetDataset(_torch_dataset_base()):
         skip = {self.label, "event_timestamp"}
         if features is None:
             wanted = set(info.get("feature_columns") or [c["name"] for c in cols])
-            features = [c["name"] for c in cols if c["name"] not in skip and c["name"] in wanted
-                        and (c["type"] in numeric or c["type"].startswith("numeric"))]
+            features = [
+                c["name"]
+                for c in cols
+                if c["name"] not in skip
+                and c["name"] in wanted
+                and (c["type"] in numeric or c["type"].startswith("numeric"))
+            ]
         self.feature_names = list(features)
         parts = [psql.Identifier(f) for f in self.feature_names]
         if self.label:
@@ -191,7 +268,8 @@ class TrainingSetDataset(_torch_dataset_base()):
             cur.execute(q)
             rows = cur.fetchall()
         arr = np.array([[np.nan if v is None else float(v) for v in r] for r in rows], dtype=np.float32).reshape(
-            len(rows), len(parts))
+            len(rows), len(parts)
+        )
         n = len(self.feature_names)
         self.X = torch.from_numpy(arr[:, :n].copy())
         self.y = torch.from_numpy(arr[:, n].copy()) if self.label else None

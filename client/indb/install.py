@@ -7,6 +7,7 @@
    server, that PL/Python can import the runtime package at the same version.
 Any failure rolls everything back: nothing is half-installed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,10 +24,10 @@ from .localdb import repo_root
 MIN_SERVER_VERSION = 150000
 REQUIRED_EXTENSIONS = {
     "vector": "pgvector is not available on this server. On Debian/Ubuntu build it for your PostgreSQL "
-              "(`bash docker/install-system.sh` does this for PostgreSQL 15), or install the "
-              "postgresql-<major>-pgvector package; in Docker use this repository's docker/Dockerfile.",
+    "(`bash docker/install-system.sh` does this for PostgreSQL 15), or install the "
+    "postgresql-<major>-pgvector package; in Docker use this repository's docker/Dockerfile.",
     "plpython3u": "plpython3u is not available on this server. Install it with "
-                  "`apt-get install postgresql-<major>-plpython3` (PostgreSQL 15: postgresql-plpython3-15).",
+    "`apt-get install postgresql-<major>-plpython3` (PostgreSQL 15: postgresql-plpython3-15).",
 }
 
 
@@ -42,7 +43,9 @@ def render_sql(path: Path, vector_schema: str = "public") -> str:
     ``search_path = pg_catalog, pg_temp`` widened with the schema that holds the vector extension
     (its types and operators must resolve inside functions; the schema is wherever the database
     already has pgvector, usually public)."""
-    pinned = f'search_path = pg_catalog, "{vector_schema}", pg_temp' if vector_schema != "pg_catalog" else PINNED_SEARCH_PATH
+    pinned = (
+        f'search_path = pg_catalog, "{vector_schema}", pg_temp' if vector_schema != "pg_catalog" else PINNED_SEARCH_PATH
+    )
     return path.read_text().replace("@INDB_VERSION@", __version__).replace(PINNED_SEARCH_PATH, pinned)
 
 
@@ -64,8 +67,9 @@ def check_server(conn: psycopg.Connection) -> None:
     version = conn.info.server_version
     if version < MIN_SERVER_VERSION:
         raise InstallError(f"indb needs PostgreSQL 15 or newer; this server is {version // 10000}.")
-    rows = conn.execute("select name from pg_available_extensions where name = any(%s)",
-                        [list(REQUIRED_EXTENSIONS)]).fetchall()
+    rows = conn.execute(
+        "select name from pg_available_extensions where name = any(%s)", [list(REQUIRED_EXTENSIONS)]
+    ).fetchall()
     have = {r[0] for r in rows}
     missing = [e for e in REQUIRED_EXTENSIONS if e not in have]
     if missing:
@@ -76,8 +80,14 @@ def check_server(conn: psycopg.Connection) -> None:
         )
 
 
-def install(dsn: str, venv: str | None = None, target: str = "head", apply_sql: bool = True,
-            check_runtime: bool = True, log=print) -> dict:
+def install(
+    dsn: str,
+    venv: str | None = None,
+    target: str = "head",
+    apply_sql: bool = True,
+    check_runtime: bool = True,
+    log=print,
+) -> dict:
     """Upgrade the database at ``dsn`` to ``target`` and re-apply sql/. Returns a summary."""
     from alembic import command
     from sqlalchemy import create_engine, text
@@ -96,28 +106,37 @@ def install(dsn: str, venv: str | None = None, target: str = "head", apply_sql: 
     try:
         with engine.begin() as sa:
             sa.execute(text("select pg_advisory_xact_lock(hashtext('indb install'))"))
-            before = sa.execute(text(
-                "select version_num from ml.alembic_version"
-            )).scalar() if sa.execute(text("select to_regclass('ml.alembic_version')")).scalar() else None
+            before = (
+                sa.execute(text("select version_num from ml.alembic_version")).scalar()
+                if sa.execute(text("select to_regclass('ml.alembic_version')")).scalar()
+                else None
+            )
             cfg.attributes["connection"] = sa
             command.upgrade(cfg, target)
             after = sa.execute(text("select version_num from ml.alembic_version")).scalar()
             dbapi = sa.connection.dbapi_connection
             with dbapi.cursor() as cur:
-                cur.execute(psql.SQL("alter database {} set indb.venv = {}").format(
-                    psql.Identifier(dbapi.info.dbname), psql.Literal(venv)))
+                cur.execute(
+                    psql.SQL("alter database {} set indb.venv = {}").format(
+                        psql.Identifier(dbapi.info.dbname), psql.Literal(venv)
+                    )
+                )
                 cur.execute("select set_config('indb.venv', %s, true)", [venv])
                 applied = []
-                cur.execute("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
-                            "where e.extname = 'vector'")
+                cur.execute(
+                    "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+                    "where e.extname = 'vector'"
+                )
                 vector_schema = cur.fetchone()[0]
                 if apply_sql:
                     for f in sql_files():
                         try:
                             cur.execute(render_sql(f, vector_schema))
                         except psycopg.Error as e:
-                            raise InstallError(f"applying {f.relative_to(repo_root())} failed: {e}",
-                                               sqlstate=getattr(e, "sqlstate", None)) from e
+                            raise InstallError(
+                                f"applying {f.relative_to(repo_root())} failed: {e}",
+                                sqlstate=getattr(e, "sqlstate", None),
+                            ) from e
                         applied.append(f.name)
                 runtime = None
                 if apply_sql and check_runtime:
@@ -126,16 +145,23 @@ def install(dsn: str, venv: str | None = None, target: str = "head", apply_sql: 
                         runtime = cur.fetchone()[0]
                     except psycopg.Error as e:
                         raise InstallError(
-                            f"the database cannot load the indb runtime from {venv}: "
-                            f"{e.diag.message_primary or e}",
+                            f"the database cannot load the indb runtime from {venv}: {e.diag.message_primary or e}",
                             sqlstate=getattr(e, "sqlstate", None),
                             hint=(e.diag.message_hint or "") + " Use --venv to give the runtime venv's path "
-                                 "as the database server sees it.",
+                            "as the database server sees it.",
                         ) from e
-                cur.execute("insert into ml.installs(version, revision, venv) values (%s, %s, %s)",
-                            [__version__, after, venv])
-            summary = {"from": before, "to": after, "sql_files": applied, "venv": venv, "runtime": runtime,
-                       "version": __version__, "seconds": round(time.time() - t0, 2)}
+                cur.execute(
+                    "insert into ml.installs(version, revision, venv) values (%s, %s, %s)", [__version__, after, venv]
+                )
+            summary = {
+                "from": before,
+                "to": after,
+                "sql_files": applied,
+                "venv": venv,
+                "runtime": runtime,
+                "version": __version__,
+                "seconds": round(time.time() - t0, 2),
+            }
     except InstallError:
         raise
     except psycopg.Error as e:

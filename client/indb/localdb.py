@@ -3,6 +3,7 @@
 The server runs as the ``postgres`` OS user when we are root (Postgres refuses to run as root), or as
 the invoking user otherwise. Nothing here ever deletes a data directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,7 +97,15 @@ class Cluster:
         env = dict(os.environ)
         env.update(server_environment())
         if os.geteuid() == 0:
-            args = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in server_environment().items()], *args]
+            args = [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "env",
+                *[f"{k}={v}" for k, v in server_environment().items()],
+                *args,
+            ]
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         return subprocess.run(args, env=env, cwd="/", **kw)
@@ -133,9 +142,22 @@ class Cluster:
         self._own(pwfile)
         pwfile.chmod(0o600)
         try:
-            r = self._as_server([str(self.pg_bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
-                                 "--pwfile", str(pwfile), "-E", "UTF8", "--locale=C.UTF-8",
-                                 "--auth-local=trust", "--auth-host=scram-sha-256"])
+            r = self._as_server(
+                [
+                    str(self.pg_bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    "--pwfile",
+                    str(pwfile),
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
@@ -144,7 +166,9 @@ class Cluster:
         self.password_file.chmod(0o600)
         conf = self.data / "postgresql.conf"
         with conf.open("a") as f:
-            f.write("\n# indb: settings of the project's cluster, rewritten on every start\ninclude_if_exists = 'indb.conf'\n")
+            f.write(
+                "\n# indb: settings of the project's cluster, rewritten on every start\ninclude_if_exists = 'indb.conf'\n"
+            )
         return True
 
     def write_config(self) -> None:
@@ -192,12 +216,15 @@ lc_messages = 'C.UTF-8'
             stale = "a stale postmaster.pid (left by a crash) - Postgres will recover"
         else:
             stale = ""
-        r = self._as_server([str(self.pg_bin / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.logfile),
-                             "-w", "-t", "120"])
+        r = self._as_server(
+            [str(self.pg_bin / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "120"]
+        )
         if r.returncode != 0:
             tail = _tail(self.logfile, 20)
-            raise ClusterError(f"the server did not start (pg_ctl exit {r.returncode}).\n{r.stdout}{r.stderr}\n"
-                               f"last lines of {self.logfile}:\n{tail}")
+            raise ClusterError(
+                f"the server did not start (pg_ctl exit {r.returncode}).\n{r.stdout}{r.stderr}\n"
+                f"last lines of {self.logfile}:\n{tail}"
+            )
         self._wait_ready()
         self._ensure_database()
         msg = "initialized and started" if created else "started"
@@ -206,7 +233,9 @@ lc_messages = 'C.UTF-8'
     def stop(self) -> str:
         if not self.running():
             return "not running"
-        r = self._as_server([str(self.pg_bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "120"])
+        r = self._as_server(
+            [str(self.pg_bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "120"]
+        )
         if r.returncode != 0:
             raise ClusterError(f"pg_ctl stop failed: {r.stdout}{r.stderr}")
         return "stopped"
@@ -251,13 +280,19 @@ lc_messages = 'C.UTF-8'
         return [str(self.pg_bin / "psql"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, "-d", dbname]
 
     def _ensure_database(self) -> None:
-        r = subprocess.run(self.psql_args("postgres") + ["-tAc", f"select 1 from pg_database where datname = '{DB_NAME}'"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            self.psql_args("postgres") + ["-tAc", f"select 1 from pg_database where datname = '{DB_NAME}'"],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise ClusterError(r.stderr)
         if r.stdout.strip() != "1":
-            r = subprocess.run([str(self.pg_bin / "createdb"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, DB_NAME],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [str(self.pg_bin / "createdb"), "-h", str(self.run), "-p", str(self.port), "-U", SUPERUSER, DB_NAME],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 raise ClusterError(f"createdb {DB_NAME} failed: {r.stderr}")
 
@@ -291,8 +326,10 @@ def ensure_server_can_reach(paths: list[Path], read_trees: list[Path] = ()) -> l
             if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(d)]).returncode != 0:
                 r = subprocess.run(["setfacl", "-m", "u:postgres:x", str(d)], capture_output=True, text=True)
                 if r.returncode != 0:
-                    raise ClusterError(f"the postgres user cannot enter {d} and setfacl failed: {r.stderr.strip()}. "
-                                       f"Run `chmod o+x {d}` or move the checkout.")
+                    raise ClusterError(
+                        f"the postgres user cannot enter {d} and setfacl failed: {r.stderr.strip()}. "
+                        f"Run `chmod o+x {d}` or move the checkout."
+                    )
                 changed.append(str(d))
     for t in read_trees:
         if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", str(t)]).returncode != 0:

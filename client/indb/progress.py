@@ -1,4 +1,5 @@
 """Progress for long work: rows done, rate, time left - printed to stderr (CLI) or any callback."""
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,11 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.time() - self.t0, 1e-9)
         rate = self.done / elapsed
-        parts = [f"{self.label}: {self.done:,}" + (f"/{self.total:,}" if self.total else "") + " rows",
-                 f"{rate:,.1f} rows/s", f"{elapsed:,.1f} s elapsed"]
+        parts = [
+            f"{self.label}: {self.done:,}" + (f"/{self.total:,}" if self.total else "") + " rows",
+            f"{rate:,.1f} rows/s",
+            f"{elapsed:,.1f} s elapsed",
+        ]
         if self.total and rate > 0:
             parts.append(f"~{max(self.total - self.done, 0) / rate:,.0f} s left")
         return ", ".join(parts)

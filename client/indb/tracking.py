@@ -22,6 +22,7 @@ Model artifact formats (registry.model_versions.artifact_format), chosen per fla
 Every artifact's sha256 is checked by the database when it is read back. Pickle and torch.save run code
 when loaded: load only models from a registry you trust (indb roles decide who may register them).
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,10 @@ def serialize_model(model: Any, flavor: str | None = None) -> tuple[str, str, by
         return "torch", "torch-save", buf.getvalue(), _cls_path(model)
     if mod == "sklearn" or hasattr(model, "get_params"):
         return "sklearn", "sklearn-pickle", pickle.dumps(model, protocol=5), _cls_path(model)
-    raise InvalidInput(f"cannot register a {_cls_path(model)}: supported are xgboost, lightgbm, scikit-learn and "
-                       "torch models, or bytes with flavor=")
+    raise InvalidInput(
+        f"cannot register a {_cls_path(model)}: supported are xgboost, lightgbm, scikit-learn and "
+        "torch models, or bytes with flavor="
+    )
 
 
 def _is_torch_module(model) -> bool:
@@ -128,8 +131,9 @@ class Run:
     """A RUNNING run. Metric points are buffered and sent with registry.log_batch every
     ``batch_size`` points or ``flush_seconds``, on flush() and when the run ends."""
 
-    def __init__(self, client: "TrackingAPI", run_id: str, experiment: str, batch_size: int = 5000,
-                 flush_seconds: float = 2.0):
+    def __init__(
+        self, client: "TrackingAPI", run_id: str, experiment: str, batch_size: int = 5000, flush_seconds: float = 2.0
+    ):
         self.client = client
         self.id = str(run_id)
         self.experiment = experiment
@@ -153,15 +157,17 @@ class Run:
         self.client.call("select registry.log_param(%s, %s, %s)", [self.id, key, _str(value)])
 
     def log_params(self, params: dict) -> None:
-        self.client.call("select registry.log_params(%s, %s)",
-                         [self.id, Jsonb({k: _str(v) for k, v in params.items()})])
+        self.client.call(
+            "select registry.log_params(%s, %s)", [self.id, Jsonb({k: _str(v) for k, v in params.items()})]
+        )
 
     def set_tag(self, key: str, value: Any) -> None:
         self.client.call("select registry.set_tag(%s, %s, %s)", [self.id, key, _str(value)])
 
     def set_tags(self, tags: dict) -> None:
-        self.client.call("select registry.log_batch(%s, tags => %s)",
-                         [self.id, Jsonb({k: _str(v) for k, v in tags.items()})])
+        self.client.call(
+            "select registry.log_batch(%s, tags => %s)", [self.id, Jsonb({k: _str(v) for k, v in tags.items()})]
+        )
 
     # -- metrics (batched)
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp: datetime | None = None) -> None:
@@ -180,8 +186,10 @@ class Run:
         n = len(self._keys)
         if n:
             ts = None if all(t is None for t in self._ts) else self._ts
-            self.client.call("select registry.log_batch(%s, %b::text[], %b::float8[], %b::int8[], %s::timestamptz[])",
-                             [self.id, self._keys, self._values, self._steps, ts])
+            self.client.call(
+                "select registry.log_batch(%s, %b::text[], %b::float8[], %b::int8[], %s::timestamptz[])",
+                [self.id, self._keys, self._values, self._steps, ts],
+            )
             self.points_sent += n
             self._keys, self._values, self._steps, self._ts = [], [], [], []
         self._last_flush = time.monotonic()
@@ -203,10 +211,17 @@ class Run:
     def log_uri(self, path: str, uri: str) -> dict:
         return self.client.scalar("select registry.log_artifact(%s, %s, null, %s)", [self.id, path, uri])
 
-    def log_input(self, dataset: str, digest: str, context: str = "training", source: str | None = None,
-                  row_count: int | None = None) -> int:
-        return self.client.scalar("select registry.log_input(%s, %s, %s, %s, %s, %s)",
-                                  [self.id, dataset, digest, context, source, row_count])
+    def log_input(
+        self,
+        dataset: str,
+        digest: str,
+        context: str = "training",
+        source: str | None = None,
+        row_count: int | None = None,
+    ) -> int:
+        return self.client.scalar(
+            "select registry.log_input(%s, %s, %s, %s, %s, %s)", [self.id, dataset, digest, context, source, row_count]
+        )
 
     # -- lifecycle
     def end(self, status: str = "FINISHED") -> None:
@@ -243,11 +258,20 @@ class TrackingAPI(Base):
     def create_experiment(self, name: str, description: str | None = None, tags: dict | None = None) -> int:
         return self.scalar("select registry.create_experiment(%s, %s, %s)", [name, description, Jsonb(tags or {})])
 
-    def start_run(self, experiment: str, run_name: str | None = None, tags: dict | None = None,
-                  parent_run: "str | Run | None" = None, batch_size: int = 5000, flush_seconds: float = 2.0) -> Run:
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tags: dict | None = None,
+        parent_run: "str | Run | None" = None,
+        batch_size: int = 5000,
+        flush_seconds: float = 2.0,
+    ) -> Run:
         parent = parent_run.id if isinstance(parent_run, Run) else parent_run
-        rid = self.scalar("select registry.start_run(%s, %s, %s, %s)",
-                          [experiment, run_name, Jsonb({k: _str(v) for k, v in (tags or {}).items()}), parent])
+        rid = self.scalar(
+            "select registry.start_run(%s, %s, %s, %s)",
+            [experiment, run_name, Jsonb({k: _str(v) for k, v in (tags or {}).items()}), parent],
+        )
         return Run(self, str(rid), experiment, batch_size=batch_size, flush_seconds=flush_seconds)
 
     def get_run(self, run_id: str) -> dict:
@@ -259,21 +283,26 @@ class TrackingAPI(Base):
     def get_artifact(self, run_id: str, path: str) -> bytes:
         return bytes(self.scalar("select registry.get_artifact(%s, %s)", [str(run_id), path]))
 
-    def search_runs(self, experiments: Iterable[str] | str | None = None, filter: str = "",
-                    order_by: list[str] | None = None, max_results: int = 1000):
+    def search_runs(
+        self,
+        experiments: Iterable[str] | str | None = None,
+        filter: str = "",
+        order_by: list[str] | None = None,
+        max_results: int = 1000,
+    ):
         """Runs as a pandas DataFrame with MLflow's columns: run_id, experiment, status, start_time, end_time,
         params.<key>, metrics.<key>, tags.<key>."""
         import pandas as pd
 
         if isinstance(experiments, str):
             experiments = [experiments]
-        rows = self.call("select * from registry.search_runs(%s, %s, %s, %s)",
-                         [list(experiments) if experiments is not None else None, filter or "",
-                          order_by, max_results])
+        rows = self.call(
+            "select * from registry.search_runs(%s, %s, %s, %s)",
+            [list(experiments) if experiments is not None else None, filter or "", order_by, max_results],
+        )
         flat = []
         for r in rows:
-            d = {k: r[k] for k in ("run_id", "experiment", "run_name", "status", "user_name", "start_time",
-                                   "end_time")}
+            d = {k: r[k] for k in ("run_id", "experiment", "run_name", "status", "user_name", "start_time", "end_time")}
             d["run_id"] = str(d["run_id"])
             for prefix in ("metrics", "params", "tags"):
                 for k, v in (r[prefix] or {}).items():
@@ -283,11 +312,21 @@ class TrackingAPI(Base):
         return pd.DataFrame(flat, columns=None if flat else cols)
 
     # -- registry
-    def register_model(self, name: str, model: Any = None, run: "str | Run | None" = None,
-                       flavor: str | None = None, artifact_uri: str | None = None, description: str | None = None,
-                       tags: dict | None = None, input_schema: dict | None = None,
-                       output_schema: dict | None = None, metrics: dict | None = None,
-                       hyperparams: dict | None = None, task: str | None = None) -> dict:
+    def register_model(
+        self,
+        name: str,
+        model: Any = None,
+        run: "str | Run | None" = None,
+        flavor: str | None = None,
+        artifact_uri: str | None = None,
+        description: str | None = None,
+        tags: dict | None = None,
+        input_schema: dict | None = None,
+        output_schema: dict | None = None,
+        metrics: dict | None = None,
+        hyperparams: dict | None = None,
+        task: str | None = None,
+    ) -> dict:
         """Add the next version of registered model ``name`` (created if missing); returns
         {model, version, version_id}."""
         data = fmt = algorithm = None
@@ -301,11 +340,23 @@ class TrackingAPI(Base):
             "flavor => %s, artifact_format => %s, source => 'client', algorithm => %s, task => %s, "
             "input_schema => %s, output_schema => %s, metrics => %s, hyperparams => %s, description => %s, "
             "tags => %s)",
-            [name, run_id, data, artifact_uri, flavor, fmt, algorithm, task,
-             Jsonb(input_schema) if input_schema is not None else None,
-             Jsonb(output_schema) if output_schema is not None else None,
-             Jsonb(metrics or {}), Jsonb(hyperparams or {}), description,
-             Jsonb({k: _str(v) for k, v in (tags or {}).items()})])
+            [
+                name,
+                run_id,
+                data,
+                artifact_uri,
+                flavor,
+                fmt,
+                algorithm,
+                task,
+                Jsonb(input_schema) if input_schema is not None else None,
+                Jsonb(output_schema) if output_schema is not None else None,
+                Jsonb(metrics or {}),
+                Jsonb(hyperparams or {}),
+                description,
+                Jsonb({k: _str(v) for k, v in (tags or {}).items()}),
+            ],
+        )
         return rows[0]
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
@@ -327,8 +378,10 @@ class TrackingAPI(Base):
         sklearn-API model, a lightgbm Booster, a scikit-learn estimator or a torch module."""
         mv = self.get_model_version(name, alias, version)
         if mv["artifact"] is None:
-            raise InvalidInput(f"model {name!r} version {mv['version']} has no stored artifact"
-                               + (f"; it lives at {mv['artifact_uri']}" if mv["artifact_uri"] else ""))
+            raise InvalidInput(
+                f"model {name!r} version {mv['version']} has no stored artifact"
+                + (f"; it lives at {mv['artifact_uri']}" if mv["artifact_uri"] else "")
+            )
         return deserialize_model(bytes(mv["artifact"]), mv["flavor"], mv["artifact_format"], mv["algorithm"])
 
     # -- lineage and audit
@@ -336,8 +389,9 @@ class TrackingAPI(Base):
         return self.call("select * from registry.lineage(%s, %s, %s, %s)", [kind, str(id), direction, max_depth])
 
     def add_lineage(self, src_kind: str, src_id: Any, dst_kind: str, dst_id: Any, relation: str = "derived") -> None:
-        self.call("select registry.add_lineage(%s, %s, %s, %s, %s)",
-                  [src_kind, str(src_id), dst_kind, str(dst_id), relation])
+        self.call(
+            "select registry.add_lineage(%s, %s, %s, %s, %s)", [src_kind, str(src_id), dst_kind, str(dst_id), relation]
+        )
 
     def audit_verify(self) -> dict:
         return self.call("select * from audit.verify()")[0]

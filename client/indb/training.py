@@ -3,6 +3,7 @@
 Each method calls one SQL function. ``train(..., progress=print)`` forwards the NOTICE lines that
 ml.train emits while it works (rows read, iterations done, rate, time left).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,20 +30,45 @@ class TrainingAPI(Base):
         finally:
             self.conn.remove_notice_handler(handler)
 
-    def train(self, project: str, task: str | None = None, relation: str | None = None, target: str | None = None,
-              algorithm: str = "xgboost", hyperparams: Mapping | None = None, test_size: float = 0.25,
-              test_sampling: str = "random", preprocess: Mapping | None = None, search: str | None = None,
-              search_params: Mapping | None = None, automatic_deploy: bool = True, materialize: bool = False,
-              progress: Callable[[str], None] | None = None) -> dict:
+    def train(
+        self,
+        project: str,
+        task: str | None = None,
+        relation: str | None = None,
+        target: str | None = None,
+        algorithm: str = "xgboost",
+        hyperparams: Mapping | None = None,
+        test_size: float = 0.25,
+        test_sampling: str = "random",
+        preprocess: Mapping | None = None,
+        search: str | None = None,
+        search_params: Mapping | None = None,
+        automatic_deploy: bool = True,
+        materialize: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict:
         """Train a model (ml.train); returns {project, model_id, algorithm, metrics, deployed}."""
         with self._notices(progress):
             rows = self.call(
                 "select * from ml.train(%s, task => %s, relation => %s, target => %s, algorithm => %s, "
                 "hyperparams => %s::jsonb, test_size => %s, test_sampling => %s, preprocess => %s::jsonb, "
                 "search => %s, search_params => %s::jsonb, automatic_deploy => %s, materialize => %s)",
-                [project, task, relation, target, algorithm, json.dumps(dict(hyperparams or {})), test_size,
-                 test_sampling, json.dumps(dict(preprocess or {})), search, json.dumps(dict(search_params or {})),
-                 automatic_deploy, materialize])
+                [
+                    project,
+                    task,
+                    relation,
+                    target,
+                    algorithm,
+                    json.dumps(dict(hyperparams or {})),
+                    test_size,
+                    test_sampling,
+                    json.dumps(dict(preprocess or {})),
+                    search,
+                    json.dumps(dict(search_params or {})),
+                    automatic_deploy,
+                    materialize,
+                ],
+            )
         return rows[0]
 
     def predict(self, project: str, features: Mapping[str, Any] | Sequence[float]) -> float:
@@ -53,14 +79,16 @@ class TrainingAPI(Base):
 
     def predict_proba(self, project: str, features: Mapping[str, Any] | Sequence[float]) -> list[float]:
         if isinstance(features, Mapping):
-            return self.scalar("select ml.predict_proba(%s, %s::jsonb)",
-                               [project, json.dumps(dict(features), default=str)])
+            return self.scalar(
+                "select ml.predict_proba(%s, %s::jsonb)", [project, json.dumps(dict(features), default=str)]
+            )
         return self.scalar("select ml.predict_proba(%s, %s::float8[])", [project, list(features)])
 
     def predict_batch(self, project: str, relation: str) -> list[float]:
         """Predictions for every row of a table, view or SELECT, in scan order."""
-        rows = self.call("select row_number, prediction from ml.predict_batch(%s, %s) order by row_number",
-                         [project, relation])
+        rows = self.call(
+            "select row_number, prediction from ml.predict_batch(%s, %s) order by row_number", [project, relation]
+        )
         return [r["prediction"] for r in rows]
 
     def deploy(self, project: str, strategy: str = "best_score", model_id: int | None = None) -> dict:
@@ -72,8 +100,10 @@ class TrainingAPI(Base):
         return self.scalar("select ml.explain(%s, %s::float8[])", [project, list(features)])
 
     def feature_importance(self, project: str) -> dict[str, float]:
-        return {r["feature"]: r["importance"]
-                for r in self.call("select feature, importance from ml.feature_importance(%s)", [project])}
+        return {
+            r["feature"]: r["importance"]
+            for r in self.call("select feature, importance from ml.feature_importance(%s)", [project])
+        }
 
     def evaluate(self, project: str, relation: str, model_id: int | None = None) -> dict:
         return self.scalar("select ml.evaluate(%s, %s, %s)", [project, relation, model_id])
@@ -82,8 +112,11 @@ class TrainingAPI(Base):
         return self.scalar("select ml.set_prediction_logging(%s, %s)", [project, enabled])
 
     def models(self, project: str) -> list[dict]:
-        return self.call("select model_id, version, algorithm, task, metrics, created_at, deployed from ml.models "
-                         "where project = %s order by version", [project])
+        return self.call(
+            "select model_id, version, algorithm, task, metrics, created_at, deployed from ml.models "
+            "where project = %s order by version",
+            [project],
+        )
 
     def projects(self) -> list[dict]:
         return self.call("select * from ml.projects_overview order by project")

@@ -4,6 +4,7 @@ aliases, deployments, lineage edges. Shared by ml.train (training) and client tr
 Revision ID: 0002
 Revises: 0001
 """
+
 from alembic import op
 
 revision = "0002"

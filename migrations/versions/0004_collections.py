@@ -4,6 +4,7 @@ schema `collections` that holds the collection tables (created at run time by ml
 Revision ID: 0004
 Revises: 0003
 """
+
 from alembic import op
 
 revision = "0004"
@@ -14,8 +15,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("create schema if not exists collections")
-    op.execute("comment on schema collections is 'indb collection tables (one per ml.create_collection); "
-               "plain INSERT/UPDATE/DELETE/COPY into them work'")
+    op.execute(
+        "comment on schema collections is 'indb collection tables (one per ml.create_collection); "
+        "plain INSERT/UPDATE/DELETE/COPY into them work'"
+    )
     op.execute(
         """
         create table ml.collections (
@@ -60,7 +63,9 @@ def upgrade() -> None:
         );
         """
     )
-    op.execute("comment on table ml.collection_stats is 'BM25 statistics per collection: documents and total token count'")
+    op.execute(
+        "comment on table ml.collection_stats is 'BM25 statistics per collection: documents and total token count'"
+    )
     op.execute("comment on table ml.collection_terms is 'BM25 document frequency per lexeme per collection'")
 
 

@@ -13,6 +13,7 @@ Added here:
 Revision ID: 0005
 Revises: 0004
 """
+
 from alembic import op
 
 revision = "0005"

@@ -12,6 +12,7 @@ Additive on top of the registry core (0002): nothing there is renamed or dropped
 Revision ID: 0006
 Revises: 0005
 """
+
 from alembic import op
 
 revision = "0006"
@@ -32,8 +33,19 @@ as $$ select nullif(current_setting('indb.tenant', true), '') $$
 
 # every registry table whose rows belong to a tenant (experiments, runs, registered_models already have it)
 TENANT_TABLES = [
-    "experiments", "runs", "params", "metrics", "latest_metrics", "artifacts", "datasets", "run_inputs",
-    "registered_models", "model_versions", "aliases", "deployments", "lineage_edges",
+    "experiments",
+    "runs",
+    "params",
+    "metrics",
+    "latest_metrics",
+    "artifacts",
+    "datasets",
+    "run_inputs",
+    "registered_models",
+    "model_versions",
+    "aliases",
+    "deployments",
+    "lineage_edges",
 ]
 
 

@@ -8,6 +8,7 @@ by materialize/push (sql/500-features.sql), because they depend on the view's de
 Revision ID: 0007
 Revises: 0006
 """
+
 from alembic import op
 
 revision = "0007"

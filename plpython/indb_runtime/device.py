@@ -1,4 +1,5 @@
 """Which device models run on: CUDA when torch sees one, else CPU."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ Conventions (the usual ones in monitoring tools):
 - drifted when PSI >= psi_threshold, or when KS >= ks_threshold and its p-value < 0.01 (a large
   sample makes tiny KS differences significant, so the KS rule needs both effect size and evidence).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,11 @@ def _clean(values, label: str) -> np.ndarray:
     a = np.asarray([v for v in (values if values is not None else []) if v is not None], dtype=float)
     a = a[np.isfinite(a)]
     if a.size < 2:
-        raise IndbRuntimeError("22000", f"the {label} sample has {a.size} non-null value(s); drift needs at least 2",
-                               hint="pick a baseline/current range or run that holds materialized values")
+        raise IndbRuntimeError(
+            "22000",
+            f"the {label} sample has {a.size} non-null value(s); drift needs at least 2",
+            hint="pick a baseline/current range or run that holds materialized values",
+        )
     return a
 
 
@@ -61,7 +65,10 @@ def drift(baseline, current, psi_threshold: float = 0.2, ks_threshold: float = 0
     d, pval = ks(a, b)
     drifted = p >= psi_threshold or (d >= ks_threshold and pval < 0.01)
     return {
-        "psi": round(p, 6), "ks": round(d, 6), "ks_pvalue": pval, "drift": bool(drifted),
+        "psi": round(p, 6),
+        "ks": round(d, 6),
+        "ks_pvalue": pval,
+        "drift": bool(drifted),
         "baseline": {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std())},
         "current": {"n": int(b.size), "mean": float(b.mean()), "std": float(b.std())},
         "thresholds": {"psi": psi_threshold, "ks": ks_threshold, "ks_alpha": 0.01},

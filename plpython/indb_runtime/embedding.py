@@ -3,6 +3,7 @@
 Importable and testable without Postgres: everything that touches the database goes through the
 ``plpy``-like object passed in (or is skipped when it is None).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,39 +41,52 @@ def resolve(plpy, name: str) -> ModelSpec:
     if plpy is not None:
         has_catalog = plpy.execute("select to_regclass('ml.embedding_models') is not null as ok")[0]["ok"]
         if has_catalog:
-            plan = _plan(plpy, "resolve",
-                         "select name, source_path, dimensions, max_tokens, normalize from ml.embedding_models "
-                         "where name = $1", ["text"])
+            plan = _plan(
+                plpy,
+                "resolve",
+                "select name, source_path, dimensions, max_tokens, normalize from ml.embedding_models where name = $1",
+                ["text"],
+            )
             rows = plpy.execute(plan, [name])
             if rows:
                 r = rows[0]
-                return ModelSpec(r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"],
-                                 r["normalize"])
+                return ModelSpec(
+                    r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"], r["normalize"]
+                )
             known = [r["name"] for r in plpy.execute("select name from ml.embedding_models order by name")]
-            raise undefined(f'embedding model "{name}" is not registered',
-                            detail="registered models: " + (", ".join(known) or "(none)"),
-                            hint="register a local sentence-transformers folder with ml.register_embedding_model(name, path)")
+            raise undefined(
+                f'embedding model "{name}" is not registered',
+                detail="registered models: " + (", ".join(known) or "(none)"),
+                hint="register a local sentence-transformers folder with ml.register_embedding_model(name, path)",
+            )
     models = builtin_models()
     if name in models:
         return models[name]
-    raise undefined(f'embedding model "{name}" is not registered',
-                    detail="registered models: " + (", ".join(sorted(models)) or "(none)"))
+    raise undefined(
+        f'embedding model "{name}" is not registered',
+        detail="registered models: " + (", ".join(sorted(models)) or "(none)"),
+    )
 
 
 def source_path(path: str) -> str:
     """Catalog source -> folder. ``package:<module>`` names a model shipped as a Python package in the runtime
     venv (its folder is only known inside the runtime), anything else is a folder path as the server sees it."""
     if path.startswith("package:"):
-        modname = path[len("package:"):]
+        modname = path[len("package:") :]
         try:
             import importlib
 
             mod = importlib.import_module(modname)
         except ImportError as e:
-            raise IndbRuntimeError("58P01", f'model package "{modname}" is not installed in the runtime venv: {e}',
-                                   hint="pip install it into the venv named by the indb.venv setting") from e
+            raise IndbRuntimeError(
+                "58P01",
+                f'model package "{modname}" is not installed in the runtime venv: {e}',
+                hint="pip install it into the venv named by the indb.venv setting",
+            ) from e
         getter = getattr(mod, "get_model_path", None)
-        return str(getter() if getter else __import__("os").path.join(__import__("os").path.dirname(mod.__file__), "model"))
+        return str(
+            getter() if getter else __import__("os").path.join(__import__("os").path.dirname(mod.__file__), "model")
+        )
     return path
 
 
@@ -102,9 +116,11 @@ def load(spec: ModelSpec):
 
         model = SentenceTransformer(spec.path, device=torch_device(), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any load failure becomes one clear error
-        raise IndbRuntimeError("58P01" if isinstance(e, (FileNotFoundError, OSError)) else "38000",
-                               f'embedding model "{spec.name}" failed to load from {spec.path}: {e}',
-                               hint="the folder must hold a sentence-transformers model; nothing is downloaded at run time") from e
+        raise IndbRuntimeError(
+            "58P01" if isinstance(e, (FileNotFoundError, OSError)) else "38000",
+            f'embedding model "{spec.name}" failed to load from {spec.path}: {e}',
+            hint="the folder must hold a sentence-transformers model; nothing is downloaded at run time",
+        ) from e
     if spec.max_tokens:
         model.max_seq_length = spec.max_tokens
     _MODELS[key] = model
@@ -116,8 +132,9 @@ def loaded_models() -> dict:
     return {k.split("|")[0]: {"load_seconds": round(_LOAD_SECONDS.get(k.split("|")[0], 0.0), 3)} for k in _MODELS}
 
 
-def encode(spec: ModelSpec, texts: Sequence[str], batch_size: int = 64,
-           check: Callable[[], None] | None = None) -> list[list[float]]:
+def encode(
+    spec: ModelSpec, texts: Sequence[str], batch_size: int = 64, check: Callable[[], None] | None = None
+) -> list[list[float]]:
     """Embed ``texts`` (no None inside) in length-sorted chunks; ``check`` runs between chunks so that
     Postgres can act on statement_timeout / cancel. Returns one list of floats per text, in order."""
     if not texts:
@@ -128,9 +145,14 @@ def encode(spec: ModelSpec, texts: Sequence[str], batch_size: int = 64,
     for start in range(0, len(order), batch_size):
         if check is not None:
             check()
-        idx = order[start:start + batch_size]
-        vecs = model.encode([texts[i] for i in idx], batch_size=len(idx), convert_to_numpy=True,
-                            normalize_embeddings=spec.normalize, show_progress_bar=False)
+        idx = order[start : start + batch_size]
+        vecs = model.encode(
+            [texts[i] for i in idx],
+            batch_size=len(idx),
+            convert_to_numpy=True,
+            normalize_embeddings=spec.normalize,
+            show_progress_bar=False,
+        )
         for j, i in enumerate(idx):
             out[i] = vecs[j]
     return [v.tolist() for v in out]

@@ -11,6 +11,7 @@ SQLSTATEs used by indb (standard classes where one fits):
   58P01 undefined_file            a model folder or venv that does not exist
   38000 external_routine_exception  the runtime (torch, xgboost, ...) failed
 """
+
 from __future__ import annotations
 
 

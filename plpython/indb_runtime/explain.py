@@ -4,6 +4,7 @@ summed back from expanded features (one-hot columns, vector elements) to the ori
 ``contributions`` + ``base_value`` add up to ``raw_output``: the prediction for regression, the
 log-odds (xgboost, lightgbm, logistic) or the probability (sklearn forests) for classification.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,13 @@ SKLEARN_TREES = ("random_forest", "extra_trees", "gradient_boosting")
 
 
 def _not_supported(algorithm: str, what: str) -> IndbRuntimeError:
-    return IndbRuntimeError("0A000", f"{what} is not available for {algorithm} models",
-                            detail="supported: xgboost, lightgbm, random_forest, extra_trees, gradient_boosting, "
-                                   "linear, ridge, lasso, elastic_net, logistic",
-                            hint="train the project with one of those algorithms, or deploy one")
+    return IndbRuntimeError(
+        "0A000",
+        f"{what} is not available for {algorithm} models",
+        detail="supported: xgboost, lightgbm, random_forest, extra_trees, gradient_boosting, "
+        "linear, ridge, lasso, elastic_net, logistic",
+        hint="train the project with one of those algorithms, or deploy one",
+    )
 
 
 def _group(values: np.ndarray, groups: list[str]) -> dict[str, float]:
@@ -52,7 +56,7 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
         p = X.shape[1]
         if task == "classification" and c.shape[1] > p + 1:
             cls_index = int(np.argmax(est.predict_proba(X)[0]))
-            c = c[:, cls_index * (p + 1):(cls_index + 1) * (p + 1)]
+            c = c[:, cls_index * (p + 1) : (cls_index + 1) * (p + 1)]
         row = c[0]
         output = "log_odds" if task == "classification" else "value"
     elif alg in SKLEARN_TREES:
@@ -89,8 +93,13 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
     else:
         raise _not_supported(alg, "ml.explain")
     vals, base = np.asarray(row[:-1], dtype=np.float64), float(row[-1])
-    out = {"algorithm": alg, "output": output, "base_value": base,
-           "contributions": _group(vals, groups), "raw_output": base + float(vals.sum())}
+    out = {
+        "algorithm": alg,
+        "output": output,
+        "base_value": base,
+        "contributions": _group(vals, groups),
+        "raw_output": base + float(vals.sum()),
+    }
     if cls_index is not None:
         out["explained_class"] = bundle["classes"][cls_index] if bundle.get("classes") else cls_index
     return out

@@ -4,6 +4,7 @@ The point-in-time join, online serving and materialization are plain SQL/plpgsql
 Python is used only where Postgres has no SQL-level answer: the column names and types of an arbitrary
 SELECT (run with LIMIT 0, which reads no rows).
 """
+
 from __future__ import annotations
 
 from .errors import IndbRuntimeError
@@ -31,13 +32,20 @@ def describe(plpy, query: str, what: str = "query") -> list[dict]:
         res = plpy.execute("select * from (" + query + "\n) as _indb_q limit 0")
     except Exception as e:  # plpy.SPIError: keep its SQLSTATE, say which argument was wrong
         state = getattr(e, "sqlstate", None) or "42601"
-        raise IndbRuntimeError(state, f"{what}: {e}",
-                               hint="check the SQL: a source or entity query is a table, view or SELECT that runs on "
-                                    "its own; feature expressions are SQL over the source's columns") from None
+        raise IndbRuntimeError(
+            state,
+            f"{what}: {e}",
+            hint="check the SQL: a source or entity query is a table, view or SELECT that runs on "
+            "its own; feature expressions are SQL over the source's columns",
+        ) from None
     names = list(res.colnames())
     oids = list(res.coltypes())
     mods = list(res.coltypmods())
-    rows = plpy.execute(plpy.prepare(
-        "select format_type(t, m) as f from unnest($1::oid[], $2::int[]) with ordinality u(t, m, o) order by o",
-        ["oid[]", "int[]"]), [oids, mods])
+    rows = plpy.execute(
+        plpy.prepare(
+            "select format_type(t, m) as f from unnest($1::oid[], $2::int[]) with ordinality u(t, m, o) order by o",
+            ["oid[]", "int[]"],
+        ),
+        [oids, mods],
+    )
     return [{"name": n, "type": r["f"]} for n, r in zip(names, rows)]

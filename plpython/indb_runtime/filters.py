@@ -17,6 +17,7 @@ Language (Mongo-like):
 Keys: ``tenant``, ``created_at`` and ``id`` are the table's columns; anything else (or ``metadata.<key>``)
 is a top-level metadata key.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -31,8 +32,10 @@ LOGICAL = ("$and", "$or", "$not")
 MAX_DEPTH = 16
 MAX_NODES = 1000
 MAX_IN = 1000
-HINT = ('filters look like {"key": value}, {"key": {"$in": [..]}}, {"key": {"$gte": 3}}, '
-        '{"$or": [{...}, {...}]}; operators: ' + ", ".join(OPERATORS + LOGICAL))
+HINT = (
+    'filters look like {"key": value}, {"key": {"$in": [..]}}, {"key": {"$gte": 3}}, '
+    '{"$or": [{...}, {...}]}; operators: ' + ", ".join(OPERATORS + LOGICAL)
+)
 
 
 class _Builder:
@@ -67,7 +70,7 @@ def _timestamp(path: str, v) -> str:
             return v
         except ValueError:
             pass
-    raise _err(path, f"{json.dumps(v)} is not an ISO-8601 timestamp (e.g. \"2024-05-01\" or \"2024-05-01T12:00:00Z\")")
+    raise _err(path, f'{json.dumps(v)} is not an ISO-8601 timestamp (e.g. "2024-05-01" or "2024-05-01T12:00:00Z")')
 
 
 def translate(flt, param: int = 2) -> tuple[str, list]:
@@ -116,7 +119,7 @@ def _field(b: _Builder, key: str, cond, path: str) -> str:
         raise _err(path, "empty key")
     column = None
     if key.startswith("metadata."):
-        key = key[len("metadata."):]
+        key = key[len("metadata.") :]
         if not key:
             raise _err(path, "empty metadata key")
     elif key in COLUMNS:
@@ -192,8 +195,10 @@ def _metadata_op(b: _Builder, key: str, op: str, value, path: str) -> str:
     cmp = COMPARE[op]
     k = b.text(key)
     if _is_number(value):
-        return (f"(case when jsonb_typeof(metadata -> {k}) = 'number' then (metadata -> {k})::numeric end) "
-                f"{cmp} {b.text(value)}::numeric")
+        return (
+            f"(case when jsonb_typeof(metadata -> {k}) = 'number' then (metadata -> {k})::numeric end) "
+            f"{cmp} {b.text(value)}::numeric"
+        )
     ts = _timestamp(path, value) if isinstance(value, str) else None
     if ts is None:
         raise _err(path, f"{op} takes a number or an ISO-8601 timestamp, got {json.dumps(value)}")

@@ -3,6 +3,7 @@
 Inputs are standardized inside the model (and the target, for regression), so it trains well without
 asking for ``scale`` in preprocess. ``tick(epoch, epochs)`` runs after every epoch (cancel point).
 """
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,16 @@ import numpy as np
 
 
 class TorchMLP:
-    def __init__(self, task: str = "regression", hidden_layers=(64, 64), epochs: int = 50, batch_size: int = 256,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.0, random_state: int = 0):
+    def __init__(
+        self,
+        task: str = "regression",
+        hidden_layers=(64, 64),
+        epochs: int = 50,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        random_state: int = 0,
+    ):
         self.task = task
         self.hidden_layers = list(hidden_layers)
         self.epochs = epochs
@@ -24,8 +33,10 @@ class TorchMLP:
         self.loss_curve_: list[float] = []
 
     def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in ("task", "hidden_layers", "epochs", "batch_size", "learning_rate",
-                                              "weight_decay", "random_state")}
+        return {
+            k: getattr(self, k)
+            for k in ("task", "hidden_layers", "epochs", "batch_size", "learning_rate", "weight_decay", "random_state")
+        }
 
     def set_params(self, **kw):
         for k, v in kw.items():
@@ -72,7 +83,7 @@ class TorchMLP:
             total = 0.0
             self.net.train()
             for i in range(0, n, int(self.batch_size)):
-                idx = perm[i:i + int(self.batch_size)]
+                idx = perm[i : i + int(self.batch_size)]
                 opt.zero_grad()
                 loss = loss_fn(self.net(Xt[idx]), yt[idx])
                 loss.backward()

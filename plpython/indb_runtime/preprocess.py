@@ -15,6 +15,7 @@ Options per column (``preprocess`` jsonb, ``{"col": {"impute": "mean", "scale": 
   scale   standard, min_max, robust, none             (default none)
   encode  one_hot, ordinal, target, none              (text columns need one; default none)
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ ENCODE = ("one_hot", "ordinal", "target", "none")
 OPTION_VALUES = {"impute": IMPUTE, "scale": SCALE, "encode": ENCODE}
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "oid"}
-TEXT_TYPES = {"text", "character varying", "character", "name", "char", "citext", "\"char\""}
+TEXT_TYPES = {"text", "character varying", "character", "name", "char", "citext", '"char"'}
 
 
 def column_kind(type_name: str, is_enum: bool = False) -> str | None:
@@ -66,21 +67,28 @@ def parse_vector(v: Any) -> list | None:
 
 def validate_options(preprocess: dict, columns: Sequence[str]) -> None:
     if not isinstance(preprocess, dict):
-        raise invalid("preprocess must be a JSON object keyed by column name",
-                      hint='e.g. preprocess => \'{"total_bedrooms": {"impute": "median"}}\'')
+        raise invalid(
+            "preprocess must be a JSON object keyed by column name",
+            hint='e.g. preprocess => \'{"total_bedrooms": {"impute": "median"}}\'',
+        )
     for col, opts in preprocess.items():
         if col not in columns:
-            raise IndbRuntimeError("42703", f'preprocess names column "{col}", which is not a feature column',
-                                   detail="feature columns: " + ", ".join(columns))
+            raise IndbRuntimeError(
+                "42703",
+                f'preprocess names column "{col}", which is not a feature column',
+                detail="feature columns: " + ", ".join(columns),
+            )
         if not isinstance(opts, dict):
             raise invalid(f'preprocess for column "{col}" must be an object like {{"impute": "mean"}}')
         for k, v in opts.items():
             if k not in OPTION_VALUES:
-                raise invalid(f'unknown preprocess option "{k}" for column "{col}"',
-                              detail="options: impute, scale, encode")
+                raise invalid(
+                    f'unknown preprocess option "{k}" for column "{col}"', detail="options: impute, scale, encode"
+                )
             if v not in OPTION_VALUES[k]:
-                raise invalid(f'invalid {k} "{v}" for column "{col}"',
-                              detail=f"valid {k} values: " + ", ".join(OPTION_VALUES[k]))
+                raise invalid(
+                    f'invalid {k} "{v}" for column "{col}"', detail=f"valid {k} values: " + ", ".join(OPTION_VALUES[k])
+                )
 
 
 def _scale_params(x: np.ndarray, how: str) -> tuple[float, float]:
@@ -132,9 +140,12 @@ def _to_float(values: Sequence, col: str, kind: str) -> np.ndarray:
             continue
         f = float(v)
         if not math.isfinite(f):
-            raise IndbRuntimeError("22000", f'column "{col}" holds {v!r} in row {i + 1}; features must be finite numbers',
-                                   hint=f'filter those rows out (where {col} not in (\'NaN\', \'Infinity\', \'-Infinity\')) '
-                                        'or replace them with NULL and set an impute strategy')
+            raise IndbRuntimeError(
+                "22000",
+                f'column "{col}" holds {v!r} in row {i + 1}; features must be finite numbers',
+                hint=f"filter those rows out (where {col} not in ('NaN', 'Infinity', '-Infinity')) "
+                "or replace them with NULL and set an impute strategy",
+            )
         out[i] = f
     return out
 
@@ -156,16 +167,25 @@ def _to_matrix(values: Sequence, col: str, kind: str, dims: int | None = None) -
             mask[i] = True
             continue
         if len(r) != dims:
-            raise IndbRuntimeError("22000", f'column "{col}" has {len(r)} elements in row {i + 1} but {dims} were expected',
-                                   hint="array and vector features need the same length in every row")
+            raise IndbRuntimeError(
+                "22000",
+                f'column "{col}" has {len(r)} elements in row {i + 1} but {dims} were expected',
+                hint="array and vector features need the same length in every row",
+            )
         if any(x is None for x in r):
-            raise IndbRuntimeError("22000", f'column "{col}" has a NULL element in row {i + 1}',
-                                   hint="replace NULL elements, or filter those rows")
+            raise IndbRuntimeError(
+                "22000",
+                f'column "{col}" has a NULL element in row {i + 1}',
+                hint="replace NULL elements, or filter those rows",
+            )
         m[i] = r
     if not np.all(np.isfinite(m[~mask])):
         bad = int(np.argwhere(~np.isfinite(m) & ~mask[:, None])[0][0])
-        raise IndbRuntimeError("22000", f'column "{col}" holds NaN or Infinity in row {bad + 1}; features must be finite',
-                               hint="filter those rows out or clean the values")
+        raise IndbRuntimeError(
+            "22000",
+            f'column "{col}" holds NaN or Infinity in row {bad + 1}; features must be finite',
+            hint="filter those rows out or clean the values",
+        )
     return m, mask, dims
 
 
@@ -180,8 +200,14 @@ class Preprocessor:
 
     # ---- fit ------------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, data: dict[str, Sequence], types: dict[str, str], options: dict | None = None,
-            y: np.ndarray | None = None, enums: set | None = None) -> tuple["Preprocessor", np.ndarray]:
+    def fit(
+        cls,
+        data: dict[str, Sequence],
+        types: dict[str, str],
+        options: dict | None = None,
+        y: np.ndarray | None = None,
+        enums: set | None = None,
+    ) -> tuple["Preprocessor", np.ndarray]:
         """Fit on training columns and return (preprocessor, X). ``y`` (numeric) is needed for target encoding."""
         options = options or {}
         enums = enums or set()
@@ -190,26 +216,41 @@ class Preprocessor:
             tname = types[name]
             kind = column_kind(tname, name in enums)
             if kind is None:
-                raise IndbRuntimeError("42804", f'column "{name}" has type {tname}, which cannot be a feature',
-                                       hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
-                                            "exclude it with a SELECT in relation")
+                raise IndbRuntimeError(
+                    "42804",
+                    f'column "{name}" has type {tname}, which cannot be a feature',
+                    hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
+                    "exclude it with a SELECT in relation",
+                )
             opts = dict(options.get(name, {}))
-            spec: dict[str, Any] = {"name": name, "type": tname, "kind": kind,
-                                    "impute": opts.get("impute", "error"), "scale": opts.get("scale", "none"),
-                                    "encode": opts.get("encode", "none")}
+            spec: dict[str, Any] = {
+                "name": name,
+                "type": tname,
+                "kind": kind,
+                "impute": opts.get("impute", "error"),
+                "scale": opts.get("scale", "none"),
+                "encode": opts.get("encode", "none"),
+            }
             n = len(values)
             nulls = sum(1 for v in values if v is None)
             if n and nulls == n:
-                raise IndbRuntimeError("22004", f'column "{name}" is NULL in every row; it carries no information',
-                                       hint="drop it from the relation (select the columns you want)")
+                raise IndbRuntimeError(
+                    "22004",
+                    f'column "{name}" is NULL in every row; it carries no information',
+                    hint="drop it from the relation (select the columns you want)",
+                )
             if kind == "text":
                 if spec["encode"] == "none":
-                    raise IndbRuntimeError("22023", f'text column "{name}" needs an encoding',
-                                           hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' '
-                                                '(or ordinal, target)')
+                    raise IndbRuntimeError(
+                        "22023",
+                        f'text column "{name}" needs an encoding',
+                        hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' (or ordinal, target)',
+                    )
                 if spec["impute"] not in ("mode", "error"):
-                    raise invalid(f'impute "{spec["impute"]}" does not apply to text column "{name}"',
-                                  hint="text columns can impute mode or error")
+                    raise invalid(
+                        f'impute "{spec["impute"]}" does not apply to text column "{name}"',
+                        hint="text columns can impute mode or error",
+                    )
                 if nulls and spec["impute"] == "error":
                     raise _null_error(name, nulls, text=True)
                 present = [str(v) for v in values if v is not None]
@@ -219,8 +260,10 @@ class Preprocessor:
                 spec["categories"] = cats
                 if spec["encode"] == "target":
                     if y is None:
-                        raise invalid(f'target encoding of column "{name}" needs a numeric target',
-                                      hint="use one_hot or ordinal for clustering")
+                        raise invalid(
+                            f'target encoding of column "{name}" needs a numeric target',
+                            hint="use one_hot or ordinal for clustering",
+                        )
                     vals = [str(v) if v is not None else mode for v in values]
                     gm = float(np.mean(y))
                     sums: dict[str, list] = {}
@@ -237,8 +280,10 @@ class Preprocessor:
                 if nulls and spec["impute"] == "error":
                     raise _null_error(name, nulls)
                 if spec["encode"] not in ("none",):
-                    raise invalid(f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"',
-                                  hint="encodings are for text columns")
+                    raise invalid(
+                        f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"',
+                        hint="encodings are for text columns",
+                    )
                 fill = _impute_value(x[~miss], spec["impute"] if spec["impute"] != "error" else "mean")
                 spec["impute_value"] = fill
                 x = np.where(miss, fill, x)
@@ -274,8 +319,9 @@ class Preprocessor:
         for spec in self.state["columns"]:
             name, kind = spec["name"], spec["kind"]
             if name not in data:
-                raise IndbRuntimeError("42703", f'feature column "{name}" is missing',
-                                       detail="the model needs: " + ", ".join(self.columns))
+                raise IndbRuntimeError(
+                    "42703", f'feature column "{name}" is missing', detail="the model needs: " + ", ".join(self.columns)
+                )
             values = data[name]
             if kind == "text":
                 nulls = [i for i, v in enumerate(values) if v is None]
@@ -319,9 +365,12 @@ class Preprocessor:
     def transform_one(self, values: Sequence) -> np.ndarray:
         """A single row given in column order (ml.predict(project, float8[])): numeric/bool columns only."""
         if len(values) != len(self.columns):
-            raise IndbRuntimeError("22023", f"the model takes {len(self.columns)} features but {len(values)} were given",
-                                   detail="features in order: " + ", ".join(self.columns),
-                                   hint="pass one value per feature column, in this order, or use ml.predict(project, jsonb)")
+            raise IndbRuntimeError(
+                "22023",
+                f"the model takes {len(self.columns)} features but {len(values)} were given",
+                detail="features in order: " + ", ".join(self.columns),
+                hint="pass one value per feature column, in this order, or use ml.predict(project, jsonb)",
+            )
         return self.transform({c: [v] for c, v in zip(self.columns, values)}, 1)
 
     def fast_numeric(self) -> bool:
@@ -333,10 +382,12 @@ class Preprocessor:
         st = self.state
         if "_fast" not in st:
             cols = st["columns"]
-            st["_fast"] = (np.array([c["impute_value"] for c in cols], dtype=np.float64),
-                           np.array([c["center"] for c in cols], dtype=np.float64),
-                           np.array([c["scale_by"] for c in cols], dtype=np.float64),
-                           np.array([c["impute"] == "error" for c in cols]))
+            st["_fast"] = (
+                np.array([c["impute_value"] for c in cols], dtype=np.float64),
+                np.array([c["center"] for c in cols], dtype=np.float64),
+                np.array([c["scale_by"] for c in cols], dtype=np.float64),
+                np.array([c["impute"] == "error" for c in cols]),
+            )
         fill, center, scale, strict = st["_fast"]
         if len(values) != len(fill):
             return self.transform_one(values)
@@ -364,9 +415,9 @@ class Preprocessor:
 
 def _expanded_names(spec: dict) -> list[str]:
     if spec["kind"] == "text" and spec["encode"] == "one_hot":
-        return [f'{spec["name"]}={c}' for c in spec["categories"]]
+        return [f"{spec['name']}={c}" for c in spec["categories"]]
     if spec["kind"] in ("array", "vector"):
-        return [f'{spec["name"]}[{j + 1}]' for j in range(spec["dims"])]
+        return [f"{spec['name']}[{j + 1}]" for j in range(spec["dims"])]
     return [spec["name"]]
 
 
@@ -374,7 +425,11 @@ def _null_error(name: str, count: int, text: bool = False, at_predict: bool = Fa
     how = "mode" if text else "mean"
     where = "the input" if at_predict else "the training data"
     return IndbRuntimeError(
-        "22004", f'column "{name}" has {count} NULL value(s) in {where} and no impute strategy',
-        hint=(f'train with preprocess => \'{{"{name}": {{"impute": "{how}"}}}}\''
-              + ("" if text else " (or median, mode, min, max, zero)")
-              + (" or pass a value" if at_predict else " or filter the rows")))
+        "22004",
+        f'column "{name}" has {count} NULL value(s) in {where} and no impute strategy',
+        hint=(
+            f'train with preprocess => \'{{"{name}": {{"impute": "{how}"}}}}\''
+            + ("" if text else " (or median, mode, min, max, zero)")
+            + (" or pass a value" if at_predict else " or filter the rows")
+        ),
+    )

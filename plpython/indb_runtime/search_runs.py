@@ -18,6 +18,7 @@ Grammar (MLflow's, plus OR and parentheses)::
 The SQL text is assembled only from fixed fragments chosen here; every key and value the user wrote is
 bound as a parameter ($1, $2, ...). Errors carry SQLSTATE 42601 and the position of the problem.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,15 +26,26 @@ from dataclasses import dataclass
 
 from .errors import IndbRuntimeError
 
-HINT = ("filters look like: metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
-        "and attributes.status = 'FINISHED'; strings in quotes, numbers bare; and/or/parentheses")
+HINT = (
+    "filters look like: metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
+    "and attributes.status = 'FINISHED'; strings in quotes, numbers bare; and/or/parentheses"
+)
 
 ENTITIES = {
-    "metrics": "metric", "metric": "metric",
-    "params": "param", "param": "param", "parameters": "param", "parameter": "param",
-    "tags": "tag", "tag": "tag",
-    "attributes": "attr", "attribute": "attr", "attr": "attr", "run": "attr",
-    "datasets": "dataset", "dataset": "dataset",
+    "metrics": "metric",
+    "metric": "metric",
+    "params": "param",
+    "param": "param",
+    "parameters": "param",
+    "parameter": "param",
+    "tags": "tag",
+    "tag": "tag",
+    "attributes": "attr",
+    "attribute": "attr",
+    "attr": "attr",
+    "run": "attr",
+    "datasets": "dataset",
+    "dataset": "dataset",
 }
 
 # attribute name -> (SQL expression over runs r / experiments e, type)
@@ -55,7 +67,8 @@ NUM_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">
 STR_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "LIKE": "like", "ILIKE": "ilike"}
 MAX_RESULTS = 50000
 
-TOKEN_RE = re.compile(r"""
+TOKEN_RE = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<num>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
   | (?P<str>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*")
@@ -66,7 +79,9 @@ TOKEN_RE = re.compile(r"""
   | (?P<comma>,)
   | (?P<dot>\.)
   | (?P<word>[A-Za-z_][A-Za-z0-9_\-/:]*)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 @dataclass
@@ -168,8 +183,12 @@ class Parser:
 
     def field(self) -> tuple[str, str, int]:
         t = self.peek()
-        if t.kind == "word" and "." not in t.text and self.toks[self.i + 1].kind != "dot" \
-                and t.text.lower() in ATTRIBUTES:
+        if (
+            t.kind == "word"
+            and "." not in t.text
+            and self.toks[self.i + 1].kind != "dot"
+            and t.text.lower() in ATTRIBUTES
+        ):
             # bare attribute (MLflow accepts e.g. status = 'FINISHED' only with a prefix; we allow it)
             self.next()
             return "attr", t.text.lower(), t.pos
@@ -178,15 +197,20 @@ class Parser:
         self.next()
         entity = ENTITIES.get(t.text.lower())
         if entity is None:
-            raise syntax_error(self.text, t.pos,
-                               f"unknown entity {t.text!r}: use metrics., params., tags., attributes. or datasets.")
+            raise syntax_error(
+                self.text, t.pos, f"unknown entity {t.text!r}: use metrics., params., tags., attributes. or datasets."
+            )
         self.expect("dot", f"'.' after {t.text}")
         k = self.next()
         if k.kind == "word":
             key = k.text
             # keys may contain dots (tags.mlflow.runName): glue word . word ...
-            while self.peek().kind == "dot" and self.toks[self.i + 1].kind == "word" \
-                    and self.toks[self.i + 1].pos == self.peek().pos + 1 and self.peek().pos == k.pos + len(key):
+            while (
+                self.peek().kind == "dot"
+                and self.toks[self.i + 1].kind == "word"
+                and self.toks[self.i + 1].pos == self.peek().pos + 1
+                and self.peek().pos == k.pos + len(key)
+            ):
                 self.next()
                 key += "." + self.next().text
         elif k.kind == "btick" or (k.kind == "str" and k.text[0] == '"'):
@@ -198,8 +222,11 @@ class Parser:
         if entity == "attr" and key.lower() not in ATTRIBUTES:
             raise syntax_error(self.text, k.pos, f"unknown attribute {key!r}; attributes: " + ", ".join(ATTRIBUTES))
         if entity == "dataset" and key.lower() not in DATASET_FIELDS:
-            raise syntax_error(self.text, k.pos, f"unknown dataset field {key!r}; use datasets.name, datasets.digest "
-                                                 "or datasets.context")
+            raise syntax_error(
+                self.text,
+                k.pos,
+                f"unknown dataset field {key!r}; use datasets.name, datasets.digest or datasets.context",
+            )
         return entity, key.lower() if entity in ("attr", "dataset") else key, t.pos
 
     def value(self) -> tuple[str, object, int]:
@@ -242,8 +269,9 @@ class Parser:
         elif self.is_word("LIKE", "ILIKE"):
             op = self.next().text.upper()
         else:
-            raise syntax_error(self.text, t.pos, f"expected a comparison (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), "
-                                                 f"found {describe(t)}")
+            raise syntax_error(
+                self.text, t.pos, f"expected a comparison (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), found {describe(t)}"
+            )
         vkind, val, vpos = self.value()
         return self.compare(entity, key, op, vkind, val, t.pos, vpos)
 
@@ -254,8 +282,10 @@ class Parser:
                 raise syntax_error(self.text, opos, f"operator {op} does not apply to metrics; use = != < <= > >=")
             if vkind != "num":
                 raise syntax_error(self.text, vpos, f"metric {key!r} is compared with a number, not a string")
-            return (f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
-                    f"{self.bind(key, 'text')} and m.value {NUM_OPS[op]} {self.bind(val, 'float8')})")
+            return (
+                f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
+                f"{self.bind(key, 'text')} and m.value {NUM_OPS[op]} {self.bind(val, 'float8')})"
+            )
         attr_type = ATTRIBUTES.get(key, (None, None))[1] if entity == "attr" else None
         if attr_type == "time":
             if op not in NUM_OPS:
@@ -265,21 +295,26 @@ class Parser:
                 return f"{col} {NUM_OPS[op]} to_timestamp({self.bind(val / 1000.0, 'float8')})"
             return f"{col} {NUM_OPS[op]} {self.bind(val, 'timestamptz')}"
         if op not in STR_OPS:
-            raise syntax_error(self.text, opos, f"operator {op} does not apply to {entity} values; "
-                                                "use =, !=, LIKE, ILIKE or IN")
+            raise syntax_error(
+                self.text, opos, f"operator {op} does not apply to {entity} values; use =, !=, LIKE, ILIKE or IN"
+            )
         if vkind != "str":
             raise syntax_error(self.text, vpos, f"{entity} values are strings: write {key} {op} '{_fmt(val)}'")
         sop = STR_OPS[op]
         if entity == "param":
-            return (f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
-                    f"{self.bind(key, 'text')} and p.value {sop} {self.bind(val, 'text')})")
+            return (
+                f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
+                f"{self.bind(key, 'text')} and p.value {sop} {self.bind(val, 'text')})"
+            )
         if entity == "tag":
             if sop == "=":
                 return f"r.tags @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
             return f"(r.tags ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
         if entity == "dataset":
-            return (f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
-                    f"where i.run_id = r.id and {DATASET_FIELDS[key]} {sop} {self.bind(val, 'text')})")
+            return (
+                f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
+                f"where i.run_id = r.id and {DATASET_FIELDS[key]} {sop} {self.bind(val, 'text')})"
+            )
         return f"{ATTRIBUTES[key][0]} {sop} {self.bind(val, 'text')}"
 
     def in_list(self, entity, key, vals, negate) -> str:
@@ -288,21 +323,27 @@ class Parser:
                 bad = next(p for k, _, p in vals if k != "num")
                 raise syntax_error(self.text, bad, "metric IN lists hold numbers")
             arr = self.bind([v for _, v, _ in vals], "float8[]")
-            inner = (f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
-                     f"{self.bind(key, 'text')} and m.value = any({arr}))")
+            inner = (
+                f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
+                f"{self.bind(key, 'text')} and m.value = any({arr}))"
+            )
             return f"not {inner}" if negate else inner
         bad = next((p for k, _, p in vals if k != "str"), None)
         if bad is not None:
             raise syntax_error(self.text, bad, "IN lists of params, tags and attributes hold quoted strings")
         arr = self.bind([v for _, v, _ in vals], "text[]")
         if entity == "param":
-            expr = (f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
-                    f"{self.bind(key, 'text')} and p.value = any({arr}))")
+            expr = (
+                f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
+                f"{self.bind(key, 'text')} and p.value = any({arr}))"
+            )
         elif entity == "tag":
             expr = f"coalesce((r.tags ->> {self.bind(key, 'text')}) = any({arr}), false)"
         elif entity == "dataset":
-            expr = (f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
-                    f"where i.run_id = r.id and {DATASET_FIELDS[key]} = any({arr}))")
+            expr = (
+                f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
+                f"where i.run_id = r.id and {DATASET_FIELDS[key]} = any({arr}))"
+            )
         else:
             col, typ = ATTRIBUTES[key]
             if typ == "time":
@@ -358,8 +399,12 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
             e.message = e.message.replace("invalid filter", "invalid order_by item " + repr(item))
             raise
         if p.peek().kind != "end":
-            raise IndbRuntimeError("42601", f"invalid order_by item {item!r}: expected a field then ASC or DESC",
-                                   None, "order_by items look like 'metrics.rmse ASC' or 'attributes.start_time DESC'")
+            raise IndbRuntimeError(
+                "42601",
+                f"invalid order_by item {item!r}: expected a field then ASC or DESC",
+                None,
+                "order_by items look like 'metrics.rmse ASC' or 'attributes.start_time DESC'",
+            )
         if entity == "metric":
             expr = f"(select m.value from registry.latest_metrics m where m.run_id = r.id and m.key = {p.bind(key, 'text')})"
         elif entity == "param":

@@ -7,6 +7,7 @@ prediction does one cheap SPI lookup of the current deployment id.
 
 The ``plpy`` object is passed in, so the pure parts (splits, search grids, bundles) are unit-testable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,11 @@ def relation_sql(plpy, relation: str) -> str:
         return f"({r})"
     rows = plpy.execute(_plan(plpy, "regclass", "select to_regclass($1)::text as r", ["text"]), [r])
     if not rows or rows[0]["r"] is None:
-        raise IndbRuntimeError("42P01", f'relation "{r}" does not exist',
-                               hint="name a table or view (schema-qualified if needed) or pass a SELECT")
+        raise IndbRuntimeError(
+            "42P01",
+            f'relation "{r}" does not exist',
+            hint="name a table or view (schema-qualified if needed) or pass a SELECT",
+        )
     return rows[0]["r"]
 
 
@@ -99,9 +103,16 @@ def describe_relation(plpy, from_sql: str) -> list[dict]:
     """[{name, type, kind, enum}] for the columns of a FROM item."""
     res = plpy.execute(f"select * from {from_sql} as _src limit 0")
     names, oids = res.colnames(), res.coltypes()
-    info = plpy.execute(_plan(plpy, "types",
-                              "select t.oid::int8 as oid, format_type(t.oid, null) as name, t.typtype = 'e' as is_enum "
-                              "from pg_type t where t.oid = any($1::oid[])", ["int8[]"]), [list(oids)])
+    info = plpy.execute(
+        _plan(
+            plpy,
+            "types",
+            "select t.oid::int8 as oid, format_type(t.oid, null) as name, t.typtype = 'e' as is_enum "
+            "from pg_type t where t.oid = any($1::oid[])",
+            ["int8[]"],
+        ),
+        [list(oids)],
+    )
     by = {r["oid"]: r for r in info}
     out = []
     for n, o in zip(names, oids):
@@ -141,8 +152,10 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
     if cols and all(c["kind"] in ("numeric", "bool", "text", None) and not c["type"].endswith("[]") for c in cols):
         aggs = ", ".join(f"array_agg(c{i}) as c{i}" for i in range(len(cols)))
         items = ", ".join(f"{_select_expr(c)} as c{i}" for i, c in enumerate(cols))
-        cur = plpy.cursor(f"select g, array_agg(rn) as rn, {aggs} from (select (row_number() over () - 1) / {int(chunk)} "
-                          f"as g, row_number() over () as rn, {items} from {from_sql} as _src) s group by g order by g")
+        cur = plpy.cursor(
+            f"select g, array_agg(rn) as rn, {aggs} from (select (row_number() over () - 1) / {int(chunk)} "
+            f"as g, row_number() over () as rn, {items} from {from_sql} as _src) s group by g order by g"
+        )
         while True:
             rows = cur.fetch(1)
             if not rows:
@@ -168,8 +181,9 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
             break
 
 
-def fetch_columns(plpy, from_sql: str, cols: list[dict], tick: Callable | None = None,
-                  chunk: int = 50000) -> tuple[dict[str, list], int]:
+def fetch_columns(
+    plpy, from_sql: str, cols: list[dict], tick: Callable | None = None, chunk: int = 50000
+) -> tuple[dict[str, list], int]:
     """All rows of the FROM item as {column: [values]} in scan order, fetched in chunks with a cancel point."""
     out: dict[str, list] = {c["name"]: [] for c in cols}
     n = 0
@@ -185,20 +199,23 @@ def fetch_columns(plpy, from_sql: str, cols: list[dict], tick: Callable | None =
 # ---------------------------------------------------------------------------------------------------------
 # pure helpers (unit-tested)
 # ---------------------------------------------------------------------------------------------------------
-def split_indices(n: int, test_size: float, sampling: str, y: np.ndarray | None, task: str,
-                  seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    n: int, test_size: float, sampling: str, y: np.ndarray | None, task: str, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
     if sampling not in TEST_SAMPLING:
         raise invalid(f'unknown test_sampling "{sampling}"', detail="valid: " + ", ".join(TEST_SAMPLING))
     if not (0 < test_size < 1):
-        raise invalid(f"test_size must be between 0 and 1 (exclusive), got {test_size}",
-                      hint="e.g. test_size => 0.2")
+        raise invalid(f"test_size must be between 0 and 1 (exclusive), got {test_size}", hint="e.g. test_size => 0.2")
     n_test = max(1, int(round(n * test_size)))
     if n - n_test < 2:
-        raise IndbRuntimeError("22023", f"{n} rows are too few to train with test_size {test_size}",
-                               hint="use more rows or a smaller test_size")
+        raise IndbRuntimeError(
+            "22023",
+            f"{n} rows are too few to train with test_size {test_size}",
+            hint="use more rows or a smaller test_size",
+        )
     idx = np.arange(n)
     if sampling == "last":
-        return idx[: n - n_test], idx[n - n_test:]
+        return idx[: n - n_test], idx[n - n_test :]
     rng = np.random.RandomState(seed)
     if sampling == "random" or y is None:
         perm = rng.permutation(n)
@@ -225,14 +242,18 @@ def search_candidates(search: str, search_params: dict, seed: int = 0) -> tuple[
     if search not in SEARCH:
         raise invalid(f'unknown search "{search}"', detail="valid: grid, random")
     if not isinstance(search_params, dict) or not search_params:
-        raise invalid("search needs search_params: a JSON object of lists",
-                      hint='e.g. search_params => \'{"max_depth": [3, 6], "n_estimators": [50, 100]}\'')
+        raise invalid(
+            "search needs search_params: a JSON object of lists",
+            hint='e.g. search_params => \'{"max_depth": [3, 6], "n_estimators": [50, 100]}\'',
+        )
     cfg = {k: v for k, v in search_params.items() if not isinstance(v, list)}
     grid = {k: v for k, v in search_params.items() if isinstance(v, list)}
     unknown = set(cfg) - {"cv", "n_iter"}
     if unknown:
-        raise invalid(f'search_params value for "{sorted(unknown)[0]}" must be a list of candidates',
-                      hint="only cv and n_iter take a single number")
+        raise invalid(
+            f'search_params value for "{sorted(unknown)[0]}" must be a list of candidates',
+            hint="only cv and n_iter take a single number",
+        )
     folds = int(cfg.get("cv", 3))
     if folds < 2:
         raise invalid("search_params cv must be at least 2")
@@ -252,24 +273,31 @@ def encode_target(values: list, task: str, type_name: str) -> tuple[np.ndarray, 
     """Target values -> y (float for regression, class index for classification) and the class labels."""
     nulls = sum(1 for v in values if v is None)
     if nulls:
-        raise IndbRuntimeError("22004", f"the target column has {nulls} NULL value(s)",
-                               hint="filter them out: relation => 'select ... where <target> is not null'")
+        raise IndbRuntimeError(
+            "22004",
+            f"the target column has {nulls} NULL value(s)",
+            hint="filter them out: relation => 'select ... where <target> is not null'",
+        )
     if task == "regression":
         try:
             y = np.array([float(v) for v in values], dtype=np.float64)
         except (TypeError, ValueError):
-            raise invalid(f"regression needs a numeric target; the target column is {type_name}",
-                          hint="use task => 'classification' for labels")
+            raise invalid(
+                f"regression needs a numeric target; the target column is {type_name}",
+                hint="use task => 'classification' for labels",
+            )
         if not np.all(np.isfinite(y)):
-            raise IndbRuntimeError("22000", "the target column holds NaN or Infinity",
-                                   hint="filter those rows out")
+            raise IndbRuntimeError("22000", "the target column holds NaN or Infinity", hint="filter those rows out")
         return y, None
     if isinstance(values[0], float) and any(not math.isfinite(v) for v in values):
         raise IndbRuntimeError("22000", "the target column holds NaN or Infinity", hint="filter those rows out")
     classes = sorted(set(values), key=lambda v: (str(type(v)), v))
     if len(classes) < 2:
-        raise IndbRuntimeError("22023", f"classification needs at least two classes; the target has only {classes!r}",
-                               hint="check the relation's filter, or use regression")
+        raise IndbRuntimeError(
+            "22023",
+            f"classification needs at least two classes; the target has only {classes!r}",
+            hint="check the relation's filter, or use regression",
+        )
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in values], dtype=np.int64), classes
 
@@ -301,8 +329,16 @@ def metrics_for(task: str, est, X: np.ndarray, y: np.ndarray | None, n_classes: 
     return algs.clustering_metrics(X, np.asarray(est.predict(X)))
 
 
-def cv_score(task: str, algorithm: str, params: dict, X: np.ndarray, y: np.ndarray | None, folds: int,
-             n_classes: int | None, tick: Callable) -> tuple[float, float]:
+def cv_score(
+    task: str,
+    algorithm: str,
+    params: dict,
+    X: np.ndarray,
+    y: np.ndarray | None,
+    folds: int,
+    n_classes: int | None,
+    tick: Callable,
+) -> tuple[float, float]:
     from sklearn.model_selection import KFold, StratifiedKFold
 
     key = algs.KEY_METRIC[task]
@@ -356,17 +392,36 @@ def profile_columns(cols: list[dict], data: dict[str, list]) -> dict:
 # ml.train
 # ---------------------------------------------------------------------------------------------------------
 def _project_row(plpy, project: str):
-    rows = plpy.execute(_plan(plpy, "project",
-                              "select m.id, m.task, s.relation, s.target, s.log_predictions "
-                              "from registry.registered_models m "
-                              "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
-                              ["text"]), [project])
+    rows = plpy.execute(
+        _plan(
+            plpy,
+            "project",
+            "select m.id, m.task, s.relation, s.target, s.log_predictions "
+            "from registry.registered_models m "
+            "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
+            ["text"],
+        ),
+        [project],
+    )
     return rows[0] if rows else None
 
 
-def train(plpy, project: str, task: str | None, relation: str | None, target: str | None, algorithm: str,
-          hyperparams, test_size: float, test_sampling: str, preprocess, search: str | None, search_params,
-          automatic_deploy: bool, materialize: bool = False) -> dict:
+def train(
+    plpy,
+    project: str,
+    task: str | None,
+    relation: str | None,
+    target: str | None,
+    algorithm: str,
+    hyperparams,
+    test_size: float,
+    test_sampling: str,
+    preprocess,
+    search: str | None,
+    search_params,
+    automatic_deploy: bool,
+    materialize: bool = False,
+) -> dict:
     t_start = time.time()
     if not project or not str(project).strip():
         raise invalid("project name is empty")
@@ -374,14 +429,18 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     existing = _project_row(plpy, project)
     if existing is not None:
         if task is not None and existing["task"] and task != existing["task"]:
-            raise invalid(f'project "{project}" is a {existing["task"]} project; cannot train it for {task}',
-                          hint="use a new project name for another task")
+            raise invalid(
+                f'project "{project}" is a {existing["task"]} project; cannot train it for {task}',
+                hint="use a new project name for another task",
+            )
         task = task or existing["task"]
         relation = relation or existing["relation"]
         target = target if target is not None else existing["target"]
     elif relation is None:
-        raise undefined(f'project "{project}" does not exist yet',
-                        hint="the first ml.train of a project needs task, relation and target")
+        raise undefined(
+            f'project "{project}" does not exist yet',
+            hint="the first ml.train of a project needs task, relation and target",
+        )
     task = algs.check_task(task)
     algorithm = algs.check_algorithm(task, algorithm or "xgboost")
     if task != "clustering" and not target:
@@ -402,8 +461,9 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     cols = describe_relation(plpy, from_sql)
     names = [c["name"] for c in cols]
     if task != "clustering" and target not in names:
-        raise IndbRuntimeError("42703", f'target column "{target}" does not exist in {relation}',
-                               detail="columns: " + ", ".join(names))
+        raise IndbRuntimeError(
+            "42703", f'target column "{target}" does not exist in {relation}', detail="columns: " + ", ".join(names)
+        )
     feats = [c for c in cols if c["name"] != target]
     if not feats:
         raise invalid("the relation has no feature columns besides the target")
@@ -422,8 +482,9 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     target_col = next((c for c in cols if c["name"] == target), None)
     if task != "clustering" and target_col["kind"] in ("array", "vector"):
         raise invalid(f'target column "{target}" is an array; it must be a number or a label')
-    y_all, classes = (encode_target(target_values, task, target_col["type"]) if target_values is not None
-                      else (None, None))
+    y_all, classes = (
+        encode_target(target_values, task, target_col["type"]) if target_values is not None else (None, None)
+    )
     digest = content_digest(data, target_values)
     profile = profile_columns(feats, data)
 
@@ -434,10 +495,17 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     y_tr = None if y_all is None else y_all[tr]
     y_te = None if y_all is None else y_all[te]
     if task == "classification" and len(np.unique(y_tr)) < 2:
-        raise IndbRuntimeError("22023", "the training split holds a single class", hint="use test_sampling => 'stratified'")
+        raise IndbRuntimeError(
+            "22023", "the training split holds a single class", hint="use test_sampling => 'stratified'"
+        )
     enc_y = y_tr.astype(np.float64) if y_tr is not None else None
-    pre, X_tr = Preprocessor.fit(train_cols, {c["name"]: c["type"] for c in feats}, preprocess, enc_y,
-                                 enums={c["name"] for c in feats if c["enum"]})
+    pre, X_tr = Preprocessor.fit(
+        train_cols,
+        {c["name"]: c["type"] for c in feats},
+        preprocess,
+        enc_y,
+        enums={c["name"] for c in feats if c["enum"]},
+    )
     X_te = pre.transform(test_cols, len(te))
     n_classes = len(classes) if classes else None
     if task == "classification" and algorithm in ("xgboost", "lightgbm") and n_classes and n_classes > 2:
@@ -455,8 +523,9 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
             tick.stage = f" search trial {i + 1}/{len(combos)}"
             t0 = time.time()
             mean, std = cv_score(task, algorithm, p, X_tr, y_tr, folds, n_classes, tick)
-            trials.append({"trial": i + 1, "params": combo, "score": mean, "score_std": std,
-                           "seconds": time.time() - t0})
+            trials.append(
+                {"trial": i + 1, "params": combo, "score": mean, "score_std": std, "seconds": time.time() - t0}
+            )
         best = max(trials, key=lambda t: -math.inf if math.isnan(t["score"]) else t["score"])
         params.update(best["params"])
     est = algs.make(task, algorithm, params)
@@ -467,9 +536,19 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     fit_seconds = time.time() - t_fit
     metrics = metrics_for(task, est, X_te, y_te, n_classes)
     metrics["fit_seconds"] = fit_seconds
-    bundle = {"format": BUNDLE_FORMAT, "task": task, "algorithm": algorithm, "est": est, "pre": pre.state,
-              "classes": classes, "target": target, "groups": pre.groups, "feature_names": pre.feature_names,
-              "x_mean": X_tr.mean(axis=0).tolist(), "x_std": X_tr.std(axis=0).tolist()}
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "task": task,
+        "algorithm": algorithm,
+        "est": est,
+        "pre": pre.state,
+        "classes": classes,
+        "target": target,
+        "groups": pre.groups,
+        "feature_names": pre.feature_names,
+        "x_mean": X_tr.mean(axis=0).tolist(),
+        "x_std": X_tr.std(axis=0).tolist(),
+    }
     blob = pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL)
     sha = hashlib.sha256(blob).hexdigest()
     params_out = {k: v for k, v in params.items() if k != "callbacks"}
@@ -477,39 +556,98 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
     # --- write everything (one transaction: the caller's) -------------------------------------------------
     tick.stage = " saving"
     tick(1, 1)
-    plpy.execute(_plan(plpy, "exp", "insert into registry.experiments (name, tenant, description) "
-                       "values ($1, $2, 'ml.train project') on conflict (name) do nothing", ["text", "text"]),
-                 [project, tenant])
-    plpy.execute(_plan(plpy, "regmodel", "insert into registry.registered_models (name, task, tenant, description) "
-                       "values ($1, $2, $3, 'ml.train project') on conflict (name) do nothing",
-                       ["text", "text", "text"]), [project, task, tenant])
+    plpy.execute(
+        _plan(
+            plpy,
+            "exp",
+            "insert into registry.experiments (name, tenant, description) "
+            "values ($1, $2, 'ml.train project') on conflict (name) do nothing",
+            ["text", "text"],
+        ),
+        [project, tenant],
+    )
+    plpy.execute(
+        _plan(
+            plpy,
+            "regmodel",
+            "insert into registry.registered_models (name, task, tenant, description) "
+            "values ($1, $2, $3, 'ml.train project') on conflict (name) do nothing",
+            ["text", "text", "text"],
+        ),
+        [project, task, tenant],
+    )
     # serializes concurrent ml.train of one project for version numbering and the deploy decision
-    model_id = plpy.execute(_plan(plpy, "lockproj", "select id, task from registry.registered_models where name = $1 "
-                                  "for update", ["text"]), [project])[0]["id"]
-    exp_id = plpy.execute(_plan(plpy, "expid", "select id from registry.experiments where name = $1", ["text"]),
-                          [project])[0]["id"]
-    run = plpy.execute(_plan(plpy, "run", "insert into registry.runs (experiment_id, name, status, start_time, end_time, "
-                             "tags, tenant) values ($1, $2, 'FINISHED', to_timestamp($3), clock_timestamp(), $4, $5) "
-                             "returning id", ["int8", "text", "float8", "jsonb", "text"]),
-                       [exp_id, f"{algorithm}", t_start, json.dumps({"source": "ml.train", "project": project}),
-                        tenant])[0]["id"]
-    ds = plpy.execute(_plan(plpy, "dataset",
-                            "insert into registry.datasets (name, digest, source, kind, row_count, schema, profile, "
-                            "materialized) values ($1, $2, $3, 'snapshot', $4, $5, $6, $7::regclass) "
-                            "on conflict (name, digest) do update set materialized = "
-                            "coalesce(excluded.materialized, registry.datasets.materialized) returning id",
-                            ["text", "text", "text", "int8", "jsonb", "jsonb", "text"]),
-                      [project, digest, relation, n, json.dumps([{"name": c["name"], "type": c["type"]} for c in cols]),
-                       json.dumps(profile), f"registry.{mat_table}" if mat_table else None])[0]["id"]
-    plpy.execute(_plan(plpy, "runinput", "insert into registry.run_inputs (run_id, dataset_id, context) "
-                       "values ($1, $2, 'training') on conflict do nothing", ["int8", "int8"]), [run, ds])
-    pkeys = {"algorithm": algorithm, "task": task, "relation": relation, "target": target, "test_size": test_size,
-             "test_sampling": test_sampling, "preprocess": json.dumps(preprocess), "search": search,
-             "rows_train": len(tr), "rows_test": len(te)}
+    model_id = plpy.execute(
+        _plan(plpy, "lockproj", "select id, task from registry.registered_models where name = $1 for update", ["text"]),
+        [project],
+    )[0]["id"]
+    exp_id = plpy.execute(
+        _plan(plpy, "expid", "select id from registry.experiments where name = $1", ["text"]), [project]
+    )[0]["id"]
+    run = plpy.execute(
+        _plan(
+            plpy,
+            "run",
+            "insert into registry.runs (experiment_id, name, status, start_time, end_time, "
+            "tags, tenant) values ($1, $2, 'FINISHED', to_timestamp($3), clock_timestamp(), $4, $5) "
+            "returning id",
+            ["int8", "text", "float8", "jsonb", "text"],
+        ),
+        [exp_id, f"{algorithm}", t_start, json.dumps({"source": "ml.train", "project": project}), tenant],
+    )[0]["id"]
+    ds = plpy.execute(
+        _plan(
+            plpy,
+            "dataset",
+            "insert into registry.datasets (name, digest, source, kind, row_count, schema, profile, "
+            "materialized) values ($1, $2, $3, 'snapshot', $4, $5, $6, $7::regclass) "
+            "on conflict (name, digest) do update set materialized = "
+            "coalesce(excluded.materialized, registry.datasets.materialized) returning id",
+            ["text", "text", "text", "int8", "jsonb", "jsonb", "text"],
+        ),
+        [
+            project,
+            digest,
+            relation,
+            n,
+            json.dumps([{"name": c["name"], "type": c["type"]} for c in cols]),
+            json.dumps(profile),
+            f"registry.{mat_table}" if mat_table else None,
+        ],
+    )[0]["id"]
+    plpy.execute(
+        _plan(
+            plpy,
+            "runinput",
+            "insert into registry.run_inputs (run_id, dataset_id, context) "
+            "values ($1, $2, 'training') on conflict do nothing",
+            ["int8", "int8"],
+        ),
+        [run, ds],
+    )
+    pkeys = {
+        "algorithm": algorithm,
+        "task": task,
+        "relation": relation,
+        "target": target,
+        "test_size": test_size,
+        "test_sampling": test_sampling,
+        "preprocess": json.dumps(preprocess),
+        "search": search,
+        "rows_train": len(tr),
+        "rows_test": len(te),
+    }
     pkeys.update({f"hp.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in params_out.items()})
-    plpy.execute(_plan(plpy, "params", "insert into registry.params (run_id, key, value) "
-                       "select $1, k, v from unnest($2::text[], $3::text[]) as t(k, v)", ["int8", "text[]", "text[]"]),
-                 [run, list(pkeys), [None if v is None else str(v) for v in pkeys.values()]])
+    plpy.execute(
+        _plan(
+            plpy,
+            "params",
+            "insert into registry.params (run_id, key, value) "
+            "select $1, k, v from unnest($2::text[], $3::text[]) as t(k, v)",
+            ["int8", "text[]", "text[]"],
+        ),
+        [run, list(pkeys), [None if v is None else str(v) for v in pkeys.values()]],
+    )
     mk = [k for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None and math.isfinite(v)]
     mv = [float(metrics[k]) for k in mk]
     ck, cv, cs = [], [], []
@@ -519,45 +657,106 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
                 ck.append("curve." + name)
                 cv.append(float(v))
                 cs.append(i)
-    plpy.execute(_plan(plpy, "metrics", "insert into registry.metrics (run_id, key, value, step) "
-                       "select $1, k, v, s from unnest($2::text[], $3::float8[], $4::int8[]) as t(k, v, s)",
-                       ["int8", "text[]", "float8[]", "int8[]"]), [run, mk + ck, mv + cv, [0] * len(mk) + cs])
-    plpy.execute(_plan(plpy, "latest", "insert into registry.latest_metrics (run_id, key, value, step, ts) "
-                       "select $1, k, v, 0, now() from unnest($2::text[], $3::float8[]) as t(k, v)",
-                       ["int8", "text[]", "float8[]"]), [run, mk, mv])
+    plpy.execute(
+        _plan(
+            plpy,
+            "metrics",
+            "insert into registry.metrics (run_id, key, value, step) "
+            "select $1, k, v, s from unnest($2::text[], $3::float8[], $4::int8[]) as t(k, v, s)",
+            ["int8", "text[]", "float8[]", "int8[]"],
+        ),
+        [run, mk + ck, mv + cv, [0] * len(mk) + cs],
+    )
+    plpy.execute(
+        _plan(
+            plpy,
+            "latest",
+            "insert into registry.latest_metrics (run_id, key, value, step, ts) "
+            "select $1, k, v, 0, now() from unnest($2::text[], $3::float8[]) as t(k, v)",
+            ["int8", "text[]", "float8[]"],
+        ),
+        [run, mk, mv],
+    )
     for t in trials:
-        plpy.execute(_plan(plpy, "trial", "insert into registry.training_trials (run_id, trial, params, score, score_std, "
-                           "metric, seconds) values ($1, $2, $3, $4, $5, $6, $7)",
-                           ["int8", "int4", "jsonb", "float8", "float8", "text", "float8"]),
-                     [run, t["trial"], json.dumps(t["params"]), None if math.isnan(t["score"]) else t["score"],
-                      None if math.isnan(t["score_std"]) else t["score_std"], algs.KEY_METRIC[task], t["seconds"]])
-    version_id = plpy.execute(_plan(plpy, "version",
-                                    "insert into registry.model_versions (model_id, version, run_id, source, flavor, "
-                                    "algorithm, task, artifact, artifact_sha256, input_schema, output_schema, metrics, "
-                                    "hyperparams, status) values ($1, (select coalesce(max(version), 0) + 1 from "
-                                    "registry.model_versions where model_id = $1), $2, 'ml.train', 'indb-pickle', $3, $4, "
-                                    "$5, $6, $7, $8, $9, $10, 'READY') returning id",
-                                    ["int8", "int8", "text", "text", "bytea", "text", "jsonb", "jsonb", "jsonb", "jsonb"]),
-                              [model_id, run, algorithm, task, blob, sha, json.dumps(pre.describe()),
-                               json.dumps({"task": task, "classes": [str(c) for c in classes] if classes else None,
-                                           "target": target}),
-                               json.dumps(_json_safe(metrics)), json.dumps(_json_safe(params_out))])[0]["id"]
+        plpy.execute(
+            _plan(
+                plpy,
+                "trial",
+                "insert into registry.training_trials (run_id, trial, params, score, score_std, "
+                "metric, seconds) values ($1, $2, $3, $4, $5, $6, $7)",
+                ["int8", "int4", "jsonb", "float8", "float8", "text", "float8"],
+            ),
+            [
+                run,
+                t["trial"],
+                json.dumps(t["params"]),
+                None if math.isnan(t["score"]) else t["score"],
+                None if math.isnan(t["score_std"]) else t["score_std"],
+                algs.KEY_METRIC[task],
+                t["seconds"],
+            ],
+        )
+    version_id = plpy.execute(
+        _plan(
+            plpy,
+            "version",
+            "insert into registry.model_versions (model_id, version, run_id, source, flavor, "
+            "algorithm, task, artifact, artifact_sha256, input_schema, output_schema, metrics, "
+            "hyperparams, status) values ($1, (select coalesce(max(version), 0) + 1 from "
+            "registry.model_versions where model_id = $1), $2, 'ml.train', 'indb-pickle', $3, $4, "
+            "$5, $6, $7, $8, $9, $10, 'READY') returning id",
+            ["int8", "int8", "text", "text", "bytea", "text", "jsonb", "jsonb", "jsonb", "jsonb"],
+        ),
+        [
+            model_id,
+            run,
+            algorithm,
+            task,
+            blob,
+            sha,
+            json.dumps(pre.describe()),
+            json.dumps({"task": task, "classes": [str(c) for c in classes] if classes else None, "target": target}),
+            json.dumps(_json_safe(metrics)),
+            json.dumps(_json_safe(params_out)),
+        ],
+    )[0]["id"]
     _edge(plpy, "dataset", ds, "run", run, "input")
     _edge(plpy, "run", run, "model_version", version_id, "produced")
     # a feature-store training set read by this run: training_set -> snapshot, so lineage walks on from
     # the feature view versions to the model (matched by the training set's table name in the relation)
-    plpy.execute(_plan(plpy, "tset_edge",
-                       "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
-                       "select 'training_set', d.id::text, 'dataset', $1::text, 'snapshot_of' "
-                       "from registry.datasets d join pg_class c on c.oid = d.materialized "
-                       "where d.kind = 'training_set' and $2 ~* ('(^|[^a-z0-9_$])' || c.relname || '($|[^a-z0-9_$])') "
-                       "on conflict do nothing", ["int8", "text"]), [ds, relation])
-    plpy.execute(_plan(plpy, "settings",
-                       "insert into registry.training_projects (model_id, task, relation, target) values ($1, $2, $3, $4) "
-                       "on conflict (model_id) do update set relation = excluded.relation, target = excluded.target, "
-                       "updated_at = now()", ["int8", "text", "text", "text"]), [model_id, task, relation, target])
-    plpy.execute(_plan(plpy, "touch", "update registry.registered_models set updated_at = now(), task = coalesce(task, $2) "
-                       "where id = $1", ["int8", "text"]), [model_id, task])
+    plpy.execute(
+        _plan(
+            plpy,
+            "tset_edge",
+            "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
+            "select 'training_set', d.id::text, 'dataset', $1::text, 'snapshot_of' "
+            "from registry.datasets d join pg_class c on c.oid = d.materialized "
+            "where d.kind = 'training_set' and $2 ~* ('(^|[^a-z0-9_$])' || c.relname || '($|[^a-z0-9_$])') "
+            "on conflict do nothing",
+            ["int8", "text"],
+        ),
+        [ds, relation],
+    )
+    plpy.execute(
+        _plan(
+            plpy,
+            "settings",
+            "insert into registry.training_projects (model_id, task, relation, target) values ($1, $2, $3, $4) "
+            "on conflict (model_id) do update set relation = excluded.relation, target = excluded.target, "
+            "updated_at = now()",
+            ["int8", "text", "text", "text"],
+        ),
+        [model_id, task, relation, target],
+    )
+    plpy.execute(
+        _plan(
+            plpy,
+            "touch",
+            "update registry.registered_models set updated_at = now(), task = coalesce(task, $2) where id = $1",
+            ["int8", "text"],
+        ),
+        [model_id, task],
+    )
     deployed = False
     if automatic_deploy:
         key = algs.KEY_METRIC[task]
@@ -572,11 +771,18 @@ def train(plpy, project: str, task: str | None, relation: str | None, target: st
         if deployed:
             _insert_deployment(plpy, model_id, version_id, "automatic", cur["id"] if cur else None)
     key = algs.KEY_METRIC[task]
-    plpy.notice(f"ml.train {project}: {algorithm} trained on {len(tr)} rows, tested on {len(te)} rows in "
-                f"{time.time() - t_start:.1f} s; {key} = {metrics.get(key)}; model {version_id}"
-                + (" deployed" if deployed else " not deployed"))
-    return {"project": project, "model_id": version_id, "algorithm": algorithm,
-            "metrics": json.dumps(_json_safe(metrics)), "deployed": deployed}
+    plpy.notice(
+        f"ml.train {project}: {algorithm} trained on {len(tr)} rows, tested on {len(te)} rows in "
+        f"{time.time() - t_start:.1f} s; {key} = {metrics.get(key)}; model {version_id}"
+        + (" deployed" if deployed else " not deployed")
+    )
+    return {
+        "project": project,
+        "model_id": version_id,
+        "algorithm": algorithm,
+        "metrics": json.dumps(_json_safe(metrics)),
+        "deployed": deployed,
+    }
 
 
 def _json_safe(d: dict) -> dict:
@@ -591,23 +797,44 @@ def _json_safe(d: dict) -> dict:
 
 
 def _edge(plpy, sk, si, dk, di, rel):
-    plpy.execute(_plan(plpy, "edge", "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
-                       "values ($1, $2, $3, $4, $5) on conflict do nothing", ["text", "text", "text", "text", "text"]),
-                 [sk, str(si), dk, str(di), rel])
+    plpy.execute(
+        _plan(
+            plpy,
+            "edge",
+            "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
+            "values ($1, $2, $3, $4, $5) on conflict do nothing",
+            ["text", "text", "text", "text", "text"],
+        ),
+        [sk, str(si), dk, str(di), rel],
+    )
 
 
 def _current_deployment(plpy, model_id: int):
-    rows = plpy.execute(_plan(plpy, "curdep",
-                              "select d.id, d.version_id, d.previous_id, v.metrics from registry.deployments d "
-                              "join registry.model_versions v on v.id = d.version_id "
-                              "where d.model_id = $1 order by d.id desc limit 1", ["int8"]), [model_id])
+    rows = plpy.execute(
+        _plan(
+            plpy,
+            "curdep",
+            "select d.id, d.version_id, d.previous_id, v.metrics from registry.deployments d "
+            "join registry.model_versions v on v.id = d.version_id "
+            "where d.model_id = $1 order by d.id desc limit 1",
+            ["int8"],
+        ),
+        [model_id],
+    )
     return rows[0] if rows else None
 
 
 def _insert_deployment(plpy, model_id: int, version_id: int, strategy: str, previous_id) -> int:
-    dep = plpy.execute(_plan(plpy, "deploy", "insert into registry.deployments (model_id, version_id, strategy, previous_id) "
-                             "values ($1, $2, $3, $4) returning id", ["int8", "int8", "text", "int8"]),
-                       [model_id, version_id, strategy, previous_id])[0]["id"]
+    dep = plpy.execute(
+        _plan(
+            plpy,
+            "deploy",
+            "insert into registry.deployments (model_id, version_id, strategy, previous_id) "
+            "values ($1, $2, $3, $4) returning id",
+            ["int8", "int8", "text", "int8"],
+        ),
+        [model_id, version_id, strategy, previous_id],
+    )[0]["id"]
     _edge(plpy, "model_version", version_id, "deployment", dep, "deployed_as")
     return dep
 
@@ -617,42 +844,77 @@ def _insert_deployment(plpy, model_id: int, version_id: int, strategy: str, prev
 # ---------------------------------------------------------------------------------------------------------
 def deploy(plpy, project: str, strategy: str, model_id) -> dict:
     strategies = ("best_score", "most_recent", "rollback", "specific")
-    rows = plpy.execute(_plan(plpy, "lockproj2", "select id, task from registry.registered_models where name = $1 for update",
-                              ["text"]), [project])
+    rows = plpy.execute(
+        _plan(
+            plpy, "lockproj2", "select id, task from registry.registered_models where name = $1 for update", ["text"]
+        ),
+        [project],
+    )
     if not rows:
         raise undefined(f'project "{project}" does not exist', hint="train it first with ml.train")
     pid, task = rows[0]["id"], rows[0]["task"]
     cur = _current_deployment(plpy, pid)
     if model_id is not None:
-        ok = plpy.execute(_plan(plpy, "ownver", "select id from registry.model_versions where id = $1 and model_id = $2",
-                                ["int8", "int8"]), [model_id, pid])
+        ok = plpy.execute(
+            _plan(
+                plpy,
+                "ownver",
+                "select id from registry.model_versions where id = $1 and model_id = $2",
+                ["int8", "int8"],
+            ),
+            [model_id, pid],
+        )
         if not ok:
-            raise undefined(f'model {model_id} does not belong to project "{project}"',
-                            hint=f"see select model_id from ml.models where project = '{project}'")
+            raise undefined(
+                f'model {model_id} does not belong to project "{project}"',
+                hint=f"see select model_id from ml.models where project = '{project}'",
+            )
         version, strategy = model_id, "specific" if strategy in (None, "best_score") else strategy
     elif strategy == "best_score":
         key = algs.KEY_METRIC.get(task, "r2")
-        r = plpy.execute(_plan(plpy, "best", "select id from registry.model_versions where model_id = $1 "
-                               "and source = 'ml.train' and (metrics->>$2) is not null "
-                               "order by (metrics->>$2)::float8 desc, id desc limit 1", ["int8", "text"]), [pid, key])
+        r = plpy.execute(
+            _plan(
+                plpy,
+                "best",
+                "select id from registry.model_versions where model_id = $1 "
+                "and source = 'ml.train' and (metrics->>$2) is not null "
+                "order by (metrics->>$2)::float8 desc, id desc limit 1",
+                ["int8", "text"],
+            ),
+            [pid, key],
+        )
         if not r:
             raise undefined(f'project "{project}" has no scored models to deploy')
         version = r[0]["id"]
     elif strategy == "most_recent":
-        r = plpy.execute(_plan(plpy, "recent", "select id from registry.model_versions where model_id = $1 "
-                               "and source = 'ml.train' order by id desc limit 1", ["int8"]), [pid])
+        r = plpy.execute(
+            _plan(
+                plpy,
+                "recent",
+                "select id from registry.model_versions where model_id = $1 "
+                "and source = 'ml.train' order by id desc limit 1",
+                ["int8"],
+            ),
+            [pid],
+        )
         if not r:
             raise undefined(f'project "{project}" has no models')
         version = r[0]["id"]
     elif strategy == "rollback":
         if cur is None or cur["previous_id"] is None:
-            raise IndbRuntimeError("55000", f'project "{project}" has no previous deployment to roll back to',
-                                   hint="deploy a specific model with ml.deploy(project, model_id => ...)")
-        version = plpy.execute(_plan(plpy, "prevdep", "select version_id from registry.deployments where id = $1",
-                                     ["int8"]), [cur["previous_id"]])[0]["version_id"]
+            raise IndbRuntimeError(
+                "55000",
+                f'project "{project}" has no previous deployment to roll back to',
+                hint="deploy a specific model with ml.deploy(project, model_id => ...)",
+            )
+        version = plpy.execute(
+            _plan(plpy, "prevdep", "select version_id from registry.deployments where id = $1", ["int8"]),
+            [cur["previous_id"]],
+        )[0]["version_id"]
     else:
-        raise invalid(f'unknown deploy strategy "{strategy}"', detail="valid: " + ", ".join(strategies[:3]) +
-                      ", or pass model_id")
+        raise invalid(
+            f'unknown deploy strategy "{strategy}"', detail="valid: " + ", ".join(strategies[:3]) + ", or pass model_id"
+        )
     if cur is not None and cur["version_id"] == version and strategy != "rollback":
         return {"project": project, "model_id": version, "strategy": strategy, "deployed": False}
     _insert_deployment(plpy, pid, version, strategy, cur["id"] if cur else None)
@@ -663,8 +925,9 @@ def deploy(plpy, project: str, strategy: str, model_id) -> dict:
 # prediction: cached deployed model, one SPI lookup per call
 # ---------------------------------------------------------------------------------------------------------
 def _load_bundle(plpy, version_id: int) -> dict:
-    rows = plpy.execute(_plan(plpy, "artifact", "select artifact from registry.model_versions where id = $1", ["int8"]),
-                        [version_id])
+    rows = plpy.execute(
+        _plan(plpy, "artifact", "select artifact from registry.model_versions where id = $1", ["int8"]), [version_id]
+    )
     if not rows or rows[0]["artifact"] is None:
         raise undefined(f"model {version_id} has no stored artifact")
     b = pickle.loads(rows[0]["artifact"])
@@ -677,19 +940,28 @@ def _load_bundle(plpy, version_id: int) -> dict:
 
 def deployed(plpy, project: str) -> tuple[dict, tuple]:
     """The deployed bundle of a project (cached per backend by deployment id) and (project id, log flag)."""
-    r = plpy.execute(_plan(plpy, "hot",
-                           "select m.id, d.id as dep, d.version_id, coalesce(s.log_predictions, false) as log "
-                           "from registry.registered_models m "
-                           "left join lateral (select id, version_id from registry.deployments where model_id = m.id "
-                           "order by id desc limit 1) d on true "
-                           "left join registry.training_projects s on s.model_id = m.id where m.name = $1", ["text"]),
-                     [project])
+    r = plpy.execute(
+        _plan(
+            plpy,
+            "hot",
+            "select m.id, d.id as dep, d.version_id, coalesce(s.log_predictions, false) as log "
+            "from registry.registered_models m "
+            "left join lateral (select id, version_id from registry.deployments where model_id = m.id "
+            "order by id desc limit 1) d on true "
+            "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
+            ["text"],
+        ),
+        [project],
+    )
     if not r:
         raise undefined(f'project "{project}" does not exist', hint="train it with ml.train; see ml.projects_overview")
     row = r[0]
     if row["dep"] is None:
-        raise IndbRuntimeError("55000", f'project "{project}" has no deployed model',
-                               hint=f"deploy one: select ml.deploy('{project}', 'best_score')")
+        raise IndbRuntimeError(
+            "55000",
+            f'project "{project}" has no deployed model',
+            hint=f"deploy one: select ml.deploy('{project}', 'best_score')",
+        )
     hit = CACHE.get(project)
     if hit is None or hit[0] != row["dep"]:
         bundle = _load_bundle(plpy, row["version_id"])
@@ -700,8 +972,16 @@ def deployed(plpy, project: str) -> tuple[dict, tuple]:
 def bundle_for(plpy, project: str, model_id) -> dict:
     if model_id is None:
         return deployed(plpy, project)[0]
-    r = plpy.execute(_plan(plpy, "ver", "select v.id from registry.model_versions v join registry.registered_models m "
-                           "on m.id = v.model_id where m.name = $1 and v.id = $2", ["text", "int8"]), [project, model_id])
+    r = plpy.execute(
+        _plan(
+            plpy,
+            "ver",
+            "select v.id from registry.model_versions v join registry.registered_models m "
+            "on m.id = v.model_id where m.name = $1 and v.id = $2",
+            ["text", "int8"],
+        ),
+        [project, model_id],
+    )
     if not r:
         raise undefined(f'model {model_id} does not belong to project "{project}"')
     return _load_bundle(plpy, model_id)
@@ -717,18 +997,21 @@ def rows_from_json(bundle: dict, obj, strict: bool) -> dict:
     if isinstance(obj, str):
         obj = json.loads(obj)
     if not isinstance(obj, dict):
-        raise invalid("features must be a JSON object keyed by column name",
-                      hint="e.g. '{\"median_income\": 8.3, ...}'::jsonb")
+        raise invalid(
+            "features must be a JSON object keyed by column name", hint="e.g. '{\"median_income\": 8.3, ...}'::jsonb"
+        )
     pre = bundle["_pre"]
     missing = [c for c in pre.columns if c not in obj]
     if missing:
-        raise IndbRuntimeError("42703", "missing feature(s): " + ", ".join(missing),
-                               detail="the model needs: " + ", ".join(pre.columns))
+        raise IndbRuntimeError(
+            "42703", "missing feature(s): " + ", ".join(missing), detail="the model needs: " + ", ".join(pre.columns)
+        )
     if strict:
         extra = [k for k in obj if k not in pre.columns and k != bundle.get("target")]
         if extra:
-            raise IndbRuntimeError("42703", "unknown feature(s): " + ", ".join(extra),
-                                   detail="the model needs: " + ", ".join(pre.columns))
+            raise IndbRuntimeError(
+                "42703", "unknown feature(s): " + ", ".join(extra), detail="the model needs: " + ", ".join(pre.columns)
+            )
     out = {}
     kinds = {c["name"]: c["kind"] for c in pre.state["columns"]}
     for c in pre.columns:
@@ -748,8 +1031,10 @@ def features_matrix(bundle: dict, features, kind: str) -> np.ndarray:
         if features is None:
             raise invalid("features is NULL")
         if not pre.fast_numeric():
-            raise invalid("this model has text, array or vector features; a float8[] cannot carry them",
-                          hint="use ml.predict(project, jsonb) or ml.predict(project, row)")
+            raise invalid(
+                "this model has text, array or vector features; a float8[] cannot carry them",
+                hint="use ml.predict(project, jsonb) or ml.predict(project, row)",
+            )
         return pre.fast_row(features)
     return pre.transform(rows_from_json(bundle, features, strict=(kind == "json")), 1)
 
@@ -759,9 +1044,16 @@ def _log(plpy, info, bundle, features, value, t0):
     if not log:
         return
     h = hashlib.md5(json.dumps(features, default=str, sort_keys=True).encode()).hexdigest()
-    plpy.execute(_plan(plpy, "log", "insert into registry.prediction_log (project_id, model_id, inputs_hash, prediction, "
-                       "latency_ms) values ($1, $2, $3, $4, $5)", ["int8", "int8", "text", "float8", "float8"]),
-                 [pid, bundle["_version"], h, value, (time.perf_counter() - t0) * 1000.0])
+    plpy.execute(
+        _plan(
+            plpy,
+            "log",
+            "insert into registry.prediction_log (project_id, model_id, inputs_hash, prediction, "
+            "latency_ms) values ($1, $2, $3, $4, $5)",
+            ["int8", "int8", "text", "float8", "float8"],
+        ),
+        [pid, bundle["_version"], h, value, (time.perf_counter() - t0) * 1000.0],
+    )
 
 
 def predict(plpy, project: str, features, kind: str) -> float:
@@ -780,8 +1072,9 @@ def predict(plpy, project: str, features, kind: str) -> float:
 def predict_proba(plpy, project: str, features, kind: str) -> list:
     bundle, info = deployed(plpy, project)
     if bundle["task"] != "classification":
-        raise invalid(f'predict_proba needs a classification project; "{project}" is {bundle["task"]}',
-                      hint="use ml.predict")
+        raise invalid(
+            f'predict_proba needs a classification project; "{project}" is {bundle["task"]}', hint="use ml.predict"
+        )
     X = features_matrix(bundle, features, kind)
     p = algs.predict_proba(bundle["est"], X)
     return [float(v) for v in p[0]]
@@ -795,8 +1088,11 @@ def predict_batch(plpy, project: str, relation: str) -> list:
     have = {c["name"]: c for c in cols}
     missing = [c for c in pre.columns if c not in have]
     if missing:
-        raise IndbRuntimeError("42703", f"{relation} lacks feature column(s): " + ", ".join(missing),
-                               detail="the model needs: " + ", ".join(pre.columns))
+        raise IndbRuntimeError(
+            "42703",
+            f"{relation} lacks feature column(s): " + ", ".join(missing),
+            detail="the model needs: " + ", ".join(pre.columns),
+        )
     use = [have[c] for c in pre.columns]
     tick = Ticker(plpy, f"ml.predict_batch {project}")
     parts: list = []
@@ -846,8 +1142,11 @@ def evaluate(plpy, project: str, relation: str, model_id) -> str:
     need = list(pre.columns) + ([bundle["target"]] if task != "clustering" else [])
     missing = [c for c in need if c not in have]
     if missing:
-        raise IndbRuntimeError("42703", f"{relation} lacks column(s): " + ", ".join(missing),
-                               detail="evaluation needs the features and the target: " + ", ".join(need))
+        raise IndbRuntimeError(
+            "42703",
+            f"{relation} lacks column(s): " + ", ".join(missing),
+            detail="evaluation needs the features and the target: " + ", ".join(need),
+        )
     data, n = fetch_columns(plpy, from_sql, [have[c] for c in need], Ticker(plpy, f"ml.evaluate {project}"))
     if n == 0:
         raise IndbRuntimeError("22000", f"{relation} has no rows")

@@ -1,4 +1,5 @@
 """ml.warmup(): pay the first-use import and model-load cost (~5 s) before the first real query."""
+
 from __future__ import annotations
 
 import time

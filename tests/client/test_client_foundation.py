@@ -1,4 +1,5 @@
 """The thin client and the CLI against the real database."""
+
 from __future__ import annotations
 
 import subprocess
@@ -55,8 +56,9 @@ def test_cli_db_status_reports_the_running_cluster():
 
 def test_cli_install_error_is_one_clear_line_and_exit_1(empty_db):
     dsn = empty_db("indb_cli")
-    out = subprocess.run([str(BIN / "indb"), "install", "--dsn", dsn, "--venv", "/nonexistent"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(BIN / "indb"), "install", "--dsn", dsn, "--venv", "/nonexistent"], capture_output=True, text=True
+    )
     assert out.returncode == 1
     assert "indb install: error:" in out.stderr and "/nonexistent" in out.stderr
     assert "Traceback" not in out.stderr

@@ -1,4 +1,5 @@
 """The Python client's collection methods, end to end against the real database and model."""
+
 from __future__ import annotations
 
 import secrets
@@ -14,8 +15,10 @@ def test_client_round_trip_with_progress_and_typed_errors(client):
     info = client.create_collection(name, options={"m": 8})
     assert info["table"] == f"collections.{name}"
     lines = []
-    docs = [{"id": f"n{i}", "content": f"note {i} about {'cats' if i % 2 else 'rockets'}", "metadata": {"i": i}}
-            for i in range(40)]
+    docs = [
+        {"id": f"n{i}", "content": f"note {i} about {'cats' if i % 2 else 'rockets'}", "metadata": {"i": i}}
+        for i in range(40)
+    ]
     assert client.add_documents(name, docs, batch_size=16, progress=lines.append) == 40
     assert lines and lines[-1].endswith("done") and "40/40 rows" in lines[-1]
     hits = client.search(name, "a note about felines", k=5, filter={"i": {"$lt": 20}})

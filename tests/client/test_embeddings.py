@@ -1,4 +1,5 @@
 """Vectorizers through the client and the CLI (`indb worker`, `indb vectorizer`) on the real database."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ def test_vectorizer_backfill_with_progress_and_search(client, scifact_docs):
     assert "chunked: 128 tokens" in st["long_text"]
     title = scifact_docs[5][1]
     hits = client.vectorizer_search(t, title, k=3)
-    assert hits[0]["key"] == scifact_docs[5][0]           # a document's own title finds it first
+    assert hits[0]["key"] == scifact_docs[5][0]  # a document's own title finds it first
     assert hits[0]["distance"] <= hits[-1]["distance"]
 
 
@@ -50,11 +51,18 @@ def test_worker_cli_drains_the_queue_with_progress(client, db_dsn):
     out = client.create_vectorizer(t, ["body"], mode="async", progress=lines.append)
     assert out["backfill"]["queued"] == 50 and "50 rows queued" in lines[-1]
     env = {**os.environ, "INDB_DSN": db_dsn}
-    r = subprocess.run([str(BIN / "indb"), "worker", "--once", "--batch", "16", "--vectorizer", t],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "indb"), "worker", "--once", "--batch", "16", "--vectorizer", t],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "50/50 rows" in r.stderr and "done" in r.stderr
     st = client.vectorizer_status(t)[0]
     assert st["pending"] == 0 and st["embedded_rows"] == 50
-    r = subprocess.run([str(BIN / "indb"), "vectorizer", "status", t], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [str(BIN / "indb"), "vectorizer", "status", t], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0 and f"{t}: async" in r.stdout and "pending 0" in r.stdout

@@ -1,4 +1,5 @@
 """client.features end to end: DataFrame in, DataFrame out; online dicts; a torch Dataset over a training set."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -14,19 +15,29 @@ def fs(client):
               (2, '2024-05-02 00:00+00', 7.0, 'free')""")
     fs = c.features
     fs.create_entity("cl_user", ["user_id"])
-    assert fs.create_feature_view("cl_stats", "cl_user", "cl_events", "ts",
-                                  [{"name": "score"}, {"name": "tier"}, {"name": "score_sq", "type": "float8", "expr": "score * score"}]) == "cl_stats@1"
+    assert (
+        fs.create_feature_view(
+            "cl_stats",
+            "cl_user",
+            "cl_events",
+            "ts",
+            [{"name": "score"}, {"name": "tier"}, {"name": "score_sq", "type": "float8", "expr": "score * score"}],
+        )
+        == "cl_stats@1"
+    )
     r = fs.materialize("cl_stats", "2024-04-01", "2024-06-01")
     assert r["rows_written"] == 3
     return fs
 
 
 def test_get_historical_from_a_dataframe(fs):
-    entity_df = pd.DataFrame({
-        "user_id": [1, 1, 2, 3],
-        "event_timestamp": pd.to_datetime(["2024-05-02", "2024-05-04", "2024-05-01", "2024-05-04"], utc=True),
-        "label": [0, 1, 0, 1],
-    })
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 3],
+            "event_timestamp": pd.to_datetime(["2024-05-02", "2024-05-04", "2024-05-01", "2024-05-04"], utc=True),
+            "label": [0, 1, 0, 1],
+        }
+    )
     df = fs.get_historical(entity_df, ["cl_stats:score", "cl_stats:tier"])
     assert list(df.columns) == ["user_id", "event_timestamp", "label", "score", "tier"]
     assert df["score"].tolist()[:3] == [1.5, 2.5, None] or df["score"].isna().tolist() == [False, False, True, True]
@@ -58,9 +69,16 @@ def test_torch_dataset_over_a_training_set(fs):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    entity = pd.DataFrame({"user_id": [1, 2, 1], "event_timestamp": pd.to_datetime(["2024-05-01", "2024-05-02", "2024-05-03"], utc=True),
-                           "y": [0.5, 1.0, 1.5]})
-    info = fs.create_training_set("cl_train", entity, ["cl_stats:score", "cl_stats:score_sq", "cl_stats:tier"], label="y")
+    entity = pd.DataFrame(
+        {
+            "user_id": [1, 2, 1],
+            "event_timestamp": pd.to_datetime(["2024-05-01", "2024-05-02", "2024-05-03"], utc=True),
+            "y": [0.5, 1.0, 1.5],
+        }
+    )
+    info = fs.create_training_set(
+        "cl_train", entity, ["cl_stats:score", "cl_stats:score_sq", "cl_stats:tier"], label="y"
+    )
     assert info["rows"] == 3
     ds = fs.dataset("cl_train")
     assert isinstance(ds, Dataset) and len(ds) == 3 and ds.feature_names == ["score", "score_sq"]

@@ -1,5 +1,6 @@
 """The tracking client end to end: MLflow-style runs with batched metrics, artifacts, registered models
 of four flavors loaded back and predicting the same, aliases, search_runs as a DataFrame, lineage."""
+
 from __future__ import annotations
 
 import hashlib
@@ -126,8 +127,9 @@ def test_register_and_load_model_per_flavor(client, housing, flavor):
         run.log_input("california_housing", hashlib.sha256(X.tobytes()).hexdigest(), "training")
         pred = _predict(flavor, model, X)
         run.log_metric("rmse", float(np.sqrt(np.mean((pred - y) ** 2))))
-    v = client.register_model(name, model, run=run, description="test", tags={"owner": "me"},
-                              input_schema={"columns": 6})
+    v = client.register_model(
+        name, model, run=run, description="test", tags={"owner": "me"}, input_schema={"columns": 6}
+    )
     assert v["version"] == 1
     client.set_alias(name, "champion", 1)
     loaded = client.load_model(name, alias="champion")

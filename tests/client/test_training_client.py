@@ -1,5 +1,6 @@
 """The client's TrainingAPI end to end: train with progress lines, predict, explain, deploy, evaluate;
 errors arrive as typed exceptions with the SQLSTATE's message and hint."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,17 @@ import pytest
 from indb.errors import InvalidInput, NotFound
 
 PRE = {"ocean_proximity": {"encode": "one_hot"}, "total_bedrooms": {"impute": "median"}}
-ROW = {"longitude": -122.23, "latitude": 37.88, "housing_median_age": 41, "total_rooms": 880,
-       "total_bedrooms": None, "population": 322, "households": 126, "median_income": 8.3252,
-       "ocean_proximity": "NEAR BAY"}
+ROW = {
+    "longitude": -122.23,
+    "latitude": 37.88,
+    "housing_median_age": 41,
+    "total_rooms": 880,
+    "total_bedrooms": None,
+    "population": 322,
+    "households": 126,
+    "median_income": 8.3252,
+    "ocean_proximity": "NEAR BAY",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +36,16 @@ def housing(client, data_dir):
 def test_train_predict_explain_deploy(housing):
     c = housing
     lines = []
-    r = c.train("client_house", task="regression", relation="housing", target="median_house_value",
-                preprocess=PRE, hyperparams={"n_estimators": 300, "max_depth": 6}, test_size=0.2,
-                progress=lines.append)
+    r = c.train(
+        "client_house",
+        task="regression",
+        relation="housing",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams={"n_estimators": 300, "max_depth": 6},
+        test_size=0.2,
+        progress=lines.append,
+    )
     assert r["deployed"] and r["metrics"]["rmse"] < 60000
     # NOTICEs reached the caller: progress while fitting (every 2 s) and a summary at the end
     assert any("trained on 16512 rows" in l and "deployed" in l for l in lines), lines
@@ -58,6 +74,11 @@ def test_errors_are_typed(housing):
         housing.predict("no_such_project", [1.0])
     assert e.value.sqlstate == "42704" and "ml.train" in e.value.hint
     with pytest.raises(InvalidInput) as e:
-        housing.train("client_bad", task="regression", relation="housing", target="median_house_value",
-                      preprocess={"total_bedrooms": {"impute": "median"}})
+        housing.train(
+            "client_bad",
+            task="regression",
+            relation="housing",
+            target="median_house_value",
+            preprocess={"total_bedrooms": {"impute": "median"}},
+        )
     assert "ocean_proximity" in str(e.value) and "one_hot" in e.value.hint

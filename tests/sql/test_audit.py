@@ -1,6 +1,7 @@
 """The audit log: every registry change is an event with who/what/diff; the hash chain detects a row
 altered with superuser rights; UPDATE/DELETE/TRUNCATE are refused for every role, owner included;
 retention drops whole partitions, keeps the chain verifiable and logs itself; GRANTs are logged."""
+
 from __future__ import annotations
 
 import secrets
@@ -30,19 +31,25 @@ def test_changes_are_events_with_who_and_diff(conn):
     ev = conn.execute(
         "select action, row_key, old_values, new_values, session_user_name, current_user_name, application_name "
         "from audit.events where object = 'registry.runs' and row_key = %s order by id",
-        [psycopg.types.json.Jsonb({"id": run_pk})]).fetchall()
+        [psycopg.types.json.Jsonb({"id": run_pk})],
+    ).fetchall()
     assert [e[0] for e in ev] == ["INSERT", "UPDATE"]
     assert ev[0][3]["run_uuid"] == rid and ev[0][4] == "postgres" and ev[0][6] == "audit-test"
     # an UPDATE stores only what changed
     assert ev[1][2] == {"tags": {}} and ev[1][3] == {"tags": {"stage": "prod"}}
-    batch = conn.execute("select new_values from audit.events where action = 'INSERT_BATCH' "
-                         "and object = 'registry.metrics' order by id desc limit 1").fetchone()[0]
+    batch = conn.execute(
+        "select new_values from audit.events where action = 'INSERT_BATCH' "
+        "and object = 'registry.metrics' order by id desc limit 1"
+    ).fetchone()[0]
     assert batch["rows"] == 2 and sorted(batch["keys"]) == ["a", "b"] and len(batch["sha256"]) == 64
     # bytes are not copied into the log (their sha256 is in the row)
-    conn.execute("select registry.register_model(%s, artifact => 'secret-bytes'::bytea, flavor => 'sklearn')",
-                 [f"m_{secrets.token_hex(3)}"])
-    new = conn.execute("select new_values from audit.events where object = 'registry.model_versions' "
-                       "order by id desc limit 1").fetchone()[0]
+    conn.execute(
+        "select registry.register_model(%s, artifact => 'secret-bytes'::bytea, flavor => 'sklearn')",
+        [f"m_{secrets.token_hex(3)}"],
+    )
+    new = conn.execute(
+        "select new_values from audit.events where object = 'registry.model_versions' order by id desc limit 1"
+    ).fetchone()[0]
     assert "artifact" not in new and len(new["artifact_sha256"]) == 64
     assert verify(conn) == (True, None, "ok")
 
@@ -53,14 +60,19 @@ def test_update_delete_truncate_refused_for_every_role(conn, role):
     if role:
         conn.execute(f"set role {role}")
     try:
-        stmts = ["update audit.events set action = 'X' where id = (select max(id) from audit.events)",
-                 "delete from audit.events where id = (select max(id) from audit.events)",
-                 "truncate audit.events",
-                 "update audit.chain_head set last_id = 0",
-                 "truncate audit.anchors", "truncate audit.chain_head"]
+        stmts = [
+            "update audit.events set action = 'X' where id = (select max(id) from audit.events)",
+            "delete from audit.events where id = (select max(id) from audit.events)",
+            "truncate audit.events",
+            "update audit.chain_head set last_id = 0",
+            "truncate audit.anchors",
+            "truncate audit.chain_head",
+        ]
         if role:  # the owner may insert (a superuser can always write); no indb role can
-            stmts.append("insert into audit.events(id, ts, action, object, session_user_name, current_user_name,"
-                         " txid, prev_hash, hash) values (0, now(), 'X', 'x', 'x', 'x', 0, ''::bytea, ''::bytea)")
+            stmts.append(
+                "insert into audit.events(id, ts, action, object, session_user_name, current_user_name,"
+                " txid, prev_hash, hash) values (0, now(), 'X', 'x', 'x', 'x', 0, ''::bytea, ''::bytea)"
+            )
         for stmt in stmts:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(stmt)
@@ -80,20 +92,26 @@ def test_chain_detects_a_row_altered_by_a_superuser(db_dsn, empty_db):
     with psycopg.connect(dsn, autocommit=True) as c:
         rid = str(one(c, "select registry.start_run('tamper', 'honest')"))
         c.execute("select registry.end_run(%s)", [rid])
-        target = one(c, "select id from audit.events where object = 'registry.runs' and action = 'INSERT' "
-                        "order by id desc limit 1")
+        target = one(
+            c,
+            "select id from audit.events where object = 'registry.runs' and action = 'INSERT' order by id desc limit 1",
+        )
         c.execute("select registry.start_run('tamper', 'later')")
         assert verify(c)[0] is True
         # the attacker is a superuser: switch off the append-only trigger and rewrite history
         c.execute("alter table audit.events disable trigger indb_append_only")
-        c.execute("update audit.events set new_values = jsonb_set(new_values, '{name}', '\"forged\"') where id = %s",
-                  [target])
+        c.execute(
+            "update audit.events set new_values = jsonb_set(new_values, '{name}', '\"forged\"') where id = %s", [target]
+        )
         ok, broken, reason = verify(c)
         assert not ok and broken == target and "altered" in reason
         # re-hashing the row moves the break to the next link
-        c.execute("""update audit.events e set hash = audit._hash(e.prev_hash, e.id, e.ts, e.action, e.object,
+        c.execute(
+            """update audit.events e set hash = audit._hash(e.prev_hash, e.id, e.ts, e.action, e.object,
                        e.row_key, e.old_values, e.new_values, e.session_user_name, e.current_user_name,
-                       e.application_name, e.client_addr, e.txid, e.tenant) where id = %s""", [target])
+                       e.application_name, e.client_addr, e.txid, e.tenant) where id = %s""",
+            [target],
+        )
         ok, broken, reason = verify(c)
         assert not ok and broken == target + 1 and "does not link" in reason
         # deleting a row from the middle is a gap
@@ -127,8 +145,10 @@ def test_retention_is_admin_only_and_logs_itself(empty_db):
     dsn = empty_db("indb_audit_retention")
     install(dsn, venv=sys.prefix)
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("create table audit.events_2023_01 partition of audit.events "
-                  "for values from ('2023-01-01') to ('2023-02-01')")
+        c.execute(
+            "create table audit.events_2023_01 partition of audit.events "
+            "for values from ('2023-01-01') to ('2023-02-01')"
+        )
         for role in ("indb_writer", "indb_reader", "indb_app"):
             c.execute(f"set role {role}")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -139,7 +159,9 @@ def test_retention_is_admin_only_and_logs_itself(empty_db):
         out = one(c, "select audit.apply_retention('365 days')")
         assert out["dropped"] == ["events_2023_01"] and out["events"] == 0
         assert one(c, "select to_regclass('audit.events_2023_01')") is None
-        ev = c.execute("select action, current_user_name, new_values from audit.events order by id desc limit 1").fetchone()
+        ev = c.execute(
+            "select action, current_user_name, new_values from audit.events order by id desc limit 1"
+        ).fetchone()
         assert ev[0] == "RETENTION" and ev[2]["dropped_partitions"] == ["events_2023_01"]
         assert verify(c) == (True, None, "ok")
 
@@ -153,18 +175,26 @@ def _age_current_month(c) -> int:
     c.execute(f"update audit.{month} set ts = timestamptz '2020-01-15' + id * interval '1 millisecond'")
     prev = one(c, f"select prev_hash from audit.{month} order by id limit 1")
     for (eid,) in c.execute(f"select id from audit.{month} order by id").fetchall():
-        prev = one(c, f"""update audit.{month} e set prev_hash = %s, hash = audit._hash(%s, e.id, e.ts, e.action,
+        prev = one(
+            c,
+            f"""update audit.{month} e set prev_hash = %s, hash = audit._hash(%s, e.id, e.ts, e.action,
                           e.object, e.row_key, e.old_values, e.new_values, e.session_user_name,
                           e.current_user_name, e.application_name, e.client_addr, e.txid, e.tenant)
-                          where id = %s returning hash""", [prev, prev, eid])
+                          where id = %s returning hash""",
+            [prev, prev, eid],
+        )
     c.execute("alter table audit.chain_head disable trigger indb_append_only")
     c.execute("update audit.chain_head set last_hash = %s", [prev])
     c.execute("alter table audit.chain_head enable trigger indb_append_only")
     c.execute(f"alter table audit.{month} rename to events_2020_01")
-    c.execute("alter table audit.events attach partition audit.events_2020_01 "
-              "for values from ('2020-01-01') to ('2020-02-01')")
-    c.execute(f"create table audit.{month} partition of audit.events for values from "
-              "(date_trunc('month', now())) to (date_trunc('month', now()) + interval '1 month')")
+    c.execute(
+        "alter table audit.events attach partition audit.events_2020_01 "
+        "for values from ('2020-01-01') to ('2020-02-01')"
+    )
+    c.execute(
+        f"create table audit.{month} partition of audit.events for values from "
+        "(date_trunc('month', now())) to (date_trunc('month', now()) + interval '1 month')"
+    )
     return one(c, "select count(*) from audit.events_2020_01")
 
 
@@ -200,8 +230,9 @@ def test_grants_are_logged(conn):
         before = one(conn, "select max(id) from audit.events")
         conn.execute(f"grant select on registry.runs to {role}")
         conn.execute(f"revoke select on registry.runs from {role}")
-        ev = conn.execute("select action, new_values->>'command' from audit.events where id > %s order by id",
-                          [before]).fetchall()
+        ev = conn.execute(
+            "select action, new_values->>'command' from audit.events where id > %s order by id", [before]
+        ).fetchall()
         assert [e[0] for e in ev] == ["GRANT", "REVOKE"] and role in ev[0][1]
     finally:
         conn.execute(f"drop role {role}")
@@ -230,9 +261,13 @@ def test_a_large_model_binary_is_audited_by_hash_not_copied(conn):
     vid = conn.execute(
         "insert into registry.model_versions(model_id, version, artifact, artifact_sha256) "
         "select %s, 1, b, encode(sha256(b), 'hex') from (select decode(repeat('ab', 150000000), 'hex') b) s returning id",
-        [mid]).fetchone()[0]
-    ev = conn.execute("select new_values from audit.events where object = 'registry.model_versions' "
-                      "and row_key->>'id' = %s order by id desc limit 1", [str(vid)]).fetchone()[0]
+        [mid],
+    ).fetchone()[0]
+    ev = conn.execute(
+        "select new_values from audit.events where object = 'registry.model_versions' "
+        "and row_key->>'id' = %s order by id desc limit 1",
+        [str(vid)],
+    ).fetchone()[0]
     assert "artifact" not in ev
     assert len(ev["artifact_sha256"]) == 64
     assert conn.execute("select ok from audit.verify()").fetchone()[0] is True

@@ -1,5 +1,6 @@
 """The project's own cluster: start/stop/status, faults (port taken, crash with a stale pid file),
 and a state folder below a directory the postgres user cannot enter (mktemp -d is mode 700)."""
+
 from __future__ import annotations
 
 import os
@@ -72,6 +73,7 @@ def test_crash_with_stale_pid_file_recovers_and_keeps_data(private_cluster):
         except ProcessLookupError:
             break
         import time
+
         time.sleep(0.05)
     assert (c.data / "postmaster.pid").exists()
     # orphaned backends may still hold shared memory for a moment; start must still succeed
@@ -103,9 +105,12 @@ def test_install_on_a_server_without_pgvector_names_it_and_changes_nothing(tmp_p
 
     root = tmp_path / "pg"
     libdir = PG_BIN.parent  # /usr/lib/postgresql/15
-    share = Path(subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True).stdout.strip())
-    shutil.copytree(libdir, root / libdir.relative_to("/"), symlinks=True,
-                    ignore=shutil.ignore_patterns("vector*", "bitcode"))
+    share = Path(
+        subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True).stdout.strip()
+    )
+    shutil.copytree(
+        libdir, root / libdir.relative_to("/"), symlinks=True, ignore=shutil.ignore_patterns("vector*", "bitcode")
+    )
     shutil.copytree(share, root / share.relative_to("/"), symlinks=True, ignore=shutil.ignore_patterns("vector*"))
     ensure_server_can_reach([root], read_trees=[root])
     c = Cluster(tmp_path / ".state", _free_port(), pg_bin=root / PG_BIN.relative_to("/"))
@@ -117,7 +122,12 @@ def test_install_on_a_server_without_pgvector_names_it_and_changes_nothing(tmp_p
         assert "vector" in msg and "not available" in msg and "nothing was changed" in msg
         assert "install-system.sh" in msg or "pgvector" in msg
         with psycopg.connect(c.dsn()) as conn:
-            assert conn.execute("select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')").fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    "select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')"
+                ).fetchone()[0]
+                == 0
+            )
     finally:
         c.stop()
 

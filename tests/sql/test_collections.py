@@ -1,5 +1,6 @@
 """Collections: creation, writes through ml.add_documents and plain SQL (embedded by the statement trigger),
 partitions, row-level security, index health. Real Postgres, real pgvector, real MiniLM."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,23 @@ def test_create_collection_makes_the_table_indexes_and_catalog_row(sconn):
     n = name()
     info = one(sconn, "select ml.create_collection(%s)", [n])
     assert info["table"] == f"collections.{n}" and info["dimensions"] == 384 and info["index"] == "hnsw"
-    cols = dict(sconn.execute(
-        "select attname, format_type(atttypid, atttypmod) from pg_attribute "
-        "where attrelid = %s::regclass and attnum > 0 and not attisdropped", [info["table"]]).fetchall())
+    cols = dict(
+        sconn.execute(
+            "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+            "where attrelid = %s::regclass and attnum > 0 and not attisdropped",
+            [info["table"]],
+        ).fetchall()
+    )
     assert cols["id"] == "text" and cols["embedding"] == "vector(384)" and cols["tsv"] == "tsvector"
     assert cols["metadata"] == "jsonb" and cols["tenant"] == "text" and cols["created_at"] == "timestamp with time zone"
-    ams = {r[0]: r[1] for r in sconn.execute(
-        "select ic.relname, am.amname from pg_index x join pg_class ic on ic.oid = x.indexrelid "
-        "join pg_am am on am.oid = ic.relam where x.indrelid = %s::regclass", [info["table"]]).fetchall()}
+    ams = {
+        r[0]: r[1]
+        for r in sconn.execute(
+            "select ic.relname, am.amname from pg_index x join pg_class ic on ic.oid = x.indexrelid "
+            "join pg_am am on am.oid = ic.relam where x.indrelid = %s::regclass",
+            [info["table"]],
+        ).fetchall()
+    }
     assert ams[f"{n}_ann"] == "hnsw" and ams[f"{n}_tsv"] == "gin" and ams[f"{n}_metadata"] == "gin"
     row = sconn.execute("select model, metric, index_type from ml.collections where name = %s", [n]).fetchone()
     assert row == ("all-MiniLM-L6-v2", "cosine", "hnsw")
@@ -71,8 +81,14 @@ def test_bad_create_arguments_are_clear_errors(sconn):
 
 
 def test_unknown_collection_is_undefined_object(sconn):
-    for fn in ["ml.search(%s, 'x')", "ml.keyword_search(%s, 'x')", "ml.hybrid_search(%s, 'x')",
-               "ml.add_documents(%s, '[]')", "ml.collection_health(%s)", "ml.reindex_collection(%s)"]:
+    for fn in [
+        "ml.search(%s, 'x')",
+        "ml.keyword_search(%s, 'x')",
+        "ml.hybrid_search(%s, 'x')",
+        "ml.add_documents(%s, '[]')",
+        "ml.collection_health(%s)",
+        "ml.reindex_collection(%s)",
+    ]:
         with pytest.raises(psycopg.errors.UndefinedObject, match='collection "no\'pe; --" does not exist'):
             sconn.execute(f"select * from {fn}", ["no'pe; --"])
 
@@ -80,8 +96,10 @@ def test_unknown_collection_is_undefined_object(sconn):
 def test_add_documents_embeds_upserts_and_plain_sql_works_too(sconn):
     n = name()
     sconn.execute("select ml.create_collection(%s)", [n])
-    docs = [{"id": "cat", "content": "The cat sat on the mat", "metadata": {"kind": "pet"}},
-            {"id": "hole", "content": "Black holes emit Hawking radiation", "metadata": {"kind": "space"}}]
+    docs = [
+        {"id": "cat", "content": "The cat sat on the mat", "metadata": {"kind": "pet"}},
+        {"id": "hole", "content": "Black holes emit Hawking radiation", "metadata": {"kind": "space"}},
+    ]
     assert one(sconn, "select ml.add_documents(%s, %s)", [n, Jsonb(docs)]) == 2
     t = f"collections.{n}"
     # plain INSERT and COPY: the statement trigger embeds them in one model call
@@ -91,18 +109,29 @@ def test_add_documents_embeds_upserts_and_plain_sql_works_too(sconn):
     rows = dict(sconn.execute(f"select id, embedding is not null from {t}").fetchall())
     assert rows == {"cat": True, "hole": True, "dog": True, "empty": False, "soup": True}
     # the trigger's vector is the model's vector
-    d = one(sconn, f"select embedding <=> ml.embed('all-MiniLM-L6-v2', 'A puppy plays fetch') from {t} where id = 'dog'")
+    d = one(
+        sconn, f"select embedding <=> ml.embed('all-MiniLM-L6-v2', 'A puppy plays fetch') from {t} where id = 'dog'"
+    )
     assert d < 1e-5
     # upsert by id replaces content, metadata and embedding
     before = one(sconn, f"select embedding from {t} where id = 'cat'")
-    assert one(sconn, "select ml.add_documents(%s, %s)",
-               [n, Jsonb([{"id": "cat", "content": "Dogs chase cars", "metadata": {"kind": "x"}}])]) == 1
+    assert (
+        one(
+            sconn,
+            "select ml.add_documents(%s, %s)",
+            [n, Jsonb([{"id": "cat", "content": "Dogs chase cars", "metadata": {"kind": "x"}}])],
+        )
+        == 1
+    )
     row = sconn.execute(f"select content, metadata, embedding from {t} where id = 'cat'").fetchone()
     assert row[0] == "Dogs chase cars" and row[1] == {"kind": "x"}
     assert float(np.dot(row[2].to_numpy(), before.to_numpy())) < 0.9
     # a plain UPDATE of content re-embeds; an UPDATE of metadata only does not touch the embedding
     sconn.execute(f"update {t} set content = 'Hawking radiation from black holes' where id = 'hole'")
-    d = one(sconn, f"select embedding <=> ml.embed('all-MiniLM-L6-v2', 'Hawking radiation from black holes') from {t} where id = 'hole'")
+    d = one(
+        sconn,
+        f"select embedding <=> ml.embed('all-MiniLM-L6-v2', 'Hawking radiation from black holes') from {t} where id = 'hole'",
+    )
     assert d < 1e-5
     e1 = one(sconn, f"select embedding::text from {t} where id = 'soup'")
     sconn.execute(f"update {t} set metadata = '{{\"a\": 1}}' where id = 'soup'")
@@ -113,7 +142,10 @@ def test_add_documents_embeds_upserts_and_plain_sql_works_too(sconn):
 def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(sconn):
     n = name()
     sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 3}')", [n])
-    ok = [{"id": "a", "content": "alpha", "embedding": [1, 0, 0]}, {"id": "b", "content": "beta", "embedding": [0, 1, 0]}]
+    ok = [
+        {"id": "a", "content": "alpha", "embedding": [1, 0, 0]},
+        {"id": "b", "content": "beta", "embedding": [0, 1, 0]},
+    ]
     assert one(sconn, "select ml.add_documents(%s, %s)", [n, Jsonb(ok)]) == 2
     for docs, words in [
         ([{"id": "c", "embedding": [1, 0]}], "embedding of 2 dimensions; collection"),
@@ -125,8 +157,10 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
         ({"id": "c"}, "JSON array"),
     ]:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=words):
-            sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "z", "embedding": [0, 0, 1]}] + docs
-                                                                      if isinstance(docs, list) else docs)])
+            sconn.execute(
+                "select ml.add_documents(%s, %s)",
+                [n, Jsonb([{"id": "z", "embedding": [0, 0, 1]}] + docs if isinstance(docs, list) else docs)],
+            )
     assert one(sconn, f"select array_agg(id order by id) from collections.{n}") == ["a", "b"]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="has no model"):
         sconn.execute(f"insert into collections.{n} (id, content) values ('q', 'text but no vector')")
@@ -134,22 +168,35 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
 
 def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sconn, db_dsn):
     n = name("t")
-    info = one(sconn, "select ml.create_collection(%s, model => null, partition_by => 'tenant', "
-                      "options => '{\"dimensions\": 3}')", [n])
+    info = one(
+        sconn,
+        "select ml.create_collection(%s, model => null, partition_by => 'tenant', options => '{\"dimensions\": 3}')",
+        [n],
+    )
     assert info["row_level_security"] is True
     t = f"collections.{n}"
-    docs = [{"id": "1", "tenant": "acme", "content": "acme secret plan", "embedding": [1, 0, 0]},
-            {"id": "2", "tenant": "acme", "content": "acme roadmap", "embedding": [0.9, 0.1, 0]},
-            {"id": "1", "tenant": "globex", "content": "globex secret plan", "embedding": [1, 0, 0]}]
+    docs = [
+        {"id": "1", "tenant": "acme", "content": "acme secret plan", "embedding": [1, 0, 0]},
+        {"id": "2", "tenant": "acme", "content": "acme roadmap", "embedding": [0.9, 0.1, 0]},
+        {"id": "1", "tenant": "globex", "content": "globex secret plan", "embedding": [1, 0, 0]},
+    ]
     assert one(sconn, "select ml.add_documents(%s, %s)", [n, Jsonb(docs)]) == 3
-    parts = dict(sconn.execute(
-        "select pg_get_expr(c.relpartbound, c.oid), (select count(*) from pg_inherits) from pg_inherits i "
-        "join pg_class c on c.oid = i.inhrelid where i.inhparent = %s::regclass", [t]).fetchall())
+    parts = dict(
+        sconn.execute(
+            "select pg_get_expr(c.relpartbound, c.oid), (select count(*) from pg_inherits) from pg_inherits i "
+            "join pg_class c on c.oid = i.inhrelid where i.inhparent = %s::regclass",
+            [t],
+        ).fetchall()
+    )
     assert set(parts) == {"DEFAULT", "FOR VALUES IN ('acme')", "FOR VALUES IN ('globex')"}
     # a plain INSERT for a new tenant lands in the default partition; add_documents later moves it out
-    sconn.execute(f"insert into {t} (id, tenant, content, embedding) values ('9', 'initech', 'initech memo', '[0,0,1]')")
+    sconn.execute(
+        f"insert into {t} (id, tenant, content, embedding) values ('9', 'initech', 'initech memo', '[0,0,1]')"
+    )
     assert one(sconn, f"select count(*) from collections.{n}_default") == 1
-    sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "8", "tenant": "initech", "embedding": [0, 1, 0]}])])
+    sconn.execute(
+        "select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "8", "tenant": "initech", "embedding": [0, 1, 0]}])]
+    )
     assert one(sconn, f"select count(*) from collections.{n}_default") == 0
     assert one(sconn, f"select count(*) from {t} where tenant = 'initech'") == 2
     # a non-superuser role sees only its tenant's rows, in search and in plain SELECT
@@ -175,13 +222,19 @@ def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sco
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(f"insert into {t} (id, tenant, embedding) values ('x', 'globex', '[1,1,1]')")
             c.execute("set indb.tenant = 'globex'")
-            assert [r[0] for r in c.execute("select content from ml.search(%s, '[1,0,0]'::vector, 10)", [n])] == \
-                ["globex secret plan"]
+            assert [r[0] for r in c.execute("select content from ml.search(%s, '[1,0,0]'::vector, 10)", [n])] == [
+                "globex secret plan"
+            ]
             # EXPLAIN: only the tenant's partition is scanned (the others are pruned)
-            plan = "\n".join(r[0] for r in c.execute(
-                f"explain (costs off) select id from {t} where tenant = 'globex' order by embedding <=> '[1,0,0]' limit 5"))
+            plan = "\n".join(
+                r[0]
+                for r in c.execute(
+                    f"explain (costs off) select id from {t} where tenant = 'globex' order by embedding <=> '[1,0,0]' limit 5"
+                )
+            )
             import hashlib
             import re
+
             scanned = set(re.findall(rf"{n}_t_[0-9a-f]{{12}}", plan))
             assert scanned == {f"{n}_t_" + hashlib.md5(b"globex").hexdigest()[:12]}, plan
     finally:
@@ -191,23 +244,41 @@ def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sco
 
 def test_time_partitions_by_month_and_tiering(sconn):
     n = name("m")
-    sconn.execute("select ml.create_collection(%s, model => null, partition_by => 'time', options => '{\"dimensions\": 3}')", [n])
-    docs = [{"id": str(i), "created_at": f"2024-0{m}-1{i % 9}T00:00:00Z", "embedding": [1, i, m]}
-            for m in (1, 2, 3) for i in range(3 * m, 3 * m + 3)]
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, partition_by => 'time', options => '{\"dimensions\": 3}')", [n]
+    )
+    docs = [
+        {"id": str(i), "created_at": f"2024-0{m}-1{i % 9}T00:00:00Z", "embedding": [1, i, m]}
+        for m in (1, 2, 3)
+        for i in range(3 * m, 3 * m + 3)
+    ]
     assert one(sconn, "select ml.add_documents(%s, %s)", [n, Jsonb(docs)]) == 9
-    parts = sorted(r[0] for r in sconn.execute(
-        "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = %s::regclass",
-        [f"collections.{n}"]))
+    parts = sorted(
+        r[0]
+        for r in sconn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = %s::regclass",
+            [f"collections.{n}"],
+        )
+    )
     assert parts == [f"{n}_default", f"{n}_m_202401", f"{n}_m_202402", f"{n}_m_202403"]
     # a date-range filter prunes partitions
-    plan = "\n".join(r[0] for r in sconn.execute(
-        f"explain (costs off) select id from collections.{n} where created_at >= '2024-03-01' "
-        "order by embedding <=> '[1,0,0]' limit 3"))
+    plan = "\n".join(
+        r[0]
+        for r in sconn.execute(
+            f"explain (costs off) select id from collections.{n} where created_at >= '2024-03-01' "
+            "order by embedding <=> '[1,0,0]' limit 3"
+        )
+    )
     assert f"{n}_m_202403" in plan and f"{n}_m_202401" not in plan
     out = one(sconn, "select ml.tier_partition(%s, interval '1 day', 'none')", [n])
     assert {p["partition"] for p in out["tiered"]} == {f"{n}_m_202401", f"{n}_m_202402", f"{n}_m_202403"}
     # tiered (index-less) partitions are still searched, exactly
-    exact = [r[0] for r in sconn.execute("select id from ml.search(%s, '[1,0,3]'::vector, 3, options => '{\"exact\": true}')", [n])]
+    exact = [
+        r[0]
+        for r in sconn.execute(
+            "select id from ml.search(%s, '[1,0,3]'::vector, 3, options => '{\"exact\": true}')", [n]
+        )
+    ]
     got = [r[0] for r in sconn.execute("select id from ml.search(%s, '[1,0,3]'::vector, 3)", [n])]
     assert got == exact and len(got) == 3
     # upsert by id keeps the row in its month when no created_at is given
@@ -217,7 +288,9 @@ def test_time_partitions_by_month_and_tiering(sconn):
 
 def test_ivfflat_is_built_once_data_exists_and_health_reports_recall(sconn):
     n = name("ivf")
-    sconn.execute("select ml.create_collection(%s, model => null, index => 'ivfflat', options => '{\"dimensions\": 8}')", [n])
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, index => 'ivfflat', options => '{\"dimensions\": 8}')", [n]
+    )
     assert one(sconn, f"select count(*) from pg_indexes where tablename = '{n}' and indexdef ilike '%%ivfflat%%'") == 0
     rng = np.random.default_rng(0)
     docs = [{"id": f"d{i}", "embedding": unit(rng.normal(size=8))} for i in range(300)]
@@ -236,15 +309,30 @@ def test_halfvec_and_binary_rerank_collections_search_correctly(sconn):
     vecs = [unit(rng.normal(size=16)) for _ in range(200)]
     q = unit(rng.normal(size=16))
     exact = [f"d{i}" for i in np.argsort([-np.dot(v, q) for v in vecs])[:5]]
-    for opts, vtype in [({"dimensions": 16, "halfvec": True}, "halfvec(16)"),
-                        ({"dimensions": 16, "binary_rerank": True}, "vector(16)")]:
+    for opts, vtype in [
+        ({"dimensions": 16, "halfvec": True}, "halfvec(16)"),
+        ({"dimensions": 16, "binary_rerank": True}, "vector(16)"),
+    ]:
         n = name("q")
         sconn.execute("select ml.create_collection(%s, model => null, options => %s)", [n, Jsonb(opts)])
-        assert one(sconn, "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = %s::regclass "
-                          "and attname = 'embedding'", [f"collections.{n}"]) == vtype
-        sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": f"d{i}", "embedding": v} for i, v in enumerate(vecs)])])
-        got = [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5, options => '{\"rerank_candidates\": 200}')",
-                                           [n, str(q)])]
+        assert (
+            one(
+                sconn,
+                "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = %s::regclass "
+                "and attname = 'embedding'",
+                [f"collections.{n}"],
+            )
+            == vtype
+        )
+        sconn.execute(
+            "select ml.add_documents(%s, %s)", [n, Jsonb([{"id": f"d{i}", "embedding": v} for i, v in enumerate(vecs)])]
+        )
+        got = [
+            r[0]
+            for r in sconn.execute(
+                "select id from ml.search(%s, %s::vector, 5, options => '{\"rerank_candidates\": 200}')", [n, str(q)]
+            )
+        ]
         assert got == exact, opts
         if opts.get("binary_rerank"):
             idx = one(sconn, f"select indexdef from pg_indexes where indexname = '{n}_ann'")
@@ -262,7 +350,10 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
     sconn.execute(f"create role {writer} login in role indb_writer")
     try:
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=writer), autocommit=True) as c:
-            c.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "a", "content": "hello world", "embedding": [1, 0]}])])
+            c.execute(
+                "select ml.add_documents(%s, %s)",
+                [n, Jsonb([{"id": "a", "content": "hello world", "embedding": [1, 0]}])],
+            )
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=app), autocommit=True) as c:
             assert c.execute("select id from ml.search(%s, '[1,0]'::vector, 1)", [n]).fetchone()[0] == "a"
             assert c.execute("select id from ml.keyword_search(%s, 'hello', 1)", [n]).fetchone()[0] == "a"
@@ -270,15 +361,25 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
                 c.execute(f"delete from collections.{n}")
         # tenant partitions made on first use by a writer that does not own the table, for its own tenant only
         tn = name("rt")
-        sconn.execute("select ml.create_collection(%s, model => null, partition_by => 'tenant', "
-                      "options => '{\"dimensions\": 2}')", [tn])
+        sconn.execute(
+            "select ml.create_collection(%s, model => null, partition_by => 'tenant', "
+            "options => '{\"dimensions\": 2}')",
+            [tn],
+        )
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=writer), autocommit=True) as c:
             c.execute("set indb.tenant = 'acme'")
-            c.execute("select ml.add_documents(%s, %s)", [tn, Jsonb([{"id": "a", "content": "acme doc", "embedding": [1, 0]}])])
+            c.execute(
+                "select ml.add_documents(%s, %s)",
+                [tn, Jsonb([{"id": "a", "content": "acme doc", "embedding": [1, 0]}])],
+            )
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not this session's tenant"):
-                c.execute("select ml.add_documents(%s, %s)",
-                          [tn, Jsonb([{"id": "b", "tenant": "globex", "embedding": [1, 0]}])])
-        sconn.execute("select ml.add_documents(%s, %s)", [tn, Jsonb([{"id": "g", "tenant": "globex", "embedding": [1, 0]}])])
+                c.execute(
+                    "select ml.add_documents(%s, %s)",
+                    [tn, Jsonb([{"id": "b", "tenant": "globex", "embedding": [1, 0]}])],
+                )
+        sconn.execute(
+            "select ml.add_documents(%s, %s)", [tn, Jsonb([{"id": "g", "tenant": "globex", "embedding": [1, 0]}])]
+        )
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=app), autocommit=True) as c:
             c.execute("set indb.tenant = 'acme'")
             assert c.execute("select array_agg(id) from ml.search(%s, '[1,0]'::vector, 5)", [tn]).fetchone()[0] == ["a"]

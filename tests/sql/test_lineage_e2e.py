@@ -1,5 +1,6 @@
 """Lineage across areas: feature view version -> training set -> snapshot -> run -> model version ->
 deployment, answered in both directions by registry.lineage()."""
+
 from __future__ import annotations
 
 
@@ -17,13 +18,17 @@ def test_model_trained_on_a_training_set_traces_back_to_feature_views(conn):
     ts = conn.execute("""select features.create_training_set('lin_train',
                          'select cust, ts + interval ''1 minute'' as event_timestamp, churned from lin_events',
                          array['lin_stats:amount'], 'churned')""").fetchone()[0]
-    trained = conn.execute("select model_id, deployed from ml.train('lin_proj', 'regression', 'select amount, churned from lin_train', "
-                           "'churned', 'linear')").fetchone()
+    trained = conn.execute(
+        "select model_id, deployed from ml.train('lin_proj', 'regression', 'select amount, churned from lin_train', "
+        "'churned', 'linear')"
+    ).fetchone()
     model_version = trained[0]
-    up = conn.execute("select src_kind, relation, dst_kind from registry.lineage('model_version', %s, 'up')",
-                      [str(model_version)]).fetchall()
+    up = conn.execute(
+        "select src_kind, relation, dst_kind from registry.lineage('model_version', %s, 'up')", [str(model_version)]
+    ).fetchall()
     kinds = {r[0] for r in up}
     assert {"feature_view_version", "training_set", "dataset", "run"} <= kinds, up
-    down = conn.execute("select dst_kind, dst_id from registry.lineage('training_set', %s, 'down')",
-                        [str(ts["dataset_id"])]).fetchall()
+    down = conn.execute(
+        "select dst_kind, dst_id from registry.lineage('training_set', %s, 'down')", [str(ts["dataset_id"])]
+    ).fetchall()
     assert ("model_version", str(model_version)) in down, down

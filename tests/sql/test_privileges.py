@@ -4,6 +4,7 @@ allowed or refused, compared with a golden file; plus spot checks that the datab
 The golden file is tests/sql/golden/privileges.txt. Other areas add functions; after checking the diff,
 regenerate it with:  INDB_UPDATE_GOLDEN=1 .venv/bin/pytest tests/sql/test_privileges.py
 """
+
 from __future__ import annotations
 
 import difflib
@@ -26,22 +27,26 @@ def matrix(conn) -> str:
     lines = [HEADER]
     cols = ", ".join(f"has_function_privilege('{r}', p.oid, 'EXECUTE')" for r in ROLES)
     for row in conn.execute(
-            f"select p.oid::regprocedure::text, {cols} from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
-            "where n.nspname in ('ml', 'registry', 'features', 'audit') and p.prokind in ('f', 'p') "
-            "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e') "
-            "order by 1").fetchall():
+        f"select p.oid::regprocedure::text, {cols} from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname in ('ml', 'registry', 'features', 'audit') and p.prokind in ('f', 'p') "
+        "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e') "
+        "order by 1"
+    ).fetchall():
         lines.append(f"function {row[0]:<70} " + " ".join("X" if x else "-" for x in row[1:]))
     privs = ["SELECT", "INSERT", "UPDATE", "DELETE"]
     cols = ", ".join(f"has_table_privilege('{r}', c.oid, '{p}')" for r in ROLES for p in privs)
     for row in conn.execute(
-            f"select c.oid::regclass::text, {cols} from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-            "where n.nspname in ('ml', 'registry', 'features', 'audit') and c.relkind in ('r', 'p', 'v', 'm') "
-            "and not c.relispartition order by 1").fetchall():
+        f"select c.oid::regclass::text, {cols} from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname in ('ml', 'registry', 'features', 'audit') and c.relkind in ('r', 'p', 'v', 'm') "
+        "and not c.relispartition order by 1"
+    ).fetchall():
         cells = ["".join("X" if row[1 + i * 4 + j] else "-" for j in range(4)) for i in range(len(ROLES))]
         lines.append(f"table    {row[0]:<70} " + " ".join(cells))
     cols = ", ".join(f"has_schema_privilege('{r}', n.oid, '{p}')" for r in ROLES for p in ("USAGE", "CREATE"))
-    for row in conn.execute(f"select n.nspname, {cols} from pg_namespace n "
-                            "where n.nspname in ('ml', 'registry', 'features', 'audit') order by 1").fetchall():
+    for row in conn.execute(
+        f"select n.nspname, {cols} from pg_namespace n "
+        "where n.nspname in ('ml', 'registry', 'features', 'audit') order by 1"
+    ).fetchall():
         cells = ["".join("X" if row[1 + i * 2 + j] else "-" for j in range(2)) for i in range(len(ROLES))]
         lines.append(f"schema   {row[0]:<70} " + " ".join(cells))
     return "\n".join(lines) + "\n"
@@ -73,15 +78,23 @@ def test_privilege_matrix_matches_golden(fresh_install):
 
 
 def test_public_has_no_access(conn):
-    assert conn.execute(
-        "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
-        "where n.nspname in ('ml', 'registry', 'features', 'audit') "
-        "and exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
-        "            where a.grantee = 0)").fetchone()[0] == 0
-    assert conn.execute(
-        "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "where n.nspname in ('ml', 'registry', 'features', 'audit') and c.relacl is not null "
-        "and exists (select 1 from aclexplode(c.relacl) a where a.grantee = 0)").fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname in ('ml', 'registry', 'features', 'audit') "
+            "and exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
+            "            where a.grantee = 0)"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        conn.execute(
+            "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname in ('ml', 'registry', 'features', 'audit') and c.relacl is not null "
+            "and exists (select 1 from aclexplode(c.relacl) a where a.grantee = 0)"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_no_role_may_change_the_audit_log(conn):
@@ -90,24 +103,27 @@ def test_no_role_may_change_the_audit_log(conn):
             assert not conn.execute("select has_table_privilege(%s, 'audit.events', %s)", [r, p]).fetchone()[0]
 
 
-@pytest.mark.parametrize("role, sql, allowed", [
-    ("indb_app", "select count(*) from registry.runs", False),
-    ("indb_app", "select registry.start_run('{exp}')", False),
-    ("indb_app", "select count(*) from registry.model_versions", True),
-    ("indb_app", "select count(*) from audit.events", False),
-    ("indb_reader", "select count(*) from registry.search_runs(null, '')", True),
-    ("indb_reader", "select count(*) from registry.runs", True),
-    ("indb_reader", "select registry.start_run('{exp}')", False),
-    ("indb_reader", "insert into registry.experiments(name) values ('{exp}')", False),
-    ("indb_reader", "select ok from audit.verify()", True),
-    ("indb_reader", "select count(*) from audit.events", False),
-    ("indb_writer", "select registry.start_run('{exp}')", True),
-    ("indb_writer", "select count(*) from audit.events", False),
-    ("indb_writer", "select registry.create_tenant('x{hex}')", False),
-    ("indb_writer", "select audit.apply_retention('30 days')", False),
-    ("indb_admin", "select count(*) from audit.events", True),
-    ("indb_admin", "select registry.start_run('{exp}')", True),
-])
+@pytest.mark.parametrize(
+    "role, sql, allowed",
+    [
+        ("indb_app", "select count(*) from registry.runs", False),
+        ("indb_app", "select registry.start_run('{exp}')", False),
+        ("indb_app", "select count(*) from registry.model_versions", True),
+        ("indb_app", "select count(*) from audit.events", False),
+        ("indb_reader", "select count(*) from registry.search_runs(null, '')", True),
+        ("indb_reader", "select count(*) from registry.runs", True),
+        ("indb_reader", "select registry.start_run('{exp}')", False),
+        ("indb_reader", "insert into registry.experiments(name) values ('{exp}')", False),
+        ("indb_reader", "select ok from audit.verify()", True),
+        ("indb_reader", "select count(*) from audit.events", False),
+        ("indb_writer", "select registry.start_run('{exp}')", True),
+        ("indb_writer", "select count(*) from audit.events", False),
+        ("indb_writer", "select registry.create_tenant('x{hex}')", False),
+        ("indb_writer", "select audit.apply_retention('30 days')", False),
+        ("indb_admin", "select count(*) from audit.events", True),
+        ("indb_admin", "select registry.start_run('{exp}')", True),
+    ],
+)
 def test_roles_act_as_the_matrix_says(conn, role, sql, allowed):
     h = secrets.token_hex(3)
     conn.execute(f"set role {role}")

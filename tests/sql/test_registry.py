@@ -1,5 +1,6 @@
 """Tracking and the model registry through the SQL API: round trips, batches, bad input leaves nothing
 behind, atomic alias moves, lineage both ways, search_runs with MLflow filters."""
+
 from __future__ import annotations
 
 import secrets
@@ -28,8 +29,11 @@ def run(conn):
 def test_run_round_trip(conn, run):
     exp, rid = run
     conn.execute("select registry.log_params(%s, %s)", [rid, '{"depth": "6", "lr": 0.1}'])
-    n = one(conn, "select registry.log_batch(%s, %s, %s, %s)",
-            [rid, ["rmse", "rmse", "rmse", "acc"], [0.9, 0.5, 0.7, 0.8], [0, 1, 2, 0]])
+    n = one(
+        conn,
+        "select registry.log_batch(%s, %s, %s, %s)",
+        [rid, ["rmse", "rmse", "rmse", "acc"], [0.9, 0.5, 0.7, 0.8], [0, 1, 2, 0]],
+    )
     assert n == 4
     conn.execute("select registry.set_tag(%s, 'stage', 'dev')", [rid])
     art = one(conn, "select registry.log_artifact(%s, 'notes/readme.txt', %s)", [rid, b"hello"])
@@ -60,10 +64,12 @@ def test_nested_runs_and_inputs(conn, run):
 def test_finished_run_refuses_data_but_takes_tags(conn, run):
     _, rid = run
     conn.execute("select registry.end_run(%s, 'FAILED')", [rid])
-    for sql, args in [("select registry.log_metric(%s, 'x', 1)", [rid]),
-                      ("select registry.log_param(%s, 'x', '1')", [rid]),
-                      ("select registry.log_artifact(%s, 'a', 'x'::bytea)", [rid]),
-                      ("select registry.end_run(%s)", [rid])]:
+    for sql, args in [
+        ("select registry.log_metric(%s, 'x', 1)", [rid]),
+        ("select registry.log_param(%s, 'x', '1')", [rid]),
+        ("select registry.log_artifact(%s, 'a', 'x'::bytea)", [rid]),
+        ("select registry.end_run(%s)", [rid]),
+    ]:
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="FAILED"):
             conn.execute(sql, args)
     conn.execute("select registry.set_tag(%s, 'reviewed', 'yes')", [rid])
@@ -80,15 +86,23 @@ def test_bad_batches_write_nothing(conn, run):
     ]
     for keys, vals, steps, msg in cases:
         with pytest.raises(psycopg.Error, match=msg):
-            conn.execute("select registry.log_batch(%s, %s::text[], %s::float8[], %s::bigint[])",
-                         [rid, keys, vals, steps])
-    assert one(conn, "select count(*) from registry.metrics m join registry.runs r on r.id = m.run_id "
-                     "where r.run_uuid = %s", [rid]) == 0
+            conn.execute(
+                "select registry.log_batch(%s, %s::text[], %s::float8[], %s::bigint[])", [rid, keys, vals, steps]
+            )
+    assert (
+        one(
+            conn,
+            "select count(*) from registry.metrics m join registry.runs r on r.id = m.run_id where r.run_uuid = %s",
+            [rid],
+        )
+        == 0
+    )
     # params are immutable: a conflicting batch is refused as a whole
-    conn.execute("select registry.log_params(%s, '{\"depth\": \"6\"}')", [rid])
+    conn.execute('select registry.log_params(%s, \'{"depth": "6"}\')', [rid])
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="already logged"):
-        conn.execute("select registry.log_batch(%s, array['m'], array[1.0], params => '{\"new\": \"1\", \"depth\": \"7\"}')",
-                     [rid])
+        conn.execute(
+            'select registry.log_batch(%s, array[\'m\'], array[1.0], params => \'{"new": "1", "depth": "7"}\')', [rid]
+        )
     info = one(conn, "select registry.get_run(%s)", [rid])
     assert info["params"] == {"depth": "6"} and info["metrics"] == {}
     conn.execute("select registry.log_param(%s, 'depth', '6')", [rid])  # same value again: fine
@@ -125,14 +139,20 @@ def test_oversized_artifact_is_refused_whole(conn, run):
 def test_versions_increment_and_aliases(conn, run):
     _, rid = run
     name = uid("model")
-    v = [conn.execute("select version from registry.register_model(%s, %s, %s, flavor => 'sklearn')",
-                      [name, rid, f"bytes{i}".encode()]).fetchone()[0] for i in range(3)]
+    v = [
+        conn.execute(
+            "select version from registry.register_model(%s, %s, %s, flavor => 'sklearn')",
+            [name, rid, f"bytes{i}".encode()],
+        ).fetchone()[0]
+        for i in range(3)
+    ]
     assert v == [1, 2, 3]
     conn.execute("select registry.set_alias(%s, 'champion', 1)", [name])
     conn.execute("select registry.set_alias(%s, 'challenger', 3)", [name])
     conn.execute("select registry.set_alias(%s, 'champion', 2)", [name])  # move
-    got = conn.execute("select version, artifact, aliases from registry.get_model_version(%s, 'champion')",
-                       [name]).fetchone()
+    got = conn.execute(
+        "select version, artifact, aliases from registry.get_model_version(%s, 'champion')", [name]
+    ).fetchone()
     assert got[0] == 2 and bytes(got[1]) == b"bytes1" and got[2] == ["champion"]
     assert one(conn, "select version from registry.get_model_version(%s, 'latest')", [name]) == 3
     assert one(conn, "select version from registry.get_model_version(%s, '1')", [name]) == 1
@@ -160,8 +180,11 @@ def test_alias_move_is_atomic_for_concurrent_readers(db_dsn, conn):
         with psycopg.connect(db_dsn, autocommit=True) as c:
             while not stop.is_set():
                 try:
-                    seen.add(c.execute("select version from registry.get_model_version(%s, 'champion')",
-                                       [name]).fetchone()[0])
+                    seen.add(
+                        c.execute("select version from registry.get_model_version(%s, 'champion')", [name]).fetchone()[
+                            0
+                        ]
+                    )
                 except psycopg.Error as e:  # pragma: no cover - the assertion below reports it
                     errors.append(e)
 
@@ -186,8 +209,13 @@ def test_concurrent_registrations_get_distinct_versions(db_dsn):
         try:
             with psycopg.connect(db_dsn, autocommit=True) as c:
                 for _ in range(5):
-                    out.append(c.execute("select version from registry.register_model(%s, artifact => 'x'::bytea,"
-                                         " flavor => 'sklearn')", [name]).fetchone()[0])
+                    out.append(
+                        c.execute(
+                            "select version from registry.register_model(%s, artifact => 'x'::bytea,"
+                            " flavor => 'sklearn')",
+                            [name],
+                        ).fetchone()[0]
+                    )
         except psycopg.Error as e:  # pragma: no cover
             errors.append(e)
 
@@ -202,21 +230,28 @@ def test_lineage_walks_both_directions(conn):
     rid = one(conn, "select registry.start_run(%s, 'train')", [exp])
     did = one(conn, "select registry.log_input(%s, 'housing', 'd1g3st', 'training')", [rid])
     name = uid("model")
-    vid = conn.execute("select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'xgboost')",
-                       [name, rid]).fetchone()[0]
-    dep = one(conn, "insert into registry.deployments(model_id, version_id, strategy) "
-                    "select model_id, id, 'best' from registry.model_versions where id = %s returning id", [vid])
+    vid = conn.execute(
+        "select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'xgboost')", [name, rid]
+    ).fetchone()[0]
+    dep = one(
+        conn,
+        "insert into registry.deployments(model_id, version_id, strategy) "
+        "select model_id, id, 'best' from registry.model_versions where id = %s returning id",
+        [vid],
+    )
     conn.execute("select registry.add_lineage('deployment', %s, 'prediction_log', '42', 'logged')", [str(dep)])
     conn.execute("select registry.add_lineage('feature_view_version', 'fv_7', 'run', %s, 'input:features')", [str(rid)])
 
     # "what data trained the deployed model?"
-    up = conn.execute("select src_kind, src_id, dst_kind, depth from registry.lineage('deployment', %s, 'up')",
-                      [str(dep)]).fetchall()
+    up = conn.execute(
+        "select src_kind, src_id, dst_kind, depth from registry.lineage('deployment', %s, 'up')", [str(dep)]
+    ).fetchall()
     assert ("dataset", str(did), "run", 3) in up and ("feature_view_version", "fv_7", "run", 3) in up
     assert ("model_version", str(vid), "deployment", 1) in up
     # "what models used this data set?" -- and down to the logged predictions
-    down = conn.execute("select dst_kind, dst_id, dst_label from registry.lineage('dataset', %s, 'down')",
-                        [str(did)]).fetchall()
+    down = conn.execute(
+        "select dst_kind, dst_id, dst_label from registry.lineage('dataset', %s, 'down')", [str(did)]
+    ).fetchall()
     assert ("model_version", str(vid), f"{name}/1") in down
     assert ("prediction_log", "42", None) in [(k, i, lbl) for k, i, lbl in down]
     # a model version can be named model/version or model@alias; a run by its uuid
@@ -234,27 +269,36 @@ def test_search_runs_filters_orders_and_reports_positions(conn):
     ids = {}
     for i, (rmse, depth, team) in enumerate([(0.3, "6", "x"), (0.4, "6", "y"), (0.6, "6", "x"), (0.2, "4", "x")]):
         rid = one(conn, "select registry.start_run(%s, %s, %s)", [exp, f"run{i}", f'{{"team": "{team}"}}'])
-        conn.execute("select registry.log_batch(%s, array['rmse'], array[%s::float8], params => %s)",
-                     [rid, rmse, f'{{"depth": "{depth}"}}'])
+        conn.execute(
+            "select registry.log_batch(%s, array['rmse'], array[%s::float8], params => %s)",
+            [rid, rmse, f'{{"depth": "{depth}"}}'],
+        )
         if i != 1:
             conn.execute("select registry.end_run(%s)", [rid])
         ids[i] = str(rid)
     rows = conn.execute(
         "select run_name from registry.search_runs(%s, %s, array['metrics.rmse DESC'])",
-        [[exp], "metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' and attributes.status = 'FINISHED'"]
+        [[exp], "metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' and attributes.status = 'FINISHED'"],
     ).fetchall()
     assert rows == [("run0",)]
-    rows = conn.execute("select run_name from registry.search_runs(%s, 'metrics.rmse < 0.5', "
-                        "array['metrics.rmse ASC'])", [[exp]]).fetchall()
+    rows = conn.execute(
+        "select run_name from registry.search_runs(%s, 'metrics.rmse < 0.5', array['metrics.rmse ASC'])", [[exp]]
+    ).fetchall()
     assert rows == [("run3",), ("run0",), ("run1",)]
-    rows = conn.execute("select run_name, metrics, params from registry.search_runs(%s, "
-                        "'params.depth IN (''4'') or tags.team = ''y''', array['attributes.run_name'])",
-                        [[exp]]).fetchall()
+    rows = conn.execute(
+        "select run_name, metrics, params from registry.search_runs(%s, "
+        "'params.depth IN (''4'') or tags.team = ''y''', array['attributes.run_name'])",
+        [[exp]],
+    ).fetchall()
     assert [r[0] for r in rows] == ["run1", "run3"] and rows[1][1] == {"rmse": 0.2} and rows[1][2] == {"depth": "4"}
     assert conn.execute("select count(*) from registry.search_runs(%s, '', null, 2)", [[exp]]).fetchone()[0] == 2
     # an injection attempt is just a value that matches nothing
-    assert conn.execute("select count(*) from registry.search_runs(%s, %s)",
-                        [[exp], "params.depth = '6'' or ''1''=''1'"]).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "select count(*) from registry.search_runs(%s, %s)", [[exp], "params.depth = '6'' or ''1''=''1'"]
+        ).fetchone()[0]
+        == 0
+    )
     with pytest.raises(psycopg.errors.SyntaxError) as e:
         conn.execute("select * from registry.search_runs(%s, 'metrics.rmse < 0.5 and params.depth = 6')", [[exp]])
     assert "position 39" in e.value.diag.message_primary

@@ -1,4 +1,5 @@
 """ml.search: exact top-k under filters (whatever the strategy), the ANN index in EXPLAIN, bad input."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,12 +25,22 @@ def corpus(sconn):
     base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     docs = []
     for i in range(N):
-        docs.append({"id": f"d{i:04d}", "content": f"document number {i}", "embedding": X[i].round(6).tolist(),
-                     "tenant": ["acme", "globex"][i % 2],
-                     "created_at": (base + dt.timedelta(hours=i)).isoformat(),
-                     "metadata": {"color": ["red", "green", "blue", "gold"][i % 4], "year": 2000 + i % 25,
-                                  "rare": i % 100 == 7, "published": (base + dt.timedelta(days=i % 365)).date().isoformat(),
-                                  "tags": ["a", "b"] if i % 3 == 0 else ["c"]}})
+        docs.append(
+            {
+                "id": f"d{i:04d}",
+                "content": f"document number {i}",
+                "embedding": X[i].round(6).tolist(),
+                "tenant": ["acme", "globex"][i % 2],
+                "created_at": (base + dt.timedelta(hours=i)).isoformat(),
+                "metadata": {
+                    "color": ["red", "green", "blue", "gold"][i % 4],
+                    "year": 2000 + i % 25,
+                    "rare": i % 100 == 7,
+                    "published": (base + dt.timedelta(days=i % 365)).date().isoformat(),
+                    "tags": ["a", "b"] if i % 3 == 0 else ["c"],
+                },
+            }
+        )
     name = f"s_{secrets.token_hex(3)}"
     sconn.execute("select ml.create_collection(%s, model => null, options => %s)", [name, Jsonb({"dimensions": DIM})])
     sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
@@ -48,12 +59,22 @@ def brute(X, ids, docs, q, k, pred):
 FILTERS = [
     ({"color": "red"}, lambda d: d["metadata"]["color"] == "red"),
     ({"rare": True}, lambda d: d["metadata"]["rare"] is True),  # 1% selective
-    ({"color": {"$in": ["gold", "green"]}, "year": {"$gte": 2010, "$lt": 2015}},
-     lambda d: d["metadata"]["color"] in ("gold", "green") and 2010 <= d["metadata"]["year"] < 2015),
-    ({"$or": [{"year": 2003}, {"tags": ["a"]}]}, lambda d: d["metadata"]["year"] == 2003 or "a" in d["metadata"]["tags"]),
-    ({"tenant": "globex", "color": {"$ne": "blue"}}, lambda d: d["tenant"] == "globex" and d["metadata"]["color"] != "blue"),
-    ({"created_at": {"$gte": "2024-02-01T00:00:00Z"}, "$not": {"color": "red"}},
-     lambda d: d["created_at"] >= "2024-02-01T00:00:00+00:00" and d["metadata"]["color"] != "red"),
+    (
+        {"color": {"$in": ["gold", "green"]}, "year": {"$gte": 2010, "$lt": 2015}},
+        lambda d: d["metadata"]["color"] in ("gold", "green") and 2010 <= d["metadata"]["year"] < 2015,
+    ),
+    (
+        {"$or": [{"year": 2003}, {"tags": ["a"]}]},
+        lambda d: d["metadata"]["year"] == 2003 or "a" in d["metadata"]["tags"],
+    ),
+    (
+        {"tenant": "globex", "color": {"$ne": "blue"}},
+        lambda d: d["tenant"] == "globex" and d["metadata"]["color"] != "blue",
+    ),
+    (
+        {"created_at": {"$gte": "2024-02-01T00:00:00Z"}, "$not": {"color": "red"}},
+        lambda d: d["created_at"] >= "2024-02-01T00:00:00+00:00" and d["metadata"]["color"] != "red",
+    ),
     ({"published": {"$lt": "2024-01-10"}}, lambda d: d["metadata"]["published"] < "2024-01-10"),
     ({"missing_key": {"$exists": False}, "year": {"$lte": 2000}}, lambda d: d["metadata"]["year"] <= 2000),
 ]
@@ -69,8 +90,10 @@ def test_filtered_search_returns_exactly_the_matching_top_k(sconn, corpus, i, st
     q = (q / np.linalg.norm(q)).astype(np.float32)
     k = 10
     expect, matches = brute(X, ids, docs, q, k, pred)
-    rows = sconn.execute("select id, score from ml.search(%s, %s::vector, %s, %s, %s)",
-                         [name, str(q.tolist()), k, Jsonb(flt), Jsonb({**strategy_opts, "ef_search": 100})]).fetchall()
+    rows = sconn.execute(
+        "select id, score from ml.search(%s, %s::vector, %s, %s, %s)",
+        [name, str(q.tolist()), k, Jsonb(flt), Jsonb({**strategy_opts, "ef_search": 100})],
+    ).fetchall()
     got = [r[0] for r in rows]
     assert len(got) == min(k, matches)
     # ANN may swap near-ties; the set must match (recall 1 at k=10 on this small corpus) and be ordered by score
@@ -81,42 +104,57 @@ def test_filtered_search_returns_exactly_the_matching_top_k(sconn, corpus, i, st
 def test_selective_filter_is_answered_exactly_and_explained(sconn, corpus):
     name, X, ids, docs = corpus
     q = X[5]
-    row = sconn.execute("select score, content, metadata from ml.search(%s, %s::vector, 10, '{\"rare\": true}', "
-                        "'{\"explain\": true}')", [name, str(q.tolist())]).fetchone()
+    row = sconn.execute(
+        "select score, content, metadata from ml.search(%s, %s::vector, 10, '{\"rare\": true}', '{\"explain\": true}')",
+        [name, str(q.tolist())],
+    ).fetchone()
     assert row[2]["strategy"] == "exact" and row[2]["filter_matches"] == 20 and "exact_threshold" in row[2]["reason"]
     assert "actual rows=10" in row[1]
-    row = sconn.execute("select content, metadata from ml.search(%s, %s::vector, 10, '{\"color\": \"red\"}', "
-                        "'{\"explain\": true, \"exact_threshold\": 100, \"ef_search\": 40}')", [name, str(q.tolist())]).fetchone()
+    row = sconn.execute(
+        'select content, metadata from ml.search(%s, %s::vector, 10, \'{"color": "red"}\', '
+        '\'{"explain": true, "exact_threshold": 100, "ef_search": 40}\')',
+        [name, str(q.tolist())],
+    ).fetchone()
     assert row[1]["strategy"] == "ann_iterative" and row[1]["settings"]["hnsw.iterative_scan"] == "strict_order"
     assert f"Index Scan using {name}_ann" in row[0]
 
 
 def test_unfiltered_search_uses_the_hnsw_index(sconn, corpus):
     name, X, ids, docs = corpus
-    row = sconn.execute("select content, metadata from ml.search(%s, %s::vector, 5, null, '{\"explain\": true}')",
-                        [name, str(X[0].tolist())]).fetchone()
+    row = sconn.execute(
+        "select content, metadata from ml.search(%s, %s::vector, 5, null, '{\"explain\": true}')",
+        [name, str(X[0].tolist())],
+    ).fetchone()
     assert row[1]["strategy"] == "ann" and f"Index Scan using {name}_ann" in row[0]
     got = [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5)", [name, str(X[0].tolist())])]
     assert got[0] == "d0000"
     # the same query written by hand against pgvector gives the same answer
-    hand = [r[0] for r in sconn.execute(f"select id from collections.{name} order by embedding <=> %s::vector limit 5",
-                                        [str(X[0].tolist())])]
+    hand = [
+        r[0]
+        for r in sconn.execute(
+            f"select id from collections.{name} order by embedding <=> %s::vector limit 5", [str(X[0].tolist())]
+        )
+    ]
     assert got == hand
 
 
 def test_k_larger_than_ef_search_still_returns_k_rows(sconn, corpus):
     name, X, ids, docs = corpus
-    n = sconn.execute("select count(*) from ml.search(%s, %s::vector, 500, null, '{\"ef_search\": 10}')",
-                      [name, str(X[1].tolist())]).fetchone()[0]
+    n = sconn.execute(
+        "select count(*) from ml.search(%s, %s::vector, 500, null, '{\"ef_search\": 10}')", [name, str(X[1].tolist())]
+    ).fetchone()[0]
     assert n == 500
 
 
-@pytest.mark.parametrize("args, err, words", [
-    (("x", 0), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000, got 0"),
-    (("x", -3), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000"),
-    (("x", 10 ** 6), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000, got 1000000"),
-    (("[1,2,3]", 5), psycopg.errors.InvalidParameterValue, "query vector has 3 dimensions; collection"),
-])
+@pytest.mark.parametrize(
+    "args, err, words",
+    [
+        (("x", 0), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000, got 0"),
+        (("x", -3), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000"),
+        (("x", 10**6), psycopg.errors.InvalidParameterValue, "k must be between 1 and 10000, got 1000000"),
+        (("[1,2,3]", 5), psycopg.errors.InvalidParameterValue, "query vector has 3 dimensions; collection"),
+    ],
+)
 def test_bad_k_and_dimension(sconn, corpus, args, err, words):
     name = corpus[0]
     q = args[0] if args[0] != "x" else str(corpus[1][0].tolist())
@@ -126,9 +164,11 @@ def test_bad_k_and_dimension(sconn, corpus, args, err, words):
 
 def test_bad_filters_point_at_the_key_or_operator(sconn, corpus):
     name, X = corpus[0], corpus[1]
-    for flt, words in [({"year": {"$gtx": 1}}, 'at $.year.$gtx: unknown operator "$gtx"'),
-                       ({"$and": [{"a": 1}, {"b": {"$in": 3}}]}, "at $.$and[1].b.$in: $in takes a non-empty array"),
-                       ({"published": {"$gt": "last week"}}, "not an ISO-8601 timestamp")]:
+    for flt, words in [
+        ({"year": {"$gtx": 1}}, 'at $.year.$gtx: unknown operator "$gtx"'),
+        ({"$and": [{"a": 1}, {"b": {"$in": 3}}]}, "at $.$and[1].b.$in: $in takes a non-empty array"),
+        ({"published": {"$gt": "last week"}}, "not an ISO-8601 timestamp"),
+    ]:
         with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
             sconn.execute("select * from ml.search(%s, %s::vector, 5, %s)", [name, str(X[0].tolist()), Jsonb(flt)])
         assert words in str(e.value)
@@ -140,12 +180,23 @@ def test_metacharacters_in_filters_ids_and_queries_are_data_not_sql(sconn):
     name = f"inj_{secrets.token_hex(3)}"
     sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
     evil = "x'); drop table ml.collections; --"
-    docs = [{"id": evil, "content": evil + " O'Brien \\ $1 %s", "metadata": {evil: evil, "k\"ey": "v'al"}, "embedding": [1, 0]},
-            {"id": "plain", "content": "nothing to see", "metadata": {"a": 1}, "embedding": [0, 1]}]
+    docs = [
+        {
+            "id": evil,
+            "content": evil + " O'Brien \\ $1 %s",
+            "metadata": {evil: evil, 'k"ey': "v'al"},
+            "embedding": [1, 0],
+        },
+        {"id": "plain", "content": "nothing to see", "metadata": {"a": 1}, "embedding": [0, 1]},
+    ]
     sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
-    got = sconn.execute("select id, content from ml.search(%s, '[1,0]'::vector, 5, %s)", [name, Jsonb({evil: evil})]).fetchall()
+    got = sconn.execute(
+        "select id, content from ml.search(%s, '[1,0]'::vector, 5, %s)", [name, Jsonb({evil: evil})]
+    ).fetchall()
     assert got == [(evil, evil + " O'Brien \\ $1 %s")]
-    got = sconn.execute("select id from ml.search(%s, '[1,0]'::vector, 5, %s)", [name, Jsonb({"k\"ey": {"$in": ["v'al"]}})]).fetchall()
+    got = sconn.execute(
+        "select id from ml.search(%s, '[1,0]'::vector, 5, %s)", [name, Jsonb({'k"ey': {"$in": ["v'al"]}})]
+    ).fetchall()
     assert got == [(evil,)]
     got = sconn.execute("select id from ml.keyword_search(%s, %s, 5)", [name, "O'Brien ') | drop & !"]).fetchall()
     assert got == [(evil,)]
@@ -155,9 +206,11 @@ def test_metacharacters_in_filters_ids_and_queries_are_data_not_sql(sconn):
 def test_text_queries_use_the_collection_model(sconn):
     name = f"txt_{secrets.token_hex(3)}"
     sconn.execute("select ml.create_collection(%s)", [name])
-    docs = [{"id": "bio", "content": "Mitochondria produce ATP through oxidative phosphorylation."},
-            {"id": "astro", "content": "Neutron stars form after supernova explosions."},
-            {"id": "cook", "content": "Knead the dough and let the bread rise for an hour."}]
+    docs = [
+        {"id": "bio", "content": "Mitochondria produce ATP through oxidative phosphorylation."},
+        {"id": "astro", "content": "Neutron stars form after supernova explosions."},
+        {"id": "cook", "content": "Knead the dough and let the bread rise for an hour."},
+    ]
     sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
     assert sconn.execute("select id from ml.search(%s, 'how do cells make energy', 1)", [name]).fetchone()[0] == "bio"
     assert sconn.execute("select id from ml.search(%s, 'baking a loaf', 1)", [name]).fetchone()[0] == "cook"

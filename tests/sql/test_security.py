@@ -1,6 +1,7 @@
 """Roles and row-level security: tenants cannot read or change each other's registry rows through any
 API function or direct SQL; a tenant bound to a role can only be used by its members; indb roles cannot
 create functions (plpython3u stays untrusted)."""
+
 from __future__ import annotations
 
 import secrets
@@ -43,11 +44,31 @@ CROSS_TENANT_EMPTY = {
     "node_label": "select count(registry.node_label('model_version', '{vid}'))",
 }
 # and no row of A's in any registry table, read directly
-REGISTRY_TABLES = ["experiments", "runs", "params", "metrics", "latest_metrics", "artifacts", "datasets", "run_inputs",
-                   "registered_models", "model_versions", "aliases", "deployments", "lineage_edges"]
+REGISTRY_TABLES = [
+    "experiments",
+    "runs",
+    "params",
+    "metrics",
+    "latest_metrics",
+    "artifacts",
+    "datasets",
+    "run_inputs",
+    "registered_models",
+    "model_versions",
+    "aliases",
+    "deployments",
+    "lineage_edges",
+]
 # not tenant data, or admin-only: checked elsewhere
-NOT_TENANT_DATA = {"current_tenant", "is_admin", "max_artifact_bytes", "create_tenant", "apply_tenant_policies",
-                   "search_runs", "node_label"}
+NOT_TENANT_DATA = {
+    "current_tenant",
+    "is_admin",
+    "max_artifact_bytes",
+    "create_tenant",
+    "apply_tenant_policies",
+    "search_runs",
+    "node_label",
+}
 
 
 def one(conn, sql, params=None):
@@ -73,11 +94,15 @@ def tenant_a(db_dsn):
         c.execute("select registry.log_artifact(%s, 'a.txt', 'secret'::bytea)", [run])
         did = one(c, "select registry.log_input(%s, %s, 'abc123')", [run, f"data_{ta}"])
         model = f"model_{ta}"
-        vid = one(c, "select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'sklearn')",
-                  [model, run])
+        vid = one(
+            c, "select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'sklearn')", [model, run]
+        )
         c.execute("select registry.set_alias(%s, 'champion', 1)", [model])
-        c.execute("insert into registry.deployments(model_id, version_id, strategy) "
-                  "select model_id, id, 'best' from registry.model_versions where id = %s", [vid])
+        c.execute(
+            "insert into registry.deployments(model_id, version_id, strategy) "
+            "select model_id, id, 'best' from registry.model_versions where id = %s",
+            [vid],
+        )
         assert one(c, "select count(*) from registry.runs") >= 1
     return dict(tenant=ta, exp=exp, run=run, model=model, vid=vid, did=did)
 
@@ -93,12 +118,16 @@ def test_every_registry_function_is_covered():
 
 
 def test_rows_have_the_writer_tenant(conn, tenant_a):
-    assert {r[0] for r in conn.execute(
-        "select distinct tenant from registry.runs r where r.run_uuid = %s union all "
-        "select distinct m.tenant from registry.metrics m join registry.runs r on r.id = m.run_id where r.run_uuid = %s "
-        "union all select tenant from registry.model_versions where id = %s union all "
-        "select tenant from registry.deployments where version_id = %s",
-        [tenant_a["run"], tenant_a["run"], tenant_a["vid"], tenant_a["vid"]]).fetchall()} == {tenant_a["tenant"]}
+    assert {
+        r[0]
+        for r in conn.execute(
+            "select distinct tenant from registry.runs r where r.run_uuid = %s union all "
+            "select distinct m.tenant from registry.metrics m join registry.runs r on r.id = m.run_id where r.run_uuid = %s "
+            "union all select tenant from registry.model_versions where id = %s union all "
+            "select tenant from registry.deployments where version_id = %s",
+            [tenant_a["run"], tenant_a["run"], tenant_a["vid"], tenant_a["vid"]],
+        ).fetchall()
+    } == {tenant_a["tenant"]}
 
 
 @pytest.mark.parametrize("role", ["indb_writer", "indb_reader"])
@@ -118,12 +147,13 @@ def test_other_tenant_cannot_read_or_write_through_any_function(db_dsn, tenant_a
             assert one(c, sql.format(**tenant_a)) == 0, name
         for t in REGISTRY_TABLES:
             assert one(c, f"select count(*) from registry.{t} where tenant is not null and tenant <> %s", [tb]) == 0, t
-        assert [str(r[0]) for r in c.execute("select run_id from registry.search_runs(null, '') "
-                                             "where experiment = %s", [f"exp_{tb}"])] == [own]
+        assert [
+            str(r[0])
+            for r in c.execute("select run_id from registry.search_runs(null, '') where experiment = %s", [f"exp_{tb}"])
+        ] == [own]
         # writing a row labelled with A's tenant is refused
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute("insert into registry.experiments(name, tenant) values (%s, %s)",
-                      [f"x_{tb}", tenant_a["tenant"]])
+            c.execute("insert into registry.experiments(name, tenant) values (%s, %s)", [f"x_{tb}", tenant_a["tenant"]])
         c.execute("reset role")
     # nothing of A changed
     with psycopg.connect(db_dsn, autocommit=True) as c:
@@ -146,8 +176,15 @@ def test_tenant_sees_own_and_shared_rows_admin_sees_all(db_dsn, tenant_a):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="shared"):
             c.execute("select registry.log_metric(%s, 'x', 1)", [str(run)])
         as_tenant(c, "", "indb_admin")
-        assert one(c, "select count(*) from registry.runs r join registry.experiments e on e.id = r.experiment_id "
-                      "where e.name in (%s, %s)", [tenant_a["exp"], shared]) == 2
+        assert (
+            one(
+                c,
+                "select count(*) from registry.runs r join registry.experiments e on e.id = r.experiment_id "
+                "where e.name in (%s, %s)",
+                [tenant_a["exp"], shared],
+            )
+            == 2
+        )
         c.execute("reset role")
 
 
@@ -192,11 +229,22 @@ def test_indb_roles_cannot_create_functions(conn, role):
 
 
 def test_roles_exist_with_the_documented_hierarchy(conn):
-    rows = dict(conn.execute(
-        "select r.rolname, array(select b.rolname from pg_auth_members m join pg_roles b on b.oid = m.roleid "
-        "where m.member = r.oid order by 1) from pg_roles r where r.rolname like 'indb\\_%%' "
-        "and r.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin')").fetchall())
-    assert rows == {"indb_app": [], "indb_reader": ["indb_app"], "indb_writer": ["indb_reader"],
-                    "indb_admin": ["indb_writer"]}
-    assert not any(conn.execute("select rolcanlogin or rolsuper from pg_roles where rolname in "
-                                "('indb_app', 'indb_reader', 'indb_writer', 'indb_admin')").fetchall()[0])
+    rows = dict(
+        conn.execute(
+            "select r.rolname, array(select b.rolname from pg_auth_members m join pg_roles b on b.oid = m.roleid "
+            "where m.member = r.oid order by 1) from pg_roles r where r.rolname like 'indb\\_%%' "
+            "and r.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin')"
+        ).fetchall()
+    )
+    assert rows == {
+        "indb_app": [],
+        "indb_reader": ["indb_app"],
+        "indb_writer": ["indb_reader"],
+        "indb_admin": ["indb_writer"],
+    }
+    assert not any(
+        conn.execute(
+            "select rolcanlogin or rolsuper from pg_roles where rolname in "
+            "('indb_app', 'indb_reader', 'indb_writer', 'indb_admin')"
+        ).fetchall()[0]
+    )

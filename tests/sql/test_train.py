@@ -1,5 +1,6 @@
 """ml.train on real data (California housing, Titanic): every algorithm trains and predicts, the registry
 records run/snapshot/metrics/curves/lineage, preprocessing round-trips, bad input fails clearly."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,11 @@ import math
 import psycopg
 import pytest
 
-HOUSING_COLS = ("longitude float8, latitude float8, housing_median_age float8, total_rooms float8, "
-                "total_bedrooms float8, population float8, households float8, median_income float8, "
-                "median_house_value float8, ocean_proximity text")
+HOUSING_COLS = (
+    "longitude float8, latitude float8, housing_median_age float8, total_rooms float8, "
+    "total_bedrooms float8, population float8, households float8, median_income float8, "
+    "median_house_value float8, ocean_proximity text"
+)
 PRE = json.dumps({"ocean_proximity": {"encode": "one_hot"}, "total_bedrooms": {"impute": "median"}})
 
 
@@ -21,19 +24,25 @@ def load_housing(conn, data_dir):
     with conn.cursor().copy("copy public.housing from stdin with (format csv, header true)") as cp:
         cp.write((data_dir / "california_housing" / "housing.csv").read_bytes())
     # a small deterministic slice for fast tests: every 10th block group (2,064 rows)
-    conn.execute("create view public.housing_small as select * from "
-                 "(select h.*, row_number() over () as rn from public.housing h) s where rn % 10 = 0")
-    conn.execute("create view public.housing_feats as select longitude, latitude, housing_median_age, total_rooms, "
-                 "total_bedrooms, population, households, median_income, ocean_proximity, median_house_value "
-                 "from public.housing_small")
+    conn.execute(
+        "create view public.housing_small as select * from "
+        "(select h.*, row_number() over () as rn from public.housing h) s where rn % 10 = 0"
+    )
+    conn.execute(
+        "create view public.housing_feats as select longitude, latitude, housing_median_age, total_rooms, "
+        "total_bedrooms, population, households, median_income, ocean_proximity, median_house_value "
+        "from public.housing_small"
+    )
 
 
 def load_titanic(conn, data_dir):
     if conn.execute("select to_regclass('public.titanic')").fetchone()[0]:
         return
-    conn.execute('create table public.titanic ("PassengerId" int, "Survived" int, "Pclass" int, "Name" text, '
-                 '"Sex" text, "Age" float8, "SibSp" int, "Parch" int, "Ticket" text, "Fare" float8, "Cabin" text, '
-                 '"Embarked" text)')
+    conn.execute(
+        'create table public.titanic ("PassengerId" int, "Survived" int, "Pclass" int, "Name" text, '
+        '"Sex" text, "Age" float8, "SibSp" int, "Parch" int, "Ticket" text, "Fare" float8, "Cabin" text, '
+        '"Embarked" text)'
+    )
     with conn.cursor().copy("copy public.titanic from stdin with (format csv, header true)") as cp:
         cp.write((data_dir / "titanic" / "train.csv").read_bytes())
 
@@ -51,39 +60,66 @@ def train(conn, project, **kw):
 
 
 def test_xgboost_regression_records_everything(housing):
-    r = train(housing, "house_xgb", task="regression", relation="housing_feats", target="median_house_value",
-              preprocess=PRE, hyperparams=json.dumps({"n_estimators": 60, "max_depth": 5}))
+    r = train(
+        housing,
+        "house_xgb",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 60, "max_depth": 5}),
+    )
     assert r["deployed"] is True
     m = r["metrics"]
     assert m["r2"] > 0.6 and 30000 < m["rmse"] < 80000 and m["mae"] > 0
     # the registry chain: run with params/metrics, snapshot, curves, model version, deployment, lineage
     run_id = housing.execute("select run_id from registry.model_versions where id = %s", [r["model_id"]]).fetchone()[0]
     params = dict(housing.execute("select key, value from registry.params where run_id = %s", [run_id]).fetchall())
-    assert params["algorithm"] == "xgboost" and params["hp.max_depth"] == "5" and params["target"] == "median_house_value"
-    curve = housing.execute("select count(*) from registry.metrics where run_id = %s and key = 'curve.test_rmse'",
-                            [run_id]).fetchone()[0]
+    assert (
+        params["algorithm"] == "xgboost" and params["hp.max_depth"] == "5" and params["target"] == "median_house_value"
+    )
+    curve = housing.execute(
+        "select count(*) from registry.metrics where run_id = %s and key = 'curve.test_rmse'", [run_id]
+    ).fetchone()[0]
     assert curve == 60
-    snap = housing.execute("select d.kind, d.row_count, d.schema, d.profile from registry.run_inputs ri "
-                           "join registry.datasets d on d.id = ri.dataset_id where ri.run_id = %s", [run_id]).fetchone()
+    snap = housing.execute(
+        "select d.kind, d.row_count, d.schema, d.profile from registry.run_inputs ri "
+        "join registry.datasets d on d.id = ri.dataset_id where ri.run_id = %s",
+        [run_id],
+    ).fetchone()
     assert snap[0] == "snapshot" and snap[1] == 2064
     assert {c["name"] for c in snap[2]} >= {"median_income", "ocean_proximity"}
     assert snap[3]["total_bedrooms"]["nulls"] > 0 and snap[3]["ocean_proximity"]["distinct"] == 5
-    edges = housing.execute("select src_kind, dst_kind from registry.lineage_edges where (src_kind = 'run' and src_id = %s) "
-                            "or (dst_kind = 'run' and dst_id = %s) or (src_kind = 'model_version' and src_id = %s)",
-                            [str(run_id), str(run_id), str(r["model_id"])]).fetchall()
+    edges = housing.execute(
+        "select src_kind, dst_kind from registry.lineage_edges where (src_kind = 'run' and src_id = %s) "
+        "or (dst_kind = 'run' and dst_id = %s) or (src_kind = 'model_version' and src_id = %s)",
+        [str(run_id), str(run_id), str(r["model_id"])],
+    ).fetchall()
     assert {("dataset", "run"), ("run", "model_version"), ("model_version", "deployment")} <= set(edges)
-    status, exp = housing.execute("select r.status, e.name from registry.runs r join registry.experiments e "
-                                  "on e.id = r.experiment_id where r.id = %s", [run_id]).fetchone()
+    status, exp = housing.execute(
+        "select r.status, e.name from registry.runs r join registry.experiments e "
+        "on e.id = r.experiment_id where r.id = %s",
+        [run_id],
+    ).fetchone()
     assert status == "FINISHED" and exp == "house_xgb"
-    ov = housing.execute("select deployed_model_id, algorithm, key_metric, score, rows from ml.projects_overview "
-                         "where project = 'house_xgb'").fetchone()
+    ov = housing.execute(
+        "select deployed_model_id, algorithm, key_metric, score, rows from ml.projects_overview "
+        "where project = 'house_xgb'"
+    ).fetchone()
     assert ov[0] == r["model_id"] and ov[1] == "xgboost" and ov[2] == "r2" and abs(ov[3] - m["r2"]) < 1e-9
     assert ov[4] == 2064
 
 
 def test_predict_forms_agree_and_match_training(housing):
-    train(housing, "house_lin", task="regression", relation="housing_feats", target="median_house_value",
-          algorithm="linear", preprocess=PRE)
+    train(
+        housing,
+        "house_lin",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        algorithm="linear",
+        preprocess=PRE,
+    )
     row = housing.execute("select * from housing_feats limit 1").fetchone()
     by_row = housing.execute("select ml.predict('house_lin', h) from housing_feats h limit 1").fetchone()[0]
     names = [d.name for d in housing.execute("select * from housing_feats limit 0").description]
@@ -91,8 +127,9 @@ def test_predict_forms_agree_and_match_training(housing):
     by_json = housing.execute("select ml.predict('house_lin', %s::jsonb)", [json.dumps(obj)]).fetchone()[0]
     assert by_row == pytest.approx(by_json, rel=1e-12)
     # batch over the same view gives the same value for the first row
-    batch = housing.execute("select row_number, prediction from ml.predict_batch('house_lin', 'housing_feats') "
-                            "order by row_number limit 3").fetchall()
+    batch = housing.execute(
+        "select row_number, prediction from ml.predict_batch('house_lin', 'housing_feats') order by row_number limit 3"
+    ).fetchall()
     assert batch[0][0] == 1 and batch[0][1] == pytest.approx(by_row, rel=1e-12)
     # every row: the batch (chunked, 50,000 rows per array) lines up with per-row predictions in scan order
     mism = housing.execute("""
@@ -103,12 +140,14 @@ def test_predict_forms_agree_and_match_training(housing):
     assert mism == (2064, 0)
     housing.execute("set indb.predict_batch_chunk = 300")  # 7 chunks: rows stay in scan order across chunks
     try:
-        small = housing.execute("select prediction from ml.predict_batch('house_lin', 'housing_feats') "
-                                "order by row_number").fetchall()
+        small = housing.execute(
+            "select prediction from ml.predict_batch('house_lin', 'housing_feats') order by row_number"
+        ).fetchall()
     finally:
         housing.execute("reset indb.predict_batch_chunk")
-    full = housing.execute("select prediction from ml.predict_batch('house_lin', 'housing_feats') "
-                           "order by row_number").fetchall()
+    full = housing.execute(
+        "select prediction from ml.predict_batch('house_lin', 'housing_feats') order by row_number"
+    ).fetchall()
     assert small == full
     # an unseen category falls back to all-zero one-hot and NULL total_bedrooms is imputed (median)
     obj2 = dict(obj, ocean_proximity="ON THE MOON", total_bedrooms=None)
@@ -117,9 +156,15 @@ def test_predict_forms_agree_and_match_training(housing):
 
 
 def test_float8_array_path_matches_jsonb(housing):
-    train(housing, "house_num", task="regression", target="median_house_value", algorithm="xgboost",
-          relation="select median_income, housing_median_age, total_rooms, median_house_value from housing_small",
-          hyperparams=json.dumps({"n_estimators": 30}))
+    train(
+        housing,
+        "house_num",
+        task="regression",
+        target="median_house_value",
+        algorithm="xgboost",
+        relation="select median_income, housing_median_age, total_rooms, median_house_value from housing_small",
+        hyperparams=json.dumps({"n_estimators": 30}),
+    )
     a = housing.execute("select ml.predict('house_num', array[8.3, 41, 880]::float8[])").fetchone()[0]
     j = housing.execute("""select ml.predict('house_num', '{"median_income": 8.3, "housing_median_age": 41,
                            "total_rooms": 880}'::jsonb)""").fetchone()[0]
@@ -137,8 +182,19 @@ def test_float8_array_path_matches_jsonb(housing):
                            "total_rooms": 880, "rooms": 1}'::jsonb)""")
 
 
-REG_ALGOS = ["lightgbm", "random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting", "ridge",
-             "lasso", "elastic_net", "svm", "knn", "mlp"]
+REG_ALGOS = [
+    "lightgbm",
+    "random_forest",
+    "extra_trees",
+    "gradient_boosting",
+    "hist_gradient_boosting",
+    "ridge",
+    "lasso",
+    "elastic_net",
+    "svm",
+    "knn",
+    "mlp",
+]
 
 
 @pytest.mark.parametrize("algorithm", REG_ALGOS)
@@ -148,11 +204,27 @@ def test_every_regression_algorithm_trains_and_predicts(housing, algorithm):
         hp = {"epochs": 30, "hidden_layers": [32, 32]}
     pre = {"ocean_proximity": {"encode": "one_hot"}, "total_bedrooms": {"impute": "median"}}
     if algorithm in ("svm", "knn", "ridge", "lasso", "elastic_net"):
-        for c in ("longitude", "latitude", "housing_median_age", "total_rooms", "total_bedrooms", "population",
-                  "households", "median_income"):
+        for c in (
+            "longitude",
+            "latitude",
+            "housing_median_age",
+            "total_rooms",
+            "total_bedrooms",
+            "population",
+            "households",
+            "median_income",
+        ):
             pre.setdefault(c, {})["scale"] = "standard"
-    r = train(housing, f"house_{algorithm}", task="regression", relation="housing_feats", target="median_house_value",
-              algorithm=algorithm, hyperparams=json.dumps(hp), preprocess=json.dumps(pre))
+    r = train(
+        housing,
+        f"house_{algorithm}",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        algorithm=algorithm,
+        hyperparams=json.dumps(hp),
+        preprocess=json.dumps(pre),
+    )
     floor = {"svm": -0.2, "elastic_net": 0.3}.get(algorithm, 0.45)
     assert r["metrics"]["r2"] > floor, r["metrics"]
     p = housing.execute("select ml.predict(%s, h) from housing_feats h limit 5", [f"house_{algorithm}"]).fetchall()
@@ -162,13 +234,37 @@ def test_every_regression_algorithm_trains_and_predicts(housing, algorithm):
 def test_titanic_classification_binary(sconn, data_dir):
     load_titanic(sconn, data_dir)
     rel = 'select "Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked", "Survived" from titanic'
-    pre = {"Sex": {"encode": "one_hot"}, "Embarked": {"encode": "one_hot", "impute": "mode"},
-           "Age": {"impute": "median", "scale": "standard"}, "Fare": {"scale": "robust"}}
-    for alg in ("xgboost", "lightgbm", "random_forest", "logistic", "knn", "svm", "mlp", "ridge", "extra_trees",
-                "gradient_boosting", "hist_gradient_boosting"):
+    pre = {
+        "Sex": {"encode": "one_hot"},
+        "Embarked": {"encode": "one_hot", "impute": "mode"},
+        "Age": {"impute": "median", "scale": "standard"},
+        "Fare": {"scale": "robust"},
+    }
+    for alg in (
+        "xgboost",
+        "lightgbm",
+        "random_forest",
+        "logistic",
+        "knn",
+        "svm",
+        "mlp",
+        "ridge",
+        "extra_trees",
+        "gradient_boosting",
+        "hist_gradient_boosting",
+    ):
         hp = {"epochs": 20} if alg == "mlp" else {}
-        r = train(sconn, f"titanic_{alg}", task="classification", relation=rel, target="Survived", algorithm=alg,
-                  preprocess=json.dumps(pre), hyperparams=json.dumps(hp), test_sampling="stratified")
+        r = train(
+            sconn,
+            f"titanic_{alg}",
+            task="classification",
+            relation=rel,
+            target="Survived",
+            algorithm=alg,
+            preprocess=json.dumps(pre),
+            hyperparams=json.dumps(hp),
+            test_sampling="stratified",
+        )
         m = r["metrics"]
         assert m["accuracy"] > 0.7, (alg, m)
         assert set(m) >= {"accuracy", "precision", "recall", "f1"}
@@ -185,123 +281,249 @@ def test_titanic_classification_binary(sconn, data_dir):
 
 
 def test_multiclass_text_labels_and_clustering(housing):
-    r = train(housing, "ocean_cls", task="classification", target="ocean_proximity", algorithm="xgboost",
-              relation="select longitude, latitude, median_income, ocean_proximity from housing_small "
-                       "where ocean_proximity <> 'ISLAND'", hyperparams=json.dumps({"n_estimators": 40}),
-              test_sampling="stratified")
+    r = train(
+        housing,
+        "ocean_cls",
+        task="classification",
+        target="ocean_proximity",
+        algorithm="xgboost",
+        relation="select longitude, latitude, median_income, ocean_proximity from housing_small "
+        "where ocean_proximity <> 'ISLAND'",
+        hyperparams=json.dumps({"n_estimators": 40}),
+        test_sampling="stratified",
+    )
     assert r["metrics"]["accuracy"] > 0.7 and r["metrics"]["roc_auc"] > 0.85
     probs = housing.execute("select ml.predict_proba('ocean_cls', array[-122.23, 37.88, 8.3]::float8[])").fetchone()[0]
     assert len(probs) == 4 and abs(sum(probs) - 1) < 1e-6
     # text labels: predict returns the class index (labels listed in the model's output schema)
-    classes = housing.execute("select output_schema->'classes' from registry.model_versions where id = %s",
-                              [r["model_id"]]).fetchone()[0]
+    classes = housing.execute(
+        "select output_schema->'classes' from registry.model_versions where id = %s", [r["model_id"]]
+    ).fetchone()[0]
     assert classes == ["<1H OCEAN", "INLAND", "NEAR BAY", "NEAR OCEAN"]
     label = housing.execute("select ml.predict('ocean_cls', array[-122.23, 37.88, 8.3]::float8[])").fetchone()[0]
     assert classes[int(label)] == "NEAR BAY"
     for alg in ("kmeans", "mini_batch_kmeans"):
-        c = train(housing, f"geo_{alg}", task="clustering", algorithm=alg, hyperparams=json.dumps({"n_clusters": 4}),
-                  relation="select longitude, latitude from housing_small")
+        c = train(
+            housing,
+            f"geo_{alg}",
+            task="clustering",
+            algorithm=alg,
+            hyperparams=json.dumps({"n_clusters": 4}),
+            relation="select longitude, latitude from housing_small",
+        )
         assert c["metrics"]["silhouette"] > 0.3 and c["metrics"]["clusters"] == 4
         lab = housing.execute(f"select ml.predict('geo_{alg}', array[-122.2, 37.8]::float8[])").fetchone()[0]
         assert lab in (0, 1, 2, 3)
 
 
 def test_vector_and_array_features(housing):
-    housing.execute("create table if not exists vec_train as select ('[' || longitude || ',' || latitude || ']')::vector(2) as loc, "
-                    "array[median_income, housing_median_age] as arr, median_house_value from housing_small")
-    r = train(housing, "house_vec", task="regression", relation="vec_train", target="median_house_value",
-              hyperparams=json.dumps({"n_estimators": 40}))
+    housing.execute(
+        "create table if not exists vec_train as select ('[' || longitude || ',' || latitude || ']')::vector(2) as loc, "
+        "array[median_income, housing_median_age] as arr, median_house_value from housing_small"
+    )
+    r = train(
+        housing,
+        "house_vec",
+        task="regression",
+        relation="vec_train",
+        target="median_house_value",
+        hyperparams=json.dumps({"n_estimators": 40}),
+    )
     assert r["metrics"]["r2"] > 0.55
     a = housing.execute("select ml.predict('house_vec', v) from vec_train v limit 1").fetchone()[0]
-    b = housing.execute("""select ml.predict('house_vec', '{"loc": "[-122.23,37.88]", "arr": [8.3252, 41]}'::jsonb)""").fetchone()[0]
+    b = housing.execute(
+        """select ml.predict('house_vec', '{"loc": "[-122.23,37.88]", "arr": [8.3252, 41]}'::jsonb)"""
+    ).fetchone()[0]
     assert math.isfinite(a) and math.isfinite(b)
     imp = dict(housing.execute("select * from ml.feature_importance('house_vec')").fetchall())
     assert set(imp) == {"loc", "arr"} and abs(sum(imp.values()) - 1) < 1e-6
 
 
 def test_search_records_every_trial(housing):
-    r = train(housing, "house_search", task="regression", relation="housing_feats", target="median_house_value",
-              preprocess=PRE, search="grid",
-              search_params=json.dumps({"max_depth": [2, 6], "n_estimators": [20, 40], "cv": 2}))
+    r = train(
+        housing,
+        "house_search",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        search="grid",
+        search_params=json.dumps({"max_depth": [2, 6], "n_estimators": [20, 40], "cv": 2}),
+    )
     run_id = housing.execute("select run_id from registry.model_versions where id = %s", [r["model_id"]]).fetchone()[0]
-    trials = housing.execute("select params, score from registry.training_trials where run_id = %s order by trial",
-                             [run_id]).fetchall()
+    trials = housing.execute(
+        "select params, score from registry.training_trials where run_id = %s order by trial", [run_id]
+    ).fetchall()
     assert len(trials) == 4 and all(t[1] is not None for t in trials)
     best = max(trials, key=lambda t: t[1])[0]
     hp = housing.execute("select hyperparams from registry.model_versions where id = %s", [r["model_id"]]).fetchone()[0]
     assert hp["max_depth"] == best["max_depth"] and hp["n_estimators"] == best["n_estimators"]
-    rnd = train(housing, "house_search", search="random", algorithm="random_forest", preprocess=PRE,
-                search_params=json.dumps({"max_depth": [4, 8, 12], "n_estimators": [10, 20], "n_iter": 3, "cv": 2}))
+    rnd = train(
+        housing,
+        "house_search",
+        search="random",
+        algorithm="random_forest",
+        preprocess=PRE,
+        search_params=json.dumps({"max_depth": [4, 8, 12], "n_estimators": [10, 20], "n_iter": 3, "cv": 2}),
+    )
     run2 = housing.execute("select run_id from registry.model_versions where id = %s", [rnd["model_id"]]).fetchone()[0]
     assert housing.execute("select count(*) from registry.training_trials where run_id = %s", [run2]).fetchone()[0] == 3
 
 
 def test_retrain_without_relation_and_materialized_snapshot(housing):
-    first = train(housing, "house_re", task="regression", relation="housing_feats", target="median_house_value",
-                  preprocess=PRE, hyperparams=json.dumps({"n_estimators": 20}), materialize=True)
+    first = train(
+        housing,
+        "house_re",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 20}),
+        materialize=True,
+    )
     second = train(housing, "house_re", preprocess=PRE, hyperparams=json.dumps({"n_estimators": 20}))
     assert second["model_id"] > first["model_id"]
     vers = housing.execute("select version from ml.models where project = 'house_re' order by version").fetchall()
     assert [v[0] for v in vers] == [1, 2]
-    mat = housing.execute("select d.materialized::text, d.row_count from registry.model_versions v join registry.run_inputs ri "
-                          "on ri.run_id = v.run_id join registry.datasets d on d.id = ri.dataset_id where v.id = %s",
-                          [first["model_id"]]).fetchone()
+    mat = housing.execute(
+        "select d.materialized::text, d.row_count from registry.model_versions v join registry.run_inputs ri "
+        "on ri.run_id = v.run_id join registry.datasets d on d.id = ri.dataset_id where v.id = %s",
+        [first["model_id"]],
+    ).fetchone()
     assert mat[0].startswith("registry.snapshot_")
     assert housing.execute(f"select count(*) from {mat[0]}").fetchone()[0] == mat[1] == 2064
 
 
 def test_evaluate_on_other_data(housing):
-    train(housing, "house_eval", task="regression", relation="housing_feats", target="median_house_value",
-          preprocess=PRE, hyperparams=json.dumps({"n_estimators": 50}))
-    m = housing.execute("select ml.evaluate('house_eval', 'select * from housing where total_bedrooms is not null "
-                        "limit 1000')").fetchone()[0]
+    train(
+        housing,
+        "house_eval",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 50}),
+    )
+    m = housing.execute(
+        "select ml.evaluate('house_eval', 'select * from housing where total_bedrooms is not null limit 1000')"
+    ).fetchone()[0]
     assert m["rows"] == 1000 and m["r2"] > 0.5 and m["rmse"] > 0
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw,exc,pattern", [
-    (dict(task="regression", relation="housing_feats", target="nope"), psycopg.errors.UndefinedColumn,
-     'target column "nope" does not exist'),
-    (dict(task="regression", relation="housing_feats", target="median_house_value",
-          preprocess=json.dumps({"total_bedrooms": {"impute": "median"}})), psycopg.errors.InvalidParameterValue,
-     'text column "ocean_proximity" needs an encoding'),
-    (dict(task="regression", relation="housing_feats", target="median_house_value",
-          preprocess=json.dumps({"ocean_proximity": {"encode": "one_hot"}})), psycopg.errors.NullValueNotAllowed,
-     'column "total_bedrooms" has \\d+ NULL'),
-    (dict(task="regression", relation="select median_income, null::float8 as empty, median_house_value from housing_small",
-          target="median_house_value"), psycopg.errors.NullValueNotAllowed, 'column "empty" is NULL in every row'),
-    (dict(task="regression", relation="select case when median_income > 8 then 'NaN'::float8 else median_income end as mi, "
-          "median_house_value from housing_small", target="median_house_value"), psycopg.errors.DataException,
-     'column "mi" holds nan'),
-    (dict(task="classification", relation="select median_income, 1 as label from housing_small", target="label"),
-     psycopg.errors.InvalidParameterValue, "at least two classes"),
-    (dict(task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-          hyperparams=json.dumps({"max_depth": "deep"})), psycopg.errors.InvalidParameterValue,
-     'hyperparameter "max_depth" of xgboost must be int'),
-    (dict(task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE,
-          algorithm="random_forest", hyperparams=json.dumps({"n_trees": 5})), psycopg.errors.InvalidParameterValue,
-     'unknown hyperparameter "n_trees"'),
-    (dict(task="regression", relation="housing_feats", target="median_house_value", algorithm="catboost"),
-     psycopg.errors.InvalidParameterValue, "valid algorithms for regression: xgboost, lightgbm"),
-    (dict(task="regression", relation="no_such_table", target="y"), psycopg.errors.UndefinedTable,
-     'relation "no_such_table" does not exist'),
-])
+@pytest.mark.parametrize(
+    "kw,exc,pattern",
+    [
+        (
+            dict(task="regression", relation="housing_feats", target="nope"),
+            psycopg.errors.UndefinedColumn,
+            'target column "nope" does not exist',
+        ),
+        (
+            dict(
+                task="regression",
+                relation="housing_feats",
+                target="median_house_value",
+                preprocess=json.dumps({"total_bedrooms": {"impute": "median"}}),
+            ),
+            psycopg.errors.InvalidParameterValue,
+            'text column "ocean_proximity" needs an encoding',
+        ),
+        (
+            dict(
+                task="regression",
+                relation="housing_feats",
+                target="median_house_value",
+                preprocess=json.dumps({"ocean_proximity": {"encode": "one_hot"}}),
+            ),
+            psycopg.errors.NullValueNotAllowed,
+            'column "total_bedrooms" has \\d+ NULL',
+        ),
+        (
+            dict(
+                task="regression",
+                relation="select median_income, null::float8 as empty, median_house_value from housing_small",
+                target="median_house_value",
+            ),
+            psycopg.errors.NullValueNotAllowed,
+            'column "empty" is NULL in every row',
+        ),
+        (
+            dict(
+                task="regression",
+                relation="select case when median_income > 8 then 'NaN'::float8 else median_income end as mi, "
+                "median_house_value from housing_small",
+                target="median_house_value",
+            ),
+            psycopg.errors.DataException,
+            'column "mi" holds nan',
+        ),
+        (
+            dict(task="classification", relation="select median_income, 1 as label from housing_small", target="label"),
+            psycopg.errors.InvalidParameterValue,
+            "at least two classes",
+        ),
+        (
+            dict(
+                task="regression",
+                relation="housing_feats",
+                target="median_house_value",
+                preprocess=PRE,
+                hyperparams=json.dumps({"max_depth": "deep"}),
+            ),
+            psycopg.errors.InvalidParameterValue,
+            'hyperparameter "max_depth" of xgboost must be int',
+        ),
+        (
+            dict(
+                task="regression",
+                relation="housing_feats",
+                target="median_house_value",
+                preprocess=PRE,
+                algorithm="random_forest",
+                hyperparams=json.dumps({"n_trees": 5}),
+            ),
+            psycopg.errors.InvalidParameterValue,
+            'unknown hyperparameter "n_trees"',
+        ),
+        (
+            dict(task="regression", relation="housing_feats", target="median_house_value", algorithm="catboost"),
+            psycopg.errors.InvalidParameterValue,
+            "valid algorithms for regression: xgboost, lightgbm",
+        ),
+        (
+            dict(task="regression", relation="no_such_table", target="y"),
+            psycopg.errors.UndefinedTable,
+            'relation "no_such_table" does not exist',
+        ),
+    ],
+)
 def test_bad_input_is_refused_with_a_clear_error(housing, kw, exc, pattern):
     with pytest.raises(exc, match=pattern):
         train(housing, "house_bad", **kw)
     # nothing half-written: no project, no run, no model
-    assert housing.execute("select count(*) from registry.registered_models where name = 'house_bad'").fetchone()[0] == 0
+    assert (
+        housing.execute("select count(*) from registry.registered_models where name = 'house_bad'").fetchone()[0] == 0
+    )
     assert housing.execute("select count(*) from registry.experiments where name = 'house_bad'").fetchone()[0] == 0
 
 
 def test_relation_names_resolve_with_the_callers_search_path(db_dsn, housing):
     housing.execute("create schema if not exists sales")
-    housing.execute("create table if not exists sales.houses as select median_income, housing_median_age, "
-                    "median_house_value from housing_small")
+    housing.execute(
+        "create table if not exists sales.houses as select median_income, housing_median_age, "
+        "median_house_value from housing_small"
+    )
     with psycopg.connect(db_dsn, autocommit=True) as c:
         c.execute("set search_path = sales, public")
-        r = train(c, "house_schema", task="regression", relation="houses", target="median_house_value",
-                  hyperparams=json.dumps({"n_estimators": 10}))
+        r = train(
+            c,
+            "house_schema",
+            task="regression",
+            relation="houses",
+            target="median_house_value",
+            hyperparams=json.dumps({"n_estimators": 10}),
+        )
         assert r["metrics"]["r2"] > 0.3
         n = c.execute("select count(*) from ml.predict_batch('house_schema', 'select * from houses')").fetchone()[0]
         assert n == 2064

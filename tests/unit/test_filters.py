@@ -4,6 +4,7 @@ What a user cares about: keys and values never appear in the SQL text (no inject
 maps to the intended SQL, and a bad filter is an error that points at the bad key or operator.
 The same filters run against real Postgres in tests/sql/test_search_filters.py.
 """
+
 import json
 
 import pytest
@@ -29,7 +30,7 @@ def test_equality_is_containment_with_all_values_in_the_parameter():
 
 def test_keys_and_values_with_sql_metacharacters_stay_out_of_the_sql():
     evil = "x'); drop table ml.collections; --"
-    sql, params = t({evil: {"$gt": 1}, "tenant": evil, "$or": [{"a\"b": evil}, {"k": {"$in": [evil, 2]}}]})
+    sql, params = t({evil: {"$gt": 1}, "tenant": evil, "$or": [{'a"b': evil}, {"k": {"$in": [evil, 2]}}]})
     assert evil not in sql and "drop" not in sql and '"' not in sql and "'x" not in sql
     assert evil in json.dumps(params)
     # only fixed templates: $3->N references, operators, and SQL keywords
@@ -68,19 +69,22 @@ def test_in_nin_ne_exists_and_logic():
     assert sql == "(metadata @> ($3->0) and metadata @> ($3->1))"
 
 
-@pytest.mark.parametrize("flt, where, words", [
-    ({"price": {"$gtx": 1}}, "$.price.$gtx", 'unknown operator "$gtx"'),
-    ({"$nor": []}, "$.$nor", "unknown logical operator"),
-    ({"$or": {"a": 1}}, "$.$or", "non-empty array"),
-    ({"$and": [{"a": 1}, {"b": {"$in": "x"}}]}, "$.$and[1].b.$in", "non-empty array"),
-    ({"t": {"$gt": "yesterday"}}, "$.t.$gt", "ISO-8601"),
-    ({"t": {"$gt": True}}, "$.t.$gt", "number or an ISO-8601"),
-    ({"tenant": {"$gt": "a"}}, "$.tenant.$gt", "tenant is text"),
-    ({"tenant": 5}, "$.tenant.$eq", "tenant is text"),
-    ({"a": {"$eq": 1, "plain": 2}}, "$.a", "do not mix"),
-    ({"a": {"$exists": "yes"}}, "$.a.$exists", "true or false"),
-    ([1, 2], "$", "JSON object"),
-])
+@pytest.mark.parametrize(
+    "flt, where, words",
+    [
+        ({"price": {"$gtx": 1}}, "$.price.$gtx", 'unknown operator "$gtx"'),
+        ({"$nor": []}, "$.$nor", "unknown logical operator"),
+        ({"$or": {"a": 1}}, "$.$or", "non-empty array"),
+        ({"$and": [{"a": 1}, {"b": {"$in": "x"}}]}, "$.$and[1].b.$in", "non-empty array"),
+        ({"t": {"$gt": "yesterday"}}, "$.t.$gt", "ISO-8601"),
+        ({"t": {"$gt": True}}, "$.t.$gt", "number or an ISO-8601"),
+        ({"tenant": {"$gt": "a"}}, "$.tenant.$gt", "tenant is text"),
+        ({"tenant": 5}, "$.tenant.$eq", "tenant is text"),
+        ({"a": {"$eq": 1, "plain": 2}}, "$.a", "do not mix"),
+        ({"a": {"$exists": "yes"}}, "$.a.$exists", "true or false"),
+        ([1, 2], "$", "JSON object"),
+    ],
+)
 def test_bad_filters_name_the_place_and_the_problem(flt, where, words):
     with pytest.raises(IndbRuntimeError) as e:
         t(flt)

@@ -1,4 +1,5 @@
 """Foundation pieces that need no database: versions agree, errors map, bootstrap, progress."""
+
 from __future__ import annotations
 
 import os
@@ -57,10 +58,19 @@ def test_migrations_form_one_linear_chain_from_0001():
     assert revs[-1].revision == "0001" and revs[-1].down_revision is None
 
 
-@pytest.mark.parametrize("sqlstate,cls", [
-    ("57014", "Canceled"), ("42501", "PermissionDenied"), ("42704", "NotFound"), ("42P01", "NotFound"),
-    ("22023", "InvalidInput"), ("23505", "ConflictError"), ("38000", "RuntimeFailure"), (None, "IndbError"),
-])
+@pytest.mark.parametrize(
+    "sqlstate,cls",
+    [
+        ("57014", "Canceled"),
+        ("42501", "PermissionDenied"),
+        ("42704", "NotFound"),
+        ("42P01", "NotFound"),
+        ("22023", "InvalidInput"),
+        ("23505", "ConflictError"),
+        ("38000", "RuntimeFailure"),
+        (None, "IndbError"),
+    ],
+)
 def test_sqlstates_map_to_the_exception_hierarchy(sqlstate, cls):
     import indb
     from indb.errors import from_sqlstate
@@ -121,7 +131,9 @@ def test_pinned_search_path_is_widened_with_the_vector_schema(tmp_path):
     from indb.install import render_sql
 
     f = tmp_path / "x.sql"
-    f.write_text("create function ml.f() returns int language sql set search_path = pg_catalog, pg_temp as $$ select 1 $$;")
+    f.write_text(
+        "create function ml.f() returns int language sql set search_path = pg_catalog, pg_temp as $$ select 1 $$;"
+    )
     assert 'search_path = pg_catalog, "extensions", pg_temp' in render_sql(f, "extensions")
     assert 'search_path = pg_catalog, "public", pg_temp' in render_sql(f)
 

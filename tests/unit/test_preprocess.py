@@ -1,5 +1,6 @@
 """Preprocessing without Postgres: impute/scale/encode fitted on training columns and replayed exactly at
 prediction (also after a JSON round trip of the fitted state), with clear errors for bad columns."""
+
 from __future__ import annotations
 
 import json
@@ -11,17 +12,35 @@ import pytest
 from indb_runtime.errors import IndbRuntimeError
 from indb_runtime.preprocess import Preprocessor, column_kind, parse_vector
 
-TYPES = {"x": "double precision", "n": "integer", "flag": "boolean", "city": "text", "v": "vector",
-         "arr": "double precision[]"}
+TYPES = {
+    "x": "double precision",
+    "n": "integer",
+    "flag": "boolean",
+    "city": "text",
+    "v": "vector",
+    "arr": "double precision[]",
+}
 
 
 def data():
-    return {"x": [1.0, 2.0, None, 4.0], "n": [10, 20, 30, 40], "flag": [True, False, True, None],
-            "city": ["a", "b", "a", None], "v": ["[1,2]", "[3,4]", None, "[5,6]"], "arr": [[1, 1], [2, 2], [3, 3], [4, 4]]}
+    return {
+        "x": [1.0, 2.0, None, 4.0],
+        "n": [10, 20, 30, 40],
+        "flag": [True, False, True, None],
+        "city": ["a", "b", "a", None],
+        "v": ["[1,2]", "[3,4]", None, "[5,6]"],
+        "arr": [[1, 1], [2, 2], [3, 3], [4, 4]],
+    }
 
 
-OPTS = {"x": {"impute": "mean", "scale": "standard"}, "n": {"scale": "min_max"}, "flag": {"impute": "mode"},
-        "city": {"encode": "one_hot", "impute": "mode"}, "v": {"impute": "median"}, "arr": {"scale": "robust"}}
+OPTS = {
+    "x": {"impute": "mean", "scale": "standard"},
+    "n": {"scale": "min_max"},
+    "flag": {"impute": "mode"},
+    "city": {"encode": "one_hot", "impute": "mode"},
+    "v": {"impute": "median"},
+    "arr": {"scale": "robust"},
+}
 
 
 def test_fit_transform_expands_and_imputes():
@@ -61,15 +80,18 @@ def test_unknown_category_and_target_encoding():
     assert pre3.transform({"city": ["zzz"]}, 1).tolist() == [[0.0, 0.0]]
 
 
-@pytest.mark.parametrize("cols,types,opts,sqlstate,pattern", [
-    ({"t": ["a", "b"]}, {"t": "text"}, {}, "22023", 'text column "t" needs an encoding'),
-    ({"x": [1.0, None]}, {"x": "double precision"}, {}, "22004", 'column "x" has 1 NULL'),
-    ({"x": [None, None]}, {"x": "double precision"}, {"x": {"impute": "mean"}}, "22004", "NULL in every row"),
-    ({"x": [1.0, float("nan")]}, {"x": "double precision"}, {}, "22000", 'column "x" holds nan in row 2'),
-    ({"x": [1.0, float("inf")]}, {"x": "double precision"}, {}, "22000", "holds inf"),
-    ({"v": ["[1,2]", "[1,2,3]"]}, {"v": "vector"}, {}, "22000", 'column "v" has 3 elements in row 2'),
-    ({"j": [1, 2]}, {"j": "jsonb"}, {}, "42804", "has type jsonb, which cannot be a feature"),
-])
+@pytest.mark.parametrize(
+    "cols,types,opts,sqlstate,pattern",
+    [
+        ({"t": ["a", "b"]}, {"t": "text"}, {}, "22023", 'text column "t" needs an encoding'),
+        ({"x": [1.0, None]}, {"x": "double precision"}, {}, "22004", 'column "x" has 1 NULL'),
+        ({"x": [None, None]}, {"x": "double precision"}, {"x": {"impute": "mean"}}, "22004", "NULL in every row"),
+        ({"x": [1.0, float("nan")]}, {"x": "double precision"}, {}, "22000", 'column "x" holds nan in row 2'),
+        ({"x": [1.0, float("inf")]}, {"x": "double precision"}, {}, "22000", "holds inf"),
+        ({"v": ["[1,2]", "[1,2,3]"]}, {"v": "vector"}, {}, "22000", 'column "v" has 3 elements in row 2'),
+        ({"j": [1, 2]}, {"j": "jsonb"}, {}, "42804", "has type jsonb, which cannot be a feature"),
+    ],
+)
 def test_bad_columns_are_named(cols, types, opts, sqlstate, pattern):
     with pytest.raises(IndbRuntimeError, match=pattern) as e:
         Preprocessor.fit(cols, types, opts)

@@ -1,4 +1,5 @@
 """The search_runs filter parser without a database: MLflow syntax in, parameterized SQL out."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,10 @@ def build(f, order_by=None, experiments=None, max_results=100):
 
 
 def test_the_issue_example_becomes_four_parameterized_conditions():
-    sql, params = build("metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
-                        "and attributes.status = 'FINISHED'", experiments=["exp"])
+    sql, params = build(
+        "metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' and attributes.status = 'FINISHED'",
+        experiments=["exp"],
+    )
     values = [v for v, _ in params]
     assert values == [["exp"], "rmse", 0.5, "depth", "6", "team", "x", "FINISHED", 100]
     # every user value is a $n placeholder: none of them appears in the SQL text
@@ -28,29 +31,36 @@ def test_the_issue_example_becomes_four_parameterized_conditions():
 
 def test_injection_attempts_stay_values_or_are_syntax_errors():
     evil = "x'; drop table registry.runs; --"
-    sql, params = build(f"params.depth = \"{evil}\"")
+    sql, params = build(f'params.depth = "{evil}"')
     assert "drop table" not in sql and evil in [v for v, _ in params]
     sql, params = build("tags.`a'; delete from x` = 'y'")
     assert "delete" not in sql and "a'; delete from x" in [v for v, _ in params]
-    for bad in ["metrics.rmse < 0.5; drop table registry.runs", "metrics.rmse < 0.5 -- x",
-                "params.depth = '6' union select 1", "metrics.rmse < (select 1)"]:
+    for bad in [
+        "metrics.rmse < 0.5; drop table registry.runs",
+        "metrics.rmse < 0.5 -- x",
+        "params.depth = '6' union select 1",
+        "metrics.rmse < (select 1)",
+    ]:
         with pytest.raises(IndbRuntimeError) as e:
             build(bad)
         assert e.value.sqlstate == "42601"
 
 
-@pytest.mark.parametrize("text, pos, words", [
-    ("metrics.rmse < 'a'", 16, "number"),
-    ("params.depth = 6", 16, "strings"),
-    ("foo.x = 1", 1, "unknown entity"),
-    ("attributes.bogus = 'x'", 12, "unknown attribute"),
-    ("metrics.rmse <", 15, "expected a value"),
-    ("metrics.rmse < 0.5 and", 23, "expected a field"),
-    ("metrics.rmse < 0.5 params.x = '1'", 20, "expected AND, OR"),
-    ("(metrics.rmse < 0.5", 20, "')'"),
-    ("metrics.rmse like 'a'", 14, "does not apply to metrics"),
-    ("params.x ~ 'a'", 10, "unexpected character"),
-])
+@pytest.mark.parametrize(
+    "text, pos, words",
+    [
+        ("metrics.rmse < 'a'", 16, "number"),
+        ("params.depth = 6", 16, "strings"),
+        ("foo.x = 1", 1, "unknown entity"),
+        ("attributes.bogus = 'x'", 12, "unknown attribute"),
+        ("metrics.rmse <", 15, "expected a value"),
+        ("metrics.rmse < 0.5 and", 23, "expected a field"),
+        ("metrics.rmse < 0.5 params.x = '1'", 20, "expected AND, OR"),
+        ("(metrics.rmse < 0.5", 20, "')'"),
+        ("metrics.rmse like 'a'", 14, "does not apply to metrics"),
+        ("params.x ~ 'a'", 10, "unexpected character"),
+    ],
+)
 def test_errors_point_at_the_problem(text, pos, words):
     with pytest.raises(IndbRuntimeError) as e:
         build(text)
@@ -63,8 +73,10 @@ def test_errors_point_at_the_problem(text, pos, words):
 
 
 def test_or_parentheses_in_like_and_null_tests():
-    sql, params = build("(metrics.acc >= 0.9 or params.model IN ('xgb', 'lgbm')) and tags.team != 'ml' "
-                        "and run_name ILIKE 'base%' and tags.note IS NULL and params.seed IS NOT NULL")
+    sql, params = build(
+        "(metrics.acc >= 0.9 or params.model IN ('xgb', 'lgbm')) and tags.team != 'ml' "
+        "and run_name ILIKE 'base%' and tags.note IS NULL and params.seed IS NOT NULL"
+    )
     assert " or " in sql and "= any($" in sql and "ilike" in sql
     assert "not r.tags ? $" in sql
     assert ["xgb", "lgbm"] in [v for v, _ in params]
@@ -93,7 +105,7 @@ def test_order_by_and_limits():
     with pytest.raises(IndbRuntimeError, match="max_results"):
         build("", max_results=0)
     with pytest.raises(IndbRuntimeError, match="max_results"):
-        build("", max_results=10 ** 6)
+        build("", max_results=10**6)
 
 
 def test_empty_filter_matches_everything():

@@ -1,5 +1,6 @@
 """Training helpers without Postgres: splits, search grids, hyperparameter checks, target encoding,
 metrics, explanations that add up, the MLP's pickle round trip."""
+
 from __future__ import annotations
 
 import pickle
@@ -76,8 +77,9 @@ def test_target_encoding_and_labels():
 def test_metrics():
     m = algs.regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
     assert m["mae"] == pytest.approx(1 / 3) and m["rmse"] == pytest.approx((1 / 3) ** 0.5) and m["r2"] == 0.5
-    c = algs.classification_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]),
-                                    np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), 2)
+    c = algs.classification_metrics(
+        np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), 2
+    )
     assert c["accuracy"] == 0.75 and c["precision"] == 1.0 and c["recall"] == 0.5 and c["roc_auc"] == 1.0
 
 
@@ -87,11 +89,19 @@ def _bundle(alg, task="regression", n=200):
     y = 3 * X[:, 0] - 2 * X[:, 1] + rng.rand(n) * 0.1
     if task == "classification":
         y = (y > 0.5).astype(int)
-    est = algs.make(task, alg, algs.check_hyperparams(task, alg, {"n_estimators": 20} if alg not in (
-        "linear", "logistic") else {}))
+    est = algs.make(
+        task, alg, algs.check_hyperparams(task, alg, {"n_estimators": 20} if alg not in ("linear", "logistic") else {})
+    )
     algs.fit(task, alg, est, X, y)
-    return {"algorithm": alg, "task": task, "est": est, "groups": ["a", "b", "b"], "classes": [0, 1],
-            "x_mean": X.mean(axis=0).tolist(), "x_std": X.std(axis=0).tolist()}, X
+    return {
+        "algorithm": alg,
+        "task": task,
+        "est": est,
+        "groups": ["a", "b", "b"],
+        "classes": [0, 1],
+        "x_mean": X.mean(axis=0).tolist(),
+        "x_std": X.std(axis=0).tolist(),
+    }, X
 
 
 @pytest.mark.parametrize("alg", ["xgboost", "lightgbm", "random_forest", "gradient_boosting", "linear"])
@@ -110,8 +120,7 @@ def test_chunked_forest_ticks_and_mlp_pickles():
     est = algs.make("regression", "random_forest", {"n_estimators": 40, "random_state": 0})
     algs.fit("regression", "random_forest", est, X, X[:, 0], tick=lambda d, t: ticks.append((d, t)))
     assert ticks[-1] == (40, 40) and len(ticks) >= 2 and len(est.estimators_) == 40
-    mlp = algs.make("regression", "mlp", {"task": "regression", "epochs": 30, "hidden_layers": [16],
-                                                 "batch_size": 16})
+    mlp = algs.make("regression", "mlp", {"task": "regression", "epochs": 30, "hidden_layers": [16], "batch_size": 16})
     y = 3 * X[:, 0] + 1
     curves = algs.fit("regression", "mlp", mlp, X, y)
     assert len(curves["train_loss"]) == 30 and curves["train_loss"][-1] < curves["train_loss"][0]

@@ -3,6 +3,7 @@
 Each feature area adds a step module here with ``TITLE`` and ``run(client, data_dir)``; ``STEPS``
 orders them. Steps are idempotent: running the demo again reuses what is already there.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Demo step: the in-database runtime and a few real embeddings of SciFact sentences."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ def run(client, data: Path) -> None:
         "select t.title, vector_dims(e) as dims, (e::real[])[1:4] as head, "
         "       round((e <=> ml.embed('all-MiniLM-L6-v2', %s::text))::numeric, 4) as cosine_distance_to_first "
         "from unnest(%s::text[], ml.embed('all-MiniLM-L6-v2', %s::text[])) as t(title, e)",
-        [titles[0], titles, titles])
+        [titles[0], titles, titles],
+    )
     for r in rows:
         head = ", ".join(f"{x:+.4f}" for x in r["head"])
         print(f"  [{head}, ...] ({r['dims']} dims)  d={r['cosine_distance_to_first']}  {r['title'][:70]}")

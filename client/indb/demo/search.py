@@ -4,6 +4,7 @@ Loads the corpus into the collection ``scifact`` (title + abstract, embedded in 
 reused when already loaded), prints the top results of vector, keyword (BM25) and hybrid (RRF) search for
 a few claims, and scores nDCG@10 of each method on SciFact's train judgments.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ def read_corpus(data: Path) -> list[dict]:
     with open(data / "scifact" / "corpus.jsonl") as f:
         for line in f:
             d = json.loads(line)
-            docs.append({"id": d["_id"], "content": (d["title"] + "\n" + d["text"]).strip(),
-                         "metadata": {"title": d["title"], "chars": len(d["text"])}})
+            docs.append(
+                {
+                    "id": d["_id"],
+                    "content": (d["title"] + "\n" + d["text"]).strip(),
+                    "metadata": {"title": d["title"], "chars": len(d["text"])},
+                }
+            )
     return docs
 
 
@@ -71,8 +77,10 @@ def run(client, data: Path, n_eval: int = 200) -> None:
         rows = client.hybrid_search(COLLECTION, claim, k=3)
         for r in rows:
             mark = "*" if r["id"] in qrels[qid] else " "
-            print(f"  {mark} {r['id']:>9}  rrf={r['score']:.4f}  vector#{r['vector_rank'] or '-':<3} "
-                  f"bm25#{r['keyword_rank'] or '-':<3} {r['metadata']['title'][:80]}")
+            print(
+                f"  {mark} {r['id']:>9}  rrf={r['score']:.4f}  vector#{r['vector_rank'] or '-':<3} "
+                f"bm25#{r['keyword_rank'] or '-':<3} {r['metadata']['title'][:80]}"
+            )
     print("  (* = judged relevant in qrels/train.tsv)")
     ids = list(queries)[:n_eval]
     scores = {"vector": [], "keyword (BM25)": [], "hybrid (rrf)": [], "hybrid (weighted)": []}
@@ -80,11 +88,18 @@ def run(client, data: Path, n_eval: int = 200) -> None:
     for qid in ids:
         q = queries[qid]
         scores["vector"].append(ndcg_at_10([r["id"] for r in client.search(COLLECTION, q, k=10)], qrels[qid]))
-        scores["keyword (BM25)"].append(ndcg_at_10([r["id"] for r in client.keyword_search(COLLECTION, q, k=10)], qrels[qid]))
-        scores["hybrid (rrf)"].append(ndcg_at_10([r["id"] for r in client.hybrid_search(COLLECTION, q, k=10)], qrels[qid]))
-        scores["hybrid (weighted)"].append(ndcg_at_10(
-            [r["id"] for r in client.hybrid_search(COLLECTION, q, k=10, method="weighted")], qrels[qid]))
-    print(f"\nnDCG@10 on the first {len(ids)} train queries ({time.time() - t0:.1f} s; "
-          f"full 809-query table: benchmarks/search_quality.py):")
+        scores["keyword (BM25)"].append(
+            ndcg_at_10([r["id"] for r in client.keyword_search(COLLECTION, q, k=10)], qrels[qid])
+        )
+        scores["hybrid (rrf)"].append(
+            ndcg_at_10([r["id"] for r in client.hybrid_search(COLLECTION, q, k=10)], qrels[qid])
+        )
+        scores["hybrid (weighted)"].append(
+            ndcg_at_10([r["id"] for r in client.hybrid_search(COLLECTION, q, k=10, method="weighted")], qrels[qid])
+        )
+    print(
+        f"\nnDCG@10 on the first {len(ids)} train queries ({time.time() - t0:.1f} s; "
+        f"full 809-query table: benchmarks/search_quality.py):"
+    )
     for method, s in scores.items():
         print(f"  {method:<17} {sum(s) / len(s):.4f}")
