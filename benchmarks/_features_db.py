@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from .common import RESULTS, machine, scratch_database
+from .common import RESULTS, machine, proc_status_kib, scratch_database
 
 
 @contextmanager
@@ -20,21 +20,11 @@ def bench_database(name: str = "indb_bench_features"):
 
 def backend_peak_kib(conn: psycopg.Connection) -> int | None:
     """VmHWM (peak resident set) of this connection's backend process, in KiB (we run as root, same host)."""
-    pid = conn.execute("select pg_backend_pid()").fetchone()[0]
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return proc_status_kib(conn.execute("select pg_backend_pid()").fetchone()[0], "VmHWM")
 
 
 def self_peak_kib() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    return proc_status_kib("self", "VmHWM") or 0
 
 
 def write_section(section: str, payload: dict) -> str:

@@ -27,6 +27,18 @@ def machine() -> dict:
     }
 
 
+def proc_status_kib(pid: int | str, field: str) -> int | None:
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, ...) in KiB; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 
 from . import common
+from .common import proc_status_kib
 
 MODEL = "all-MiniLM-L6-v2"
 N = int(os.environ.get("INDB_BENCH_N", "10000"))
@@ -63,10 +64,8 @@ def connect(dsn):
 
 
 def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    kib = proc_status_kib(pid, "VmRSS")
+    return kib / 1024 if kib is not None else float("nan")
 
 
 def main() -> None:
@@ -156,7 +155,7 @@ def main() -> None:
             wc.execute("select ml.warmup(%s)", [MODEL])
         errs = []
 
-        def loop(wc):
+        def loop(wc, tbl=tbl, errs=errs):
             try:
                 while True:
                     r = wc.execute("select ml.process_queue(%s, %s)", [tbl, WORKER_TAKE]).fetchone()[0]
@@ -164,7 +163,7 @@ def main() -> None:
                         return
                     if r["processed"] == 0:
                         time.sleep(0.01)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errs.append(e)
 
         t = time.time()
@@ -230,7 +229,7 @@ def main() -> None:
         ax.set_xlabel(f"rows/s ({n:,} SciFact sentences, {MODEL}, shared 2-core CPU)")
         fig.tight_layout()
         fig.savefig(path.with_suffix(".png"), dpi=100)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         print("plot skipped:", e)
     print(json.dumps(res["ratios_vs_python"], indent=2))
     print("wrote", path)

@@ -60,7 +60,7 @@ def main() -> None:
                 rows = [
                     {
                         "user_id": (i * batch + j) % USERS + 1,
-                        "ts": "2025-01-01T00:00:%02d+00:00" % (j % 60),
+                        "ts": f"2025-01-01T00:00:{j % 60:02d}+00:00",
                         **{f"f{k}": 1.0 * k for k in range(1, N_FEATS + 1)},
                     }
                     for j in range(batch)

@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 
 from ._features_db import bench_database, write_section
+from .common import proc_status_kib
 
 DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REPEATS = 3
@@ -41,13 +42,7 @@ class AnonSampler:
         self.t = threading.Thread(target=self._run, daemon=True)
 
     def _read(self) -> int:
-        try:
-            for line in open(f"/proc/{self.pid}/status"):
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+        return proc_status_kib(self.pid, "RssAnon") or 0
 
     def _run(self):
         while not self.stop:
@@ -151,7 +146,7 @@ def pg_side(conn, entity_sql: str, feats: list[str], check: list[str]) -> dict:
         conn.execute("select set_config('indb.features_pit_method', %s, false)", [method])
         q = conn.execute("select features.historical_query(%s, %s)", [entity_sql, feats]).fetchone()[0]
         times, mems = [], []
-        for i in range(REPEATS):
+        for _ in range(REPEATS):
             conn.execute("drop table if exists pit_out")
             dt, mem = timed_pg(conn, f"create unlogged table pit_out as {q}")
             times.append(dt)

@@ -8,7 +8,6 @@ Each run logs 10 params and 20 metrics x 100 steps (2,000 points) through the ML
 
 from __future__ import annotations
 
-
 from .registry_common import Timer, drop_db, fresh_db, save
 
 PARAMS = 10

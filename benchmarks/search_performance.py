@@ -242,13 +242,13 @@ def main(argv=None) -> None:
     client.create_collection(name, model="all-MiniLM-L6-v2", index="hnsw", options={"m": 16, "ef_construction": 64})
     conn.execute(f"drop index collections.{name}_ann")  # bulk load first, then build (the fast way)
     t0 = time.time()
-    with conn.cursor() as cur:
-        with cur.copy(
-            f"copy collections.{name} (id, content, metadata, embedding) from stdin with (format binary)"
-        ) as cp:
-            cp.set_types(["text", "text", "jsonb", "vector"])
-            for i in range(args.n):
-                cp.write_row([ids[i], texts[i], Jsonb({"bucket": int(bucket[i]), "cluster": int(label[i])}), X[i]])
+    with (
+        conn.cursor() as cur,
+        cur.copy(f"copy collections.{name} (id, content, metadata, embedding) from stdin with (format binary)") as cp,
+    ):
+        cp.set_types(["text", "text", "jsonb", "vector"])
+        for i in range(args.n):
+            cp.write_row([ids[i], texts[i], Jsonb({"bucket": int(bucket[i]), "cluster": int(label[i])}), X[i]])
     out["copy_seconds"] = round(time.time() - t0, 1)
     print("copy", out["copy_seconds"], flush=True)
     r = client.reindex_collection(name, concurrently=False)
@@ -402,7 +402,7 @@ def main(argv=None) -> None:
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(RESULTS / "search.png", dpi=110)
-    except Exception as e:  # noqa: BLE001 - the plot is a convenience
+    except Exception as e:
         print("plot skipped:", e)
     print(f"done in {out['total_seconds']} s -> {RESULTS / 'search.json'}")
 

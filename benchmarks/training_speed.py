@@ -97,7 +97,7 @@ def main() -> None:
     results = {}
     for alg, hp in CASES.items():
         t_db, t_plain, t_client, rm, loads, fit_db, fit_plain = [], [], [], {}, [], [], []
-        for i in range(REPEAT):
+        for _ in range(REPEAT):
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
             r = c.train(

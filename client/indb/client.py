@@ -6,8 +6,9 @@ Every method calls one SQL function of the public API; the client owns no DDL.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -53,7 +54,7 @@ class Base:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -71,11 +72,11 @@ class RuntimeAPI(Base):
         return self.scalar("select ml.warmup(%s)", [model])
 
 
-from .embeddings import EmbeddingsAPI  # noqa: E402
 from .collections import CollectionsAPI  # noqa: E402
-from .training import TrainingAPI  # noqa: E402
-from .tracking import TrackingAPI  # noqa: E402
+from .embeddings import EmbeddingsAPI  # noqa: E402
 from .features import FeaturesMixin  # noqa: E402
+from .tracking import TrackingAPI  # noqa: E402
+from .training import TrainingAPI  # noqa: E402
 
 
 class Client(RuntimeAPI, EmbeddingsAPI, CollectionsAPI, TrainingAPI, TrackingAPI, FeaturesMixin):

@@ -55,7 +55,7 @@ def _json(text: str, what: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"indb: {what} is not valid JSON: {e}")
+        raise SystemExit(f"indb: {what} is not valid JSON: {e}") from None
 
 
 def run_train(args) -> int:

@@ -9,7 +9,8 @@ time left (client/indb/progress.py); the server also embeds in chunks and emits 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
@@ -79,7 +80,9 @@ class CollectionsAPI(Base):
         filter: Mapping | None = None,
         options: Mapping | None = None,
     ) -> list[dict]:
-        """ml.search: query is text (embedded by the collection's model) or a vector. Rows: id, score, content, metadata."""
+        """ml.search: query is text (embedded by the collection's model) or a vector.
+
+        Rows: id, score, content, metadata."""
         if isinstance(query, str):
             sql, q = "select * from ml.search(%s, %s::text, %s, %s, %s)", query
         else:

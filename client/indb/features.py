@@ -9,7 +9,8 @@ fs.dataset("movielens_train")                                    -> torch.utils.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from psycopg import sql as psql
 
@@ -18,7 +19,7 @@ from .client import Base
 
 class FeaturesMixin(Base):
     @property
-    def features(self) -> "FeatureStore":
+    def features(self) -> FeatureStore:
         fs = self.__dict__.get("_features")
         if fs is None:
             fs = self.__dict__["_features"] = FeatureStore(self)
@@ -108,7 +109,9 @@ class FeatureStore:
     def get_online(
         self, features: Sequence[str], entity_keys: dict, request: dict | None = None, full_names: bool = False
     ) -> dict:
-        """Latest values for one entity: {key..., feature: value, '_status': {feature: present|not_found|outside_ttl}}."""
+        """Latest values for one entity.
+
+        Returns {key..., feature: value, '_status': {feature: present|not_found|outside_ttl}}."""
         return self._c.scalar(
             "select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
             [list(features), json.dumps(entity_keys), None if request is None else json.dumps(request), full_names],

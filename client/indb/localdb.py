@@ -52,7 +52,7 @@ class Cluster:
     pg_bin: Path = PG_BIN
 
     @classmethod
-    def local(cls) -> "Cluster":
+    def local(cls) -> Cluster:
         st = state_dir()
         return cls(st, default_port(st))
 
@@ -167,7 +167,8 @@ class Cluster:
         conf = self.data / "postgresql.conf"
         with conf.open("a") as f:
             f.write(
-                "\n# indb: settings of the project's cluster, rewritten on every start\ninclude_if_exists = 'indb.conf'\n"
+                "\n# indb: settings of the project's cluster, rewritten on every start\n"
+                "include_if_exists = 'indb.conf'\n"
             )
         return True
 

@@ -29,9 +29,10 @@ import io
 import os
 import pickle
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
@@ -132,7 +133,7 @@ class Run:
     ``batch_size`` points or ``flush_seconds``, on flush() and when the run ends."""
 
     def __init__(
-        self, client: "TrackingAPI", run_id: str, experiment: str, batch_size: int = 5000, flush_seconds: float = 2.0
+        self, client: TrackingAPI, run_id: str, experiment: str, batch_size: int = 5000, flush_seconds: float = 2.0
     ):
         self.client = client
         self.id = str(run_id)
@@ -232,7 +233,7 @@ class Run:
                 self.client.call("select registry.end_run(%s, %s)", [self.id, status])
                 self.status = status
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -263,7 +264,7 @@ class TrackingAPI(Base):
         experiment: str,
         run_name: str | None = None,
         tags: dict | None = None,
-        parent_run: "str | Run | None" = None,
+        parent_run: str | Run | None = None,
         batch_size: int = 5000,
         flush_seconds: float = 2.0,
     ) -> Run:
@@ -316,7 +317,7 @@ class TrackingAPI(Base):
         self,
         name: str,
         model: Any = None,
-        run: "str | Run | None" = None,
+        run: str | Run | None = None,
         flavor: str | None = None,
         artifact_uri: str | None = None,
         description: str | None = None,

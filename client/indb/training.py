@@ -7,8 +7,9 @@ ml.train emits while it works (rows read, iterations done, rate, time left).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .client import Base
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -223,7 +224,7 @@ def make(task: str, algorithm: str, params: dict):
     try:
         return cls(**params)
     except (TypeError, ValueError) as e:
-        raise invalid(f"{algorithm} rejected the hyperparameters: {e}")
+        raise invalid(f"{algorithm} rejected the hyperparameters: {e}") from None
 
 
 def _chunked_forest(est, X, y, tick) -> None:
@@ -304,8 +305,8 @@ def fit(
         raise
     except (TypeError, ValueError) as e:
         if type(e).__name__ == "InvalidParameterError" or "parameter" in str(e).lower():
-            raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above")
-        raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}")
+            raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above") from None
+        raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}") from None
     except Exception as e:  # errors from xgboost / lightgbm native code
         if type(e).__module__.startswith(("plpy", "spiexceptions")) or type(e).__name__ in (
             "QueryCanceled",
@@ -315,7 +316,7 @@ def fit(
         if "XGBoostError" in type(e).__name__ or "LightGBMError" in type(e).__name__:
             raise invalid(
                 f"{algorithm} rejected the training set-up: {str(e).splitlines()[0][:500]}", hint="check hyperparams"
-            )
+            ) from None
         raise
     return curves
 

@@ -7,8 +7,8 @@ Importable and testable without Postgres: everything that touches the database g
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .errors import IndbRuntimeError, undefined
 
@@ -115,7 +115,7 @@ def load(spec: ModelSpec):
         from .device import torch_device
 
         model = SentenceTransformer(spec.path, device=torch_device(), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - any load failure becomes one clear error
+    except Exception as e:
         raise IndbRuntimeError(
             "58P01" if isinstance(e, (FileNotFoundError, OSError)) else "38000",
             f'embedding model "{spec.name}" failed to load from {spec.path}: {e}',

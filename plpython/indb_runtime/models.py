@@ -54,7 +54,8 @@ def register(
             )
     plpy.execute(
         plpy.prepare(
-            "insert into ml.embedding_models (name, source_path, dimensions, max_tokens, normalize) values ($1, $2, $3, $4, $5) "
+            "insert into ml.embedding_models (name, source_path, dimensions, max_tokens, normalize) "
+            "values ($1, $2, $3, $4, $5) "
             "on conflict (name) do update set source_path = excluded.source_path, dimensions = excluded.dimensions, "
             "max_tokens = excluded.max_tokens, normalize = excluded.normalize, registered_at = now(), "
             "registered_by = session_user",

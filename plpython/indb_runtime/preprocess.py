@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -207,7 +208,7 @@ class Preprocessor:
         options: dict | None = None,
         y: np.ndarray | None = None,
         enums: set | None = None,
-    ) -> tuple["Preprocessor", np.ndarray]:
+    ) -> tuple[Preprocessor, np.ndarray]:
         """Fit on training columns and return (preprocessor, X). ``y`` (numeric) is needed for target encoding."""
         options = options or {}
         enums = enums or set()

@@ -353,7 +353,8 @@ class Parser:
 
     def null_test(self, entity, key, negate, pos) -> str:
         if entity == "metric":
-            e = f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = {self.bind(key, 'text')})"
+            k = self.bind(key, "text")
+            e = f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = {k})"
         elif entity == "param":
             e = f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = {self.bind(key, 'text')})"
         elif entity == "tag":
@@ -406,7 +407,8 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
                 "order_by items look like 'metrics.rmse ASC' or 'attributes.start_time DESC'",
             )
         if entity == "metric":
-            expr = f"(select m.value from registry.latest_metrics m where m.run_id = r.id and m.key = {p.bind(key, 'text')})"
+            k = p.bind(key, "text")
+            expr = f"(select m.value from registry.latest_metrics m where m.run_id = r.id and m.key = {k})"
         elif entity == "param":
             expr = f"(select p.value from registry.params p where p.run_id = r.id and p.key = {p.bind(key, 'text')})"
         elif entity == "tag":
@@ -421,8 +423,10 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
 
 SELECT = """select r.run_uuid as run_id, e.name as experiment, r.name as run_name, r.status, r.user_name,
        r.start_time, r.end_time,
-       (select coalesce(jsonb_object_agg(p.key, p.value), '{{}}') from registry.params p where p.run_id = r.id) as params,
-       (select coalesce(jsonb_object_agg(m.key, m.value), '{{}}') from registry.latest_metrics m where m.run_id = r.id) as metrics,
+       (select coalesce(jsonb_object_agg(p.key, p.value), '{{}}')
+          from registry.params p where p.run_id = r.id) as params,
+       (select coalesce(jsonb_object_agg(m.key, m.value), '{{}}')
+          from registry.latest_metrics m where m.run_id = r.id) as metrics,
        r.tags
   from registry.runs r join registry.experiments e on e.id = r.experiment_id
  where {where}

@@ -17,7 +17,8 @@ import math
 import pickle
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -285,7 +286,7 @@ def encode_target(values: list, task: str, type_name: str) -> tuple[np.ndarray, 
             raise invalid(
                 f"regression needs a numeric target; the target column is {type_name}",
                 hint="use task => 'classification' for labels",
-            )
+            ) from None
         if not np.all(np.isfinite(y)):
             raise IndbRuntimeError("22000", "the target column holds NaN or Infinity", hint="filter those rows out")
         return y, None
@@ -1020,7 +1021,7 @@ def rows_from_json(bundle: dict, obj, strict: bool) -> dict:
             try:
                 v = float(v)  # NaN / Infinity arrive as strings from to_jsonb
             except (TypeError, ValueError):
-                raise invalid(f'feature "{c}" must be a number, got {v!r}')
+                raise invalid(f'feature "{c}" must be a number, got {v!r}') from None
         out[c] = [v]
     return out
 

@@ -79,7 +79,7 @@ class Vectorizer:
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def by_name(cls, plpy, name: str, lock: bool = False) -> "Vectorizer":
+    def by_name(cls, plpy, name: str, lock: bool = False) -> Vectorizer:
         if name is None:
             raise invalid("vectorizer name must not be NULL")
         rows = run(
@@ -343,7 +343,7 @@ def apply_changes(plpy, v: Vectorizer, rows: list[tuple], vanished: list[tuple])
             try:
                 with plpy.subtransaction():
                     stats["embedded"] += v.embed_and_write(dest, model, work, check=check)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if _is_cancel(e):
                     raise
                 plpy.warning(
@@ -453,7 +453,7 @@ def process_queue(plpy, name: str | None, batch_size: int | None) -> dict:
         with plpy.subtransaction():
             stats["embedded"] += work(locked_rows)
         ok_rows = locked_rows
-    except Exception as e:  # noqa: BLE001 - isolate the rows that fail, keep the rest
+    except Exception as e:
         if _is_cancel(e):
             raise
         ok_rows = []
@@ -462,7 +462,7 @@ def process_queue(plpy, name: str | None, batch_size: int | None) -> dict:
                 with plpy.subtransaction():
                     stats["embedded"] += work([r])
                 ok_rows.append(r)
-            except Exception as e1:  # noqa: BLE001
+            except Exception as e1:
                 if _is_cancel(e1):
                     raise
                 failures[r[0]] = _error_text(e1)
@@ -480,7 +480,8 @@ def process_queue(plpy, name: str | None, batch_size: int | None) -> dict:
             if attempts >= v.max_attempts:
                 run(
                     plpy,
-                    "with d as (delete from ml.vectorizer_queue where id = $1 returning vectorizer_id, key, enqueued_at) "
+                    "with d as (delete from ml.vectorizer_queue where id = $1 "
+                    "returning vectorizer_id, key, enqueued_at) "
                     "insert into ml.vectorizer_failed (vectorizer_id, key, attempts, error, first_enqueued_at) "
                     "select vectorizer_id, key, $2, $3, enqueued_at from d",
                     ["int8", "int4", "text"],

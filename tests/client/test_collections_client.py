@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 
-import numpy as np
 import pytest
 
 from indb.errors import InvalidInput, NotFound

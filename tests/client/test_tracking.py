@@ -51,24 +51,24 @@ def test_run_context_manager_round_trip(client, tmp_path):
 
 def test_failed_block_marks_the_run_failed_and_logging_after_end_is_refused(client):
     exp = uid("exp")
-    with pytest.raises(ZeroDivisionError):
-        with client.start_run(experiment=exp) as run:
-            run.log_metric("loss", 1.0)
-            1 / 0
+    with pytest.raises(ZeroDivisionError), client.start_run(experiment=exp) as run:
+        run.log_metric("loss", 1.0)
+        raise ZeroDivisionError
     info = client.get_run(run.id)
     assert info["status"] == "FAILED" and info["metrics"] == {"loss": 1.0}
     with pytest.raises(indb.IndbError, match="FAILED"):
         client.call("select registry.log_metric(%s, 'loss', 2)", [run.id])
-    with pytest.raises(indb.InvalidInput, match="invalid metric name"):
-        with client.start_run(experiment=exp) as r2:
-            r2.log_metric("bad;name", 1.0)
+    with pytest.raises(indb.InvalidInput, match="invalid metric name"), client.start_run(experiment=exp) as r2:
+        r2.log_metric("bad;name", 1.0)
 
 
 def test_nested_runs(client):
     exp = uid("exp")
-    with client.start_run(experiment=exp, run_name="parent") as parent:
-        with client.start_run(experiment=exp, run_name="child", parent_run=parent) as child:
-            child.log_metric("x", 1)
+    with (
+        client.start_run(experiment=exp, run_name="parent") as parent,
+        client.start_run(experiment=exp, run_name="child", parent_run=parent) as child,
+    ):
+        child.log_metric("x", 1)
     assert str(client.get_run(child.id)["parent_run_id"]) == parent.id
 
 

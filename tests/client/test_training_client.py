@@ -48,7 +48,7 @@ def test_train_predict_explain_deploy(housing):
     )
     assert r["deployed"] and r["metrics"]["rmse"] < 60000
     # NOTICEs reached the caller: progress while fitting (every 2 s) and a summary at the end
-    assert any("trained on 16512 rows" in l and "deployed" in l for l in lines), lines
+    assert any("trained on 16512 rows" in line and "deployed" in line for line in lines), lines
     v = c.predict("client_house", ROW)
     assert 300000 < v < 550000  # a rich district near the bay
     e = c.explain("client_house", ROW)

@@ -3,7 +3,6 @@ partitions, row-level security, index health. Real Postgres, real pgvector, real
 
 from __future__ import annotations
 
-import json
 import secrets
 
 import numpy as np
@@ -341,8 +340,6 @@ def test_halfvec_and_binary_rerank_collections_search_correctly(sconn):
 
 def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
     """With the security area's roles (sql/900-security.sql): indb_app searches, indb_writer writes."""
-    if not one(sconn, "select count(*) from pg_roles where rolname in ('indb_app', 'indb_writer')") == 2:
-        pytest.skip("the cluster roles of sql/900-security.sql are not installed")
     n = name("r")
     sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [n])
     app, writer = f"indb_t4a_{secrets.token_hex(3)}", f"indb_t4w_{secrets.token_hex(3)}"

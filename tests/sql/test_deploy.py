@@ -10,7 +10,6 @@ import time
 
 import psycopg
 import pytest
-
 from test_train import PRE, load_housing, train
 
 GOOD = json.dumps({"n_estimators": 60, "max_depth": 5})

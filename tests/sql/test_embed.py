@@ -119,7 +119,7 @@ def test_chunk_counts_tokens_with_the_models_tokenizer(sconn, standalone):
         assert c in text  # slices of the input, case kept
     assert rows[0][1].startswith("Aspirin") and text.endswith(rows[-1][1])
     # overlap: each chunk starts inside the previous one (2 shared tokens), and together they cover the text
-    pos = 0
+    pos = prev_end = 0
     for i, (_, c) in enumerate(rows):
         start = text.index(c, pos)
         if i:
@@ -144,7 +144,7 @@ def test_statement_timeout_interrupts_a_long_embedding_call(conn):
     import time
 
     conn.execute("select ml.warmup()")
-    texts = ["a long sentence about proteins, cells and metabolism number %d " % i * 8 for i in range(4000)]
+    texts = [f"a long sentence about proteins, cells and metabolism number {i} " * 8 for i in range(4000)]
     conn.execute("set statement_timeout = '1500ms'")
     t0 = time.time()
     with pytest.raises(psycopg.errors.QueryCanceled):
@@ -160,7 +160,7 @@ def test_cancel_interrupts_a_long_embedding_call(conn):
     import time
 
     conn.execute("select ml.warmup()")
-    texts = ["cancel me please, this is sentence number %d " % i * 8 for i in range(4000)]
+    texts = [f"cancel me please, this is sentence number {i} " * 8 for i in range(4000)]
     timer = threading.Timer(1.5, conn.cancel)
     timer.start()
     t0 = time.time()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def at(h: float) -> datetime:
@@ -158,9 +158,8 @@ def brute_force(frows: dict, erows: list, ttl_min):
     for k, m in erows:
         best = None
         for (fk, fm), val in frows.items():
-            if fk == k and fm <= m and (ttl_min is None or fm >= m - ttl_min):
-                if best is None or fm > best[0]:
-                    best = (fm, val)
+            if fk == k and fm <= m and (ttl_min is None or fm >= m - ttl_min) and (best is None or fm > best[0]):
+                best = (fm, val)
         out.append(None if best is None else best[1])
     return out
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
 def one(conn, sql, params=None):
@@ -117,7 +117,7 @@ def test_online_ttl_flags_instead_of_serving_stale(shop):
                 [
                     {
                         "customer_id": 3,
-                        "ts": datetime.now(timezone.utc).isoformat(),
+                        "ts": datetime.now(UTC).isoformat(),
                         "amount": 5,
                         "amount_x2": 10,
                         "country": "IT",

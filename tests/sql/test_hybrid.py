@@ -40,7 +40,7 @@ def zoo(sconn):
         [name, Jsonb([{"id": i, "content": t, "embedding": [1, 0]} for i, t in ZOO.items()])],
     )
     # each word is its own lexeme under the english configuration (so the hand computation counts the same tokens)
-    for w in "zebra lion tiger hawk falcon".split():
+    for w in ["zebra", "lion", "tiger", "hawk", "falcon"]:
         assert sconn.execute("select tsvector_to_array(to_tsvector('english', %s))", [w]).fetchone()[0] == [w]
     return name
 

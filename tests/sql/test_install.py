@@ -38,11 +38,11 @@ def schema_snapshot(dsn: str) -> str:
         check=True,
     )
     lines = [
-        l
-        for l in r.stdout.splitlines()
-        if l
-        and not l.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
-        and "pg_catalog.set_config('search_path'" not in l
+        line
+        for line in r.stdout.splitlines()
+        if line
+        and not line.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
+        and "pg_catalog.set_config('search_path'" not in line
     ]
     return "\n".join(lines)
 

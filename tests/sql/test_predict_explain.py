@@ -8,7 +8,6 @@ import math
 
 import psycopg
 import pytest
-
 from test_train import PRE, load_housing, load_titanic, train
 
 ROW = {

@@ -170,7 +170,7 @@ def test_versions_increment_and_aliases(conn, run):
 
 def test_alias_move_is_atomic_for_concurrent_readers(db_dsn, conn):
     name = uid("model")
-    for i in range(2):
+    for _ in range(2):
         conn.execute("select registry.register_model(%s, artifact => %s, flavor => 'sklearn')", [name, b"v"])
     conn.execute("select registry.set_alias(%s, 'champion', 1)", [name])
     stop = threading.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 
 import numpy as np
@@ -22,7 +21,7 @@ def corpus(sconn):
     centers = rng.normal(size=(20, DIM))
     X = centers[rng.integers(0, 20, N)] + 0.3 * rng.normal(size=(N, DIM))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     docs = []
     for i in range(N):
         docs.append(

@@ -3,7 +3,6 @@ alter/drop, concurrency of writers and workers, model migration and promotion.""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -377,7 +376,7 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
                             c.execute(f"delete from {t} where id = %s", [1000 * (w + 1) + int(rng.integers(0, i + 1))])
                     except psycopg.errors.DeadlockDetected:
                         pass
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     def worker():
@@ -390,7 +389,7 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
                         return
                     if r["processed"] == 0:
                         time.sleep(0.05)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     workers = [threading.Thread(target=worker) for _ in range(2)]
@@ -474,7 +473,7 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
                         "select key from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 5)", [t]
                     ).fetchall()
                     seen.append(len(rows))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     th = threading.Thread(target=reader)
@@ -575,7 +574,7 @@ def test_statement_timeout_stops_a_sync_insert_and_a_worker_leaving_nothing_half
     t = uniq("tmo")
     c.execute(f"create table {t} (id int primary key, body text)")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
-    rows = ["timeout sentence %d about enzymes, receptors and signalling pathways " % i * 6 for i in range(3000)]
+    rows = [f"timeout sentence {i} about enzymes, receptors and signalling pathways " * 6 for i in range(3000)]
     c.execute("set statement_timeout = '1500ms'")
     t0 = time.time()
     with pytest.raises(psycopg.errors.QueryCanceled):

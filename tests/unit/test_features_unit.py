@@ -63,6 +63,7 @@ def test_key_kinds():
 
 def test_describe_reports_bad_sql_with_its_sqlstate():
     from fakeplpy import FakePlpy
+
     from indb_runtime import features
     from indb_runtime.errors import IndbRuntimeError
 

@@ -40,7 +40,7 @@ def test_every_plpython_function_in_sql_is_parallel_unsafe_and_bootstraps():
     for f in sql_files():
         text = f.read_text()
         for m in re.finditer(r"create or replace function\s+([\w.]+)\s*\((.*?)\$\$(.*?)\$\$", text, re.S | re.I):
-            header, body = m.group(2), m.group(3)
+            header = m.group(2)
             if "plpython3u" in header.lower() and "parallel unsafe" not in header.lower():
                 offenders.append(f"{f.name}:{m.group(1)}")
     assert not offenders, f"plpython3u functions without PARALLEL UNSAFE: {offenders}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from fakeplpy import FakePlpy
+
 from indb_runtime import search_runs as sr
 from indb_runtime.errors import IndbRuntimeError
 

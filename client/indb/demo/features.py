@@ -57,7 +57,8 @@ def run(client, data: Path) -> None:
         t0 = time.time()
         r = fs.materialize(view, "1990-01-01", "2030-01-01")
         print(
-            f"features.materialize('{ref}'): {r['rows_written']:,} offline rows, {r['online_updated']:,} entities online, "
+            f"features.materialize('{ref}'): {r['rows_written']:,} offline rows, "
+            f"{r['online_updated']:,} entities online, "
             f"{r['rows_quarantined']} quarantined, {time.time() - t0:.1f} s"
         )
     st = client.call(
