@@ -1,6 +1,9 @@
 """indb: machine learning inside PostgreSQL - the thin Python client."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+# the one version of indb, written in pyproject.toml; `indb install` writes it into ml.version()
+__version__ = _version("indb")
 
 from .client import Client, connect
 from .errors import (

@@ -11,14 +11,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_client_and_runtime_versions_agree():
+def test_the_version_is_written_once_and_both_packages_report_it():
     import indb
     import indb_runtime
 
-    assert indb.__version__ == indb_runtime.__version__
-    for pyproject in ("client/pyproject.toml", "plpython/pyproject.toml"):
-        text = (REPO / pyproject).read_text()
-        assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == indb.__version__, pyproject
+    text = (REPO / "pyproject.toml").read_text()
+    assert indb.__version__ == indb_runtime.__version__ == re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+    literal = re.compile(r"""__version__\s*=\s*["']|^version\s*=""", re.M)
+    written = [
+        str(p.relative_to(REPO))
+        for p in REPO.glob("**/*")
+        if p.suffix in (".py", ".toml", ".cfg")
+        and ".venv" not in p.parts
+        and p.is_file()
+        and literal.search(p.read_text())
+    ]
+    assert written == ["pyproject.toml"], written
 
 
 def test_sql_version_is_rendered_from_the_client_version():
