@@ -1,6 +1,6 @@
 """Feature store helpers run by PL/Python: describe a query's result columns without running it.
 
-The point-in-time join, online serving and materialization are plain SQL/plpgsql (sql/500-features.sql);
+The point-in-time join, online serving and materialization are plain SQL/plpgsql (sql/5*-features-*.sql);
 Python is used only where Postgres has no SQL-level answer: the column names and types of an arbitrary
 SELECT (run with LIMIT 0, which reads no rows).
 """

@@ -339,7 +339,7 @@ def test_halfvec_and_binary_rerank_collections_search_correctly(sconn):
 
 
 def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
-    """With the security area's roles (sql/900-security.sql): indb_app searches, indb_writer writes."""
+    """With the security area's roles (sql/005-roles.sql): indb_app searches, indb_writer writes."""
     n = name("r")
     sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [n])
     app, writer = f"indb_t4a_{secrets.token_hex(3)}", f"indb_t4w_{secrets.token_hex(3)}"

@@ -1,126 +1,6 @@
--- Registry and experiment tracking (issue 6): experiments, runs, params, metrics (batched), artifacts,
--- datasets, registered models and versions, aliases, lineage, search_runs.
---
--- Every function here is SECURITY INVOKER: it reads and writes the registry tables as the calling role,
--- so the roles' table grants (999-grants.sql) and the tenant row-level security (900-security.sql)
--- apply to the API and to direct SQL alike. Values are always passed as parameters.
---
--- Lineage node ids (registry.lineage_edges.src_id/dst_id, text): the primary key of the row, as text:
---   dataset -> registry.datasets.id, run -> registry.runs.id, model_version -> registry.model_versions.id,
---   deployment -> registry.deployments.id, feature_view_version / training_set / prediction_log -> the
---   owning issue's primary key. registry.lineage() also accepts a run's uuid and 'model/3', 'model@alias'.
--- Edges written automatically by triggers (whoever writes the rows, ml.train or the client):
---   run_inputs    -> dataset -(input, or input:<context> when not training)-> run
---   model_versions-> run -(produced)-> model_version
---   deployments   -> model_version -(deployed)-> deployment
+-- Registry, public API: experiments, runs, params, metrics, artifacts, datasets, registered models,
+-- versions and aliases. Values are always passed as parameters.
 
--- ------------------------------------------------------------------------------------------------
--- tenancy helpers (also used by the row-level security policies of 900-security.sql)
-create or replace function registry.current_tenant() returns text
-language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  t text := nullif(current_setting('indb.tenant', true), '');
-  r text;
-  roles text[];
-begin
-  if t is null then
-    -- no setting: a role that is a member of exactly one indb_tenant_<name> role works as that tenant
-    if (select rolsuper from pg_roles where rolname = current_user) then
-      return null;
-    end if;
-    select array_agg(substr(rolname, 13)) into roles
-      from pg_roles where rolname like 'indb\_tenant\_%' and pg_has_role(current_user, oid, 'member');
-    if cardinality(roles) = 1 then
-      return roles[1];
-    end if;
-    return null;
-  end if;
-  r := 'indb_tenant_' || t;
-  if exists (select 1 from pg_roles where rolname = r) and not pg_has_role(current_user, r, 'member') then
-    raise exception 'role "%" may not act as tenant "%"', current_user, t
-      using errcode = '42501',
-            detail = format('tenant %L is bound to role %I and role %I is not a member of it', t, r, current_user),
-            hint = format('SET indb.tenant to a tenant you belong to, or GRANT %I TO %I', r, current_user);
-  end if;
-  return t;
-end $$;
-comment on function registry.current_tenant() is
-  'the session''s tenant: setting indb.tenant (checked against role indb_tenant_<name> when that role exists), or the one indb_tenant_* role the user belongs to';
-
-create or replace function registry.is_admin() returns boolean
-language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select case when exists (select 1 from pg_roles where rolname = 'indb_admin')
-                  then pg_has_role(current_user, 'indb_admin', 'member')
-                  else (select rolsuper from pg_roles where rolname = current_user) end $$;
-comment on function registry.is_admin() is 'true for members of indb_admin (and superusers): they see every tenant';
-
--- ------------------------------------------------------------------------------------------------
--- validation helpers
-create or replace function registry._check_key(what text, key text) returns void
-language plpgsql immutable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  if key is null or key = '' then
-    raise exception '% name is empty', what using errcode = '22023', hint = format('give every %s a name', what);
-  end if;
-  if length(key) > 250 then
-    raise exception '% name is too long (% characters, at most 250)', what, length(key) using errcode = '22023';
-  end if;
-  if key !~ '^[A-Za-z0-9_./: -]+$' then
-    raise exception 'invalid % name %', what, quote_literal(key)
-      using errcode = '22023',
-            hint = 'names may contain letters, digits, underscores, dashes, periods, spaces, slashes and colons';
-  end if;
-end $$;
-
-create or replace function registry._check_name(what text, name text) returns void
-language plpgsql immutable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  if name is null or btrim(name) = '' then
-    raise exception '% name is empty', what using errcode = '22023';
-  end if;
-  if length(name) > 256 then
-    raise exception '% name is too long (% characters, at most 256)', what, length(name) using errcode = '22023';
-  end if;
-  if name ~ '[[:cntrl:]]' then
-    raise exception '% name contains control characters', what using errcode = '22023',
-      hint = 'use printable characters only';
-  end if;
-end $$;
-
-create or replace function registry._run(run uuid, for_write boolean) returns registry.runs
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare r registry.runs;
-begin
-  if run is null then
-    raise exception 'run id is null' using errcode = '22004', hint = 'pass the uuid returned by registry.start_run';
-  end if;
-  select * into r from registry.runs where run_uuid = run;
-  if not found then
-    raise exception 'run % not found', run using errcode = '42704',
-      hint = 'check the run id and the session''s tenant (setting indb.tenant)';
-  end if;
-  if for_write then
-    if r.status <> 'RUNNING' then
-      raise exception 'run % is %, it no longer accepts params, metrics or artifacts', run, r.status
-        using errcode = '55000', hint = 'start a new run (tags can still be set on a finished run)';
-    end if;
-  end if;
-  if (for_write is not null) and r.tenant is distinct from registry.current_tenant() and not registry.is_admin() then
-    raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501';
-  end if;
-  return r;
-end $$;
-
--- ------------------------------------------------------------------------------------------------
 -- experiments and runs
 create or replace function registry.create_experiment(name text, description text default null,
                                                       tags jsonb default '{}') returns bigint
@@ -138,31 +18,6 @@ begin
   if eid is null then
     raise exception 'experiment % already exists', quote_literal(name) using errcode = '42710',
       hint = 'pick another name, or use registry.start_run(experiment => ...) which reuses it';
-  end if;
-  return eid;
-end $$;
-
-create or replace function registry._experiment(name text, create_missing boolean) returns bigint
-language plpgsql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-declare eid bigint;
-begin
-  perform registry._check_name('experiment', name);
-  select id into eid from registry.experiments e where e.name = _experiment.name;
-  if eid is null and create_missing then
-    insert into registry.experiments(name) values (name)
-    on conflict on constraint experiments_name_key do nothing returning id into eid;
-    if eid is null then
-      select id into eid from registry.experiments e where e.name = _experiment.name;
-      if eid is null then
-        raise exception 'experiment name % is taken by another tenant', quote_literal(name) using errcode = '42710',
-          hint = 'experiment names are unique across tenants; pick another name';
-      end if;
-    end if;
-  end if;
-  if eid is null then
-    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704';
   end if;
   return eid;
 end $$;
@@ -207,14 +62,6 @@ begin
   r := registry._run(run, true);
   update registry.runs set status = end_run.status, end_time = clock_timestamp() where id = r.id;
 end $$;
-
-create or replace function registry._tags_of(tags jsonb) returns jsonb
-language sql immutable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select coalesce(jsonb_object_agg(key, case when jsonb_typeof(value) = 'string' then value
-                                                  when jsonb_typeof(value) = 'null' then 'null'::jsonb
-                                                  else to_jsonb(value::text) end), '{}')
-      from jsonb_each(tags) $$;
 
 -- the one batch entry point: metrics (parallel arrays), params and tags in one statement
 create or replace function registry.log_batch(run uuid, metric_keys text[] default null,
@@ -368,13 +215,6 @@ begin
                 where m.run_id = rid and m.key = metric_history.key order by m.step, m.ts;
 end $$;
 
--- ------------------------------------------------------------------------------------------------
--- artifacts: bytes in the database (sha256 + size, limit `indb.max_artifact_bytes`, default 64 MiB) or a URI
-create or replace function registry.max_artifact_bytes() returns bigint
-language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select coalesce(nullif(current_setting('indb.max_artifact_bytes', true), '')::bigint, 67108864) $$;
-
 create or replace function registry.log_artifact(run uuid, path text, content bytea default null,
                                                  uri text default null) returns jsonb
 language plpgsql volatile
@@ -436,7 +276,6 @@ begin
                 where a.run_id = rid order by a.path;
 end $$;
 
--- ------------------------------------------------------------------------------------------------
 -- datasets a run used
 create or replace function registry.log_input(run uuid, dataset text, digest text,
                                               context text default 'training', source text default null,
@@ -466,26 +305,6 @@ begin
   insert into registry.run_inputs(run_id, dataset_id, context, tenant) values (r.id, did, context, r.tenant)
   on conflict do nothing;
   return did;
-end $$;
-
--- ------------------------------------------------------------------------------------------------
--- registered models, versions, aliases
-create or replace function registry._model(name text, lock boolean) returns registry.registered_models
-language plpgsql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-declare m registry.registered_models;
-begin
-  if lock then
-    select * into m from registry.registered_models r where r.name = _model.name for update;
-  else
-    select * into m from registry.registered_models r where r.name = _model.name;
-  end if;
-  if not found then
-    raise exception 'registered model % not found', quote_literal(name) using errcode = '42704',
-      hint = 'register it first (registry.register_model), and check the session''s tenant';
-  end if;
-  return m;
 end $$;
 
 create or replace function registry.register_model(
@@ -535,34 +354,6 @@ begin
 end $$;
 comment on function registry.register_model(text, uuid, bytea, text, text, text, text, text, text, jsonb, jsonb, jsonb, jsonb, text, jsonb) is
   'add the next version of a registered model (created if missing); the same kind of version ml.train writes';
-
-create or replace function registry._version(model text, ref text) returns registry.model_versions
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare m registry.registered_models := registry._model(model, false); mv registry.model_versions;
-begin
-  if ref is null or ref = '' or ref = 'latest' then
-    select * into mv from registry.model_versions where model_id = m.id order by version desc limit 1;
-  elsif ref ~ '^v?[0-9]{1,9}$' then
-    select * into mv from registry.model_versions where model_id = m.id and version = ltrim(ref, 'v')::int;
-  else
-    select v.* into mv from registry.aliases a join registry.model_versions v on v.id = a.version_id
-     where a.model_id = m.id and a.alias = ref;
-    if not found then
-      raise exception 'model % has no alias %', quote_literal(model), quote_literal(ref) using errcode = '42704',
-        detail = format('aliases: %s', coalesce((select string_agg(alias, ', ' order by alias)
-                                                   from registry.aliases where model_id = m.id), 'none'));
-    end if;
-  end if;
-  if mv.id is null then
-    raise exception 'model % has no version %', quote_literal(model), quote_literal(coalesce(ref, 'latest'))
-      using errcode = '42704',
-            detail = format('versions: %s', coalesce((select string_agg(version::text, ', ' order by version)
-                                                        from registry.model_versions where model_id = m.id), 'none'));
-  end if;
-  return mv;
-end $$;
 
 create or replace function registry.set_alias(model text, alias text, version int) returns void
 language plpgsql volatile
@@ -633,180 +424,3 @@ begin
     from registry.model_versions mv left join registry.runs r on r.id = mv.run_id
    where mv.model_id = m.id order by mv.version;
 end $$;
-
--- ------------------------------------------------------------------------------------------------
--- lineage
-create or replace function registry._check_kind(kind text) returns void
-language plpgsql immutable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  if kind is null or kind not in ('dataset', 'feature_view_version', 'training_set', 'run', 'model_version',
-                                  'deployment', 'prediction_log') then
-    raise exception 'unknown lineage kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023',
-      hint = 'kinds: dataset, feature_view_version, training_set, run, model_version, deployment, prediction_log';
-  end if;
-end $$;
-
-create or replace function registry._node_id(kind text, id text) returns text
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare mname text; ref text;
-begin
-  perform registry._check_kind(kind);
-  if id is null or id = '' then
-    raise exception 'lineage node id is empty' using errcode = '22023';
-  end if;
-  if kind = 'run' and id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
-    return (registry._run(id::uuid, null)).id::text;
-  end if;
-  if kind = 'model_version' and id !~ '^[0-9]+$' then
-    if position('@' in id) > 0 then
-      mname := split_part(id, '@', 1); ref := substr(id, length(mname) + 2);
-    elsif id ~ '/v?[0-9]+$' then
-      mname := regexp_replace(id, '/v?[0-9]+$', ''); ref := substring(id from '/v?([0-9]+)$');
-    else
-      mname := id; ref := 'latest';
-    end if;
-    return (registry._version(mname, ref)).id::text;
-  end if;
-  return id;
-end $$;
-
-create or replace function registry.node_label(kind text, id text) returns text
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare out text;
-begin
-  if id !~ '^[0-9]+$' then return null; end if;
-  case kind
-    when 'dataset' then
-      select d.name || '@' || left(d.digest, 12) into out from registry.datasets d where d.id = node_label.id::bigint;
-    when 'run' then
-      select coalesce(r.name || ' ', '') || '(' || r.run_uuid || ', ' || r.status || ')' into out
-        from registry.runs r where r.id = node_label.id::bigint;
-    when 'model_version' then
-      select m.name || '/' || v.version into out
-        from registry.model_versions v join registry.registered_models m on m.id = v.model_id where v.id = node_label.id::bigint;
-    when 'deployment' then
-      select m.name || ' deployment ' || d.id || ' (' || d.strategy || ')' into out
-        from registry.deployments d join registry.registered_models m on m.id = d.model_id where d.id = node_label.id::bigint;
-    else
-      out := null;
-  end case;
-  return out;
-end $$;
-
-create or replace function registry.add_lineage(src_kind text, src_id text, dst_kind text, dst_id text,
-                                                relation text default 'derived') returns void
-language plpgsql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  perform registry._check_key('lineage relation', relation);
-  insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation)
-  values (src_kind, registry._node_id(src_kind, src_id), dst_kind, registry._node_id(dst_kind, dst_id), relation)
-  on conflict do nothing;
-end $$;
-
-create or replace function registry.lineage(kind text, id text, direction text default 'both',
-                                            max_depth int default 20)
-returns table(side text, depth int, src_kind text, src_id text, src_label text, relation text,
-              dst_kind text, dst_id text, dst_label text)
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare nid text;
-begin
-  if direction not in ('up', 'down', 'both', 'upstream', 'downstream') then
-    raise exception 'invalid direction %', quote_literal(direction) using errcode = '22023',
-      hint = 'use up (what it came from), down (what came from it) or both';
-  end if;
-  if max_depth is null or max_depth < 1 or max_depth > 100 then
-    raise exception 'max_depth must be between 1 and 100' using errcode = '22023';
-  end if;
-  nid := registry._node_id(kind, id);
-  return query
-  with recursive
-  up_e(src_kind, src_id, dst_kind, dst_id, relation, depth) as (
-      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, 1
-        from registry.lineage_edges e
-       where direction in ('up', 'upstream', 'both') and e.dst_kind = kind and e.dst_id = nid
-      union
-      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, u.depth + 1
-        from up_e u join registry.lineage_edges e on e.dst_kind = u.src_kind and e.dst_id = u.src_id
-       where u.depth < max_depth),
-  down_e(src_kind, src_id, dst_kind, dst_id, relation, depth) as (
-      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, 1
-        from registry.lineage_edges e
-       where direction in ('down', 'downstream', 'both') and e.src_kind = kind and e.src_id = nid
-      union
-      select e.src_kind, e.src_id, e.dst_kind, e.dst_id, e.relation, d.depth + 1
-        from down_e d join registry.lineage_edges e on e.src_kind = d.dst_kind and e.src_id = d.dst_id
-       where d.depth < max_depth),
-  edges as (
-      select 'up'::text as dir, min(u.depth) as depth, u.src_kind, u.src_id, u.relation, u.dst_kind, u.dst_id
-        from up_e u group by 3, 4, 5, 6, 7
-      union all
-      select 'down', min(d.depth), d.src_kind, d.src_id, d.relation, d.dst_kind, d.dst_id
-        from down_e d group by 3, 4, 5, 6, 7)
-  select e.dir, e.depth, e.src_kind, e.src_id, registry.node_label(e.src_kind, e.src_id), e.relation,
-         e.dst_kind, e.dst_id, registry.node_label(e.dst_kind, e.dst_id)
-    from edges e order by e.dir desc, e.depth, e.src_kind, e.src_id, e.dst_kind, e.dst_id;
-end $$;
-comment on function registry.lineage(text, text, text, int) is
-  'walk lineage edges up (what an object came from) and/or down (what was made from it)';
-
--- lineage edges written whoever inserts the rows (client tracking or ml.train)
-create or replace function registry._lineage_trigger() returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  if tg_table_name = 'model_versions' then
-    if new.run_id is not null then
-      insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
-      values ('run', new.run_id::text, 'model_version', new.id::text, 'produced', new.tenant) on conflict do nothing;
-    end if;
-  elsif tg_table_name = 'deployments' then
-    insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
-    values ('model_version', new.version_id::text, 'deployment', new.id::text, 'deployed', new.tenant) on conflict do nothing;
-  elsif tg_table_name = 'run_inputs' then
-    insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation, tenant)
-    values ('dataset', new.dataset_id::text, 'run', new.run_id::text,
-            case when new.context = 'training' then 'input' else 'input:' || new.context end, new.tenant)
-    on conflict do nothing;
-  end if;
-  return null;
-end $$;
-
-drop trigger if exists indb_lineage on registry.model_versions;
-create trigger indb_lineage after insert on registry.model_versions
-  for each row execute function registry._lineage_trigger();
-drop trigger if exists indb_lineage on registry.deployments;
-create trigger indb_lineage after insert on registry.deployments
-  for each row execute function registry._lineage_trigger();
-drop trigger if exists indb_lineage on registry.run_inputs;
-create trigger indb_lineage after insert on registry.run_inputs
-  for each row execute function registry._lineage_trigger();
-
--- ------------------------------------------------------------------------------------------------
--- search_runs: MLflow filter syntax, parsed in Python (plpython/indb_runtime/search_runs.py) into SQL with
--- $n parameters; the SQL text only ever contains fixed fragments chosen by the parser.
-create or replace function registry.search_runs(experiments text[] default null, filter text default '',
-                                                order_by text[] default null, max_results int default 1000)
-returns table(run_id uuid, experiment text, run_name text, status text, user_name text,
-              start_time timestamptz, end_time timestamptz, params jsonb, metrics jsonb, tags jsonb)
-language plpython3u stable parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys
-if 'indb_runtime.search_runs' not in sys.modules:
-    if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import search_runs, errors
-return errors.call(plpy, search_runs.execute, plpy, SD, experiments, filter, order_by, max_results)
-$$;
-comment on function registry.search_runs(text[], text, text[], int) is
-  'runs matching an MLflow-style filter (metrics.rmse < 0.5 and params.depth = ''6'' and tags.team = ''x'' and attributes.status = ''FINISHED'')';

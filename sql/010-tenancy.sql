@@ -1,53 +1,46 @@
--- Roles and row-level security (issue 6).
---
--- Roles (cluster-wide, NOLOGIN, created idempotently: several databases of one cluster install indb):
---   indb_app     predict, search, online features only
---   indb_reader  indb_app + read the registry, features, collections; search runs; lineage
---   indb_writer  indb_reader + train, deploy, write data, log runs, register models
---   indb_admin   indb_writer + everything: audit log, retention, tenants, every tenant's rows
--- Give people and services one of them: GRANT indb_writer TO alice. What each role may execute is set
--- in 999-grants.sql. plpython3u stays untrusted: no indb role may create functions in the indb schemas.
---
--- Tenancy: a session's tenant is registry.current_tenant() (the setting indb.tenant, or its single
--- indb_tenant_<name> role). Every table below with a tenant column gets four policies: rows of the
--- session's tenant and shared rows (tenant is null) are visible; only the session's own tenant can be
--- written; indb_admin sees and writes everything. registry.create_tenant(name) makes role
--- indb_tenant_<name>; from then on only its members may SET indb.tenant = '<name>'.
+-- Tenancy: one model for every area. A session's tenant, whether it is an admin, tenant roles, and the
+-- row-level security policies that every table with a tenant column gets (see SECURITY.md).
 
-do $$
-declare r text;
+create or replace function registry.current_tenant() returns text
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t text := nullif(current_setting('indb.tenant', true), '');
+  r text;
+  roles text[];
 begin
-  foreach r in array array['indb_app', 'indb_reader', 'indb_writer', 'indb_admin'] loop
-    if not exists (select 1 from pg_roles where rolname = r) then
-      begin
-        execute format('create role %I nologin', r);
-      exception when duplicate_object or unique_violation then
-        null;  -- another database of this cluster created it at the same moment
-      end;
+  if t is null then
+    -- no setting: a role that is a member of exactly one indb_tenant_<name> role works as that tenant
+    if (select rolsuper from pg_roles where rolname = current_user) then
+      return null;
     end if;
-  end loop;
-end $$;
-
-do $$
-declare pair text[];
-begin
-  foreach pair slice 1 in array array[['indb_app', 'indb_reader'], ['indb_reader', 'indb_writer'],
-                                     ['indb_writer', 'indb_admin']] loop
-    if not exists (select 1 from pg_auth_members m join pg_roles a on a.oid = m.roleid
-                   join pg_roles b on b.oid = m.member where a.rolname = pair[1] and b.rolname = pair[2]) then
-      begin
-        execute format('grant %I to %I', pair[1], pair[2]);
-      exception when others then
-        if sqlstate not in ('XX000', '40001', '23505') then raise; end if;
-      end;
+    select array_agg(substr(rolname, 13)) into roles
+      from pg_roles where rolname like 'indb\_tenant\_%' and pg_has_role(current_user, oid, 'member');
+    if cardinality(roles) = 1 then
+      return roles[1];
     end if;
-  end loop;
+    return null;
+  end if;
+  r := 'indb_tenant_' || t;
+  if exists (select 1 from pg_roles where rolname = r) and not pg_has_role(current_user, r, 'member') then
+    raise exception 'role "%" may not act as tenant "%"', current_user, t
+      using errcode = '42501',
+            detail = format('tenant %L is bound to role %I and role %I is not a member of it', t, r, current_user),
+            hint = format('SET indb.tenant to a tenant you belong to, or GRANT %I TO %I', r, current_user);
+  end if;
+  return t;
 end $$;
+comment on function registry.current_tenant() is
+  'the session''s tenant: setting indb.tenant (checked against role indb_tenant_<name> when that role exists), or the one indb_tenant_* role the user belongs to';
 
-comment on role indb_app is 'indb: predict, search, online features only';
-comment on role indb_reader is 'indb: indb_app + read registry, features, collections, lineage';
-comment on role indb_writer is 'indb: indb_reader + train, deploy, write data, log runs';
-comment on role indb_admin is 'indb: everything, every tenant, audit log and retention';
+create or replace function registry.is_admin() returns boolean
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select case when exists (select 1 from pg_roles where rolname = 'indb_admin')
+                  then pg_has_role(current_user, 'indb_admin', 'member')
+                  else (select rolsuper from pg_roles where rolname = current_user) end $$;
+comment on function registry.is_admin() is 'true for members of indb_admin (and superusers): they see every tenant';
 
 create or replace function registry.create_tenant(name text, member text default null) returns text
 language plpgsql volatile security definer parallel unsafe

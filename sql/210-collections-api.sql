@@ -1,0 +1,441 @@
+-- Collections, public API: create, drop, add documents, reindex, health, tiering of time partitions.
+
+create or replace function ml.create_collection(
+    name text,
+    model text default 'all-MiniLM-L6-v2',
+    index text default 'hnsw',
+    metric text default 'cosine',
+    partition_by text default null,
+    options jsonb default '{}')
+returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections;
+  dims int;
+  cfg text := coalesce(options ->> 'text_search_config', 'english');
+  storage text := case when ml._opt_bool(options, 'halfvec', false) then 'halfvec' else 'vector' end;
+  use_rls boolean;
+  tbl text;
+  pk text;
+  part text := '';
+  tenant_col text := 'tenant text default current_setting(''indb.tenant'', true)';
+begin
+  options := coalesce(options, '{}');
+  perform ml._check_options(options, array['m', 'ef_construction', 'lists', 'halfvec', 'binary_rerank',
+                                           'text_search_config', 'dimensions', 'rls'], 'ml.create_collection');
+  if name is null or name !~ '^[a-z_][a-z0-9_]{0,47}$' then
+    raise exception 'invalid collection name %', coalesce(quote_literal(name), 'null')
+      using errcode = '22023', hint = 'use 1-48 lowercase letters, digits and underscores, starting with a letter or underscore';
+  end if;
+  if exists (select 1 from ml.collections x where x.name = create_collection.name) then
+    raise exception 'collection "%" already exists', name using errcode = '42710',
+      hint = 'pick another name, or drop it first with ml.drop_collection(name)';
+  end if;
+  if index is null or index not in ('hnsw', 'ivfflat', 'none') then
+    raise exception 'unknown index type %', coalesce(quote_literal(index), 'null') using errcode = '22023',
+      hint = 'use ''hnsw'', ''ivfflat'' or ''none'' (exact search)';
+  end if;
+  if metric is null or metric not in ('cosine', 'l2', 'inner_product') then
+    raise exception 'unknown metric %', coalesce(quote_literal(metric), 'null') using errcode = '22023',
+      hint = 'use ''cosine'', ''l2'' or ''inner_product''';
+  end if;
+  if partition_by is not null and partition_by not in ('tenant', 'time') then
+    raise exception 'unknown partition_by %', quote_literal(partition_by) using errcode = '22023',
+      hint = 'use null, ''tenant'' (LIST partitions per tenant) or ''time'' (RANGE partitions per month on created_at)';
+  end if;
+  if not exists (select 1 from pg_ts_config where cfgname = cfg) then
+    raise exception 'unknown text search configuration %', quote_literal(cfg) using errcode = '22023',
+      hint = 'one of: ' || (select string_agg(cfgname, ', ' order by cfgname) from pg_ts_config);
+  end if;
+  if options ? 'dimensions' then
+    dims := ml._opt_int(options, 'dimensions', null, 1, 16000);
+  elsif model is null then
+    raise exception 'a collection without a model needs options => ''{"dimensions": N}''' using errcode = '22023',
+      hint = 'give the model name, or the dimensions of the embeddings you will bring';
+  else
+    dims := ml._model_dimensions(model);
+  end if;
+  if storage = 'halfvec' and dims > 4000 and index <> 'none' then
+    raise exception 'halfvec indexes hold at most 4000 dimensions, got %', dims using errcode = '22023';
+  end if;
+  if storage = 'vector' and dims > 2000 and index <> 'none' and not ml._opt_bool(options, 'binary_rerank', false) then
+    raise exception 'vector indexes hold at most 2000 dimensions, got %', dims using errcode = '22023',
+      hint = 'use options => ''{"halfvec": true}'' (up to 4000) or ''{"binary_rerank": true}''';
+  end if;
+  if ml._opt_bool(options, 'binary_rerank', false) and index = 'none' then
+    raise exception 'binary_rerank needs an index (hnsw or ivfflat)' using errcode = '22023';
+  end if;
+  use_rls := ml._opt_bool(options, 'rls', coalesce(partition_by = 'tenant', false));
+
+  insert into ml.collections (name, table_name, model, dimensions, index_type, metric, storage, binary_rerank,
+                              partition_by, ts_config, rls, options)
+  values (name, name, model, dims, index, metric, storage, ml._opt_bool(options, 'binary_rerank', false),
+          partition_by, cfg, use_rls, options)
+  returning * into c;
+  insert into ml.collection_stats (collection_id) values (c.id);
+  tbl := ml._collection_table(c);
+
+  if partition_by = 'tenant' then
+    pk := 'tenant, id';
+    tenant_col := tenant_col || ' not null';
+    part := ' partition by list (tenant)';
+  elsif partition_by = 'time' then
+    pk := 'id, created_at';
+    part := ' partition by range (created_at)';
+  else
+    pk := 'id';
+  end if;
+  execute format($f$
+    create table %s (
+      id         text not null check (id <> ''),
+      content    text,
+      metadata   jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+      %s,
+      created_at timestamptz not null default now(),
+      embedding  %s,
+      tsv        tsvector generated always as (to_tsvector(%L::regconfig, coalesce(content, ''))) stored,
+      doc_len    int generated always as (ml._tsv_len(to_tsvector(%L::regconfig, coalesce(content, '')))) stored,
+      primary key (%s)
+    )%s$f$, tbl, tenant_col, ml._collection_vtype(c), cfg, cfg, pk, part);
+  execute format('comment on table %s is %L', tbl, 'indb collection ' || name || ' (ml.create_collection)');
+  if partition_by is not null then
+    execute format('create table %I.%I partition of %s default', c.table_schema, c.table_name || '_default', tbl);
+  end if;
+  execute format('create index %I on %s using gin (tsv)', c.table_name || '_tsv', tbl);
+  execute format('create index %I on %s using gin (metadata)', c.table_name || '_metadata', tbl);
+  if partition_by = 'time' then
+    execute format('create index %I on %s (created_at)', c.table_name || '_created_at', tbl);
+  end if;
+  if index = 'hnsw' then
+    if partition_by = 'time' then
+      -- per-partition indexes (not on the parent), so that old partitions can be tiered (ml.tier_partition)
+      execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, c.table_name || '_default'), c.table_name || '_default_ann');
+    else
+      execute ml._collection_ann_ddl(c, tbl, c.table_name || '_ann');
+    end if;
+  end if;
+  -- statement-level triggers with transition tables: one model call per statement, BM25 statistics
+  execute format('create trigger collection_insert after insert on %s referencing new table as new_rows '
+                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
+  execute format('create trigger collection_update after update on %s referencing old table as old_rows new table as new_rows '
+                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
+  execute format('create trigger collection_delete after delete on %s referencing old table as old_rows '
+                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
+  execute format('create trigger collection_truncate after truncate on %s '
+                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
+  -- the security area's cluster roles (sql/005-roles.sql), when they exist: readers and apps search,
+  -- writers write; functions are SECURITY INVOKER, so row-level security applies to the caller
+  if exists (select 1 from pg_roles where rolname = 'indb_app') then
+    execute format('grant select on %s to indb_app, indb_reader', tbl);
+    execute format('grant select, insert, update, delete, truncate on %s to indb_writer, indb_admin', tbl);
+  end if;
+  if use_rls then
+    execute format('alter table %s enable row level security', tbl);
+    -- forced: the table's owner (say, the service that created it) is isolated by tenant too
+    execute format('alter table %s force row level security', tbl);
+    execute format('create policy tenant_isolation on %s using (tenant = current_setting(''indb.tenant'', true)) '
+                   'with check (tenant = current_setting(''indb.tenant'', true))', tbl);
+  end if;
+  return jsonb_build_object('collection', c.name, 'table', tbl, 'model', c.model, 'dimensions', dims,
+                            'index', index, 'metric', metric, 'storage', storage, 'binary_rerank', c.binary_rerank,
+                            'partition_by', partition_by, 'text_search_config', cfg, 'row_level_security', use_rls);
+end $$;
+comment on function ml.create_collection(text, text, text, text, text, jsonb) is
+  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes';
+
+create or replace function ml.drop_collection(name text, if_exists boolean default false) returns boolean
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections;
+begin
+  select * into c from ml.collections x where x.name = drop_collection.name;
+  if not found then
+    if if_exists then return false; end if;
+    perform ml._collection(name);
+  end if;
+  execute format('drop table if exists %s cascade', ml._collection_table(c));
+  delete from ml.collections where id = c.id;
+  return true;
+end $$;
+comment on function ml.drop_collection(text, boolean) is 'drop a collection: its table, partitions, indexes and statistics';
+
+create or replace function ml.add_documents(collection text, docs jsonb) returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+  tbl text := ml._collection_table(c);
+  n int;
+  chunk constant int := 256;
+  start int := 0;
+  written bigint := 0;
+  bad jsonb;
+  bad_id text;
+  ids text[]; contents text[]; metas jsonb[]; tenants text[]; times timestamptz[]; embs text[];
+  need int[];
+  vecs vector[];
+  old_ids text[]; old_tenants text[]; old_times timestamptz[];
+  t0 timestamptz := clock_timestamp();
+  rate float8;
+begin
+  if docs is null or jsonb_typeof(docs) <> 'array' then
+    raise exception 'docs must be a JSON array of objects, got %', coalesce(jsonb_typeof(docs), 'null')
+      using errcode = '22023', hint = 'e.g. ''[{"id": "a", "content": "...", "metadata": {"k": 1}}]''';
+  end if;
+  n := jsonb_array_length(docs);
+  if n = 0 then return 0; end if;
+  -- validate everything before writing anything
+  select d, i into bad, start from jsonb_array_elements(docs) with ordinality x(d, i)
+  where jsonb_typeof(d) <> 'object' or not (d ? 'id') or jsonb_typeof(d -> 'id') not in ('string', 'number')
+     or (d ->> 'id') = ''
+  limit 1;
+  if bad is not null then
+    raise exception 'document % of docs has no usable "id": %', start, left(bad::text, 200)
+      using errcode = '22023', hint = 'every document is an object with a non-empty string "id"';
+  end if;
+  select d, i into bad, start from jsonb_array_elements(docs) with ordinality x(d, i)
+  where exists (select 1 from jsonb_object_keys(d) k where k not in ('id', 'content', 'metadata', 'tenant', 'created_at', 'embedding'))
+     or (d ? 'content' and jsonb_typeof(d -> 'content') not in ('string', 'null'))
+     or (d ? 'metadata' and jsonb_typeof(d -> 'metadata') not in ('object', 'null'))
+     or (d ? 'tenant' and jsonb_typeof(d -> 'tenant') not in ('string', 'null'))
+     or (d ? 'created_at' and jsonb_typeof(d -> 'created_at') not in ('string', 'null'))
+     or (d ? 'embedding' and jsonb_typeof(d -> 'embedding') not in ('array', 'null'))
+  limit 1;
+  if bad is not null then
+    raise exception 'document % (id %) has an unknown key or a value of the wrong type', start, bad -> 'id'
+      using errcode = '22023', detail = left(bad::text, 300),
+            hint = 'keys: id (string), content (string), metadata (object), tenant (string), created_at (ISO timestamp string), embedding (array of numbers)';
+  end if;
+  select d ->> 'id' into bad_id from jsonb_array_elements(docs) d
+  group by d ->> 'id', case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) end
+  having count(*) > 1 limit 1;
+  if bad_id is not null then
+    raise exception 'document id % appears more than once in docs', bad_id using errcode = '22023',
+      hint = 'each call writes a document once; merge the duplicates';
+  end if;
+  select d ->> 'id', jsonb_array_length(d -> 'embedding') into bad_id, start from jsonb_array_elements(docs) d
+  where jsonb_typeof(d -> 'embedding') = 'array' and jsonb_array_length(d -> 'embedding') <> c.dimensions limit 1;
+  if bad_id is not null then
+    raise exception 'document % has an embedding of % dimensions; collection % stores %', bad_id, start, c.name, c.dimensions
+      using errcode = '22023';
+  end if;
+  if c.partition_by = 'tenant' and exists (select 1 from jsonb_array_elements(docs) d
+                                           where coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) is null) then
+    raise exception 'collection % is partitioned by tenant: every document needs a "tenant"', c.name
+      using errcode = '22023', hint = 'set "tenant" in each document, or SET indb.tenant = ''...'' for the session';
+  end if;
+
+  start := 0;
+  while start < n loop
+    select array_agg(d ->> 'id' order by i), array_agg(d ->> 'content' order by i),
+           array_agg(coalesce(nullif(d -> 'metadata', 'null'::jsonb), '{}'::jsonb) order by i),
+           array_agg(coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) order by i),
+           array_agg((d ->> 'created_at')::timestamptz order by i),
+           array_agg(nullif(d -> 'embedding', 'null'::jsonb)::text order by i)
+      into ids, contents, metas, tenants, times, embs
+    from jsonb_array_elements(docs) with ordinality x(d, i)
+    where i > start and i <= start + chunk;
+    -- one model call for the chunk's documents that bring no embedding
+    select array_agg(i order by i) into need from generate_subscripts(ids, 1) i
+    where embs[i] is null and contents[i] is not null;
+    if need is not null then
+      if c.model is null then
+        raise exception 'collection "%" has no model: document % came without an embedding', c.name, quote_literal(ids[need[1]])
+          using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
+      end if;
+      vecs := ml.embed(c.model, (select array_agg(contents[i] order by o) from unnest(need) with ordinality u(i, o)));
+      for j in 1 .. cardinality(need) loop
+        embs[need[j]] := vecs[j]::text;
+      end loop;
+    end if;
+    if c.partition_by is not null then
+      perform ml.ensure_collection_partitions(c.name, tenants, times);
+    end if;
+    -- upsert by id (by tenant and id when partitioned by tenant): replace the old version
+    execute format('with d as (delete from %s t using unnest($1::text[], $2::text[]) v(id, tenant) '
+                   'where t.id = v.id and ($3 or t.tenant is not distinct from v.tenant) returning t.id, t.tenant, t.created_at) '
+                   'select array_agg(id), array_agg(tenant), array_agg(created_at) from d', tbl)
+      into old_ids, old_tenants, old_times using ids, tenants, c.partition_by is distinct from 'tenant';
+    if old_ids is not null and c.partition_by = 'time' then
+      -- keep the old created_at when the update gives none (so the row stays in its month)
+      select array_agg(coalesce(times[i], (select o.t from unnest(old_ids, old_times) o(id, t) where o.id = ids[i] limit 1)) order by i)
+        into times from generate_subscripts(ids, 1) i;
+    end if;
+    execute format('insert into %s (id, content, metadata, tenant, created_at, embedding) '
+                   'select v.id, v.content, v.metadata, v.tenant, coalesce(v.created_at, o.t, now()), v.e::%s '
+                   'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
+                   '  as v(id, content, metadata, tenant, created_at, e) '
+                   'left join unnest($7::text[], $8::text[], $9::timestamptz[]) o(id, tenant, t) '
+                   '  on o.id = v.id and o.tenant is not distinct from v.tenant', tbl, ml._collection_vtype(c))
+      using ids, contents, metas, tenants, times, embs, old_ids, old_tenants, old_times;
+    get diagnostics n = row_count;
+    written := written + n;
+    start := start + chunk;
+    n := jsonb_array_length(docs);
+    if n > chunk then
+      rate := written / greatest(extract(epoch from clock_timestamp() - t0), 1e-6);
+      raise notice 'indb: add_documents %: % / % rows, % rows/s, ~% s left', c.name, written, n,
+        round(rate::numeric, 1), round(((n - written) / greatest(rate, 1e-6))::numeric);
+    end if;
+  end loop;
+  if c.index_type = 'ivfflat' and not exists (select 1 from ml._collection_ann_indexes(c)) then
+    perform ml.reindex_collection(c.name, false);
+  end if;
+  return written;
+end $$;
+comment on function ml.add_documents(text, jsonb) is
+  'upsert documents [{id, content, metadata, tenant, created_at, embedding}] into a collection; returns rows written';
+
+create or replace function ml.reindex_collection(name text, concurrently boolean default true) returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(name);
+  tbl text := ml._collection_table(c);
+  rows bigint;
+  lists int;
+  t0 timestamptz := clock_timestamp();
+  r record;
+  built text[] := '{}';
+begin
+  if c.index_type = 'none' then
+    raise exception 'collection % has no ANN index (index => none): nothing to rebuild', c.name using errcode = '22023';
+  end if;
+  execute format('select count(*) from %s where embedding is not null', tbl) into rows;
+  if c.index_type = 'ivfflat' then
+    -- pgvector's guidance: lists = rows / 1000 up to 1M rows, sqrt(rows) above
+    lists := coalesce(ml._opt_int(c.options, 'lists', null, 1, 32768),
+                      greatest(1, case when rows <= 1000000 then rows / 1000 else sqrt(rows)::int end));
+    if rows = 0 then
+      raise notice 'indb: collection % is empty: the ivfflat index is built on the first ml.add_documents', c.name;
+      return jsonb_build_object('collection', c.name, 'rows', 0, 'built', '[]'::jsonb);
+    end if;
+  end if;
+  -- a new index is built beside the old one (searches keep using the old one; writes wait), then swapped.
+  -- CREATE INDEX CONCURRENTLY cannot run inside a function: for that, run REINDEX INDEX CONCURRENTLY from psql.
+  if c.partition_by = 'time' then
+    for r in select i.index_name, i.table_name from ml._collection_ann_indexes(c) i loop
+      execute format('drop index %I.%I', c.table_schema, r.index_name);
+      execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, r.table_name), r.index_name, lists);
+      built := built || r.index_name;
+    end loop;
+  else
+    execute ml._collection_ann_ddl(c, tbl, c.table_name || '_ann_new', lists);
+    execute format('drop index if exists %I.%I', c.table_schema, c.table_name || '_ann');
+    execute format('alter index %I.%I rename to %I', c.table_schema, c.table_name || '_ann_new', c.table_name || '_ann');
+    built := built || (c.table_name || '_ann');
+  end if;
+  execute format('analyze %s', tbl);
+  return jsonb_build_object('collection', c.name, 'rows', rows, 'index', c.index_type, 'lists', lists,
+                            'built', to_jsonb(built), 'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3),
+                            'concurrently', reindex_collection.concurrently,
+                            'note', case when reindex_collection.concurrently then 'built beside the old index and swapped: searches kept running, writes waited' end);
+end $$;
+comment on function ml.reindex_collection(text, boolean) is 'rebuild the ANN index of a collection (ivfflat: lists from the current row count)';
+
+create or replace function ml.collection_health(name text, sample int default 20) returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(name);
+  tbl text := ml._collection_table(c);
+  nrows bigint;
+  missing bigint;
+  parts jsonb;
+  idx jsonb;
+  q record;
+  hits int := 0;
+  total int := 0;
+  approx text[];
+  exact text[];
+  st ml.collection_stats;
+begin
+  if sample is null or sample < 0 or sample > 1000 then
+    raise exception 'sample must be between 0 and 1000' using errcode = '22023';
+  end if;
+  execute format('select count(*), count(*) filter (where embedding is null and content is not null) from %s', tbl) into nrows, missing;
+  select coalesce(jsonb_agg(jsonb_build_object(
+            'partition', p.relname, 'bound', pg_get_expr(p.relpartbound, p.oid),
+            'rows_estimate', greatest(p.reltuples, 0)::bigint,
+            'dead_tuples', coalesce(s.n_dead_tup, 0), 'bytes', pg_total_relation_size(p.oid)) order by p.relname), '[]')
+    into parts
+  from pg_inherits i join pg_class p on p.oid = i.inhrelid
+  left join pg_stat_user_tables s on s.relid = p.oid
+  where i.inhparent = tbl::regclass;
+  select coalesce(jsonb_agg(jsonb_build_object('index', ic.relname, 'am', am.amname, 'bytes', pg_relation_size(ic.oid))
+                  order by ic.relname), '[]')
+    into idx
+  from pg_index x join pg_class ic on ic.oid = x.indexrelid join pg_am am on am.oid = ic.relam
+  where x.indrelid = tbl::regclass or x.indrelid in (select inhrelid from pg_inherits where inhparent = tbl::regclass);
+  select * into st from ml.collection_stats where collection_id = c.id;
+  -- sampled recall@10 of the ANN index against an exact scan, with stored vectors as queries
+  if c.index_type <> 'none' and sample > 0 then
+    for q in execute format('select embedding::vector as e from %s where embedding is not null order by random() limit $1', tbl) using sample loop
+      select array_agg(s.id) into approx from ml._search(c, q.e, 10, null, '{}') s;
+      select array_agg(s.id) into exact from ml._search(c, q.e, 10, null, '{"exact": true}') s;
+      hits := hits + (select count(*) from unnest(approx) a where a = any(exact));
+      total := total + coalesce(cardinality(exact), 0);
+    end loop;
+  end if;
+  return jsonb_build_object(
+    'collection', c.name, 'table', tbl, 'rows', nrows, 'rows_missing_embedding', missing,
+    'index', c.index_type, 'metric', c.metric, 'storage', c.storage, 'binary_rerank', c.binary_rerank,
+    'partition_by', c.partition_by, 'partitions', parts, 'indexes', idx,
+    'table_bytes', pg_total_relation_size(tbl::regclass),
+    'dead_tuples', coalesce((select sum(n_dead_tup) from pg_stat_user_tables where relid = tbl::regclass
+                              or relid in (select inhrelid from pg_inherits where inhparent = tbl::regclass)), 0),
+    'bm25', jsonb_build_object('documents', st.n_docs, 'avg_length', case when st.n_docs > 0 then round(st.total_len::numeric / st.n_docs, 2) end,
+                               'terms', (select count(*) from ml.collection_terms t where t.collection_id = c.id)),
+    'sampled_recall_at_10', case when total > 0 then round(hits::numeric / total, 4) end,
+    'recall_sample_queries', case when total > 0 then sample end);
+end $$;
+comment on function ml.collection_health(text, int) is
+  'rows, partitions, index sizes, dead tuples, BM25 statistics and sampled recall@10 of the ANN index against an exact scan';
+
+create or replace function ml.tier_partition(collection text, older_than interval default '3 months', index text default 'none')
+returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+  r record;
+  done jsonb := '[]';
+  upper_ts timestamptz;
+  nrows bigint;
+begin
+  if c.partition_by is distinct from 'time' then
+    raise exception 'collection % is not partitioned by time', c.name using errcode = '22023',
+      hint = 'tiering applies to collections made with partition_by => ''time''';
+  end if;
+  if index is null or index not in ('none', 'ivfflat') then
+    raise exception 'unknown tier index %', coalesce(quote_literal(index), 'null') using errcode = '22023',
+      hint = '''none'' (exact scan, no index memory) or ''ivfflat'' (small, cheap to build)';
+  end if;
+  for r in select p.relname::text as part, pg_get_expr(p.relpartbound, p.oid) as bound
+           from pg_inherits i join pg_class p on p.oid = i.inhrelid
+           where i.inhparent = ml._collection_table(c)::regclass and p.relname <> c.table_name || '_default'
+           order by p.relname loop
+    upper_ts := substring(r.bound from 'TO \(''([^'']+)''\)')::timestamptz;
+    continue when upper_ts is null or upper_ts > now() - older_than;
+    execute format('drop index if exists %I.%I', c.table_schema, r.part || '_ann');
+    if index = 'ivfflat' then
+      execute format('select count(*) from %I.%I', c.table_schema, r.part) into nrows;
+      execute format('create index %I on %I.%I using ivfflat (embedding %s) with (lists = %s)', r.part || '_ann',
+                     c.table_schema, r.part,
+                     c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
+                     greatest(1, nrows / 1000));
+    end if;
+    done := done || jsonb_build_object('partition', r.part, 'index', index);
+  end loop;
+  return jsonb_build_object('collection', c.name, 'tiered', done);
+end $$;
+comment on function ml.tier_partition(text, interval, text) is
+  'switch monthly partitions older than older_than to a cheaper index (none: exact scan; ivfflat)';

@@ -1,0 +1,202 @@
+-- Registry and experiment tracking (issue 6): experiments, runs, params, metrics (batched), artifacts,
+-- datasets, registered models and versions, aliases, lineage, search_runs.
+--
+-- Every function here is SECURITY INVOKER: it reads and writes the registry tables as the calling role,
+-- so the roles' table grants (999-grants.sql) and the tenant row-level security (010-tenancy.sql)
+-- apply to the API and to direct SQL alike. Values are always passed as parameters.
+--
+-- Lineage node ids (registry.lineage_edges.src_id/dst_id, text): the primary key of the row, as text:
+--   dataset -> registry.datasets.id, run -> registry.runs.id, model_version -> registry.model_versions.id,
+--   deployment -> registry.deployments.id, feature_view_version / training_set / prediction_log -> the
+--   owning issue's primary key. registry.lineage() also accepts a run's uuid and 'model/3', 'model@alias'.
+-- Edges written automatically by triggers (whoever writes the rows, ml.train or the client):
+--   run_inputs    -> dataset -(input, or input:<context> when not training)-> run
+--   model_versions-> run -(produced)-> model_version
+--   deployments   -> model_version -(deployed)-> deployment
+
+-- validation helpers
+create or replace function registry._check_key(what text, key text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if key is null or key = '' then
+    raise exception '% name is empty', what using errcode = '22023', hint = format('give every %s a name', what);
+  end if;
+  if length(key) > 250 then
+    raise exception '% name is too long (% characters, at most 250)', what, length(key) using errcode = '22023';
+  end if;
+  if key !~ '^[A-Za-z0-9_./: -]+$' then
+    raise exception 'invalid % name %', what, quote_literal(key)
+      using errcode = '22023',
+            hint = 'names may contain letters, digits, underscores, dashes, periods, spaces, slashes and colons';
+  end if;
+end $$;
+
+create or replace function registry._check_name(what text, name text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if name is null or btrim(name) = '' then
+    raise exception '% name is empty', what using errcode = '22023';
+  end if;
+  if length(name) > 256 then
+    raise exception '% name is too long (% characters, at most 256)', what, length(name) using errcode = '22023';
+  end if;
+  if name ~ '[[:cntrl:]]' then
+    raise exception '% name contains control characters', what using errcode = '22023',
+      hint = 'use printable characters only';
+  end if;
+end $$;
+
+create or replace function registry._run(run uuid, for_write boolean) returns registry.runs
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs;
+begin
+  if run is null then
+    raise exception 'run id is null' using errcode = '22004', hint = 'pass the uuid returned by registry.start_run';
+  end if;
+  select * into r from registry.runs where run_uuid = run;
+  if not found then
+    raise exception 'run % not found', run using errcode = '42704',
+      hint = 'check the run id and the session''s tenant (setting indb.tenant)';
+  end if;
+  if for_write then
+    if r.status <> 'RUNNING' then
+      raise exception 'run % is %, it no longer accepts params, metrics or artifacts', run, r.status
+        using errcode = '55000', hint = 'start a new run (tags can still be set on a finished run)';
+    end if;
+  end if;
+  if (for_write is not null) and r.tenant is distinct from registry.current_tenant() and not registry.is_admin() then
+    raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501';
+  end if;
+  return r;
+end $$;
+
+create or replace function registry._experiment(name text, create_missing boolean) returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare eid bigint;
+begin
+  perform registry._check_name('experiment', name);
+  select id into eid from registry.experiments e where e.name = _experiment.name;
+  if eid is null and create_missing then
+    insert into registry.experiments(name) values (name)
+    on conflict on constraint experiments_name_key do nothing returning id into eid;
+    if eid is null then
+      select id into eid from registry.experiments e where e.name = _experiment.name;
+      if eid is null then
+        raise exception 'experiment name % is taken by another tenant', quote_literal(name) using errcode = '42710',
+          hint = 'experiment names are unique across tenants; pick another name';
+      end if;
+    end if;
+  end if;
+  if eid is null then
+    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704';
+  end if;
+  return eid;
+end $$;
+
+create or replace function registry._tags_of(tags jsonb) returns jsonb
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select coalesce(jsonb_object_agg(key, case when jsonb_typeof(value) = 'string' then value
+                                                  when jsonb_typeof(value) = 'null' then 'null'::jsonb
+                                                  else to_jsonb(value::text) end), '{}')
+      from jsonb_each(tags) $$;
+
+-- artifacts: bytes in the database (sha256 + size, limit `indb.max_artifact_bytes`, default 64 MiB) or a URI
+create or replace function registry.max_artifact_bytes() returns bigint
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select coalesce(nullif(current_setting('indb.max_artifact_bytes', true), '')::bigint, 67108864) $$;
+
+-- registered models, versions, aliases
+create or replace function registry._model(name text, lock boolean) returns registry.registered_models
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models;
+begin
+  if lock then
+    select * into m from registry.registered_models r where r.name = _model.name for update;
+  else
+    select * into m from registry.registered_models r where r.name = _model.name;
+  end if;
+  if not found then
+    raise exception 'registered model % not found', quote_literal(name) using errcode = '42704',
+      hint = 'register it first (registry.register_model), and check the session''s tenant';
+  end if;
+  return m;
+end $$;
+
+create or replace function registry._version(model text, ref text) returns registry.model_versions
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare m registry.registered_models := registry._model(model, false); mv registry.model_versions;
+begin
+  if ref is null or ref = '' or ref = 'latest' then
+    select * into mv from registry.model_versions where model_id = m.id order by version desc limit 1;
+  elsif ref ~ '^v?[0-9]{1,9}$' then
+    select * into mv from registry.model_versions where model_id = m.id and version = ltrim(ref, 'v')::int;
+  else
+    select v.* into mv from registry.aliases a join registry.model_versions v on v.id = a.version_id
+     where a.model_id = m.id and a.alias = ref;
+    if not found then
+      raise exception 'model % has no alias %', quote_literal(model), quote_literal(ref) using errcode = '42704',
+        detail = format('aliases: %s', coalesce((select string_agg(alias, ', ' order by alias)
+                                                   from registry.aliases where model_id = m.id), 'none'));
+    end if;
+  end if;
+  if mv.id is null then
+    raise exception 'model % has no version %', quote_literal(model), quote_literal(coalesce(ref, 'latest'))
+      using errcode = '42704',
+            detail = format('versions: %s', coalesce((select string_agg(version::text, ', ' order by version)
+                                                        from registry.model_versions where model_id = m.id), 'none'));
+  end if;
+  return mv;
+end $$;
+
+-- lineage
+create or replace function registry._check_kind(kind text) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if kind is null or kind not in ('dataset', 'feature_view_version', 'training_set', 'run', 'model_version',
+                                  'deployment', 'prediction_log') then
+    raise exception 'unknown lineage kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023',
+      hint = 'kinds: dataset, feature_view_version, training_set, run, model_version, deployment, prediction_log';
+  end if;
+end $$;
+
+create or replace function registry._node_id(kind text, id text) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare mname text; ref text;
+begin
+  perform registry._check_kind(kind);
+  if id is null or id = '' then
+    raise exception 'lineage node id is empty' using errcode = '22023';
+  end if;
+  if kind = 'run' and id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+    return (registry._run(id::uuid, null)).id::text;
+  end if;
+  if kind = 'model_version' and id !~ '^[0-9]+$' then
+    if position('@' in id) > 0 then
+      mname := split_part(id, '@', 1); ref := substr(id, length(mname) + 2);
+    elsif id ~ '/v?[0-9]+$' then
+      mname := regexp_replace(id, '/v?[0-9]+$', ''); ref := substring(id from '/v?([0-9]+)$');
+    else
+      mname := id; ref := 'latest';
+    end if;
+    return (registry._version(mname, ref)).id::text;
+  end if;
+  return id;
+end $$;
