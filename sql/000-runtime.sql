@@ -81,3 +81,72 @@ from indb_runtime import warmup, errors
 return json.dumps(errors.call(plpy, warmup.warmup, plpy, model))
 $$;
 comment on function ml.warmup(text) is 'import torch, xgboost, sentence-transformers and load the model in this backend; returns seconds spent';
+
+-- ----------------------------------------------------------------------------------------------------------
+-- The public face of a PL/Python function. PL/Python reports every error with its exception class in the
+-- message ("plpy.Error: ...") and a Python traceback in CONTEXT. indb keeps its Python in internal functions
+-- named ..._py and gives each a plpgsql wrapper, generated here from the internal function's own signature,
+-- that re-raises any error with the same SQLSTATE, detail and hint, a clean message and no traceback.
+-- Errors that are bugs (SQLSTATE 38000, an unexpected Python exception) keep their traceback in the server log.
+-- Cancellation (57014) is not caught (plpgsql's OTHERS excludes it), so statement_timeout acts as before.
+--   select ml._wrap_python('ml.embed', 'ml._embed_py(text, text)');
+create or replace function ml._wrap_python(public_name text, target regprocedure, volatility text default null)
+returns regprocedure
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  p pg_proc;
+  args text;
+  call_args text;
+  result text;
+  body text;
+  settings text;
+  vol text;
+begin
+  select * into p from pg_proc where oid = target;
+  if p.prolang <> (select oid from pg_language where lanname = 'plpython3u') then
+    raise exception '% is not a PL/Python function', target using errcode = '22023';
+  end if;
+  args := pg_get_function_arguments(target);
+  result := pg_get_function_result(target);
+  select string_agg(format('%I => %I', n, n), ', ' order by o) into call_args
+    from unnest(p.proargnames[1:p.pronargs]) with ordinality u(n, o);
+  vol := coalesce(volatility, case p.provolatile when 'i' then 'immutable' when 's' then 'stable' else 'volatile' end);
+  select coalesce(' set ' || string_agg(split_part(c, '=', 1) || ' = ' || substr(c, strpos(c, '=') + 1), ' set '), '')
+    into settings from unnest(p.proconfig) c;
+  if p.proretset then
+    body := format('return query select * from %s(%s);', target::regproc, coalesce(call_args, ''));
+  elsif p.prorettype = 'void'::regtype then
+    body := format('perform %s(%s); return;', target::regproc, coalesce(call_args, ''));
+  else
+    body := format('return %s(%s);', target::regproc, coalesce(call_args, ''));
+  end if;
+  execute format($f$
+    create or replace function %s(%s) returns %s
+    language plpgsql %s parallel unsafe%s
+    as $w$
+    declare e_state text; e_msg text; e_detail text; e_hint text; e_ctx text;
+    begin
+      %s
+    exception when others then
+      get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text, e_detail = pg_exception_detail,
+                              e_hint = pg_exception_hint, e_ctx = pg_exception_context;
+      if e_state in ('38000', 'XX000') then
+        raise log 'indb: %% failed: %%', %L, e_msg using detail = e_ctx;
+        e_hint := coalesce(nullif(e_hint, ''), 'this is a bug in indb or its runtime; the server log has the Python traceback');
+      end if;
+      e_msg := ml._errmsg(e_msg);
+      if e_detail = '' and e_hint = '' then
+        raise exception using errcode = e_state, message = e_msg;
+      elsif e_detail = '' then
+        raise exception using errcode = e_state, message = e_msg, hint = e_hint;
+      elsif e_hint = '' then
+        raise exception using errcode = e_state, message = e_msg, detail = e_detail;
+      end if;
+      raise exception using errcode = e_state, message = e_msg, detail = e_detail, hint = e_hint;
+    end $w$ $f$, public_name, args, result, vol, settings, body, public_name);
+  return (public_name || '(' || oidvectortypes(p.proargtypes) || ')')::regprocedure;
+end $$;
+comment on function ml._wrap_python(text, regprocedure, text) is
+  'internal (install time): create the plpgsql wrapper of a PL/Python function, with clean errors (DEVELOPERS.md)';

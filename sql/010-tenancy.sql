@@ -1,109 +1,171 @@
--- Tenancy: one model for every area. A session's tenant, whether it is an admin, tenant roles, and the
--- row-level security policies that every table with a tenant column gets (see SECURITY.md).
+-- Tenancy: one model for every area (SECURITY.md, "Tenants").
+--
+-- * The caller is the role a session acts as: its SET ROLE role, else its login. Inside indb's SECURITY
+--   DEFINER functions current_user is their owner, so they ask ml.caller().
+-- * A tenant is a role indb_tenant_<name> (ml.create_tenant). A session acts for tenant t when indb.tenant = t
+--   and the caller is a member of indb_tenant_t (or of indb_admin). A caller bound to exactly one tenant role
+--   acts for it without setting anything. Naming a tenant the caller may not act as is an error (42501) at the
+--   first tenant-scoped statement, never a silent fallback.
+-- * Every table of indb with a tenant column gets the same four policies (ml._apply_tenant_policies), forced
+--   on the table's owner too, so SECURITY DEFINER functions see exactly what their caller may see:
+--     read:  shared rows (tenant is null), the session's tenant's rows; admins read every row
+--     write: rows of the session's tenant (shared rows when the session has none); admins write every row
+--   Superusers and BYPASSRLS roles skip row-level security (PostgreSQL's rule): applications must not connect
+--   as one, and ml.runtime_info() warns when a session does.
 
-create or replace function registry.current_tenant() returns text
+create or replace function ml.caller() returns name
+language sql stable parallel safe
+as $$
+  select case when current_user::text in ('indb_owner', 'indb_tenant_manager')
+              then coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user::text)
+              else current_user::text end::name
+$$;
+comment on function ml.caller() is
+  'the role the session acts as (its SET ROLE role, else its login), also inside indb''s SECURITY DEFINER functions';
+
+create or replace function ml.is_admin() returns boolean
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select pg_has_role(ml.caller(), 'indb_admin', 'member') $$;
+comment on function ml.is_admin() is 'true for members of indb_admin (and superusers): they read and write every tenant''s rows';
+
+create or replace function ml.tenants_of(who name default null) returns text[]
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(array_agg(substr(r.rolname, 13) order by r.rolname), '{}')
+    from pg_roles r
+   where r.rolname like 'indb\_tenant\_%' and r.rolname <> 'indb_tenant_manager'
+     and pg_has_role(coalesce(who, ml.caller()), r.oid, 'member')
+     and not (select rolsuper from pg_roles where rolname = coalesce(who, ml.caller()))
+$$;
+comment on function ml.tenants_of(name) is 'the tenants a role is bound to (member of indb_tenant_<name>); superusers: none';
+
+create or replace function ml.current_tenant() returns text
 language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   t text := nullif(current_setting('indb.tenant', true), '');
-  r text;
-  roles text[];
+  who name := ml.caller();
+  mine text[];
 begin
   if t is null then
-    -- no setting: a role that is a member of exactly one indb_tenant_<name> role works as that tenant
-    if (select rolsuper from pg_roles where rolname = current_user) then
-      return null;
-    end if;
-    select array_agg(substr(rolname, 13)) into roles
-      from pg_roles where rolname like 'indb\_tenant\_%' and pg_has_role(current_user, oid, 'member');
-    if cardinality(roles) = 1 then
-      return roles[1];
-    end if;
-    return null;
+    mine := ml.tenants_of(who);
+    return case when cardinality(mine) = 1 then mine[1] end;   -- bound to one tenant: that one
   end if;
-  r := 'indb_tenant_' || t;
-  if exists (select 1 from pg_roles where rolname = r) and not pg_has_role(current_user, r, 'member') then
-    raise exception 'role "%" may not act as tenant "%"', current_user, t
-      using errcode = '42501',
-            detail = format('tenant %L is bound to role %I and role %I is not a member of it', t, r, current_user),
-            hint = format('SET indb.tenant to a tenant you belong to, or GRANT %I TO %I', r, current_user);
+  if not exists (select 1 from pg_roles where rolname = 'indb_tenant_' || t) or t = 'manager' then
+    raise exception 'tenant "%" does not exist', t using errcode = '42501',
+      hint = 'an admin creates tenants with ml.create_tenant(name, member); RESET indb.tenant to act for no tenant';
+  end if;
+  if not pg_has_role(who, 'indb_tenant_' || t, 'member') and not pg_has_role(who, 'indb_admin', 'member') then
+    raise exception 'role "%" may not act as tenant "%"', who, t using errcode = '42501',
+      detail = format('it is not a member of role %I', 'indb_tenant_' || t),
+      hint = coalesce('its tenants: ' || nullif(array_to_string(ml.tenants_of(who), ', '), ''),
+                      'it belongs to no tenant') || format('; an admin may GRANT %I TO %I', 'indb_tenant_' || t, who);
   end if;
   return t;
 end $$;
-comment on function registry.current_tenant() is
-  'the session''s tenant: setting indb.tenant (checked against role indb_tenant_<name> when that role exists), or the one indb_tenant_* role the user belongs to';
+comment on function ml.current_tenant() is
+  'the tenant the session acts for: indb.tenant when the caller may act as it (else 42501), or the one tenant it is bound to, or null';
 
-create or replace function registry.is_admin() returns boolean
-language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select case when exists (select 1 from pg_roles where rolname = 'indb_admin')
-                  then pg_has_role(current_user, 'indb_admin', 'member')
-                  else (select rolsuper from pg_roles where rolname = current_user) end $$;
-comment on function registry.is_admin() is 'true for members of indb_admin (and superusers): they see every tenant';
+-- the one policy predicate pair, used by every tenant table (and by nothing else)
+create or replace function ml._tenant_read_sql() returns text
+language sql immutable parallel safe
+as $$ select 'tenant is null or tenant = (select ml.current_tenant()) or (select ml.is_admin())' $$;
 
-create or replace function registry.create_tenant(name text, member text default null) returns text
-language plpgsql volatile security definer parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-declare r text := 'indb_tenant_' || name;
-begin
-  if not registry.is_admin() and not pg_has_role(session_user, 'indb_admin', 'member') then
-    raise exception 'only indb_admin may create tenants' using errcode = '42501';
-  end if;
-  if name is null or name !~ '^[a-z][a-z0-9_]{0,49}$' then
-    raise exception 'invalid tenant name %', coalesce(quote_literal(name), 'NULL') using errcode = '22023',
-      hint = 'tenant names are lowercase letters, digits and _, starting with a letter (at most 50)';
-  end if;
-  if not exists (select 1 from pg_roles where rolname = r) then
-    execute format('create role %I nologin', r);
-  end if;
-  if member is not null then
-    execute format('grant %I to %I', r, member);
-  end if;
-  return r;
-end $$;
-comment on function registry.create_tenant(text, text) is
-  'indb_admin: create role indb_tenant_<name> (only its members may then act as that tenant) and optionally add a member';
+create or replace function ml._tenant_write_sql() returns text
+language sql immutable parallel safe
+as $$ select 'tenant is not distinct from (select ml.current_tenant()) or (select ml.is_admin())' $$;
 
--- tenant policies on a table with a tenant column (also for other areas' tables: call it from their sql)
-create or replace function registry.apply_tenant_policies(tbl regclass) returns void
+-- row-level security on a table with a tenant column; forced, so the table's owner (indb's SECURITY DEFINER
+-- functions) is filtered too. Idempotent: re-applied by every `indb install` and by the functions that create
+-- tenant tables (collections, feature stores).
+create or replace function ml._apply_tenant_policies(tbl regclass) returns void
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  mine text := 'tenant is not distinct from (select registry.current_tenant()) or (select registry.is_admin())';
-  seen text := 'tenant is null or tenant = (select registry.current_tenant()) or (select registry.is_admin())';
+  p record;
+  want jsonb := jsonb_build_object(
+    'indb_tenant_select', jsonb_build_array('r', ml._tenant_read_sql(), null),
+    'indb_tenant_insert', jsonb_build_array('a', null, ml._tenant_write_sql()),
+    'indb_tenant_update', jsonb_build_array('w', ml._tenant_write_sql(), ml._tenant_write_sql()),
+    'indb_tenant_delete', jsonb_build_array('d', ml._tenant_write_sql(), null));
 begin
   if not exists (select 1 from pg_attribute where attrelid = tbl and attname = 'tenant' and not attisdropped) then
     raise exception 'table % has no tenant column', tbl using errcode = '42703';
   end if;
   execute format('alter table %s enable row level security', tbl);
-  execute format('drop policy if exists indb_tenant_select on %s', tbl);
-  execute format('drop policy if exists indb_tenant_insert on %s', tbl);
-  execute format('drop policy if exists indb_tenant_update on %s', tbl);
-  execute format('drop policy if exists indb_tenant_delete on %s', tbl);
-  execute format('create policy indb_tenant_select on %s for select using (%s)', tbl, seen);
-  execute format('create policy indb_tenant_insert on %s for insert with check (%s)', tbl, mine);
-  execute format('create policy indb_tenant_update on %s for update using (%s) with check (%s)', tbl, mine, mine);
-  execute format('create policy indb_tenant_delete on %s for delete using (%s)', tbl, mine);
+  execute format('alter table %s force row level security', tbl);
+  -- any other policy would widen what a tenant sees (policies are OR-ed): there must be none
+  for p in select polname from pg_policy where polrelid = tbl and not (want ? polname) loop
+    execute format('drop policy %I on %s', p.polname, tbl);
+  end loop;
+  for p in select key as name, value ->> 0 as cmd, value ->> 1 as using_sql, value ->> 2 as check_sql
+             from jsonb_each(want) loop
+    continue when exists (select 1 from pg_policy x where x.polrelid = tbl and x.polname = p.name);
+    execute format('create policy %I on %s for %s%s%s', p.name, tbl,
+                   case p.cmd when 'r' then 'select' when 'a' then 'insert' when 'w' then 'update' else 'delete' end,
+                   coalesce(' using (' || p.using_sql || ')', ''), coalesce(' with check (' || p.check_sql || ')', ''));
+  end loop;
 end $$;
-comment on function registry.apply_tenant_policies(regclass) is
-  'enable row-level security on a table with a tenant column: a session sees its tenant''s and shared rows, writes only its own';
+comment on function ml._apply_tenant_policies(regclass) is
+  'internal: the tenant policies (read: shared + own tenant, write: own tenant; admins all), forced on the owner too';
 
+-- every table of indb with a tenant column (partitions follow their parent: they have no grants of their own)
 do $$
 declare t regclass;
 begin
-  -- every registry table with a tenant column, and the other areas' catalogs that have one
   for t in select c.oid::regclass from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where n.nspname in ('registry', 'ml', 'features') and c.relkind in ('r', 'p')
+            where n.nspname in ('ml', 'registry', 'features', 'collections', 'embeddings')
+              and c.relkind in ('r', 'p')
               and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant'
                                                          and not a.attisdropped)
-              and (n.nspname = 'registry'
-                   or not exists (select 1 from pg_policy p where p.polrelid = c.oid
-                                   and p.polname not like 'indb\_tenant\_%'))
-              and not exists (select 1 from pg_inherits i where i.inhrelid = c.oid)  -- partitions follow the parent
+              and not c.relispartition
   loop
-    perform registry.apply_tenant_policies(t);
+    perform ml._apply_tenant_policies(t);
   end loop;
 end $$;
+
+-- tenants: roles indb_tenant_<name>. The only function that creates roles; owned by indb_tenant_manager
+-- (CREATEROLE), executable by indb_admin (999-grants.sql).
+create or replace function ml.create_tenant(name text, member text default null) returns text
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  r text := 'indb_tenant_' || name;
+  m pg_roles;
+begin
+  if not pg_has_role(ml.caller(), 'indb_admin', 'member') then
+    raise exception 'only indb_admin may create tenants' using errcode = '42501',
+      hint = 'ask an administrator (a member of indb_admin)';
+  end if;
+  if name is null or name !~ '^[a-z][a-z0-9_]{0,49}$' or name = 'manager' then
+    raise exception 'invalid tenant name %', coalesce(quote_literal(name), 'NULL') using errcode = '22023',
+      hint = 'tenant names are 1-50 lowercase letters, digits and _, starting with a letter (not "manager")';
+  end if;
+  if member is not null then
+    select * into m from pg_roles where rolname = member;
+    if m.oid is null then
+      raise exception 'role "%" does not exist', member using errcode = '42704', hint = 'create the login role first';
+    end if;
+    if m.rolsuper or m.rolbypassrls or m.rolname like 'indb\_tenant\_%'
+       or m.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin', 'indb_owner') then
+      raise exception 'role "%" cannot be bound to a tenant', member using errcode = '22023',
+        detail = 'superusers and BYPASSRLS roles skip row-level security; indb''s own roles are shared by every tenant',
+        hint = 'bind the login roles of the tenant''s people and services';
+    end if;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = r) then
+    execute format('create role %I nologin', r);
+    execute format('comment on role %I is %L', r, 'indb tenant ' || name || ' (ml.create_tenant)');
+  end if;
+  if member is not null and not pg_has_role(member, r, 'member') then
+    execute format('grant %I to %I', r, member);
+  end if;
+  return name;
+end $$;
+comment on function ml.create_tenant(text, text) is
+  'indb_admin: create tenant <name> (role indb_tenant_<name>; only its members may act as it) and optionally bind a role to it';

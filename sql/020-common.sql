@@ -57,3 +57,49 @@ begin
   end if;
   return (v #>> '{}')::boolean;
 end $$;
+
+-- An identifier a user chooses (a collection, vectorizer, view or tenant name) checked before it reaches DDL:
+-- PostgreSQL truncates names longer than 63 bytes silently, so two long names could become one table.
+create or replace function ml._check_identifier(what text, name text, max_bytes int default 63,
+                                                pattern text default '^[a-z_][a-z0-9_]*$') returns void
+language plpgsql immutable parallel safe
+as $$
+begin
+  if name is null or name = '' then
+    raise exception '% name is empty', what using errcode = '22023', hint = format('give the %s a name', what);
+  end if;
+  if octet_length(name) > max_bytes then
+    raise exception '% name % is % bytes long; at most % bytes', what, quote_literal(left(name, 80)),
+      octet_length(name), max_bytes using errcode = '42622',
+      hint = 'PostgreSQL truncates longer names, so two of them could share a table: choose a shorter name';
+  end if;
+  if name !~ pattern then
+    raise exception 'invalid % name %', what, quote_literal(name) using errcode = '22023',
+      hint = 'use lowercase letters, digits and underscores, starting with a letter or underscore';
+  end if;
+end $$;
+
+-- The rule that closes "a definer runs code attached by the caller": a SECURITY DEFINER function of indb
+-- runs DML only on relations indb_owner owns (no other role could have attached a trigger, a rule or a
+-- policy to them). Called with the relation a catalog value names, at the point of use.
+create or replace function ml._assert_indb_owned(rel regclass) returns regclass
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if rel is null or not exists (select 1 from pg_class c where c.oid = rel and c.relowner = 'indb_owner'::regrole) then
+    raise exception 'relation % is not owned by indb_owner; indb will not write to it', coalesce(rel::text, 'NULL')
+      using errcode = '42501',
+            hint = 'indb writes only to tables it created; re-create the object with indb''s functions';
+  end if;
+  return rel;
+end $$;
+
+-- Error hygiene of the PL/Python wrappers: the message without PL/Python's prefix for errors raised on
+-- purpose ("plpy.Error: ") or passed through from SQL ("spiexceptions.UniqueViolation: "). Other Python
+-- exceptions are bugs: their class stays in the message ("ZeroDivisionError: division by zero").
+create or replace function ml._errmsg(message text) returns text
+language sql immutable parallel safe
+as $$ select regexp_replace(message, '^(plpy\.[A-Za-z]+|spiexceptions\.[A-Za-z]+): ', '') $$;
+comment on function ml._errmsg(text) is
+  'internal: an error message without PL/Python''s exception prefix; see DEVELOPERS.md, "PL/Python functions"';

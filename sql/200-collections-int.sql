@@ -67,6 +67,23 @@ begin
 end $$;
 comment on function ml._collection(text) is 'internal: the catalog row of a collection, or error 42704';
 
+-- the catalog row of a collection the caller may change (its tenant's, or shared ones when it has no tenant;
+-- admins: any), or 42501 before anything is touched
+create or replace function ml._collection_for_write(collection text) returns ml.collections
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+begin
+  if c.tenant is distinct from ml.current_tenant() and not ml.is_admin() then
+    raise exception 'collection "%" belongs to %, not to this session''s tenant', c.name,
+      coalesce('tenant ' || quote_literal(c.tenant), 'no tenant (it is shared)') using errcode = '42501',
+      hint = 'only its tenant (or an indb_admin) may change or drop it';
+  end if;
+  return c;
+end $$;
+
 create or replace function ml._collection_table(c ml.collections) returns text
 language sql immutable parallel safe
 as $$ select format('%I.%I', c.table_schema, c.table_name) $$;
@@ -255,14 +272,14 @@ declare
   made int := 0;
   cols constant text := 'id, content, metadata, tenant, created_at, embedding';
 begin
-  if c.partition_by = 'tenant' and c.rls
-     and not exists (select 1 from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
-     and not pg_has_role(session_user, (select relowner from pg_class where oid = tbl::regclass), 'member') then
-    select x into bad from unnest(tenants) x where x is distinct from current_setting('indb.tenant', true) limit 1;
+  -- a caller makes partitions only for the tenant it acts for (admins: any); the rows it then writes are
+  -- checked again by the table's tenant policy
+  if c.partition_by = 'tenant' and not ml.is_admin() then
+    select x into bad from unnest(tenants) x where x is distinct from ml.current_tenant() limit 1;
     if found then
-      raise exception 'tenant % is not this session''s tenant (indb.tenant = %)', quote_literal(bad),
-        coalesce(quote_literal(current_setting('indb.tenant', true)), 'not set')
-        using errcode = '42501', hint = 'SET indb.tenant to the tenant you write for';
+      raise exception 'tenant % is not this session''s tenant (%)', quote_literal(bad),
+        coalesce('it acts for ' || quote_literal(ml.current_tenant()), 'it acts for no tenant')
+        using errcode = '42501', hint = 'write documents of the tenant the session acts for (SET indb.tenant)';
     end if;
   end if;
   if c.partition_by = 'tenant' then

@@ -8,9 +8,11 @@ create or replace function ml.create_collection(
     partition_by text default null,
     options jsonb default '{}')
 returns jsonb
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
+-- SECURITY DEFINER: the table and everything on it belong to indb_owner, so no caller can attach code to
+-- what indb's functions later write (SECURITY.md, "Ownership")
 declare
   c ml.collections;
   dims int;
@@ -20,7 +22,7 @@ declare
   tbl text;
   pk text;
   part text := '';
-  tenant_col text := 'tenant text default current_setting(''indb.tenant'', true)';
+  tenant_col text := 'tenant text default ml.current_tenant()';
 begin
   options := coalesce(options, '{}');
   perform ml._check_options(options, array['m', 'ef_construction', 'lists', 'halfvec', 'binary_rerank',
@@ -67,7 +69,11 @@ begin
   if ml._opt_bool(options, 'binary_rerank', false) and index = 'none' then
     raise exception 'binary_rerank needs an index (hnsw or ivfflat)' using errcode = '22023';
   end if;
-  use_rls := ml._opt_bool(options, 'rls', coalesce(partition_by = 'tenant', false));
+  if not ml._opt_bool(options, 'rls', true) then
+    raise exception 'tenant isolation cannot be turned off' using errcode = '22023',
+      hint = 'every collection has row-level security by tenant; rows without a tenant are shared by all';
+  end if;
+  use_rls := true;
 
   insert into ml.collections (name, table_name, model, dimensions, index_type, metric, storage, binary_rerank,
                               partition_by, ts_config, rls, options)
@@ -125,19 +131,9 @@ begin
                  'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
   execute format('create trigger collection_truncate after truncate on %s '
                  'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
-  -- the security area's cluster roles (sql/005-roles.sql), when they exist: readers and apps search,
-  -- writers write; functions are SECURITY INVOKER, so row-level security applies to the caller
-  if exists (select 1 from pg_roles where rolname = 'indb_app') then
-    execute format('grant select on %s to indb_app, indb_reader', tbl);
-    execute format('grant select, insert, update, delete, truncate on %s to indb_writer, indb_admin', tbl);
-  end if;
-  if use_rls then
-    execute format('alter table %s enable row level security', tbl);
-    -- forced: the table's owner (say, the service that created it) is isolated by tenant too
-    execute format('alter table %s force row level security', tbl);
-    execute format('create policy tenant_isolation on %s using (tenant = current_setting(''indb.tenant'', true)) '
-                   'with check (tenant = current_setting(''indb.tenant'', true))', tbl);
-  end if;
+  -- readers and apps search, writers write (999-grants.sql: a data table); the one tenant policy
+  perform ml._apply_table_grants(tbl::regclass);
+  perform ml._apply_tenant_policies(tbl::regclass);
   return jsonb_build_object('collection', c.name, 'table', tbl, 'model', c.model, 'dimensions', dims,
                             'index', index, 'metric', metric, 'storage', storage, 'binary_rerank', c.binary_rerank,
                             'partition_by', partition_by, 'text_search_config', cfg, 'row_level_security', use_rls);
@@ -146,17 +142,16 @@ comment on function ml.create_collection(text, text, text, text, text, jsonb) is
   'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes';
 
 create or replace function ml.drop_collection(name text, if_exists boolean default false) returns boolean
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   c ml.collections;
 begin
-  select * into c from ml.collections x where x.name = drop_collection.name;
-  if not found then
-    if if_exists then return false; end if;
-    perform ml._collection(name);
+  if if_exists and not exists (select 1 from ml.collections x where x.name = drop_collection.name) then
+    return false;
   end if;
+  c := ml._collection_for_write(name);
   execute format('drop table if exists %s cascade', ml._collection_table(c));
   delete from ml.collections where id = c.id;
   return true;
@@ -212,7 +207,7 @@ begin
             hint = 'keys: id (string), content (string), metadata (object), tenant (string), created_at (ISO timestamp string), embedding (array of numbers)';
   end if;
   select d ->> 'id' into bad_id from jsonb_array_elements(docs) d
-  group by d ->> 'id', case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) end
+  group by d ->> 'id', case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', ml.current_tenant()) end
   having count(*) > 1 limit 1;
   if bad_id is not null then
     raise exception 'document id % appears more than once in docs', bad_id using errcode = '22023',
@@ -225,7 +220,7 @@ begin
       using errcode = '22023';
   end if;
   if c.partition_by = 'tenant' and exists (select 1 from jsonb_array_elements(docs) d
-                                           where coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) is null) then
+                                           where coalesce(d ->> 'tenant', ml.current_tenant()) is null) then
     raise exception 'collection % is partitioned by tenant: every document needs a "tenant"', c.name
       using errcode = '22023', hint = 'set "tenant" in each document, or SET indb.tenant = ''...'' for the session';
   end if;
@@ -234,7 +229,7 @@ begin
   while start < n loop
     select array_agg(d ->> 'id' order by i), array_agg(d ->> 'content' order by i),
            array_agg(coalesce(nullif(d -> 'metadata', 'null'::jsonb), '{}'::jsonb) order by i),
-           array_agg(coalesce(d ->> 'tenant', current_setting('indb.tenant', true)) order by i),
+           array_agg(coalesce(d ->> 'tenant', ml.current_tenant()) order by i),
            array_agg((d ->> 'created_at')::timestamptz order by i),
            array_agg(nullif(d -> 'embedding', 'null'::jsonb)::text order by i)
       into ids, contents, metas, tenants, times, embs
@@ -292,11 +287,11 @@ comment on function ml.add_documents(text, jsonb) is
   'upsert documents [{id, content, metadata, tenant, created_at, embedding}] into a collection; returns rows written';
 
 create or replace function ml.reindex_collection(name text, concurrently boolean default true) returns jsonb
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  c ml.collections := ml._collection(name);
+  c ml.collections := ml._collection_for_write(name);
   tbl text := ml._collection_table(c);
   rows bigint;
   lists int;
@@ -401,11 +396,11 @@ comment on function ml.collection_health(text, int) is
 
 create or replace function ml.tier_partition(collection text, older_than interval default '3 months', index text default 'none')
 returns jsonb
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  c ml.collections := ml._collection(collection);
+  c ml.collections := ml._collection_for_write(collection);
   r record;
   done jsonb := '[]';
   upper_ts timestamptz;

@@ -70,7 +70,7 @@ begin
         using errcode = '55000', hint = 'start a new run (tags can still be set on a finished run)';
     end if;
   end if;
-  if (for_write is not null) and r.tenant is distinct from registry.current_tenant() and not registry.is_admin() then
+  if (for_write is not null) and r.tenant is distinct from ml.current_tenant() and not ml.is_admin() then
     raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501';
   end if;
   return r;

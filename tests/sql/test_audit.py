@@ -149,6 +149,7 @@ def test_retention_is_admin_only_and_logs_itself(empty_db):
             "create table audit.events_2023_01 partition of audit.events "
             "for values from ('2023-01-01') to ('2023-02-01')"
         )
+        c.execute("alter table audit.events_2023_01 owner to indb_owner")  # as audit.ensure_partitions makes them
         for role in ("indb_writer", "indb_reader", "indb_app"):
             c.execute(f"set role {role}")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -8,6 +8,7 @@ import secrets
 import numpy as np
 import psycopg
 import pytest
+from helpers import ensure_tenant
 from psycopg.types.json import Jsonb
 
 
@@ -174,6 +175,8 @@ def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sco
     )
     assert info["row_level_security"] is True
     t = f"collections.{n}"
+    for tenant in ("acme", "globex", "initech"):
+        ensure_tenant(sconn, tenant)
     docs = [
         {"id": "1", "tenant": "acme", "content": "acme secret plan", "embedding": [1, 0, 0]},
         {"id": "2", "tenant": "acme", "content": "acme roadmap", "embedding": [0.9, 0.1, 0]},
@@ -200,16 +203,10 @@ def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sco
     assert one(sconn, f"select count(*) from {t} where tenant = 'initech'") == 2
     # a non-superuser role sees only its tenant's rows, in search and in plain SELECT
     role = f"indb_t4_{secrets.token_hex(3)}"
-    sconn.execute(f"create role {role} login")
+    sconn.execute(f"create role {role} login in role indb_writer")
     try:
-        sconn.execute(f"grant usage on schema ml, collections to {role}")
-        sconn.execute(f"grant select, insert, update, delete on {t} to {role}")
-        sconn.execute(f"grant select on ml.collections, ml.collection_stats, ml.collection_terms to {role}")
-        sconn.execute(f"grant insert, update, delete on ml.collection_stats, ml.collection_terms to {role}")
-        sconn.execute(f"grant execute on all functions in schema ml to {role}")
-        # the catalog ml.collections carries the security area's tenant policies (registry.current_tenant())
-        sconn.execute(f"grant usage on schema registry to {role}")
-        sconn.execute(f"grant execute on all functions in schema registry to {role}")
+        # bound to two tenants: it says which one it acts for
+        sconn.execute("select ml.create_tenant('acme', %s), ml.create_tenant('globex', %s)", [role, role])
         dsn = psycopg.conninfo.make_conninfo(db_dsn, user=role)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("set indb.tenant = 'acme'")
@@ -345,6 +342,7 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
     app, writer = f"indb_t4a_{secrets.token_hex(3)}", f"indb_t4w_{secrets.token_hex(3)}"
     sconn.execute(f"create role {app} login in role indb_app")
     sconn.execute(f"create role {writer} login in role indb_writer")
+    ensure_tenant(sconn, "globex")
     try:
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=writer), autocommit=True) as c:
             c.execute(
@@ -363,8 +361,9 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
             "options => '{\"dimensions\": 2}')",
             [tn],
         )
+        # both are bound to tenant acme from here on: they need no setting
+        sconn.execute("select ml.create_tenant('acme', %s), ml.create_tenant('acme', %s)", [writer, app])
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=writer), autocommit=True) as c:
-            c.execute("set indb.tenant = 'acme'")
             c.execute(
                 "select ml.add_documents(%s, %s)",
                 [tn, Jsonb([{"id": "a", "content": "acme doc", "embedding": [1, 0]}])],
@@ -378,7 +377,6 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
             "select ml.add_documents(%s, %s)", [tn, Jsonb([{"id": "g", "tenant": "globex", "embedding": [1, 0]}])]
         )
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_dsn, user=app), autocommit=True) as c:
-            c.execute("set indb.tenant = 'acme'")
             assert c.execute("select array_agg(id) from ml.search(%s, '[1,0]'::vector, 5)", [tn]).fetchone()[0] == ["a"]
     finally:
         for r in (app, writer):

@@ -118,7 +118,7 @@ def test_no_role_may_change_the_audit_log(conn):
         ("indb_reader", "select count(*) from audit.events", False),
         ("indb_writer", "select registry.start_run('{exp}')", True),
         ("indb_writer", "select count(*) from audit.events", False),
-        ("indb_writer", "select registry.create_tenant('x{hex}')", False),
+        ("indb_writer", "select ml.create_tenant('x{hex}')", False),
         ("indb_writer", "select audit.apply_retention('30 days')", False),
         ("indb_admin", "select count(*) from audit.events", True),
         ("indb_admin", "select registry.start_run('{exp}')", True),

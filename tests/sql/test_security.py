@@ -8,6 +8,7 @@ import secrets
 
 import psycopg
 import pytest
+from helpers import act_as
 
 # every public registry function and how a tenant-B session calls it on tenant A's objects.
 # {run} = A's run uuid, {model} = A's model name, {vid} = A's model version id, {did} = A's dataset id
@@ -60,15 +61,7 @@ REGISTRY_TABLES = [
     "lineage_edges",
 ]
 # not tenant data, or admin-only: checked elsewhere
-NOT_TENANT_DATA = {
-    "current_tenant",
-    "is_admin",
-    "max_artifact_bytes",
-    "create_tenant",
-    "apply_tenant_policies",
-    "search_runs",
-    "node_label",
-}
+NOT_TENANT_DATA = {"max_artifact_bytes", "search_runs", "node_label"}
 
 
 def one(conn, sql, params=None):
@@ -77,9 +70,7 @@ def one(conn, sql, params=None):
 
 
 def as_tenant(conn, tenant, role="indb_writer"):
-    conn.execute("reset role")
-    conn.execute("select set_config('indb.tenant', %s, false)", [tenant or ""])
-    conn.execute(f"set role {role}")
+    act_as(conn, role, tenant or None)
 
 
 @pytest.fixture
@@ -195,25 +186,31 @@ def test_tenant_bound_to_a_role(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True) as c:
         c.execute("set role indb_writer")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute("select registry.create_tenant(%s)", [t])
+            c.execute("select ml.create_tenant(%s)", [t])
         c.execute("reset role")
-        assert one(c, "select registry.create_tenant(%s)", [t]) == f"indb_tenant_{t}"
-        c.execute(f"create role {member} nologin in role indb_writer, indb_tenant_{t}")
+        assert one(c, "select ml.create_tenant(%s)", [t]) == t
+        c.execute(f"create role {member} nologin in role indb_writer")
+        assert one(c, "select ml.create_tenant(%s, %s)", [t, member]) == t  # idempotent; binds the member
         try:
-            # a writer that is not a member cannot claim the tenant
-            as_tenant(c, t, "indb_writer")
+            # a writer that is not a member cannot claim the tenant, nor can anyone claim a tenant that does not exist
+            as_tenant(c, None, "indb_writer")
+            c.execute("select set_config('indb.tenant', %s, false)", [t])
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not act as tenant"):
                 c.execute("select count(*) from registry.runs")
+            c.execute("select set_config('indb.tenant', 'no_such_tenant', false)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="does not exist"):
+                c.execute("select count(*) from registry.runs")
             # the member needs no setting at all: its tenant role says who it is
-            as_tenant(c, None, member)
-            assert one(c, "select registry.current_tenant()") == t
+            c.execute("reset role")
+            c.execute("reset indb.tenant")
+            c.execute(f"set role {member}")
+            assert one(c, "select ml.current_tenant()") == t
             rid = one(c, "select registry.start_run(%s)", [f"exp_{t}"])
             assert one(c, "select tenant from registry.runs where run_uuid = %s", [rid]) == t
-            c.execute("reset role")
         finally:
             c.execute("reset role")
+            c.execute(f"drop owned by {member}")
             c.execute(f"drop role {member}")
-            c.execute(f"drop role indb_tenant_{t}")
 
 
 @pytest.mark.parametrize("role", ["indb_app", "indb_reader", "indb_writer", "indb_admin"])

@@ -1,0 +1,31 @@
+"""Helpers shared by tests that act as indb roles and tenants (importable as `helpers`: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+
+def ensure_tenant(conn, tenant: str) -> None:
+    """Create tenant ``tenant`` (role indb_tenant_<tenant>) if it is missing; ``conn`` must be a superuser's."""
+    conn.execute("reset role")
+    conn.execute("select ml.create_tenant(%s)", [tenant])
+
+
+def acting_role(conn, group: str, tenant: str | None = None) -> str:
+    """A role in indb role ``group`` bound to ``tenant`` (or to no tenant), created on first use: roles are
+    cluster-wide, so the same name is reused by later test sessions. ``conn`` must be a superuser's."""
+    role = f"t_{group.removeprefix('indb_')}_{tenant or 'none'}"
+    conn.execute("reset role")
+    if tenant:
+        ensure_tenant(conn, tenant)
+    if not conn.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone():
+        conn.execute(f'create role "{role}" nologin in role {group}')
+        if tenant:
+            conn.execute(f'grant "indb_tenant_{tenant}" to "{role}"')
+    return role
+
+
+def act_as(conn, group: str, tenant: str | None = None) -> str:
+    """SET ROLE to a role of ``group`` bound to ``tenant`` (no indb.tenant needed: a bound role acts for it)."""
+    role = acting_role(conn, group, tenant)
+    conn.execute("reset indb.tenant")
+    conn.execute(f'set role "{role}"')
+    return role
