@@ -29,3 +29,12 @@ def act_as(conn, group: str, tenant: str | None = None) -> str:
     conn.execute("reset indb.tenant")
     conn.execute(f'set role "{role}"')
     return role
+
+
+def login_name(key: str) -> str:
+    """The LOGIN role of tests/security's attacker ``key`` (see LOGINS in tests/security/conftest.py)."""
+    return f"sec_{key}"
+
+
+def is_superuser(conn, role: str) -> bool:
+    return bool(conn.execute("select rolsuper from pg_roles where rolname = %s", [role]).fetchone()[0])
