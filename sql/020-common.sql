@@ -103,3 +103,51 @@ language sql immutable parallel safe
 as $$ select regexp_replace(message, '^(plpy\.[A-Za-z]+|spiexceptions\.[A-Za-z]+): ', '') $$;
 comment on function ml._errmsg(text) is
   'internal: an error message without PL/Python''s exception prefix; see DEVELOPERS.md, "PL/Python functions"';
+
+-- "A table name or a SELECT": the one resolver every area uses (ml.train, predict_batch, evaluate, feature
+-- view sources, entity queries). A name becomes "select * from <relation>" (resolved with to_regclass and
+-- quoted by PostgreSQL); anything else must be ONE read-only query. It is refused before anything runs when
+-- it holds several statements (a cursor cannot be opened on them) or writes (its plan has a ModifyTable).
+-- Nothing is executed here: the cursor is opened and closed without a fetch, and EXPLAIN does not run.
+create or replace function ml._relation_sql(source text, what text default 'relation') returns text
+language plpgsql volatile parallel unsafe
+as $$
+declare
+  rel regclass;
+  q text;
+  cur refcursor;
+  plan json;
+begin
+  if source is null or btrim(source) = '' then
+    raise exception '% is empty', what using errcode = '22023',
+      hint = 'pass a table or view name, or one SELECT statement';
+  end if;
+  if source ~ '^\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?\s*$' then
+    rel := to_regclass(btrim(source));
+    if rel is null then
+      raise exception '% "%" is not a table or view', what, btrim(source) using errcode = '42P01',
+        hint = 'create the table first, schema-qualify it, or pass a SELECT statement';
+    end if;
+    return 'select * from ' || rel::text;
+  end if;
+  q := regexp_replace(source, ';\s*$', '');
+  if q !~* '^\s*\(?\s*(select|with|values|table)\M' then
+    raise exception '% must be a table or view name or a SELECT statement', what using errcode = '22023',
+      detail = format('got: %s', left(source, 200)), hint = 'pass a table or view name, or one SELECT statement';
+  end if;
+  begin
+    open cur for execute q;
+    close cur;
+  exception when invalid_cursor_definition then
+    raise exception '% must be one SELECT statement; it holds several', what using errcode = '42601',
+      detail = format('got: %s', left(source, 200)), hint = 'pass a single query (a view, or a WITH ... SELECT)';
+  end;
+  execute 'explain (format json, costs off) ' || q into plan;
+  if plan::text ~ '"Node Type": "ModifyTable"' then
+    raise exception '% must be a read-only query; it writes', what using errcode = '42601',
+      detail = format('got: %s', left(source, 200)), hint = 'remove the INSERT, UPDATE or DELETE';
+  end if;
+  return q;
+end $$;
+comment on function ml._relation_sql(text, text) is
+  'internal: a table/view name or one read-only SELECT, as a query text; refuses several statements and writes before running anything';

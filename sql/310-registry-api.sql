@@ -307,6 +307,33 @@ begin
   return did;
 end $$;
 
+-- a dataset that is not (yet) a run's input: a snapshot or a feature-store training set. Same (name, digest)
+-- is the same dataset: returns its id. materialized names the table holding a kept copy, if any.
+create or replace function registry.register_dataset(name text, digest text, kind text default 'dataset',
+                                                     source text default null, row_count bigint default null,
+                                                     schema jsonb default null, profile jsonb default null,
+                                                     materialized regclass default null)
+returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare did bigint;
+begin
+  perform registry._check_name('dataset', name);
+  if digest is null or digest !~ '^[A-Za-z0-9:_-]{1,128}$' then
+    raise exception 'invalid dataset digest %', coalesce(quote_literal(digest), 'NULL') using errcode = '22023',
+      hint = 'a digest is a hash such as a sha256 hex string';
+  end if;
+  insert into registry.datasets(name, digest, source, kind, row_count, schema, profile, materialized)
+  values (name, digest, source, coalesce(kind, 'dataset'), row_count, schema, profile, materialized)
+  on conflict on constraint datasets_name_digest_key do update
+     set materialized = coalesce(excluded.materialized, registry.datasets.materialized)
+  returning id into did;
+  return did;
+end $$;
+comment on function registry.register_dataset(text, text, text, text, bigint, jsonb, jsonb, regclass) is
+  'record a dataset (snapshot, training set) by name and digest; returns its id (the same for the same name and digest)';
+
 create or replace function registry.register_model(
     name text, run uuid default null, artifact bytea default null, artifact_uri text default null,
     flavor text default null, artifact_format text default null, source text default 'client',

@@ -20,32 +20,6 @@ return [(i + 1, c['name'], c['type']) for i, c in enumerate(cols)]
 $$;
 comment on function features._describe(text, text) is 'internal: column names and types of a SELECT, without running it';
 
--- a table/view name becomes "select * from <relation>"; anything else must be a query
-create or replace function features._as_query(source text, what text) returns text
-language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  rel regclass;
-begin
-  if source is null or btrim(source) = '' then
-    raise exception '% is empty', what using errcode = '22023',
-      hint = 'pass a table or view name or a SELECT statement';
-  end if;
-  if source ~ '^\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?\s*$' then
-    rel := to_regclass(btrim(source));
-    if rel is null then
-      raise exception '% "%" is not a table or view', what, btrim(source) using errcode = '42P01',
-        hint = 'create the table first, schema-qualify it, or pass a SELECT statement';
-    end if;
-    return 'select * from ' || rel::text;
-  end if;
-  if source !~* '^\s*\(?\s*(select|with|values|table)\M' then
-    raise exception '% must be a table or view name or a SELECT statement', what using errcode = '22023',
-      detail = format('got: %s', left(source, 200));
-  end if;
-  return regexp_replace(source, ';\s*$', '');
-end $$;
 
 create or replace function features._key_kind(t text) returns text
 language sql immutable parallel safe
@@ -374,7 +348,7 @@ begin
     raise exception 'features must be a non-empty JSON array of {"name", "type", "expr"} objects' using errcode = '22023',
       hint = 'e.g. ''[{"name": "avg_rating", "type": "float8", "expr": "avg_rating"}]''';
   end if;
-  src := features._as_query(source, format('source of feature view %s', name));
+  src := ml._relation_sql(source, format('source of feature view %s', name));
   select jsonb_object_agg(d.name, d.type) into cols
     from features._describe(src, format('source of feature view %s', name)) d;
   ts_type := cols ->> timestamp_column;

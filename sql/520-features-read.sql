@@ -252,7 +252,7 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  eq text := features._as_query(entity_query, 'entity query');
+  eq text := ml._relation_sql(entity_query, 'entity query');
   ecols jsonb;
   ts text := timestamp_column;
   tstype text;

@@ -299,14 +299,11 @@ lc_messages = 'C.UTF-8'
 
 
 def server_environment() -> dict[str, str]:
-    """Environment of the postmaster (inherited by every backend and so by PL/Python)."""
-    return {
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "LC_ALL": "C.UTF-8",
-    }
+    """Environment of the postmaster (inherited by every backend and so by PL/Python): the runtime's own
+    variables, from their one definition in indb_runtime.bootstrap, and a UTF-8 locale."""
+    from indb_runtime.bootstrap import RUNTIME_ENV
+
+    return {**RUNTIME_ENV, "LC_ALL": "C.UTF-8"}
 
 
 def ensure_server_can_reach(paths: list[Path], read_trees: list[Path] = ()) -> list[str]:

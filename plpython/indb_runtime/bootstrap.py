@@ -13,7 +13,9 @@ import time
 
 from . import __version__
 
-# Set before any heavy import (prototype: without OMP_WAIT_POLICY=PASSIVE two busy backends ran 6-70x slower).
+# The runtime's environment, defined here only: the bootstrap sets it before any heavy import, `indb db start`
+# gives it to the postmaster (client/indb/localdb.py), and so does the image (docker/).
+# Without OMP_WAIT_POLICY=PASSIVE two busy backends ran 6-70x slower.
 RUNTIME_ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "HF_HUB_OFFLINE": "1",

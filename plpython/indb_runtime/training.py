@@ -15,7 +15,6 @@ import itertools
 import json
 import math
 import pickle
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,26 +77,14 @@ class Ticker:
 # ---------------------------------------------------------------------------------------------------------
 # reading a relation
 # ---------------------------------------------------------------------------------------------------------
-_QUERY_RE = re.compile(r"^\s*\(?\s*(select|with|values|table)\b", re.I)
-
-
 def relation_sql(plpy, relation: str) -> str:
-    """A FROM item for a table/view name or a SELECT. Names are resolved with to_regclass and quoted by
-    Postgres; a query is the caller's own SQL and runs with the caller's privileges (functions are not
-    SECURITY DEFINER)."""
+    """A FROM item for a table/view name or one read-only SELECT, from the one resolver ml._relation_sql
+    (sql/020-common.sql): several statements or a writing query are refused before anything runs. A query is
+    the caller's own SQL and runs with the caller's privileges (these functions are SECURITY INVOKER)."""
     if relation is None or not str(relation).strip():
         raise invalid("relation is empty", hint="pass a table, view or SELECT")
-    r = str(relation).strip().rstrip(";")
-    if _QUERY_RE.match(r):
-        return f"({r})"
-    rows = plpy.execute(_plan(plpy, "regclass", "select to_regclass($1)::text as r", ["text"]), [r])
-    if not rows or rows[0]["r"] is None:
-        raise IndbRuntimeError(
-            "42P01",
-            f'relation "{r}" does not exist',
-            hint="name a table or view (schema-qualified if needed) or pass a SELECT",
-        )
-    return rows[0]["r"]
+    q = plpy.execute(_plan(plpy, "relation", "select ml._relation_sql($1, 'relation') as q", ["text"]), [relation])
+    return f"({q[0]['q']})"
 
 
 def describe_relation(plpy, from_sql: str) -> list[dict]:

@@ -35,6 +35,7 @@ CROSS_TENANT_CALLS = {
     "list_model_versions": "select * from registry.list_model_versions('{model}')",
     "lineage": "select * from registry.lineage('run', '{run}')",
     "add_lineage": "select registry.add_lineage('run', '{run}', 'model_version', '{vid}')",
+    "register_dataset": "select registry.register_dataset('data_{tenant}', 'abc123', materialized => 'pg_class')",
 }
 # functions that return rows: tenant B must get nothing of A's
 CROSS_TENANT_EMPTY = {

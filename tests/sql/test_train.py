@@ -494,7 +494,7 @@ def test_evaluate_on_other_data(housing):
         (
             dict(task="regression", relation="no_such_table", target="y"),
             psycopg.errors.UndefinedTable,
-            'relation "no_such_table" does not exist',
+            'relation "no_such_table" is not a table or view',
         ),
     ],
 )
@@ -527,5 +527,5 @@ def test_relation_names_resolve_with_the_callers_search_path(db_dsn, housing):
         assert r["metrics"]["r2"] > 0.3
         n = c.execute("select count(*) from ml.predict_batch('house_schema', 'select * from houses')").fetchone()[0]
         assert n == 2064
-    with pytest.raises(psycopg.errors.UndefinedTable, match='relation "houses" does not exist'):
+    with pytest.raises(psycopg.errors.UndefinedTable, match='relation "houses" is not a table or view'):
         housing.execute("select ml.evaluate('house_schema', 'houses')")  # not on this session's search_path
