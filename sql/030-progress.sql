@@ -1,0 +1,40 @@
+-- Progress of long calls, seen from any session (plpython/indb_runtime/progress.py): ml.train,
+-- features.materialize, vectorizer backfills and refreshes, ml.reindex_collection, in the manner of
+-- pg_stat_progress_create_index. A session sees the calls of roles it is a member of; admins see all.
+
+create or replace function ml._progress_py()
+returns table(pid int, database text, role text, command text, target text, phase text, done bigint,
+              total bigint, unit text, started_at timestamptz, updated_at timestamptz)
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import progress
+live = {r["pid"]: r["started"] for r in plpy.execute(
+    "select pid, extract(epoch from backend_start)::float8 as started from pg_stat_activity")}
+import datetime as dt
+def ts(x):
+    return None if x is None else dt.datetime.fromtimestamp(x, dt.timezone.utc)
+return [(s.get("pid"), s.get("database"), s.get("role"), s.get("command"), s.get("target"), s.get("phase"),
+         s.get("done"), s.get("total"), s.get("unit"), ts(s.get("started_at")), ts(s.get("updated_at")))
+        for s in progress.read_all(live)]
+$$;
+select ml._wrap_python('ml._progress', 'ml._progress_py()');
+
+drop view if exists ml.progress;
+create view ml.progress as
+select p.pid, p.database, p.role, p.command, p.target, p.phase, p.done, p.total, p.unit,
+       case when p.total > 0 then round(100.0 * p.done / p.total, 1) end as percent,
+       p.started_at, p.updated_at,
+       case when p.updated_at > p.started_at then round((p.done / extract(epoch from p.updated_at - p.started_at))::numeric, 1) end
+         as per_second,
+       case when p.total > p.done and p.done > 0 and p.updated_at > p.started_at
+            then round(((p.total - p.done) * extract(epoch from p.updated_at - p.started_at) / p.done)::numeric) end
+         as seconds_left
+  from ml._progress() p
+ where p.database = current_database()
+   and (ml.is_admin() or exists (select 1 from pg_roles r where r.rolname = p.role
+                                      and pg_has_role(ml.caller(), r.oid, 'member')));
+comment on view ml.progress is
+  'long indb calls in progress (train, materialize, backfill, refresh, reindex): rows done of total, rate, time left';
