@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("INDB_DATA", REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "docs"))
 
 
 @pytest.fixture(scope="session")
