@@ -60,7 +60,10 @@ def alembic_config():
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise InstallError("the migrations folder has no head revision")
+    return head
 
 
 def check_server(conn: psycopg.Connection) -> None:
@@ -115,6 +118,7 @@ def install(
             command.upgrade(cfg, target)
             after = sa.execute(text("select version_num from ml.alembic_version")).scalar()
             dbapi = sa.connection.dbapi_connection
+            assert isinstance(dbapi, psycopg.Connection)
             with dbapi.cursor() as cur:
                 cur.execute(
                     psql.SQL("alter database {} set indb.venv = {}").format(

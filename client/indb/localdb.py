@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,7 +307,7 @@ def server_environment() -> dict[str, str]:
     return {**RUNTIME_ENV, "LC_ALL": "C.UTF-8"}
 
 
-def ensure_server_can_reach(paths: list[Path], read_trees: list[Path] = ()) -> list[str]:
+def ensure_server_can_reach(paths: list[Path], read_trees: Sequence[Path] = ()) -> list[str]:
     """Let the server's OS user traverse to ``paths`` (and read ``read_trees``) with ACLs.
 
     A checkout may sit below a folder that ``postgres`` cannot enter (``mktemp -d`` makes mode 700

@@ -83,7 +83,7 @@ def run(client, data: Path, n_eval: int = 200) -> None:
             )
     print("  (* = judged relevant in qrels/train.tsv)")
     ids = list(queries)[:n_eval]
-    scores = {"vector": [], "keyword (BM25)": [], "hybrid (rrf)": [], "hybrid (weighted)": []}
+    scores: dict[str, list[float]] = {"vector": [], "keyword (BM25)": [], "hybrid (rrf)": [], "hybrid (weighted)": []}
     t0 = time.time()
     for qid in ids:
         q = queries[qid]
