@@ -31,9 +31,16 @@ def _cmd_db(args) -> int:
     return 0
 
 
+def psql_argv(cluster: Cluster, dbname: str, rest: list[str]) -> list[str]:
+    """psql's command line: the cluster's connection, then the user's own arguments (a leading ``--``,
+    which argparse keeps, is dropped so that ``indb psql -- -c 'select 1'`` reaches psql as ``-c``)."""
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return cluster.psql_args(dbname) + rest
+
+
 def _cmd_psql(args) -> int:
-    cluster = Cluster.local()
-    argv = cluster.psql_args(args.dbname) + list(args.rest)
+    argv = psql_argv(Cluster.local(), args.dbname, list(args.rest))
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -84,17 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"indb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="the project's local PostgreSQL cluster")
-    db.add_argument("action", choices=["start", "stop", "status"])
+    db = sub.add_parser(
+        "db",
+        help="start, stop or check the project's local PostgreSQL cluster",
+        description="The project's own PostgreSQL cluster, in .state/ (INDB_STATE_DIR): data, socket, logs. "
+        "As root it runs as the postgres OS user. The port is derived from the folder (INDB_PORT overrides).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="actions:\n  start   create the cluster if needed (initdb, settings sized from RAM) and start it\n"
+        "  stop    stop it (fast shutdown)\n  status  print its state as JSON; exit status 3 when it is not running",
+    )
+    db.add_argument("action", choices=["start", "stop", "status"], help="start, stop or status (see below)")
     db.set_defaults(func=_cmd_db)
 
-    ps = sub.add_parser("psql", help="psql into the local database (extra arguments go to psql)")
-    ps.add_argument("--dbname", default="indb")
-    ps.add_argument("rest", nargs=argparse.REMAINDER)
+    ps = sub.add_parser(
+        "psql",
+        help="psql into the local database (arguments after -- go to psql)",
+        description="Run psql on the project's database, e.g. indb psql -- -c 'select ml.version()'",
+    )
+    ps.add_argument("--dbname", default="indb", help="database name (default indb)")
+    ps.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     ps.set_defaults(func=_cmd_psql)
 
     dsn = sub.add_parser("dsn", help="print a libpq connection string for the local database")
-    dsn.add_argument("--dbname", default="indb")
+    dsn.add_argument("--dbname", default="indb", help="database name (default indb)")
     dsn.add_argument(
         "--tcp", action="store_true", help="TCP on 127.0.0.1 with the cluster's password instead of the socket"
     )
@@ -108,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=_cmd_install)
 
     info = sub.add_parser("info", help="print ml.runtime_info() of the database")
-    info.add_argument("--dsn")
+    info.add_argument("--dsn", help="database (default: $INDB_DSN, else the local cluster)")
     info.set_defaults(func=_cmd_info)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on real data")
-    demo.add_argument("--dsn")
+    demo.add_argument("--dsn", help="database (default: $INDB_DSN, else the local cluster)")
     demo.add_argument("--only", action="append", help="run only these demo steps (repeatable)")
     demo.set_defaults(func=_cmd_demo)
 

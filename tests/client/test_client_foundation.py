@@ -49,6 +49,13 @@ def test_cli_dsn_works_with_psql_and_psycopg(cluster):
         assert c.scalar("select inet_client_addr()::text") == "127.0.0.1/32"
 
 
+def test_cli_psql_passes_its_arguments_after_the_double_dash_to_psql():
+    out = subprocess.run([str(BIN / "indb"), "psql", "--", "-Atc", "select 6 * 7"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "42", out
+    bad = subprocess.run([str(BIN / "indb"), "psql", "--", "-c", "select nosuchcolumn"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "nosuchcolumn" in bad.stderr
+
+
 def test_cli_db_status_reports_the_running_cluster():
     out = subprocess.run([str(BIN / "indb"), "db", "status"], capture_output=True, text=True)
     assert out.returncode == 0 and '"running": true' in out.stdout
