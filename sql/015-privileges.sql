@@ -16,7 +16,7 @@ as $$ select jsonb_build_object(
     'audit.apply_retention', 'audit.ensure_partitions', 'audit.attach'),
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head'),
   'DEFINER_APP', jsonb_build_array(),
-  'DEFINER_NOBODY', jsonb_build_array(),
+  'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
   'APP_TABLES', jsonb_build_array(
     'ml.embedding_models', 'ml.collections', 'ml.collection_stats', 'ml.collection_terms', 'ml.vectorizers',
     'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store',
@@ -33,9 +33,7 @@ as $$ select jsonb_build_object(
     'registry.experiments', 'registry.runs', 'registry.params', 'registry.metrics', 'registry.latest_metrics',
     'registry.artifacts', 'registry.datasets', 'registry.run_inputs', 'registry.registered_models',
     'registry.model_versions', 'registry.aliases', 'registry.deployments', 'registry.lineage_edges',
-    'registry.training_projects', 'registry.training_trials', 'registry.prediction_log',
-    'features.entities', 'features.feature_views', 'features.materialization_runs', 'features.statistics',
-    'features.quarantine', 'features.on_demand_features'),
+    'registry.training_projects', 'registry.training_trials', 'registry.prediction_log'),
   'TRANSITION_APP_INSERT', jsonb_build_array('registry.prediction_log'),
   'TRANSITION_CREATE_SCHEMAS', jsonb_build_array('collections'))
 $$;

@@ -1,7 +1,278 @@
--- Feature store, writes: staging, expectations, offline and online upserts, statistics, materialization, push.
+-- Feature store, writes: the offline store and its partitions, the online store's tenant, staging,
+-- expectations, run records, statistics, materialize, push, schedule.
+--
+-- materialize and push are SECURITY INVOKER: they read the source (materialize) with the caller's rights and
+-- write the stores (data tables) with the caller's writer rights. What they must not do themselves (create
+-- tables and partitions, write runs, statistics and quarantine) they hand, as values, to SECURITY DEFINER
+-- helpers that check the caller again: _ensure_partitions, _start_run, _quarantine, _finish_run.
 
--- statistics of every feature over the good staged rows
-create or replace function features._stats(v features.feature_views, run_id bigint) returns int
+create or replace function features._partition_start(unit text, ts timestamptz) returns timestamptz
+language sql immutable parallel safe
+as $$ select date_trunc(unit, ts, 'UTC') $$;
+
+create or replace function features._partition_next(unit text, p timestamptz) returns timestamptz
+language sql immutable parallel safe
+as $$ select (p at time zone 'UTC' + ('1 ' || unit)::interval) at time zone 'UTC' $$;
+
+-- the offline store of a new view version: typed, range-partitioned by event time, (keys, event_ts) unique (a
+-- later write of the same entity and event time replaces the earlier one); every row carries the view's
+-- tenant (default and check). Called by _register_view only (DEFINER_NOBODY).
+create or replace function features._create_offline_table(view_id bigint, keys jsonb, feats jsonb, tenant text)
+returns regclass
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tbl text := 'fv_' || view_id || '_offline';
+  rel regclass;
+begin
+  if to_regclass(format('features.%I', tbl)) is not null then
+    raise exception 'the offline store of feature view id % exists already', view_id using errcode = '42P07';
+  end if;
+  execute format('create table features.%I (%s, event_ts timestamptz not null, written_at timestamptz not null default now(), '
+                 '%s, tenant text default %L check (tenant is not distinct from %L), primary key (%s, event_ts)) '
+                 'partition by range (event_ts)',
+                 tbl,
+                 (select string_agg(format('%I %s not null', k->>'name',
+                                           features._check_type('join key', k->>'type')), ', ' order by o)
+                    from jsonb_array_elements(keys) with ordinality u(k, o)),
+                 (select string_agg(format('%I %s', x->>'name', features._check_type('feature', x->>'type')), ', ' order by o)
+                    from jsonb_array_elements(feats) with ordinality u(x, o)),
+                 tenant, tenant,
+                 (select string_agg(format('%I', k->>'name'), ', ' order by o)
+                    from jsonb_array_elements(keys) with ordinality u(k, o)));
+  rel := format('features.%I', tbl)::regclass;
+  execute format('comment on table %s is %L', rel, format('offline store of feature view id %s', view_id));
+  perform ml._apply_table_grants(rel);
+  perform ml._apply_tenant_policies(rel);
+  return rel;
+end $$;
+
+-- create the missing partitions of a view's offline table between two event times. Cheap when they exist;
+-- otherwise under the view's lock, so concurrent writers of one view do not race to create the same partition.
+create or replace function features._ensure_partitions(view_id bigint, lo timestamptz, hi timestamptz)
+returns int
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v features.feature_views;
+  rel regclass;
+  p timestamptz;
+  starts timestamptz[] := '{}';
+  pname text;
+  made int := 0;
+begin
+  select * into v from features.feature_views x where x.id = view_id;
+  if v.id is null then
+    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704';
+  end if;
+  perform features._assert_may_write(v);
+  if lo is null or hi is null then
+    return 0;
+  end if;
+  if not isfinite(lo) or not isfinite(hi) or lo > hi then
+    raise exception 'event times must be finite and ordered, got [%, %]', lo, hi using errcode = '22008',
+      hint = 'filter out infinite timestamps in the source';
+  end if;
+  rel := ml._assert_indb_owned(features._offline_rel(v.id));
+  p := features._partition_start(v.partition_by, lo);
+  while p <= hi loop
+    if to_regclass(format('features.%I', features._partition_name(v.id, p))) is null then
+      starts := starts || p;
+      if cardinality(starts) > 10000 then
+        raise exception 'event times from % to % would need more than 10000 new % partitions', lo, hi, v.partition_by
+          using errcode = '54000', hint = 'check the event times of the rows (a wrong year?), or write in smaller ranges';
+      end if;
+    end if;
+    p := features._partition_next(v.partition_by, p);
+  end loop;
+  if cardinality(starts) = 0 then
+    return 0;
+  end if;
+  perform features._lock_view(v.id);
+  foreach p in array starts loop
+    pname := features._partition_name(v.id, p);
+    continue when to_regclass(format('features.%I', pname)) is not null;   -- made meanwhile, under the lock
+    execute format('create table features.%I partition of %s for values from (%L) to (%L)',
+                   pname, rel, p, features._partition_next(v.partition_by, p));
+    perform ml._apply_table_grants(format('features.%I', pname)::regclass);
+    made := made + 1;
+  end loop;
+  return made;
+end $$;
+
+create or replace function features._partition_name(view_id bigint, p timestamptz) returns text
+language sql immutable parallel safe
+as $$
+  select format('fv_%s_p%s%s', view_id, to_char(p at time zone 'UTC', 'YYYYMMDD'),
+                case when extract(year from p at time zone 'UTC') < 1 then 'bc' else '' end)
+$$;
+
+-- every online row carries the tenant of its view (looked up with the writer's own rights: a view the writer
+-- cannot see is refused), so a writer cannot plant rows in another tenant's view or block its upserts
+create or replace function features._online_tenant() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t text;
+  seen boolean;
+begin
+  select v.tenant, true into t, seen from features.feature_views v where v.id = new.view_id;
+  if seen is null then
+    raise exception 'feature view id % does not exist', new.view_id using errcode = '42704',
+      hint = 'write online values with features.push';
+  end if;
+  new.tenant := t;
+  return new;
+end $$;
+
+drop trigger if exists online_store_tenant on features.online_store;
+create trigger online_store_tenant before insert or update on features.online_store
+  for each row execute function features._online_tenant();
+
+-- ---------------------------------------------------------------------------------------------------------
+-- run records (SECURITY DEFINER): a run is started, given its quarantined rows and finished by one caller
+
+create or replace function features._start_run(view_id bigint, kind text, start_ts timestamptz default null,
+                                               end_ts timestamptz default null)
+returns bigint
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v features.feature_views;
+  run_id bigint;
+begin
+  select * into v from features.feature_views x where x.id = view_id;
+  if v.id is null then
+    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704';
+  end if;
+  perform features._assert_may_write(v);
+  if kind is null or kind not in ('materialize', 'incremental', 'push') then
+    raise exception 'invalid run kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023';
+  end if;
+  insert into features.materialization_runs (view_id, kind, start_ts, end_ts, tenant, started_by)
+  values (v.id, kind, start_ts, end_ts, v.tenant, ml.caller())
+  returning id into run_id;
+  return run_id;
+end $$;
+
+-- the running run of the caller, locked (internal: used by the definers below)
+create or replace function features._own_run(run_id bigint) returns features.materialization_runs
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare r features.materialization_runs;
+begin
+  select * into r from features.materialization_runs x where x.id = run_id for update;
+  if r.id is null then
+    raise exception 'materialization run % does not exist', coalesce(run_id::text, 'NULL') using errcode = '42704';
+  end if;
+  if r.status <> 'running' or r.started_by is distinct from ml.caller()::text then
+    raise exception 'materialization run % is not a running run of role %', run_id, ml.caller() using errcode = '42501',
+      hint = 'runs are recorded by features.materialize and features.push';
+  end if;
+  return r;
+end $$;
+
+create or replace function features._quarantine(run_id bigint, rows jsonb) returns bigint
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  r features.materialization_runs := features._own_run(run_id);
+  n bigint;
+begin
+  if jsonb_typeof(rows) is distinct from 'array' or exists (
+       select 1 from jsonb_array_elements(rows) x
+        where jsonb_typeof(x) <> 'object' or jsonb_typeof(x -> 'row') is distinct from 'object'
+           or jsonb_typeof(x -> 'failures') is distinct from 'array' or jsonb_array_length(x -> 'failures') = 0) then
+    raise exception 'quarantined rows must be an array of {row, failures, entity_key, event_ts}' using errcode = '22023';
+  end if;
+  insert into features.quarantine (view_id, run_id, entity_key, event_ts, row, failures, tenant)
+  select r.view_id, r.id, x ->> 'entity_key', (x ->> 'event_ts')::timestamptz, x -> 'row',
+         array(select jsonb_array_elements_text(x -> 'failures')), r.tenant
+    from jsonb_array_elements(rows) x;
+  get diagnostics n = row_count;
+  return n;
+end $$;
+
+create or replace function features._finish_run(run_id bigint, result jsonb, stats jsonb default null) returns void
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  r features.materialization_runs := features._own_run(run_id);
+  names text[] := array(select x->>'name' from features.feature_views v, jsonb_array_elements(v.features) x
+                         where v.id = r.view_id);
+  k text;
+begin
+  if jsonb_typeof(result) is distinct from 'object' then
+    raise exception 'a run result must be a JSON object' using errcode = '22023';
+  end if;
+  foreach k in array array['rows_read', 'rows_written', 'rows_quarantined', 'online_updated'] loop
+    if jsonb_typeof(result -> k) is distinct from 'number' or (result ->> k)::numeric < 0 then
+      raise exception 'run result % must be a count, got %', k, coalesce(result ->> k, 'nothing') using errcode = '22023';
+    end if;
+  end loop;
+  if stats is not null and (jsonb_typeof(stats) <> 'object'
+      or exists (select 1 from jsonb_each(stats) s where s.key <> all (names) or jsonb_typeof(s.value) <> 'object')) then
+    raise exception 'statistics must be a JSON object {feature: {...}} over the view''s features' using errcode = '22023';
+  end if;
+  update features.materialization_runs
+     set status = 'succeeded', rows_read = (result ->> 'rows_read')::bigint,
+         rows_written = (result ->> 'rows_written')::bigint, rows_quarantined = (result ->> 'rows_quarantined')::bigint,
+         online_updated = (result ->> 'online_updated')::bigint, min_event_ts = (result ->> 'min_event_ts')::timestamptz,
+         max_event_ts = (result ->> 'max_event_ts')::timestamptz, finished_at = clock_timestamp(),
+         seconds = extract(epoch from clock_timestamp() - started_at)
+   where id = r.id;
+  insert into features.statistics (run_id, view_id, feature, stats, tenant)
+  select r.id, r.view_id, s.key, s.value, r.tenant from jsonb_each(coalesce(stats, '{}')) s;
+end $$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- staging: the session's temporary table of typed rows (keys, event_ts, features, _failures, _ord)
+
+-- created once per view layout and reused (rows vanish at commit), so a stream of pushes to one view does no DDL
+create or replace function features._new_stage(v features.feature_views) returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if to_regclass('pg_temp._fv_stage') is not null then
+    if current_setting('indb.fv_stage_view', true) = v.id::text then
+      execute 'delete from pg_temp._fv_stage';
+      return;
+    end if;
+    drop table pg_temp._fv_stage;
+  end if;
+  execute format('create temp table _fv_stage on commit delete rows as select %s, event_ts, %s from %s limit 0',
+                 (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k),
+                 (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x),
+                 features._offline_rel(v.id));
+  alter table pg_temp._fv_stage add column _failures text[] not null default '{}', add column _ord bigint;
+  create index _fv_stage_ts on pg_temp._fv_stage (event_ts);
+  perform set_config('indb.fv_stage_view', v.id::text, false);
+end $$;
+
+-- failures array expression: built-in key/time checks + the view's expectations
+create or replace function features._failures_sql(v features.feature_views) returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select 'array_remove(array[' ||
+         (select string_agg(format('case when %I is null then %L end', k, k || ': missing key'), ', ') from unnest(v.join_keys) k)
+         || ', case when event_ts is null then ''event_ts: missing timestamp'' end'
+         || coalesce((select ', ' || string_agg(format('case when not coalesce((%s), false) then %L end', e.predicate,
+                                                        e.feature || ': ' || e.rule), ', ')
+                        from jsonb_array_elements(v.features) x, features._expectations(x) e), '')
+         || ']::text[], null)'
+$$;
+
+-- statistics of every feature over the good staged rows: {feature: {...}}
+create or replace function features._stage_stats(v features.feature_views) returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -9,7 +280,7 @@ declare
   f jsonb;
   s jsonb;
   h jsonb;
-  n int := 0;
+  out jsonb := '{}';
 begin
   for f in select x from jsonb_array_elements(v.features) x loop
     if (f->>'type') in ('smallint', 'integer', 'bigint', 'real', 'double precision', 'numeric')
@@ -45,13 +316,83 @@ begin
           from (select %I::text as x from pg_temp._fv_stage where cardinality(_failures) = 0) s $q$,
         f->>'name', f->>'name', f->>'name') into s;
     end if;
-    insert into features.statistics (run_id, view_id, feature, stats) values (run_id, v.id, f->>'name', s);
-    n := n + 1;
+    out := out || jsonb_build_object(f->>'name', s);
+  end loop;
+  return out;
+end $$;
+
+-- the good staged rows into the offline store, one partition's worth per statement (progress, cancel and
+-- statement_timeout act between chunks); returns the rows written
+create or replace function features._write_offline(v features.feature_views, lo timestamptz, hi timestamptz)
+returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  keycols text := (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k);
+  featcols text := (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x);
+  sql text;
+  p timestamptz := features._partition_start(v.partition_by, lo);
+  chunks int := 0;
+  done int := 0;
+  n bigint := 0;
+  c bigint;
+  t0 timestamptz := clock_timestamp();
+begin
+  perform features._ensure_partitions(v.id, lo, hi);
+  sql := format($q$insert into %s as o (%s, event_ts, written_at, %s)
+                   select distinct on (%s, event_ts) %s, event_ts, now(), %s
+                     from pg_temp._fv_stage
+                    where cardinality(_failures) = 0 and event_ts >= $1 and event_ts < $2
+                    order by %s, event_ts, _ord desc
+                   on conflict (%s, event_ts) do update set written_at = excluded.written_at, %s$q$,
+                features._offline_rel(v.id), keycols, featcols, keycols, keycols, featcols, keycols, keycols,
+                (select string_agg(format('%I = excluded.%I', x->>'name', x->>'name'), ', ')
+                   from jsonb_array_elements(v.features) x));
+  while p <= hi loop
+    chunks := chunks + 1;
+    p := features._partition_next(v.partition_by, p);
+  end loop;
+  p := features._partition_start(v.partition_by, lo);
+  while p <= hi loop
+    execute sql using p, features._partition_next(v.partition_by, p);
+    get diagnostics c = row_count;
+    n := n + c;
+    done := done + 1;
+    if chunks > 1 and (done % greatest(chunks / 10, 1) = 0 or done = chunks) then
+      raise notice 'features: %@% materialized % rows (% of % partitions), % rows/s, ~% s left', v.name, v.version,
+        n, done, chunks, round(n / greatest(extract(epoch from clock_timestamp() - t0), 1e-6)),
+        round(extract(epoch from clock_timestamp() - t0) * (chunks - done) / done, 1);
+    end if;
+    p := features._partition_next(v.partition_by, p);
   end loop;
   return n;
 end $$;
 
--- _fv_stage holds typed rows (keys, event_ts, features, _failures); write them where they belong
+-- latest good staged row per entity into the online store; never overwrites a newer online value (late and
+-- out-of-order events); returns the entities updated
+create or replace function features._write_online(v features.feature_views) returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare n bigint;
+begin
+  execute format($q$insert into features.online_store as o (view_id, entity_key, values, event_ts, written_at)
+                    select distinct on (k) $1, k, vals, event_ts, clock_timestamp()
+                      from (select %s as k, to_jsonb(s) - '_failures' - '_ord' - 'event_ts' - %L::text[] as vals, s.event_ts, s._ord
+                              from pg_temp._fv_stage s where cardinality(s._failures) = 0) s
+                     order by k, event_ts desc, _ord desc
+                    on conflict (view_id, entity_key) do update
+                      set values = excluded.values, event_ts = excluded.event_ts, written_at = excluded.written_at
+                    where o.event_ts <= excluded.event_ts$q$,
+                 features._key_sql(v.join_keys, v.key_types, 's'), v.join_keys)
+    using v.id;
+  get diagnostics n = row_count;
+  return n;
+end $$;
+
+-- the staged rows where they belong: bad ones to quarantine, good ones to the offline and online stores;
+-- statistics, and the run finished
 create or replace function features._write_stage(v features.feature_views, run_id bigint, target text,
                                                  with_stats boolean)
 returns jsonb
@@ -59,127 +400,47 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  keycols text := (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k);
-  featcols text := (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x);
-  keysql text := features._key_sql(v.join_keys, v.key_types, 's');
   n_read bigint;
-  n_bad bigint := 0;
+  n_bad bigint;
   n_off bigint := 0;
   n_on bigint := 0;
-  n_dup bigint := 0;
   lo timestamptz;
   hi timestamptz;
-  p timestamptz;
-  step interval := ('1 ' || v.partition_by)::interval;
-  chunks int;
-  done int := 0;
+  bad jsonb;
+  result jsonb;
   t0 timestamptz := clock_timestamp();
-  c bigint;
 begin
-  select count(*), count(*) filter (where cardinality(_failures) > 0) into n_read, n_bad from pg_temp._fv_stage;
+  select count(*), count(*) filter (where cardinality(_failures) > 0),
+         min(event_ts) filter (where cardinality(_failures) = 0), max(event_ts) filter (where cardinality(_failures) = 0)
+    into n_read, n_bad, lo, hi from pg_temp._fv_stage;
   if n_bad > 0 then
-    execute format($q$insert into features.quarantine (view_id, run_id, entity_key, event_ts, row, failures)
-                      select $1, $2, %s, s.event_ts, to_jsonb(s) - '_failures' - '_ord', s._failures
-                        from pg_temp._fv_stage s where cardinality(s._failures) > 0$q$, keysql)
-      using v.id, run_id;
+    execute format($q$select jsonb_agg(jsonb_build_object('entity_key', %s, 'event_ts', s.event_ts,
+                                                          'row', to_jsonb(s) - '_failures' - '_ord', 'failures', s._failures))
+                        from pg_temp._fv_stage s where cardinality(s._failures) > 0$q$,
+                   features._key_sql(v.join_keys, v.key_types, 's')) into bad;
+    perform features._quarantine(run_id, bad);
   end if;
-  select min(event_ts), max(event_ts) into lo, hi from pg_temp._fv_stage where cardinality(_failures) = 0;
+  if n_read > 10000 then
+    analyze pg_temp._fv_stage;
+  end if;
   if target in ('offline', 'online_and_offline') and lo is not null then
-    perform features._ensure_partitions(v, lo, hi);
-    if n_read > 10000 then
-      analyze pg_temp._fv_stage;
-    end if;
-    chunks := (extract(epoch from (features._partition_start(v.partition_by, hi) - features._partition_start(v.partition_by, lo)))
-               / extract(epoch from step))::int + 1;
-    p := features._partition_start(v.partition_by, lo);
-    -- one partition's worth of rows per statement: progress, cancel and statement_timeout between chunks
-    while p <= hi loop
-      execute format($q$insert into %s as o (%s, event_ts, written_at, %s)
-                        select distinct on (%s, event_ts) %s, event_ts, now(), %s
-                          from pg_temp._fv_stage
-                         where cardinality(_failures) = 0 and event_ts >= $1 and event_ts < $2
-                         order by %s, event_ts, _ord desc
-                        on conflict (%s, event_ts) do update set written_at = excluded.written_at, %s$q$,
-                     v.offline_table, keycols, featcols, keycols, keycols, featcols, keycols, keycols,
-                     (select string_agg(format('%I = excluded.%I', x->>'name', x->>'name'), ', ')
-                        from jsonb_array_elements(v.features) x))
-        using p, (p at time zone 'UTC' + step) at time zone 'UTC';
-      get diagnostics c = row_count;
-      n_off := n_off + c;
-      done := done + 1;
-      if chunks > 1 and (done % greatest(chunks / 10, 1) = 0 or done = chunks) then
-        raise notice 'features: %@% materialized % rows (% of % partitions), % rows/s, ~% s left', v.name, v.version,
-          n_off, done, chunks,
-          round(n_off / greatest(extract(epoch from clock_timestamp() - t0), 1e-6)),
-          round(extract(epoch from clock_timestamp() - t0) * (chunks - done) / done, 1);
-      end if;
-      p := (p at time zone 'UTC' + step) at time zone 'UTC';
-    end loop;
-    n_dup := n_read - n_bad - n_off;
+    n_off := features._write_offline(v, lo, hi);
   end if;
   if target in ('online', 'online_and_offline') and lo is not null then
-    -- latest per entity; never overwrite a newer online value (late and out-of-order events)
-    execute format($q$insert into features.online_store as o (view_id, entity_key, values, event_ts, written_at)
-                      select distinct on (k) $1, k, vals, event_ts, clock_timestamp()
-                        from (select %s as k, to_jsonb(s) - '_failures' - '_ord' - 'event_ts' - %L::text[] as vals, s.event_ts, s._ord
-                                from pg_temp._fv_stage s where cardinality(s._failures) = 0) s
-                       order by k, event_ts desc, _ord desc
-                      on conflict (view_id, entity_key) do update
-                        set values = excluded.values, event_ts = excluded.event_ts, written_at = excluded.written_at
-                      where o.event_ts <= excluded.event_ts$q$, keysql, v.join_keys)
-      using v.id;
-    get diagnostics n_on = row_count;
+    n_on := features._write_online(v);
   end if;
-  update features.materialization_runs
-     set status = 'succeeded', rows_read = n_read, rows_written = n_off, rows_quarantined = n_bad,
-         online_updated = n_on, min_event_ts = lo, max_event_ts = hi, finished_at = clock_timestamp(),
-         seconds = extract(epoch from clock_timestamp() - started_at)
-   where id = run_id;
-  if with_stats and n_read > n_bad then
-    perform features._stats(v, run_id);
-  end if;
-  return jsonb_build_object('run_id', run_id, 'view', v.name || '@' || v.version, 'rows_read', n_read,
-    'rows_written', n_off, 'rows_quarantined', n_bad, 'online_updated', n_on,
-    'duplicates_replaced', greatest(n_dup, 0), 'min_event_ts', lo, 'max_event_ts', hi,
-    'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
+  result := jsonb_build_object('rows_read', n_read, 'rows_written', n_off, 'rows_quarantined', n_bad,
+                               'online_updated', n_on, 'min_event_ts', lo, 'max_event_ts', hi);
+  perform features._finish_run(run_id, result,
+                               case when with_stats and n_read > n_bad then features._stage_stats(v) end);
+  return jsonb_build_object('run_id', run_id, 'view', v.name || '@' || v.version) || result
+      || jsonb_build_object('duplicates_replaced',
+                            case when n_off > 0 then greatest(n_read - n_bad - n_off, 0) else 0 end,
+                            'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
 end $$;
 
--- the staging table of this session: created once per view layout and reused (rows vanish at commit), so a
--- stream of pushes to one view does no DDL
-create or replace function features._new_stage(v features.feature_views) returns void
-language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  if to_regclass('pg_temp._fv_stage') is not null then
-    if current_setting('indb.fv_stage_view', true) = v.id::text then
-      execute 'delete from pg_temp._fv_stage';
-      return;
-    end if;
-    drop table pg_temp._fv_stage;
-  end if;
-  execute format('create temp table _fv_stage on commit delete rows as select %s, event_ts, %s from %s limit 0',
-                 (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k),
-                 (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x),
-                 v.offline_table);
-  alter table pg_temp._fv_stage add column _failures text[] not null default '{}', add column _ord bigint;
-  create index _fv_stage_ts on pg_temp._fv_stage (event_ts);
-  perform set_config('indb.fv_stage_view', v.id::text, false);
-end $$;
-
--- failures array expression: built-in key/time checks + the view's expectations
-create or replace function features._failures_sql(v features.feature_views) returns text
-language sql immutable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-  select 'array_remove(array[' ||
-         (select string_agg(format('case when %I is null then %L end', k, k || ': missing key'), ', ') from unnest(v.join_keys) k)
-         || ', case when event_ts is null then ''event_ts: missing timestamp'' end'
-         || coalesce((select ', ' || string_agg(format('case when not coalesce((%s), false) then %L end', c->>'sql',
-                                                        (c->>'feature') || ': ' || (c->>'rule')), ', ')
-                        from jsonb_array_elements(v.checks) c), '')
-         || ']::text[], null)'
-$$;
+-- ---------------------------------------------------------------------------------------------------------
+-- materialize, push, schedule
 
 create or replace function features._materialize(v features.feature_views, kind text, start_ts timestamptz,
                                                  end_ts timestamptz, with_stats boolean)
@@ -191,22 +452,27 @@ declare
   run_id bigint;
   inner_sel text;
 begin
+  -- first of all, the view's lock: concurrent materializations of one view queue here, before any of them
+  -- creates a partition or a staging table (taking it later let them deadlock on partition creation)
+  perform features._lock_view(v.id);
   if start_ts is null or end_ts is null or start_ts >= end_ts then
-    raise exception 'materialize needs start_ts < end_ts, got [%, %)', start_ts, end_ts using errcode = '22023';
+    raise exception 'materialize needs start_ts < end_ts, got [%, %)', coalesce(start_ts::text, 'NULL'),
+      coalesce(end_ts::text, 'NULL') using errcode = '22023', hint = 'pass the event-time window to compute';
   end if;
-  insert into features.materialization_runs (view_id, kind, start_ts, end_ts) values (v.id, kind, start_ts, end_ts)
-  returning id into run_id;
+  perform features._assert_may_run(v, 'materialize');
+  perform features._assert_may_write(v);
+  run_id := features._start_run(v.id, kind, start_ts, end_ts);
   perform features._new_stage(v);
   inner_sel := format('select %s, (s.%I)::timestamptz as event_ts, %s from (%s) s where (s.%I)::timestamptz >= $1 and (s.%I)::timestamptz < $2',
                       (select string_agg(format('s.%I', k), ', ') from unnest(v.join_keys) k),
                       v.timestamp_column,
-                      (select string_agg(format('(%s)::%s as %I', x->>'expr', x->>'type', x->>'name'), ', ')
+                      (select string_agg(format('(%s)::%s as %I', x->>'expr', (x->>'type')::regtype, x->>'name'), ', ')
                          from jsonb_array_elements(v.features) x),
                       v.source_sql, v.timestamp_column, v.timestamp_column);
   execute format('insert into pg_temp._fv_stage select *, %s, row_number() over () from (%s) s',
                  features._failures_sql(v), inner_sel)
     using start_ts, end_ts;
-  return features._write_stage(v, run_id, 'online_and_offline', with_stats);
+  return features._write_stage(v, run_id, 'online_and_offline', coalesce(with_stats, true));
 end $$;
 
 create or replace function features.materialize(view text, start_ts timestamptz, end_ts timestamptz,
@@ -231,7 +497,7 @@ declare
   since timestamptz;
 begin
   -- serialize incremental runs of one view so two schedulers cannot process the same window twice
-  perform pg_advisory_xact_lock(hashtext('indb.features.materialize'), v.id::int);
+  perform features._lock_view(v.id);
   select max(r.end_ts) into since from features.materialization_runs r
    where r.view_id = v.id and r.kind in ('materialize', 'incremental') and r.status = 'succeeded'
      and r.end_ts <> 'infinity';
@@ -240,33 +506,27 @@ end $$;
 comment on function features.materialize_incremental(text, boolean) is
   'materialize event times from the end of the last run up to now()';
 
-create or replace function features.push(view text, rows jsonb, target text default 'online_and_offline')
-returns jsonb
-language plpgsql volatile parallel unsafe
+-- pushed rows: a non-empty array of objects with exactly the view's keys, timestamp column and features
+create or replace function features._check_push_rows(v features.feature_views, rows jsonb) returns jsonb
+language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v features.feature_views := features._view(view);
-  allowed text[];
+  allowed text[] := v.join_keys || v.timestamp_column
+                    || array(select x->>'name' from jsonb_array_elements(v.features) x);
   extra text;
   missing text;
-  run_id bigint;
-  coldefs text;
 begin
-  if target is null or target not in ('online', 'offline', 'online_and_offline') then
-    raise exception 'push target must be online, offline or online_and_offline, got %', coalesce(target, 'NULL')
-      using errcode = '22023';
-  end if;
   if jsonb_typeof(rows) = 'object' then
     rows := jsonb_build_array(rows);
   end if;
   if rows is null or jsonb_typeof(rows) <> 'array' or jsonb_array_length(rows) = 0 then
-    raise exception 'push needs a non-empty JSON array of row objects' using errcode = '22023';
+    raise exception 'push needs a non-empty JSON array of row objects' using errcode = '22023',
+      hint = format('e.g. [{%s}]', (select string_agg(format('"%s": ...', a), ', ') from unnest(allowed) a));
   end if;
   if exists (select 1 from jsonb_array_elements(rows) r where jsonb_typeof(r) <> 'object') then
     raise exception 'every pushed row must be a JSON object' using errcode = '22023';
   end if;
-  allowed := v.join_keys || v.timestamp_column || (select array_agg(x->>'name') from jsonb_array_elements(v.features) x);
   select string_agg(distinct k, ', ') into extra
     from jsonb_array_elements(rows) r, jsonb_object_keys(r) k where k <> all (allowed);
   if extra is not null then
@@ -283,13 +543,32 @@ begin
     raise exception 'pushed rows have a null timestamp "%"', v.timestamp_column using errcode = '22004',
       hint = 'every row needs its event time';
   end if;
-  insert into features.materialization_runs (view_id, kind) values (v.id, 'push') returning id into run_id;
+  return rows;
+end $$;
+
+create or replace function features.push(view text, rows jsonb, target text default 'online_and_offline')
+returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v features.feature_views := features._view(view);
+  run_id bigint;
+  coldefs text;
+begin
+  if target is null or target not in ('online', 'offline', 'online_and_offline') then
+    raise exception 'push target must be online, offline or online_and_offline, got %', coalesce(target, 'NULL')
+      using errcode = '22023';
+  end if;
+  rows := features._check_push_rows(v, rows);
+  perform features._assert_may_write(v);
+  run_id := features._start_run(v.id, 'push');
   perform features._new_stage(v);
   coldefs := (select string_agg(format('%I %s', c, t), ', ') from (
                 select k as c, case when kt = 'int' then 'bigint' else 'text' end as t
                   from unnest(v.join_keys, v.key_types) u(k, kt)
                 union all select v.timestamp_column, 'timestamptz'
-                union all select x->>'name', x->>'type' from jsonb_array_elements(v.features) x) d);
+                union all select x->>'name', ((x->>'type')::regtype)::text from jsonb_array_elements(v.features) x) d);
   begin
     execute format('insert into pg_temp._fv_stage select %s, event_ts, %s, %s, ord from (select %s, x.%I as event_ts, %s, x.ordinality as ord from rows from (jsonb_to_recordset($1) as (%s)) with ordinality x) s',
                    (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k),
@@ -323,11 +602,11 @@ begin
                       coalesce(current_setting('cron.database_name', true), 'not set')),
       hint = 'schedule from that database, or call features.materialize_incremental from an external scheduler';
   end if;
+  -- the job runs as the caller: it must be allowed to run the view's source and write its stores
+  perform features._assert_may_run(v, 'schedule');
+  perform features._assert_may_write(v);
   execute 'select cron.schedule($1, $2, $3)' into job
     using 'indb_features_' || v.name, cron, format('select features.materialize_incremental(%L)', v.name);
   return job;
 end $$;
 comment on function features.schedule(text, text) is 'run materialize_incremental(view) from pg_cron on a cron schedule';
-
-------------------------------------------------------------------------------------------------------------
--- reads: online and point in time

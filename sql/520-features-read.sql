@@ -1,5 +1,7 @@
--- Feature store, reads: online serving, point-in-time joins (historical), training sets.
+-- Feature store, reads: online serving, point-in-time joins (historical), training sets. All SECURITY INVOKER:
+-- row-level security shows the caller its tenant's views and stores and the shared ones.
 
+-- the general online path: on-demand features, and every error with its precise message
 create or replace function features._get_online_slow(features text[], entity_keys jsonb, request jsonb,
                                                      full_names boolean)
 returns jsonb
@@ -9,13 +11,13 @@ as $$
 declare
   r record;
   v features.feature_views;
-  key text;
   vals jsonb;
   ets timestamptz;
   expired boolean;
   res jsonb := entity_keys;
   status jsonb := '{}';
   inputs jsonb := '{}';
+  input_status jsonb := '{}';
   od record;
   val jsonb;
   i int;
@@ -25,32 +27,27 @@ begin
              from features._resolve(_get_online_slow.features, full_names) s where s.view_id is not null group by s.view_id
   loop
     select * into v from features.feature_views where id = r.view_id;
-    key := features._entity_key(entity_keys, v.join_keys, v.key_types, v.name || '@' || v.version);
-    select o.values, o.event_ts into vals, ets from features.online_store o where o.view_id = r.view_id and o.entity_key = key;
-    expired := vals is not null and v.ttl is not null and ets < now() - v.ttl;
+    select o.values, o.event_ts into vals, ets from features.online_store o
+     where o.view_id = r.view_id
+       and o.entity_key = features._entity_key(entity_keys, v.join_keys, v.key_types, v.name || '@' || v.version);
+    expired := features._expired(ets, v.ttl);
     for i in 1 .. cardinality(r.feats) loop
-      val := case when vals is null or expired then 'null'::jsonb else coalesce(vals -> r.feats[i], 'null') end;
+      val := features._served(vals, expired, r.feats[i]);
       inputs := inputs || jsonb_build_object(r.feats[i], val);
+      input_status := input_status || jsonb_build_object(r.feats[i], features._status(vals is not null, expired));
       if not r.hid[i] then
         res := res || jsonb_build_object(r.outs[i], val);
-        status := status || jsonb_build_object(r.outs[i],
-                    case when vals is null then 'not_found' when expired then 'outside_ttl' else 'present' end);
+        status := status || jsonb_build_object(r.outs[i], features._status(vals is not null, expired));
       end if;
     end loop;
     if vals is not null then
       res := res || jsonb_build_object('_event_ts', coalesce(res -> '_event_ts', '{}') || jsonb_build_object(v.name || '@' || v.version, ets));
     end if;
   end loop;
-  for od in select s.out_name, o.function_name, o.request_fields from features._resolve(_get_online_slow.features, full_names) s
-              join features.on_demand_features o on o.id = s.odfv_id where s.view_id is null loop
-    if exists (select 1 from jsonb_object_keys(od.request_fields) k where not coalesce(request, '{}') ? k) then
-      raise exception 'on-demand feature "%" needs request fields %', od.out_name,
-        (select string_agg(k, ', ') from jsonb_object_keys(od.request_fields) k) using errcode = '22023',
-        hint = 'pass them in request => ''{"field": value}''';
-    end if;
-    execute format('select to_jsonb(%s($1, $2))', od.function_name) into val using coalesce(request, '{}'), inputs;
-    res := res || jsonb_build_object(od.out_name, val);
-    status := status || jsonb_build_object(od.out_name, 'present');
+  for od in select s.out_name, s.odfv_id from features._resolve(_get_online_slow.features, full_names) s
+             where s.view_id is null order by s.ord loop
+    res := res || jsonb_build_object(od.out_name, features._odfv_online(od.odfv_id, request, inputs));
+    status := status || jsonb_build_object(od.out_name, features._odfv_status(od.odfv_id, input_status));
   end loop;
   return res || jsonb_build_object('_status', status);
 end $$;
@@ -72,16 +69,20 @@ declare
   j int;
   row record;
   expired boolean;
-  val jsonb;
   has_odfv boolean;
 begin
-  if entity_keys is null or jsonb_typeof(entity_keys) <> 'array' then
-    raise exception 'entity_keys must be a JSON array of key objects' using errcode = '22023';
-  end if;
   select bool_or(s.view_id is null) into has_odfv from features._resolve(_get_online_batch_slow.features, full_names) s;
   if has_odfv then
     -- on-demand features need per-entity request data: evaluate entity by entity with the same code
-    return query select features.get_online(_get_online_batch_slow.features, e.k, coalesce(request -> (e.o::int - 1), request), full_names)
+    if request is not null and jsonb_typeof(request) = 'array'
+       and jsonb_array_length(request) <> jsonb_array_length(entity_keys) then
+      raise exception 'request holds % objects for % entities', jsonb_array_length(request),
+        jsonb_array_length(entity_keys) using errcode = '22023',
+        hint = 'pass one request object per entity, in the same order, or one object for all';
+    end if;
+    return query select features.get_online(_get_online_batch_slow.features, e.k,
+                                            case when jsonb_typeof(request) = 'array' then request -> (e.o::int - 1)
+                                                 else request end, full_names)
                    from jsonb_array_elements(entity_keys) with ordinality e(k, o) order by e.o;
     return;
   end if;
@@ -96,12 +97,10 @@ begin
       from jsonb_array_elements(entity_keys) with ordinality e(k, o);
     for row in select u.o, o.values, o.event_ts from unnest(keys) with ordinality u(k, o)
                  left join features.online_store o on o.view_id = r.view_id and o.entity_key = u.k loop
-      expired := row.values is not null and v.ttl is not null and row.event_ts < now() - v.ttl;
+      expired := features._expired(row.event_ts, v.ttl);
       for j in 1 .. cardinality(r.feats) loop
-        val := case when row.values is null or expired then 'null'::jsonb else coalesce(row.values -> r.feats[j], 'null') end;
-        res[row.o] := res[row.o] || jsonb_build_object(r.outs[j], val);
-        st[row.o] := st[row.o] || jsonb_build_object(r.outs[j],
-                       case when row.values is null then 'not_found' when expired then 'outside_ttl' else 'present' end);
+        res[row.o] := res[row.o] || jsonb_build_object(r.outs[j], features._served(row.values, expired, r.feats[j]));
+        st[row.o] := st[row.o] || jsonb_build_object(r.outs[j], features._status(row.values is not null, expired));
       end loop;
     end loop;
   end loop;
@@ -111,9 +110,10 @@ begin
 end $$;
 
 -- The serving path: one static statement (plpgsql caches its plan per session) resolves the references,
--- computes the entity key once per view and reads the online store by primary key. Anything unusual
--- (on-demand features, unknown names, duplicate output names) goes to the general implementation, which
--- raises the precise error or evaluates on-demand features.
+-- computes the entity key once per view and reads the online store by primary key. The small functions it
+-- calls (_parse_feature_ref, _expired, _served, _status) are plain SQL, inlined by the planner. Anything
+-- unusual (on-demand features, unknown names, duplicate output names) goes to the general implementation,
+-- which raises the precise error or evaluates on-demand features.
 create or replace function features.get_online(features text[], entity_keys jsonb, request jsonb default null,
                                                full_names boolean default false)
 returns jsonb
@@ -129,7 +129,7 @@ begin
   with p as (
     select u.o, m[1] as vname, m[2] as vver, m[3] as feat
       from unnest(get_online.features) with ordinality u(ref, o)
-     cross join lateral regexp_match(u.ref, '^\s*([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]+))?\s*:\s*([A-Za-z_][A-Za-z0-9_]*|\*)\s*$') m),
+     cross join lateral (select features._parse_feature_ref(u.ref) as m) x),
   vv as materialized (
     -- one catalog lookup per distinct view reference, not per feature
     select d.vname, d.vver, v.*
@@ -148,22 +148,18 @@ begin
                          select x->>'name', o2 from jsonb_array_elements(v.features) with ordinality y(x, o2)
                           where p.feat = '*') f),
   vs as (
-    select d.id, d.name, d.version, d.ttl, st.values, st.event_ts,
-           (st.values is not null and d.ttl is not null and st.event_ts < now() - d.ttl) as expired
+    select d.id, d.name, d.version, d.ttl, st.values, st.event_ts, features._expired(st.event_ts, d.ttl) as expired
       from (select distinct r.id, r.name, r.version, r.ttl, r.join_keys, r.key_types from r) d
       left join features.online_store st
         on st.view_id = d.id
        and st.entity_key = case when cardinality(d.join_keys) = 1 and d.key_types[1] = 'int'
                                      and jsonb_typeof(entity_keys -> d.join_keys[1]) = 'number'
-                                     and (entity_keys -> d.join_keys[1])::text ~ '^-?[0-9]+$'
+                                     and (entity_keys -> d.join_keys[1])::text ~ '^-?[0-9]{1,18}$'
                                 then '[' || (entity_keys -> d.join_keys[1])::text || ']'
                                 else features._entity_key(entity_keys, d.join_keys, d.key_types, d.name || '@' || d.version) end)
   select entity_keys
-         || jsonb_object_agg(r.out_name, case when vs.values is null or vs.expired then 'null'::jsonb
-                                              else coalesce(vs.values -> r.feat, 'null') end)
-         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, case when vs.values is null then 'not_found'
-                                                                             when vs.expired then 'outside_ttl'
-                                                                             else 'present' end))
+         || jsonb_object_agg(r.out_name, features._served(vs.values, vs.expired, r.feat))
+         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired)))
          || coalesce((select jsonb_build_object('_event_ts', jsonb_object_agg(x.name || '@' || x.version, x.event_ts))
                         from vs x where x.event_ts is not null), '{}'),
          count(distinct r.o), count(*), count(distinct r.out_name)
@@ -172,7 +168,7 @@ begin
   if n_refs = cardinality(features) and n_rows = n_names then
     return res;
   end if;
-  return features._get_online_slow(features, entity_keys, request, full_names);
+  return features._get_online_slow(features, entity_keys, request, coalesce(full_names, false));
 end $$;
 comment on function features.get_online(text[], jsonb, jsonb, boolean) is
   'latest feature values for one entity; past-ttl values come back null with _status outside_ttl';
@@ -191,7 +187,8 @@ declare
   n_names int;
 begin
   if entity_keys is null or jsonb_typeof(entity_keys) <> 'array' then
-    raise exception 'entity_keys must be a JSON array of key objects' using errcode = '22023';
+    raise exception 'entity_keys must be a JSON array of key objects' using errcode = '22023',
+      hint = 'e.g. ''[{"user_id": 1}, {"user_id": 2}]''';
   end if;
   -- resolution as static SQL (plan cached per session), same rules as features._resolve_fast
   select array_agg(v.id order by u.o, f.o2), array_agg(f.feat order by u.o, f.o2),
@@ -199,17 +196,17 @@ begin
          count(distinct u.o), count(distinct case when full_names then v.name || '__' || f.feat else f.feat end)
     into ids, feats, outs, n_refs, n_names
     from unnest(get_online_batch.features) with ordinality u(ref, o)
-   cross join lateral regexp_match(u.ref, '^\s*([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]+))?\s*:\s*([A-Za-z_][A-Za-z0-9_]*|\*)\s*$') m
+   cross join lateral (select features._parse_feature_ref(u.ref) as m) p
    cross join lateral (select fv.id, fv.name, fv.features from features.feature_views fv
-                        where fv.name = m[1] and (m[2] is null or fv.version = m[2]::int)
+                        where fv.name = p.m[1] and (p.m[2] is null or fv.version = p.m[2]::int)
                         order by fv.version desc limit 1) v
-   cross join lateral (select m[3] as feat, 0::bigint as o2
-                        where m[3] <> '*' and v.features @> jsonb_build_array(jsonb_build_object('name', m[3]))
+   cross join lateral (select p.m[3] as feat, 0::bigint as o2
+                        where p.m[3] <> '*' and v.features @> jsonb_build_array(jsonb_build_object('name', p.m[3]))
                        union all
                        select x->>'name', o2 from jsonb_array_elements(v.features) with ordinality y(x, o2)
-                        where m[3] = '*') f;
+                        where p.m[3] = '*') f;
   if n_refs is distinct from cardinality(features) or n_names <> cardinality(outs) then
-    return query select * from features._get_online_batch_slow(features, entity_keys, request, full_names);
+    return query select * from features._get_online_batch_slow(features, entity_keys, request, coalesce(full_names, false));
     return;
   end if;
   return query
@@ -219,21 +216,17 @@ begin
   ek as materialized (
     select e.o as eo, e.k as ekeys, vs.id, vs.ttl,
            case when cardinality(vs.join_keys) = 1 and vs.key_types[1] = 'int'
-                     and jsonb_typeof(e.k -> vs.join_keys[1]) = 'number' and (e.k -> vs.join_keys[1])::text ~ '^-?[0-9]+$'
+                     and jsonb_typeof(e.k -> vs.join_keys[1]) = 'number' and (e.k -> vs.join_keys[1])::text ~ '^-?[0-9]{1,18}$'
                 then '[' || (e.k -> vs.join_keys[1])::text || ']'
                 else features._entity_key(e.k, vs.join_keys, vs.key_types, vs.name || '@' || vs.version) end as key
       from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
   s as (
-    select ek.eo, ek.ekeys, ek.id, st.values,
-           (st.values is not null and ek.ttl is not null and st.event_ts < now() - ek.ttl) as expired
+    select ek.eo, ek.ekeys, ek.id, st.values, features._expired(st.event_ts, ek.ttl) as expired
       from ek left join lateral (select o.values, o.event_ts from features.online_store o
                                   where o.view_id = ek.id and o.entity_key = ek.key offset 0) st on true)
   select s.ekeys
-         || jsonb_object_agg(r.out_name, case when s.values is null or s.expired then 'null'::jsonb
-                                              else coalesce(s.values -> r.feat, 'null') end)
-         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, case when s.values is null then 'not_found'
-                                                                             when s.expired then 'outside_ttl'
-                                                                             else 'present' end))
+         || jsonb_object_agg(r.out_name, features._served(s.values, s.expired, r.feat))
+         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(s.values is not null, s.expired)))
     from s join unnest(ids, feats, outs) r(id, feat, out_name) on r.id = s.id
    group by s.eo, s.ekeys
    order by s.eo;
@@ -241,53 +234,26 @@ end $$;
 comment on function features.get_online_batch(text[], jsonb, jsonb, boolean) is
   'get_online for an array of entity key objects; one jsonb per entity, in input order';
 
--- the point-in-time join as SQL: for each entity row the latest value with event time <= its timestamp
--- (and within ttl); LATERAL + the (keys, event_ts) index of each offline table, streamed by Postgres
-create or replace function features.historical_query(entity_query text, features text[],
-                                                     ttl_override interval default null,
-                                                     full_names boolean default false,
-                                                     timestamp_column text default null)
-returns text
+-- ---------------------------------------------------------------------------------------------------------
+-- point in time: for each entity row the latest value with event time <= its timestamp (and within ttl).
+-- historical_query builds the SQL in named steps; get_historical and create_training_set run it.
+
+-- the entity query's columns {name: type} in order, and its event timestamp column
+create or replace function features._entity_columns(eq text, timestamp_column text,
+                                                    out ecols jsonb, out enames text[], out ts text)
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  eq text := ml._relation_sql(entity_query, 'entity query');
-  ecols jsonb;
-  ts text := timestamp_column;
   tstype text;
-  r record;
-  v features.feature_views;
-  kk text;
-  i int;
-  n int := 0;
-  alias text;
-  sel text[] := '{}';
-  joins text[] := '{}';
-  ttl interval;
-  fmap jsonb := '{}';
-  od record;
-  clash text;
-  enames text[];
-  method text := coalesce(nullif(current_setting('indb.features_pit_method', true), ''), 'auto');
-  est_e float8;
-  est_f float8;
-  use_merge boolean;
-  ctes text[] := '{}';
-  keylist text;
-  pj json;
 begin
-  if method not in ('auto', 'lateral', 'merge') then
-    raise exception 'indb.features_pit_method must be auto, lateral or merge, got %', method using errcode = '22023';
-  end if;
-  if ttl_override is not null and ttl_override <= interval '0' then
-    raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023';
-  end if;
   select jsonb_object_agg(d.name, d.type), array_agg(d.name order by d.ord) into ecols, enames
     from features._describe(eq, 'entity query') d;
   if exists (select 1 from unnest(enames) x where x like '\_indb\_%') then
-    raise exception 'entity query columns may not start with _indb_' using errcode = '42710';
+    raise exception 'entity query columns may not start with _indb_' using errcode = '42710',
+      hint = 'rename the column in the entity query';
   end if;
+  ts := timestamp_column;
   if ts is null then
     if ecols ? 'event_timestamp' then
       ts := 'event_timestamp';
@@ -307,79 +273,152 @@ begin
     raise exception 'entity timestamp column "%" is missing or not a timestamp (%)', ts, coalesce(tstype, 'absent')
       using errcode = '42804', hint = 'cast it in the entity query, e.g. to_timestamp(epoch) as event_timestamp';
   end if;
+end $$;
+
+-- the entity query has every join key of the view, with a matching kind
+create or replace function features._check_entity_keys(v features.feature_views, ecols jsonb) returns void
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare i int;
+begin
+  for i in 1 .. cardinality(v.join_keys) loop
+    if ecols ->> v.join_keys[i] is null then
+      raise exception 'the entity query lacks join key "%" of feature view %@%', v.join_keys[i], v.name, v.version
+        using errcode = '42703', detail = 'its columns: ' || (select string_agg(x, ', ') from jsonb_object_keys(ecols) x),
+        hint = 'select the key under that name in the entity query';
+    end if;
+    if features._key_kind(ecols ->> v.join_keys[i]) is distinct from v.key_types[i] then
+      raise exception 'join key "%" has type % in the entity query but % keys in feature view %@%',
+        v.join_keys[i], ecols ->> v.join_keys[i], case when v.key_types[i] = 'int' then 'integer' else 'text' end,
+        v.name, v.version using errcode = '42804', hint = 'cast the key in the entity query';
+    end if;
+  end loop;
+end $$;
+
+-- strategy per view: LATERAL index probes (streams; best when entity rows are few compared with feature rows)
+-- or a sort-merge with window functions (best when they are comparable; sorts spill to disk, so memory stays
+-- bounded by work_mem). indb.features_pit_method = auto | lateral | merge.
+create or replace function features._pit_use_merge(v features.feature_views, est_entities float8) returns boolean
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  method text := coalesce(nullif(current_setting('indb.features_pit_method', true), ''), 'auto');
+  est_f float8;
+begin
+  if method not in ('auto', 'lateral', 'merge') then
+    raise exception 'indb.features_pit_method must be auto, lateral or merge, got %', method using errcode = '22023',
+      hint = 'RESET indb.features_pit_method';
+  end if;
+  if method <> 'auto' then
+    return method = 'merge';
+  end if;
+  select sum(c.reltuples) filter (where c.reltuples >= 0) into est_f
+    from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = features._offline_rel(v.id);
+  return est_f is not null and est_f < 6 * est_entities;
+end $$;
+
+-- LATERAL join: the latest offline row per entity row, by index probe
+create or replace function features._pit_lateral(v features.feature_views, feats text[], ts text, ttl interval,
+                                                 alias text)
+returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select format('left join lateral (select %s from %s o where %s and o.event_ts <= e.%I::timestamptz%s order by o.event_ts desc limit 1) %I on true',
+    (select string_agg(format('o.%I', f), ', ') from unnest(feats) f), features._offline_rel(v.id),
+    (select string_agg(format('o.%I = e.%I', k, k), ' and ') from unnest(v.join_keys) k),
+    ts, case when ttl is not null then format(' and o.event_ts >= e.%I::timestamptz - %L::interval', ts, ttl) else '' end,
+    alias)
+$$;
+
+-- sort-merge: entity rows and offline rows of one view in one ordered stream per entity key; each entity row
+-- takes the last offline row before it (first_value over the group that count() of offline rows opens)
+create or replace function features._pit_merge(v features.feature_views, feats text[], ts text, ttl interval,
+                                               alias text)
+returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select format($m$%I as (
+    select _indb_rid, %s from (
+      select _indb_rid, _indb_k, _indb_t, first_value(_indb_fts) over w as _indb_fts, %s
+        from (select *, count(_indb_fts) over (partition by %s order by _indb_t, _indb_k rows unbounded preceding) as _indb_grp
+                from (select e._indb_rid, %s, e.%I::timestamptz as _indb_t, 1 as _indb_k, null::timestamptz as _indb_fts, %s
+                        from e where e.%I is not null
+                      union all
+                      select null, %s, o.event_ts, 0, o.event_ts, %s from %s o) u) g
+      window w as (partition by %s, _indb_grp order by _indb_t, _indb_k)) h
+     where _indb_k = 1)$m$,
+    alias,
+    (select string_agg(case when ttl is null then format('%I', f)
+                            else format('case when _indb_fts >= _indb_t - %L::interval then %I end as %I', ttl, f, f) end, ', ')
+       from unnest(feats) f),
+    (select string_agg(format('first_value(%I) over w as %I', f, f), ', ') from unnest(feats) f),
+    keylist,
+    (select string_agg(format('e.%I', k), ', ') from unnest(v.join_keys) k), ts,
+    (select string_agg(format('null::%s as %I', (x->>'type')::regtype, x->>'name'), ', ' order by fo)
+       from unnest(feats) with ordinality uf(f, fo)
+       join lateral (select y from jsonb_array_elements(v.features) y where y->>'name' = uf.f) z(x) on true),
+    ts,
+    (select string_agg(format('o.%I', k), ', ') from unnest(v.join_keys) k),
+    (select string_agg(format('o.%I', f), ', ') from unnest(feats) f), features._offline_rel(v.id),
+    keylist)
+    from (select string_agg(format('%I', k), ', ') as keylist from unnest(v.join_keys) k) kl
+$$;
+
+create or replace function features.historical_query(entity_query text, features text[],
+                                                     ttl_override interval default null,
+                                                     full_names boolean default false,
+                                                     timestamp_column text default null)
+returns text
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  eq text := ml._relation_sql(entity_query, 'entity query');
+  e record;
+  r record;
+  v features.feature_views;
+  i int;
+  n int := 0;
+  alias text;
+  sel text[] := '{}';
+  joins text[] := '{}';
+  ctes text[] := '{}';
+  fmap jsonb := '{}';
+  od record;
+  est_e float8;
+  pj json;
+begin
+  if ttl_override is not null and ttl_override <= interval '0' then
+    raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023';
+  end if;
+  select * into e from features._entity_columns(eq, timestamp_column);
   for r in select s.view_id, array_agg(s.feature order by s.ord) as feats, array_agg(s.out_name order by s.ord) as outs,
                   array_agg(s.hidden order by s.ord) as hid
-             from features._resolve(historical_query.features, full_names) s where s.view_id is not null
+             from features._resolve(historical_query.features, coalesce(full_names, false)) s where s.view_id is not null
             group by s.view_id order by min(s.ord)
   loop
     select * into v from features.feature_views where id = r.view_id;
     n := n + 1;
     alias := 'f' || n;
-    foreach kk in array v.join_keys loop
-      if ecols ->> kk is null then
-        raise exception 'the entity query lacks join key "%" of feature view %@%', kk, v.name, v.version
-          using errcode = '42703', detail = 'its columns: ' || (select string_agg(x, ', ') from jsonb_object_keys(ecols) x);
-      end if;
-    end loop;
-    for i in 1 .. cardinality(v.join_keys) loop
-      if features._key_kind(ecols ->> v.join_keys[i]) is distinct from v.key_types[i] then
-        raise exception 'join key "%" has type % in the entity query but % keys in feature view %@%',
-          v.join_keys[i], ecols ->> v.join_keys[i], case when v.key_types[i] = 'int' then 'integer' else 'text' end,
-          v.name, v.version using errcode = '42804', hint = 'cast the key in the entity query';
-      end if;
-    end loop;
-    ttl := coalesce(ttl_override, v.ttl);
-    -- strategy per view: LATERAL index probes (streams; best when entity rows are few compared with feature
-    -- rows) or a sort-merge with window functions (best when they are comparable; sorts spill to disk, so
-    -- memory stays bounded by work_mem)
-    use_merge := method = 'merge';
-    if method = 'auto' then
-      if est_e is null then
-        execute 'explain (format json) select * from (' || eq || ') q' into pj;
-        est_e := (pj -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
-      end if;
-      select sum(c.reltuples) filter (where c.reltuples >= 0) into est_f
-        from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = v.offline_table::regclass;
-      use_merge := est_f is not null and est_f < 6 * est_e;
+    perform features._check_entity_keys(v, e.ecols);
+    if est_e is null and coalesce(nullif(current_setting('indb.features_pit_method', true), ''), 'auto') = 'auto' then
+      execute 'explain (format json) select * from (' || eq || ') q' into pj;
+      est_e := (pj -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
     end if;
-    if not use_merge then
-      joins := joins || format('left join lateral (select %s from %s o where %s and o.event_ts <= e.%I::timestamptz%s order by o.event_ts desc limit 1) %I on true',
-        (select string_agg(format('o.%I', f), ', ') from unnest(r.feats) f), v.offline_table,
-        (select string_agg(format('o.%I = e.%I', k2, k2), ' and ') from unnest(v.join_keys) k2),
-        ts, case when ttl is not null then format(' and o.event_ts >= e.%I::timestamptz - %L::interval', ts, ttl) else '' end,
-        alias);
-    else
-      keylist := (select string_agg(format('%I', k2), ', ') from unnest(v.join_keys) k2);
-      ctes := ctes || format($m$%I as (
-        select _indb_rid, %s from (
-          select _indb_rid, _indb_k, _indb_t, first_value(_indb_fts) over w as _indb_fts, %s
-            from (select *, count(_indb_fts) over (partition by %s order by _indb_t, _indb_k rows unbounded preceding) as _indb_grp
-                    from (select e._indb_rid, %s, e.%I::timestamptz as _indb_t, 1 as _indb_k, null::timestamptz as _indb_fts, %s
-                            from e where e.%I is not null
-                          union all
-                          select null, %s, o.event_ts, 0, o.event_ts, %s from %s o) u) g
-          window w as (partition by %s, _indb_grp order by _indb_t, _indb_k)) h
-         where _indb_k = 1)$m$,
-        alias,
-        (select string_agg(case when ttl is null then format('%I', f)
-                                else format('case when _indb_fts >= _indb_t - %L::interval then %I end as %I', ttl, f, f) end, ', ')
-           from unnest(r.feats) f),
-        (select string_agg(format('first_value(%I) over w as %I', f, f), ', ') from unnest(r.feats) f),
-        keylist,
-        (select string_agg(format('e.%I', k2), ', ') from unnest(v.join_keys) k2), ts,
-        (select string_agg(format('null::%s as %I', x->>'type', x->>'name'), ', ' order by fo)
-           from unnest(r.feats) with ordinality uf(f, fo)
-           join lateral (select y from jsonb_array_elements(v.features) y where y->>'name' = uf.f) z(x) on true),
-        ts,
-        (select string_agg(format('o.%I', k2), ', ') from unnest(v.join_keys) k2),
-        (select string_agg(format('o.%I', f), ', ') from unnest(r.feats) f), v.offline_table,
-        keylist);
+    if features._pit_use_merge(v, est_e) then
+      ctes := ctes || features._pit_merge(v, r.feats, e.ts, coalesce(ttl_override, v.ttl), alias);
       joins := joins || format('left join %I on %I._indb_rid = e._indb_rid', alias, alias);
+    else
+      joins := joins || features._pit_lateral(v, r.feats, e.ts, coalesce(ttl_override, v.ttl), alias);
     end if;
     for i in 1 .. cardinality(r.feats) loop
       fmap := fmap || jsonb_build_object(r.feats[i], format('%I.%I', alias, r.feats[i]));
       if not r.hid[i] then
-        if ecols ? r.outs[i] then
+        if e.ecols ? r.outs[i] then
           raise exception 'feature "%" has the same name as a column of the entity query', r.outs[i] using errcode = '42710',
             hint = 'rename the column in the entity query, or use full_names => true';
         end if;
@@ -387,19 +426,9 @@ begin
       end if;
     end loop;
   end loop;
-  for od in select s.out_name, o.function_name, o.request_fields, o.inputs from features._resolve(historical_query.features, full_names) s
-              join features.on_demand_features o on o.id = s.odfv_id where s.view_id is null order by s.ord loop
-    select string_agg(k, ', ') into clash from jsonb_object_keys(od.request_fields) k where not ecols ? k;
-    if clash is not null then
-      raise exception 'on-demand feature "%" needs request fields the entity query lacks: %', od.out_name, clash
-        using errcode = '42703';
-    end if;
-    sel := sel || format('%s(%s, %s) as %I', od.function_name,
-      coalesce((select 'jsonb_build_object(' || string_agg(format('%L, e.%I', k, k), ', ') || ')'
-                  from jsonb_object_keys(od.request_fields) k), '''{}''::jsonb'),
-      (select 'jsonb_build_object(' || string_agg(format('%L, %s', split_part(inp, ':', 2), fmap ->> split_part(inp, ':', 2)), ', ') || ')'
-         from unnest(od.inputs) inp),
-      od.out_name);
+  for od in select s.out_name, s.odfv_id from features._resolve(historical_query.features, coalesce(full_names, false)) s
+             where s.view_id is null order by s.ord loop
+    sel := sel || (features._odfv_select(od.odfv_id, e.ecols, fmap) || format(' as %I', od.out_name));
   end loop;
   if cardinality(ctes) = 0 then
     return format('select e.*%s from (%s) e %s',
@@ -407,7 +436,7 @@ begin
   end if;
   return format('with e as materialized (select row_number() over () as _indb_rid, q.* from (%s) q), %s select %s%s from e %s order by e._indb_rid',
                 eq, array_to_string(ctes, ', '),
-                (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(enames) with ordinality u(cn, co)),
+                (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
                 coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
 end $$;
 comment on function features.historical_query(text, text[], interval, boolean, text) is
@@ -426,7 +455,39 @@ begin
     features.historical_query(entity_query, features, ttl_override, full_names, timestamp_column));
 end $$;
 comment on function features.get_historical(text, text[], interval, boolean, text) is
-  'point-in-time join: per entity row the latest feature values at or before its timestamp, within ttl';
+  'point-in-time join: per entity row (one jsonb each) the latest feature values at or before its timestamp, within ttl; for typed columns run the SQL of features.historical_query';
+
+-- ---------------------------------------------------------------------------------------------------------
+-- training sets: a point-in-time join kept as a table of the caller's, registered through the registry's API
+
+create or replace function features._training_set_relation(name text) returns text
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare parts text[];
+begin
+  if name is null or btrim(name) = '' then
+    raise exception 'training set name is empty' using errcode = '22023',
+      hint = 'use a table name such as user_training or myschema.user_training';
+  end if;
+  begin
+    parts := parse_ident(name);
+  exception when others then
+    parts := null;
+  end;
+  if parts is null or cardinality(parts) not in (1, 2) or exists (select 1 from unnest(parts) x where octet_length(x) > 63) then
+    raise exception 'invalid training set name %', quote_literal(name) using errcode = '22023',
+      hint = 'use a table name such as user_training or myschema.user_training (at most 63 bytes each)';
+  end if;
+  if cardinality(parts) = 1 then
+    parts := array['public'] || parts;
+  end if;
+  if to_regclass(format('%I.%I', parts[1], parts[2])) is not null then
+    raise exception 'relation %.% already exists', quote_ident(parts[1]), quote_ident(parts[2]) using errcode = '42P07',
+      hint = 'training sets are immutable snapshots: choose a new name or drop the old table';
+  end if;
+  return format('%I.%I', parts[1], parts[2]);
+end $$;
 
 create or replace function features.create_training_set(name text, entity_query text, features text[],
                                                         label text default null,
@@ -437,30 +498,14 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  parts text[];
-  rel text;
+  rel text := features._training_set_relation(name);
   q text;
   n bigint;
   ds bigint;
   cols jsonb;
   views jsonb;
+  fv record;
 begin
-  begin
-    parts := parse_ident(name);
-  exception when others then
-    raise exception 'invalid training set name %', coalesce(quote_literal(name), 'NULL') using errcode = '22023',
-      hint = 'use a table name such as user_training or myschema.user_training';
-  end;
-  if cardinality(parts) = 1 then
-    parts := array['public'] || parts;
-  elsif cardinality(parts) <> 2 then
-    raise exception 'invalid training set name %', name using errcode = '22023';
-  end if;
-  rel := format('%I.%I', parts[1], parts[2]);
-  if to_regclass(rel) is not null then
-    raise exception 'relation % already exists', rel using errcode = '42P07',
-      hint = 'training sets are immutable snapshots: choose a new name or drop the old table';
-  end if;
   q := features.historical_query(entity_query, features, ttl_override, false, timestamp_column);
   execute format('create table %s as %s', rel, q);
   get diagnostics n = row_count;
@@ -472,23 +517,23 @@ begin
   end if;
   select jsonb_agg(distinct s.view_ref) into views from features._resolve(create_training_set.features, false) s
    where s.view_id is not null;
-  insert into registry.datasets (name, digest, source, kind, row_count, schema, profile, materialized)
-  values (name, md5(q || clock_timestamp()::text), entity_query, 'training_set', n,
-          jsonb_build_object('columns', cols, 'label', label, 'features', to_jsonb(create_training_set.features),
-                             'feature_views', views, 'query', q,
-                             'feature_columns', (select jsonb_agg(s.out_name order by s.ord)
-                                                   from features._resolve(create_training_set.features, false) s
-                                                  where not s.hidden)),
-          null, rel::regclass)
-  returning id into ds;
-  insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation)
-  select distinct 'feature_view_version', s.view_id::text, 'training_set', ds::text, 'features_of'
-    from features._resolve(create_training_set.features, false) s where s.view_id is not null
-  on conflict do nothing;
+  ds := registry.register_dataset(
+          name => name, digest => md5(q || clock_timestamp()::text), kind => 'training_set', source => entity_query,
+          row_count => n,
+          schema => jsonb_build_object('columns', cols, 'label', label, 'features', to_jsonb(create_training_set.features),
+                                       'feature_views', views, 'query', q,
+                                       'feature_columns', (select jsonb_agg(s.out_name order by s.ord)
+                                                             from features._resolve(create_training_set.features, false) s
+                                                            where not s.hidden)),
+          materialized => rel::regclass);
+  for fv in select distinct s.view_id from features._resolve(create_training_set.features, false) s
+             where s.view_id is not null loop
+    perform registry.add_lineage('feature_view_version', fv.view_id::text, 'training_set', ds::text, 'features_of');
+  end loop;
   return jsonb_build_object('dataset_id', ds, 'relation', rel, 'rows', n, 'label', label, 'feature_views', views);
 end $$;
 comment on function features.create_training_set(text, text, text[], text, interval, text) is
-  'materialize a point-in-time join as a table, registered as a registry.datasets training_set with lineage';
+  'materialize a point-in-time join as a table, registered (registry.register_dataset) as a training_set with lineage';
 
 create or replace function features.training_set(name text) returns jsonb
 language sql stable parallel safe
@@ -500,6 +545,3 @@ as $$
     from registry.datasets d where d.kind = 'training_set' and d.name = training_set.name
    order by d.id desc limit 1
 $$;
-
-------------------------------------------------------------------------------------------------------------
--- on-demand features

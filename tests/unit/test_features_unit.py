@@ -1,4 +1,5 @@
-"""Feature store Python pieces without a database: drift statistics (PSI, KS) and key kinds."""
+"""Feature store Python pieces without a database: drift statistics (PSI, KS) and describe's errors.
+(Entity-key kinds live in SQL only: features._key_kind, tested in tests/sql/test_features_store.py.)"""
 
 from __future__ import annotations
 
@@ -51,14 +52,6 @@ def test_drift_needs_values():
     with pytest.raises(IndbRuntimeError) as ei:
         drift.drift([None, None], [1.0, 2.0])
     assert ei.value.sqlstate == "22000" and "baseline" in ei.value.message
-
-
-def test_key_kinds():
-    from indb_runtime.features import key_kind
-
-    assert key_kind("integer") == key_kind("bigint") == "int"
-    assert key_kind("text") == key_kind("character varying(20)") == key_kind("uuid") == "text"
-    assert key_kind("double precision") is None and key_kind("jsonb") is None
 
 
 def test_describe_reports_bad_sql_with_its_sqlstate():

@@ -1,0 +1,222 @@
+"""Tenants of the feature store (issue 10, item 4): a tenant's feature views, their offline and online stores,
+runs, statistics and quarantine are seen and written by that tenant only, through every path, plain SELECT
+included. Shared views (made by a session that acts for no tenant) are read by everyone and written only by
+sessions that act for no tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import psycopg
+import pytest
+from helpers import login_name
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(3)}"
+
+
+def one(conn, sql, params=None):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def refused(conn, sql, params=None, states=("42501",)) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql, params)
+    assert ei.value.sqlstate in states, (sql, ei.value.sqlstate, str(ei.value))
+    return ei.value
+
+
+@pytest.fixture(scope="module")
+def acme(sconn, logins):
+    """acme's writer defines and materializes a view (with a quarantined row) over acme's source."""
+    src = uniq("acme_src")
+    sconn.execute(f"create table public.{src} (k int, ts timestamptz, x float8)")
+    sconn.execute(
+        f"insert into public.{src} select g % 3, timestamptz '2024-01-01' + g * interval '1 day', g - 1 "
+        "from generate_series(0, 8) g"
+    )
+    sconn.execute(f'grant select on public.{src} to "{login_name("acme_writer")}"')
+    ent, view = uniq("acme_ent"), uniq("acme_view")
+    with psycopg.connect(logins["acme_writer"], autocommit=True) as w:
+        w.execute("select features.create_entity(%s, array['k'])", [ent])
+        w.execute(
+            "select features.create_feature_view(%s, %s, %s, 'ts', %s)",
+            [view, ent, f"public.{src}", json.dumps([{"name": "x", "expect": {"min": 0}}])],
+        )
+        r = w.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [view]).fetchone()[0]
+        assert r["rows_quarantined"] == 1 and r["rows_written"] == 8
+    vid = one(sconn, "select id from features.feature_views where name = %s", [view])
+    return {"view": view, "entity": ent, "id": vid, "offline": f"features.fv_{vid}_offline", "source": src}
+
+
+def test_every_row_of_a_tenant_view_carries_its_tenant(sconn, acme):
+    vid = acme["id"]
+    assert one(sconn, "select tenant from features.feature_views where id = %s", [vid]) == "acme"
+    assert one(sconn, "select tenant from features.entities where name = %s", [acme["entity"]]) == "acme"
+    for sql in (
+        f"select array_agg(distinct tenant) from {acme['offline']}",
+        "select array_agg(distinct tenant) from features.online_store where view_id = %(v)s",
+        "select array_agg(distinct tenant) from features.materialization_runs where view_id = %(v)s",
+        "select array_agg(distinct tenant) from features.statistics where view_id = %(v)s",
+        "select array_agg(distinct tenant) from features.quarantine where view_id = %(v)s",
+    ):
+        assert one(sconn, sql, {"v": vid}) == ["acme"], sql
+    # the offline store is forced under the tenant policies, like every tenant table
+    assert one(
+        sconn, "select relrowsecurity and relforcerowsecurity from pg_class where oid = %s::regclass", [acme["offline"]]
+    )
+
+
+@pytest.mark.parametrize("who", ["globex_reader", "globex_writer", "globex_app", "reader", "writer", "app"])
+def test_another_tenant_sees_nothing_of_it_through_any_path(connect_as, acme, who):
+    c = connect_as(who)
+    vid, view = acme["id"], acme["view"]
+    catalogs = {
+        "features.feature_views": "id = %(v)s",
+        "features.entities": "name = %(e)s",
+        "features.online_store": "view_id = %(v)s",
+        "features.materialization_runs": "view_id = %(v)s",
+        "features.statistics": "view_id = %(v)s",
+        "features.quarantine": "view_id = %(v)s",
+    }
+    for table, where in catalogs.items():
+        try:
+            n = one(c, f"select count(*) from {table} where {where}", {"v": vid, "e": acme["entity"]})
+        except psycopg.errors.InsufficientPrivilege:
+            continue  # indb_app does not read the monitoring catalogs at all
+        assert n == 0, (who, table)
+    if not who.endswith("app"):
+        assert one(c, f"select count(*) from {acme['offline']}") == 0
+        assert one(c, "select count(*) from features.freshness where name = %s", [view]) == 0
+    else:
+        refused(c, f"select count(*) from {acme['offline']}")
+    refused(c, "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"], states=("42704",))
+    refused(c, "select features.get_online_batch(array[%s], '[{\"k\": 1}]')", [f"{view}:x"], states=("42704",))
+    if not who.endswith("app"):
+        for sql in (
+            "select features.get_historical('select 1 as k, now() as event_timestamp', array[%s])",
+            "select features.historical_query('select 1 as k, now() as event_timestamp', array[%s])",
+        ):
+            refused(c, sql, [f"{view}:x"], states=("42704",))
+        refused(c, "select features.drift(%s, 'x', 'latest', 'online')", [view], states=("42704",))
+        refused(c, "select features.check_skew(%s)", [view], states=("42704",))
+
+
+@pytest.mark.parametrize("who", ["globex_writer", "writer"])
+def test_another_tenant_cannot_write_into_it(sconn, connect_as, acme, who):
+    c = connect_as(who)
+    vid, view, off = acme["id"], acme["view"], acme["offline"]
+    before = one(sconn, f"select count(*) from {off}")
+    refused(
+        c,
+        "select features.push(%s, %s)",
+        [view, json.dumps([{"k": 1, "ts": "2024-01-03T00:00:00Z", "x": 5}])],
+        states=("42704",),
+    )
+    refused(c, "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view], states=("42704",))
+    # plain DML on the stores: the other tenant's rows are invisible, and no row can be planted
+    assert c.execute(f"update {off} set x = -1").rowcount == 0
+    assert c.execute(f"delete from {off}").rowcount == 0
+    refused(c, f"insert into {off} (k, event_ts, x) values (1, '2024-01-20', 7)")
+    refused(
+        c, f"insert into {off} (k, event_ts, x, tenant) values (1, '2024-01-20', 7, null)", states=("42501", "23514")
+    )
+    assert c.execute("update features.online_store set values = '{}' where view_id = %s", [vid]).rowcount == 0
+    assert c.execute("delete from features.online_store where view_id = %s", [vid]).rowcount == 0
+    refused(
+        c,
+        "insert into features.online_store (view_id, entity_key, values, event_ts) values (%s, '[42]', '{}', now())",
+        [vid],
+        states=("42704",),
+    )
+    # the definer helpers do not know the view either
+    refused(c, "select features._start_run(%s, 'push')", [vid], states=("42704",))
+    refused(c, "select features._ensure_partitions(%s, '2031-01-01', '2031-01-02')", [vid], states=("42704",))
+    assert one(sconn, f"select count(*) from {off}") == before
+    got = one(connect_as("acme_app"), "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])
+    assert got["x"] == 6.0
+
+
+def test_the_tenant_itself_reads_and_writes_it(connect_as, acme):
+    view = acme["view"]
+    w = connect_as("acme_writer")
+    r = one(w, "select features.push(%s, %s)", [view, json.dumps([{"k": 1, "ts": "2024-01-20T00:00:00Z", "x": 5}])])
+    assert r["rows_written"] == 1
+    assert one(connect_as("acme_app"), "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])["x"] == 5
+    rd = connect_as("acme_reader")
+    assert one(rd, f"select count(*) from {acme['offline']}") == 9
+    assert one(rd, "select count(*) from features.quarantine where view_id = %s", [acme["id"]]) == 1
+    assert one(rd, "select count(*) from features.statistics where view_id = %s", [acme["id"]]) >= 1
+    hist = one(
+        rd,
+        "select features.get_historical('select 1 as k, ''2024-01-21''::timestamptz as event_timestamp', array[%s])",
+        [f"{view}:x"],
+    )
+    assert hist["x"] == 5
+
+
+def test_shared_views_are_read_by_every_tenant_and_written_by_none(sconn, connect_as):
+    src = uniq("shared_src")
+    sconn.execute(f"create table public.{src} (k int, ts timestamptz, x float8)")
+    sconn.execute(f"insert into public.{src} values (1, '2024-01-01', 1), (2, '2024-01-02', 2)")
+    sconn.execute(f'grant select on public.{src} to "{login_name("writer")}"')
+    w = connect_as("writer")  # acts for no tenant: its view is shared
+    ent, view = uniq("sh_ent"), uniq("sh_view")
+    w.execute("select features.create_entity(%s, array['k'])", [ent])
+    w.execute(
+        "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')", [view, ent, f"public.{src}"]
+    )
+    w.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+    vid = one(sconn, "select id from features.feature_views where name = %s", [view])
+    assert one(sconn, "select tenant from features.feature_views where id = %s", [vid]) is None
+    for who in ("acme_app", "globex_app"):
+        assert one(connect_as(who), "select features.get_online(array[%s], '{\"k\": 2}')", [f"{view}:x"])["x"] == 2
+    aw = connect_as("acme_writer")
+    e = refused(
+        aw, "select features.push(%s, %s)", [view, json.dumps([{"k": 1, "ts": "2024-01-05T00:00:00Z", "x": 9}])]
+    )
+    assert "shared" in str(e) and e.diag.message_hint
+    # acme's writer cannot add a version of it either, nor plant rows in its stores
+    sconn.execute(f'grant select on public.{src} to "{login_name("acme_writer")}"')
+    e = refused(
+        aw,
+        "select features.create_feature_view(%s, %s, %s, 'ts', %s)",
+        [view, ent, f"public.{src}", json.dumps([{"name": "x"}, {"name": "y", "type": "float8", "expr": "x + 1"}])],
+    )
+    assert "shared" in str(e)
+    refused(
+        aw,
+        "insert into features.online_store (view_id, entity_key, values, event_ts) values (%s, '[3]', '{\"x\": 9}', now())",
+        [vid],
+    )
+    refused(aw, f"insert into features.fv_{vid}_offline (k, event_ts, x) values (3, '2024-01-03', 9)")
+    assert aw.execute("update features.online_store set values = '{}' where view_id = %s", [vid]).rowcount == 0
+    assert one(connect_as("globex_app"), "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])["x"] == 1
+
+
+def test_names_are_unique_across_tenants(sconn, connect_as, acme):
+    src = uniq("gx_src")
+    sconn.execute(f"create table public.{src} (k int, ts timestamptz, x float8)")
+    sconn.execute(f'grant select on public.{src} to "{login_name("globex_writer")}"')
+    g = connect_as("globex_writer")
+    e = refused(g, "select features.create_entity(%s, array['k'])", [acme["entity"]], states=("42710",))
+    assert "another tenant" in str(e)
+    ent = uniq("gx_ent")
+    g.execute("select features.create_entity(%s, array['k'])", [ent])
+    e = refused(
+        g,
+        "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')",
+        [acme["view"], ent, f"public.{src}"],
+        states=("42710",),
+    )
+    assert "another tenant" in str(e)
+    # another tenant's entity cannot be used
+    refused(
+        g,
+        "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')",
+        [uniq("gx_view"), acme["entity"], f"public.{src}"],
+        states=("42704",),
+    )
