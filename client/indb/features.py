@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as psql
 
@@ -179,7 +179,7 @@ class FeatureStore:
         q = self.historical_query(entity, features, ttl_override, full_names, timestamp_column)
         with self._c._errors(), self._c.conn.cursor() as cur:
             cur.execute(q)
-            cols = [d.name for d in cur.description]
+            cols = [d.name for d in cur.description or []]
             rows = cur.fetchall()
         return pd.DataFrame.from_records(rows, columns=cols)
 
@@ -230,7 +230,7 @@ class FeatureStore:
         return self._c.call("select * from features.freshness order by name, version")
 
 
-def _torch_dataset_base():
+def _torch_dataset_base() -> type:
     try:
         from torch.utils.data import Dataset
     except ImportError:  # pragma: no cover - torch is in the runtime venv
@@ -238,7 +238,13 @@ def _torch_dataset_base():
     return Dataset
 
 
-class TrainingSetDataset(_torch_dataset_base()):
+if TYPE_CHECKING:
+    _DatasetBase = object
+else:
+    _DatasetBase = _torch_dataset_base()
+
+
+class TrainingSetDataset(_DatasetBase):
     """Loads a training set table once; numeric feature columns become a float32 tensor (NULL -> NaN)."""
 
     def __init__(self, store: FeatureStore, name: str, label: str | None = None, features: Sequence[str] | None = None):

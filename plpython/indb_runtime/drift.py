@@ -11,13 +11,17 @@ Conventions (the usual ones in monitoring tools):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import IndbRuntimeError
 
+Values = Sequence[float | None] | np.ndarray | None
 
-def _clean(values, label: str) -> np.ndarray:
+
+def _clean(values: Values, label: str) -> np.ndarray:
     a = np.asarray([v for v in (values if values is not None else []) if v is not None], dtype=float)
     a = a[np.isfinite(a)]
     if a.size < 2:
@@ -58,7 +62,9 @@ def ks(baseline: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     return d, p
 
 
-def drift(baseline, current, psi_threshold: float = 0.2, ks_threshold: float = 0.1, bins: int = 10) -> dict:
+def drift(
+    baseline: Values, current: Values, psi_threshold: float = 0.2, ks_threshold: float = 0.1, bins: int = 10
+) -> dict[str, Any]:
     a = _clean(baseline, "baseline")
     b = _clean(current, "current")
     p = psi(a, b, bins=bins)

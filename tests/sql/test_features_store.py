@@ -275,6 +275,15 @@ def test_on_demand_feature_is_the_same_online_and_offline(shop):
         "select features.get_historical('select 3 as customer_id, now() as event_timestamp, 12.5::float8 as request_amount', array['amount_vs_request'])",
     )
     assert hist["amount_vs_request"] == 7.5
+    assert online["_status"]["amount_vs_request"] == "present"
+    # its status is that of its inputs: a null value is never reported as present
+    for key, status in ((1, "outside_ttl"), (999, "not_found")):
+        r = one(
+            shop,
+            "select features.get_online(array['amount_vs_request'], %s, '{\"request_amount\": 12.5}')",
+            [json.dumps({"customer_id": key})],
+        )
+        assert r["amount_vs_request"] is None and r["_status"]["amount_vs_request"] == status, r
     e = err(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}')")
     assert e.sqlstate == "22023" and "request_amount" in str(e)
     e = err(
@@ -343,6 +352,27 @@ def test_drift_flags_a_shift_and_stays_quiet_without_one(sconn):
     assert rng["drift"] is False and rng["baseline"]["n"] == 1440
     e = err(c, "select features.drift('drifty', 'x', 'yesterday', 'latest')")
     assert e.sqlstate == "22023" and "tstzrange" in e.diag.message_hint
+    # a push after the materializations: 'latest' still means the latest materialization, and a window of a
+    # single value says which window, what it holds, and which runs there are
+    push = one(
+        c,
+        "select (features.push('drifty', %s))->>'run_id'",
+        [json.dumps([{"customer_id": 1, "ts": (T0 + timedelta(days=9)).isoformat(), "x": 1.0}])],
+    )
+    again = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
+    assert again["psi"] == shifted["psi"] and again["current_window"].startswith(f"run:{runs[2]} (materialize")
+    e = err(c, "select features.drift('drifty', 'x', %s, 'latest')", [f"run:{push}"])
+    assert e.sqlstate == "22000" and "at least 2" in str(e)
+    assert f"run:{push} (push" in e.diag.message_detail and "holds 1 non-null" in e.diag.message_detail
+    assert f"run:{runs[2]} (materialize" in e.diag.message_hint
+    other = one(
+        c,
+        "select max(id) from features.materialization_runs r where view_id <> (select id from features.feature_views where name = 'drifty')",
+    )
+    e = err(c, "select features.drift('drifty', 'x', %s, 'latest')", [f"run:{other}"])
+    assert e.sqlstate == "42704" and "not a run of feature view drifty@1" in str(e)
+    e = err(c, "select features.drift('drifty', 'x', null, 'latest')")
+    assert e.sqlstate == "22023" and "None" not in str(e)
 
 
 def test_check_skew_strict_fails_loudly_on_divergence(shop):
@@ -351,10 +381,17 @@ def test_check_skew_strict_fails_loudly_on_divergence(shop):
     shop.execute("""select features.create_feature_view('skewy', 'customer', 'fs_skew', 'ts', '[{"name": "y"}]')""")
     shop.execute("select features.materialize_incremental('skewy')")
     assert one(shop, "select (features.check_skew('skewy', 50, strict => true))->>'mismatches'") == "0"
+    # a pushed row is online and offline but not in the source: nothing to recompute, not skew
+    shop.execute(
+        "select features.push('skewy', %s)",
+        [json.dumps([{"customer_id": 99, "ts": datetime.now(UTC).isoformat(), "y": 7}])],
+    )
+    r = one(shop, "select features.check_skew('skewy', 50, strict => true)")
+    assert r["mismatches"] == 0 and r["not_in_source"] == 1 and r["sampled"] == 21
     # the source changes after materialization: online no longer equals the definition
     shop.execute("update fs_skew set y = y + 1 where customer_id <= 5")
     r = one(shop, "select features.check_skew('skewy', 50)")
-    assert r["sampled"] == 20 and r["source_mismatches"] == 5 and r["offline_mismatches"] == 0
+    assert r["sampled"] == 21 and r["source_mismatches"] == 5 and r["offline_mismatches"] == 0
     e = err(shop, "select features.check_skew('skewy', 50, strict => true, threshold => 0.1)")
     assert e.sqlstate == "IXF01" and "skew" in str(e)
 
@@ -433,3 +470,145 @@ def test_bad_input_gives_clear_errors(shop):
         assert text in (str(e) + " " + (e.diag.message_detail or "")), (sql, str(e))
     # nothing was half-written by the failed pushes
     assert one(shop, "select count(*) from features.fv_1_offline where event_ts = '2024-01-01'") == 0
+
+
+def test_entity_key_kinds_are_decided_in_sql(sconn):
+    """The one implementation of entity-key kinds (features._key_kind), as the server runs it."""
+    kinds = dict(
+        sconn.execute(
+            "select t, features._key_kind(t) from unnest(array['integer', 'bigint', 'smallint', 'text', "
+            "'character varying(20)', 'character(3)', 'uuid', 'name', 'double precision', 'jsonb', 'numeric']) t"
+        ).fetchall()
+    )
+    assert kinds["integer"] == kinds["bigint"] == kinds["smallint"] == "int"
+    assert kinds["text"] == kinds["character varying(20)"] == kinds["character(3)"] == kinds["uuid"] == "text"
+    assert kinds["double precision"] is kinds["jsonb"] is kinds["numeric"] is None
+
+
+def test_definitions_refuse_code_of_other_schemas_and_floods(shop):
+    """Types are built-in (a domain's CHECK would run as whoever writes the store); several statements in an
+    expression are refused before anything runs; a wrong year cannot create thousands of partitions."""
+    shop.execute("create domain fs_dom as float8 check (value > 0)")
+    shop.execute(
+        "select features.create_feature_view('fs_daily', 'customer', 'fs_orders', 'ts', "
+        '\'[{"name": "amount", "type": "float8"}]\', partition_by => \'day\')'
+    )
+    cases = [
+        (
+            "select features.create_feature_view('dom_view', 'customer', 'fs_orders', 'ts', "
+            '\'[{"name": "amount", "type": "fs_dom"}]\')',
+            "42804",
+            "not a built-in",
+        ),
+        (
+            "select features.create_feature_view('dom_view', 'customer', "
+            "'select customer_id, ts, amount::fs_dom as a from fs_orders', 'ts', '[{\"name\": \"a\"}]')",
+            "42804",
+            "not a built-in",
+        ),
+        (
+            "select features.create_feature_view('inj_view', 'customer', 'fs_orders', 'ts', "
+            '\'[{"name": "a", "expr": "1) as x from fs_orders; create table fs_pwned (i int); select (1"}]\')',
+            "42601",
+            "several",
+        ),
+        (
+            "select features.create_entity('bad_keys', array['event_ts'])",
+            "22023",
+            "reserved",
+        ),
+        (
+            "select features.create_entity(repeat('e', 64), array['k'])",
+            "42622",
+            "63 bytes",
+        ),
+        ("select features.push('fs_daily', %s)", "54000", "10000 new"),
+        ("select features.materialize('customer_stats@1', null, '2024-01-01')", "22023", "start_ts < end_ts"),
+        ("select features.create_training_set(null, 'select 1', array['customer_stats@1:amount'])", "22023", "empty"),
+        ("select features.check_skew('customer_stats@1', 10, threshold => 2)", "22023", "threshold"),
+        ("select features.get_online(array['customer_stats@1:amount'], null)", "22023", "JSON object"),
+        ("select features.get_online(null, '{\"customer_id\": 1}')", "22023", "no features"),
+        (
+            "select features.get_online(array['customer_stats@1:amount'], '{\"customer_id\": 1e309}')",
+            "22023",
+            "integer",
+        ),
+    ]
+    for sql, state, text in cases:
+        params = None
+        if "%s" in sql:
+            day = {"customer_id": 1, "amount": 1}
+            params = [json.dumps([{**day, "ts": "1924-01-01T00:00:00Z"}, {**day, "ts": "2024-01-01T00:00:00Z"}])]
+        e = err(shop, sql, params)
+        assert e.sqlstate == state, (sql, e.sqlstate, str(e))
+        assert text in str(e) + " " + (e.diag.message_detail or ""), (sql, str(e))
+        assert "None" not in str(e) and not str(e).startswith("plpy"), str(e)
+    assert one(shop, "select to_regclass('fs_pwned')") is None
+
+
+def test_upgrade_gives_existing_offline_stores_their_views_tenant(empty_db):
+    """Migration 0011 on a database with feature data of 0.1.0: the offline store gets its view's tenant
+    (default and check, then the forced tenant policies), the on-demand row names its function's signature."""
+    import sys
+
+    from indb.install import install
+
+    dsn = empty_db("indb_fs_upgrade")
+    install(dsn, venv=sys.prefix, target="0010", apply_sql=False)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        eid = one(c, "insert into features.entities (name, join_keys) values ('old_ent', array['k']) returning id")
+        vid = one(
+            c,
+            """insert into features.feature_views (name, version, entity_id, source, source_sql, timestamp_column,
+                 join_keys, key_types, features, offline_table, tenant)
+               values ('old_view', 1, %s, 'old_src', 'select * from old_src', 'ts', array['k'], array['int'],
+                       '[{"name": "x", "type": "double precision", "expr": "x"}]', 'features.fv_1_offline', 'acme')
+               returning id""",
+            [eid],
+        )
+        c.execute(
+            f"create table features.fv_{vid}_offline (k integer not null, event_ts timestamptz not null, "
+            "written_at timestamptz not null default now(), x double precision, primary key (k, event_ts)) "
+            "partition by range (event_ts)"
+        )
+        c.execute(
+            f"create table features.fv_{vid}_p20240101 partition of features.fv_{vid}_offline "
+            "for values from ('2024-01-01') to ('2025-01-01')"
+        )
+        c.execute(f"insert into features.fv_{vid}_offline (k, event_ts, x) values (1, '2024-02-01', 1.5)")
+        c.execute("create function features.odfv_1(_req jsonb, _f jsonb) returns float8 language sql as 'select 1.0'")
+        c.execute(
+            """insert into features.on_demand_features (name, expression, type, inputs, function_name)
+               values ('old_odf', '1.0', 'double precision', '{}', 'features.odfv_1')"""
+        )
+    install(dsn, venv=sys.prefix)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        off = f"features.fv_{vid}_offline"
+        assert one(c, f"select array_agg(distinct tenant) from {off}") == ["acme"]
+        assert (
+            one(
+                c,
+                "select pg_get_expr(adbin, adrelid) from pg_attrdef d join pg_attribute a on a.attrelid = d.adrelid "
+                "and a.attnum = d.adnum where d.adrelid = %s::regclass and a.attname = 'tenant'",
+                [off],
+            )
+            == "'acme'::text"
+        )
+        assert one(
+            c,
+            "select relforcerowsecurity and relowner = 'indb_owner'::regrole from pg_class where oid = %s::regclass",
+            [off],
+        )
+        assert one(c, "select count(*) from pg_policy where polrelid = %s::regclass", [off]) == 4
+        assert one(c, "select function_name::regprocedure::text from features.on_demand_features") == (
+            "features.odfv_1(jsonb,jsonb)"
+        )
+        assert one(c, "select features._odfv_function(o) from features.on_demand_features o") == "features.odfv_1"
+        assert (
+            one(
+                c,
+                "select count(*) from pg_attribute where attrelid = 'features.materialization_runs'::regclass "
+                "and attname = 'started_by'",
+            )
+            == 1
+        )
