@@ -93,9 +93,15 @@ begin
   perform features._lock_view(v.id);
   foreach p in array starts loop
     pname := features._partition_name(v.id, p);
-    continue when to_regclass(format('features.%I', pname)) is not null;   -- made meanwhile, under the lock
-    execute format('create table features.%I partition of %s for values from (%L) to (%L)',
-                   pname, rel, p, features._partition_next(v.partition_by, p));
+    -- made meanwhile by the session that held the lock before: pg_class read with this statement's snapshot
+    -- (to_regclass may answer from a cache that has not seen that commit yet)
+    continue when exists (select 1 from pg_class c where c.relname = pname and c.relnamespace = 'features'::regnamespace);
+    begin
+      execute format('create table features.%I partition of %s for values from (%L) to (%L)',
+                     pname, rel, p, features._partition_next(v.partition_by, p));
+    exception when duplicate_table then
+      continue;   -- a repeatable-read snapshot did not see it: it exists, which is all we need
+    end;
     perform ml._apply_table_grants(format('features.%I', pname)::regclass);
     made := made + 1;
   end loop;
@@ -235,11 +241,16 @@ end $$;
 -- ---------------------------------------------------------------------------------------------------------
 -- staging: the session's temporary table of typed rows (keys, event_ts, features, _failures, _ord)
 
--- created once per view layout and reused (rows vanish at commit), so a stream of pushes to one view does no DDL
+-- created once per view layout and reused (rows vanish at commit), so a stream of pushes to one view does no DDL.
+-- Its columns come from the catalog (pg_attribute), not from a query on the offline store: no lock is taken on
+-- the store before its partitions are ensured (a lock held there made concurrent writers deadlock with the
+-- partition creation, which needs the store to itself).
 create or replace function features._new_stage(v features.feature_views) returns void
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  rel regclass := features._offline_rel(v.id);
 begin
   if to_regclass('pg_temp._fv_stage') is not null then
     if current_setting('indb.fv_stage_view', true) = v.id::text then
@@ -248,11 +259,14 @@ begin
     end if;
     drop table pg_temp._fv_stage;
   end if;
-  execute format('create temp table _fv_stage on commit delete rows as select %s, event_ts, %s from %s limit 0',
-                 (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k),
-                 (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x),
-                 features._offline_rel(v.id));
-  alter table pg_temp._fv_stage add column _failures text[] not null default '{}', add column _ord bigint;
+  execute format('create temp table _fv_stage (%s, event_ts timestamptz, %s, _failures text[] not null default ''{}'', '
+                 '_ord bigint) on commit delete rows',
+                 (select string_agg(format('%I %s', k, format_type(a.atttypid, a.atttypmod)), ', ' order by o)
+                    from unnest(v.join_keys) with ordinality u(k, o)
+                    join pg_attribute a on a.attrelid = rel and a.attname = u.k and not a.attisdropped),
+                 (select string_agg(format('%I %s', x->>'name', format_type(a.atttypid, a.atttypmod)), ', ' order by o)
+                    from jsonb_array_elements(v.features) with ordinality u(x, o)
+                    join pg_attribute a on a.attrelid = rel and a.attname = x->>'name' and not a.attisdropped));
   create index _fv_stage_ts on pg_temp._fv_stage (event_ts);
   perform set_config('indb.fv_stage_view', v.id::text, false);
 end $$;

@@ -1,12 +1,13 @@
 -- Feature store, on-demand features: one SQL expression over request fields and stored features, compiled
--- into one SQL function (features.odfv_<id>) that get_online and get_historical both call.
+-- into one SQL function (features._odfv_<id>) that get_online and get_historical both call. Like every
+-- internal SECURITY INVOKER helper of indb, it may be executed by every indb role (sql/999-grants.sql).
 --
 -- An on-demand feature is code that every reader of it runs, so registering one is an indb_admin's act
 -- (SECURITY.md): features.create_on_demand_feature checks the expression with the admin's own rights, and
 -- features._register_on_demand (SECURITY DEFINER) writes the catalog row and compiles the function, owned by
 -- indb_owner. The function is SECURITY INVOKER and STABLE: it runs with the rights of whoever serves the
 -- feature and cannot write. Where it is called, the catalog row's signature is cast to regprocedure and
--- checked to be features.odfv_<id>(jsonb, jsonb) owned by indb_owner, so a changed catalog row cannot make a
+-- checked to be features._odfv_<id>(jsonb, jsonb) owned by indb_owner, so a changed catalog row cannot make a
 -- caller run another function.
 
 -- the bindings of the compiled function: stored inputs from _f, request fields from _req, typed
@@ -145,7 +146,7 @@ begin
     raise exception 'on-demand feature name "%" is taken by another tenant', name using errcode = '42710',
       hint = 'on-demand feature names are unique across tenants; pick another name';
   end;
-  fn := format('features.%I', 'odfv_' || newid);
+  fn := format('features.%I', '_odfv_' || newid);
   begin
     -- the body is a quoted literal (nothing of the expression reaches this DDL statement itself); it is parsed
     -- and checked here, never run
@@ -156,6 +157,9 @@ begin
       hint = 'the expression may use the request fields and the input features by their names';
   end;
   execute format('comment on function %s(jsonb, jsonb) is %L', fn, format('on-demand feature %s (compiled)', name));
+  -- the grants install gives an internal SECURITY INVOKER helper (sql/999-grants.sql): every indb role
+  execute format('revoke all on function %s(jsonb, jsonb) from public', fn);
+  execute format('grant execute on function %s(jsonb, jsonb) to indb_app', fn);
   update features.on_demand_features set function_name = (fn || '(jsonb, jsonb)')::regprocedure::text
    where on_demand_features.id = newid;
   return name;
@@ -164,7 +168,7 @@ comment on function features._register_on_demand(text, text, text, text[], jsonb
   'internal (SECURITY DEFINER, indb_admin only): write an on-demand feature and compile its function';
 
 -- the compiled function of an on-demand feature, checked where it is used: the catalog row's signature, cast to
--- regprocedure, must be features.odfv_<id>(jsonb, jsonb), owned by indb_owner and not SECURITY DEFINER.
+-- regprocedure, must be features._odfv_<id>(jsonb, jsonb), owned by indb_owner and not SECURITY DEFINER.
 -- Returns the quoted name to call.
 create or replace function features._odfv_function(od features.on_demand_features) returns text
 language plpgsql stable parallel safe
@@ -180,15 +184,15 @@ begin
   end;
   if fn is null or not exists (
        select 1 from pg_proc p
-        where p.oid = fn and p.pronamespace = 'features'::regnamespace and p.proname = 'odfv_' || od.id
+        where p.oid = fn and p.pronamespace = 'features'::regnamespace and p.proname = '_odfv_' || od.id
           and p.proowner = 'indb_owner'::regrole and not p.prosecdef and p.prokind = 'f'
           and p.proargtypes = '3802 3802'::oidvector) then
     raise exception 'on-demand feature "%" does not name its compiled function', od.name using errcode = '42501',
       detail = format('its catalog row names %s; indb calls only %s(jsonb, jsonb), owned by indb_owner',
-                      coalesce(quote_literal(od.function_name), 'NULL'), format('features.%I', 'odfv_' || od.id)),
+                      coalesce(quote_literal(od.function_name), 'NULL'), format('features.%I', '_odfv_' || od.id)),
       hint = 'the catalog row was changed outside indb: an admin re-creates the on-demand feature';
   end if;
-  return format('features.%I', 'odfv_' || od.id);
+  return format('features.%I', '_odfv_' || od.id);
 end $$;
 
 create or replace function features._odfv(odfv_id bigint) returns features.on_demand_features

@@ -5,8 +5,9 @@
   then applies the forced tenant policies to it, sql/999-grants.sql its grants);
 * materialization runs record who started them (started_by): only that role finishes the run or adds its
   quarantined rows (sql/510-features-write.sql);
-* on-demand features store the signature of their compiled function (features.odfv_<id>(jsonb,jsonb)); it is
-  cast to regprocedure and checked where it is called (sql/540-features-on-demand.sql);
+* the compiled function of an on-demand feature is renamed features._odfv_<id> (an internal helper: every indb
+  role may execute it, as the serving path needs), and its catalog row stores its signature; it is cast to
+  regprocedure and checked where it is called (sql/540-features-on-demand.sql);
 * functions of 0.1.0 whose signature or language changed are dropped here (sql/ re-creates the new ones).
 
 Revision ID: 0011
@@ -38,8 +39,17 @@ def upgrade() -> None:
         """
         alter table features.materialization_runs add column if not exists started_by text default ml.caller();
 
-        update features.on_demand_features set function_name = function_name || '(jsonb, jsonb)'
-         where function_name not like '%(%' and function_name <> '-';
+        do $$
+        declare o record;
+        begin
+          for o in select id from features.on_demand_features loop
+            if to_regprocedure(format('features.%I(jsonb, jsonb)', 'odfv_' || o.id)) is not null then
+              execute format('alter function features.%I(jsonb, jsonb) rename to %I', 'odfv_' || o.id, '_odfv_' || o.id);
+            end if;
+            update features.on_demand_features set function_name = format('features.%I(jsonb, jsonb)', '_odfv_' || o.id)
+             where id = o.id;
+          end loop;
+        end $$;
 
         do $$
         declare v record;

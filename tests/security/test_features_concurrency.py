@@ -87,3 +87,31 @@ def test_concurrent_pushes_into_new_partitions(sconn, connect_as):
     out = run_together(connect_as, "writer", 3, push)
     assert all(isinstance(r, dict) for r in out), out
     assert sum(r["rows_written"] for r in out) == 60
+
+
+def test_a_materialization_and_pushes_at_once(sconn, connect_as):
+    src = f"conc_msrc_{secrets.token_hex(3)}"
+    sconn.execute(f"create table public.{src} (k int, ts timestamptz, x float8)")
+    sconn.execute(
+        f"insert into public.{src} select g % 10, timestamptz '2025-06-01' + g * interval '1 hour', g "
+        "from generate_series(0, 24 * 30) g"
+    )
+    sconn.execute(f'grant select on public.{src} to "{login_name("writer")}"')
+    w = connect_as("writer")
+    ent, view = f"conc_ment_{secrets.token_hex(3)}", f"conc_mview_{secrets.token_hex(3)}"
+    w.execute("select features.create_entity(%s, array['k'])", [ent])
+    w.execute(
+        "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]', partition_by => 'day')",
+        [view, ent, f"public.{src}"],
+    )
+    t0 = datetime(2025, 6, 1, tzinfo=UTC)
+
+    def work(c: psycopg.Connection, i: int) -> dict:
+        if i == 0:
+            return c.execute("select features.materialize(%s, '2025-05-01', '2025-08-01')", [view]).fetchone()[0]
+        rows = [{"k": 100 + i, "ts": (t0 + timedelta(days=d, minutes=i)).isoformat(), "x": d} for d in range(40)]
+        return c.execute("select features.push(%s, %s)", [view, json.dumps(rows)]).fetchone()[0]
+
+    out = run_together(connect_as, "writer", 3, work)
+    assert all(isinstance(r, dict) for r in out), out
+    assert out[0]["rows_written"] == 721 and out[1]["rows_written"] == out[2]["rows_written"] == 40

@@ -68,6 +68,14 @@ def test_a_tampered_on_demand_row_does_not_make_get_online_run_another_function(
     fn = one(sconn, "select function_name from features.on_demand_features where name = %s", [odf])
     owner = one(sconn, "select proowner::regrole::text from pg_proc where oid = %s::regprocedure", [fn])
     assert owner == "indb_owner"
+    # the grants of an internal helper (what `indb install` gives it again): indb_app and up, not PUBLIC
+    acl = one(
+        sconn,
+        "select array_agg(a.grantee::regrole::text) from pg_proc p, aclexplode(p.proacl) a "
+        "where p.oid = %s::regprocedure and a.grantee <> p.proowner",
+        [fn],
+    )
+    assert acl == ["indb_app"]
     # someone who can change the catalog (only a superuser can now) points the row at its own function
     pwn = uniq("pwn_od")
     sconn.execute(f"create function public.{pwn}(jsonb, jsonb) returns text language sql as $$ select 'pwned' $$")

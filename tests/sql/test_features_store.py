@@ -601,9 +601,10 @@ def test_upgrade_gives_existing_offline_stores_their_views_tenant(empty_db):
         )
         assert one(c, "select count(*) from pg_policy where polrelid = %s::regclass", [off]) == 4
         assert one(c, "select function_name::regprocedure::text from features.on_demand_features") == (
-            "features.odfv_1(jsonb,jsonb)"
+            "features._odfv_1(jsonb,jsonb)"
         )
-        assert one(c, "select features._odfv_function(o) from features.on_demand_features o") == "features.odfv_1"
+        assert one(c, "select features._odfv_function(o) from features.on_demand_features o") == "features._odfv_1"
+        assert one(c, "select has_function_privilege('indb_app', 'features._odfv_1(jsonb, jsonb)', 'execute')")
         assert (
             one(
                 c,
