@@ -386,6 +386,18 @@ begin
   return out::text;
 end $$;
 
+-- the same, with the common case (one integer key given as a JSON number) as plain SQL that the serving
+-- queries inline
+create or replace function features._online_key(keys jsonb, join_keys text[], key_types text[], view_ref text)
+returns text
+language sql immutable parallel safe
+as $$
+  select case when cardinality(join_keys) = 1 and key_types[1] = 'int' and jsonb_typeof(keys -> join_keys[1]) = 'number'
+                   and (keys -> join_keys[1])::text ~ '^-?[0-9]{1,18}$'
+              then '[' || (keys -> join_keys[1])::text || ']'
+              else features._entity_key(keys, join_keys, key_types, view_ref) end
+$$;
+
 -- SQL expression (over alias) that gives the canonical entity key of a typed row
 create or replace function features._key_sql(join_keys text[], key_types text[], alias text) returns text
 language sql immutable parallel safe

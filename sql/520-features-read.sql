@@ -111,7 +111,7 @@ end $$;
 
 -- The serving path: one static statement (plpgsql caches its plan per session) resolves the references,
 -- computes the entity key once per view and reads the online store by primary key. The small functions it
--- calls (_parse_feature_ref, _expired, _served, _status) are plain SQL, inlined by the planner. Anything
+-- calls (_parse_feature_ref, _online_key, _expired, _served, _status) are plain SQL, inlined by the planner. Anything
 -- unusual (on-demand features, unknown names, duplicate output names) goes to the general implementation,
 -- which raises the precise error or evaluates on-demand features.
 create or replace function features.get_online(features text[], entity_keys jsonb, request jsonb default null,
@@ -152,11 +152,7 @@ begin
       from (select distinct r.id, r.name, r.version, r.ttl, r.join_keys, r.key_types from r) d
       left join features.online_store st
         on st.view_id = d.id
-       and st.entity_key = case when cardinality(d.join_keys) = 1 and d.key_types[1] = 'int'
-                                     and jsonb_typeof(entity_keys -> d.join_keys[1]) = 'number'
-                                     and (entity_keys -> d.join_keys[1])::text ~ '^-?[0-9]{1,18}$'
-                                then '[' || (entity_keys -> d.join_keys[1])::text || ']'
-                                else features._entity_key(entity_keys, d.join_keys, d.key_types, d.name || '@' || d.version) end)
+       and st.entity_key = features._online_key(entity_keys, d.join_keys, d.key_types, d.name || '@' || d.version))
   select entity_keys
          || jsonb_object_agg(r.out_name, features._served(vs.values, vs.expired, r.feat))
          || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired)))
@@ -215,10 +211,7 @@ begin
       from features.feature_views fv where fv.id = any (ids)),
   ek as materialized (
     select e.o as eo, e.k as ekeys, vs.id, vs.ttl,
-           case when cardinality(vs.join_keys) = 1 and vs.key_types[1] = 'int'
-                     and jsonb_typeof(e.k -> vs.join_keys[1]) = 'number' and (e.k -> vs.join_keys[1])::text ~ '^-?[0-9]{1,18}$'
-                then '[' || (e.k -> vs.join_keys[1])::text || ']'
-                else features._entity_key(e.k, vs.join_keys, vs.key_types, vs.name || '@' || vs.version) end as key
+           features._online_key(e.k, vs.join_keys, vs.key_types, vs.name || '@' || vs.version) as key
       from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
   s as (
     select ek.eo, ek.ekeys, ek.id, st.values, features._expired(st.event_ts, ek.ttl) as expired
