@@ -475,6 +475,10 @@ begin
   if cardinality(parts) = 1 then
     parts := array['public'] || parts;
   end if;
+  if parts[1] like 'pg\_%' then
+    raise exception 'a training set is a kept table, not one of schema %', parts[1] using errcode = '22023',
+      hint = 'name a table of one of your schemas, e.g. public.user_training';
+  end if;
   if to_regclass(format('%I.%I', parts[1], parts[2])) is not null then
     raise exception 'relation %.% already exists', quote_ident(parts[1]), quote_ident(parts[2]) using errcode = '42P07',
       hint = 'training sets are immutable snapshots: choose a new name or drop the old table';

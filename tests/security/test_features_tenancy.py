@@ -220,3 +220,12 @@ def test_names_are_unique_across_tenants(sconn, connect_as, acme):
         [uniq("gx_view"), acme["entity"], f"public.{src}"],
         states=("42704",),
     )
+
+
+def test_naming_another_tenant_or_having_no_rights_gets_nothing(connect_as, acme):
+    view = acme["view"]
+    g = connect_as("globex_app")
+    g.execute("set indb.tenant = 'acme'")
+    refused(g, "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])
+    refused(connect_as("norights"), "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])
+    refused(connect_as("norights"), f"select count(*) from {acme['offline']}")

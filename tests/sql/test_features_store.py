@@ -526,6 +526,12 @@ def test_definitions_refuse_code_of_other_schemas_and_floods(shop):
         ("select features.materialize('customer_stats@1', null, '2024-01-01')", "22023", "start_ts < end_ts"),
         ("select features.create_training_set(null, 'select 1', array['customer_stats@1:amount'])", "22023", "empty"),
         ("select features.check_skew('customer_stats@1', 10, threshold => 2)", "22023", "threshold"),
+        (
+            "select features.create_training_set('pg_temp.fs_tmp', 'select 1 as customer_id, now() as event_timestamp', "
+            "array['customer_stats@1:amount'])",
+            "22023",
+            "kept table",
+        ),
         ("select features.get_online(array['customer_stats@1:amount'], null)", "22023", "JSON object"),
         ("select features.get_online(null, '{\"customer_id\": 1}')", "22023", "no features"),
         (
