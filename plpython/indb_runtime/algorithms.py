@@ -50,9 +50,6 @@ ALGORITHMS = {
     "clustering": ["kmeans", "mini_batch_kmeans"],
 }
 
-# key metric per task (higher is better) used by automatic_deploy and ml.deploy('best_score')
-KEY_METRIC = {"regression": "r2", "classification": "f1", "clustering": "silhouette"}
-
 # Defaults chosen where the library default is poor or slow for in-database use.
 DEFAULTS = {
     "xgboost": {"n_estimators": 100, "random_state": 0, "n_jobs": None},
@@ -104,6 +101,12 @@ def valid_algorithms(task: str) -> list[str]:
 
 
 def check_task(task: str | None) -> str:
+    if task is None:
+        raise invalid(
+            "task is missing",
+            detail="tasks: " + ", ".join(TASKS),
+            hint="pass task => 'regression' (or classification, clustering) on the first ml.train of a project",
+        )
     if task not in TASKS:
         raise invalid(
             f'unknown task "{task}"',

@@ -14,6 +14,10 @@ Options per column (``preprocess`` jsonb, ``{"col": {"impute": "mean", "scale": 
   impute  mean, median, mode, min, max, zero, error   (default error: NULLs are refused, with a hint)
   scale   standard, min_max, robust, none             (default none)
   encode  one_hot, ordinal, target, none              (text columns need one; default none)
+  unknown ignore, error                               (text columns: a category the training data did not
+                                                       hold, met at prediction; default ignore: all-zero
+                                                       one-hot, -1 ordinal, the global mean for target;
+                                                       error: refuse the row with SQLSTATE 22023)
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from .errors import IndbRuntimeError, invalid
 IMPUTE = ("mean", "median", "mode", "min", "max", "zero", "error")
 SCALE = ("standard", "min_max", "robust", "none")
 ENCODE = ("one_hot", "ordinal", "target", "none")
-OPTION_VALUES = {"impute": IMPUTE, "scale": SCALE, "encode": ENCODE}
+UNKNOWN = ("ignore", "error")
+OPTION_VALUES = {"impute": IMPUTE, "scale": SCALE, "encode": ENCODE, "unknown": UNKNOWN}
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "oid"}
 TEXT_TYPES = {"text", "character varying", "character", "name", "char", "citext", '"char"'}
@@ -84,7 +89,8 @@ def validate_options(preprocess: dict, columns: Sequence[str]) -> None:
         for k, v in opts.items():
             if k not in OPTION_VALUES:
                 raise invalid(
-                    f'unknown preprocess option "{k}" for column "{col}"', detail="options: impute, scale, encode"
+                    f'unknown preprocess option "{k}" for column "{col}"',
+                    detail="options: impute, scale, encode, unknown",
                 )
             if v not in OPTION_VALUES[k]:
                 raise invalid(
@@ -231,6 +237,7 @@ class Preprocessor:
                 "impute": opts.get("impute", "error"),
                 "scale": opts.get("scale", "none"),
                 "encode": opts.get("encode", "none"),
+                "unknown": opts.get("unknown", "ignore"),
             }
             n = len(values)
             nulls = sum(1 for v in values if v is None)
@@ -275,6 +282,11 @@ class Preprocessor:
                     smooth = 10.0  # shrink rare categories towards the global mean
                     spec["target_means"] = {k: (s[0] + smooth * gm) / (s[1] + smooth) for k, s in sums.items()}
                     spec["target_default"] = gm
+            elif spec["unknown"] != "ignore":
+                raise invalid(
+                    f'unknown "{spec["unknown"]}" does not apply to {kind} column "{name}"',
+                    hint="unknown categories are a matter of text columns",
+                )
             elif kind in ("numeric", "bool"):
                 x = _to_float(values, name, kind)
                 miss = np.isnan(x)
@@ -314,8 +326,8 @@ class Preprocessor:
 
     # ---- transform ------------------------------------------------------------------------------------
     def transform(self, data: dict[str, Sequence], n: int) -> np.ndarray:
-        """Apply the fitted steps to columns (same names as at fit). Unknown categories: zeros (one_hot),
-        -1 (ordinal), the global mean (target)."""
+        """Apply the fitted steps to columns (same names as at fit). Unknown categories: refused when the column
+        says ``"unknown": "error"``, else zeros (one_hot), -1 (ordinal), the global mean (target)."""
         parts = []
         for spec in self.state["columns"]:
             name, kind = spec["name"], spec["kind"]
@@ -330,6 +342,8 @@ class Preprocessor:
                     raise _null_error(name, len(nulls), text=True, at_predict=True)
                 vals = [spec["impute_value"] if v is None else str(v) for v in values]
                 cats = spec["categories"]
+                if spec.get("unknown", "ignore") == "error":
+                    _refuse_unknown(name, vals, cats)
                 if spec["encode"] == "one_hot":
                     index = {c: j for j, c in enumerate(cats)}
                     m = np.zeros((n, len(cats)))
@@ -406,6 +420,7 @@ class Preprocessor:
         cols = []
         for c in self.state["columns"]:
             d = {k: c[k] for k in ("name", "type", "kind", "impute", "scale", "encode")}
+            d["unknown"] = c.get("unknown", "ignore")
             if c["kind"] == "text":
                 d["categories"] = c["categories"][:50]
             if c["kind"] in ("array", "vector"):
@@ -420,6 +435,20 @@ def _expanded_names(spec: dict) -> list[str]:
     if spec["kind"] in ("array", "vector"):
         return [f"{spec['name']}[{j + 1}]" for j in range(spec["dims"])]
     return [spec["name"]]
+
+
+def _refuse_unknown(name: str, vals: Sequence[str], cats: Sequence[str]) -> None:
+    known = set(cats)
+    unseen = next((v for v in vals if v not in known), None)
+    if unseen is not None:
+        shown = ", ".join(list(cats)[:20]) + (", ..." if len(cats) > 20 else "")
+        raise IndbRuntimeError(
+            "22023",
+            f'column "{name}" holds the category {unseen!r}, which the model never saw in training',
+            detail=f"known categories: {shown}",
+            hint=f'pass a known category, or retrain with preprocess => \'{{"{name}": {{"unknown": "ignore"}}}}\' '
+            "to encode unseen categories as unknown",
+        )
 
 
 def _null_error(name: str, count: int, text: bool = False, at_predict: bool = False) -> IndbRuntimeError:
