@@ -249,13 +249,13 @@ begin
       hint = 'lineage ids are the primary keys of the rows (a run may also be named by its uuid)';
   end if;
   found_it := case kind
-    when 'dataset' then exists (select 1 from registry.datasets d where d.id = id::bigint)
-    when 'training_set' then exists (select 1 from registry.datasets d where d.id = id::bigint
+    when 'dataset' then exists (select 1 from registry.datasets d where d.id = _node_id.id::bigint)
+    when 'training_set' then exists (select 1 from registry.datasets d where d.id = _node_id.id::bigint
                                                                         and d.kind = 'training_set')
-    when 'run' then exists (select 1 from registry.runs r where r.id = id::bigint)
-    when 'model_version' then exists (select 1 from registry.model_versions v where v.id = id::bigint)
-    when 'deployment' then exists (select 1 from registry.deployments d where d.id = id::bigint)
-    when 'feature_view_version' then exists (select 1 from features.feature_views v where v.id = id::bigint)
+    when 'run' then exists (select 1 from registry.runs r where r.id = _node_id.id::bigint)
+    when 'model_version' then exists (select 1 from registry.model_versions v where v.id = _node_id.id::bigint)
+    when 'deployment' then exists (select 1 from registry.deployments d where d.id = _node_id.id::bigint)
+    when 'feature_view_version' then exists (select 1 from features.feature_views v where v.id = _node_id.id::bigint)
     else true   -- prediction_log: no table of its own (registry.lineage asks for an edge)
   end;
   if not found_it then

@@ -29,12 +29,14 @@ begin
   return out;
 end $$;
 
--- both nodes must exist and be visible to the caller (registry._node_id); the edge gets the caller's tenant
 create or replace function registry.add_lineage(src_kind text, src_id text, dst_kind text, dst_id text,
                                                 relation text default 'derived') returns void
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  src text := registry._node_id(src_kind, src_id);
+  dst text := registry._node_id(dst_kind, dst_id);
 begin
   perform registry._check_key('lineage relation', relation);
   if (src_kind, dst_kind) in (('dataset', 'run'), ('run', 'model_version'), ('model_version', 'deployment')) then
@@ -43,9 +45,11 @@ begin
             hint = 'log a run input with registry.log_input, a model with registry.register_model, deploy with ml.deploy';
   end if;
   insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation)
-  values (src_kind, registry._node_id(src_kind, src_id), dst_kind, registry._node_id(dst_kind, dst_id), relation)
+  values (src_kind, src, dst_kind, dst, relation)
   on conflict do nothing;
 end $$;
+comment on function registry.add_lineage(text, text, text, text, text) is
+  'link two existing lineage nodes the caller can see (the edge gets the caller''s tenant)';
 
 create or replace function registry.lineage(kind text, id text, direction text default 'both',
                                             max_depth int default 20)
