@@ -40,7 +40,7 @@ create or replace function ml._train_py(
     hyperparams jsonb default '{}',
     test_size float8 default null,
     test_sampling text default null,
-    preprocess jsonb default '{}',
+    preprocess jsonb default null,
     search text default null,
     search_params jsonb default '{}',
     automatic_deploy bool default true,
@@ -70,7 +70,7 @@ create or replace function ml.train(
     hyperparams jsonb default '{}',
     test_size float8 default null,
     test_sampling text default null,
-    preprocess jsonb default '{}',
+    preprocess jsonb default null,
     search text default null,
     search_params jsonb default '{}',
     automatic_deploy bool default true,
@@ -85,7 +85,7 @@ $$;
 comment on function ml.train(text, text, text, text, text, jsonb, float8, text, jsonb, text, jsonb, bool, bool) is
 'train a model for a project on a table, view or SELECT; records run, snapshot, metrics, curves, model; deploys it '
 'when it beats the deployed one on the same test rows. A retrain reuses the project''s relation (only for its '
-'author, or when the author is an indb_admin), target, test_size and test_sampling unless given. Returns the '
+'author, or when the author is an indb_admin), target, test_size, test_sampling and preprocess unless given. Returns the '
 'effective hyperparameters (a search''s choice included) and a status saying what the deploy decision was';
 
 -- a project the caller may change: it exists and is visible (42704), and it is the caller's tenant's (a shared
@@ -115,7 +115,8 @@ end $$;
 
 -- ml.train's project settings: what to retrain on (and whose SQL that is), the target and the split
 create or replace function ml._save_training_project(project text, task text, relation text, target text,
-                                                    test_size float8, test_sampling text, new_relation boolean)
+                                                    test_size float8, test_sampling text, preprocess jsonb,
+                                                    new_relation boolean)
 returns void
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -135,17 +136,20 @@ begin
   if relation is null or btrim(relation) = '' then
     raise exception 'relation is empty' using errcode = '22023';
   end if;
-  insert into registry.training_projects as s (model_id, task, relation, target, test_size, test_sampling, author,
-                                               tenant)
-  values (m.id, task, relation, target, test_size, test_sampling, ml.caller(), m.tenant)
+  if preprocess is not null and jsonb_typeof(preprocess) <> 'object' then
+    raise exception 'preprocess must be a JSON object' using errcode = '22023';
+  end if;
+  insert into registry.training_projects as s (model_id, task, relation, target, test_size, test_sampling,
+                                               preprocess, author, tenant)
+  values (m.id, task, relation, target, test_size, test_sampling, preprocess, ml.caller(), m.tenant)
   on conflict (model_id) do update
      set relation = case when new_relation then excluded.relation else s.relation end,
          author = case when new_relation then excluded.author else s.author end,
          target = excluded.target, test_size = excluded.test_size, test_sampling = excluded.test_sampling,
-         updated_at = now();
+         preprocess = excluded.preprocess, updated_at = now();
 end $$;
-comment on function ml._save_training_project(text, text, text, text, float8, text, boolean) is
-  'internal (ml.train): remember a project''s relation (and its author), target, test_size and test_sampling';
+comment on function ml._save_training_project(text, text, text, text, float8, text, jsonb, boolean) is
+  'internal (ml.train): remember a project''s relation (and its author), target, split and preprocessing';
 
 -- ---- deployment --------------------------------------------------------------------------------------------
 -- make version_id the deployed model of project (a new registry.deployments row; its lineage edge comes from
@@ -266,7 +270,7 @@ select m.name as project, s.task, d.version_id as deployed_model_id, v.algorithm
        (v.metrics ->> ml.key_metric(s.task))::float8 as score,
        v.created_at as trained_at, ds.row_count as rows, s.relation, s.target,
        (select count(*) from registry.model_versions x where x.model_id = m.id) as models,
-       s.log_predictions, s.test_size, s.test_sampling, s.author as relation_author
+       s.log_predictions, s.test_size, s.test_sampling, s.preprocess, s.author as relation_author
 from registry.registered_models m
 join registry.training_projects s on s.model_id = m.id
 left join lateral (select version_id from registry.deployments where model_id = m.id order by id desc limit 1) d on true

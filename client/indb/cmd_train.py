@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--target")
     p.add_argument("--algorithm", default="xgboost")
     p.add_argument("--hyperparams", default="{}", help="JSON object")
-    p.add_argument("--preprocess", default="{}", help="JSON object keyed by column")
+    p.add_argument("--preprocess", help="JSON object keyed by column (default: the project's, or none)")
     p.add_argument(
         "--test-size", type=float, help="share of rows held out for testing (default: the project's, or 0.25)"
     )
@@ -77,7 +77,7 @@ def run_train(args) -> int:
             hyperparams=_json(args.hyperparams, "--hyperparams"),
             test_size=args.test_size,
             test_sampling=args.test_sampling,
-            preprocess=_json(args.preprocess, "--preprocess"),
+            preprocess=_json(args.preprocess, "--preprocess") if args.preprocess is not None else None,
             search=args.search,
             search_params=_json(args.search_params, "--search-params"),
             automatic_deploy=not args.no_deploy,

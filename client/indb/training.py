@@ -65,7 +65,7 @@ class TrainingAPI(Base):
                     json.dumps(dict(hyperparams or {})),
                     test_size,
                     test_sampling,
-                    json.dumps(dict(preprocess or {})),
+                    json.dumps(dict(preprocess)) if preprocess is not None else None,
                     search,
                     json.dumps(dict(search_params or {})),
                     automatic_deploy,

@@ -1,8 +1,8 @@
 """registry and training (0.2.0): the changes of the trust and core issues to the registry and ml.train
 
 * registry.training_projects remembers who wrote a project's relation (author: it is SQL, run later only
-  for its author or when the author is an indb_admin), and the split a retrain reuses (test_size,
-  test_sampling); backfilled from the newest model version and its run's params.
+  for its author or when the author is an indb_admin), and what a retrain reuses unless given (test_size,
+  test_sampling, preprocess); backfilled from the newest model version and its run's params.
 * ml.train and ml.deploy return more columns (ml.train: status, hyperparams, test_size; ml.deploy: status):
   their old definitions are dropped here, sql/400-training.sql creates the new ones.
 * the 0.1.0 row forms ml.predict/predict_proba/explain(text, anyelement) are dropped (they lived as
@@ -28,7 +28,8 @@ def upgrade() -> None:
         alter table registry.training_projects
             add column if not exists author        name,
             add column if not exists test_size     float8 check (test_size > 0 and test_size < 1),
-            add column if not exists test_sampling text check (test_sampling in ('random', 'last', 'stratified'));
+            add column if not exists test_sampling text check (test_sampling in ('random', 'last', 'stratified')),
+            add column if not exists preprocess    jsonb;
         comment on column registry.training_projects.author is
             'the role that wrote relation: the stored SQL runs only for it, or for anyone when it is an indb_admin';
         comment on column registry.training_projects.test_size is 'the split of the last ml.train; a retrain reuses it';
@@ -39,11 +40,13 @@ def upgrade() -> None:
          where s.author is null;
         update registry.training_projects s
            set test_size = case when p.value ~ '^0?\\.[0-9]+$' then p.value::float8 end,
-               test_sampling = case when q.value in ('random', 'last', 'stratified') then q.value end
+               test_sampling = case when q.value in ('random', 'last', 'stratified') then q.value end,
+               preprocess = case when pp.value ~ '^[{]' then pp.value::jsonb end
           from (select distinct on (v.model_id) v.model_id, v.run_id from registry.model_versions v
                  where v.run_id is not null order by v.model_id, v.id desc) last_run
           left join registry.params p on p.run_id = last_run.run_id and p.key = 'test_size'
           left join registry.params q on q.run_id = last_run.run_id and q.key = 'test_sampling'
+          left join registry.params pp on pp.run_id = last_run.run_id and pp.key = 'preprocess'
          where last_run.model_id = s.model_id and s.test_size is null;
 
         drop function if exists ml.train(text, text, text, text, text, jsonb, float8, text, jsonb, text, jsonb, bool, bool);

@@ -138,14 +138,17 @@ def _to_float(values: Sequence, col: str, kind: str) -> np.ndarray:
                 return x
             if not any(values[i] is not None for i in np.flatnonzero(bad)):
                 return x
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         if v is None:
             out[i] = np.nan
             continue
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:
+            raise _out_of_range(col, i) from None
         if not math.isfinite(f):
             raise IndbRuntimeError(
                 "22000",
@@ -185,7 +188,10 @@ def _to_matrix(values: Sequence, col: str, kind: str, dims: int | None = None) -
                 f'column "{col}" has a NULL element in row {i + 1}',
                 hint="replace NULL elements, or filter those rows",
             )
-        m[i] = r
+        try:
+            m[i] = r
+        except OverflowError:
+            raise _out_of_range(col, i) from None
     if not np.all(np.isfinite(m[~mask])):
         bad = int(np.argwhere(~np.isfinite(m) & ~mask[:, None])[0][0])
         raise IndbRuntimeError(
@@ -435,6 +441,14 @@ def _expanded_names(spec: dict) -> list[str]:
     if spec["kind"] in ("array", "vector"):
         return [f"{spec['name']}[{j + 1}]" for j in range(spec["dims"])]
     return [spec["name"]]
+
+
+def _out_of_range(col: str, i: int) -> IndbRuntimeError:
+    return IndbRuntimeError(
+        "22003",
+        f'column "{col}" holds a number out of range for double precision in row {i + 1}',
+        hint="features must be finite double precision numbers (at most about 1.7e308 in size)",
+    )
 
 
 def _refuse_unknown(name: str, vals: Sequence[str], cats: Sequence[str]) -> None:

@@ -434,8 +434,8 @@ class Fitted:
 def _project_row(plpy, project: str) -> dict | None:
     return spi.one(
         plpy,
-        "select m.id, m.task, s.relation, s.target, s.test_size, s.test_sampling, s.author::text as author, "
-        "ml._may_run_code_of(s.author) as trusted from registry.registered_models m "
+        "select m.id, m.task, s.relation, s.target, s.test_size, s.test_sampling, s.preprocess, "
+        "s.author::text as author, ml._may_run_code_of(s.author) as trusted from registry.registered_models m "
         "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
         ["text"],
         [project],
@@ -477,10 +477,12 @@ def settings(
     automatic_deploy: bool | None,
     materialize: bool | None,
 ) -> Settings:
-    """Validate the call and fill what it leaves out from the project (task, relation, target, test_size and
-    test_sampling are remembered per project: a retrain splits the data the same way unless told otherwise)."""
+    """Validate the call and fill what it leaves out from the project (task, relation, target, test_size,
+    test_sampling and preprocess are remembered per project: a retrain splits and prepares the data the same
+    way unless told otherwise)."""
     if not project or not str(project).strip():
         raise invalid("project name is empty", hint="name the project: ml.train('house_prices', ...)")
+    preprocess_given = preprocess is not None
     hyperparams, preprocess, search_params = _loads(hyperparams), _loads(preprocess), _loads(search_params)
     relation_given = relation is not None
     existing = _project_row(plpy, project)
@@ -495,6 +497,8 @@ def settings(
         target = target if target is not None else existing["target"]
         test_size = test_size if test_size is not None else existing["test_size"]
         test_sampling = test_sampling or existing["test_sampling"]
+        if not preprocess_given and existing["preprocess"] is not None:
+            preprocess = _loads(existing["preprocess"])
     elif relation is None:
         raise undefined(
             f'project "{project}" does not exist yet',
@@ -752,9 +756,18 @@ def record(plpy, s: Settings, d: TrainingData, sp: Split, f: Fitted, blob: bytes
     snapshot = _record_dataset(plpy, s, d, run)
     spi.run(
         plpy,
-        "select ml._save_training_project($1, $2, $3, $4, $5, $6, $7)",
-        ["text", "text", "text", "text", "float8", "text", "bool"],
-        [s.project, s.task, s.relation, s.target, s.test_size, s.test_sampling, s.relation_given],
+        "select ml._save_training_project($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
+        ["text", "text", "text", "text", "float8", "text", "text", "bool"],
+        [
+            s.project,
+            s.task,
+            s.relation,
+            s.target,
+            s.test_size,
+            s.test_sampling,
+            json.dumps(s.preprocess),
+            s.relation_given,
+        ],
     )
     spi.run(plpy, "select registry.end_run($1::uuid)", ["text"], [run])
     return run, version_id, snapshot
