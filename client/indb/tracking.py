@@ -91,7 +91,7 @@ def _is_torch_module(model) -> bool:
         import sys
 
         torch = sys.modules.get("torch")
-        return bool(torch) and isinstance(model, torch.nn.Module)
+        return torch is not None and isinstance(model, torch.nn.Module)
     except Exception:
         return False
 

@@ -29,7 +29,7 @@ class TorchMLP:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.random_state = random_state
-        self.net = None
+        self.net: Any = None
         self.loss_curve_: list[float] = []
 
     def get_params(self, deep: bool = True) -> dict:
@@ -66,7 +66,7 @@ class TorchMLP:
             self.classes_ = np.unique(y)
             n_out = len(self.classes_)
             yt = torch.from_numpy(np.searchsorted(self.classes_, y).astype(np.int64))
-            loss_fn = torch.nn.CrossEntropyLoss()
+            loss_fn: Any = torch.nn.CrossEntropyLoss()
         else:
             y = np.asarray(y, dtype=np.float32)
             self.ymu_, self.ysd_ = float(y.mean()), float(y.std() or 1.0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,7 @@ def _to_float(values: Sequence, col: str, kind: str) -> np.ndarray:
             bad = ~np.isfinite(x)
             if not bad.any():
                 return x
-            if not any(values[i] is not None for i in np.flatnonzero(bad)):
+            if not any(values[int(i)] is not None for i in np.flatnonzero(bad)):
                 return x
     except (TypeError, ValueError, OverflowError):
         pass
@@ -215,7 +215,7 @@ class Preprocessor:
     @classmethod
     def fit(
         cls,
-        data: dict[str, Sequence],
+        data: Mapping[str, Sequence],
         types: dict[str, str],
         options: dict | None = None,
         y: np.ndarray | None = None,
@@ -224,104 +224,7 @@ class Preprocessor:
         """Fit on training columns and return (preprocessor, X). ``y`` (numeric) is needed for target encoding."""
         options = options or {}
         enums = enums or set()
-        cols = []
-        for name, values in data.items():
-            tname = types[name]
-            kind = column_kind(tname, name in enums)
-            if kind is None:
-                raise IndbRuntimeError(
-                    "42804",
-                    f'column "{name}" has type {tname}, which cannot be a feature',
-                    hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
-                    "exclude it with a SELECT in relation",
-                )
-            opts = dict(options.get(name, {}))
-            spec: dict[str, Any] = {
-                "name": name,
-                "type": tname,
-                "kind": kind,
-                "impute": opts.get("impute", "error"),
-                "scale": opts.get("scale", "none"),
-                "encode": opts.get("encode", "none"),
-                "unknown": opts.get("unknown", "ignore"),
-            }
-            n = len(values)
-            nulls = sum(1 for v in values if v is None)
-            if n and nulls == n:
-                raise IndbRuntimeError(
-                    "22004",
-                    f'column "{name}" is NULL in every row; it carries no information',
-                    hint="drop it from the relation (select the columns you want)",
-                )
-            if kind == "text":
-                if spec["encode"] == "none":
-                    raise IndbRuntimeError(
-                        "22023",
-                        f'text column "{name}" needs an encoding',
-                        hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' (or ordinal, target)',
-                    )
-                if spec["impute"] not in ("mode", "error"):
-                    raise invalid(
-                        f'impute "{spec["impute"]}" does not apply to text column "{name}"',
-                        hint="text columns can impute mode or error",
-                    )
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls, text=True)
-                present = [str(v) for v in values if v is not None]
-                mode = Counter(present).most_common(1)[0][0]
-                spec["impute_value"] = mode
-                cats = sorted(set(present))
-                spec["categories"] = cats
-                if spec["encode"] == "target":
-                    if y is None:
-                        raise invalid(
-                            f'target encoding of column "{name}" needs a numeric target',
-                            hint="use one_hot or ordinal for clustering",
-                        )
-                    vals = [str(v) if v is not None else mode for v in values]
-                    gm = float(np.mean(y))
-                    sums: dict[str, list] = {}
-                    for v, t in zip(vals, y):
-                        s = sums.setdefault(v, [0.0, 0])
-                        s[0] += float(t)
-                        s[1] += 1
-                    smooth = 10.0  # shrink rare categories towards the global mean
-                    spec["target_means"] = {k: (s[0] + smooth * gm) / (s[1] + smooth) for k, s in sums.items()}
-                    spec["target_default"] = gm
-            elif spec["unknown"] != "ignore":
-                raise invalid(
-                    f'unknown "{spec["unknown"]}" does not apply to {kind} column "{name}"',
-                    hint="unknown categories are a matter of text columns",
-                )
-            elif kind in ("numeric", "bool"):
-                x = _to_float(values, name, kind)
-                miss = np.isnan(x)
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls)
-                if spec["encode"] not in ("none",):
-                    raise invalid(
-                        f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"',
-                        hint="encodings are for text columns",
-                    )
-                fill = _impute_value(x[~miss], spec["impute"] if spec["impute"] != "error" else "mean")
-                spec["impute_value"] = fill
-                x = np.where(miss, fill, x)
-                spec["center"], spec["scale_by"] = _scale_params(x, spec["scale"])
-            else:  # array / vector
-                m, mask, dims = _to_matrix(values, name, kind)
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls)
-                if spec["encode"] != "none":
-                    raise invalid(f'encode does not apply to {kind} column "{name}"')
-                spec["dims"] = dims
-                good = m[~mask]
-                how = spec["impute"] if spec["impute"] != "error" else "mean"
-                spec["impute_value"] = [_impute_value(good[:, j], how) for j in range(dims)]
-                m[mask] = spec["impute_value"]
-                cs = [_scale_params(m[:, j], spec["scale"]) for j in range(dims)]
-                spec["center"] = [c for c, _ in cs]
-                spec["scale_by"] = [s for _, s in cs]
-            cols.append(spec)
+        cols = [_fit_column(name, types[name], values, options, y, name in enums) for name, values in data.items()]
         names, groups = [], []
         for spec in cols:
             for f in _expanded_names(spec):
@@ -331,7 +234,7 @@ class Preprocessor:
         return pre, pre.transform(data, len(next(iter(data.values()))) if data else 0)
 
     # ---- transform ------------------------------------------------------------------------------------
-    def transform(self, data: dict[str, Sequence], n: int) -> np.ndarray:
+    def transform(self, data: Mapping[str, Sequence], n: int) -> np.ndarray:
         """Apply the fitted steps to columns (same names as at fit). Unknown categories: refused when the column
         says ``"unknown": "error"``, else zeros (one_hot), -1 (ordinal), the global mean (target)."""
         parts = []
@@ -359,8 +262,8 @@ class Preprocessor:
                             m[i, j] = 1.0
                     parts.append(m)
                 elif spec["encode"] == "ordinal":
-                    index = {c: float(j) for j, c in enumerate(cats)}
-                    parts.append(np.array([index.get(v, -1.0) for v in vals]).reshape(n, 1))
+                    rank = {c: float(j) for j, c in enumerate(cats)}
+                    parts.append(np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1))
                 else:
                     tm, d = spec["target_means"], spec["target_default"]
                     parts.append(np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1))
@@ -433,6 +336,111 @@ class Preprocessor:
                 d["dims"] = c["dims"]
             cols.append(d)
         return {"columns": cols, "features": len(self.feature_names)}
+
+
+# ---- fitting one column, by kind ----------------------------------------------------------------------------
+def _fit_column(name: str, tname: str, values: Sequence, options: dict, y: np.ndarray | None, is_enum: bool) -> dict:
+    kind = column_kind(tname, is_enum)
+    if kind is None:
+        raise IndbRuntimeError(
+            "42804",
+            f'column "{name}" has type {tname}, which cannot be a feature',
+            hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
+            "exclude it with a SELECT in relation",
+        )
+    opts = dict(options.get(name, {}))
+    spec: dict[str, Any] = {
+        "name": name,
+        "type": tname,
+        "kind": kind,
+        "impute": opts.get("impute", "error"),
+        "scale": opts.get("scale", "none"),
+        "encode": opts.get("encode", "none"),
+        "unknown": opts.get("unknown", "ignore"),
+    }
+    nulls = sum(1 for v in values if v is None)
+    if values and nulls == len(values):
+        raise IndbRuntimeError(
+            "22004",
+            f'column "{name}" is NULL in every row; it carries no information',
+            hint="drop it from the relation (select the columns you want)",
+        )
+    if kind == "text":
+        _fit_text(spec, values, nulls, y)
+    elif spec["unknown"] != "ignore":
+        raise invalid(
+            f'unknown "{spec["unknown"]}" does not apply to {kind} column "{name}"',
+            hint="unknown categories are a matter of text columns",
+        )
+    elif spec["encode"] != "none":
+        raise invalid(
+            f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"', hint="encodings are for text columns"
+        )
+    elif kind in ("numeric", "bool"):
+        _fit_number(spec, values, nulls)
+    else:
+        _fit_array(spec, values, nulls)
+    return spec
+
+
+def _fit_text(spec: dict, values: Sequence, nulls: int, y: np.ndarray | None) -> None:
+    name = spec["name"]
+    if spec["encode"] == "none":
+        raise IndbRuntimeError(
+            "22023",
+            f'text column "{name}" needs an encoding',
+            hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' (or ordinal, target)',
+        )
+    if spec["impute"] not in ("mode", "error"):
+        raise invalid(
+            f'impute "{spec["impute"]}" does not apply to text column "{name}"',
+            hint="text columns can impute mode or error",
+        )
+    if nulls and spec["impute"] == "error":
+        raise _null_error(name, nulls, text=True)
+    present = [str(v) for v in values if v is not None]
+    mode = Counter(present).most_common(1)[0][0]
+    spec["impute_value"] = mode
+    spec["categories"] = sorted(set(present))
+    if spec["encode"] != "target":
+        return
+    if y is None:
+        raise invalid(
+            f'target encoding of column "{name}" needs a numeric target', hint="use one_hot or ordinal for clustering"
+        )
+    gm = float(np.mean(y))
+    sums: dict[str, list] = {}
+    for v, t in zip((str(v) if v is not None else mode for v in values), y):
+        acc = sums.setdefault(v, [0.0, 0])
+        acc[0] += float(t)
+        acc[1] += 1
+    smooth = 10.0  # shrink rare categories towards the global mean
+    spec["target_means"] = {k: (a[0] + smooth * gm) / (a[1] + smooth) for k, a in sums.items()}
+    spec["target_default"] = gm
+
+
+def _fit_number(spec: dict, values: Sequence, nulls: int) -> None:
+    x = _to_float(values, spec["name"], spec["kind"])
+    miss = np.isnan(x)
+    if nulls and spec["impute"] == "error":
+        raise _null_error(spec["name"], nulls)
+    fill = _impute_value(x[~miss], spec["impute"] if spec["impute"] != "error" else "mean")
+    spec["impute_value"] = fill
+    spec["center"], spec["scale_by"] = _scale_params(np.where(miss, fill, x), spec["scale"])
+
+
+def _fit_array(spec: dict, values: Sequence, nulls: int) -> None:
+    m, mask, dims = _to_matrix(values, spec["name"], spec["kind"])
+    if nulls and spec["impute"] == "error":
+        raise _null_error(spec["name"], nulls)
+    spec["dims"] = dims
+    good = m[~mask]
+    how = spec["impute"] if spec["impute"] != "error" else "mean"
+    spec["impute_value"] = [_impute_value(good[:, j], how) for j in range(dims)]
+    m[mask] = spec["impute_value"]
+    cs = [_scale_params(m[:, j], spec["scale"]) for j in range(dims)]
+    spec["center"] = [c for c, _ in cs]
+    spec["scale_by"] = [sc for _, sc in cs]
 
 
 def _expanded_names(spec: dict) -> list[str]:

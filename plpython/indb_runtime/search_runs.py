@@ -117,7 +117,7 @@ def tokenize(text: str) -> list[Tok]:
         m = TOKEN_RE.match(text, i)
         if not m:
             raise syntax_error(text, i, f"unexpected character {text[i]!r}")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         if kind != "ws":
             toks.append(Tok(kind, m.group(), i))
         i = m.end()
@@ -410,6 +410,8 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
         if item is None or not item.strip():
             raise IndbRuntimeError("42601", "empty order_by item", hint="order_by items look like 'metrics.rmse ASC'")
         m = ORDER_RE.match(item)
+        if m is None:  # pragma: no cover - the pattern matches any non-empty text
+            raise IndbRuntimeError("42601", f"invalid order_by item {item!r}")
         text = m.group("field")
         direction = (m.group("dir") or "asc").lower()
         p = Parser(text, params)

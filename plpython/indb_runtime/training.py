@@ -209,14 +209,13 @@ def split_indices(
     else:
         edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)[1:-1]))
         strata = np.searchsorted(edges, y, side="right")
-    test = []
+    picked: list[int] = []
     for s in np.unique(strata):
         members = rng.permutation(np.flatnonzero(strata == s))
         k = int(round(len(members) * test_size))
-        test.extend(members[:k].tolist())
-    test = np.array(sorted(test), dtype=int)
-    train = np.setdiff1d(idx, test)
-    return train, test
+        picked.extend(members[:k].tolist())
+    test = np.array(sorted(picked), dtype=int)
+    return np.setdiff1d(idx, test), test
 
 
 def search_candidates(search: str, search_params: dict, seed: int = 0) -> tuple[list[dict], int]:
@@ -304,11 +303,13 @@ def prediction_values(bundle: dict, raw: np.ndarray) -> np.ndarray:
 
 
 def metrics_for(task: str, est, X: np.ndarray, y: np.ndarray | None, n_classes: int | None) -> dict:
+    if task != "clustering":
+        assert y is not None and (task == "regression" or n_classes is not None)
     if task == "regression":
-        return algs.regression_metrics(y, algs.predict(task, est, X))
+        return algs.regression_metrics(y, algs.predict(task, est, X))  # type: ignore[arg-type]
     if task == "classification":
         p = algs.predict(task, est, X)
-        return algs.classification_metrics(y, p, algs.predict_proba(est, X), n_classes)
+        return algs.classification_metrics(y, p, algs.predict_proba(est, X), n_classes)  # type: ignore[arg-type]
     return algs.clustering_metrics(X, np.asarray(est.predict(X)))
 
 
@@ -553,7 +554,7 @@ def read_data(plpy, s: Settings, tick: Ticker) -> TrainingData:
     data, n = fetch_columns(plpy, from_sql, cols, tick)
     if n == 0:
         raise IndbRuntimeError("22000", f"{s.relation} has no rows", hint="train on a relation with data")
-    target_values = data.pop(s.target) if s.task != "clustering" else None
+    target_values = data.pop(s.target) if s.task != "clustering" and s.target is not None else None
     target_col = next((c for c in cols if c["name"] == s.target), None)
     y, classes = None, None
     if target_values is not None and target_col is not None:
@@ -601,7 +602,7 @@ def search_and_fit(s: Settings, sp: Split, tick: Ticker) -> Fitted:
     params = dict(s.params)
     if s.task == "classification" and s.algorithm in ("xgboost", "lightgbm") and (sp.n_classes or 0) > 2:
         params.setdefault("objective", "multi:softprob" if s.algorithm == "xgboost" else "multiclass")
-    trials = []
+    trials: list[dict[str, Any]] = []
     if s.search:
         combos, folds = search_candidates(s.search, s.search_params)
         for i, combo in enumerate(combos):
@@ -830,6 +831,7 @@ def score_on_split(old: dict, s: Settings, d: TrainingData, sp: Split) -> float 
     if s.task == "clustering":
         return algs.clustering_metrics(sp.X_te, np.asarray(old["est"].predict(X))).get(s.key)
     if s.task == "regression":
+        assert sp.y_te is not None
         return algs.regression_metrics(sp.y_te, _raw_predict(old, X)).get(s.key)
     # classification: compare labels, in one index space holding both models' classes
     new_classes, old_classes = list(d.classes or []), list(old["classes"] or [])
