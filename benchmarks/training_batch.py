@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pickle
 import time
 
 import numpy as np
@@ -113,8 +112,13 @@ def main() -> None:
     res["select_ml_predict_seconds_for_all_rows_extrapolated"] = round(per_row * n / PER_ROW_ROWS, 1)
     print("select ml.predict", per_row, "for", PER_ROW_ROWS)
 
-    blob = c.conn.execute("select artifact from registry.model_versions where id = %s", [r["model_id"]]).fetchone()[0]
-    bundle = pickle.loads(blob)
+    from indb_runtime import model_store
+
+    blob, sha, fmt, flavor = c.conn.execute(
+        "select artifact, artifact_sha256, artifact_format, flavor from registry.model_versions where id = %s",
+        [r["model_id"]],
+    ).fetchone()
+    bundle = model_store.load_bundle(blob, sha, fmt, flavor)
     res["client_pipeline_seconds"] = round(client_pipeline(c.conn.info.dsn, bundle), 2)
     print("client pipeline", res["client_pipeline_seconds"])
 

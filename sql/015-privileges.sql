@@ -15,13 +15,11 @@ as $$ select jsonb_build_object(
     'ml.create_tenant', 'ml.register_embedding_model', 'features.create_on_demand_feature',
     'audit.apply_retention', 'audit.ensure_partitions', 'audit.attach'),
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head'),
-  'DEFINER_APP', jsonb_build_array(),
+  'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction'),
   'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
   'APP_TABLES', jsonb_build_array(
     'ml.embedding_models', 'ml.collections', 'ml.collection_stats', 'ml.collection_terms', 'ml.vectorizers',
-    'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store',
-    'registry.registered_models', 'registry.model_versions', 'registry.aliases', 'registry.deployments',
-    'registry.training_projects'),
+    'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store'),
   'DATA_TABLES', jsonb_build_array('features.online_store', 'registry.prediction_log'),
   'APPEND_ONLY', jsonb_build_array('registry.prediction_log'),
   -- TRANSITION (0.2.0 development only, must be empty before release): catalogs that code not yet moved to
@@ -29,12 +27,8 @@ as $$ select jsonb_build_object(
   -- are the only writers; tests/security/test_grants.py fails while this list is not empty.
   'TRANSITION_WRITER_DML', jsonb_build_array(
     'ml.embedding_models', 'ml.vectorizers', 'ml.vectorizer_stats', 'ml.vectorizer_queue', 'ml.vectorizer_failed',
-    'ml.collections', 'ml.collection_stats', 'ml.collection_terms',
-    'registry.experiments', 'registry.runs', 'registry.params', 'registry.metrics', 'registry.latest_metrics',
-    'registry.artifacts', 'registry.datasets', 'registry.run_inputs', 'registry.registered_models',
-    'registry.model_versions', 'registry.aliases', 'registry.deployments', 'registry.lineage_edges',
-    'registry.training_projects', 'registry.training_trials', 'registry.prediction_log'),
-  'TRANSITION_APP_INSERT', jsonb_build_array('registry.prediction_log'),
+    'ml.collections', 'ml.collection_stats', 'ml.collection_terms'),
+  'TRANSITION_APP_INSERT', jsonb_build_array(),
   'TRANSITION_CREATE_SCHEMAS', jsonb_build_array('collections'))
 $$;
 comment on function ml._grant_policy() is 'internal: the lists 999-grants.sql applies (see the comment at the top of that file)';

@@ -1,9 +1,15 @@
 -- Registry and experiment tracking (issue 6): experiments, runs, params, metrics (batched), artifacts,
 -- datasets, registered models and versions, aliases, lineage, search_runs.
 --
--- Every function here is SECURITY INVOKER: it reads and writes the registry tables as the calling role,
--- so the roles' table grants (999-grants.sql) and the tenant row-level security (010-tenancy.sql)
--- apply to the API and to direct SQL alike. Values are always passed as parameters.
+-- The registry's tables are catalogs: no indb role may INSERT, UPDATE or DELETE them. The public functions that
+-- write (310-registry-api.sql, 320-lineage.sql, and ml.train / ml.deploy through them) are SECURITY DEFINER:
+-- they run as indb_owner with search_path pinned, validate every argument, and check the caller's tenant
+-- (ml.current_tenant, ml.is_admin); the forced tenant policies filter what they see exactly as for the caller.
+-- Reading functions stay SECURITY INVOKER (readers SELECT the tables through the same policies). The helpers
+-- here are SECURITY INVOKER: called by a definer they run as indb_owner, called directly they can do no more
+-- than the caller's own rights. Values are always passed as parameters.
+-- metrics, params and the prediction log are append-only (registry._append_only); latest_metrics is written
+-- only by registry.log_batch.
 --
 -- Lineage node ids (registry.lineage_edges.src_id/dst_id, text): the primary key of the row, as text:
 --   dataset -> registry.datasets.id, run -> registry.runs.id, model_version -> registry.model_versions.id,
@@ -116,22 +122,58 @@ set search_path = pg_catalog, pg_temp
 as $$ select coalesce(nullif(current_setting('indb.max_artifact_bytes', true), '')::bigint, 67108864) $$;
 
 -- registered models, versions, aliases
+-- lock: the caller is about to change the model (new version, alias, deployment): it must be its tenant's
+-- (a shared model is read-only to a tenant session: 42501 naming why), and the row is locked
 create or replace function registry._model(name text, lock boolean) returns registry.registered_models
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare m registry.registered_models;
 begin
-  if lock then
-    select * into m from registry.registered_models r where r.name = _model.name for update;
-  else
-    select * into m from registry.registered_models r where r.name = _model.name;
-  end if;
+  select * into m from registry.registered_models r where r.name = _model.name;
   if not found then
-    raise exception 'registered model % not found', quote_literal(name) using errcode = '42704',
+    raise exception 'registered model % not found', coalesce(quote_literal(name), 'NULL') using errcode = '42704',
       hint = 'register it first (registry.register_model), and check the session''s tenant';
   end if;
+  if lock then
+    perform registry._check_writable('registered model ' || quote_literal(name), m.tenant);
+    perform 1 from registry.registered_models r where r.id = m.id for update;
+  end if;
   return m;
+end $$;
+
+-- a row the caller can see but may not change: a shared row (no tenant) seen from a tenant session
+create or replace function registry._check_writable(what text, row_tenant text) returns void
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare t text := ml.current_tenant();
+begin
+  if row_tenant is distinct from t and not ml.is_admin() then
+    raise exception '% is shared (it belongs to no tenant); a session acting for tenant % cannot change it', what,
+      coalesce(quote_literal(t), 'NULL') using errcode = '42501',
+      hint = 'an indb_admin, or a writer acting for no tenant, changes shared objects; or make your own under another name';
+  end if;
+end $$;
+
+-- metrics, params and the prediction log: append-only for everyone (updates and deletes are refused)
+create or replace function registry._append_only() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception '%.% is append-only: % is not allowed', tg_table_schema, tg_table_name, tg_op
+    using errcode = '42501', hint = 'log a new value instead (metrics take a step; params are immutable)';
+end $$;
+
+do $$
+declare t text;
+begin
+  foreach t in array array['registry.metrics', 'registry.params', 'registry.prediction_log'] loop
+    execute format('drop trigger if exists indb_append_only on %s', t);
+    execute format('create trigger indb_append_only before update or delete on %s '
+                   'for each row execute function registry._append_only()', t);
+  end loop;
 end $$;
 
 create or replace function registry._version(model text, ref text) returns registry.model_versions
@@ -175,11 +217,14 @@ begin
   end if;
 end $$;
 
+-- the node id of (kind, id) as lineage_edges stores it; a run may be named by its uuid, a model version by
+-- 'model/3' or 'model@alias'. The node must exist and be visible to the caller (42704 otherwise): nodes of the
+-- registry by their row, feature view versions by features.feature_views (prediction logs have no table).
 create or replace function registry._node_id(kind text, id text) returns text
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare mname text; ref text;
+declare mname text; ref text; found_it boolean;
 begin
   perform registry._check_kind(kind);
   if id is null or id = '' then
@@ -198,5 +243,74 @@ begin
     end if;
     return (registry._version(mname, ref)).id::text;
   end if;
+  if kind in ('dataset', 'training_set', 'run', 'model_version', 'deployment', 'feature_view_version')
+     and id !~ '^[0-9]{1,18}$' then
+    raise exception '% id % is not a number', kind, quote_literal(id) using errcode = '22023',
+      hint = 'lineage ids are the primary keys of the rows (a run may also be named by its uuid)';
+  end if;
+  found_it := case kind
+    when 'dataset' then exists (select 1 from registry.datasets d where d.id = _node_id.id::bigint)
+    when 'training_set' then exists (select 1 from registry.datasets d where d.id = _node_id.id::bigint
+                                                                        and d.kind = 'training_set')
+    when 'run' then exists (select 1 from registry.runs r where r.id = _node_id.id::bigint)
+    when 'model_version' then exists (select 1 from registry.model_versions v where v.id = _node_id.id::bigint)
+    when 'deployment' then exists (select 1 from registry.deployments d where d.id = _node_id.id::bigint)
+    when 'feature_view_version' then exists (select 1 from features.feature_views v where v.id = _node_id.id::bigint)
+    else true   -- prediction_log: no table of its own (registry.lineage asks for an edge)
+  end;
+  if not found_it then
+    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(id) using errcode = '42704',
+      hint = 'check the id and the session''s tenant (setting indb.tenant)';
+  end if;
   return id;
 end $$;
+
+
+-- ml.train's materialized snapshot: a copy of exactly the rows a model was trained on, in a table indb_owner
+-- owns (the caller's relation is read by ml.train with the caller's rights; only the values come here). The
+-- table has a tenant column (the caller's tenant), so the tenant policies and grants of every registry table
+-- apply to it. Column types are chosen from a fixed list, never from the caller's catalog.
+create or replace function registry._store_snapshot(project text, columns text[], types text[], rows jsonb)
+returns regclass
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  name text := format('snapshot_%s_%s', to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS'),
+                      substr(md5(coalesce(project, '') || random()::text), 1, 6));
+  rel regclass;
+  defs text;
+  list text;
+  c int;
+begin
+  perform registry._check_name('project', project);
+  if columns is null or types is null or cardinality(columns) <> cardinality(types)
+     or cardinality(columns) not between 1 and 1500 then
+    raise exception 'a snapshot needs one type per column (1 to 1500 columns)' using errcode = '22023';
+  end if;
+  for c in 1..cardinality(columns) loop
+    perform ml._check_identifier('column', columns[c], 63, '^[^[:cntrl:]]+$');
+    if columns[c] = 'tenant' then
+      raise exception 'materialize cannot keep a column named tenant' using errcode = '42701',
+        hint = 'rename the column in the relation (select tenant as tenant_name, ...)';
+    end if;
+    if types[c] is null or types[c] not in ('float8', 'boolean', 'text', 'float8[]', 'real[]') then
+      raise exception 'invalid snapshot column type %', coalesce(quote_literal(types[c]), 'NULL')
+        using errcode = '22023';
+    end if;
+  end loop;
+  if rows is null or jsonb_typeof(rows) <> 'array' then
+    raise exception 'snapshot rows must be a JSON array of objects' using errcode = '22023';
+  end if;
+  select string_agg(format('%I %s', col, typ), ', ' order by o), string_agg(format('%I', col), ', ' order by o)
+    into defs, list from unnest(columns, types) with ordinality u(col, typ, o);
+  execute format('create table registry.%I (%s, tenant text default ml.current_tenant())', name, defs);
+  rel := format('registry.%I', name)::regclass;
+  perform ml._apply_table_grants(rel);
+  perform ml._apply_tenant_policies(rel);
+  execute format('insert into %s (%s) select %s from jsonb_populate_recordset(null::%s, $1)', rel, list, list, rel)
+    using rows;
+  return rel;
+end $$;
+comment on function registry._store_snapshot(text, text[], text[], jsonb) is
+  'internal (ml.train materialize): keep the rows a model was trained on in a registry table indb_owner owns';

@@ -1,10 +1,12 @@
 -- Registry, public API: experiments, runs, params, metrics, artifacts, datasets, registered models,
 -- versions and aliases. Values are always passed as parameters.
+-- The functions that write are SECURITY DEFINER (the only writers of the registry's tables, ml.train included):
+-- each validates its arguments and checks the caller's tenant before it writes (300-registry-int.sql).
 
 -- experiments and runs
 create or replace function registry.create_experiment(name text, description text default null,
                                                       tags jsonb default '{}') returns bigint
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare eid bigint;
@@ -25,7 +27,7 @@ end $$;
 create or replace function registry.start_run(experiment text, run_name text default null,
                                               tags jsonb default '{}', parent_run uuid default null)
 returns uuid
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare eid bigint; pid bigint; rid uuid;
@@ -50,7 +52,7 @@ comment on function registry.start_run(text, text, jsonb, uuid) is
   'start a RUNNING run in an experiment (created if missing); returns its uuid';
 
 create or replace function registry.end_run(run uuid, status text default 'FINISHED') returns void
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare r registry.runs;
@@ -70,7 +72,7 @@ create or replace function registry.log_batch(run uuid, metric_keys text[] defau
                                               metric_ts timestamptz[] default null,
                                               params jsonb default null, tags jsonb default null)
 returns int
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -217,7 +219,7 @@ end $$;
 
 create or replace function registry.log_artifact(run uuid, path text, content bytea default null,
                                                  uri text default null) returns jsonb
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare r registry.runs; lim bigint := registry.max_artifact_bytes(); h text; sz bigint;
@@ -281,7 +283,7 @@ create or replace function registry.log_input(run uuid, dataset text, digest tex
                                               context text default 'training', source text default null,
                                               row_count bigint default null, schema jsonb default null)
 returns bigint
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare r registry.runs; did bigint;
@@ -307,6 +309,38 @@ begin
   return did;
 end $$;
 
+-- the trials of a hyperparameter search (ml.train search => grid/random): one row per tried parameter set
+create or replace function registry.log_trials(run uuid, metric text, trials jsonb) returns int
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare r registry.runs; n int;
+begin
+  r := registry._run(run, true);
+  perform registry._check_key('metric', metric);
+  if trials is null or jsonb_typeof(trials) <> 'array' then
+    raise exception 'trials must be a JSON array of {"trial", "params", "score", "score_std", "seconds"}'
+      using errcode = '22023';
+  end if;
+  if exists (select 1 from jsonb_array_elements(trials) t
+              where jsonb_typeof(t) <> 'object' or jsonb_typeof(t -> 'trial') is distinct from 'number'
+                 or jsonb_typeof(t -> 'params') is distinct from 'object'
+                 or coalesce(jsonb_typeof(t -> 'score'), 'null') not in ('number', 'null')
+                 or coalesce(jsonb_typeof(t -> 'score_std'), 'null') not in ('number', 'null')
+                 or coalesce(jsonb_typeof(t -> 'seconds'), 'null') not in ('number', 'null')) then
+    raise exception 'every trial is an object with a number "trial", an object "params" and numbers (or null) '
+                    '"score", "score_std", "seconds"' using errcode = '22023';
+  end if;
+  insert into registry.training_trials(run_id, trial, params, metric, score, score_std, seconds, tenant)
+  select r.id, (t ->> 'trial')::int, t -> 'params', metric, (t ->> 'score')::float8, (t ->> 'score_std')::float8,
+         (t ->> 'seconds')::float8, r.tenant
+    from jsonb_array_elements(trials) t;
+  get diagnostics n = row_count;
+  return n;
+end $$;
+comment on function registry.log_trials(uuid, text, jsonb) is
+  'record the trials of a hyperparameter search (params, cross-validated score of metric) for a RUNNING run';
+
 -- a dataset that is not (yet) a run's input: a snapshot or a feature-store training set. Same (name, digest)
 -- is the same dataset: returns its id. materialized names the table holding a kept copy, if any.
 create or replace function registry.register_dataset(name text, digest text, kind text default 'dataset',
@@ -314,7 +348,7 @@ create or replace function registry.register_dataset(name text, digest text, kin
                                                      schema jsonb default null, profile jsonb default null,
                                                      materialized regclass default null)
 returns bigint
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare did bigint;
@@ -323,6 +357,13 @@ begin
   if digest is null or digest !~ '^[A-Za-z0-9:_-]{1,128}$' then
     raise exception 'invalid dataset digest %', coalesce(quote_literal(digest), 'NULL') using errcode = '22023',
       hint = 'a digest is a hash such as a sha256 hex string';
+  end if;
+  if kind is not null and kind !~ '^[a-z][a-z_]{0,31}$' then
+    raise exception 'invalid dataset kind %', quote_literal(kind) using errcode = '22023',
+      hint = 'kinds are short lowercase words: dataset, snapshot, training_set';
+  end if;
+  if row_count is not null and row_count < 0 then
+    raise exception 'row_count must not be negative, got %', row_count using errcode = '22023';
   end if;
   insert into registry.datasets(name, digest, source, kind, row_count, schema, profile, materialized)
   values (name, digest, source, coalesce(kind, 'dataset'), row_count, schema, profile, materialized)
@@ -341,14 +382,19 @@ create or replace function registry.register_model(
     output_schema jsonb default null, metrics jsonb default '{}', hyperparams jsonb default '{}',
     description text default null, tags jsonb default '{}')
 returns table(model text, version int, version_id bigint)
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare m registry.registered_models; rid bigint; v int; vid bigint; lim bigint := registry.max_artifact_bytes();
 begin
   perform registry._check_name('model', name);
-  if source not in ('client', 'ml.train') then
-    raise exception 'invalid source %', quote_literal(source) using errcode = '22023', hint = 'use client or ml.train';
+  if source is null or source not in ('client', 'ml.train') then
+    raise exception 'invalid source %', coalesce(quote_literal(source), 'NULL') using errcode = '22023',
+      hint = 'use client or ml.train';
+  end if;
+  if flavor !~ '^[A-Za-z0-9_.:-]{1,64}$' or artifact_format !~ '^[A-Za-z0-9_.:-]{1,64}$' then
+    raise exception 'invalid flavor or artifact format %', quote_literal(coalesce(flavor, artifact_format))
+      using errcode = '22023', hint = 'flavors and formats are short names such as xgboost or xgboost-ubj';
   end if;
   if artifact is not null and octet_length(artifact) > lim then
     raise exception 'model artifact is % bytes, over the limit of % bytes', octet_length(artifact), lim
@@ -383,7 +429,7 @@ comment on function registry.register_model(text, uuid, bytea, text, text, text,
   'add the next version of a registered model (created if missing); the same kind of version ml.train writes';
 
 create or replace function registry.set_alias(model text, alias text, version int) returns void
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare m registry.registered_models; vid bigint;
@@ -407,7 +453,7 @@ end $$;
 comment on function registry.set_alias(text, text, int) is 'point alias (champion, challenger, any name) at a version, atomically';
 
 create or replace function registry.delete_alias(model text, alias text) returns boolean
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare m registry.registered_models := registry._model(model, true);

@@ -1,4 +1,8 @@
 -- Lineage: edges between datasets, feature views, training sets, runs, model versions and deployments.
+-- One edge per fact, from one place: the registry's writers. Facts the registry records itself get their
+-- edge from registry._lineage_trigger (a run's input, the version a run produced, a deployment); other facts
+-- (a feature view version feeding a training set, a training set a snapshot was taken of) are added with
+-- registry.add_lineage by the function that knows them (features.create_training_set, ml.train).
 
 create or replace function registry.node_label(kind text, id text) returns text
 language plpgsql stable
@@ -27,15 +31,25 @@ end $$;
 
 create or replace function registry.add_lineage(src_kind text, src_id text, dst_kind text, dst_id text,
                                                 relation text default 'derived') returns void
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  src text := registry._node_id(src_kind, src_id);
+  dst text := registry._node_id(dst_kind, dst_id);
 begin
   perform registry._check_key('lineage relation', relation);
+  if (src_kind, dst_kind) in (('dataset', 'run'), ('run', 'model_version'), ('model_version', 'deployment')) then
+    raise exception 'lineage from % to % is written by the registry itself', src_kind, dst_kind
+      using errcode = '22023',
+            hint = 'log a run input with registry.log_input, a model with registry.register_model, deploy with ml.deploy';
+  end if;
   insert into registry.lineage_edges(src_kind, src_id, dst_kind, dst_id, relation)
-  values (src_kind, registry._node_id(src_kind, src_id), dst_kind, registry._node_id(dst_kind, dst_id), relation)
+  values (src_kind, src, dst_kind, dst, relation)
   on conflict do nothing;
 end $$;
+comment on function registry.add_lineage(text, text, text, text, text) is
+  'link two existing lineage nodes the caller can see (the edge gets the caller''s tenant)';
 
 create or replace function registry.lineage(kind text, id text, direction text default 'both',
                                             max_depth int default 20)
@@ -54,6 +68,12 @@ begin
     raise exception 'max_depth must be between 1 and 100' using errcode = '22023';
   end if;
   nid := registry._node_id(kind, id);
+  if not exists (select 1 from registry.lineage_edges e
+                  where (e.src_kind = kind and e.src_id = nid) or (e.dst_kind = kind and e.dst_id = nid))
+     and kind not in ('dataset', 'training_set', 'run', 'model_version', 'deployment', 'feature_view_version') then
+    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(id) using errcode = '42704',
+      hint = 'no lineage edge names it; check the id and the session''s tenant (setting indb.tenant)';
+  end if;
   return query
   with recursive
   up_e(src_kind, src_id, dst_kind, dst_id, relation, depth) as (

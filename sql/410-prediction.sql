@@ -1,7 +1,93 @@
 -- Prediction, explanation, evaluation and prediction logging of ml.train projects.
+--
+-- Serving reads the registry through three SECURITY DEFINER functions that indb_app may call
+-- (015-privileges.sql, DEFINER_APP): ml._serving_model (which model is deployed), ml._model_artifact (its bytes,
+-- loaded by indb_runtime.model_store after the sha256 check, never unpickled) and ml._log_prediction (the
+-- append-only prediction log). indb_app reads no registry table itself. Relations (predict_batch, evaluate) are
+-- read with the caller's own rights.
+
+-- ---- the serving path ------------------------------------------------------------------------------------
+create or replace function ml._serving_model(project text)
+returns table (project_id bigint, deployment_id bigint, version_id bigint, stamp text, log_predictions boolean,
+               task text)
+language plpgsql stable security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare m registry.registered_models; d registry.deployments;
+begin
+  if project is null then
+    raise exception 'project is NULL' using errcode = '22004', hint = 'name the project, e.g. ml.predict(''house'', ...)';
+  end if;
+  select * into m from registry.registered_models r where r.name = _serving_model.project;
+  if not found then
+    raise exception 'project "%" does not exist', _serving_model.project using errcode = '42704',
+      hint = 'train it with ml.train; see ml.projects_overview';
+  end if;
+  select * into d from registry.deployments x where x.model_id = m.id order by x.id desc limit 1;
+  if not found then
+    raise exception 'project "%" has no deployed model', _serving_model.project using errcode = '55000',
+      hint = format('deploy one: select ml.deploy(%L, ''best_score'')', _serving_model.project);
+  end if;
+  -- the stamp changes with the deployment and with any change of the model's row (a changed artifact is
+  -- loaded, and refused by its sha256 check, instead of served from a backend's cache)
+  return query
+  select m.id, d.id, d.version_id, d.id::text || ':' || v.xmin::text, coalesce(s.log_predictions, false),
+         coalesce(m.task, s.task)
+    from registry.model_versions v left join registry.training_projects s on s.model_id = m.id
+   where v.id = d.version_id;
+end $$;
+comment on function ml._serving_model(text) is
+  'internal (serving): the deployed model of a project, for ml.predict and friends (callable by indb_app)';
+
+create or replace function ml._model_artifact(project text, version_id bigint)
+returns table (artifact bytea, artifact_sha256 text, artifact_format text, flavor text)
+language plpgsql stable security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare v registry.model_versions;
+begin
+  select x.* into v from registry.model_versions x join registry.registered_models m on m.id = x.model_id
+   where m.name = _model_artifact.project and x.id = _model_artifact.version_id;
+  if not found then
+    raise exception 'model % does not belong to project "%"', coalesce(version_id::text, 'NULL'),
+      coalesce(project, 'NULL') using errcode = '42704',
+      hint = 'see select model_id from ml.models where project = ''<project>''';
+  end if;
+  if v.artifact is null then
+    raise exception 'model % of project "%" has no stored artifact', version_id, project using errcode = '55000',
+      hint = 'retrain the project with ml.train';
+  end if;
+  return query select v.artifact, v.artifact_sha256, v.artifact_format, v.flavor;
+end $$;
+comment on function ml._model_artifact(text, bigint) is
+  'internal (serving): the stored bytes of a model version of a project, with its sha256 (callable by indb_app)';
+
+-- the prediction log is append-only: rows get the session's tenant (a tenant's predictions with a shared
+-- project are that tenant's), and only projects with logging on take rows
+create or replace function ml._log_prediction(project_id bigint, model_id bigint, inputs_hash text,
+                                              prediction float8, latency_ms float8) returns void
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not exists (select 1 from registry.training_projects s join registry.model_versions v on v.model_id = s.model_id
+                  where s.model_id = _log_prediction.project_id and v.id = _log_prediction.model_id
+                    and s.log_predictions) then
+    raise exception 'project % does not log predictions of model %', coalesce(project_id::text, 'NULL'),
+      coalesce(model_id::text, 'NULL') using errcode = '55000', hint = 'turn logging on: ml.set_prediction_logging';
+  end if;
+  if inputs_hash is null or inputs_hash !~ '^[0-9a-f]{32,64}$' or latency_ms < 0 then
+    raise exception 'invalid prediction log entry' using errcode = '22023';
+  end if;
+  insert into registry.prediction_log (project_id, model_id, inputs_hash, prediction, latency_ms)
+  values (project_id, model_id, inputs_hash, prediction, latency_ms);
+end $$;
+comment on function ml._log_prediction(bigint, bigint, text, float8, float8) is
+  'internal (serving): append one single-row prediction to registry.prediction_log (callable by indb_app)';
 
 -- ---- prediction ----------------------------------------------------------------------------------------
-create or replace function ml.predict(project text, features float8[]) returns float8
+create or replace function ml._predict_py(project text, features float8[]) returns float8
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -10,8 +96,9 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.predict, plpy, project, features, 'array')
 $$;
+select ml._wrap_python('ml.predict', 'ml._predict_py(text, float8[])');
 
-create or replace function ml.predict(project text, features jsonb) returns float8
+create or replace function ml._predict_py(project text, features jsonb) returns float8
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -20,8 +107,9 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.predict, plpy, project, features, 'json')
 $$;
+select ml._wrap_python('ml.predict', 'ml._predict_py(text, jsonb)');
 
-create or replace function ml._predict_row(project text, features jsonb) returns float8
+create or replace function ml._predict_row_py(project text, features jsonb) returns float8
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -31,20 +119,17 @@ from indb_runtime import training, errors
 f = json.loads(features) if features is not None else None
 return errors.call(plpy, training.predict, plpy, project, f, 'array' if isinstance(f, list) else 'row')
 $$;
+select ml._wrap_python('ml._predict_row', 'ml._predict_row_py(text, jsonb)');
 comment on function ml._predict_row(text, jsonb) is 'internal: ml.predict(project, row) (extra columns such as ids and the target are ignored)';
 
 -- the row forms take `record` (not anyelement) so that ml.predict(p, array[1, 2]) resolves to float8[]
-
-drop function if exists ml.predict(text, anyelement);
-drop function if exists ml.predict_proba(text, anyelement);
-drop function if exists ml.explain(text, anyelement);
 create or replace function ml.predict(project text, "row" record) returns float8
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$ begin return ml._predict_row(project, to_jsonb("row")); end $$;
 comment on function ml.predict(text, record) is 'predict with the deployed model of a project from a table row (features matched by column name)';
 
-create or replace function ml.predict_proba(project text, features float8[]) returns float8[]
+create or replace function ml._predict_proba_py(project text, features float8[]) returns float8[]
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -53,8 +138,9 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.predict_proba, plpy, project, features, 'array')
 $$;
+select ml._wrap_python('ml.predict_proba', 'ml._predict_proba_py(text, float8[])');
 
-create or replace function ml.predict_proba(project text, features jsonb) returns float8[]
+create or replace function ml._predict_proba_py(project text, features jsonb) returns float8[]
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -63,8 +149,9 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.predict_proba, plpy, project, features, 'json')
 $$;
+select ml._wrap_python('ml.predict_proba', 'ml._predict_proba_py(text, jsonb)');
 
-create or replace function ml._predict_proba_row(project text, features jsonb) returns float8[]
+create or replace function ml._predict_proba_row_py(project text, features jsonb) returns float8[]
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -74,13 +161,14 @@ from indb_runtime import training, errors
 f = json.loads(features) if features is not None else None
 return errors.call(plpy, training.predict_proba, plpy, project, f, 'array' if isinstance(f, list) else 'row')
 $$;
+select ml._wrap_python('ml._predict_proba_row', 'ml._predict_proba_row_py(text, jsonb)');
 
 create or replace function ml.predict_proba(project text, "row" record) returns float8[]
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$ begin return ml._predict_proba_row(project, to_jsonb("row")); end $$;
 
-create or replace function ml._predict_batch(project text, relation text) returns float8[]
+create or replace function ml._predict_batch_py(project text, relation text) returns float8[]
 language plpython3u volatile parallel unsafe
 -- no pinned search_path: relation names and queries resolve like in the caller's session (invoker rights)
 as $$
@@ -89,6 +177,7 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.predict_batch, plpy, project, relation)
 $$;
+select ml._wrap_python('ml._predict_batch', 'ml._predict_batch_py(text, text)');
 
 create or replace function ml.predict_batch(project text, relation text)
 returns table (row_number bigint, prediction float8)
@@ -98,7 +187,7 @@ comment on function ml.predict_batch(text, text) is
 'predictions of the deployed model for every row of a table, view or SELECT, numbered in scan order (1-based)';
 
 -- ---- explanation, evaluation ---------------------------------------------------------------------------
-create or replace function ml._explain(project text, features jsonb, kind text) returns jsonb
+create or replace function ml._explain_py(project text, features jsonb, kind text) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -109,6 +198,7 @@ f = json.loads(features) if features is not None else None
 how = 'array' if isinstance(f, list) else kind
 return errors.call(plpy, training.explain, plpy, project, f, how)
 $$;
+select ml._wrap_python('ml._explain', 'ml._explain_py(text, jsonb, text)');
 
 create or replace function ml.explain(project text, features jsonb) returns jsonb
 language sql volatile parallel unsafe
@@ -125,7 +215,7 @@ as $$ begin return ml._explain(project, to_jsonb("row"), 'row'); end $$;
 comment on function ml.explain(text, jsonb) is
 'per-feature contributions of one prediction (SHAP for tree models, exact for linear ones); base_value + contributions = raw_output';
 
-create or replace function ml.feature_importance(project text) returns table (feature text, importance float8)
+create or replace function ml._feature_importance_py(project text) returns table (feature text, importance float8)
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -134,9 +224,10 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.feature_importance, plpy, project)
 $$;
+select ml._wrap_python('ml.feature_importance', 'ml._feature_importance_py(text)');
 comment on function ml.feature_importance(text) is 'importance of each feature column of the deployed model (sums to 1)';
 
-create or replace function ml.evaluate(project text, relation text, model_id bigint default null) returns jsonb
+create or replace function ml._evaluate_py(project text, relation text, model_id bigint default null) returns jsonb
 language plpython3u volatile parallel unsafe
 -- no pinned search_path: relation names and queries resolve like in the caller's session (invoker rights)
 as $$
@@ -145,11 +236,13 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.evaluate, plpy, project, relation, model_id)
 $$;
+select ml._wrap_python('ml.evaluate', 'ml._evaluate_py(text, text, bigint)');
 comment on function ml.evaluate(text, text, bigint) is 'metrics of the deployed (or a given) model on any labelled table, view or SELECT';
 
 -- ---- prediction logging ----------------------------------------------------------------------------------
+-- partitions are made by this SECURITY DEFINER function, so they belong to indb_owner
 create or replace function ml.prediction_log_partitions(months_ahead int default 2) returns int
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -157,7 +250,11 @@ declare
     made int := 0;
     name text;
 begin
-    for i in 0..greatest(months_ahead, 0) loop
+    if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
+        raise exception 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
+          using errcode = '22023';
+    end if;
+    for i in 0..months_ahead loop
         name := 'prediction_log_' || to_char(m, 'YYYYMM');
         if to_regclass('registry.' || name) is null then
             begin
@@ -176,19 +273,20 @@ end $$;
 comment on function ml.prediction_log_partitions(int) is 'create monthly partitions of registry.prediction_log (this month and the next ones)';
 
 create or replace function ml.set_prediction_logging(project text, enabled bool default true) returns bool
-language plpgsql volatile parallel unsafe
+language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    pid bigint;
+    m registry.registered_models := ml._project_for_write(project, 'change the prediction logging of');
 begin
-    select m.id into pid from registry.registered_models m
-      join registry.training_projects s on s.model_id = m.id where m.name = project;
-    if pid is null then
-        raise exception 'project "%" does not exist', project using errcode = '42704',
+    if enabled is null then
+        raise exception 'enabled is NULL' using errcode = '22004', hint = 'pass true or false';
+    end if;
+    if not exists (select 1 from registry.training_projects s where s.model_id = m.id) then
+        raise exception 'project "%" was not trained with ml.train', project using errcode = '42704',
               hint = 'train it first with ml.train';
     end if;
-    update registry.training_projects set log_predictions = enabled, updated_at = now() where model_id = pid;
+    update registry.training_projects set log_predictions = enabled, updated_at = now() where model_id = m.id;
     if enabled then
         perform ml.prediction_log_partitions(2);
     end if;

@@ -21,9 +21,15 @@ def register(sub) -> None:
     p.add_argument("--target")
     p.add_argument("--algorithm", default="xgboost")
     p.add_argument("--hyperparams", default="{}", help="JSON object")
-    p.add_argument("--preprocess", default="{}", help="JSON object keyed by column")
-    p.add_argument("--test-size", type=float, default=0.25)
-    p.add_argument("--test-sampling", default="random", choices=["random", "last", "stratified"])
+    p.add_argument("--preprocess", help="JSON object keyed by column (default: the project's, or none)")
+    p.add_argument(
+        "--test-size", type=float, help="share of rows held out for testing (default: the project's, or 0.25)"
+    )
+    p.add_argument(
+        "--test-sampling",
+        choices=["random", "last", "stratified"],
+        help="how test rows are chosen (default: the project's, or random)",
+    )
     p.add_argument("--search", choices=["grid", "random"])
     p.add_argument("--search-params", default="{}", help="JSON object of candidate lists")
     p.add_argument("--no-deploy", action="store_true", help="do not deploy even when the new model is better")
@@ -41,7 +47,7 @@ def register(sub) -> None:
     d = sub.add_parser("deploy", help="deploy a model (ml.deploy): best_score, most_recent, rollback, or --model-id")
     d.add_argument("project")
     d.add_argument("strategy", nargs="?", default="best_score", choices=["best_score", "most_recent", "rollback"])
-    d.add_argument("--model-id", type=int)
+    d.add_argument("--model-id", type=int, help="deploy this model of the project")
     d.add_argument("--dsn")
     d.set_defaults(func=run_deploy)
 
@@ -71,7 +77,7 @@ def run_train(args) -> int:
             hyperparams=_json(args.hyperparams, "--hyperparams"),
             test_size=args.test_size,
             test_sampling=args.test_sampling,
-            preprocess=_json(args.preprocess, "--preprocess"),
+            preprocess=_json(args.preprocess, "--preprocess") if args.preprocess is not None else None,
             search=args.search,
             search_params=_json(args.search_params, "--search-params"),
             automatic_deploy=not args.no_deploy,

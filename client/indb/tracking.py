@@ -12,22 +12,26 @@ Familiar to MLflow users::
     model = client.load_model("churn", alias="champion")
     df = client.search_runs(["churn"], "metrics.rmse < 0.5 and params.max_depth = '6'")
 
-Model artifact formats (registry.model_versions.artifact_format), chosen per flavor:
-  xgboost-ubj     xgboost Booster / XGBModel: booster.save_raw('ubj'); sklearn wrappers come back as their class
-  lightgbm-text   lightgbm Booster: model_to_string()
-  sklearn-pickle  scikit-learn estimators (and lightgbm's sklearn wrappers): pickle protocol 5
-  torch-save      torch.nn.Module: torch.save(module) (the module's class must be importable when loading)
-  bytes           anything already serialized (flavor given by the caller); load_model returns the bytes
-  (ml.train writes flavor indb-pickle: load_model returns its bundle, a dict with the estimator under "est")
-Every artifact's sha256 is checked by the database when it is read back. Pickle and torch.save run code
-when loaded: load only models from a registry you trust (indb roles decide who may register them).
+Model artifact formats (registry.model_versions.artifact_format), chosen per flavor. None of them can carry
+code, so loading a model never runs anything its registrant wrote (SECURITY.md, "No executable
+deserialization"):
+  xgboost-ubj       xgboost Booster / XGBModel: booster.save_raw('ubj'); sklearn wrappers come back as their class
+  lightgbm-text     lightgbm Booster or sklearn wrapper: the booster's model text; loads as a lightgbm Booster
+  sklearn-skops     scikit-learn estimators and pipelines: skops; loaded only when every type it holds is
+                    trusted (scikit-learn, numpy and scipy types, plus the ones you pass as trusted=[...])
+  torch-state-dict  torch.nn.Module: its state_dict; load_model returns the state_dict (loaded with
+                    weights_only=True), or loads it into the module you pass as into=
+  bytes             anything already serialized (flavor given by the caller); load_model returns the bytes
+  indb-bundle-v2    ml.train's models: load_model returns the bundle (a dict with the estimator under "est")
+The sha256 of every artifact is checked when it is read back. Pickled formats of indb 0.1.0 (sklearn-pickle,
+torch-save, indb-pickle) are refused: re-register the model (or retrain it with ml.train).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
-import pickle
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -38,6 +42,9 @@ from psycopg.types.json import Jsonb
 
 from .client import Base
 from .errors import InvalidInput
+
+LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,17 +68,18 @@ def serialize_model(model: Any, flavor: str | None = None) -> tuple[str, str, by
     if mod == "lightgbm":
         import lightgbm as lgb
 
-        if isinstance(model, lgb.Booster):
-            return "lightgbm", "lightgbm-text", model.model_to_string().encode(), _cls_path(model)
-        return "lightgbm", "sklearn-pickle", pickle.dumps(model, protocol=5), _cls_path(model)
+        booster = model if isinstance(model, lgb.Booster) else model.booster_
+        return "lightgbm", "lightgbm-text", booster.model_to_string().encode(), _cls_path(model)
     if mod == "torch" or _is_torch_module(model):
         import torch
 
         buf = io.BytesIO()
-        torch.save(model, buf)
-        return "torch", "torch-save", buf.getvalue(), _cls_path(model)
+        torch.save(model.state_dict(), buf)
+        return "torch", "torch-state-dict", buf.getvalue(), _cls_path(model)
     if mod == "sklearn" or hasattr(model, "get_params"):
-        return "sklearn", "sklearn-pickle", pickle.dumps(model, protocol=5), _cls_path(model)
+        import skops.io as sio
+
+        return "sklearn", "sklearn-skops", sio.dumps(model), _cls_path(model)
     raise InvalidInput(
         f"cannot register a {_cls_path(model)}: supported are xgboost, lightgbm, scikit-learn and "
         "torch models, or bytes with flavor="
@@ -83,25 +91,39 @@ def _is_torch_module(model) -> bool:
         import sys
 
         torch = sys.modules.get("torch")
-        return bool(torch) and isinstance(model, torch.nn.Module)
+        return torch is not None and isinstance(model, torch.nn.Module)
     except Exception:
         return False
 
 
-def _sniff(data: bytes) -> str:
-    if data[:1] == b"\x80":
-        return "sklearn-pickle"
-    if data[:2] == b"PK":
-        return "torch-save"
-    if data[:4] == b"tree":
-        return "lightgbm-text"
-    if data[:1] == b"{":
-        return "xgboost-json" if data[:2] in (b'{"', b"{\n") else "xgboost-ubj"
-    return "bytes"
+def _load_skops(data: bytes, trusted: Iterable[str] = ()) -> Any:
+    import skops.io as sio
+
+    extra = set(trusted)
+    types = set(sio.get_untrusted_types(data=data))
+    bad = sorted(t for t in types if not t.startswith(TRUSTED_PREFIXES) and t not in extra)
+    if bad:
+        raise InvalidInput(
+            "the model holds types that are not trusted: " + ", ".join(bad),
+            hint="if you trust them, pass them: load_model(..., trusted=[...])",
+        )
+    return sio.loads(data, trusted=sorted(types))
 
 
-def deserialize_model(data: bytes, flavor: str | None, fmt: str | None, algorithm: str | None = None) -> Any:
-    fmt = fmt or _sniff(data)
+def deserialize_model(
+    data: bytes,
+    flavor: str | None,
+    fmt: str | None,
+    algorithm: str | None = None,
+    into: Any = None,
+    trusted: Iterable[str] = (),
+) -> Any:
+    """The model object of an artifact; never unpickles (legacy pickled formats are refused)."""
+    if fmt in LEGACY_FORMATS or flavor == "indb-pickle" or (fmt is None and data[:1] == b"\x80"):
+        raise InvalidInput(
+            f"the model is stored as a pickle ({fmt or flavor}), which indb no longer loads: a pickle can run code",
+            hint="register it again from the model object (register_model), or retrain it with ml.train",
+        )
     if fmt in ("xgboost-ubj", "xgboost-json"):
         import xgboost as xgb
 
@@ -117,13 +139,20 @@ def deserialize_model(data: bytes, flavor: str | None, fmt: str | None, algorith
         import lightgbm as lgb
 
         return lgb.Booster(model_str=data.decode())
-    if fmt in ("sklearn-pickle", "pickle") or flavor == "indb-pickle":
-        # indb-pickle: ml.train's bundle (dict with the estimator "est" and its preprocessing "pre")
-        return pickle.loads(data)
-    if fmt == "torch-save":
+    if fmt == "sklearn-skops":
+        return _load_skops(data, trusted)
+    if fmt == "torch-state-dict":
         import torch
 
-        return torch.load(io.BytesIO(data), weights_only=False)
+        state = torch.load(io.BytesIO(data), weights_only=True)
+        if into is None:
+            return state
+        into.load_state_dict(state)
+        return into
+    if fmt == "indb-bundle-v2":
+        from indb_runtime import model_store
+
+        return model_store.load_bundle(data, hashlib.sha256(data).hexdigest(), fmt, flavor)
     return data
 
 
@@ -374,16 +403,32 @@ class TrackingAPI(Base):
     def list_model_versions(self, name: str) -> list[dict]:
         return self.call("select * from registry.list_model_versions(%s)", [name])
 
-    def load_model(self, name: str, alias: str | None = None, version: int | None = None) -> Any:
+    def load_model(
+        self,
+        name: str,
+        alias: str | None = None,
+        version: int | None = None,
+        into: Any = None,
+        trusted: Iterable[str] = (),
+    ) -> Any:
         """The model object of a version (by alias, version number, or the latest): an xgboost Booster or
-        sklearn-API model, a lightgbm Booster, a scikit-learn estimator or a torch module."""
+        sklearn-API model, a lightgbm Booster, a scikit-learn estimator, a torch state_dict (or the module
+        ``into``, with the weights loaded), or ml.train's bundle. The artifact's sha256 is checked; pickled
+        artifacts are refused; scikit-learn models load only when every type they hold is trusted
+        (scikit-learn, numpy, scipy, and ``trusted``)."""
         mv = self.get_model_version(name, alias, version)
         if mv["artifact"] is None:
             raise InvalidInput(
                 f"model {name!r} version {mv['version']} has no stored artifact"
                 + (f"; it lives at {mv['artifact_uri']}" if mv["artifact_uri"] else "")
             )
-        return deserialize_model(bytes(mv["artifact"]), mv["flavor"], mv["artifact_format"], mv["algorithm"])
+        data = bytes(mv["artifact"])
+        if hashlib.sha256(data).hexdigest() != mv["artifact_sha256"]:
+            raise InvalidInput(
+                f"model {name!r} version {mv['version']} fails its sha256 check",
+                hint="the stored artifact was changed: do not load it; register the model again",
+            )
+        return deserialize_model(data, mv["flavor"], mv["artifact_format"], mv["algorithm"], into, trusted)
 
     # -- lineage and audit
     def lineage(self, kind: str, id: Any, direction: str = "both", max_depth: int = 20) -> list[dict]:

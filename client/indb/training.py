@@ -39,8 +39,8 @@ class TrainingAPI(Base):
         target: str | None = None,
         algorithm: str = "xgboost",
         hyperparams: Mapping | None = None,
-        test_size: float = 0.25,
-        test_sampling: str = "random",
+        test_size: float | None = None,
+        test_sampling: str | None = None,
         preprocess: Mapping | None = None,
         search: str | None = None,
         search_params: Mapping | None = None,
@@ -48,7 +48,9 @@ class TrainingAPI(Base):
         materialize: bool = False,
         progress: Callable[[str], None] | None = None,
     ) -> dict:
-        """Train a model (ml.train); returns {project, model_id, algorithm, metrics, deployed}."""
+        """Train a model (ml.train); returns {project, model_id, algorithm, metrics, deployed, status, hyperparams,
+        test_size}. test_size and test_sampling left out: the project's (a retrain splits like the last one),
+        0.25 and random for a new project. A retrain without relation reuses the project's stored relation."""
         with self._notices(progress):
             rows = self.call(
                 "select * from ml.train(%s, task => %s, relation => %s, target => %s, algorithm => %s, "
@@ -63,7 +65,7 @@ class TrainingAPI(Base):
                     json.dumps(dict(hyperparams or {})),
                     test_size,
                     test_sampling,
-                    json.dumps(dict(preprocess or {})),
+                    json.dumps(dict(preprocess)) if preprocess is not None else None,
                     search,
                     json.dumps(dict(search_params or {})),
                     automatic_deploy,

@@ -50,11 +50,8 @@ ALGORITHMS = {
     "clustering": ["kmeans", "mini_batch_kmeans"],
 }
 
-# key metric per task (higher is better) used by automatic_deploy and ml.deploy('best_score')
-KEY_METRIC = {"regression": "r2", "classification": "f1", "clustering": "silhouette"}
-
 # Defaults chosen where the library default is poor or slow for in-database use.
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, Any]] = {
     "xgboost": {"n_estimators": 100, "random_state": 0, "n_jobs": None},
     "lightgbm": {"n_estimators": 100, "random_state": 0, "verbose": -1},
     "random_forest": {"n_estimators": 100, "random_state": 0},
@@ -104,6 +101,12 @@ def valid_algorithms(task: str) -> list[str]:
 
 
 def check_task(task: str | None) -> str:
+    if task is None:
+        raise invalid(
+            "task is missing",
+            detail="tasks: " + ", ".join(TASKS),
+            hint="pass task => 'regression' (or classification, clustering) on the first ml.train of a project",
+        )
     if task not in TASKS:
         raise invalid(
             f'unknown task "{task}"',
@@ -189,7 +192,7 @@ def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
         raise invalid("hyperparams must be a JSON object", hint="e.g. hyperparams => '{\"max_depth\": 6}'")
     cls = estimator_class(task, algorithm)
     known = _param_names(cls)
-    out = dict(DEFAULTS.get(algorithm, {}))
+    out: dict[str, Any] = dict(DEFAULTS.get(algorithm, {}))
     if algorithm in ("kmeans", "mini_batch_kmeans") and "n_clusters" not in hyperparams:
         out["n_clusters"] = 8
     for k, v in hyperparams.items():
@@ -265,7 +268,7 @@ def fit(
                     return False
 
             est.set_params(callbacks=[Tick()])
-            kw = {"verbose": False}
+            kw: dict[str, Any] = {"verbose": False}
             if eval_set is not None:
                 kw["eval_set"] = [eval_set]
             est.fit(X, y, **kw)
@@ -357,7 +360,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, proba: np.ndarray | Non
 
     yi, pi = y.astype(int), p.astype(int)
     avg = "binary" if n_classes == 2 else "macro"
-    out = {
+    out: dict[str, float | None] = {
         "accuracy": float(skm.accuracy_score(yi, pi)),
         "precision": float(skm.precision_score(yi, pi, average=avg, zero_division=0)),
         "recall": float(skm.recall_score(yi, pi, average=avg, zero_division=0)),

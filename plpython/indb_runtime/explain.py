@@ -72,7 +72,7 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
                 k = cls_index if sv.shape[2] > 1 else 0
                 if sv.shape[2] == 1:
                     k = 0
-                vals, b = sv[0, :, k], base[k if len(base) > k else 0]
+                vals, b = sv[0, :, k], base[k if k is not None and len(base) > k else 0]
             else:
                 vals, b = sv[0], base[0]
             output = "log_odds" if alg == "gradient_boosting" else "probability"
@@ -92,13 +92,13 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
         output = "log_odds" if task == "classification" else "value"
     else:
         raise _not_supported(alg, "ml.explain")
-    vals, base = np.asarray(row[:-1], dtype=np.float64), float(row[-1])
+    contribs, base_value = np.asarray(row[:-1], dtype=np.float64), float(row[-1])
     out = {
         "algorithm": alg,
         "output": output,
-        "base_value": base,
-        "contributions": _group(vals, groups),
-        "raw_output": base + float(vals.sum()),
+        "base_value": base_value,
+        "contributions": _group(contribs, groups),
+        "raw_output": base_value + float(contribs.sum()),
     }
     if cls_index is not None:
         out["explained_class"] = bundle["classes"][cls_index] if bundle.get("classes") else cls_index

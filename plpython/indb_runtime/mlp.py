@@ -1,4 +1,4 @@
-"""A small torch MLP with a scikit-learn face (fit / predict / predict_proba), picklable for the registry.
+"""A small torch MLP with a scikit-learn face (fit / predict / predict_proba), stored as JSON + a state_dict.
 
 Inputs are standardized inside the model (and the target, for regression), so it trains well without
 asking for ``scale`` in preprocess. ``tick(epoch, epochs)`` runs after every epoch (cancel point).
@@ -6,7 +6,7 @@ asking for ``scale`` in preprocess. ``tick(epoch, epochs)`` runs after every epo
 
 from __future__ import annotations
 
-import io
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class TorchMLP:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.random_state = random_state
-        self.net = None
+        self.net: Any = None
         self.loss_curve_: list[float] = []
 
     def get_params(self, deep: bool = True) -> dict:
@@ -66,7 +66,7 @@ class TorchMLP:
             self.classes_ = np.unique(y)
             n_out = len(self.classes_)
             yt = torch.from_numpy(np.searchsorted(self.classes_, y).astype(np.int64))
-            loss_fn = torch.nn.CrossEntropyLoss()
+            loss_fn: Any = torch.nn.CrossEntropyLoss()
         else:
             y = np.asarray(y, dtype=np.float32)
             self.ymu_, self.ysd_ = float(y.mean()), float(y.std() or 1.0)
@@ -112,25 +112,29 @@ class TorchMLP:
         e = np.exp(out - out.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    # pickle the weights as torch bytes, not the module object
-    def __getstate__(self):
-        import torch
+    # the registry stores numbers only (indb_runtime.model_store): JSON state + a torch state_dict
+    def to_state(self) -> tuple[dict, dict]:
+        """(JSON-able state, the network's state_dict); from_state(*to_state()) gives the same model."""
+        state: dict[str, Any] = {"params": self.get_params(), "loss_curve": list(self.loss_curve_)}
+        state["mu"], state["sd"] = self.mu_.tolist(), self.sd_.tolist()
+        if self.task == "classification":
+            state["classes"] = self.classes_.tolist()
+        else:
+            state["ymu"], state["ysd"] = self.ymu_, self.ysd_
+        state["n_in"], state["n_out"] = self.net[0].in_features, self.net[-1].out_features
+        return state, self.net.state_dict()
 
-        state = dict(self.__dict__)
-        if self.net is not None:
-            buf = io.BytesIO()
-            torch.save(self.net.state_dict(), buf)
-            state["net"] = buf.getvalue()
-            state["_n_in"] = self.net[0].in_features
-            state["_n_out"] = self.net[-1].out_features
-        return state
-
-    def __setstate__(self, state):
-        raw = state.get("net")
-        self.__dict__.update(state)
-        if isinstance(raw, bytes):
-            import torch
-
-            self.net = self._build(state["_n_in"], state["_n_out"])
-            self.net.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
-            self.net.eval()
+    @classmethod
+    def from_state(cls, state: dict, weights: dict) -> TorchMLP:
+        m = cls(**state["params"])
+        m.loss_curve_ = list(state.get("loss_curve", []))
+        m.mu_ = np.asarray(state["mu"], dtype=np.float32)
+        m.sd_ = np.asarray(state["sd"], dtype=np.float32)
+        if m.task == "classification":
+            m.classes_ = np.asarray(state["classes"])
+        else:
+            m.ymu_, m.ysd_ = float(state["ymu"]), float(state["ysd"])
+        m.net = m._build(int(state["n_in"]), int(state["n_out"]))
+        m.net.load_state_dict(weights)
+        m.net.eval()
+        return m

@@ -14,13 +14,17 @@ Options per column (``preprocess`` jsonb, ``{"col": {"impute": "mean", "scale": 
   impute  mean, median, mode, min, max, zero, error   (default error: NULLs are refused, with a hint)
   scale   standard, min_max, robust, none             (default none)
   encode  one_hot, ordinal, target, none              (text columns need one; default none)
+  unknown ignore, error                               (text columns: a category the training data did not
+                                                       hold, met at prediction; default ignore: all-zero
+                                                       one-hot, -1 ordinal, the global mean for target;
+                                                       error: refuse the row with SQLSTATE 22023)
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,8 @@ from .errors import IndbRuntimeError, invalid
 IMPUTE = ("mean", "median", "mode", "min", "max", "zero", "error")
 SCALE = ("standard", "min_max", "robust", "none")
 ENCODE = ("one_hot", "ordinal", "target", "none")
-OPTION_VALUES = {"impute": IMPUTE, "scale": SCALE, "encode": ENCODE}
+UNKNOWN = ("ignore", "error")
+OPTION_VALUES = {"impute": IMPUTE, "scale": SCALE, "encode": ENCODE, "unknown": UNKNOWN}
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "oid"}
 TEXT_TYPES = {"text", "character varying", "character", "name", "char", "citext", '"char"'}
@@ -84,7 +89,8 @@ def validate_options(preprocess: dict, columns: Sequence[str]) -> None:
         for k, v in opts.items():
             if k not in OPTION_VALUES:
                 raise invalid(
-                    f'unknown preprocess option "{k}" for column "{col}"', detail="options: impute, scale, encode"
+                    f'unknown preprocess option "{k}" for column "{col}"',
+                    detail="options: impute, scale, encode, unknown",
                 )
             if v not in OPTION_VALUES[k]:
                 raise invalid(
@@ -130,16 +136,19 @@ def _to_float(values: Sequence, col: str, kind: str) -> np.ndarray:
             bad = ~np.isfinite(x)
             if not bad.any():
                 return x
-            if not any(values[i] is not None for i in np.flatnonzero(bad)):
+            if not any(values[int(i)] is not None for i in np.flatnonzero(bad)):
                 return x
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         if v is None:
             out[i] = np.nan
             continue
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:
+            raise _out_of_range(col, i) from None
         if not math.isfinite(f):
             raise IndbRuntimeError(
                 "22000",
@@ -179,7 +188,10 @@ def _to_matrix(values: Sequence, col: str, kind: str, dims: int | None = None) -
                 f'column "{col}" has a NULL element in row {i + 1}',
                 hint="replace NULL elements, or filter those rows",
             )
-        m[i] = r
+        try:
+            m[i] = r
+        except OverflowError:
+            raise _out_of_range(col, i) from None
     if not np.all(np.isfinite(m[~mask])):
         bad = int(np.argwhere(~np.isfinite(m) & ~mask[:, None])[0][0])
         raise IndbRuntimeError(
@@ -203,7 +215,7 @@ class Preprocessor:
     @classmethod
     def fit(
         cls,
-        data: dict[str, Sequence],
+        data: Mapping[str, Sequence],
         types: dict[str, str],
         options: dict | None = None,
         y: np.ndarray | None = None,
@@ -212,98 +224,7 @@ class Preprocessor:
         """Fit on training columns and return (preprocessor, X). ``y`` (numeric) is needed for target encoding."""
         options = options or {}
         enums = enums or set()
-        cols = []
-        for name, values in data.items():
-            tname = types[name]
-            kind = column_kind(tname, name in enums)
-            if kind is None:
-                raise IndbRuntimeError(
-                    "42804",
-                    f'column "{name}" has type {tname}, which cannot be a feature',
-                    hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
-                    "exclude it with a SELECT in relation",
-                )
-            opts = dict(options.get(name, {}))
-            spec: dict[str, Any] = {
-                "name": name,
-                "type": tname,
-                "kind": kind,
-                "impute": opts.get("impute", "error"),
-                "scale": opts.get("scale", "none"),
-                "encode": opts.get("encode", "none"),
-            }
-            n = len(values)
-            nulls = sum(1 for v in values if v is None)
-            if n and nulls == n:
-                raise IndbRuntimeError(
-                    "22004",
-                    f'column "{name}" is NULL in every row; it carries no information',
-                    hint="drop it from the relation (select the columns you want)",
-                )
-            if kind == "text":
-                if spec["encode"] == "none":
-                    raise IndbRuntimeError(
-                        "22023",
-                        f'text column "{name}" needs an encoding',
-                        hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' (or ordinal, target)',
-                    )
-                if spec["impute"] not in ("mode", "error"):
-                    raise invalid(
-                        f'impute "{spec["impute"]}" does not apply to text column "{name}"',
-                        hint="text columns can impute mode or error",
-                    )
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls, text=True)
-                present = [str(v) for v in values if v is not None]
-                mode = Counter(present).most_common(1)[0][0]
-                spec["impute_value"] = mode
-                cats = sorted(set(present))
-                spec["categories"] = cats
-                if spec["encode"] == "target":
-                    if y is None:
-                        raise invalid(
-                            f'target encoding of column "{name}" needs a numeric target',
-                            hint="use one_hot or ordinal for clustering",
-                        )
-                    vals = [str(v) if v is not None else mode for v in values]
-                    gm = float(np.mean(y))
-                    sums: dict[str, list] = {}
-                    for v, t in zip(vals, y):
-                        s = sums.setdefault(v, [0.0, 0])
-                        s[0] += float(t)
-                        s[1] += 1
-                    smooth = 10.0  # shrink rare categories towards the global mean
-                    spec["target_means"] = {k: (s[0] + smooth * gm) / (s[1] + smooth) for k, s in sums.items()}
-                    spec["target_default"] = gm
-            elif kind in ("numeric", "bool"):
-                x = _to_float(values, name, kind)
-                miss = np.isnan(x)
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls)
-                if spec["encode"] not in ("none",):
-                    raise invalid(
-                        f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"',
-                        hint="encodings are for text columns",
-                    )
-                fill = _impute_value(x[~miss], spec["impute"] if spec["impute"] != "error" else "mean")
-                spec["impute_value"] = fill
-                x = np.where(miss, fill, x)
-                spec["center"], spec["scale_by"] = _scale_params(x, spec["scale"])
-            else:  # array / vector
-                m, mask, dims = _to_matrix(values, name, kind)
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, nulls)
-                if spec["encode"] != "none":
-                    raise invalid(f'encode does not apply to {kind} column "{name}"')
-                spec["dims"] = dims
-                good = m[~mask]
-                how = spec["impute"] if spec["impute"] != "error" else "mean"
-                spec["impute_value"] = [_impute_value(good[:, j], how) for j in range(dims)]
-                m[mask] = spec["impute_value"]
-                cs = [_scale_params(m[:, j], spec["scale"]) for j in range(dims)]
-                spec["center"] = [c for c, _ in cs]
-                spec["scale_by"] = [s for _, s in cs]
-            cols.append(spec)
+        cols = [_fit_column(name, types[name], values, options, y, name in enums) for name, values in data.items()]
         names, groups = [], []
         for spec in cols:
             for f in _expanded_names(spec):
@@ -313,9 +234,9 @@ class Preprocessor:
         return pre, pre.transform(data, len(next(iter(data.values()))) if data else 0)
 
     # ---- transform ------------------------------------------------------------------------------------
-    def transform(self, data: dict[str, Sequence], n: int) -> np.ndarray:
-        """Apply the fitted steps to columns (same names as at fit). Unknown categories: zeros (one_hot),
-        -1 (ordinal), the global mean (target)."""
+    def transform(self, data: Mapping[str, Sequence], n: int) -> np.ndarray:
+        """Apply the fitted steps to columns (same names as at fit). Unknown categories: refused when the column
+        says ``"unknown": "error"``, else zeros (one_hot), -1 (ordinal), the global mean (target)."""
         parts = []
         for spec in self.state["columns"]:
             name, kind = spec["name"], spec["kind"]
@@ -330,6 +251,8 @@ class Preprocessor:
                     raise _null_error(name, len(nulls), text=True, at_predict=True)
                 vals = [spec["impute_value"] if v is None else str(v) for v in values]
                 cats = spec["categories"]
+                if spec.get("unknown", "ignore") == "error":
+                    _refuse_unknown(name, vals, cats)
                 if spec["encode"] == "one_hot":
                     index = {c: j for j, c in enumerate(cats)}
                     m = np.zeros((n, len(cats)))
@@ -339,8 +262,8 @@ class Preprocessor:
                             m[i, j] = 1.0
                     parts.append(m)
                 elif spec["encode"] == "ordinal":
-                    index = {c: float(j) for j, c in enumerate(cats)}
-                    parts.append(np.array([index.get(v, -1.0) for v in vals]).reshape(n, 1))
+                    rank = {c: float(j) for j, c in enumerate(cats)}
+                    parts.append(np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1))
                 else:
                     tm, d = spec["target_means"], spec["target_default"]
                     parts.append(np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1))
@@ -406,6 +329,7 @@ class Preprocessor:
         cols = []
         for c in self.state["columns"]:
             d = {k: c[k] for k in ("name", "type", "kind", "impute", "scale", "encode")}
+            d["unknown"] = c.get("unknown", "ignore")
             if c["kind"] == "text":
                 d["categories"] = c["categories"][:50]
             if c["kind"] in ("array", "vector"):
@@ -414,12 +338,139 @@ class Preprocessor:
         return {"columns": cols, "features": len(self.feature_names)}
 
 
+# ---- fitting one column, by kind ----------------------------------------------------------------------------
+def _fit_column(name: str, tname: str, values: Sequence, options: dict, y: np.ndarray | None, is_enum: bool) -> dict:
+    kind = column_kind(tname, is_enum)
+    if kind is None:
+        raise IndbRuntimeError(
+            "42804",
+            f'column "{name}" has type {tname}, which cannot be a feature',
+            hint="use numeric, boolean, text, numeric arrays or vector columns; cast or "
+            "exclude it with a SELECT in relation",
+        )
+    opts = dict(options.get(name, {}))
+    spec: dict[str, Any] = {
+        "name": name,
+        "type": tname,
+        "kind": kind,
+        "impute": opts.get("impute", "error"),
+        "scale": opts.get("scale", "none"),
+        "encode": opts.get("encode", "none"),
+        "unknown": opts.get("unknown", "ignore"),
+    }
+    nulls = sum(1 for v in values if v is None)
+    if values and nulls == len(values):
+        raise IndbRuntimeError(
+            "22004",
+            f'column "{name}" is NULL in every row; it carries no information',
+            hint="drop it from the relation (select the columns you want)",
+        )
+    if kind == "text":
+        _fit_text(spec, values, nulls, y)
+    elif spec["unknown"] != "ignore":
+        raise invalid(
+            f'unknown "{spec["unknown"]}" does not apply to {kind} column "{name}"',
+            hint="unknown categories are a matter of text columns",
+        )
+    elif spec["encode"] != "none":
+        raise invalid(
+            f'encode "{spec["encode"]}" does not apply to {kind} column "{name}"', hint="encodings are for text columns"
+        )
+    elif kind in ("numeric", "bool"):
+        _fit_number(spec, values, nulls)
+    else:
+        _fit_array(spec, values, nulls)
+    return spec
+
+
+def _fit_text(spec: dict, values: Sequence, nulls: int, y: np.ndarray | None) -> None:
+    name = spec["name"]
+    if spec["encode"] == "none":
+        raise IndbRuntimeError(
+            "22023",
+            f'text column "{name}" needs an encoding',
+            hint=f'set preprocess => \'{{"{name}": {{"encode": "one_hot"}}}}\' (or ordinal, target)',
+        )
+    if spec["impute"] not in ("mode", "error"):
+        raise invalid(
+            f'impute "{spec["impute"]}" does not apply to text column "{name}"',
+            hint="text columns can impute mode or error",
+        )
+    if nulls and spec["impute"] == "error":
+        raise _null_error(name, nulls, text=True)
+    present = [str(v) for v in values if v is not None]
+    mode = Counter(present).most_common(1)[0][0]
+    spec["impute_value"] = mode
+    spec["categories"] = sorted(set(present))
+    if spec["encode"] != "target":
+        return
+    if y is None:
+        raise invalid(
+            f'target encoding of column "{name}" needs a numeric target', hint="use one_hot or ordinal for clustering"
+        )
+    gm = float(np.mean(y))
+    sums: dict[str, list] = {}
+    for v, t in zip((str(v) if v is not None else mode for v in values), y):
+        acc = sums.setdefault(v, [0.0, 0])
+        acc[0] += float(t)
+        acc[1] += 1
+    smooth = 10.0  # shrink rare categories towards the global mean
+    spec["target_means"] = {k: (a[0] + smooth * gm) / (a[1] + smooth) for k, a in sums.items()}
+    spec["target_default"] = gm
+
+
+def _fit_number(spec: dict, values: Sequence, nulls: int) -> None:
+    x = _to_float(values, spec["name"], spec["kind"])
+    miss = np.isnan(x)
+    if nulls and spec["impute"] == "error":
+        raise _null_error(spec["name"], nulls)
+    fill = _impute_value(x[~miss], spec["impute"] if spec["impute"] != "error" else "mean")
+    spec["impute_value"] = fill
+    spec["center"], spec["scale_by"] = _scale_params(np.where(miss, fill, x), spec["scale"])
+
+
+def _fit_array(spec: dict, values: Sequence, nulls: int) -> None:
+    m, mask, dims = _to_matrix(values, spec["name"], spec["kind"])
+    if nulls and spec["impute"] == "error":
+        raise _null_error(spec["name"], nulls)
+    spec["dims"] = dims
+    good = m[~mask]
+    how = spec["impute"] if spec["impute"] != "error" else "mean"
+    spec["impute_value"] = [_impute_value(good[:, j], how) for j in range(dims)]
+    m[mask] = spec["impute_value"]
+    cs = [_scale_params(m[:, j], spec["scale"]) for j in range(dims)]
+    spec["center"] = [c for c, _ in cs]
+    spec["scale_by"] = [sc for _, sc in cs]
+
+
 def _expanded_names(spec: dict) -> list[str]:
     if spec["kind"] == "text" and spec["encode"] == "one_hot":
         return [f"{spec['name']}={c}" for c in spec["categories"]]
     if spec["kind"] in ("array", "vector"):
         return [f"{spec['name']}[{j + 1}]" for j in range(spec["dims"])]
     return [spec["name"]]
+
+
+def _out_of_range(col: str, i: int) -> IndbRuntimeError:
+    return IndbRuntimeError(
+        "22003",
+        f'column "{col}" holds a number out of range for double precision in row {i + 1}',
+        hint="features must be finite double precision numbers (at most about 1.7e308 in size)",
+    )
+
+
+def _refuse_unknown(name: str, vals: Sequence[str], cats: Sequence[str]) -> None:
+    known = set(cats)
+    unseen = next((v for v in vals if v not in known), None)
+    if unseen is not None:
+        shown = ", ".join(list(cats)[:20]) + (", ..." if len(cats) > 20 else "")
+        raise IndbRuntimeError(
+            "22023",
+            f'column "{name}" holds the category {unseen!r}, which the model never saw in training',
+            detail=f"known categories: {shown}",
+            hint=f'pass a known category, or retrain with preprocess => \'{{"{name}": {{"unknown": "ignore"}}}}\' '
+            "to encode unseen categories as unknown",
+        )
 
 
 def _null_error(name: str, count: int, text: bool = False, at_predict: bool = False) -> IndbRuntimeError:

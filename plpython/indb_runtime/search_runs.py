@@ -16,7 +16,8 @@ Grammar (MLflow's, plus OR and parentheses)::
     value      := 'string' | "string" | number
 
 The SQL text is assembled only from fixed fragments chosen here; every key and value the user wrote is
-bound as a parameter ($1, $2, ...). Errors carry SQLSTATE 42601 and the position of the problem.
+bound as a parameter ($1, $2, ...). Errors carry SQLSTATE 42601 and the position of the problem; a filter
+nested deeper than MAX_DEPTH parentheses, or longer than MAX_FILTER characters, is refused with 54001.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import spi
 from .errors import IndbRuntimeError
 
 HINT = (
@@ -66,6 +68,8 @@ DATASET_FIELDS = {"name": "d.name", "digest": "d.digest", "context": "i.context"
 NUM_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 STR_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "LIKE": "like", "ILIKE": "ilike"}
 MAX_RESULTS = 50000
+MAX_DEPTH = 64  # nesting of parentheses
+MAX_FILTER = 100_000  # characters
 
 TOKEN_RE = re.compile(
     r"""
@@ -97,13 +101,23 @@ def syntax_error(text: str, pos: int, message: str) -> IndbRuntimeError:
     return IndbRuntimeError("42601", f"invalid filter at position {pos + 1}: {message}", detail, HINT)
 
 
+def too_complex(why: str) -> IndbRuntimeError:
+    return IndbRuntimeError(
+        "54001",
+        f"filter is too complex: {why}",
+        hint="simplify the filter: drop redundant parentheses, or split the search",
+    )
+
+
 def tokenize(text: str) -> list[Tok]:
+    if len(text) > MAX_FILTER:
+        raise too_complex(f"it is {len(text)} characters long (at most {MAX_FILTER})")
     toks, i = [], 0
     while i < len(text):
         m = TOKEN_RE.match(text, i)
         if not m:
             raise syntax_error(text, i, f"unexpected character {text[i]!r}")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         if kind != "ws":
             toks.append(Tok(kind, m.group(), i))
         i = m.end()
@@ -125,6 +139,7 @@ class Parser:
         self.toks = tokenize(text)
         self.i = 0
         self.params = params
+        self.depth = 0
 
     # -- helpers
     def peek(self) -> Tok:
@@ -175,9 +190,13 @@ class Parser:
 
     def factor(self) -> str:
         if self.peek().kind == "lp":
-            self.next()
+            t = self.next()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise too_complex(f"it nests parentheses more than {MAX_DEPTH} deep (at position {t.pos + 1})")
             inner = self.expr()
             self.expect("rp", "')'")
+            self.depth -= 1
             return inner
         return self.comparison()
 
@@ -391,6 +410,8 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
         if item is None or not item.strip():
             raise IndbRuntimeError("42601", "empty order_by item", hint="order_by items look like 'metrics.rmse ASC'")
         m = ORDER_RE.match(item)
+        if m is None:  # pragma: no cover - the pattern matches any non-empty text
+            raise IndbRuntimeError("42601", f"invalid order_by item {item!r}")
         text = m.group("field")
         direction = (m.group("dir") or "asc").lower()
         p = Parser(text, params)
@@ -460,15 +481,6 @@ def _bind(params: list, value, pgtype: str) -> str:
     return f"${len(params)}"
 
 
-def execute(plpy, SD, experiments, filter_text, order_by, max_results):
+def execute(plpy: spi.Plpy, experiments, filter_text, order_by, max_results):
     sql, params = build(experiments, filter_text, order_by, max_results)
-    types = [t for _, t in params]
-    cache = SD.setdefault("plans", {})
-    key = (sql, tuple(types))
-    plan = cache.get(key)
-    if plan is None:
-        if len(cache) > 200:
-            cache.clear()
-        plan = plpy.prepare(sql, types)
-        cache[key] = plan
-    return plpy.execute(plan, [v for v, _ in params])
+    return spi.run(plpy, sql, [t for _, t in params], [v for v, _ in params])

@@ -1,9 +1,12 @@
-"""ml.train / ml.predict / ml.deploy / ml.explain / ml.evaluate inside Postgres.
+"""ml.train / ml.predict / ml.explain / ml.evaluate inside Postgres (ml.deploy is SQL: sql/400-training.sql).
 
-Everything a training run writes (run, snapshot, model version, deployment, lineage) is written in the
-caller's transaction after the model is fitted: a failed or cancelled ml.train leaves nothing behind
-and the deployed model stays. Deployed models are cached per backend, keyed by deployment id; every
-prediction does one cheap SPI lookup of the current deployment id.
+ml.train runs with the caller's rights (it reads the caller's relation) and writes the registry only through
+the registry's functions (registry.start_run, log_batch, register_dataset, log_input, log_trials,
+register_model, add_lineage, end_run; ml._save_training_project, ml._deploy_version), all in the caller's
+transaction after the model is fitted: a failed or cancelled ml.train leaves nothing behind and the deployed
+model stays. Models are stored in formats that hold no code (indb_runtime.model_store); every load checks
+the stored sha256. Deployed models are cached per backend, keyed by deployment and model-row version; every
+prediction does one cheap lookup (ml._serving_model).
 
 The ``plpy`` object is passed in, so the pure parts (splits, search grids, bundles) are unit-testable.
 """
@@ -14,31 +17,25 @@ import hashlib
 import itertools
 import json
 import math
-import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import algorithms as algs
+from . import model_store, spi
 from .errors import IndbRuntimeError, invalid, undefined
 from .preprocess import Preprocessor, column_kind, validate_options
 
 TEST_SAMPLING = ("random", "last", "stratified")
 SEARCH = ("grid", "random")
-BUNDLE_FORMAT = 1
+DEFAULT_TEST_SIZE = 0.25
+MAX_PARAM_CHARS = 6000  # registry.log_batch's limit for one param value
 
-PLANS: dict[str, Any] = {}
-# project name -> (deployment id, version id, bundle)
-CACHE: dict[str, tuple] = {}
-
-
-def _plan(plpy, key: str, sql: str, types: Sequence[str]):
-    p = PLANS.get(key)
-    if p is None:
-        p = PLANS[key] = plpy.prepare(sql, list(types))
-    return p
+# project name -> (serving stamp: deployment id and model-row version, bundle)
+CACHE: dict[str, tuple[str, dict]] = {}
 
 
 def _loads(s):
@@ -49,12 +46,17 @@ def _loads(s):
     return json.loads(s)
 
 
+def key_metric(plpy: spi.Plpy, task: str) -> str:
+    """The metric (higher is better) that ranks a task's models: one table, ml.key_metric (400-training.sql)."""
+    return spi.one(plpy, "select ml.key_metric($1) as k", ["text"], [task])["k"]  # type: ignore[index]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # progress and cancel points
 # ---------------------------------------------------------------------------------------------------------
 class Ticker:
-    """Called between chunks of work: a cheap plpy.execute (so cancel/statement_timeout fire) and a NOTICE
-    with progress (done/total, rate, time left) at most every ``every_s`` seconds."""
+    """Called between chunks of work: a cancel point (so cancel/statement_timeout fire) and a NOTICE with
+    progress (done/total, rate, time left) at most every ``every_s`` seconds."""
 
     def __init__(self, plpy, label: str, every_s: float = 2.0):
         self.plpy, self.label, self.every_s = plpy, label, every_s
@@ -64,7 +66,7 @@ class Ticker:
     def __call__(self, done: int, total: int) -> None:
         if self.plpy is None:
             return
-        self.plpy.execute(_plan(self.plpy, "tick", "select 1", []))
+        spi.tick(self.plpy)
         now = time.time()
         if now - self.last >= self.every_s or (done == total and now - self.t0 > self.every_s):
             self.last = now
@@ -83,22 +85,19 @@ def relation_sql(plpy, relation: str) -> str:
     the caller's own SQL and runs with the caller's privileges (these functions are SECURITY INVOKER)."""
     if relation is None or not str(relation).strip():
         raise invalid("relation is empty", hint="pass a table, view or SELECT")
-    q = plpy.execute(_plan(plpy, "relation", "select ml._relation_sql($1, 'relation') as q", ["text"]), [relation])
-    return f"({q[0]['q']})"
+    q = spi.one(plpy, "select ml._relation_sql($1, 'relation') as q", ["text"], [relation])
+    return f"({q['q']})"  # type: ignore[index]
 
 
 def describe_relation(plpy, from_sql: str) -> list[dict]:
     """[{name, type, kind, enum}] for the columns of a FROM item."""
     res = plpy.execute(f"select * from {from_sql} as _src limit 0")
     names, oids = res.colnames(), res.coltypes()
-    info = plpy.execute(
-        _plan(
-            plpy,
-            "types",
-            "select t.oid::int8 as oid, format_type(t.oid, null) as name, t.typtype = 'e' as is_enum "
-            "from pg_type t where t.oid = any($1::oid[])",
-            ["int8[]"],
-        ),
+    info = spi.run(
+        plpy,
+        "select t.oid::int8 as oid, format_type(t.oid, null) as name, t.typtype = 'e' as is_enum "
+        "from pg_type t where t.oid = any($1::oid[])",
+        ["int8[]"],
         [list(oids)],
     )
     by = {r["oid"]: r for r in info}
@@ -109,12 +108,8 @@ def describe_relation(plpy, from_sql: str) -> list[dict]:
     return out
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _select_expr(col: dict) -> str:
-    q = _quote(col["name"])
+    q = spi.ident(col["name"])
     if col["kind"] == "vector":
         return f"{q}::real[]"
     if col["kind"] == "numeric":
@@ -127,7 +122,7 @@ def _select_expr(col: dict) -> str:
 
 
 def _select_item(col: dict) -> str:
-    return f"{_select_expr(col)} as {_quote(col['name'])}"
+    return f"{_select_expr(col)} as {spi.ident(col['name'])}"
 
 
 def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
@@ -214,14 +209,13 @@ def split_indices(
     else:
         edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)[1:-1]))
         strata = np.searchsorted(edges, y, side="right")
-    test = []
+    picked: list[int] = []
     for s in np.unique(strata):
         members = rng.permutation(np.flatnonzero(strata == s))
         k = int(round(len(members) * test_size))
-        test.extend(members[:k].tolist())
-    test = np.array(sorted(test), dtype=int)
-    train = np.setdiff1d(idx, test)
-    return train, test
+        picked.extend(members[:k].tolist())
+    test = np.array(sorted(picked), dtype=int)
+    return np.setdiff1d(idx, test), test
 
 
 def search_candidates(search: str, search_params: dict, seed: int = 0) -> tuple[list[dict], int]:
@@ -309,11 +303,13 @@ def prediction_values(bundle: dict, raw: np.ndarray) -> np.ndarray:
 
 
 def metrics_for(task: str, est, X: np.ndarray, y: np.ndarray | None, n_classes: int | None) -> dict:
+    if task != "clustering":
+        assert y is not None and (task == "regression" or n_classes is not None)
     if task == "regression":
-        return algs.regression_metrics(y, algs.predict(task, est, X))
+        return algs.regression_metrics(y, algs.predict(task, est, X))  # type: ignore[arg-type]
     if task == "classification":
         p = algs.predict(task, est, X)
-        return algs.classification_metrics(y, p, algs.predict_proba(est, X), n_classes)
+        return algs.classification_metrics(y, p, algs.predict_proba(est, X), n_classes)  # type: ignore[arg-type]
     return algs.clustering_metrics(X, np.asarray(est.predict(X)))
 
 
@@ -326,10 +322,11 @@ def cv_score(
     folds: int,
     n_classes: int | None,
     tick: Callable,
+    key: str,
 ) -> tuple[float, float]:
+    """Mean and standard deviation of the key metric ``key`` over ``folds`` cross-validation folds."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    key = algs.KEY_METRIC[task]
     if task == "classification":
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(X, y)
     else:
@@ -377,43 +374,118 @@ def profile_columns(cols: list[dict], data: dict[str, list]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ml.train
+# ml.train, in named steps: settings -> read_data -> prepare -> search_and_fit -> record -> decide_deploy
 # ---------------------------------------------------------------------------------------------------------
-def _project_row(plpy, project: str):
-    rows = plpy.execute(
-        _plan(
-            plpy,
-            "project",
-            "select m.id, m.task, s.relation, s.target, s.log_predictions "
-            "from registry.registered_models m "
-            "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
-            ["text"],
-        ),
+@dataclass
+class Settings:
+    """What one ml.train call does, after the project's stored settings filled what the call left out."""
+
+    project: str
+    task: str
+    relation: str
+    target: str | None
+    algorithm: str
+    params: dict
+    test_size: float
+    test_sampling: str
+    preprocess: dict
+    search: str | None
+    search_params: dict
+    automatic_deploy: bool
+    materialize: bool
+    relation_given: bool
+    key: str
+
+
+@dataclass
+class TrainingData:
+    cols: list[dict]
+    feats: list[dict]
+    data: dict[str, list]  # feature columns, in scan order
+    n: int
+    target_values: list | None
+    y: np.ndarray | None
+    classes: list | None
+    digest: str
+    profile: dict
+
+
+@dataclass
+class Split:
+    tr: np.ndarray
+    te: np.ndarray
+    pre: Preprocessor
+    X_tr: np.ndarray
+    X_te: np.ndarray
+    y_tr: np.ndarray | None
+    y_te: np.ndarray | None
+    test_cols: dict[str, list]
+    n_classes: int | None
+
+
+@dataclass
+class Fitted:
+    est: Any
+    params: dict
+    metrics: dict
+    curves: dict
+    trials: list = field(default_factory=list)
+
+
+def _project_row(plpy, project: str) -> dict | None:
+    return spi.one(
+        plpy,
+        "select m.id, m.task, s.relation, s.target, s.test_size, s.test_sampling, s.preprocess, "
+        "s.author::text as author, ml._may_run_code_of(s.author) as trusted from registry.registered_models m "
+        "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
+        ["text"],
         [project],
     )
-    return rows[0] if rows else None
 
 
-def train(
+def _stored_relation(project: str, row: dict) -> str:
+    """The project's stored relation, only for a role that may run its author's code (SECURITY.md)."""
+    if row["relation"] is None:
+        raise undefined(
+            f'project "{project}" has no stored relation to train on',
+            hint=f"pass it: ml.train('{project}', relation => 'table, view or SELECT')",
+        )
+    if not row["trusted"]:
+        author = row["author"] or "an unknown role"
+        raise IndbRuntimeError(
+            "42501",
+            f'the stored relation of project "{project}" was written by {author}; it runs only for its author '
+            "or when its author is an indb_admin",
+            detail="a stored relation is SQL: running it would run its author's code with your rights",
+            hint=f"read it (ml.projects_overview), then pass it again: ml.train('{project}', relation => '...')",
+        )
+    return row["relation"]
+
+
+def settings(
     plpy,
     project: str,
     task: str | None,
     relation: str | None,
     target: str | None,
-    algorithm: str,
+    algorithm: str | None,
     hyperparams,
-    test_size: float,
-    test_sampling: str,
+    test_size: float | None,
+    test_sampling: str | None,
     preprocess,
     search: str | None,
     search_params,
-    automatic_deploy: bool,
-    materialize: bool = False,
-) -> dict:
-    t_start = time.time()
+    automatic_deploy: bool | None,
+    materialize: bool | None,
+) -> Settings:
+    """Validate the call and fill what it leaves out from the project (task, relation, target, test_size,
+    test_sampling and preprocess are remembered per project: a retrain splits and prepares the data the same
+    way unless told otherwise)."""
     if not project or not str(project).strip():
-        raise invalid("project name is empty")
+        raise invalid("project name is empty", hint="name the project: ml.train('house_prices', ...)")
+    preprocess_given = preprocess is not None
     hyperparams, preprocess, search_params = _loads(hyperparams), _loads(preprocess), _loads(search_params)
+    relation_given = relation is not None
     existing = _project_row(plpy, project)
     if existing is not None:
         if task is not None and existing["task"] and task != existing["task"]:
@@ -422,8 +494,12 @@ def train(
                 hint="use a new project name for another task",
             )
         task = task or existing["task"]
-        relation = relation or existing["relation"]
+        relation = relation if relation_given else _stored_relation(project, existing)
         target = target if target is not None else existing["target"]
+        test_size = test_size if test_size is not None else existing["test_size"]
+        test_sampling = test_sampling or existing["test_sampling"]
+        if not preprocess_given and existing["preprocess"] is not None:
+            preprocess = _loads(existing["preprocess"])
     elif relation is None:
         raise undefined(
             f'project "{project}" does not exist yet',
@@ -436,340 +512,441 @@ def train(
     params = algs.check_hyperparams(task, algorithm, hyperparams)
     if algorithm == "mlp":
         params["task"] = task
-    test_size = 0.25 if test_size is None else float(test_size)
+    test_size = DEFAULT_TEST_SIZE if test_size is None else float(test_size)
+    if not (0 < test_size < 1):
+        raise invalid(f"test_size must be between 0 and 1 (exclusive), got {test_size}", hint="e.g. test_size => 0.2")
     test_sampling = test_sampling or "random"
     if test_sampling not in TEST_SAMPLING:
         raise invalid(f'unknown test_sampling "{test_sampling}"', detail="valid: " + ", ".join(TEST_SAMPLING))
-    tick = Ticker(plpy, f"ml.train {project} ({algorithm})")
-    tenant_rows = plpy.execute("select current_setting('indb.tenant', true) as t")
-    tenant = tenant_rows[0]["t"] or None
+    return Settings(
+        project=project,
+        task=task,
+        relation=str(relation),
+        target=target,
+        algorithm=algorithm,
+        params=params,
+        test_size=test_size,
+        test_sampling=test_sampling,
+        preprocess=preprocess,
+        search=search,
+        search_params=search_params,
+        automatic_deploy=True if automatic_deploy is None else bool(automatic_deploy),
+        materialize=bool(materialize),
+        relation_given=relation_given,
+        key=key_metric(plpy, task),
+    )
 
-    # --- data ------------------------------------------------------------------------------------------
-    from_sql = relation_sql(plpy, relation)
+
+def read_data(plpy, s: Settings, tick: Ticker) -> TrainingData:
+    """Read the relation (the caller's SQL, with the caller's rights) and encode the target."""
+    from_sql = relation_sql(plpy, s.relation)
     cols = describe_relation(plpy, from_sql)
     names = [c["name"] for c in cols]
-    if task != "clustering" and target not in names:
+    if s.task != "clustering" and s.target not in names:
         raise IndbRuntimeError(
-            "42703", f'target column "{target}" does not exist in {relation}', detail="columns: " + ", ".join(names)
+            "42703", f'target column "{s.target}" does not exist in {s.relation}', detail="columns: " + ", ".join(names)
         )
-    feats = [c for c in cols if c["name"] != target]
+    feats = [c for c in cols if c["name"] != s.target]
     if not feats:
         raise invalid("the relation has no feature columns besides the target")
-    validate_options(preprocess, [c["name"] for c in feats])
-    # materialize first so the model is trained on exactly the kept copy
-    mat_table = None
-    if materialize:
-        mat_table = f"snapshot_{int(time.time() * 1000)}_{abs(hash(project)) % 100000}"
-        plpy.execute(f"create table registry.{mat_table} as select * from {from_sql} as _src")
-        from_sql = f"registry.{mat_table}"
+    validate_options(s.preprocess, [c["name"] for c in feats])
     tick.stage = " reading"
     data, n = fetch_columns(plpy, from_sql, cols, tick)
     if n == 0:
-        raise IndbRuntimeError("22000", f"{relation} has no rows", hint="train on a relation with data")
-    target_values = data.pop(target) if task != "clustering" else None
-    target_col = next((c for c in cols if c["name"] == target), None)
-    if task != "clustering" and target_col["kind"] in ("array", "vector"):
-        raise invalid(f'target column "{target}" is an array; it must be a number or a label')
-    y_all, classes = (
-        encode_target(target_values, task, target_col["type"]) if target_values is not None else (None, None)
+        raise IndbRuntimeError("22000", f"{s.relation} has no rows", hint="train on a relation with data")
+    target_values = data.pop(s.target) if s.task != "clustering" and s.target is not None else None
+    target_col = next((c for c in cols if c["name"] == s.target), None)
+    y, classes = None, None
+    if target_values is not None and target_col is not None:
+        if target_col["kind"] in ("array", "vector"):
+            raise invalid(f'target column "{s.target}" is an array; it must be a number or a label')
+        y, classes = encode_target(target_values, s.task, target_col["type"])
+    return TrainingData(
+        cols=cols,
+        feats=feats,
+        data=data,
+        n=n,
+        target_values=target_values,
+        y=y,
+        classes=classes,
+        digest=content_digest(data, target_values),
+        profile=profile_columns(feats, data),
     )
-    digest = content_digest(data, target_values)
-    profile = profile_columns(feats, data)
 
-    # --- split, preprocess, fit ---------------------------------------------------------------------------
-    tr, te = split_indices(n, test_size, test_sampling, y_all, task)
-    train_cols = {k: [v[i] for i in tr] for k, v in data.items()}
-    test_cols = {k: [v[i] for i in te] for k, v in data.items()}
-    y_tr = None if y_all is None else y_all[tr]
-    y_te = None if y_all is None else y_all[te]
-    if task == "classification" and len(np.unique(y_tr)) < 2:
+
+def prepare(s: Settings, d: TrainingData) -> Split:
+    """Split (the project's test_size and sampling) and fit the preprocessing on the training rows."""
+    tr, te = split_indices(d.n, s.test_size, s.test_sampling, d.y, s.task)
+    train_cols = {k: [v[i] for i in tr] for k, v in d.data.items()}
+    test_cols = {k: [v[i] for i in te] for k, v in d.data.items()}
+    y_tr = None if d.y is None else d.y[tr]
+    y_te = None if d.y is None else d.y[te]
+    if s.task == "classification" and y_tr is not None and len(np.unique(y_tr)) < 2:
         raise IndbRuntimeError(
             "22023", "the training split holds a single class", hint="use test_sampling => 'stratified'"
         )
-    enc_y = y_tr.astype(np.float64) if y_tr is not None else None
     pre, X_tr = Preprocessor.fit(
         train_cols,
-        {c["name"]: c["type"] for c in feats},
-        preprocess,
-        enc_y,
-        enums={c["name"] for c in feats if c["enum"]},
+        {c["name"]: c["type"] for c in d.feats},
+        s.preprocess,
+        y_tr.astype(np.float64) if y_tr is not None else None,
+        enums={c["name"] for c in d.feats if c["enum"]},
     )
     X_te = pre.transform(test_cols, len(te))
-    n_classes = len(classes) if classes else None
-    if task == "classification" and algorithm in ("xgboost", "lightgbm") and n_classes and n_classes > 2:
-        params.setdefault("objective", "multi:softprob" if algorithm == "xgboost" else "multiclass")
+    n_classes = len(d.classes) if d.classes else None
+    return Split(tr, te, pre, X_tr, X_te, y_tr, y_te, test_cols, n_classes)
 
-    trials = []
-    if search:
-        combos, folds = search_candidates(search, search_params)
+
+def search_and_fit(s: Settings, sp: Split, tick: Ticker) -> Fitted:
+    """Hyperparameter search (cross-validated on the training rows), then the final fit and test metrics."""
+    params = dict(s.params)
+    if s.task == "classification" and s.algorithm in ("xgboost", "lightgbm") and (sp.n_classes or 0) > 2:
+        params.setdefault("objective", "multi:softprob" if s.algorithm == "xgboost" else "multiclass")
+    trials: list[dict[str, Any]] = []
+    if s.search:
+        combos, folds = search_candidates(s.search, s.search_params)
         for i, combo in enumerate(combos):
             p = dict(params)
-            p.update(algs.check_hyperparams(task, algorithm, combo))
-            p.update({k: v for k, v in combo.items()})
-            if algorithm == "mlp":
-                p["task"] = task
+            p.update(algs.check_hyperparams(s.task, s.algorithm, combo))
+            p.update(combo)
+            if s.algorithm == "mlp":
+                p["task"] = s.task
             tick.stage = f" search trial {i + 1}/{len(combos)}"
             t0 = time.time()
-            mean, std = cv_score(task, algorithm, p, X_tr, y_tr, folds, n_classes, tick)
+            mean, std = cv_score(s.task, s.algorithm, p, sp.X_tr, sp.y_tr, folds, sp.n_classes, tick, s.key)
             trials.append(
                 {"trial": i + 1, "params": combo, "score": mean, "score_std": std, "seconds": time.time() - t0}
             )
         best = max(trials, key=lambda t: -math.inf if math.isnan(t["score"]) else t["score"])
         params.update(best["params"])
-    est = algs.make(task, algorithm, params)
+    est = algs.make(s.task, s.algorithm, params)
     tick.stage = " fitting"
     t_fit = time.time()
-    eval_set = (X_te, y_te) if algorithm in ("xgboost", "lightgbm") and task != "clustering" else None
-    curves = algs.fit(task, algorithm, est, X_tr, y_tr, eval_set=eval_set, tick=tick)
-    fit_seconds = time.time() - t_fit
-    metrics = metrics_for(task, est, X_te, y_te, n_classes)
-    metrics["fit_seconds"] = fit_seconds
-    bundle = {
-        "format": BUNDLE_FORMAT,
-        "task": task,
-        "algorithm": algorithm,
-        "est": est,
-        "pre": pre.state,
-        "classes": classes,
-        "target": target,
-        "groups": pre.groups,
-        "feature_names": pre.feature_names,
-        "x_mean": X_tr.mean(axis=0).tolist(),
-        "x_std": X_tr.std(axis=0).tolist(),
-    }
-    blob = pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL)
-    sha = hashlib.sha256(blob).hexdigest()
-    params_out = {k: v for k, v in params.items() if k != "callbacks"}
+    eval_set = (sp.X_te, sp.y_te) if s.algorithm in ("xgboost", "lightgbm") and s.task != "clustering" else None
+    curves = algs.fit(s.task, s.algorithm, est, sp.X_tr, sp.y_tr, eval_set=eval_set, tick=tick)
+    metrics = metrics_for(s.task, est, sp.X_te, sp.y_te, sp.n_classes)
+    metrics["fit_seconds"] = time.time() - t_fit
+    used = _json_safe({k: v for k, v in params.items() if k != "callbacks"})
+    return Fitted(est=est, params=used, metrics=metrics, curves=curves, trials=trials)
 
-    # --- write everything (one transaction: the caller's) -------------------------------------------------
-    tick.stage = " saving"
-    tick(1, 1)
-    plpy.execute(
-        _plan(
-            plpy,
-            "exp",
-            "insert into registry.experiments (name, tenant, description) "
-            "values ($1, $2, 'ml.train project') on conflict (name) do nothing",
-            ["text", "text"],
-        ),
-        [project, tenant],
-    )
-    plpy.execute(
-        _plan(
-            plpy,
-            "regmodel",
-            "insert into registry.registered_models (name, task, tenant, description) "
-            "values ($1, $2, $3, 'ml.train project') on conflict (name) do nothing",
-            ["text", "text", "text"],
-        ),
-        [project, task, tenant],
-    )
-    # serializes concurrent ml.train of one project for version numbering and the deploy decision
-    model_id = plpy.execute(
-        _plan(plpy, "lockproj", "select id, task from registry.registered_models where name = $1 for update", ["text"]),
-        [project],
-    )[0]["id"]
-    exp_id = plpy.execute(
-        _plan(plpy, "expid", "select id from registry.experiments where name = $1", ["text"]), [project]
-    )[0]["id"]
-    run = plpy.execute(
-        _plan(
-            plpy,
-            "run",
-            "insert into registry.runs (experiment_id, name, status, start_time, end_time, "
-            "tags, tenant) values ($1, $2, 'FINISHED', to_timestamp($3), clock_timestamp(), $4, $5) "
-            "returning id",
-            ["int8", "text", "float8", "jsonb", "text"],
-        ),
-        [exp_id, f"{algorithm}", t_start, json.dumps({"source": "ml.train", "project": project}), tenant],
-    )[0]["id"]
-    ds = plpy.execute(
-        _plan(
-            plpy,
-            "dataset",
-            "insert into registry.datasets (name, digest, source, kind, row_count, schema, profile, "
-            "materialized) values ($1, $2, $3, 'snapshot', $4, $5, $6, $7::regclass) "
-            "on conflict (name, digest) do update set materialized = "
-            "coalesce(excluded.materialized, registry.datasets.materialized) returning id",
-            ["text", "text", "text", "int8", "jsonb", "jsonb", "text"],
-        ),
-        [
-            project,
-            digest,
-            relation,
-            n,
-            json.dumps([{"name": c["name"], "type": c["type"]} for c in cols]),
-            json.dumps(profile),
-            f"registry.{mat_table}" if mat_table else None,
-        ],
-    )[0]["id"]
-    plpy.execute(
-        _plan(
-            plpy,
-            "runinput",
-            "insert into registry.run_inputs (run_id, dataset_id, context) "
-            "values ($1, $2, 'training') on conflict do nothing",
-            ["int8", "int8"],
-        ),
-        [run, ds],
-    )
-    pkeys = {
-        "algorithm": algorithm,
-        "task": task,
-        "relation": relation,
-        "target": target,
-        "test_size": test_size,
-        "test_sampling": test_sampling,
-        "preprocess": json.dumps(preprocess),
-        "search": search,
-        "rows_train": len(tr),
-        "rows_test": len(te),
+
+def bundle_meta(s: Settings, d: TrainingData, sp: Split) -> dict:
+    return {
+        "task": s.task,
+        "algorithm": s.algorithm,
+        "pre": sp.pre.state,
+        "classes": d.classes,
+        "target": s.target,
+        "groups": sp.pre.groups,
+        "feature_names": sp.pre.feature_names,
+        "x_mean": sp.X_tr.mean(axis=0).tolist(),
+        "x_std": sp.X_tr.std(axis=0).tolist(),
     }
-    pkeys.update({f"hp.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in params_out.items()})
-    plpy.execute(
-        _plan(
-            plpy,
-            "params",
-            "insert into registry.params (run_id, key, value) "
-            "select $1, k, v from unnest($2::text[], $3::text[]) as t(k, v)",
-            ["int8", "text[]", "text[]"],
-        ),
-        [run, list(pkeys), [None if v is None else str(v) for v in pkeys.values()]],
-    )
-    mk = [k for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None and math.isfinite(v)]
-    mv = [float(metrics[k]) for k in mk]
-    ck, cv, cs = [], [], []
-    for name, vals in curves.items():
+
+
+def _param_text(v) -> str | None:
+    if v is None:
+        return None
+    t = v if isinstance(v, str) else json.dumps(v)
+    return t if len(t) <= MAX_PARAM_CHARS else t[: MAX_PARAM_CHARS - 4] + " ..."
+
+
+def _run_params(s: Settings, sp: Split, f: Fitted) -> dict[str, str | None]:
+    p: dict[str, Any] = {
+        "algorithm": s.algorithm,
+        "task": s.task,
+        "relation": s.relation,
+        "target": s.target,
+        "test_size": s.test_size,
+        "test_sampling": s.test_sampling,
+        "preprocess": s.preprocess,
+        "search": s.search,
+        "rows_train": len(sp.tr),
+        "rows_test": len(sp.te),
+    }
+    p.update({f"hp.{k}": v for k, v in f.params.items()})
+    return {k: _param_text(v) for k, v in p.items()}
+
+
+def _metric_points(f: Fitted) -> tuple[list[str], list[float], list[int]]:
+    """The test metrics (step 0) and the training curves (one point per iteration), finite values only."""
+    keys, values, steps = [], [], []
+    for k, v in f.metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            keys.append(k)
+            values.append(float(v))
+            steps.append(0)
+    for name, vals in f.curves.items():
         for i, v in enumerate(vals):
             if math.isfinite(v):
-                ck.append("curve." + name)
-                cv.append(float(v))
-                cs.append(i)
-    plpy.execute(
-        _plan(
-            plpy,
-            "metrics",
-            "insert into registry.metrics (run_id, key, value, step) "
-            "select $1, k, v, s from unnest($2::text[], $3::float8[], $4::int8[]) as t(k, v, s)",
-            ["int8", "text[]", "float8[]", "int8[]"],
-        ),
-        [run, mk + ck, mv + cv, [0] * len(mk) + cs],
-    )
-    plpy.execute(
-        _plan(
-            plpy,
-            "latest",
-            "insert into registry.latest_metrics (run_id, key, value, step, ts) "
-            "select $1, k, v, 0, now() from unnest($2::text[], $3::float8[]) as t(k, v)",
-            ["int8", "text[]", "float8[]"],
-        ),
-        [run, mk, mv],
-    )
-    for t in trials:
-        plpy.execute(
-            _plan(
-                plpy,
-                "trial",
-                "insert into registry.training_trials (run_id, trial, params, score, score_std, "
-                "metric, seconds) values ($1, $2, $3, $4, $5, $6, $7)",
-                ["int8", "int4", "jsonb", "float8", "float8", "text", "float8"],
-            ),
-            [
-                run,
-                t["trial"],
-                json.dumps(t["params"]),
-                None if math.isnan(t["score"]) else t["score"],
-                None if math.isnan(t["score_std"]) else t["score_std"],
-                algs.KEY_METRIC[task],
-                t["seconds"],
-            ],
-        )
-    version_id = plpy.execute(
-        _plan(
-            plpy,
-            "version",
-            "insert into registry.model_versions (model_id, version, run_id, source, flavor, "
-            "algorithm, task, artifact, artifact_sha256, input_schema, output_schema, metrics, "
-            "hyperparams, status) values ($1, (select coalesce(max(version), 0) + 1 from "
-            "registry.model_versions where model_id = $1), $2, 'ml.train', 'indb-pickle', $3, $4, "
-            "$5, $6, $7, $8, $9, $10, 'READY') returning id",
-            ["int8", "int8", "text", "text", "bytea", "text", "jsonb", "jsonb", "jsonb", "jsonb"],
-        ),
+                keys.append("curve." + name)
+                values.append(float(v))
+                steps.append(i)
+    return keys, values, steps
+
+
+SNAPSHOT_TYPES = {"numeric": "float8", "bool": "boolean", "text": "text", "array": "float8[]", "vector": "real[]"}
+
+
+def _store_snapshot(plpy, s: Settings, d: TrainingData) -> str:
+    """Keep a copy of exactly the rows trained on, in a table indb_owner owns (registry._store_snapshot)."""
+    names = [c["name"] for c in d.cols]
+    columns = dict(d.data)
+    if d.target_values is not None and s.target is not None:
+        columns[s.target] = d.target_values
+    rows = [{c: columns[c][i] for c in names} for i in range(d.n)]
+    r = spi.one(
+        plpy,
+        "select registry._store_snapshot($1, $2, $3, $4::jsonb)::text as rel",
+        ["text", "text[]", "text[]", "text"],
         [
-            model_id,
-            run,
-            algorithm,
-            task,
-            blob,
-            sha,
-            json.dumps(pre.describe()),
-            json.dumps({"task": task, "classes": [str(c) for c in classes] if classes else None, "target": target}),
-            json.dumps(_json_safe(metrics)),
-            json.dumps(_json_safe(params_out)),
+            s.project,
+            names,
+            [SNAPSHOT_TYPES.get(c["kind"] or "", "text") for c in d.cols],
+            json.dumps(rows, default=str),
         ],
-    )[0]["id"]
-    _edge(plpy, "dataset", ds, "run", run, "input")
-    _edge(plpy, "run", run, "model_version", version_id, "produced")
-    # a feature-store training set read by this run: training_set -> snapshot, so lineage walks on from
-    # the feature view versions to the model (matched by the training set's table name in the relation)
-    plpy.execute(
-        _plan(
-            plpy,
-            "tset_edge",
-            "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
-            "select 'training_set', d.id::text, 'dataset', $1::text, 'snapshot_of' "
-            "from registry.datasets d join pg_class c on c.oid = d.materialized "
-            "where d.kind = 'training_set' and $2 ~* ('(^|[^a-z0-9_$])' || c.relname || '($|[^a-z0-9_$])') "
-            "on conflict do nothing",
-            ["int8", "text"],
-        ),
-        [ds, relation],
     )
-    plpy.execute(
-        _plan(
-            plpy,
-            "settings",
-            "insert into registry.training_projects (model_id, task, relation, target) values ($1, $2, $3, $4) "
-            "on conflict (model_id) do update set relation = excluded.relation, target = excluded.target, "
-            "updated_at = now()",
-            ["int8", "text", "text", "text"],
-        ),
-        [model_id, task, relation, target],
+    return r["rel"]  # type: ignore[index]
+
+
+def record(plpy, s: Settings, d: TrainingData, sp: Split, f: Fitted, blob: bytes) -> tuple[str, int, int]:
+    """Write the run, its data set, params, metrics, trials and the model version, through the registry's
+    functions only (in the caller's transaction). Returns (run uuid, model version id, snapshot id)."""
+    run = spi.one(
+        plpy,
+        "select registry.start_run($1, $2, $3::jsonb)::text as r",
+        ["text", "text", "text"],
+        [s.project, s.algorithm, json.dumps({"source": "ml.train", "project": s.project})],
+    )["r"]  # type: ignore[index]
+    params = _run_params(s, sp, f)
+    keys, values, steps = _metric_points(f)
+    spi.run(
+        plpy,
+        "select registry.log_batch($1::uuid, $2, $3, $4, null, $5::jsonb)",
+        ["text", "text[]", "float8[]", "int8[]", "text"],
+        [run, keys, values, steps, json.dumps(params)],
     )
-    plpy.execute(
-        _plan(
+    if f.trials:
+        spi.run(
             plpy,
-            "touch",
-            "update registry.registered_models set updated_at = now(), task = coalesce(task, $2) where id = $1",
-            ["int8", "text"],
-        ),
-        [model_id, task],
+            "select registry.log_trials($1::uuid, $2, $3::jsonb)",
+            ["text", "text", "text"],
+            [run, s.key, json.dumps([_json_safe(t) for t in f.trials])],
+        )
+    output = {"task": s.task, "classes": [str(c) for c in d.classes] if d.classes else None, "target": s.target}
+    version_id = spi.one(
+        plpy,
+        "select version_id from registry.register_model(name => $1, run => $2::uuid, artifact => $3, "
+        "flavor => $4, artifact_format => $5, source => 'ml.train', algorithm => $6, task => $7, "
+        "input_schema => $8::jsonb, output_schema => $9::jsonb, metrics => $10::jsonb, hyperparams => $11::jsonb)",
+        ["text", "text", "bytea", "text", "text", "text", "text", "text", "text", "text", "text"],
+        [
+            s.project,
+            run,
+            blob,
+            model_store.FLAVOR,
+            model_store.BUNDLE_FORMAT,
+            s.algorithm,
+            s.task,
+            json.dumps(sp.pre.describe()),
+            json.dumps(output),
+            json.dumps(_json_safe(f.metrics)),
+            json.dumps(f.params),
+        ],
+    )["version_id"]  # type: ignore[index]
+    snapshot = _record_dataset(plpy, s, d, run)
+    spi.run(
+        plpy,
+        "select ml._save_training_project($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
+        ["text", "text", "text", "text", "float8", "text", "text", "bool"],
+        [
+            s.project,
+            s.task,
+            s.relation,
+            s.target,
+            s.test_size,
+            s.test_sampling,
+            json.dumps(s.preprocess),
+            s.relation_given,
+        ],
     )
-    deployed = False
-    if automatic_deploy:
-        key = algs.KEY_METRIC[task]
-        cur = _current_deployment(plpy, model_id)
-        new_score = metrics.get(key)
-        if cur is None:
-            deployed = True
-        else:
-            old = cur["metrics"]
-            old_score = _loads(old).get(key) if old else None
-            deployed = new_score is not None and (old_score is None or new_score > old_score)
-        if deployed:
-            _insert_deployment(plpy, model_id, version_id, "automatic", cur["id"] if cur else None)
-    key = algs.KEY_METRIC[task]
+    spi.run(plpy, "select registry.end_run($1::uuid)", ["text"], [run])
+    return run, version_id, snapshot
+
+
+def _record_dataset(plpy, s: Settings, d: TrainingData, run: str) -> int:
+    """The snapshot (name = project, digest of the rows) as the run's input, linked to the feature-store
+    training sets the relation reads (training_set -snapshot_of-> dataset)."""
+    mat = _store_snapshot(plpy, s, d) if s.materialize else None
+    schema = json.dumps([{"name": c["name"], "type": c["type"]} for c in d.cols])
+    ds = spi.one(
+        plpy,
+        "select registry.register_dataset($1, $2, 'snapshot', $3, $4, $5::jsonb, $6::jsonb, $7::regclass) as id",
+        ["text", "text", "text", "int8", "text", "text", "text"],
+        [s.project, d.digest, s.relation, d.n, schema, json.dumps(d.profile), mat],
+    )["id"]  # type: ignore[index]
+    spi.run(
+        plpy,
+        "select registry.log_input($1::uuid, $2, $3, 'training')",
+        ["text", "text", "text"],
+        [run, s.project, d.digest],
+    )
+    sets = spi.run(
+        plpy,
+        "select d.id::text as id from registry.datasets d join pg_class c on c.oid = d.materialized "
+        "where d.kind = 'training_set' and $1 ~* ('(^|[^a-z0-9_$])' || c.relname || '($|[^a-z0-9_$])')",
+        ["text"],
+        [s.relation],
+    )
+    for t in sets:
+        spi.run(
+            plpy,
+            "select registry.add_lineage('training_set', $1, 'dataset', $2, 'snapshot_of')",
+            ["text", "text"],
+            [t["id"], str(ds)],
+        )
+    return ds
+
+
+def _deployed_version(plpy, project: str) -> int | None:
+    r = spi.one(
+        plpy,
+        "select d.version_id from registry.deployments d join registry.registered_models m on m.id = d.model_id "
+        "where m.name = $1 order by d.id desc limit 1",
+        ["text"],
+        [project],
+    )
+    return None if r is None else r["version_id"]
+
+
+def score_on_split(old: dict, s: Settings, d: TrainingData, sp: Split) -> float | None:
+    """The key metric of another model of the project on this run's test rows (None: it cannot read them)."""
+    pre = old["_pre"]
+    if any(c not in sp.test_cols for c in pre.columns):
+        return None
+    try:
+        X = pre.transform({c: sp.test_cols[c] for c in pre.columns}, len(sp.te))
+    except IndbRuntimeError:
+        return None
+    if s.task == "clustering":
+        return algs.clustering_metrics(sp.X_te, np.asarray(old["est"].predict(X))).get(s.key)
+    if s.task == "regression":
+        assert sp.y_te is not None
+        return algs.regression_metrics(sp.y_te, _raw_predict(old, X)).get(s.key)
+    # classification: compare labels, in one index space holding both models' classes
+    new_classes, old_classes = list(d.classes or []), list(old["classes"] or [])
+    union = new_classes + [c for c in old_classes if c not in new_classes]
+    index = {c: i for i, c in enumerate(union)}
+    y = np.array([index[new_classes[int(i)]] for i in sp.y_te])  # type: ignore[union-attr]
+    p = np.array([index[old_classes[int(i)]] for i in np.asarray(old["est"].predict(X)).astype(int)])
+    return algs.classification_metrics(y, p, None, len(union)).get(s.key)
+
+
+def decide_deploy(plpy, s: Settings, d: TrainingData, sp: Split, f: Fitted, version_id: int) -> tuple[bool, str]:
+    """Automatic deploy: the first model of a project, or a model whose key metric beats the deployed model's
+    on the same test rows (the deployed model is scored again on this run's test split)."""
+    if not s.automatic_deploy:
+        return False, "not deployed: automatic_deploy is off"
+    new = f.metrics.get(s.key)
+    cur = _deployed_version(plpy, s.project)
+    if cur is None:
+        deployed, status = True, "deployed: the first deployed model of the project"
+    else:
+        try:
+            old_bundle = load_version(plpy, s.project, cur)
+        except IndbRuntimeError as e:
+            old_bundle, deployed, status = (
+                None,
+                True,
+                f"deployed: the deployed model {cur} cannot be loaded ({e.message})",
+            )
+        if old_bundle is not None:
+            old = score_on_split(old_bundle, s, d, sp)
+            if old is None:
+                deployed = False
+                status = (
+                    f"not deployed: the deployed model {cur} cannot be scored on this test split (its feature "
+                    f"columns differ); deploy the new one with ml.deploy('{s.project}', model_id => {version_id})"
+                )
+            elif new is not None and (math.isnan(old) or new > old):
+                deployed, status = (
+                    True,
+                    f"deployed: {s.key} {new:.6g} beats {old:.6g} of model {cur} on the same test rows",
+                )
+            else:
+                deployed = False
+                status = (
+                    f"not deployed: {s.key} {_fmt(new)} does not beat {old:.6g} of model {cur} on the same test rows"
+                )
+    if deployed:
+        spi.run(
+            plpy,
+            "select * from ml._deploy_version($1, $2, 'automatic')",
+            ["text", "int8"],
+            [s.project, version_id],
+        )
+    return deployed, status
+
+
+def _fmt(v) -> str:
+    return "none" if v is None else f"{v:.6g}"
+
+
+def train(
+    plpy,
+    project: str,
+    task: str | None,
+    relation: str | None,
+    target: str | None,
+    algorithm: str | None,
+    hyperparams,
+    test_size: float | None,
+    test_sampling: str | None,
+    preprocess,
+    search: str | None,
+    search_params,
+    automatic_deploy: bool | None,
+    materialize: bool | None = False,
+) -> dict:
+    t_start = time.time()
+    s = settings(
+        plpy,
+        project,
+        task,
+        relation,
+        target,
+        algorithm,
+        hyperparams,
+        test_size,
+        test_sampling,
+        preprocess,
+        search,
+        search_params,
+        automatic_deploy,
+        materialize,
+    )
+    tick = Ticker(plpy, f"ml.train {s.project} ({s.algorithm})")
+    d = read_data(plpy, s, tick)
+    sp = prepare(s, d)
+    f = search_and_fit(s, sp, tick)
+    blob = model_store.dump_bundle(bundle_meta(s, d, sp), f.est)
+    tick.stage = " saving"
+    tick(1, 1)
+    _, version_id, _ = record(plpy, s, d, sp, f, blob)
+    deployed, status = decide_deploy(plpy, s, d, sp, f, version_id)
     plpy.notice(
-        f"ml.train {project}: {algorithm} trained on {len(tr)} rows, tested on {len(te)} rows in "
-        f"{time.time() - t_start:.1f} s; {key} = {metrics.get(key)}; model {version_id}"
-        + (" deployed" if deployed else " not deployed")
+        f"ml.train {s.project}: {s.algorithm} trained on {len(sp.tr)} rows, tested on {len(sp.te)} rows in "
+        f"{time.time() - t_start:.1f} s; {s.key} = {_fmt(f.metrics.get(s.key))}; model {version_id} {status}"
     )
     return {
-        "project": project,
+        "project": s.project,
         "model_id": version_id,
-        "algorithm": algorithm,
-        "metrics": json.dumps(_json_safe(metrics)),
+        "algorithm": s.algorithm,
+        "metrics": json.dumps(_json_safe(f.metrics)),
         "deployed": deployed,
+        "status": status,
+        "hyperparams": json.dumps(f.params),
+        "test_size": s.test_size,
     }
 
 
@@ -784,141 +961,20 @@ def _json_safe(d: dict) -> dict:
     return out
 
 
-def _edge(plpy, sk, si, dk, di, rel):
-    plpy.execute(
-        _plan(
-            plpy,
-            "edge",
-            "insert into registry.lineage_edges (src_kind, src_id, dst_kind, dst_id, relation) "
-            "values ($1, $2, $3, $4, $5) on conflict do nothing",
-            ["text", "text", "text", "text", "text"],
-        ),
-        [sk, str(si), dk, str(di), rel],
-    )
-
-
-def _current_deployment(plpy, model_id: int):
-    rows = plpy.execute(
-        _plan(
-            plpy,
-            "curdep",
-            "select d.id, d.version_id, d.previous_id, v.metrics from registry.deployments d "
-            "join registry.model_versions v on v.id = d.version_id "
-            "where d.model_id = $1 order by d.id desc limit 1",
-            ["int8"],
-        ),
-        [model_id],
-    )
-    return rows[0] if rows else None
-
-
-def _insert_deployment(plpy, model_id: int, version_id: int, strategy: str, previous_id) -> int:
-    dep = plpy.execute(
-        _plan(
-            plpy,
-            "deploy",
-            "insert into registry.deployments (model_id, version_id, strategy, previous_id) "
-            "values ($1, $2, $3, $4) returning id",
-            ["int8", "int8", "text", "int8"],
-        ),
-        [model_id, version_id, strategy, previous_id],
-    )[0]["id"]
-    _edge(plpy, "model_version", version_id, "deployment", dep, "deployed_as")
-    return dep
-
-
 # ---------------------------------------------------------------------------------------------------------
-# ml.deploy
+# prediction: cached deployed model, one lookup per call (ml._serving_model: definer, callable by indb_app)
 # ---------------------------------------------------------------------------------------------------------
-def deploy(plpy, project: str, strategy: str, model_id) -> dict:
-    strategies = ("best_score", "most_recent", "rollback", "specific")
-    rows = plpy.execute(
-        _plan(
-            plpy, "lockproj2", "select id, task from registry.registered_models where name = $1 for update", ["text"]
-        ),
-        [project],
+def load_version(plpy, project: str, version_id: int) -> dict:
+    """A model version of a project, loaded from its code-free bundle after its sha256 check."""
+    a = spi.one(plpy, "select * from ml._model_artifact($1, $2)", ["text", "int8"], [project, version_id])
+    where = f'model {version_id} of project "{project}"'
+    b = model_store.load_bundle(
+        a["artifact"],  # type: ignore[index]
+        a["artifact_sha256"],  # type: ignore[index]
+        a["artifact_format"],  # type: ignore[index]
+        a["flavor"],  # type: ignore[index]
+        where,
     )
-    if not rows:
-        raise undefined(f'project "{project}" does not exist', hint="train it first with ml.train")
-    pid, task = rows[0]["id"], rows[0]["task"]
-    cur = _current_deployment(plpy, pid)
-    if model_id is not None:
-        ok = plpy.execute(
-            _plan(
-                plpy,
-                "ownver",
-                "select id from registry.model_versions where id = $1 and model_id = $2",
-                ["int8", "int8"],
-            ),
-            [model_id, pid],
-        )
-        if not ok:
-            raise undefined(
-                f'model {model_id} does not belong to project "{project}"',
-                hint=f"see select model_id from ml.models where project = '{project}'",
-            )
-        version, strategy = model_id, "specific" if strategy in (None, "best_score") else strategy
-    elif strategy == "best_score":
-        key = algs.KEY_METRIC.get(task, "r2")
-        r = plpy.execute(
-            _plan(
-                plpy,
-                "best",
-                "select id from registry.model_versions where model_id = $1 "
-                "and source = 'ml.train' and (metrics->>$2) is not null "
-                "order by (metrics->>$2)::float8 desc, id desc limit 1",
-                ["int8", "text"],
-            ),
-            [pid, key],
-        )
-        if not r:
-            raise undefined(f'project "{project}" has no scored models to deploy')
-        version = r[0]["id"]
-    elif strategy == "most_recent":
-        r = plpy.execute(
-            _plan(
-                plpy,
-                "recent",
-                "select id from registry.model_versions where model_id = $1 "
-                "and source = 'ml.train' order by id desc limit 1",
-                ["int8"],
-            ),
-            [pid],
-        )
-        if not r:
-            raise undefined(f'project "{project}" has no models')
-        version = r[0]["id"]
-    elif strategy == "rollback":
-        if cur is None or cur["previous_id"] is None:
-            raise IndbRuntimeError(
-                "55000",
-                f'project "{project}" has no previous deployment to roll back to',
-                hint="deploy a specific model with ml.deploy(project, model_id => ...)",
-            )
-        version = plpy.execute(
-            _plan(plpy, "prevdep", "select version_id from registry.deployments where id = $1", ["int8"]),
-            [cur["previous_id"]],
-        )[0]["version_id"]
-    else:
-        raise invalid(
-            f'unknown deploy strategy "{strategy}"', detail="valid: " + ", ".join(strategies[:3]) + ", or pass model_id"
-        )
-    if cur is not None and cur["version_id"] == version and strategy != "rollback":
-        return {"project": project, "model_id": version, "strategy": strategy, "deployed": False}
-    _insert_deployment(plpy, pid, version, strategy, cur["id"] if cur else None)
-    return {"project": project, "model_id": version, "strategy": strategy, "deployed": True}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# prediction: cached deployed model, one SPI lookup per call
-# ---------------------------------------------------------------------------------------------------------
-def _load_bundle(plpy, version_id: int) -> dict:
-    rows = plpy.execute(
-        _plan(plpy, "artifact", "select artifact from registry.model_versions where id = $1", ["int8"]), [version_id]
-    )
-    if not rows or rows[0]["artifact"] is None:
-        raise undefined(f"model {version_id} has no stored artifact")
-    b = pickle.loads(rows[0]["artifact"])
     b["_pre"] = Preprocessor(b["pre"])
     b["_version"] = version_id
     if b["algorithm"] == "xgboost":
@@ -926,59 +982,52 @@ def _load_bundle(plpy, version_id: int) -> dict:
     return b
 
 
-def deployed(plpy, project: str) -> tuple[dict, tuple]:
-    """The deployed bundle of a project (cached per backend by deployment id) and (project id, log flag)."""
-    r = plpy.execute(
-        _plan(
-            plpy,
-            "hot",
-            "select m.id, d.id as dep, d.version_id, coalesce(s.log_predictions, false) as log "
-            "from registry.registered_models m "
-            "left join lateral (select id, version_id from registry.deployments where model_id = m.id "
-            "order by id desc limit 1) d on true "
-            "left join registry.training_projects s on s.model_id = m.id where m.name = $1",
-            ["text"],
-        ),
-        [project],
-    )
-    if not r:
-        raise undefined(f'project "{project}" does not exist', hint="train it with ml.train; see ml.projects_overview")
-    row = r[0]
-    if row["dep"] is None:
-        raise IndbRuntimeError(
-            "55000",
-            f'project "{project}" has no deployed model',
-            hint=f"deploy one: select ml.deploy('{project}', 'best_score')",
-        )
+def serving(plpy, project: str) -> tuple[dict, dict]:
+    """The deployed bundle of a project (cached per backend while the deployment and the model row stay the
+    same) and its serving row (project_id, version_id, log_predictions, ...)."""
+    if project is None:
+        raise IndbRuntimeError("22004", "project is NULL", hint="name the project, e.g. ml.predict('house', ...)")
+    row = spi.one(plpy, "select * from ml._serving_model($1)", ["text"], [project])
     hit = CACHE.get(project)
-    if hit is None or hit[0] != row["dep"]:
-        bundle = _load_bundle(plpy, row["version_id"])
-        CACHE[project] = hit = (row["dep"], row["version_id"], bundle)
-    return hit[2], (row["id"], row["log"])
+    if hit is None or hit[0] != row["stamp"]:  # type: ignore[index]
+        CACHE.pop(project, None)
+        bundle = load_version(plpy, project, row["version_id"])  # type: ignore[index]
+        CACHE[project] = hit = (row["stamp"], bundle)  # type: ignore[index]
+    return hit[1], row  # type: ignore[return-value]
 
 
 def bundle_for(plpy, project: str, model_id) -> dict:
     if model_id is None:
-        return deployed(plpy, project)[0]
-    r = plpy.execute(
-        _plan(
-            plpy,
-            "ver",
-            "select v.id from registry.model_versions v join registry.registered_models m "
-            "on m.id = v.model_id where m.name = $1 and v.id = $2",
-            ["text", "int8"],
-        ),
-        [project, model_id],
-    )
-    if not r:
-        raise undefined(f'model {model_id} does not belong to project "{project}"')
-    return _load_bundle(plpy, model_id)
+        return serving(plpy, project)[0]
+    return load_version(plpy, project, model_id)
 
 
 def _raw_predict(bundle: dict, X: np.ndarray) -> np.ndarray:
     if bundle["algorithm"] == "xgboost" and bundle["task"] == "regression":
         return np.asarray(bundle["_booster"].inplace_predict(X), dtype=np.float64).reshape(-1)
     return np.asarray(bundle["est"].predict(X), dtype=np.float64).reshape(-1)
+
+
+def _finite_number(col: str, v) -> float:
+    """A feature value from JSON as a float: 22003 when out of range, 22023 when not a finite number."""
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        f = float(v)
+    except OverflowError:
+        raise IndbRuntimeError(
+            "22003",
+            f'feature "{col}" is out of range for double precision',
+            hint="pass a number between -1.7e308 and 1.7e308",
+        ) from None
+    except (TypeError, ValueError):
+        raise invalid(f'feature "{col}" must be a number, got {v!r}') from None
+    if not math.isfinite(f):
+        raise invalid(
+            f'feature "{col}" must be a finite number, got {v!r}',
+            hint="NaN and Infinity cannot be features: pass a number, or null where the model imputes the column",
+        )
+    return f
 
 
 def rows_from_json(bundle: dict, obj, strict: bool) -> dict:
@@ -1004,11 +1053,8 @@ def rows_from_json(bundle: dict, obj, strict: bool) -> dict:
     kinds = {c["name"]: c["kind"] for c in pre.state["columns"]}
     for c in pre.columns:
         v = obj[c]
-        if kinds[c] in ("numeric", "bool") and v is not None and not isinstance(v, (int, float)):
-            try:
-                v = float(v)  # NaN / Infinity arrive as strings from to_jsonb
-            except (TypeError, ValueError):
-                raise invalid(f'feature "{c}" must be a number, got {v!r}') from None
+        if kinds[c] in ("numeric", "bool") and v is not None:
+            v = _finite_number(c, v)  # NaN / Infinity arrive as strings from to_jsonb, 1e309 as a huge integer
         out[c] = [v]
     return out
 
@@ -1017,59 +1063,57 @@ def features_matrix(bundle: dict, features, kind: str) -> np.ndarray:
     pre = bundle["_pre"]
     if kind == "array":
         if features is None:
-            raise invalid("features is NULL")
+            raise IndbRuntimeError("22004", "features is NULL", hint="pass one number per feature column")
         if not pre.fast_numeric():
             raise invalid(
                 "this model has text, array or vector features; a float8[] cannot carry them",
                 hint="use ml.predict(project, jsonb) or ml.predict(project, row)",
             )
         return pre.fast_row(features)
+    if features is None:
+        raise IndbRuntimeError("22004", "features is NULL", hint="pass the feature values as jsonb or a row")
     return pre.transform(rows_from_json(bundle, features, strict=(kind == "json")), 1)
 
 
-def _log(plpy, info, bundle, features, value, t0):
-    pid, log = info
-    if not log:
-        return
+def _log(plpy, row: dict, bundle: dict, features, value: float, t0: float) -> None:
     h = hashlib.md5(json.dumps(features, default=str, sort_keys=True).encode()).hexdigest()
-    plpy.execute(
-        _plan(
-            plpy,
-            "log",
-            "insert into registry.prediction_log (project_id, model_id, inputs_hash, prediction, "
-            "latency_ms) values ($1, $2, $3, $4, $5)",
-            ["int8", "int8", "text", "float8", "float8"],
-        ),
-        [pid, bundle["_version"], h, value, (time.perf_counter() - t0) * 1000.0],
+    spi.run(
+        plpy,
+        "select ml._log_prediction($1, $2, $3, $4, $5)",
+        ["int8", "int8", "text", "float8", "float8"],
+        [row["project_id"], bundle["_version"], h, value, (time.perf_counter() - t0) * 1000.0],
     )
+
+
+def _predict_values(bundle: dict, X: np.ndarray) -> np.ndarray:
+    if bundle["task"] == "clustering":
+        return np.asarray(bundle["est"].predict(X), dtype=np.float64).reshape(-1)
+    return prediction_values(bundle, _raw_predict(bundle, X))
 
 
 def predict(plpy, project: str, features, kind: str) -> float:
     t0 = time.perf_counter()
-    bundle, info = deployed(plpy, project)
-    X = features_matrix(bundle, features, kind)
-    if bundle["task"] == "clustering":
-        value = float(bundle["est"].predict(X)[0])
-    else:
-        value = float(prediction_values(bundle, _raw_predict(bundle, X))[0])
-    if info[1]:
-        _log(plpy, info, bundle, features, value, t0)
+    bundle, row = serving(plpy, project)
+    value = float(_predict_values(bundle, features_matrix(bundle, features, kind))[0])
+    if row["log_predictions"]:
+        _log(plpy, row, bundle, features, value, t0)
     return value
 
 
 def predict_proba(plpy, project: str, features, kind: str) -> list:
-    bundle, info = deployed(plpy, project)
+    bundle, _ = serving(plpy, project)
     if bundle["task"] != "classification":
         raise invalid(
             f'predict_proba needs a classification project; "{project}" is {bundle["task"]}', hint="use ml.predict"
         )
-    X = features_matrix(bundle, features, kind)
-    p = algs.predict_proba(bundle["est"], X)
+    p = algs.predict_proba(bundle["est"], features_matrix(bundle, features, kind))
+    if p is None:
+        raise IndbRuntimeError("0A000", f'the {bundle["algorithm"]} model of "{project}" gives no probabilities')
     return [float(v) for v in p[0]]
 
 
 def predict_batch(plpy, project: str, relation: str) -> list:
-    bundle, info = deployed(plpy, project)
+    bundle, _ = serving(plpy, project)
     pre = bundle["_pre"]
     from_sql = relation_sql(plpy, relation)
     cols = describe_relation(plpy, from_sql)
@@ -1085,15 +1129,10 @@ def predict_batch(plpy, project: str, relation: str) -> list:
     tick = Ticker(plpy, f"ml.predict_batch {project}")
     parts: list = []
     done = 0
-    setting = plpy.execute("select current_setting('indb.predict_batch_chunk', true) as v")[0]["v"]
+    setting = spi.one(plpy, "select current_setting('indb.predict_batch_chunk', true) as v")["v"]  # type: ignore[index]
     chunk = int(setting) if setting and setting.isdigit() and int(setting) > 0 else 50000
     for rn, data in fetch_chunks(plpy, from_sql, use, chunk):
-        X = pre.transform(data, len(rn))
-        if bundle["task"] == "clustering":
-            p = np.asarray(bundle["est"].predict(X), dtype=np.float64)
-        else:
-            p = prediction_values(bundle, _raw_predict(bundle, X))
-        parts.append(p)
+        parts.append(_predict_values(bundle, pre.transform(data, len(rn))))
         done += len(rn)
         tick(done, done)
     return np.concatenate(parts).tolist() if parts else []
@@ -1102,13 +1141,10 @@ def predict_batch(plpy, project: str, relation: str) -> list:
 def explain(plpy, project: str, features, kind: str) -> str:
     from . import explain as ex
 
-    bundle, _ = deployed(plpy, project)
+    bundle, _ = serving(plpy, project)
     X = features_matrix(bundle, features, kind)
     out = ex.contributions(bundle, X)
-    if bundle["task"] == "clustering":
-        out["prediction"] = float(bundle["est"].predict(X)[0])
-    else:
-        out["prediction"] = float(prediction_values(bundle, _raw_predict(bundle, X))[0])
+    out["prediction"] = float(_predict_values(bundle, X)[0])
     out["model_id"] = bundle["_version"]
     return json.dumps(out)
 
@@ -1116,7 +1152,7 @@ def explain(plpy, project: str, features, kind: str) -> str:
 def feature_importance(plpy, project: str) -> list:
     from . import explain as ex
 
-    bundle, _ = deployed(plpy, project)
+    bundle, _ = serving(plpy, project)
     imp = ex.importance(bundle)
     return sorted(imp.items(), key=lambda kv: -kv[1])
 

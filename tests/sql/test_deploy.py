@@ -72,8 +72,10 @@ def test_strategies_and_rollback(db, db_dsn):
         assert r[1] == good["model_id"] and predict(other, p) == v_good
     hist = db.execute("select strategy from ml.deployments where project = %s order by deployment_id", [p]).fetchall()
     assert [h[0] for h in hist] == ["automatic", "most_recent", "rollback", "specific", "best_score"]
-    # deploying what is already deployed is a no-op
-    assert db.execute("select deployed from ml.deploy(%s, 'best_score')", [p]).fetchone()[0] is False
+    # deploying what is already deployed changes nothing, and the result says so
+    again = db.execute("select model_id, deployed, status from ml.deploy(%s, 'best_score')", [p]).fetchone()
+    assert again == (good["model_id"], True, "already deployed")
+    assert len(db.execute("select 1 from ml.deployments where project = %s", [p]).fetchall()) == 5
 
 
 def test_deploy_errors(db):

@@ -108,7 +108,7 @@ def test_no_role_may_change_the_audit_log(conn):
     [
         ("indb_app", "select count(*) from registry.runs", False),
         ("indb_app", "select registry.start_run('{exp}')", False),
-        ("indb_app", "select count(*) from registry.model_versions", True),
+        ("indb_app", "select count(*) from registry.model_versions", False),
         ("indb_app", "select count(*) from audit.events", False),
         ("indb_reader", "select count(*) from registry.search_runs(null, '')", True),
         ("indb_reader", "select count(*) from registry.runs", True),

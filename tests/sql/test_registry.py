@@ -229,25 +229,26 @@ def test_lineage_walks_both_directions(conn):
     exp = uid("exp")
     rid = one(conn, "select registry.start_run(%s, 'train')", [exp])
     did = one(conn, "select registry.log_input(%s, 'housing', 'd1g3st', 'training')", [rid])
+    did2 = one(conn, "select registry.register_dataset('housing_raw', 'r4w')")
     name = uid("model")
     vid = conn.execute(
         "select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'xgboost')", [name, rid]
     ).fetchone()[0]
-    dep = one(
-        conn,
-        "insert into registry.deployments(model_id, version_id, strategy) "
-        "select model_id, id, 'best' from registry.model_versions where id = %s returning id",
-        [vid],
-    )
+    conn.execute("select ml.deploy(%s, model_id => %s)", [name, vid])
+    dep = one(conn, "select id from registry.deployments where version_id = %s", [vid])
     conn.execute("select registry.add_lineage('deployment', %s, 'prediction_log', '42', 'logged')", [str(dep)])
-    conn.execute("select registry.add_lineage('feature_view_version', 'fv_7', 'run', %s, 'input:features')", [str(rid)])
+    conn.execute("select registry.add_lineage('dataset', %s, 'dataset', %s, 'cleaned_into')", [str(did2), str(did)])
 
     # "what data trained the deployed model?"
     up = conn.execute(
         "select src_kind, src_id, dst_kind, depth from registry.lineage('deployment', %s, 'up')", [str(dep)]
     ).fetchall()
-    assert ("dataset", str(did), "run", 3) in up and ("feature_view_version", "fv_7", "run", 3) in up
+    assert ("dataset", str(did), "run", 3) in up and ("dataset", str(did2), "dataset", 4) in up
     assert ("model_version", str(vid), "deployment", 1) in up
+    # one edge per fact: the deployment is linked once
+    assert conn.execute(
+        "select relation from registry.lineage('deployment', %s, 'up') where depth = 1", [str(dep)]
+    ).fetchall() == [("deployed",)]
     # "what models used this data set?" -- and down to the logged predictions
     down = conn.execute(
         "select dst_kind, dst_id, dst_label from registry.lineage('dataset', %s, 'down')", [str(did)]
@@ -262,6 +263,20 @@ def test_lineage_walks_both_directions(conn):
     assert conn.execute("select count(*) from registry.lineage('run', %s)", [str(rid)]).fetchone()[0] >= 4
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown lineage kind"):
         conn.execute("select * from registry.lineage('table', '1')")
+    # an unknown node is an error, not an empty answer; edges need existing nodes at both ends
+    for kind, node in [
+        ("model_version", "999999999"),
+        ("run", "00000000-0000-0000-0000-000000000000"),
+        ("prediction_log", "nope"),
+        ("feature_view_version", "999999999"),
+    ]:
+        with pytest.raises(psycopg.errors.UndefinedObject, match="not found"):
+            conn.execute("select * from registry.lineage(%s, %s)", [kind, node])
+    with pytest.raises(psycopg.errors.UndefinedObject, match="not found"):
+        conn.execute("select registry.add_lineage('dataset', '999999999', 'dataset', %s)", [str(did)])
+    # the registry writes its own facts' edges: a hand-made duplicate is refused
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="written by the registry itself"):
+        conn.execute("select registry.add_lineage('dataset', %s, 'run', %s, 'input')", [str(did2), str(rid)])
 
 
 def test_search_runs_filters_orders_and_reports_positions(conn):

@@ -36,13 +36,14 @@ CROSS_TENANT_CALLS = {
     "lineage": "select * from registry.lineage('run', '{run}')",
     "add_lineage": "select registry.add_lineage('run', '{run}', 'model_version', '{vid}')",
     "register_dataset": "select registry.register_dataset('data_{tenant}', 'abc123', materialized => 'pg_class')",
+    "log_trials": "select registry.log_trials('{run}', 'r2', '[]')",
+    "lineage_by_id": "select * from registry.lineage('model_version', '{vid}')",
+    "lineage_dataset": "select * from registry.lineage('dataset', '{did}')",
 }
 # functions that return rows: tenant B must get nothing of A's
 CROSS_TENANT_EMPTY = {
     "search_runs": "select count(*) from registry.search_runs(null, '') where experiment = '{exp}'",
     "search_runs_by_name": "select count(*) from registry.search_runs(array['{exp}'], '')",
-    "lineage_by_id": "select count(*) from registry.lineage('model_version', '{vid}')",
-    "lineage_dataset": "select count(*) from registry.lineage('dataset', '{did}')",
     "node_label": "select count(registry.node_label('model_version', '{vid}'))",
 }
 # and no row of A's in any registry table, read directly
@@ -90,11 +91,7 @@ def tenant_a(db_dsn):
             c, "select version_id from registry.register_model(%s, %s, 'x'::bytea, flavor => 'sklearn')", [model, run]
         )
         c.execute("select registry.set_alias(%s, 'champion', 1)", [model])
-        c.execute(
-            "insert into registry.deployments(model_id, version_id, strategy) "
-            "select model_id, id, 'best' from registry.model_versions where id = %s",
-            [vid],
-        )
+        c.execute("select ml.deploy(%s, model_id => %s)", [model, vid])
         assert one(c, "select count(*) from registry.runs") >= 1
     return dict(tenant=ta, exp=exp, run=run, model=model, vid=vid, did=did)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indb_runtime.errors import IndbRuntimeError
-from indb_runtime.preprocess import Preprocessor, column_kind, parse_vector
+from indb_runtime.preprocess import Preprocessor, column_kind, parse_vector, validate_options
 
 TYPES = {
     "x": "double precision",
@@ -113,3 +113,27 @@ def test_column_kinds_and_vectors():
     assert column_kind("character varying(20)") == "text" and column_kind("mood", is_enum=True) == "text"
     assert parse_vector("[1, 2.5,-3]") == [1.0, 2.5, -3.0] and parse_vector(None) is None
     assert math.isclose(parse_vector([1, 2])[1], 2.0)
+
+
+def test_unknown_categories_are_ignored_by_default_and_refused_when_asked():
+    data = {"c": ["a", "b", "a", "b"], "x": [1.0, 2.0, 3.0, 4.0]}
+    types = {"c": "text", "x": "double precision"}
+    pre, _ = Preprocessor.fit(data, types, {"c": {"encode": "one_hot"}})
+    assert pre.transform({"c": ["zz"], "x": [1.0]}, 1)[0, :2].tolist() == [0.0, 0.0]
+    strict, _ = Preprocessor.fit(data, types, {"c": {"encode": "ordinal", "unknown": "error"}})
+    assert strict.transform({"c": ["b"], "x": [1.0]}, 1)[0, 0] == 1.0
+    with pytest.raises(IndbRuntimeError, match="category 'zz', which the model never saw") as e:
+        strict.transform({"c": ["zz"], "x": [1.0]}, 1)
+    assert e.value.sqlstate == "22023" and "known categories: a, b" in e.value.detail and "ignore" in e.value.hint
+    assert strict.describe()["columns"][0]["unknown"] == "error"
+    with pytest.raises(IndbRuntimeError, match='invalid unknown "maybe"'):
+        validate_options({"c": {"unknown": "maybe"}}, ["c"])
+    with pytest.raises(IndbRuntimeError, match='does not apply to numeric column "x"'):
+        Preprocessor.fit(data, types, {"c": {"encode": "one_hot"}, "x": {"unknown": "error"}})
+
+
+def test_huge_integers_from_json_are_a_range_error_not_an_overflow():
+    pre, _ = Preprocessor.fit({"x": [1.0, 2.0]}, {"x": "double precision"})
+    with pytest.raises(IndbRuntimeError, match='column "x"') as e:
+        pre.transform({"x": [10**309]}, 1)
+    assert e.value.sqlstate == "22003"

@@ -114,11 +114,28 @@ def test_empty_filter_matches_everything():
 
 
 def test_execute_prepares_once_per_filter_shape():
+    from indb_runtime import spi
+
+    spi.clear_plans()
     plpy = FakePlpy(answers={"from registry.runs": [{"run_id": "u"}]})
-    SD = {}
-    out1 = sr.execute(plpy, SD, None, "metrics.rmse < 0.5", None, 10)
-    out2 = sr.execute(plpy, SD, None, "metrics.rmse < 0.9", None, 10)
-    sr.execute(plpy, SD, None, "metrics.acc < 0.9 and params.a = 'b'", None, 10)
+    prepared = []
+    real_prepare = plpy.prepare
+    plpy.prepare = lambda q, t=None: prepared.append(q) or real_prepare(q, t)
+    out1 = sr.execute(plpy, None, "metrics.rmse < 0.5", None, 10)
+    out2 = sr.execute(plpy, None, "metrics.rmse < 0.9", None, 10)
+    sr.execute(plpy, None, "metrics.acc < 0.9 and params.a = 'b'", None, 10)
     assert out1 == out2 == [{"run_id": "u"}]
-    assert len(SD["plans"]) == 2  # same shape, different values -> one plan
+    assert len(prepared) == 2  # same shape, different values -> one plan (spi's cache)
     assert plpy.executed[0][1] == ["rmse", 0.5, 10] and plpy.executed[1][1] == ["rmse", 0.9, 10]
+
+
+def test_deep_or_long_filters_are_refused_with_54001_not_a_recursion_error():
+    deep = "(" * 5000 + "metrics.rmse < 1" + ")" * 5000
+    with pytest.raises(IndbRuntimeError, match="nests parentheses more than 64 deep") as e:
+        build(deep)
+    assert e.value.sqlstate == "54001" and e.value.hint
+    ok = "(" * 60 + "metrics.rmse < 1" + ")" * 60
+    assert build(ok)[1] == [("rmse", "text"), (1.0, "float8"), (100, "int4")]
+    with pytest.raises(IndbRuntimeError, match="characters long") as e:
+        build("metrics.rmse < 1 and " * 10000 + "metrics.rmse < 1")
+    assert e.value.sqlstate == "54001"

@@ -1,15 +1,17 @@
 """Training helpers without Postgres: splits, search grids, hyperparameter checks, target encoding,
-metrics, explanations that add up, the MLP's pickle round trip."""
+metrics, explanations that add up, models stored without pickle (model_store) and loaded back the same."""
 
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
 
 from indb_runtime import algorithms as algs
-from indb_runtime import explain, training
+from indb_runtime import explain, model_store, training
 from indb_runtime.errors import IndbRuntimeError
 
 
@@ -114,7 +116,7 @@ def test_explanations_add_up(alg):
     assert abs(sum(imp.values()) - 1) < 1e-9
 
 
-def test_chunked_forest_ticks_and_mlp_pickles():
+def test_chunked_forest_ticks_and_mlp_round_trips():
     ticks = []
     b, X = _bundle("random_forest")
     est = algs.make("regression", "random_forest", {"n_estimators": 40, "random_state": 0})
@@ -124,6 +126,74 @@ def test_chunked_forest_ticks_and_mlp_pickles():
     y = 3 * X[:, 0] + 1
     curves = algs.fit("regression", "mlp", mlp, X, y)
     assert len(curves["train_loss"]) == 30 and curves["train_loss"][-1] < curves["train_loss"][0]
-    again = pickle.loads(pickle.dumps(mlp))
+    blob = model_store.dump_bundle({"task": "regression", "algorithm": "mlp"}, mlp)
+    again = model_store.load_bundle(blob, model_store.sha256_hex(blob), model_store.BUNDLE_FORMAT, "indb")["est"]
     assert np.allclose(again.predict(X[:5]), mlp.predict(X[:5]))
     assert algs.regression_metrics(y, mlp.predict(X))["r2"] > 0.8
+
+
+def _round_trip(task, alg, X, y, hp=None):
+    est = algs.make(task, alg, algs.check_hyperparams(task, alg, hp or {}))
+    algs.fit(task, alg, est, X, y)
+    blob = model_store.dump_bundle({"task": task, "algorithm": alg, "classes": [0, 1]}, est)
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:  # numbers and JSON only: no pickle anywhere in the bundle
+        for name in z.namelist():
+            assert not z.read(name).startswith(b"\x80"), name
+    back = model_store.load_bundle(blob, model_store.sha256_hex(blob), model_store.BUNDLE_FORMAT, "indb")
+    return est, back["est"]
+
+
+@pytest.mark.parametrize("task", ["regression", "classification", "clustering"])
+def test_every_algorithm_round_trips_through_a_code_free_bundle(task):
+    rng = np.random.RandomState(0)
+    X = rng.rand(120, 3)
+    y = None if task == "clustering" else 3 * X[:, 0] - 2 * X[:, 1]
+    if task == "classification":
+        y = (y > 0.5).astype(int)
+    for alg in algs.ALGORITHMS[task]:
+        hp = {"n_estimators": 10} if alg in ("xgboost", "lightgbm", "random_forest", "extra_trees") else {}
+        if alg == "mlp":
+            hp = {"epochs": 3, "task": task}
+        if alg in ("kmeans", "mini_batch_kmeans"):
+            hp = {"n_clusters": 3}
+        est, back = _round_trip(task, alg, X, y, hp)
+        assert np.allclose(np.asarray(back.predict(X), dtype=float), np.asarray(est.predict(X), dtype=float)), alg
+        if task == "classification":
+            assert np.allclose(algs.predict_proba(back, X), algs.predict_proba(est, X)), alg
+
+
+def test_the_trusted_skops_list_covers_every_scikit_learn_model_and_nothing_else_loads():
+    import skops.io as sio
+
+    rng = np.random.RandomState(1)
+    X = rng.rand(80, 2)
+    y = X[:, 0] + X[:, 1]
+    for task, yy in (("regression", y), ("classification", (y > 1).astype(int)), ("clustering", None)):
+        for alg in algs.ALGORITHMS[task]:
+            if alg in ("xgboost", "lightgbm", "mlp"):
+                continue
+            est = algs.make(task, alg, algs.check_hyperparams(task, alg, {}))
+            algs.fit(task, alg, est, X, yy)
+            assert set(sio.get_untrusted_types(data=sio.dumps(est))) <= model_store.TRUSTED_SKOPS_TYPES, alg
+    from sklearn.preprocessing import FunctionTransformer
+
+    with pytest.raises(IndbRuntimeError, match="does not trust") as e:
+        model_store.load_skops(sio.dumps(FunctionTransformer(func=print)), "the model")
+    assert e.value.sqlstate == "0A000"
+
+
+def test_pickles_and_changed_bytes_are_refused():
+    blob = pickle.dumps({"est": "anything"})
+    for fmt, flavor in [(None, "indb-pickle"), ("sklearn-pickle", "sklearn"), ("indb-bundle-v2", "indb")]:
+        with pytest.raises(IndbRuntimeError, match="pickle") as e:
+            model_store.load_bundle(blob, model_store.sha256_hex(blob), fmt, flavor, "model 7")
+        assert e.value.sqlstate == "0A000" and "ml.train" in e.value.hint
+    rng = np.random.RandomState(0)
+    est = algs.make("regression", "linear", {})
+    algs.fit("regression", "linear", est, rng.rand(20, 2), rng.rand(20))
+    good = model_store.dump_bundle({"task": "regression", "algorithm": "linear"}, est)
+    with pytest.raises(IndbRuntimeError, match="sha256") as e:
+        model_store.load_bundle(good + b"x", model_store.sha256_hex(good), model_store.BUNDLE_FORMAT, "indb")
+    assert e.value.sqlstate == "XX001"
+    with pytest.raises(IndbRuntimeError, match="not a model trained by ml.train"):
+        model_store.load_bundle(b"{}", model_store.sha256_hex(b"{}"), "xgboost-json", "xgboost")

@@ -60,7 +60,7 @@ def run(client, data: Path) -> None:
         f"deployed: {r['deployed']}"
     )
     d = client.deploy("demo_housing", "best_score")
-    print(f"ml.deploy('demo_housing', 'best_score') -> model {d['model_id']} (changed: {d['deployed']})")
+    print(f"ml.deploy('demo_housing', 'best_score') -> model {d['model_id']} ({d['status']})")
     v = client.predict("demo_housing", DISTRICT)
     print(f"ml.predict('demo_housing', <a district near the bay, total_bedrooms NULL (imputed)>) = ${v:,.0f}")
     e = client.explain("demo_housing", DISTRICT)

@@ -1,0 +1,197 @@
+"""Training and prediction as the documented roles and tenants (trust issue, items 4, 7 and 8 for the
+registry): rows get the right tenant and no tenant sees another's through any path; stored relation SQL runs
+only for a role that may run its author's code; each role can do its documented work; bad input fails
+before anything runs, with a clean error."""
+
+from __future__ import annotations
+
+import secrets
+
+import psycopg
+import pytest
+
+REL = "select g::float8 as x, (g % 7)::float8 as z, g * 2.0 + (g % 5) as y from generate_series(1, 80) g"
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(3)}"
+
+
+def train(conn, project: str, relation: str | None = REL, **kw):
+    args = "".join(f", {k} => %({k})s" for k in kw)
+    return conn.execute(
+        f"select * from ml.train(%(p)s, task => 'regression', relation => %(r)s, target => 'y', "
+        f"algorithm => 'linear'{args})",
+        dict(p=project, r=relation, **kw),
+    ).fetchone()
+
+
+def clean(e: psycopg.Error) -> None:
+    """The error is what indb raised on purpose: no Python traceback, no PL/Python prefix, no 'None'."""
+    assert "Traceback" not in (e.diag.context or "") and "PL/Python" not in (e.diag.context or "")
+    assert not e.diag.message_primary.startswith(("plpy.", "spiexceptions."))
+    assert "None" not in e.diag.message_primary and "None" not in (e.diag.message_hint or "")
+
+
+def test_a_tenant_bound_writer_trains_without_setting_its_tenant(connect_as, sconn):
+    w = connect_as("acme_writer")  # no SET indb.tenant
+    p = uid("acme")
+    train(w, p, search=None)
+    w.execute(
+        "select * from ml.train(%s, algorithm => 'ridge', search => 'grid', search_params => '{\"alpha\": [0.1, 1]}')",
+        [p],
+    )
+    w.execute("select ml.set_prediction_logging(%s, true)", [p])
+    connect_as("acme_app").execute("select ml.predict(%s, array[1.0, 2.0])", [p])
+    tenants = sconn.execute(
+        """select array_agg(distinct t) from (
+             select tenant from registry.registered_models where name = %(p)s
+             union all select s.tenant from registry.training_projects s join registry.registered_models m
+                       on m.id = s.model_id where m.name = %(p)s
+             union all select r.tenant from registry.runs r join registry.experiments e on e.id = r.experiment_id
+                       where e.name = %(p)s
+             union all select t.tenant from registry.training_trials t join registry.runs r on r.id = t.run_id
+                       join registry.experiments e on e.id = r.experiment_id where e.name = %(p)s
+             union all select v.tenant from registry.model_versions v join registry.registered_models m
+                       on m.id = v.model_id where m.name = %(p)s
+             union all select d.tenant from registry.deployments d join registry.registered_models m
+                       on m.id = d.model_id where m.name = %(p)s
+             union all select l.tenant from registry.prediction_log l join registry.registered_models m
+                       on m.id = l.project_id where m.name = %(p)s) x(t)""",
+        dict(p=p),
+    ).fetchone()[0]
+    assert tenants == ["acme"]
+
+
+def test_the_other_tenant_sees_nothing_of_a_project_through_any_path(connect_as):
+    w = connect_as("acme_writer")
+    p = uid("secret")
+    train(w, p, relation=REL + " where g > 1", search="grid", search_params='{"fit_intercept": [true, false]}')
+    w.execute("select ml.set_prediction_logging(%s, true)", [p])
+    connect_as("acme_app").execute("select ml.predict(%s, array[1.0, 2.0])", [p])
+    for who in ("globex_reader", "globex_writer"):
+        g = connect_as(who)
+        for sql in (
+            "select count(*) from registry.training_projects where relation like '%%g > 1%%'",
+            "select count(*) from ml.projects_overview where project = %(p)s",
+            "select count(*) from ml.models where project = %(p)s",
+            "select count(*) from registry.training_trials t join registry.runs r on r.id = t.run_id "
+            "where r.name is not null and r.tenant = 'acme'",
+            "select count(*) from registry.training_trials where tenant = 'acme'",
+            "select count(*) from registry.prediction_log where tenant = 'acme'",
+            "select count(*) from registry.datasets where name = %(p)s",
+        ):
+            assert g.execute(sql, dict(p=p)).fetchone()[0] == 0, (who, sql)
+        for sql in (
+            "select ml.predict(%(p)s, array[1.0, 2.0])",
+            "select * from ml.predict_batch(%(p)s, 'select 1.0 as x, 2.0 as z')",
+            "select ml.explain(%(p)s, array[1.0, 2.0])",
+            "select ml.evaluate(%(p)s, 'select 1.0 as x, 2.0 as z, 3.0 as y')",
+        ):
+            with pytest.raises(psycopg.errors.UndefinedObject, match="does not exist") as e:
+                g.execute(sql, dict(p=p))
+            clean(e.value)
+    g = connect_as("globex_writer")
+    for sql in (
+        "select * from ml.deploy(%(p)s, 'most_recent')",
+        "select ml.set_prediction_logging(%(p)s, false)",
+        "select * from ml.train(%(p)s)",
+    ):
+        with pytest.raises(psycopg.Error) as e:
+            g.execute(sql, dict(p=p))
+        assert e.value.sqlstate in ("42704", "42710"), (sql, e.value)
+    # the app of the other tenant cannot read the registry at all
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        connect_as("globex_app").execute("select artifact from registry.model_versions limit 1")
+
+
+def test_stored_relation_sql_runs_only_for_its_author_or_an_admins(connect_as):
+    writer, admin = connect_as("writer"), connect_as("admin")
+    p = uid("stored")
+    train(writer, p)
+    # the admin would run the writer's SQL with admin rights: refused, and asked to pass the relation again
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="written by sec_writer") as e:
+        admin.execute("select * from ml.train(%s)", [p])
+    assert "pass it again" in e.value.diag.message_hint
+    clean(e.value)
+    writer.execute("select * from ml.train(%s)", [p])  # its author may
+    admin.execute("select * from ml.train(%s, relation => %s)", [p, REL + " where g > 2"])
+    # now the admin wrote the relation: everyone who may train the project may run it
+    writer.execute("select * from ml.train(%s)", [p])
+    assert (
+        admin.execute("select relation_author from ml.projects_overview where project = %s", [p]).fetchone()[0]
+        == "sec_admin"
+    )
+
+
+def test_a_shared_project_is_read_only_to_a_tenant_and_says_why(connect_as):
+    writer = connect_as("writer")
+    p = uid("shared")
+    train(writer, p)
+    a = connect_as("acme_writer")
+    assert a.execute("select ml.predict(%s, array[1.0, 2.0])", [p]).fetchone()[0] > 0  # shared: readable
+    for sql, args in (
+        ("select * from ml.deploy(%s, 'most_recent')", [p]),
+        ("select ml.set_prediction_logging(%s, true)", [p]),
+        ("select * from ml.train(%s, relation => %s)", [p, REL]),
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="shared") as e:
+            a.execute(sql, args)
+        assert "admin" in e.value.diag.message_hint
+        clean(e.value)
+
+
+def test_each_role_does_its_documented_work(connect_as):
+    writer = connect_as("writer")
+    p = uid("roles")
+    train(writer, p)
+    assert writer.execute("select ml.set_prediction_logging(%s, true)", [p]).fetchone()[0] is True
+    app = connect_as("app")
+    assert app.execute("select ml.predict(%s, array[1.0, 2.0])", [p]).fetchone()[0] > 0
+    assert app.execute('select ml.predict(%s, \'{"x": 1, "z": 2}\'::jsonb)', [p]).fetchone()[0] > 0
+    assert len(app.execute("select * from ml.predict_batch(%s, 'select 1.0 as x, 2.0 as z')", [p]).fetchall()) == 1
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("select ml.explain(%s, array[1.0, 2.0])", [p])
+    reader = connect_as("reader")
+    assert "contributions" in reader.execute("select ml.explain(%s, array[1.0, 2.0])", [p]).fetchone()[0]
+    assert reader.execute("select ml.evaluate(%s, %s)", [p, REL]).fetchone()[0]["rows"] == 80
+    for sql in ("select * from ml.deploy(%s)", "select * from ml.train(%s)"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute(sql, [p])
+    logged = writer.execute(
+        "select count(*) from registry.prediction_log l join registry.registered_models m on m.id = l.project_id "
+        "where m.name = %s",
+        [p],
+    ).fetchone()[0]
+    assert logged == 2
+
+
+def test_bad_input_fails_before_anything_runs_with_a_clean_error(connect_as):
+    w = connect_as("writer")
+    p = uid("bad")
+    with pytest.raises(psycopg.errors.SyntaxError, match="holds several") as e:
+        train(w, p, relation="select 1.0 as x, 2.0 as y; select set_config('indb.ran', 'yes', false)")
+    clean(e.value)
+    assert w.execute("select current_setting('indb.ran', true)").fetchone()[0] in (None, "")
+    train(w, p)
+    for value, state in (("1e309", "22003"), ('"NaN"', "22023"), ('"Infinity"', "22023"), ('"abc"', "22023")):
+        with pytest.raises(psycopg.Error) as e:
+            w.execute(f'select ml.predict(%s, \'{{"x": {value}, "z": 1}}\'::jsonb)', [p])
+        assert e.value.sqlstate == state, (value, e.value)
+        clean(e.value)
+    deep = "(" * 5000 + "metrics.r2 > 0" + ")" * 5000
+    with pytest.raises(psycopg.errors.StatementTooComplex) as e:
+        w.execute("select * from registry.search_runs(null, %s)", [deep])
+    clean(e.value)
+    # unseen categories: ignored by default, refused when the column asks for it
+    rel = "select g::float8 as x, (array['a', 'b'])[g % 2 + 1] as c, g * 2.0 as y from generate_series(1, 60) g"
+    q = uid("cats")
+    train(w, q, relation=rel, preprocess='{"c": {"encode": "one_hot", "unknown": "error"}}')
+    assert w.execute('select ml.predict(%s, \'{"x": 1, "c": "a"}\'::jsonb)', [q]).fetchone()[0] is not None
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="never saw") as e:
+        w.execute('select ml.predict(%s, \'{"x": 1, "c": "zz"}\'::jsonb)', [q])
+    clean(e.value)
+    for sql in ("select * from ml.train(null)", "select ml.predict(null, array[1.0])", "select * from ml.deploy('')"):
+        with pytest.raises(psycopg.Error) as e:
+            w.execute(sql)
+        clean(e.value)
