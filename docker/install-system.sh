@@ -3,8 +3,14 @@
 # Idempotent: does nothing when everything is already in place.
 #   - Debian packages: PostgreSQL 15 server + dev headers, PL/Python 3, pg_cron, build tools, acl
 #   - pgvector 0.8.0 built from Debian trixie's source package, installed for PostgreSQL 15
+# `--runtime` (the image's final stage): only what a running server needs (server, PL/Python 3, pg_cron,
+# client, python3.11), no compiler and no headers, and no 'main' cluster; pgvector must already be in
+# place (the image copies it from its build stage, where this script built it without --runtime).
 # Needs root (CI and `make demo` run as root); as another user it re-runs itself through sudo if present.
 set -euo pipefail
+
+MODE=full
+if [ "${1:-}" = "--runtime" ]; then MODE=runtime; fi
 
 PG_MAJOR="${PG_MAJOR:-15}"
 PGVECTOR_VERSION="${PGVECTOR_VERSION:-0.8.0}"
@@ -14,6 +20,12 @@ PACKAGES=(
   "postgresql-${PG_MAJOR}-cron" "postgresql-client-${PG_MAJOR}"
   build-essential dpkg-dev acl ca-certificates python3.11 python3.11-venv python3.11-dev
 )
+if [ "$MODE" = runtime ]; then
+  PACKAGES=(
+    "postgresql-${PG_MAJOR}" "postgresql-plpython3-${PG_MAJOR}" "postgresql-${PG_MAJOR}-cron"
+    "postgresql-client-${PG_MAJOR}" python3.11
+  )
+fi
 
 log() { printf '[install-system] %s\n' "$*" >&2; }
 
@@ -41,6 +53,18 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+if [ "$MODE" = runtime ]; then
+  # An image keeps its cluster on a volume (docker/entrypoint.py): Debian's 'main' cluster is not made.
+  log "apt-get update"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql-common
+  sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
+  log "installing: ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  vector_ok || { log "pgvector ${PGVECTOR_VERSION} is not in place: copy it from the build stage first"; exit 1; }
+  log "done (runtime): PostgreSQL ${PG_MAJOR}, plpython3u, pg_cron, pgvector ${PGVECTOR_VERSION}"
+  exit 0
+fi
 SRC_LIST=/etc/apt/sources.list.d/indb-trixie-src.sources
 if ! vector_ok && [ ! -f "$SRC_LIST" ]; then
   # Source packages only (deb-src): no binary from trixie is ever installed.
