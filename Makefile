@@ -8,8 +8,10 @@ INDB := $(VENV)/bin/indb
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.indb-installed
 SYSTEM_STAMP := $(STATE)/.system-ok
+IMAGE ?= indb:latest
+IMAGE_ENV = VENV=$(VENV) STATE=$(STATE) INDB_IMAGE=$(IMAGE)
 
-.PHONY: all help system venv db install demo test test-unit lint format bench stop
+.PHONY: all help system venv db install demo test test-unit lint format bench stop image test-image
 
 all: install
 
@@ -54,6 +56,15 @@ test: install lint ## set up everything, lint, and run every test (unit, sql, cl
 
 test-unit: $(STAMP) ## only the unit tests (no database)
 	@$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# 5. the production image: docker/image.sh finds Docker or podman (installs podman where neither is there),
+#    builds the base image from Debian packages where no registry is reachable, applies the OCI runtime
+#    workaround only where the host needs it, and caches the wheels; tests/image run only here
+image: ## build the production image (docker/Dockerfile) with Docker or podman, as $(IMAGE)
+	@$(IMAGE_ENV) bash docker/image.sh build
+
+test-image: $(STAMP) image ## build the image once, then test it in real containers (tests/image, testcontainers)
+	@$(IMAGE_ENV) bash docker/image.sh test $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format check)
 	@$(VENV)/bin/ruff check client plpython tests benchmarks migrations
