@@ -197,8 +197,15 @@ def write_settings(cluster: ImageCluster) -> None:
 
 
 # -- 4. install ---------------------------------------------------------------------------------
+def server_env() -> dict[str, str]:
+    """The postmaster's environment, as `indb db start` gives it (the runtime's variables, a UTF-8 locale)."""
+    return {**os.environ, **localdb.server_environment()}
+
+
 def pg_ctl(cluster: ImageCluster, *args: str) -> None:
-    subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(cluster.data), *args], check=True, stdout=sys.stderr)
+    subprocess.run(
+        [str(PG_BIN / "pg_ctl"), "-D", str(cluster.data), *args], check=True, stdout=sys.stderr, env=server_env()
+    )
 
 
 def install(cluster: ImageCluster, pw: str) -> None:
@@ -221,7 +228,7 @@ def install(cluster: ImageCluster, pw: str) -> None:
 
 # -- 5. serve -----------------------------------------------------------------------------------
 def serve(cluster: ImageCluster, extra: list[str]) -> int:
-    postmaster = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(cluster.data), *extra])
+    postmaster = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(cluster.data), *extra], env=server_env())
     forward = {signal.SIGTERM: signal.SIGINT, signal.SIGINT: signal.SIGINT, signal.SIGQUIT: signal.SIGQUIT}
 
     def on_signal(signum, _frame):

@@ -4,7 +4,7 @@
 #   - Debian packages: PostgreSQL 15 server + dev headers, PL/Python 3, pg_cron, build tools, acl
 #   - pgvector 0.8.0 built from Debian trixie's source package, installed for PostgreSQL 15
 # `--runtime` (the image's final stage): only what a running server needs (server, PL/Python 3, pg_cron,
-# client, python3.11), no compiler and no headers, and no 'main' cluster; pgvector must already be in
+# client, python3.11 and its venv module), no compiler and no headers, and no 'main' cluster; pgvector must already be in
 # place (the image copies it from its build stage, where this script built it without --runtime).
 # Needs root (CI and `make demo` run as root); as another user it re-runs itself through sudo if present.
 set -euo pipefail
@@ -23,7 +23,7 @@ PACKAGES=(
 if [ "$MODE" = runtime ]; then
   PACKAGES=(
     "postgresql-${PG_MAJOR}" "postgresql-plpython3-${PG_MAJOR}" "postgresql-${PG_MAJOR}-cron"
-    "postgresql-client-${PG_MAJOR}" python3.11
+    "postgresql-client-${PG_MAJOR}" python3.11 python3.11-venv
   )
 fi
 
