@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STATE=${STATE:-.state}
 IMAGE=${INDB_IMAGE:-indb:latest}
+BUILD_STAGE=${IMAGE%:*}-build:cache
 BASE=${INDB_BASE_IMAGE:-debian:bookworm-slim}
 LOCAL_BASE=localhost/debian:bookworm-slim
 DEBIAN_MIRROR=${INDB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -195,10 +196,15 @@ build() {
   if [ "$NETWORK" = host ]; then args+=(--network=host); fi
   log "building $IMAGE: $ENGINE ${args[*]} . (log: $LOGDIR/build.log)"
   local t0=$SECONDS
-  if ! $ENGINE "${args[@]}" . >"$LOGDIR/build.log" 2>&1; then
+  # The build stage gets a tag of its own, so that the clean-up below keeps it as the next build's cache.
+  if ! { $ENGINE "${args[@]/#$IMAGE/$BUILD_STAGE}" --target build . && $ENGINE "${args[@]}" .; } >"$LOGDIR/build.log" 2>&1; then
     tail -n 40 "$LOGDIR/build.log" >&2
     die "the image build failed"
   fi
+  # Images of earlier builds that no tag holds any more (each 2+ GB); only this Dockerfile's (by label).
+  for title in indb indb-build; do
+    $ENGINE image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1 || true
+  done
   local size
   size=$($ENGINE image inspect -f '{{.Size}}' "$IMAGE")
   log "built $IMAGE in $((SECONDS - t0)) s: $((size / 1000 / 1000)) MB"
