@@ -1,8 +1,9 @@
 """Entrypoint of the indb image: one PostgreSQL cluster on the data volume, indb installed, clean stops.
 
 Every start:
-1. as root (the image's default): give the data volume to the ``postgres`` user, then drop to it for good;
-   started as any other user, it runs as that user;
+1. as root (the image's default): read the password (a secret file may be root's alone), give the data
+   volume to the ``postgres`` user (uid 999), then drop to it for good; started as any other user, it runs
+   as that user;
 2. on an empty volume: initdb with the same options as ``indb db start`` (UTF8, C.UTF-8, scram over TCP);
 3. write the server settings with the same code as ``indb db start`` (indb.localdb.Cluster.write_config:
    memory sized from the machine, here the container's memory limit; pg_cron preloaded), then this image's

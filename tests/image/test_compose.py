@@ -15,7 +15,9 @@ from indb_image import ENGINE, IMAGE, NETWORK, Indb, docker_client, free_port
 import indb
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "docker" / "compose.yaml"
+COMPOSE_FILES = [REPO / "docker" / "compose.yaml"]
+if NETWORK == "host":
+    COMPOSE_FILES.append(REPO / "docker" / "compose.host-network.yaml")
 
 
 def compose_command() -> list[str]:
@@ -39,11 +41,8 @@ def project(image):
         "INDB_IMAGE": IMAGE,
         "INDB_PASSWORD": f"pw-{secrets.token_hex(8)}",
         "INDB_PORT": str(port),
-        "INDB_NETWORK_MODE": NETWORK,
     }
-    if NETWORK == "host":
-        env["INDB_LISTEN"] = "127.0.0.1"
-    cmd = [*compose_command(), "-p", name, "-f", str(COMPOSE_FILE)]
+    cmd = [*compose_command(), "-p", name, *[arg for f in COMPOSE_FILES for arg in ("-f", str(f))]]
 
     def compose(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
