@@ -221,10 +221,9 @@ run_tests() {
     podman system service --time=0 "unix://$SOCK" >"$LOGDIR/podman-service.log" 2>&1 &
     SERVICE_PID=$!
     trap 'kill "$SERVICE_PID" 2>/dev/null || true; rm -f "$SOCK"' EXIT
-    local sock=$SOCK
-    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-    [ -S "$sock" ] || die "podman system service did not start (see $LOGDIR/podman-service.log)"
-    export DOCKER_HOST="unix://$sock"
+    for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+    [ -S "$SOCK" ] || die "podman system service did not start (see $LOGDIR/podman-service.log)"
+    export DOCKER_HOST="unix://$SOCK"
   fi
   set +e
   "$VENV/bin/python" -m pytest tests/image "$@"
