@@ -17,6 +17,10 @@ as $$ select jsonb_build_object(
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head'),
   'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction'),
   'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
+  -- trigger functions that writers attach to tables of their own (ml.create_vectorizer runs as its caller and
+  -- makes the triggers on the caller's source table, which needs EXECUTE); each checks that the table it
+  -- fires on is the one its catalog row names, so attaching it elsewhere does nothing
+  'TRIGGER_ATTACH', jsonb_build_array('ml._vectorizer_trigger'),
   'APP_TABLES', jsonb_build_array(
     'ml.embedding_models', 'ml.collections', 'ml.collection_stats', 'ml.collection_terms', 'ml.vectorizers',
     'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store'),
@@ -25,11 +29,9 @@ as $$ select jsonb_build_object(
   -- TRANSITION (0.2.0 development only, must be empty before release): catalogs that code not yet moved to
   -- SECURITY DEFINER functions still writes as the caller. Each area removes its tables once its functions
   -- are the only writers; tests/security/test_grants.py fails while this list is not empty.
-  'TRANSITION_WRITER_DML', jsonb_build_array(
-    'ml.embedding_models', 'ml.vectorizers', 'ml.vectorizer_stats', 'ml.vectorizer_queue', 'ml.vectorizer_failed',
-    'ml.collections', 'ml.collection_stats', 'ml.collection_terms'),
+  'TRANSITION_WRITER_DML', jsonb_build_array(),
   'TRANSITION_APP_INSERT', jsonb_build_array(),
-  'TRANSITION_CREATE_SCHEMAS', jsonb_build_array('collections'))
+  'TRANSITION_CREATE_SCHEMAS', jsonb_build_array())
 $$;
 comment on function ml._grant_policy() is 'internal: the lists 999-grants.sql applies (see the comment at the top of that file)';
 

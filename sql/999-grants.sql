@@ -72,7 +72,7 @@ begin
       if pol -> 'ADMIN_ONLY' ? qname then roles := array['indb_admin']; end if;
       if pol -> 'AUDIT_READ' ? qname then roles := array['indb_reader']; end if;
     elsif split_part(qname, '.', 2) like '\_%' then
-      if f.is_trigger or pol -> 'DEFINER_NOBODY' ? qname then
+      if (f.is_trigger and not pol -> 'TRIGGER_ATTACH' ? qname) or pol -> 'DEFINER_NOBODY' ? qname then
         roles := '{}';
       elsif not f.definer then
         roles := array['indb_app'];                 -- inherited by reader, writer, admin
