@@ -49,39 +49,6 @@ return venv
 $$;
 comment on function ml._activate() is 'internal: put the runtime venv (setting indb.venv) on sys.path and check versions';
 
-create or replace function ml.runtime_check() returns jsonb
-language plpython3u parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys, json
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import bootstrap
-return json.dumps(bootstrap.runtime_info(import_heavy=False))
-$$;
-comment on function ml.runtime_check() is 'activates the runtime without heavy imports and returns its versions (used by indb install)';
-
-create or replace function ml.runtime_info() returns jsonb
-language plpython3u parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys, json
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import bootstrap
-return json.dumps(bootstrap.runtime_info(import_heavy=True))
-$$;
-comment on function ml.runtime_info() is 'python version, venv, torch/xgboost/sentence-transformers versions, device, threads, loaded models';
-
-create or replace function ml.warmup(model text default 'all-MiniLM-L6-v2') returns jsonb
-language plpython3u parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys, json
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import warmup, errors
-return json.dumps(errors.call(plpy, warmup.warmup, plpy, model))
-$$;
-comment on function ml.warmup(text) is 'import torch, xgboost, sentence-transformers and load the model in this backend; returns seconds spent';
-
 -- ----------------------------------------------------------------------------------------------------------
 -- The public face of a PL/Python function. PL/Python reports every error with its exception class in the
 -- message ("plpy.Error: ...") and a Python traceback in CONTEXT. indb keeps its Python in internal functions
@@ -150,3 +117,45 @@ begin
 end $$;
 comment on function ml._wrap_python(text, regprocedure, text) is
   'internal (install time): create the plpgsql wrapper of a PL/Python function, with clean errors (DEVELOPERS.md)';
+
+-- ----------------------------------------------------------------------------------------------------------
+-- The runtime's own functions, wrapped like every PL/Python function of indb
+
+create or replace function ml._runtime_check_py() returns jsonb
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import bootstrap, errors
+return json.dumps(errors.call(plpy, bootstrap.runtime_info, import_heavy=False))
+$$;
+select ml._wrap_python('ml.runtime_check', 'ml._runtime_check_py()');
+comment on function ml.runtime_check() is 'activates the runtime without heavy imports and returns its versions (used by indb install)';
+
+-- warns (in the result and as a WARNING) when the session skips row-level security: a superuser or a
+-- BYPASSRLS role sees every tenant's rows, so applications must not connect as one
+create or replace function ml._runtime_info_py() returns jsonb
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import bootstrap, errors
+return json.dumps(errors.call(plpy, bootstrap.session_runtime_info, plpy))
+$$;
+select ml._wrap_python('ml.runtime_info', 'ml._runtime_info_py()');
+comment on function ml.runtime_info() is
+  'python version, venv, torch/xgboost/sentence-transformers versions, device, threads, loaded models; warnings (a session that skips row-level security)';
+
+create or replace function ml._warmup_py(model text default 'all-MiniLM-L6-v2') returns jsonb
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import warmup, errors
+return json.dumps(errors.call(plpy, warmup.warmup, plpy, model))
+$$;
+select ml._wrap_python('ml.warmup', 'ml._warmup_py(text)');
+comment on function ml.warmup(text) is 'import torch, xgboost, sentence-transformers and load the model in this backend; returns seconds spent';

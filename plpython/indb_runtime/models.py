@@ -1,71 +1,84 @@
-"""ml.register_embedding_model and ml.chunk: the catalog of embedding models and token-aware chunking."""
+"""ml.register_embedding_model and ml.chunk: the catalog of embedding models and token-aware chunking.
+
+Registering a model is trusted to administrators (the function is ADMIN_ONLY, and ml._embedding_model_save,
+the one writer of ml.embedding_models, checks again): a model folder is code the server's Python loads.
+A source is an absolute folder path that holds a sentence-transformers model, or ``package:<module>`` for a
+model package of the runtime venv (embedding.package_folder). Whatever is wrong with a path, the error is the
+same, so that the function does not tell which server paths exist.
+"""
 
 from __future__ import annotations
 
 import os
 
-from . import chunking, embedding
+from . import chunking, embedding, spi
 from .errors import IndbRuntimeError, invalid
+
+# files one of which a sentence-transformers (or transformers) model folder holds
+MODEL_FILES = ("modules.json", "config_sentence_transformers.json", "config.json")
+
+
+def _no_folder(path: str) -> IndbRuntimeError:
+    return IndbRuntimeError(
+        "58P01",
+        f"no sentence-transformers model folder the server can read at {path}",
+        hint="give the absolute path of a model folder the database server user can read (nothing is downloaded), "
+        "or package:<module> of a model package installed in the runtime venv",
+    )
+
+
+def model_folder(path: str) -> str:
+    """The folder a registration names, checked; one error for every way a path can be wrong."""
+    if path.startswith(embedding.PACKAGE_PREFIX):
+        return embedding.package_folder(path[len(embedding.PACKAGE_PREFIX) :])
+    if not os.path.isabs(path):
+        raise _no_folder(path)
+    try:
+        ok = (
+            os.path.isdir(path)
+            and os.access(path, os.R_OK | os.X_OK)
+            and any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
+        )
+    except OSError:
+        ok = False
+    if not ok:
+        raise _no_folder(path)
+    return path
 
 
 def register(
-    plpy, name: str, path: str, dimensions: int | None, max_tokens: int | None, normalize: bool, replace: bool
+    plpy: spi.Plpy,
+    name: str,
+    path: str,
+    dimensions: int | None,
+    max_tokens: int | None,
+    normalize: bool,
+    replace: bool,
 ) -> dict:
     if not name or not name.strip():
         raise invalid("model name must not be empty")
+    if not spi.one(plpy, "select ml.is_admin() as ok")["ok"]:  # type: ignore[index]
+        raise IndbRuntimeError(
+            "42501",
+            "only indb_admin may register embedding models",
+            hint="ask an administrator (a member of indb_admin)",
+        )
     if not path:
         raise invalid("path must name a local sentence-transformers model folder (or package:<module>)")
-    folder = embedding.source_path(path)
-    if not os.path.isdir(folder):
-        raise IndbRuntimeError(
-            "58P01",
-            f"model folder {folder} does not exist or the server cannot read it",
-            hint="give a folder the database server user can read; nothing is downloaded",
-        )
-    exists = plpy.execute(plpy.prepare("select 1 from ml.embedding_models where name = $1", ["text"]), [name])
-    if exists and not replace:
-        raise IndbRuntimeError(
-            "42710",
-            f'embedding model "{name}" is already registered',
-            hint="pass replace => true to point it at another folder",
-        )
+    folder = model_folder(path)
+    if dimensions is not None and dimensions <= 0:
+        raise invalid(f"dimensions must be positive, got {dimensions}")
     if dimensions is None or max_tokens is None:
-        spec = embedding.ModelSpec(name, folder, dimensions, max_tokens, normalize)
-        model = embedding.load(spec)
+        model = embedding.load(embedding.ModelSpec(name, folder, dimensions, max_tokens, normalize))
         dimensions = dimensions or int(model.get_sentence_embedding_dimension())
         max_tokens = max_tokens or int(model.max_seq_length or 0) or None
-    if dimensions <= 0:
-        raise invalid(f"dimensions must be positive, got {dimensions}")
-    if exists:
-        used = plpy.execute(
-            plpy.prepare(
-                "select d.name from ml.vectorizers d join ml.embedding_models m on m.name = $1 "
-                "where (d.model = $1 or d.staging_model = $1) and m.dimensions <> $2",
-                ["text", "int4"],
-            ),
-            [name, dimensions],
-        )
-        if used:
-            raise invalid(
-                f'embedding model "{name}" is used by vectorizer(s) '
-                + ", ".join(r["name"] for r in used)
-                + f" with other dimensions than {dimensions}",
-                hint="register the new folder under a new name and use ml.migrate_vectorizer",
-            )
-    plpy.execute(
-        plpy.prepare(
-            "insert into ml.embedding_models (name, source_path, dimensions, max_tokens, normalize) "
-            "values ($1, $2, $3, $4, $5) "
-            "on conflict (name) do update set source_path = excluded.source_path, dimensions = excluded.dimensions, "
-            "max_tokens = excluded.max_tokens, normalize = excluded.normalize, registered_at = now(), "
-            "registered_by = session_user",
-            ["text", "text", "int4", "int4", "bool"],
-        ),
-        [name, path, dimensions, max_tokens, normalize],
+    spi.run(
+        plpy,
+        "select ml._embedding_model_save($1, $2, $3, $4, $5, $6)",
+        ["text", "text", "int4", "int4", "bool", "bool"],
+        [name, path, dimensions, max_tokens, normalize, replace],
     )
-    # drop a cached copy loaded from the old folder
-    for key in [k for k in embedding._MODELS if k.split("|")[0] == name]:
-        embedding._MODELS.pop(key, None)
+    embedding.forget(name)  # a copy loaded from the old folder
     return {
         "name": name,
         "source_path": path,
@@ -76,7 +89,9 @@ def register(
     }
 
 
-def chunk(plpy, text: str | None, chunk_size: int, overlap: int, by: str, model: str) -> list[tuple[int, str]]:
+def chunk(
+    plpy: spi.Plpy, text: str | None, chunk_size: int, overlap: int, by: str, model: str
+) -> list[tuple[int, str]]:
     if chunk_size is None:
         raise invalid("chunk_size must not be NULL")
     tok = None

@@ -8,7 +8,7 @@ from . import embedding
 
 
 def warmup(plpy, model: str | None = embedding.DEFAULT_MODEL) -> dict:
-    timings = {}
+    timings: dict[str, float | str] = {}
     t0 = time.time()
     import numpy  # noqa: F401
     import torch  # noqa: F401

