@@ -1,12 +1,14 @@
 -- Vectorizers, public API: create, refresh, queue workers, alter, drop, model migration, search, schedule.
--- Python: plpython/indb_runtime/vectorizer.py. Tables: migrations/versions/0003_embeddings.py.
+-- Python: plpython/indb_runtime/vectorizer.py; internals and catalog writers: sql/110-vectorizers-int.sql.
+-- Every function here is SECURITY INVOKER: the source table is read with the caller's rights (a superuser's
+-- worker reads it as the vectorizer's creator), catalogs are written through the definers of 110.
 
-create or replace function ml.create_vectorizer(source regclass, columns text[], model text default 'all-MiniLM-L6-v2',
-                                                mode text default 'sync', chunk_size int default null,
-                                                chunk_overlap int default 0, name text default null,
-                                                batch_size int default null, destination text default null,
-                                                backfill boolean default true, chunk_by text default 'tokens',
-                                                max_attempts int default null) returns jsonb
+create or replace function ml._create_vectorizer_py(source regclass, columns text[], model text default 'all-MiniLM-L6-v2',
+                                                    mode text default 'sync', chunk_size int default null,
+                                                    chunk_overlap int default 0, name text default null,
+                                                    batch_size int default null, destination text default null,
+                                                    backfill boolean default true, chunk_by text default 'tokens',
+                                                    max_attempts int default null) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -16,10 +18,12 @@ from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.create, plpy, source, columns, model, mode, chunk_size, chunk_overlap,
                               name, batch_size, destination, backfill, chunk_by, max_attempts))
 $$;
+select ml._wrap_python('ml.create_vectorizer',
+                       'ml._create_vectorizer_py(regclass, text[], text, text, int, int, text, int, text, boolean, text, int)');
 comment on function ml.create_vectorizer(regclass, text[], text, text, int, int, text, int, text, boolean, text, int) is
-  'keep embeddings of source''s rows (columns joined by newlines) in a destination table with an HNSW index; sync: embedded in the writing statement, async: queued for ml.process_queue';
+  'keep embeddings of source''s rows (columns joined by newlines) in embeddings.<name> (or destination => a new name there) with an HNSW index; sync: embedded in the writing statement, async: queued for ml.process_queue';
 
-create or replace function ml.refresh_vectorizer(name text, max_rows int default null) returns jsonb
+create or replace function ml._refresh_vectorizer_py(name text, max_rows int default null) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -28,10 +32,11 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.refresh, plpy, name, max_rows))
 $$;
+select ml._wrap_python('ml.refresh_vectorizer', 'ml._refresh_vectorizer_py(text, int)');
 comment on function ml.refresh_vectorizer(text, int) is
   're-embed (sync) or queue (async) only the rows whose content hash or model differs, at most max_rows per target; removes orphaned embeddings';
 
-create or replace function ml.process_queue(vectorizer text default null, batch_size int default null) returns jsonb
+create or replace function ml._process_queue_py(vectorizer text default null, batch_size int default null) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -40,42 +45,41 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer as vz, errors
 return json.dumps(errors.call(plpy, vz.process_queue, plpy, vectorizer, batch_size))
 $$;
+select ml._wrap_python('ml.process_queue', 'ml._process_queue_py(text, int)');
 comment on function ml.process_queue(text, int) is
-  'embed one batch of queued rows of an async vectorizer (all vectorizers when NULL); safe to run in parallel (FOR UPDATE SKIP LOCKED); failures are retried with back-off, then kept in ml.vectorizer_failed';
+  'embed one batch of queued rows of an async vectorizer (all visible ones when NULL); safe to run in parallel (FOR UPDATE SKIP LOCKED); failures are retried with back-off, then kept in ml.vectorizer_failed. A superuser session processes each vectorizer as its creator';
 
 create or replace procedure ml.vectorizer_worker(vectorizer text default null, batch_size int default null,
-                                                 max_seconds int default 50)
+                                                 max_seconds int default 50, tenant text default null)
 language plpgsql
 as $$
 declare
-  t0 timestamptz := clock_timestamp();
+  t0 timestamptz := pg_catalog.clock_timestamp();
   r jsonb;
 begin
+  if tenant is not null then
+    perform pg_catalog.set_config('indb.tenant', tenant, false);
+  end if;
   loop
     r := ml.process_queue(vectorizer, batch_size);
     commit;
     exit when coalesce((r->>'processed')::int, 0) + coalesce((r->>'deleted')::int, 0) = 0
-           or clock_timestamp() - t0 > make_interval(secs => max_seconds);
+           or pg_catalog.clock_timestamp() - t0 > pg_catalog.make_interval(secs => max_seconds);
   end loop;
 end $$;
-comment on procedure ml.vectorizer_worker(text, int, int) is
-  'drain the queue batch by batch, committing after each, for up to max_seconds (what pg_cron runs)';
+comment on procedure ml.vectorizer_worker(text, int, int, text) is
+  'drain the queue batch by batch, committing after each, for up to max_seconds, acting for tenant (what pg_cron runs)';
 
 create or replace function ml.retry_vectorizer(name text) returns jsonb
-language plpython3u volatile parallel unsafe
+language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
-as $$
-import sys, json
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import vectorizer, errors
-return json.dumps(errors.call(plpy, vectorizer.retry, plpy, name))
-$$;
+as $$ select ml._vectorizer_retry(name) $$;
 comment on function ml.retry_vectorizer(text) is 'move failed items back to the queue and make every queued item due now';
 
-create or replace function ml.alter_vectorizer(name text, mode text default null, batch_size int default null,
-                                               chunk_size int default null, chunk_overlap int default null,
-                                               chunk_by text default null, max_attempts int default null,
-                                               refresh boolean default true) returns jsonb
+create or replace function ml._alter_vectorizer_py(name text, mode text default null, batch_size int default null,
+                                                   chunk_size int default null, chunk_overlap int default null,
+                                                   chunk_by text default null, max_attempts int default null,
+                                                   refresh boolean default true) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -85,10 +89,11 @@ from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.alter, plpy, name, mode, batch_size, chunk_size, chunk_overlap,
                               chunk_by, max_attempts, refresh))
 $$;
+select ml._wrap_python('ml.alter_vectorizer', 'ml._alter_vectorizer_py(text, text, int, int, int, text, int, boolean)');
 comment on function ml.alter_vectorizer(text, text, int, int, int, text, int, boolean) is
   'change mode, batch size, chunking (chunk_size => 0 turns it off) or retry limit in place; rows whose chunking changed are re-embedded (sync) or queued (async)';
 
-create or replace function ml.drop_vectorizer(name text, drop_embeddings boolean default false) returns jsonb
+create or replace function ml._drop_vectorizer_py(name text, drop_embeddings boolean default false) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -97,9 +102,11 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.drop, plpy, name, drop_embeddings))
 $$;
-comment on function ml.drop_vectorizer(text, boolean) is 'remove the triggers, queue and catalog row; drop the destination table(s) too when drop_embeddings';
+select ml._wrap_python('ml.drop_vectorizer', 'ml._drop_vectorizer_py(text, boolean)');
+comment on function ml.drop_vectorizer(text, boolean) is
+  'remove the triggers, queue and catalog row; drop the destination table(s) too when drop_embeddings (a kept one stays in schema embeddings, readable by admins)';
 
-create or replace function ml.migrate_vectorizer(name text, new_model text, backfill boolean default true) returns jsonb
+create or replace function ml._migrate_vectorizer_py(name text, new_model text, backfill boolean default true) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -108,10 +115,11 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.migrate, plpy, name, new_model, backfill))
 $$;
+select ml._wrap_python('ml.migrate_vectorizer', 'ml._migrate_vectorizer_py(text, text, boolean)');
 comment on function ml.migrate_vectorizer(text, text, boolean) is
   'start a model migration: a staging destination (and HNSW index) kept current by the same triggers while the serving one answers queries';
 
-create or replace function ml.compare_vectorizer_models(name text, sample_queries text[], k int default 10)
+create or replace function ml._compare_vectorizer_models_py(name text, sample_queries text[], k int default 10)
 returns table(query text, overlap float8, serving_top jsonb, staging_top jsonb)
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -121,10 +129,11 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer, errors
 return errors.call(plpy, vectorizer.compare, plpy, name, sample_queries, k)
 $$;
+select ml._wrap_python('ml.compare_vectorizer_models', 'ml._compare_vectorizer_models_py(text, text[], int)');
 comment on function ml.compare_vectorizer_models(text, text[], int) is
   'top-k overlap (0..1) between the serving and the staged model for each sample query';
 
-create or replace function ml.promote_vectorizer(name text, force boolean default false) returns jsonb
+create or replace function ml._promote_vectorizer_py(name text, force boolean default false) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -133,6 +142,7 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import vectorizer, errors
 return json.dumps(errors.call(plpy, vectorizer.promote, plpy, name, force))
 $$;
+select ml._wrap_python('ml.promote_vectorizer', 'ml._promote_vectorizer_py(text, boolean)');
 comment on function ml.promote_vectorizer(text, boolean) is
   'swap the staged destination in (atomic rename in one transaction); the previous one stays maintained and can be restored until dropped';
 
@@ -141,7 +151,7 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  if not exists (select 1 from ml.vectorizers v where v.name = restore_vectorizer.name and v.staging_role = 'previous') then
+  if (ml._vectorizer(name)).staging_role is distinct from 'previous' then
     raise exception 'vectorizer "%" has no previous model to restore', name
       using errcode = '22023', hint = 'restore works after ml.promote_vectorizer and before ml.drop_vectorizer_staging';
   end if;
@@ -150,62 +160,67 @@ end $$;
 comment on function ml.restore_vectorizer(text) is 'swap the previous model''s destination back in after a promotion';
 
 create or replace function ml.drop_vectorizer_staging(name text) returns jsonb
-language plpython3u volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys, json
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import vectorizer, errors
-return json.dumps(errors.call(plpy, vectorizer.drop_staging, plpy, name))
-$$;
-comment on function ml.drop_vectorizer_staging(text) is 'drop the staged (abort a migration) or previous (finish it) destination';
-
-create or replace function ml.vectorizer_search(vectorizer text, query text, k int default 10)
-returns table(key jsonb, seq int, chunk text, distance float8)
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v ml.vectorizers;
-  keyexpr text;
-  vs text;
+  v ml.vectorizers := ml._vectorizer_drop_staging(name);
+begin
+  return jsonb_build_object('vectorizer', v.name, 'dropped', v.staging_destination::text, 'dropped_model', v.staging_model);
+end $$;
+comment on function ml.drop_vectorizer_staging(text) is 'drop the staged (abort a migration) or previous (finish it) destination';
+
+-- Same shape as ml.search: id (the key as text; a JSON array of the key's values when it has several
+-- columns) and score (cosine similarity, higher is better), then the chunk that matched and its position.
+create or replace function ml.vectorizer_search(vectorizer text, query text, k int default 10)
+returns table(id text, score float8, chunk text, seq int)
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v ml.vectorizers := ml._vectorizer(vectorizer);
+  f record;
+  idexpr text;
+  vs text := (select extnamespace::regnamespace::text from pg_extension where extname = 'vector');
+  dest regclass;
   dest_name text;
-  dest_oid oid;
   mdl text;
 begin
-  select * into v from ml.vectorizers where ml.vectorizers.name = vectorizer;
-  if not found then
-    raise exception 'vectorizer "%" does not exist', vectorizer using errcode = '42704',
-      hint = 'see select name from ml.vectorizers';
+  if query is null or btrim(query) = '' then
+    raise exception 'empty query' using errcode = '22023', hint = 'pass the text to search for';
   end if;
-  if k is null or k <= 0 then
-    raise exception 'k must be positive, got %', k using errcode = '22023';
-  end if;
-  -- a promotion renames tables: lock the table first, then read which model it holds
-  dest_name := v.destination::text;
+  perform ml._check_k(k);
+  -- a promotion renames tables (and a dropped staging table goes): lock the table that has the serving name
+  -- now, then read which model it holds
+  dest_name := v.destination::regclass::text;  -- once: the name, not the table, is what is locked
   execute format('lock table %s in access share mode', dest_name);
-  dest_oid := to_regclass(dest_name);
-  select case when x.destination = dest_oid then x.model when x.staging_destination = dest_oid then x.staging_model end
+  dest := to_regclass(dest_name);
+  select case when x.destination = dest then x.model when x.staging_destination = dest then x.staging_model end
     into mdl from ml.vectorizers x where x.id = v.id;
   if mdl is null then
     raise exception 'vectorizer "%" changed while searching', vectorizer using errcode = '40001', hint = 'retry';
   end if;
-  select string_agg(format('d.%I::text', c), ', ' order by o) into keyexpr
-    from unnest(v.key_columns) with ordinality as u(c, o);
-  select extnamespace::regnamespace::text into vs from pg_extension where extname = 'vector';
+  f := ml._vectorizer_sql(v);
+  idexpr := case when cardinality(f.qkeys) = 1 then format('d.%s::text', f.qkeys[1])
+                 else format('jsonb_build_array(%s)::text',
+                             (select string_agg(format('d.%s::text', q), ', ') from unnest(f.qkeys) q)) end;
   return query execute format(
-    'select jsonb_build_array(%s), d.seq, d.chunk, (d.embedding operator(%s.<=>) $1)::float8 from %s d '
-    'order by d.embedding operator(%s.<=>) $1 limit $2', keyexpr, vs, dest_oid::regclass, vs)
+    'select %s, (1 - (d.embedding operator(%s.<=>) $1))::float8, d.chunk, d.seq from %s d '
+    'order by d.embedding operator(%s.<=>) $1 limit $2', idexpr, vs, dest, vs)
     using ml.embed(mdl, query), k;
 end $$;
 comment on function ml.vectorizer_search(text, text, int) is
-  'k nearest chunks to query in the serving destination, embedded with the vectorizer''s current model (keeps working across promotions)';
+  'k nearest chunks to query (id: the source row''s key as text, score: cosine similarity, higher is better), embedded with the vectorizer''s serving model (keeps working across promotions)';
 
+-- pg_cron runs a job as the role that scheduled it: never a superuser or a BYPASSRLS role, which would read
+-- every source table and every tenant's rows (SECURITY.md, "Workers")
 create or replace function ml.schedule_vectorizer(name text, schedule text default '* * * * *',
                                                   batch_size int default null, max_seconds int default 50) returns bigint
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v ml.vectorizers;
 begin
   if not exists (select 1 from pg_extension where extname = 'pg_cron') then
     raise exception 'pg_cron is not installed in database "%"', current_database()
@@ -214,15 +229,19 @@ begin
                       coalesce(nullif(current_setting('cron.database_name', true), ''), 'not set')),
       hint = 'schedule from that database, or run `indb worker` or call ml.process_queue(name) yourself';
   end if;
-  if not exists (select 1 from ml.vectorizers v where v.name = schedule_vectorizer.name) then
-    raise exception 'vectorizer "%" does not exist', name using errcode = '42704';
+  if exists (select 1 from pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then
+    raise exception 'role "%" is a superuser or bypasses row-level security: pg_cron would run the worker as it', current_user
+      using errcode = '42501',
+      detail = 'a pg_cron job runs as the role that scheduled it; a worker reads the vectorizer''s source table with its rights',
+      hint = 'SET ROLE to the role that owns the source table (a member of indb_writer), then schedule';
   end if;
-  return cron.schedule('indb_vectorizer_' || name, schedule,
-                       format('call ml.vectorizer_worker(%L, %s, %s)', name, coalesce(batch_size::text, 'null'),
-                              coalesce(max_seconds, 50)));
+  v := ml._vectorizer_for_write(name);
+  return cron.schedule('indb_vectorizer_' || v.name, schedule,
+                       format('call ml.vectorizer_worker(%L, %s, %s, %L)', v.name, coalesce(batch_size::text, 'null'),
+                              coalesce(max_seconds, 50), v.tenant));
 end $$;
 comment on function ml.schedule_vectorizer(text, text, int, int) is
-  'run ml.vectorizer_worker for this vectorizer from pg_cron (only in the database where pg_cron is installed)';
+  'run ml.vectorizer_worker for this vectorizer from pg_cron, as the calling role (not a superuser), in the vectorizer''s tenant (only in the database where pg_cron is installed)';
 
 create or replace function ml.unschedule_vectorizer(name text) returns boolean
 language plpgsql volatile parallel unsafe
@@ -239,7 +258,11 @@ begin
   return true;
 end $$;
 
-drop view if exists ml.vectorizer_status;
-create view ml.vectorizer_status as select * from ml._vectorizer_status();
+create or replace view ml.vectorizer_status as select * from ml._vectorizer_status();
 comment on view ml.vectorizer_status is
-  'one row per vectorizer: source rows, embedded rows, pending and failed queue items, oldest pending age, last run and error';
+  'one row per vectorizer: source rows (when this session may read the source), embedded rows, pending and failed queue items, oldest pending age, last run and error, long-text policy';
+
+-- destinations follow their vectorizer's tenant (re-applied by every install; a migrated destination gets it here)
+select ml._apply_parent_policies(d, format('exists (select 1 from ml.vectorizers v where v.id = %s)', v.id))
+  from ml.vectorizers v, unnest(array_remove(array[v.destination, v.staging_destination], null)) d
+ where (select relnamespace::regnamespace::text from pg_class where oid = d) = 'embeddings';
