@@ -1,9 +1,11 @@
--- Vector collections and hybrid search (issue 4).
+-- Vector collections, internals: the catalog row of a collection, SQL fragments, the statement trigger (BM25
+-- statistics and embed-on-write through the one core, ml._embed_changed), partitions.
 -- A collection is a table collections.<name> (id, content, metadata, tenant, created_at, embedding, tsv, doc_len)
--- with an ANN index (HNSW / IVFFlat / none), a GIN index on tsv and on metadata, optional LIST partitions per
--- tenant (row-level security) or RANGE partitions per month, and statement-level triggers that embed new or
+-- owned by indb_owner, with an ANN index (HNSW / IVFFlat / none), a GIN index on tsv and on metadata, optional
+-- LIST partitions per tenant or RANGE partitions per month, and statement-level triggers that embed new or
 -- changed content in one model call per statement and keep the BM25 statistics current.
 -- Search functions are plpgsql (latency matters); the filter translator is Python (unit-tested).
+-- Every SECURITY DEFINER function here touches only indb_owner's tables (ml._assert_indb_owned at the point of use).
 
 create or replace function ml._tsv_len(tsvector) returns int
 language sql immutable parallel safe strict
@@ -23,7 +25,27 @@ exception when others then
 end $$;
 comment on function ml._jsonb_timestamptz(jsonb) is 'internal: a jsonb string as timestamptz, null when it is not an ISO-8601 timestamp';
 
-create or replace function ml._filter_sql(filter jsonb, param int) returns jsonb
+-- a numeric option (a JSON number: "NaN" or "Infinity" strings are refused) between lo and hi
+create or replace function ml._opt_float(options jsonb, key text, dflt float8, lo float8, hi float8) returns float8
+language plpgsql immutable parallel safe
+as $$
+declare
+  v jsonb := options -> key;
+  n float8;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then return dflt; end if;
+  if jsonb_typeof(v) <> 'number' then
+    raise exception 'option % must be a number, got %', key, v::text using errcode = '22023',
+      hint = format('a JSON number between %s and %s', lo, hi);
+  end if;
+  n := (v #>> '{}')::float8;
+  if n < lo or n > hi then
+    raise exception 'option % must be between % and %, got %', key, lo, hi, n using errcode = '22023';
+  end if;
+  return n;
+end $$;
+
+create or replace function ml.__filter_sql_py(filter jsonb, param int) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -32,9 +54,10 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import filters, errors
 return errors.call(plpy, filters.translate_json, json.loads(filter) if filter is not None else None, param)
 $$;
+select ml._wrap_python('ml._filter_sql', 'ml.__filter_sql_py(jsonb, int)');
 comment on function ml._filter_sql(jsonb, int) is 'internal: translate a jsonb filter into {"sql", "params"} referencing one jsonb parameter $param';
 
-create or replace function ml._model_dimensions(model text) returns int
+create or replace function ml.__model_dimensions_py(model text) returns int
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -47,7 +70,10 @@ if spec.dimensions:
 vec = errors.call(plpy, embedding.encode, spec, ['dimension probe'])
 return len(vec[0])
 $$;
+select ml._wrap_python('ml._model_dimensions', 'ml.__model_dimensions_py(text)');
 comment on function ml._model_dimensions(text) is 'internal: output dimensions of an embedding model';
+
+-- ---------------------------------------------------------------------------------------------- catalog rows
 
 create or replace function ml._collection(collection text) returns ml.collections
 language plpgsql stable parallel safe
@@ -140,111 +166,151 @@ begin
   return format('create index %I on %s using %s (%s %s) with (%s)', index_name, target, am, expr, opclass, withs);
 end $$;
 
--- the schema of collection tables: searching needs USAGE, creating a collection needs CREATE (the cluster
--- roles come from sql/005-roles.sql; on a cluster that has them already this applies on first install)
-do $$
+-- ---------------------------------------------------------------------------------------------- the trigger
+
+-- The catalog row of the collection a trigger fires for: visible to the writing session (a tenant's collection
+-- takes rows only from its tenant and admins), and the trigger must fire on that collection's own table.
+create or replace function ml._collection_for_trigger(cid text, rel regclass) returns ml.collections
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections;
 begin
-  if exists (select 1 from pg_roles where rolname = 'indb_app') then
-    grant usage on schema collections to indb_app, indb_reader, indb_writer, indb_admin;
-    grant create on schema collections to indb_writer, indb_admin;
+  select * into c from ml.collections where id = cid::bigint;
+  if not found then
+    raise exception 'table % belongs to a collection this session may not write', rel using errcode = '42501',
+      detail = 'the collection belongs to a tenant this session does not act for',
+      hint = 'write it as its tenant (SET indb.tenant), or as an indb_admin';
+  end if;
+  if rel is distinct from to_regclass(ml._collection_table(c)) then
+    raise exception 'the trigger of collection "%" fires on %', c.name, rel using errcode = '42501',
+      hint = 'collection triggers are made by ml.create_collection';
+  end if;
+  perform ml._assert_indb_owned(rel);
+  return c;
+end $$;
+
+-- BM25 statistics: add a statement's delta (documents, tokens, document frequency per lexeme); dn null: reset.
+-- Invoker: called by the trigger (as indb_owner); roles have no DML on the statistics.
+create or replace function ml._collection_bm25_apply(c ml.collections, dn bigint, dl bigint, terms text[], deltas bigint[])
+returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if dn is null then
+    update ml.collection_stats set n_docs = 0, total_len = 0, updated_at = now() where collection_id = c.id;
+    delete from ml.collection_terms where collection_id = c.id;
+    return;
+  end if;
+  if terms is not null then
+    -- in term order: concurrent writers of one collection lock the same rows in the same order
+    insert into ml.collection_terms as ct (collection_id, term, df)
+    select c.id, u.t, u.d from unnest(terms, deltas) u(t, d) where u.d <> 0 order by u.t
+    on conflict (collection_id, term) do update set df = ct.df + excluded.df;
+    delete from ml.collection_terms where collection_id = c.id and term = any(terms) and df <= 0;
+  end if;
+  if dn <> 0 or dl <> 0 then
+    update ml.collection_stats set n_docs = n_docs + dn, total_len = total_len + dl, updated_at = now()
+     where collection_id = c.id;
   end if;
 end $$;
 
-create or replace function ml._collection_trigger() returns trigger
+-- Embed the given rows through the one embed-changed-rows core (rows whose hash equals their old hash are
+-- skipped) and store the vectors. Invoker: called by the trigger (as indb_owner).
+create or replace function ml._collection_embed(c ml.collections, rel regclass, ids text[], tenants text[],
+                                                times timestamptz[], texts text[], hashes text[], olds text[])
+returns void
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  cid bigint := TG_ARGV[0]::bigint;
-  c ml.collections;
-  tbl text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
-  dn bigint := 0;
-  dl bigint := 0;
-  ids text[];
-  tenants text[];
-  times timestamptz[];
-  texts text[];
-  vecs vector[];
-  t0 timestamptz;
+  t0 timestamptz := clock_timestamp();
 begin
-  if current_setting('indb.collection_internal', true) = 'on' then
-    return null;  -- our own UPDATE of the embedding column: nothing else changed
-  end if;
-  if TG_OP = 'TRUNCATE' then
-    update ml.collection_stats set n_docs = 0, total_len = 0, updated_at = now() where collection_id = cid;
-    delete from ml.collection_terms where collection_id = cid;
-    return null;
-  end if;
-
-  -- BM25 statistics: documents, tokens and document frequency per lexeme (delta of this statement)
-  if TG_OP = 'INSERT' then
-    select count(*), coalesce(sum(doc_len), 0) into dn, dl from new_rows;
-    insert into ml.collection_terms as ct (collection_id, term, df)
-    select cid, u.lexeme, count(*) from new_rows r, unnest(r.tsv) u group by u.lexeme order by u.lexeme
-    on conflict (collection_id, term) do update set df = ct.df + excluded.df;
-  elsif TG_OP = 'DELETE' then
-    select -count(*), -coalesce(sum(doc_len), 0) into dn, dl from old_rows;
-    update ml.collection_terms ct set df = ct.df - d.n
-    from (select u.lexeme, count(*) n from old_rows r, unnest(r.tsv) u group by u.lexeme) d
-    where ct.collection_id = cid and ct.term = d.lexeme;
-    delete from ml.collection_terms where collection_id = cid and df <= 0;
-  else
-    select (select count(*) from new_rows) - (select count(*) from old_rows),
-           (select coalesce(sum(doc_len), 0) from new_rows) - (select coalesce(sum(doc_len), 0) from old_rows)
-      into dn, dl;
-    insert into ml.collection_terms as ct (collection_id, term, df)
-    select cid, d.lexeme, sum(d.n) from (
-      select u.lexeme, 1 n from new_rows r, unnest(r.tsv) u
-      union all
-      select u.lexeme, -1 from old_rows r, unnest(r.tsv) u) d
-    group by d.lexeme having sum(d.n) <> 0 order by d.lexeme
-    on conflict (collection_id, term) do update set df = ct.df + excluded.df;
-    delete from ml.collection_terms where collection_id = cid and df <= 0;
-  end if;
-  if dn <> 0 or dl <> 0 then
-    update ml.collection_stats set n_docs = n_docs + dn, total_len = total_len + dl, updated_at = now()
-    where collection_id = cid;
-  end if;
-  if TG_OP = 'DELETE' then
-    return null;
-  end if;
-
-  -- embeddings: rows without one, and updated rows whose content changed while the embedding did not
-  -- (a collection without a model keeps the vector its writer gave)
-  select * into c from ml.collections where id = cid;
-  if TG_OP = 'INSERT' then
-    select array_agg(n.id), array_agg(n.tenant), array_agg(n.created_at), array_agg(n.content)
-      into ids, tenants, times, texts
-    from new_rows n where n.embedding is null and n.content is not null;
-  else
-    select array_agg(n.id), array_agg(n.tenant), array_agg(n.created_at), array_agg(n.content)
-      into ids, tenants, times, texts
-    from new_rows n left join old_rows o on o.id = n.id and o.tenant is not distinct from n.tenant
-                                          and o.created_at = n.created_at
-    where n.content is not null
-      and (n.embedding is null
-           or (c.model is not null and o.id is not null and o.content is distinct from n.content
-               and o.embedding::text = n.embedding::text));
-  end if;
-  if ids is null then
-    return null;
-  end if;
   if c.model is null then
     raise exception 'collection "%" has no model: % document(s) came without an embedding (first id %)',
       c.name, cardinality(ids), quote_literal(ids[1])
       using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
   end if;
-  t0 := clock_timestamp();
-  vecs := ml.embed(c.model, texts);
-  perform set_config('indb.collection_internal', 'on', true);
-  execute format('update %s t set embedding = v.e::%s from unnest($1::text[], $2::text[], $3::timestamptz[], $4::vector[]) '
-                 'as v(id, tenant, created_at, e) where t.id = v.id and t.tenant is not distinct from v.tenant '
-                 'and t.created_at = v.created_at', tbl, ml._collection_vtype(c))
-    using ids, tenants, times, vecs;
-  perform set_config('indb.collection_internal', 'off', true);
+  execute format('update %s t set embedding = e.embedding::%s from ml._embed_changed($1, $2, $3, $4) e '
+                 'where t.id = ($5)[e.ord] and t.tenant is not distinct from ($6)[e.ord] and t.created_at = ($7)[e.ord]',
+                 ml._assert_indb_owned(rel), ml._collection_vtype(c))
+    using c.model, texts, hashes, olds, ids, tenants, times;
   if cardinality(ids) >= 100 then
     raise notice 'indb: embedded % documents of collection % in % s', cardinality(ids), c.name,
       round(extract(epoch from clock_timestamp() - t0)::numeric, 1);
+  end if;
+end $$;
+
+-- Statement trigger of collection tables (argument: the collection id). SECURITY DEFINER: it writes the BM25
+-- statistics (which no role writes directly) and the embeddings. It reads only its transition tables, of a
+-- table indb_owner owns, after ml._collection_for_trigger checked which table it fires on.
+create or replace function ml._collection_trigger() returns trigger
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection_for_trigger(TG_ARGV[0], TG_RELID);
+  whole constant text := ml._chunking_tag(null, 0, null);
+  dn bigint := 0;
+  dl bigint := 0;
+  terms text[];
+  deltas bigint[];
+  ids text[];
+  tenants text[];
+  times timestamptz[];
+  texts text[];
+  hashes text[];
+  olds text[];
+begin
+  if TG_OP = 'TRUNCATE' then
+    perform ml._collection_bm25_apply(c, null, null, null, null);
+    return null;
+  end if;
+  -- BM25 statistics: the delta of this statement
+  if TG_OP = 'INSERT' then
+    select count(*), coalesce(sum(doc_len), 0) into dn, dl from new_rows;
+    select array_agg(d.lexeme order by d.lexeme), array_agg(d.n order by d.lexeme) into terms, deltas
+      from (select u.lexeme, count(*) n from new_rows r, unnest(r.tsv) u group by u.lexeme) d;
+  elsif TG_OP = 'DELETE' then
+    select -count(*), -coalesce(sum(doc_len), 0) into dn, dl from old_rows;
+    select array_agg(d.lexeme order by d.lexeme), array_agg(-d.n order by d.lexeme) into terms, deltas
+      from (select u.lexeme, count(*) n from old_rows r, unnest(r.tsv) u group by u.lexeme) d;
+  else
+    select (select count(*) from new_rows) - (select count(*) from old_rows),
+           (select coalesce(sum(doc_len), 0) from new_rows) - (select coalesce(sum(doc_len), 0) from old_rows)
+      into dn, dl;
+    select array_agg(d.lexeme order by d.lexeme), array_agg(d.n order by d.lexeme) into terms, deltas
+      from (select x.lexeme, sum(x.n)::bigint n from (
+              select u.lexeme, 1 n from new_rows r, unnest(r.tsv) u
+              union all
+              select u.lexeme, -1 from old_rows r, unnest(r.tsv) u) x
+            group by x.lexeme having sum(x.n) <> 0) d;
+  end if;
+  perform ml._collection_bm25_apply(c, dn, dl, terms, deltas);
+  if TG_OP = 'DELETE' then
+    return null;
+  end if;
+  -- embeddings: rows without one, and updated rows whose embedding did not change (the core re-embeds those
+  -- whose content did); a collection without a model keeps the vector its writer gave
+  if TG_OP = 'INSERT' then
+    select array_agg(n.id), array_agg(n.tenant), array_agg(n.created_at), array_agg(n.content)
+      into ids, tenants, times, texts
+      from new_rows n where n.embedding is null and n.content is not null;
+  else
+    select array_agg(n.id), array_agg(n.tenant), array_agg(n.created_at), array_agg(n.content),
+           array_agg(ml._content_hash(whole, n.content)),
+           array_agg(case when n.embedding is not null then ml._content_hash(whole, o.content) end)
+      into ids, tenants, times, texts, hashes, olds
+      from new_rows n left join old_rows o on o.id = n.id and o.tenant is not distinct from n.tenant
+                                            and o.created_at = n.created_at
+     where n.content is not null
+       and (n.embedding is null
+            or (c.model is not null and o.id is not null and o.embedding::text = n.embedding::text));
+  end if;
+  if ids is not null then
+    perform ml._collection_embed(c, TG_RELID, ids, tenants, times, texts, hashes, olds);
   end if;
   return null;
 end $$;
@@ -253,27 +319,31 @@ comment on function ml._collection_trigger() is
 
 -- ---------------------------------------------------------------------------------------------- partitions
 
-drop function if exists ml._collection_ensure_partitions(ml.collections, text[], timestamptz[]);
 create or replace function ml.ensure_collection_partitions(collection text, tenants text[], times timestamptz[])
 returns int
 language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
--- SECURITY DEFINER: creating a partition needs the parent's owner; writers call this through ml.add_documents.
--- A caller may only make partitions for its own tenant (indb.tenant) unless it owns the table or bypasses RLS.
+-- SECURITY DEFINER: a partition is made by the table's owner, indb_owner; writers call this through
+-- ml.add_documents. A caller makes partitions only for the tenant it acts for (admins: any); the rows it then
+-- writes are checked again by the table's tenant policy.
 declare
   c ml.collections := ml._collection(collection);
-  tbl text := ml._collection_table(c);
+  tbl text := ml._assert_indb_owned(to_regclass(ml._collection_table(c)))::text;
+  dflt text;
   bad text;
-  dflt text := format('%I.%I', c.table_schema, c.table_name || '_default');
   v text;
   m date;
+  lo timestamptz;
+  hi timestamptz;
   pname text;
   made int := 0;
   cols constant text := 'id, content, metadata, tenant, created_at, embedding';
 begin
-  -- a caller makes partitions only for the tenant it acts for (admins: any); the rows it then writes are
-  -- checked again by the table's tenant policy
+  if c.partition_by is null then
+    return 0;
+  end if;
+  dflt := ml._assert_indb_owned(to_regclass(format('%I.%I', c.table_schema, c.table_name || '_default')))::text;
   if c.partition_by = 'tenant' and not ml.is_admin() then
     select x into bad from unnest(tenants) x where x is distinct from ml.current_tenant() limit 1;
     if found then
@@ -282,40 +352,45 @@ begin
         using errcode = '42501', hint = 'write documents of the tenant the session acts for (SET indb.tenant)';
     end if;
   end if;
-  if c.partition_by = 'tenant' then
-    for v in select distinct x from unnest(tenants) x where x is not null loop
-      pname := c.table_name || '_t_' || left(md5(v), 12);
-      continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
-      perform pg_advisory_xact_lock(c.id);
-      continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
-      -- rows a plain INSERT put into the default partition move to the new partition
-      execute format('create temp table indb_move on commit drop as select %s from %s where tenant = $1', cols, dflt) using v;
-      execute format('delete from %s where tenant = $1', tbl) using v;  -- through the parent: its triggers keep BM25 stats
+  for v, lo, hi in
+    select x, null::timestamptz, null::timestamptz from unnest(tenants) x
+     where c.partition_by = 'tenant' and x is not null group by x
+    union all
+    select null, (d::timestamp at time zone 'UTC'), ((d + interval '1 month')::timestamp at time zone 'UTC')
+      from (select distinct date_trunc('month', x at time zone 'UTC')::date d from unnest(times) x
+             where c.partition_by = 'time' and x is not null) s
+  loop
+    pname := c.table_name || case when v is not null then '_t_' || left(md5(v), 12)
+                                  else '_m_' || to_char(lo at time zone 'UTC', 'YYYYMM') end;
+    continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
+    perform pg_advisory_xact_lock(hashtext('indb.collection'), c.id::int);  -- ml._collection_write_lock (sql/210)
+    continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
+    -- rows a plain INSERT put into the default partition move to the new partition; they leave and come back
+    -- through the parent, so its triggers keep the BM25 statistics
+    execute format('create temp table indb_move on commit drop as select %s from %s where %s', cols, dflt,
+                   case when v is not null then 'tenant = $1' else 'created_at >= $2 and created_at < $3' end)
+      using v, lo, hi;
+    execute format('delete from %s where %s', tbl,
+                   case when v is not null then 'tenant = $1' else 'created_at >= $2 and created_at < $3' end)
+      using v, lo, hi;
+    if v is not null then
       execute format('create table %I.%I partition of %s for values in (%L)', c.table_schema, pname, tbl, v);
       execute format('comment on table %I.%I is %L', c.table_schema, pname, 'tenant ' || v);
-      execute format('insert into %s (%s) select %s from indb_move', tbl, cols, cols);
-      drop table indb_move;
-      made := made + 1;
-    end loop;
-  elsif c.partition_by = 'time' then
-    for m in select distinct date_trunc('month', x at time zone 'UTC')::date from unnest(times) x where x is not null loop
-      pname := c.table_name || '_m_' || to_char(m, 'YYYYMM');
-      continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
-      perform pg_advisory_xact_lock(c.id);
-      continue when to_regclass(format('%I.%I', c.table_schema, pname)) is not null;
-      execute format('create temp table indb_move on commit drop as select %s from %s where created_at >= $1 and created_at < $2',
-                     cols, dflt) using (m::timestamp at time zone 'UTC'), ((m + interval '1 month')::timestamp at time zone 'UTC');
-      execute format('delete from %s where created_at >= $1 and created_at < $2', tbl)
-        using (m::timestamp at time zone 'UTC'), ((m + interval '1 month')::timestamp at time zone 'UTC');
-      execute format('create table %I.%I partition of %s for values from (%L) to (%L)', c.table_schema, pname, tbl,
-                     (m::timestamp at time zone 'UTC'), ((m + interval '1 month')::timestamp at time zone 'UTC'));
+    else
+      execute format('create table %I.%I partition of %s for values from (%L) to (%L)', c.table_schema, pname, tbl, lo, hi);
       if c.index_type = 'hnsw' then
         execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, pname), pname || '_ann');
       end if;
-      execute format('insert into %s (%s) select %s from indb_move', tbl, cols, cols);
-      drop table indb_move;
-      made := made + 1;
-    end loop;
-  end if;
+    end if;
+    execute format('insert into %s (%s) select %s from pg_temp.indb_move', tbl, cols, cols);
+    drop table pg_temp.indb_move;
+    made := made + 1;
+  end loop;
   return made;
 end $$;
+comment on function ml.ensure_collection_partitions(text, text[], timestamptz[]) is
+  'make the tenant (LIST) or month (RANGE) partitions that documents of these tenants or times need';
+
+-- BM25 statistics follow their collection's tenant policy (re-applied by every install)
+select ml._apply_parent_policies(t, 'exists (select 1 from ml.collections c where c.id = collection_id)')
+  from unnest(array['ml.collection_stats', 'ml.collection_terms']::regclass[]) t;

@@ -1,37 +1,23 @@
--- Collections, public API: create, drop, add documents, reindex, health, tiering of time partitions.
+-- Collections, public API: create (as a list of named steps), drop, add documents, reindex, health, tiering
+-- of time partitions. Internals: sql/200-collections-int.sql.
 
-create or replace function ml.create_collection(
-    name text,
-    model text default 'all-MiniLM-L6-v2',
-    index text default 'hnsw',
-    metric text default 'cosine',
-    partition_by text default null,
-    options jsonb default '{}')
-returns jsonb
-language plpgsql volatile security definer parallel unsafe
+-- step 1 of ml.create_collection: every argument checked before anything is made; returns the dimensions
+create or replace function ml._collection_check_args(name text, model text, index text, metric text,
+                                                     partition_by text, options jsonb) returns int
+language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
--- SECURITY DEFINER: the table and everything on it belong to indb_owner, so no caller can attach code to
--- what indb's functions later write (SECURITY.md, "Ownership")
 declare
-  c ml.collections;
-  dims int;
   cfg text := coalesce(options ->> 'text_search_config', 'english');
-  storage text := case when ml._opt_bool(options, 'halfvec', false) then 'halfvec' else 'vector' end;
-  use_rls boolean;
-  tbl text;
-  pk text;
-  part text := '';
-  tenant_col text := 'tenant text default ml.current_tenant()';
+  dims int;
 begin
-  options := coalesce(options, '{}');
   perform ml._check_options(options, array['m', 'ef_construction', 'lists', 'halfvec', 'binary_rerank',
                                            'text_search_config', 'dimensions', 'rls'], 'ml.create_collection');
   if name is null or name !~ '^[a-z_][a-z0-9_]{0,47}$' then
     raise exception 'invalid collection name %', coalesce(quote_literal(name), 'null')
       using errcode = '22023', hint = 'use 1-48 lowercase letters, digits and underscores, starting with a letter or underscore';
   end if;
-  if exists (select 1 from ml.collections x where x.name = create_collection.name) then
+  if exists (select 1 from ml.collections x where x.name = _collection_check_args.name) then
     raise exception 'collection "%" already exists', name using errcode = '42710',
       hint = 'pick another name, or drop it first with ml.drop_collection(name)';
   end if;
@@ -59,10 +45,11 @@ begin
   else
     dims := ml._model_dimensions(model);
   end if;
-  if storage = 'halfvec' and dims > 4000 and index <> 'none' then
+  if ml._opt_bool(options, 'halfvec', false) and dims > 4000 and index <> 'none' then
     raise exception 'halfvec indexes hold at most 4000 dimensions, got %', dims using errcode = '22023';
   end if;
-  if storage = 'vector' and dims > 2000 and index <> 'none' and not ml._opt_bool(options, 'binary_rerank', false) then
+  if not ml._opt_bool(options, 'halfvec', false) and dims > 2000 and index <> 'none'
+     and not ml._opt_bool(options, 'binary_rerank', false) then
     raise exception 'vector indexes hold at most 2000 dimensions, got %', dims using errcode = '22023',
       hint = 'use options => ''{"halfvec": true}'' (up to 4000) or ''{"binary_rerank": true}''';
   end if;
@@ -73,73 +60,124 @@ begin
     raise exception 'tenant isolation cannot be turned off' using errcode = '22023',
       hint = 'every collection has row-level security by tenant; rows without a tenant are shared by all';
   end if;
-  use_rls := true;
+  return dims;
+end $$;
 
-  insert into ml.collections (name, table_name, model, dimensions, index_type, metric, storage, binary_rerank,
-                              partition_by, ts_config, rls, options)
-  values (name, name, model, dims, index, metric, storage, ml._opt_bool(options, 'binary_rerank', false),
-          partition_by, cfg, use_rls, options)
-  returning * into c;
-  insert into ml.collection_stats (collection_id) values (c.id);
-  tbl := ml._collection_table(c);
-
-  if partition_by = 'tenant' then
-    pk := 'tenant, id';
-    tenant_col := tenant_col || ' not null';
-    part := ' partition by list (tenant)';
-  elsif partition_by = 'time' then
-    pk := 'id, created_at';
-    part := ' partition by range (created_at)';
-  else
-    pk := 'id';
-  end if;
+-- step 2: the table (and its default partition); cosine collections refuse zero vectors (their score is NaN)
+create or replace function ml._collection_make_table(c ml.collections) returns regclass
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tbl text := ml._collection_table(c);
+  vs text := (select extnamespace::regnamespace::text from pg_extension where extname = 'vector');
+begin
   execute format($f$
     create table %s (
       id         text not null check (id <> ''),
       content    text,
       metadata   jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
-      %s,
+      tenant     text default ml.current_tenant()%s,
       created_at timestamptz not null default now(),
       embedding  %s,
       tsv        tsvector generated always as (to_tsvector(%L::regconfig, coalesce(content, ''))) stored,
       doc_len    int generated always as (ml._tsv_len(to_tsvector(%L::regconfig, coalesce(content, '')))) stored,
-      primary key (%s)
-    )%s$f$, tbl, tenant_col, ml._collection_vtype(c), cfg, cfg, pk, part);
-  execute format('comment on table %s is %L', tbl, 'indb collection ' || name || ' (ml.create_collection)');
-  if partition_by is not null then
+      primary key (%s)%s
+    )%s$f$, tbl, case when c.partition_by = 'tenant' then ' not null' else '' end, ml._collection_vtype(c),
+    c.ts_config, c.ts_config,
+    case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end,
+    case when c.metric = 'cosine'
+         then format(', constraint %I check (embedding is null or %s.%s(embedding) > 0)', c.table_name || '_nonzero',
+                     vs, case c.storage when 'halfvec' then 'l2_norm' else 'vector_norm' end) else '' end,
+    case c.partition_by when 'tenant' then ' partition by list (tenant)'
+                        when 'time' then ' partition by range (created_at)' else '' end);
+  execute format('comment on table %s is %L', tbl, 'indb collection ' || c.name || ' (ml.create_collection)');
+  if c.partition_by is not null then
     execute format('create table %I.%I partition of %s default', c.table_schema, c.table_name || '_default', tbl);
   end if;
+  return tbl::regclass;
+end $$;
+
+-- step 3: text, metadata, time and ANN indexes
+create or replace function ml._collection_make_indexes(c ml.collections) returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tbl text := ml._collection_table(c);
+begin
   execute format('create index %I on %s using gin (tsv)', c.table_name || '_tsv', tbl);
   execute format('create index %I on %s using gin (metadata)', c.table_name || '_metadata', tbl);
-  if partition_by = 'time' then
+  if c.partition_by = 'time' then
     execute format('create index %I on %s (created_at)', c.table_name || '_created_at', tbl);
   end if;
-  if index = 'hnsw' then
-    if partition_by = 'time' then
-      -- per-partition indexes (not on the parent), so that old partitions can be tiered (ml.tier_partition)
-      execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, c.table_name || '_default'), c.table_name || '_default_ann');
-    else
-      execute ml._collection_ann_ddl(c, tbl, c.table_name || '_ann');
-    end if;
+  if c.index_type = 'hnsw' and c.partition_by = 'time' then
+    -- per-partition indexes (not on the parent), so that old partitions can be tiered (ml.tier_partition)
+    execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, c.table_name || '_default'), c.table_name || '_default_ann');
+  elsif c.index_type = 'hnsw' then
+    execute ml._collection_ann_ddl(c, tbl, c.table_name || '_ann');
   end if;
-  -- statement-level triggers with transition tables: one model call per statement, BM25 statistics
-  execute format('create trigger collection_insert after insert on %s referencing new table as new_rows '
-                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
-  execute format('create trigger collection_update after update on %s referencing old table as old_rows new table as new_rows '
-                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
-  execute format('create trigger collection_delete after delete on %s referencing old table as old_rows '
-                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
-  execute format('create trigger collection_truncate after truncate on %s '
-                 'for each statement execute function ml._collection_trigger(%s)', tbl, c.id);
-  -- readers and apps search, writers write (999-grants.sql: a data table); the one tenant policy
-  perform ml._apply_table_grants(tbl::regclass);
-  perform ml._apply_tenant_policies(tbl::regclass);
-  return jsonb_build_object('collection', c.name, 'table', tbl, 'model', c.model, 'dimensions', dims,
-                            'index', index, 'metric', metric, 'storage', storage, 'binary_rerank', c.binary_rerank,
-                            'partition_by', partition_by, 'text_search_config', cfg, 'row_level_security', use_rls);
+end $$;
+
+-- step 4: statement-level triggers with transition tables (one model call per statement, BM25 statistics)
+create or replace function ml._collection_make_triggers(c ml.collections) returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tbl text := ml._collection_table(c);
+  ev text;
+begin
+  foreach ev in array array['insert', 'update', 'delete', 'truncate'] loop
+    execute format('create trigger %I after %s on %s %s for each statement execute function ml._collection_trigger(%s)',
+                   'collection_' || ev, ev, tbl,
+                   case ev when 'insert' then 'referencing new table as new_rows'
+                           when 'update' then 'referencing old table as old_rows new table as new_rows'
+                           when 'delete' then 'referencing old table as old_rows' else '' end, c.id);
+  end loop;
+end $$;
+
+create or replace function ml.create_collection(
+    name text,
+    model text default 'all-MiniLM-L6-v2',
+    index text default 'hnsw',
+    metric text default 'cosine',
+    partition_by text default null,
+    options jsonb default '{}')
+returns jsonb
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+-- SECURITY DEFINER: the table and everything on it belong to indb_owner, so no caller can attach code to
+-- what indb's functions later write (SECURITY.md, "Ownership"). The catalog row gets the caller's tenant.
+declare
+  c ml.collections;
+  dims int;
+  tbl regclass;
+begin
+  options := coalesce(options, '{}');
+  dims := ml._collection_check_args(name, model, index, metric, partition_by, options);
+  insert into ml.collections (name, table_name, model, dimensions, index_type, metric, storage, binary_rerank,
+                              partition_by, ts_config, rls, options)
+  values (name, name, model, dims, index, metric,
+          case when ml._opt_bool(options, 'halfvec', false) then 'halfvec' else 'vector' end,
+          ml._opt_bool(options, 'binary_rerank', false), partition_by,
+          coalesce(options ->> 'text_search_config', 'english'), true, options)
+  returning * into c;
+  insert into ml.collection_stats (collection_id) values (c.id);
+  tbl := ml._collection_make_table(c);
+  perform ml._collection_make_indexes(c);
+  perform ml._collection_make_triggers(c);
+  -- readers and apps search, writers write (a data table); the one tenant policy
+  perform ml._apply_table_grants(tbl);
+  perform ml._apply_tenant_policies(tbl);
+  return jsonb_build_object('collection', c.name, 'table', tbl::text, 'model', c.model, 'dimensions', dims,
+                            'index', c.index_type, 'metric', c.metric, 'storage', c.storage,
+                            'binary_rerank', c.binary_rerank, 'partition_by', c.partition_by,
+                            'text_search_config', c.ts_config, 'row_level_security', true, 'tenant', c.tenant);
 end $$;
 comment on function ml.create_collection(text, text, text, text, text, jsonb) is
-  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes';
+  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes; it belongs to the caller''s tenant';
 
 create or replace function ml.drop_collection(name text, if_exists boolean default false) returns boolean
 language plpgsql volatile security definer parallel unsafe
@@ -152,48 +190,39 @@ begin
     return false;
   end if;
   c := ml._collection_for_write(name);
-  execute format('drop table if exists %s cascade', ml._collection_table(c));
+  if to_regclass(ml._collection_table(c)) is not null then
+    execute format('drop table %s cascade', ml._assert_indb_owned(to_regclass(ml._collection_table(c))));
+  end if;
   delete from ml.collections where id = c.id;
   return true;
 end $$;
 comment on function ml.drop_collection(text, boolean) is 'drop a collection: its table, partitions, indexes and statistics';
 
-create or replace function ml.add_documents(collection text, docs jsonb) returns bigint
-language plpgsql volatile parallel unsafe
+-- ---------------------------------------------------------------------------------------------- add_documents
+
+-- every document checked before anything is written
+create or replace function ml._documents_check(c ml.collections, docs jsonb) returns void
+language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  c ml.collections := ml._collection(collection);
-  tbl text := ml._collection_table(c);
-  n int;
-  chunk constant int := 256;
-  start int := 0;
-  written bigint := 0;
   bad jsonb;
   bad_id text;
-  ids text[]; contents text[]; metas jsonb[]; tenants text[]; times timestamptz[]; embs text[];
-  need int[];
-  vecs vector[];
-  old_ids text[]; old_tenants text[]; old_times timestamptz[];
-  t0 timestamptz := clock_timestamp();
-  rate float8;
+  n int;
 begin
   if docs is null or jsonb_typeof(docs) <> 'array' then
     raise exception 'docs must be a JSON array of objects, got %', coalesce(jsonb_typeof(docs), 'null')
       using errcode = '22023', hint = 'e.g. ''[{"id": "a", "content": "...", "metadata": {"k": 1}}]''';
   end if;
-  n := jsonb_array_length(docs);
-  if n = 0 then return 0; end if;
-  -- validate everything before writing anything
-  select d, i into bad, start from jsonb_array_elements(docs) with ordinality x(d, i)
+  select d, i into bad, n from jsonb_array_elements(docs) with ordinality x(d, i)
   where jsonb_typeof(d) <> 'object' or not (d ? 'id') or jsonb_typeof(d -> 'id') not in ('string', 'number')
      or (d ->> 'id') = ''
   limit 1;
   if bad is not null then
-    raise exception 'document % of docs has no usable "id": %', start, left(bad::text, 200)
+    raise exception 'document % of docs has no usable "id": %', n, left(bad::text, 200)
       using errcode = '22023', hint = 'every document is an object with a non-empty string "id"';
   end if;
-  select d, i into bad, start from jsonb_array_elements(docs) with ordinality x(d, i)
+  select d, i into bad, n from jsonb_array_elements(docs) with ordinality x(d, i)
   where exists (select 1 from jsonb_object_keys(d) k where k not in ('id', 'content', 'metadata', 'tenant', 'created_at', 'embedding'))
      or (d ? 'content' and jsonb_typeof(d -> 'content') not in ('string', 'null'))
      or (d ? 'metadata' and jsonb_typeof(d -> 'metadata') not in ('object', 'null'))
@@ -202,7 +231,7 @@ begin
      or (d ? 'embedding' and jsonb_typeof(d -> 'embedding') not in ('array', 'null'))
   limit 1;
   if bad is not null then
-    raise exception 'document % (id %) has an unknown key or a value of the wrong type', start, bad -> 'id'
+    raise exception 'document % (id %) has an unknown key or a value of the wrong type', n, bad -> 'id'
       using errcode = '22023', detail = left(bad::text, 300),
             hint = 'keys: id (string), content (string), metadata (object), tenant (string), created_at (ISO timestamp string), embedding (array of numbers)';
   end if;
@@ -213,70 +242,152 @@ begin
     raise exception 'document id % appears more than once in docs', bad_id using errcode = '22023',
       hint = 'each call writes a document once; merge the duplicates';
   end if;
-  select d ->> 'id', jsonb_array_length(d -> 'embedding') into bad_id, start from jsonb_array_elements(docs) d
+  select d ->> 'id', jsonb_array_length(d -> 'embedding') into bad_id, n from jsonb_array_elements(docs) d
   where jsonb_typeof(d -> 'embedding') = 'array' and jsonb_array_length(d -> 'embedding') <> c.dimensions limit 1;
   if bad_id is not null then
-    raise exception 'document % has an embedding of % dimensions; collection % stores %', bad_id, start, c.name, c.dimensions
+    raise exception 'document % has an embedding of % dimensions; collection % stores %', bad_id, n, c.name, c.dimensions
       using errcode = '22023';
+  end if;
+  if c.metric = 'cosine' then
+    select d ->> 'id' into bad_id from jsonb_array_elements(docs) d
+    where jsonb_typeof(d -> 'embedding') = 'array'
+      and not exists (select 1 from jsonb_array_elements(d -> 'embedding') x
+                       where jsonb_typeof(x) <> 'number' or (x #>> '{}')::float8 <> 0)
+    limit 1;
+    if bad_id is not null then
+      raise exception 'document % has a zero embedding: its cosine similarity to anything is undefined', bad_id
+        using errcode = '22023', hint = 'give a non-zero vector, or leave "embedding" out so that the model embeds the content';
+    end if;
   end if;
   if c.partition_by = 'tenant' and exists (select 1 from jsonb_array_elements(docs) d
                                            where coalesce(d ->> 'tenant', ml.current_tenant()) is null) then
     raise exception 'collection % is partitioned by tenant: every document needs a "tenant"', c.name
       using errcode = '22023', hint = 'set "tenant" in each document, or SET indb.tenant = ''...'' for the session';
   end if;
+end $$;
 
-  start := 0;
+-- The documents that bring no embedding get one from the collection's model through the one embed-changed-rows
+-- core, one model call per 256 documents. Runs before the collection's write lock is taken, so that concurrent
+-- writers embed in parallel.
+create or replace function ml._documents_embed(c ml.collections, docs jsonb) returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  n int := jsonb_array_length(docs);
+  chunk constant int := 256;
+  start int := 0;
+  texts text[];
+  t0 timestamptz := clock_timestamp();
+  first_id text;
+  done int := 0;
+begin
+  select d ->> 'id' into first_id from jsonb_array_elements(docs) d
+   where nullif(d -> 'embedding', 'null'::jsonb) is null and nullif(d ->> 'content', '') is not null limit 1;
+  if first_id is null then
+    return docs;
+  end if;
+  if c.model is null then
+    raise exception 'collection "%" has no model: document % came without an embedding', c.name, quote_literal(first_id)
+      using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
+  end if;
   while start < n loop
-    select array_agg(d ->> 'id' order by i), array_agg(d ->> 'content' order by i),
-           array_agg(coalesce(nullif(d -> 'metadata', 'null'::jsonb), '{}'::jsonb) order by i),
-           array_agg(coalesce(d ->> 'tenant', ml.current_tenant()) order by i),
-           array_agg((d ->> 'created_at')::timestamptz order by i),
-           array_agg(nullif(d -> 'embedding', 'null'::jsonb)::text order by i)
-      into ids, contents, metas, tenants, times, embs
-    from jsonb_array_elements(docs) with ordinality x(d, i)
-    where i > start and i <= start + chunk;
-    -- one model call for the chunk's documents that bring no embedding
-    select array_agg(i order by i) into need from generate_subscripts(ids, 1) i
-    where embs[i] is null and contents[i] is not null;
-    if need is not null then
-      if c.model is null then
-        raise exception 'collection "%" has no model: document % came without an embedding', c.name, quote_literal(ids[need[1]])
-          using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
-      end if;
-      vecs := ml.embed(c.model, (select array_agg(contents[i] order by o) from unnest(need) with ordinality u(i, o)));
-      for j in 1 .. cardinality(need) loop
-        embs[need[j]] := vecs[j]::text;
-      end loop;
-    end if;
-    if c.partition_by is not null then
-      perform ml.ensure_collection_partitions(c.name, tenants, times);
-    end if;
-    -- upsert by id (by tenant and id when partitioned by tenant): replace the old version
-    execute format('with d as (delete from %s t using unnest($1::text[], $2::text[]) v(id, tenant) '
-                   'where t.id = v.id and ($3 or t.tenant is not distinct from v.tenant) returning t.id, t.tenant, t.created_at) '
-                   'select array_agg(id), array_agg(tenant), array_agg(created_at) from d', tbl)
-      into old_ids, old_tenants, old_times using ids, tenants, c.partition_by is distinct from 'tenant';
-    if old_ids is not null and c.partition_by = 'time' then
-      -- keep the old created_at when the update gives none (so the row stays in its month)
-      select array_agg(coalesce(times[i], (select o.t from unnest(old_ids, old_times) o(id, t) where o.id = ids[i] limit 1)) order by i)
-        into times from generate_subscripts(ids, 1) i;
-    end if;
-    execute format('insert into %s (id, content, metadata, tenant, created_at, embedding) '
-                   'select v.id, v.content, v.metadata, v.tenant, coalesce(v.created_at, o.t, now()), v.e::%s '
-                   'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
-                   '  as v(id, content, metadata, tenant, created_at, e) '
-                   'left join unnest($7::text[], $8::text[], $9::timestamptz[]) o(id, tenant, t) '
-                   '  on o.id = v.id and o.tenant is not distinct from v.tenant', tbl, ml._collection_vtype(c))
-      using ids, contents, metas, tenants, times, embs, old_ids, old_tenants, old_times;
-    get diagnostics n = row_count;
-    written := written + n;
+    select array_agg(case when nullif(d -> 'embedding', 'null'::jsonb) is null then d ->> 'content' end order by i)
+      into texts from jsonb_array_elements(docs) with ordinality x(d, i) where i > start and i <= start + chunk;
+    select jsonb_agg(case when e.ord is null then d else jsonb_set(d, '{embedding}', e.embedding::text::jsonb) end order by i)
+      into docs
+      from jsonb_array_elements(docs) with ordinality x(d, i)
+      left join ml._embed_changed(c.model, texts) e on e.ord = i - start;
     start := start + chunk;
-    n := jsonb_array_length(docs);
+    done := done + cardinality(texts);
     if n > chunk then
-      rate := written / greatest(extract(epoch from clock_timestamp() - t0), 1e-6);
-      raise notice 'indb: add_documents %: % / % rows, % rows/s, ~% s left', c.name, written, n,
-        round(rate::numeric, 1), round(((n - written) / greatest(rate, 1e-6))::numeric);
+      raise notice 'indb: add_documents %: % / % documents embedded, % docs/s', c.name, least(done, n), n,
+        round((done / greatest(extract(epoch from clock_timestamp() - t0), 1e-6))::numeric, 1);
     end if;
+  end loop;
+  return docs;
+end $$;
+
+-- One batch of documents (validated, embedded), upserted in key order under the collection's write lock.
+-- INSERT ... ON CONFLICT is what makes concurrent calls with overlapping ids safe (the conflict is resolved,
+-- not raised as 23505), and the order (one lock per collection, then rows by key) is what keeps them free of
+-- deadlocks. A document without created_at keeps the one it has, else now(): in a time-partitioned collection
+-- it lands in the current month's partition, never in the default one; one that moves to another month is
+-- deleted from its old one (rows are keyed by id and created_at there).
+create or replace function ml._documents_write(c ml.collections, batch jsonb) returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tbl text := ml._collection_table(c);
+  ids text[]; contents text[]; metas jsonb[]; tenants text[]; times timestamptz[]; embs text[];
+  n bigint;
+begin
+  select array_agg(d ->> 'id' order by i), array_agg(d ->> 'content' order by i),
+         array_agg(coalesce(nullif(d -> 'metadata', 'null'::jsonb), '{}'::jsonb) order by i),
+         array_agg(coalesce(d ->> 'tenant', ml.current_tenant()) order by i),
+         array_agg((d ->> 'created_at')::timestamptz order by i),
+         array_agg(nullif(d -> 'embedding', 'null'::jsonb)::text order by i)
+    into ids, contents, metas, tenants, times, embs
+    from jsonb_array_elements(batch) with ordinality x(d, i);
+  execute format('select array_agg(coalesce(v.t, (select o.created_at from %s o where o.id = v.id and (%L or '
+                 'o.tenant is not distinct from v.tn) order by o.created_at desc limit 1), now()) order by v.o) '
+                 'from unnest($1::text[], $2::timestamptz[], $3::text[]) with ordinality v(id, t, tn, o)',
+                 tbl, c.partition_by is distinct from 'tenant')
+    into times using ids, times, tenants;
+  if c.partition_by = 'time' then
+    execute format('delete from %s t using unnest($1::text[], $2::timestamptz[]) v(id, created_at) '
+                   'where t.id = v.id and t.created_at <> v.created_at', tbl) using ids, times;
+  end if;
+  if c.partition_by is not null then
+    perform ml.ensure_collection_partitions(c.name, tenants, times);
+  end if;
+  execute format('insert into %s as t (id, content, metadata, tenant, created_at, embedding) '
+                 'select v.id, v.content, v.metadata, v.tenant, v.created_at, v.e::%s '
+                 'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
+                 '  as v(id, content, metadata, tenant, created_at, e) order by %s '
+                 'on conflict (%s) do update set content = excluded.content, metadata = excluded.metadata, '
+                 'tenant = excluded.tenant, created_at = excluded.created_at, embedding = excluded.embedding',
+                 tbl, ml._collection_vtype(c),
+                 case c.partition_by when 'tenant' then 'v.tenant, v.id' else 'v.id' end,
+                 case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end)
+    using ids, contents, metas, tenants, times, embs;
+  get diagnostics n = row_count;
+  return n;
+end $$;
+
+-- the lock every ml.add_documents (and partition maker) of a collection takes before it writes
+create or replace function ml._collection_write_lock(c ml.collections) returns void
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$ select pg_advisory_xact_lock(hashtext('indb.collection'), c.id::int) $$;
+
+create or replace function ml.add_documents(collection text, docs jsonb) returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+  n int;
+  chunk constant int := 256;
+  start int := 0;
+  written bigint := 0;
+begin
+  perform ml._documents_check(c, docs);
+  n := jsonb_array_length(docs);
+  if n = 0 then
+    return 0;
+  end if;
+  docs := ml._documents_embed(c, docs);
+  -- all of the documents in key order (batches too), under the collection's write lock
+  perform ml._collection_write_lock(c);
+  select jsonb_agg(d order by case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', ml.current_tenant()) end,
+                              d ->> 'id')
+    into docs from jsonb_array_elements(docs) d;
+  while start < n loop
+    written := written + ml._documents_write(c, (select jsonb_agg(d order by i) from jsonb_array_elements(docs)
+                                                   with ordinality x(d, i) where i > start and i <= start + chunk));
+    start := start + chunk;
   end loop;
   if c.index_type = 'ivfflat' and not exists (select 1 from ml._collection_ann_indexes(c)) then
     perform ml.reindex_collection(c.name, false);
@@ -284,7 +395,9 @@ begin
   return written;
 end $$;
 comment on function ml.add_documents(text, jsonb) is
-  'upsert documents [{id, content, metadata, tenant, created_at, embedding}] into a collection; returns rows written';
+  'upsert documents [{id, content, metadata, tenant, created_at, embedding}] into a collection (safe for concurrent writers); returns rows written';
+
+-- ---------------------------------------------------------------------------------------------- maintenance
 
 create or replace function ml.reindex_collection(name text, concurrently boolean default true) returns jsonb
 language plpgsql volatile security definer parallel unsafe
@@ -292,7 +405,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   c ml.collections := ml._collection_for_write(name);
-  tbl text := ml._collection_table(c);
+  tbl text := ml._assert_indb_owned(to_regclass(ml._collection_table(c)))::text;
   rows bigint;
   lists int;
   t0 timestamptz := clock_timestamp();
@@ -316,6 +429,7 @@ begin
   -- CREATE INDEX CONCURRENTLY cannot run inside a function: for that, run REINDEX INDEX CONCURRENTLY from psql.
   if c.partition_by = 'time' then
     for r in select i.index_name, i.table_name from ml._collection_ann_indexes(c) i loop
+      perform ml._assert_indb_owned(format('%I.%I', c.table_schema, r.table_name)::regclass);
       execute format('drop index %I.%I', c.table_schema, r.index_name);
       execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, r.table_name), r.index_name, lists);
       built := built || r.index_name;
@@ -355,7 +469,7 @@ begin
   if sample is null or sample < 0 or sample > 1000 then
     raise exception 'sample must be between 0 and 1000' using errcode = '22023';
   end if;
-  execute format('select count(*), count(*) filter (where embedding is null and content is not null) from %s', tbl) into nrows, missing;
+  execute format('select count(*), count(*) filter (where embedding is null and content <> '''') from %s', tbl) into nrows, missing;
   select coalesce(jsonb_agg(jsonb_build_object(
             'partition', p.relname, 'bound', pg_get_expr(p.relpartbound, p.oid),
             'rows_estimate', greatest(p.reltuples, 0)::bigint,
@@ -383,6 +497,7 @@ begin
     'collection', c.name, 'table', tbl, 'rows', nrows, 'rows_missing_embedding', missing,
     'index', c.index_type, 'metric', c.metric, 'storage', c.storage, 'binary_rerank', c.binary_rerank,
     'partition_by', c.partition_by, 'partitions', parts, 'indexes', idx,
+    'long_text', ml._long_text_policy(null, 0, null, (select m.max_tokens from ml.embedding_models m where m.name = c.model)),
     'table_bytes', pg_total_relation_size(tbl::regclass),
     'dead_tuples', coalesce((select sum(n_dead_tup) from pg_stat_user_tables where relid = tbl::regclass
                               or relid in (select inhrelid from pg_inherits where inhparent = tbl::regclass)), 0),
@@ -414,17 +529,18 @@ begin
     raise exception 'unknown tier index %', coalesce(quote_literal(index), 'null') using errcode = '22023',
       hint = '''none'' (exact scan, no index memory) or ''ivfflat'' (small, cheap to build)';
   end if;
-  for r in select p.relname::text as part, pg_get_expr(p.relpartbound, p.oid) as bound
+  for r in select p.oid::regclass as rel, p.relname::text as part, pg_get_expr(p.relpartbound, p.oid) as bound
            from pg_inherits i join pg_class p on p.oid = i.inhrelid
-           where i.inhparent = ml._collection_table(c)::regclass and p.relname <> c.table_name || '_default'
+           where i.inhparent = ml._assert_indb_owned(to_regclass(ml._collection_table(c)))
+             and p.relname <> c.table_name || '_default'
            order by p.relname loop
     upper_ts := substring(r.bound from 'TO \(''([^'']+)''\)')::timestamptz;
     continue when upper_ts is null or upper_ts > now() - older_than;
+    perform ml._assert_indb_owned(r.rel);
     execute format('drop index if exists %I.%I', c.table_schema, r.part || '_ann');
     if index = 'ivfflat' then
-      execute format('select count(*) from %I.%I', c.table_schema, r.part) into nrows;
-      execute format('create index %I on %I.%I using ivfflat (embedding %s) with (lists = %s)', r.part || '_ann',
-                     c.table_schema, r.part,
+      execute format('select count(*) from %s', r.rel) into nrows;
+      execute format('create index %I on %s using ivfflat (embedding %s) with (lists = %s)', r.part || '_ann', r.rel,
                      c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
                      greatest(1, nrows / 1000));
     end if;

@@ -1,20 +1,32 @@
 -- BM25 keyword search (statistics kept by the collection trigger) and hybrid (RRF / weighted) fusion.
 
+-- step 1 of a keyword search: the query's distinct lexemes that occur in the collection, rarest first, with
+-- Lucene's BM25 idf = ln(1 + (N - df + 0.5) / (df + 0.5)), and the collection's document count and length
+create or replace function ml._bm25_terms(c ml.collections, query text, out terms text[], out idfs float8[],
+                                          out dfs bigint[], out nd bigint, out tl bigint)
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  select s.n_docs, s.total_len into nd, tl from ml.collection_stats s where s.collection_id = c.id;
+  select array_agg(t.term order by t.df, t.term), array_agg(ln(1 + (nd - t.df + 0.5) / (t.df + 0.5)) order by t.df, t.term),
+         array_agg(t.df order by t.df, t.term)
+    into terms, idfs, dfs
+    from ml.collection_terms t
+   where t.collection_id = c.id
+     and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u);
+end $$;
+
 create or replace function ml._keyword_search(c ml.collections, query text, k int, filter jsonb, options jsonb)
 returns table(id text, score float8, content text, metadata jsonb)
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  tbl text := ml._collection_table(c);
-  terms text[];
-  idfs float8[];
-  dfs bigint[];
+  t record;
   tsq tsquery;
-  nd bigint;
-  tl bigint;
-  k1 float8 := 1.2;
-  b float8 := 0.75;
+  k1 float8;
+  b float8;
   f jsonb;
   fsql text := 'true';
   fparams jsonb := '[]';
@@ -27,38 +39,23 @@ declare
   sql text;
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
 begin
-  options := coalesce(options, '{}');
-  if options <> '{}' then
-    perform ml._check_options(options, array['k1', 'b', 'ef_search', 'probes', 'exact', 'exact_threshold',
-                                             'max_scan_tuples', 'rerank_candidates', 'explain'], 'ml.keyword_search');
-    if options ? 'k1' then k1 := (options ->> 'k1')::float8; end if;
-    if options ? 'b' then b := (options ->> 'b')::float8; end if;
-  end if;
+  options := ml._check_search_options(options, 'ml.keyword_search');
+  -- JSON numbers only: "NaN" would give NaN scores
+  k1 := ml._opt_float(options, 'k1', 1.2, 0, 1000);
+  b := ml._opt_float(options, 'b', 0.75, 0, 1);
   if k is null or k < 1 or k > 10000 then
     perform ml._check_k(k);
   end if;
   if query is null or btrim(query) = '' then
     raise exception 'empty query' using errcode = '22023', hint = 'pass the words to search for';
   end if;
-  if k1 < 0 or b < 0 or b > 1 then
-    raise exception 'BM25 parameters out of range: k1 = %, b = %', k1, b using errcode = '22023',
-      hint = 'k1 >= 0 (typically 0.9-2.0), 0 <= b <= 1';
-  end if;
   if filter is not null and filter <> '{}'::jsonb then
     f := ml._filter_sql(filter, 6);
     fsql := f ->> 'sql';
     fparams := f -> 'params';
   end if;
-  select s.n_docs, s.total_len into nd, tl from ml.collection_stats s where s.collection_id = c.id;
-  -- distinct query lexemes that occur in the collection, rarest first, with Lucene's BM25
-  -- idf = ln(1 + (N - df + 0.5) / (df + 0.5))
-  select array_agg(t.term order by t.df, t.term), array_agg(ln(1 + (nd - t.df + 0.5) / (t.df + 0.5)) order by t.df, t.term),
-         array_agg(t.df order by t.df, t.term)
-    into terms, idfs, dfs
-  from ml.collection_terms t
-  where t.collection_id = c.id
-    and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u);
-  if terms is null or nd = 0 then
+  t := ml._bm25_terms(c, query);
+  if t.terms is null or t.nd = 0 then
     return;
   end if;
   sql := format(
@@ -70,29 +67,29 @@ begin
     -- no row per lexeme of the document)
     '  from unnest(ts_filter(setweight(t.tsv, ''A'', $1), ''{a}'')) u '
     '  cross join lateral (select coalesce(array_length(u.positions, 1), 1)::float8 as tf) z) sc '
-    'where t.tsv @@ $3 and %s order by sc.score desc, t.id limit $8) x', tbl, fsql);
+    'where t.tsv @@ $3 and %s order by sc.score desc, t.id limit $8) x', ml._collection_table(c), fsql);
   -- MaxScore: a document holding none of the j rarest terms scores at most sum(idf_i * (k1 + 1)) over the
   -- other terms; once that bound is below the k-th best score among documents holding one of the j rarest
   -- terms, those documents' top k is the exact top k, and the common terms' documents are never scanned.
-  m := cardinality(terms);
+  m := cardinality(t.terms);
   j := 1;
-  cum := dfs[1];
+  cum := t.dfs[1];
   while j < m and cum < k loop
     j := j + 1;
-    cum := cum + dfs[j];
+    cum := cum + t.dfs[j];
   end loop;
   loop
     select string_agg('''' || replace(replace(x, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery into tsq
-    from unnest(terms[1:j]) x;
-    execute sql into r_ids, r_scores, r_contents, r_metas using terms, idfs, tsq, k1, b, fparams, (tl::float8 / nd), k;
+    from unnest(t.terms[1:j]) x;
+    execute sql into r_ids, r_scores, r_contents, r_metas using t.terms, t.idfs, tsq, k1, b, fparams, (t.tl::float8 / t.nd), k;
     exit when j >= m;
     theta := case when coalesce(cardinality(r_ids), 0) >= k then r_scores[k] else 0 end;
     -- smallest jn >= j whose remaining terms' bound is below theta
     jn := j;
-    rest := (select coalesce(sum(v), 0) from unnest(idfs[j + 1:m]) v) * (k1 + 1);
+    rest := (select coalesce(sum(v), 0) from unnest(t.idfs[j + 1:m]) v) * (k1 + 1);
     while jn < m and rest >= theta loop
       jn := jn + 1;
-      rest := rest - idfs[jn] * (k1 + 1);
+      rest := rest - t.idfs[jn] * (k1 + 1);
     end loop;
     exit when jn = j;
     j := jn;
@@ -126,10 +123,7 @@ begin
   if query is null or btrim(query) = '' then
     raise exception 'empty query' using errcode = '22023', hint = 'pass the text to search for';
   end if;
-  if options ? 'explain' then
-    raise exception 'ml.hybrid_search does not take the explain option' using errcode = '22023',
-      hint = 'explain each side: ml.search(..., options => ''{"explain": true}'')';
-  end if;
+  options := ml._check_search_options(options, 'ml.hybrid_search');
   if method is null or method not in ('rrf', 'weighted') then
     raise exception 'unknown fusion method %', coalesce(quote_literal(method), 'null') using errcode = '22023',
       hint = 'use ''rrf'' (reciprocal rank fusion) or ''weighted'' (min-max normalized scores)';
