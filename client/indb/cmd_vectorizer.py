@@ -23,8 +23,9 @@ def run(args) -> int:
             rows = c.vectorizer_status(args.name)
             for r in rows:
                 age = r["oldest_pending_age"]
+                src = "?" if r["source_rows"] is None else f"{r['source_rows']:,}"  # a source it may not read
                 print(
-                    f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {r['source_rows']:,}, "
+                    f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {src}, "
                     f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
                     + (f" (oldest {age})" if age else "")
                     + f", failed {r['failed']:,}"
@@ -35,6 +36,9 @@ def run(args) -> int:
                     )
                     + (f"\n  last error: {r['last_error']}" if r["last_error"] else "")
                 )
+            if not rows and args.name:
+                print(f'indb vectorizer status: vectorizer "{args.name}" does not exist', file=sys.stderr)
+                return 1
             if not rows:
                 print("no vectorizers", file=sys.stderr)
         elif not args.name:

@@ -2,6 +2,11 @@
 
 Several workers can run at once (the queue is taken FOR UPDATE SKIP LOCKED). Progress (rows done, rate,
 pending, time left) goes to stderr. ``--once`` drains what is due and exits; otherwise it keeps polling.
+
+The worker works with the rights of the role it connects as: it processes the vectorizers that role may change
+(its tenant's). Run by a superuser (or a BYPASSRLS role), ml.process_queue does SET ROLE to each vectorizer's
+creator (and its tenant) before it reads that vectorizer's source table: a worker shared by every vectorizer
+would otherwise let each source owner run code with every other source's grants (SECURITY.md, "Workers").
 """
 
 from __future__ import annotations

@@ -99,9 +99,15 @@ class CollectionsAPI(Base):
         filter: Mapping | None = None,
         options: Mapping | None = None,
     ) -> dict:
-        """ml.search with options.explain: {strategy, reason, filter_matches, settings, plan}."""
-        row = self.search(collection, query, k, filter, {**dict(options or {}), "explain": True})[0]
-        return {**row["metadata"], "plan": row["content"]}
+        """ml.search_explain: {strategy, reason, filter_matches, settings, filter_sql, plan}."""
+        if isinstance(query, str):
+            sql, q = "select * from ml.search_explain(%s, %s::text, %s, %s, %s)", query
+        else:
+            sql, q = "select * from ml.search_explain(%s, %s::vector, %s, %s, %s)", _vector_literal(query)
+        rows = self.call(
+            sql, [collection, q, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))]
+        )
+        return rows[0]
 
     def keyword_search(
         self, collection: str, query: str, k: int = 10, filter: Mapping | None = None, options: Mapping | None = None

@@ -145,10 +145,9 @@ class EmbeddingsAPI(Base):
         return self.call("select * from ml.vectorizer_status where %s::text is null or name = %s", [name, name])
 
     def vectorizer_search(self, name: str, query: str, k: int = 10) -> list[dict]:
-        rows = self.call("select key, seq, chunk, distance from ml.vectorizer_search(%s, %s, %s)", [name, query, k])
-        for r in rows:
-            r["key"] = r["key"][0] if len(r["key"]) == 1 else tuple(r["key"])
-        return rows
+        """ml.vectorizer_search: rows id (the source row's key as text; a JSON array for several key columns),
+        score (cosine similarity, higher is better), chunk, seq -- the shape of :meth:`search`."""
+        return self.call("select id, score, chunk, seq from ml.vectorizer_search(%s, %s, %s)", [name, query, k])
 
     # -- model migration --------------------------------------------------------------------------
     def migrate_vectorizer(self, name: str, new_model: str, backfill: bool = True) -> dict:

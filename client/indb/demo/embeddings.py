@@ -84,11 +84,11 @@ def run(client, data: Path) -> None:
     for claim, rel in claims:
         print(f"\nclaim: {claim}")
         rows = client.call(
-            f"select s.id, s.title, round(min(r.distance)::numeric, 4) as distance "
-            f"from ml.vectorizer_search(%s, %s, 10) r join {TABLE} s on s.id = r.key->>0 "
-            f"group by s.id, s.title order by distance limit 3",
+            f"select s.id, s.title, round(max(r.score)::numeric, 4) as score "
+            f"from ml.vectorizer_search(%s, %s, 10) r join {TABLE} s on s.id = r.id "
+            f"group by s.id, s.title order by score desc limit 3",
             [VECTORIZER, claim],
         )
         for r in rows:
             mark = "  <- judged relevant (qrels/train.tsv)" if r["id"] in rel else ""
-            print(f"  {r['distance']}  [{r['id']}] {r['title'][:80]}{mark}")
+            print(f"  {r['score']}  [{r['id']}] {r['title'][:80]}{mark}")
