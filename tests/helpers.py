@@ -38,3 +38,21 @@ def login_name(key: str) -> str:
 
 def is_superuser(conn, role: str) -> bool:
     return bool(conn.execute("select rolsuper from pg_roles where rolname = %s", [role]).fetchone()[0])
+
+
+def own_schema(conn, role: str, prefix: str = "s") -> str:
+    """A new schema owned by ``role`` (where a non-superuser makes its own tables); ``conn`` must be a superuser's."""
+    import secrets
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    conn.execute(f'create schema "{name}" authorization "{role}"')
+    return name
+
+
+def sql_error(exc: Exception) -> str:
+    """An error as a client shows it (message, detail, hint): for checks that nothing leaks into it."""
+    diag = getattr(exc, "diag", None)
+    parts = [str(exc)]
+    if diag is not None:
+        parts += [diag.message_detail or "", diag.message_hint or "", diag.context or ""]
+    return "\n".join(parts)

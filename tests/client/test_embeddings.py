@@ -29,8 +29,9 @@ def test_vectorizer_backfill_with_progress_and_search(client, scifact_docs):
     assert "chunked: 128 tokens" in st["long_text"]
     title = scifact_docs[5][1]
     hits = client.vectorizer_search(t, title, k=3)
-    assert hits[0]["key"] == scifact_docs[5][0]  # a document's own title finds it first
-    assert hits[0]["distance"] <= hits[-1]["distance"]
+    assert hits[0]["id"] == scifact_docs[5][0]  # a document's own title finds it first
+    assert hits[0]["score"] >= hits[-1]["score"]  # the shape of ml.search: id, score (higher is better)
+    assert set(hits[0]) == {"id", "score", "chunk", "seq"}
 
 
 def test_errors_are_mapped(client):

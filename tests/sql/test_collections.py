@@ -280,6 +280,18 @@ def test_time_partitions_by_month_and_tiering(sconn):
     # upsert by id keeps the row in its month when no created_at is given
     sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "3", "content": "x", "embedding": [1, 0, 1]}])])
     assert one(sconn, f"select count(*) from collections.{n}_m_202401 where id = '3' and content = 'x'") == 1
+    # a new document without created_at is now(): in this month's partition, not in the default one
+    sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb([{"id": "new", "embedding": [1, 1, 1]}])])
+    assert one(sconn, f"select count(*) from collections.{n}_default") == 0
+    month = one(sconn, "select to_char(now() at time zone 'UTC', 'YYYYMM')")
+    assert one(sconn, f"select count(*) from collections.{n}_m_{month} where id = 'new'") == 1
+    # a document given another month moves there (ids are unique across months)
+    sconn.execute(
+        "select ml.add_documents(%s, %s)",
+        [n, Jsonb([{"id": "3", "created_at": "2024-02-01T00:00:00Z", "embedding": [1, 0, 1]}])],
+    )
+    assert one(sconn, f"select count(*) from collections.{n} where id = '3'") == 1
+    assert one(sconn, f"select count(*) from collections.{n}_m_202402 where id = '3'") == 1
 
 
 def test_ivfflat_is_built_once_data_exists_and_health_reports_recall(sconn):

@@ -84,9 +84,16 @@ def test_register_a_local_model_folder(sconn):
     assert d < 1e-6
     with pytest.raises(psycopg.errors.DuplicateObject):
         sconn.execute("select ml.register_embedding_model('minilm-copy', %s)", [path])
-    with pytest.raises(psycopg.errors.UndefinedFile) as e:
-        sconn.execute("select ml.register_embedding_model('ghost', '/nonexistent/model')")
-    assert "does not exist" in str(e.value)
+    # whatever is wrong with a path (missing, a file, not readable, not a model), one message: it does not tell
+    # which server paths exist
+    msgs = set()
+    for p in ["/nonexistent/model", "/etc/hostname", "/etc", "/root", "relative/path", "/proc/self"]:
+        with pytest.raises(psycopg.errors.UndefinedFile) as e:
+            sconn.execute("select ml.register_embedding_model('ghost', %s)", [p])
+        msgs.add(str(e.value.diag.message_primary).replace(p, "<path>"))
+        assert "Traceback" not in str(e.value) and "plpy" not in str(e.value)
+    assert msgs == {"no sentence-transformers model folder the server can read at <path>"}
+    assert sconn.execute("select count(*) from ml.embedding_models where name = 'ghost'").fetchone()[0] == 0
 
 
 def test_model_that_fails_to_load_gives_a_clear_error(sconn):
@@ -95,6 +102,9 @@ def test_model_that_fails_to_load_gives_a_clear_error(sconn):
 
     empty = tempfile.mkdtemp(prefix="indb-empty-model-", dir="/tmp")
     os.chmod(empty, 0o755)
+    with open(os.path.join(empty, "config.json"), "w") as f:  # looks like a model folder, but is not one
+        f.write("{}")
+    os.chmod(os.path.join(empty, "config.json"), 0o644)
     sconn.execute(
         "select ml.register_embedding_model('broken', %s, dimensions => 384, max_tokens => 128, replace => true)",
         [empty],
@@ -103,6 +113,7 @@ def test_model_that_fails_to_load_gives_a_clear_error(sconn):
         sconn.execute("select ml.embed('broken', 'x')")
     assert 'embedding model "broken" failed to load' in str(e.value)
     assert e.value.sqlstate in ("38000", "58P01")
+    os.remove(os.path.join(empty, "config.json"))
     os.rmdir(empty)
 
 

@@ -101,8 +101,14 @@ def test_keyword_search_filters_and_bad_input(sconn, zoo):
     assert scores(sconn, zoo, "the and of") == {}  # only stop words: nothing matches
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="empty query"):
         sconn.execute("select * from ml.keyword_search(%s, '  ')", [zoo])
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="BM25 parameters out of range"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="option b must be between 0 and 1"):
         sconn.execute("select * from ml.keyword_search(%s, 'zebra', 5, null, '{\"b\": 2}')", [zoo])
+    # BM25 parameters are JSON numbers: "NaN" (and "Infinity") would make every score NaN
+    for opts in ['{"k1": "NaN"}', '{"b": "NaN"}', '{"k1": "Infinity"}', '{"k1": -1}']:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="option (k1|b) must be"):
+            sconn.execute("select * from ml.keyword_search(%s, 'zebra', 5, null, %s)", [zoo, opts])
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="option (k1|b) must be"):
+            sconn.execute("select * from ml.hybrid_search(%s, 'zebra', 5, options => %s)", [zoo, opts])
 
 
 PETS = {

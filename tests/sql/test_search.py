@@ -104,27 +104,29 @@ def test_selective_filter_is_answered_exactly_and_explained(sconn, corpus):
     name, X, ids, docs = corpus
     q = X[5]
     row = sconn.execute(
-        "select score, content, metadata from ml.search(%s, %s::vector, 10, '{\"rare\": true}', '{\"explain\": true}')",
+        "select strategy, reason, filter_matches, settings, plan from ml.search_explain(%s, %s::vector, 10, "
+        "'{\"rare\": true}')",
         [name, str(q.tolist())],
     ).fetchone()
-    assert row[2]["strategy"] == "exact" and row[2]["filter_matches"] == 20 and "exact_threshold" in row[2]["reason"]
-    assert "actual rows=10" in row[1]
+    assert row[0] == "exact" and row[2] == 20 and "exact_threshold" in row[1]
+    assert "actual rows=10" in row[4]
     row = sconn.execute(
-        'select content, metadata from ml.search(%s, %s::vector, 10, \'{"color": "red"}\', '
-        '\'{"explain": true, "exact_threshold": 100, "ef_search": 40}\')',
+        'select strategy, settings, plan from ml.search_explain(%s, %s::vector, 10, \'{"color": "red"}\', '
+        '\'{"exact_threshold": 100, "ef_search": 40}\')',
         [name, str(q.tolist())],
     ).fetchone()
-    assert row[1]["strategy"] == "ann_iterative" and row[1]["settings"]["hnsw.iterative_scan"] == "strict_order"
-    assert f"Index Scan using {name}_ann" in row[0]
+    assert row[0] == "ann_iterative" and row[1]["hnsw.iterative_scan"] == "strict_order"
+    assert f"Index Scan using {name}_ann" in row[2]
 
 
 def test_unfiltered_search_uses_the_hnsw_index(sconn, corpus):
     name, X, ids, docs = corpus
     row = sconn.execute(
-        "select content, metadata from ml.search(%s, %s::vector, 5, null, '{\"explain\": true}')",
-        [name, str(X[0].tolist())],
+        "select strategy, plan from ml.search_explain(%s, %s::vector, 5)", [name, str(X[0].tolist())]
     ).fetchone()
-    assert row[1]["strategy"] == "ann" and f"Index Scan using {name}_ann" in row[0]
+    assert row[0] == "ann" and f"Index Scan using {name}_ann" in row[1]
+    # the plan shows the query as $1, not as its literal of DIM floats
+    assert "$1" in row[1] and str(round(float(X[0][0]), 3))[:5] not in row[1] and "'[" not in row[1]
     got = [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5)", [name, str(X[0].tolist())])]
     assert got[0] == "d0000"
     # the same query written by hand against pgvector gives the same answer
@@ -135,6 +137,35 @@ def test_unfiltered_search_uses_the_hnsw_index(sconn, corpus):
         )
     ]
     assert got == hand
+
+
+def test_explain_is_its_own_function_not_a_fake_result_row(sconn, corpus):
+    name, X = corpus[0], corpus[1]
+    for fn in (
+        "ml.search(%s, %s::vector, 5, null, '{\"explain\": true}')",
+        "ml.keyword_search(%s, 'document', 5, null, '{\"explain\": true}')",
+    ):
+        args = [name, str(X[0].tolist())] if "::vector" in fn else [name]
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            sconn.execute(f"select * from {fn}", args)
+        assert "ml.search_explain" in e.value.diag.message_hint
+
+
+def test_zero_vectors_in_cosine_collections_are_refused(sconn, corpus):
+    name = corpus[0]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="query vector is zero"):
+        sconn.execute("select * from ml.search(%s, %s::vector, 5)", [name, str([0.0] * DIM)])
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="zero embedding"):
+        sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": "z", "embedding": [0] * DIM}])])
+    with pytest.raises(psycopg.errors.CheckViolation):  # plain SQL too: a check on the table
+        sconn.execute(f"insert into collections.{name} (id, embedding) values ('z', %s)", [str([0.0] * DIM)])
+    # other metrics have no such problem
+    other = f"l2_{secrets.token_hex(3)}"
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, metric => 'l2', options => '{\"dimensions\": 2}')", [other]
+    )
+    sconn.execute("select ml.add_documents(%s, %s)", [other, Jsonb([{"id": "z", "embedding": [0, 0]}])])
+    assert sconn.execute("select id from ml.search(%s, '[0,0]'::vector, 1)", [other]).fetchone()[0] == "z"
 
 
 def test_k_larger_than_ef_search_still_returns_k_rows(sconn, corpus):

@@ -63,7 +63,7 @@ def test_every_trigger_path(sconn, mode):
     )
     out = c.execute("select ml.create_vectorizer(%s, array['title', 'body'], mode => %s)", [t, mode]).fetchone()[0]
     dest = out["destination"]
-    assert dest == f"{t}_embeddings"
+    assert dest == f"embeddings.{t}"
     if mode == "async":
         assert out["backfill"]["queued"] == 2 and queued(c, t) == 2
         drain(c, t)
@@ -134,7 +134,7 @@ def test_composite_key_chunking_and_upsert(sconn, mode):
     c.execute(
         "select ml.create_vectorizer(%s, array['txt'], mode => %s, chunk_size => 12, chunk_overlap => 3)", [t, mode]
     )
-    dest = f"{t}_embeddings"
+    dest = f"embeddings.{t}"
     if mode == "async":
         drain(c, t)
     st = dest_state(c, dest, "lang, n")
@@ -205,16 +205,24 @@ def test_refuses_bad_definitions_with_clear_errors(sconn):
     with pytest.raises(psycopg.errors.UndefinedObject) as e:
         c.execute("select ml.create_vectorizer(%s, array['body'], model => 'nope')", [t])
     assert MODEL in e.value.diag.message_detail
+    # destinations are made by indb in schema embeddings, never an existing table, never elsewhere
     c.execute(
-        f"create table {t}_dest (id int, seq int, chunk text, embedding vector(768), content_hash text, "
+        f"create table {t}_dest (id int, seq int, chunk text, embedding vector(384), content_hash text, "
         "model text, embedded_at timestamptz)"
     )
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
-        c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_dest"])
-    assert "vector(768)" in str(e.value) and "vector(384)" in str(e.value)
+        c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"public.{t}_dest"])
+    assert "not in schema embeddings" in str(e.value)
+    c.execute(f"create table embeddings.{t}_taken (x int)")
+    with pytest.raises(psycopg.errors.DuplicateTable) as e:
+        c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_taken"])
+    assert "already exists" in str(e.value)
+    # a name longer than 63 bytes would be truncated by PostgreSQL: two vectorizers could share a table
+    with pytest.raises(psycopg.errors.NameTooLong):
+        c.execute("select ml.create_vectorizer(%s, array['body'], name => %s)", [t, "v" * 64])
     # nothing half-created
     assert c.execute("select count(*) from ml.vectorizers where name = %s", [t]).fetchone()[0] == 0
-    assert c.execute("select to_regclass(%s)", [f"{t}_embeddings"]).fetchone()[0] is None
+    assert c.execute("select to_regclass(%s)", [f"embeddings.{t}"]).fetchone()[0] is None
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     with pytest.raises(psycopg.errors.DuplicateObject):
         c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
@@ -226,6 +234,9 @@ def test_refuses_bad_definitions_with_clear_errors(sconn):
 def broken_model(db_dsn):
     folder = tempfile.mkdtemp(prefix="indb-broken-model-", dir="/tmp")
     os.chmod(folder, 0o755)
+    with open(os.path.join(folder, "config.json"), "w") as f:  # looks like a model folder, but is not one
+        f.write("{}")
+    os.chmod(os.path.join(folder, "config.json"), 0o644)
     with psycopg.connect(db_dsn, autocommit=True) as c:
         c.execute(
             "select ml.register_embedding_model('broken-t', %s, dimensions => 384, max_tokens => 256, replace => true)",
@@ -244,7 +255,7 @@ def test_sync_failure_rolls_the_statement_back(sconn, broken_model):
         c.execute(f"insert into {t} values (1, 'a'), (2, 'b')")
     assert 'embedding model "broken-t" failed to load' in str(e.value)
     assert c.execute(f"select count(*) from {t}").fetchone()[0] == 0
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 0
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 0
 
 
 def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_dsn):
@@ -285,7 +296,7 @@ def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_d
     )
     assert c.execute("select ml.retry_vectorizer(%s)", [t]).fetchone()[0]["requeued_failed"] == 2
     drain(c, t)
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 2
     assert c.execute("select failed from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == 0
 
 
@@ -295,7 +306,7 @@ def test_alter_mode_and_chunking_in_place(sconn):
     c.execute(f"create table {t} (id int primary key, body text)")
     c.execute(f"insert into {t} values (1, 'one two three four five six seven eight nine ten eleven twelve')")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 1
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 1
     r = c.execute(
         "select ml.alter_vectorizer(%s, mode => 'async', chunk_size => 4, chunk_overlap => 1)", [t]
     ).fetchone()[0]
@@ -305,11 +316,11 @@ def test_alter_mode_and_chunking_in_place(sconn):
     # back to sync: the queue is drained by the alter itself, every committed row has its embeddings
     c.execute("select ml.alter_vectorizer(%s, mode => 'sync')", [t])
     assert queued(c, t) == 0
-    n1 = c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0]
+    n1 = c.execute(f"select count(*) from embeddings.{t} where id = 1").fetchone()[0]
     assert n1 >= 4
-    assert c.execute(f"select count(*) from {t}_embeddings where id = 2").fetchone()[0] >= 1
+    assert c.execute(f"select count(*) from embeddings.{t} where id = 2").fetchone()[0] >= 1
     c.execute("select ml.alter_vectorizer(%s, chunk_size => 0)", [t])  # chunking off again
-    assert c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0] == 1
+    assert c.execute(f"select count(*) from embeddings.{t} where id = 1").fetchone()[0] == 1
 
 
 def test_drop_keeps_or_drops_embeddings(sconn):
@@ -319,16 +330,17 @@ def test_drop_keeps_or_drops_embeddings(sconn):
     c.execute(f"insert into {t} values (1, 'hello')")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     r = c.execute("select ml.drop_vectorizer(%s)", [t]).fetchone()[0]
-    assert r["kept_tables"] == [f"{t}_embeddings"]
+    assert r["kept_tables"] == [f"embeddings.{t}"]
     c.execute(f"insert into {t} values (2, 'no trigger any more')")
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 1
-    # re-create on the kept table: only the new row is embedded
-    out = c.execute(
-        "select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_embeddings"]
-    ).fetchone()[0]
-    assert out["backfill"]["embedded_rows"] == 1
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 1  # kept (admins read it)
+    # a kept destination is not taken over by a new vectorizer: it makes its own
+    with pytest.raises(psycopg.errors.DuplicateTable):
+        c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
+    out = c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_v2"]).fetchone()[0]
+    assert out["destination"] == f"embeddings.{t}_v2" and out["backfill"]["embedded_rows"] == 2
     c.execute("select ml.drop_vectorizer(%s, drop_embeddings => true)", [t])
-    assert c.execute("select to_regclass(%s)", [f"{t}_embeddings"]).fetchone()[0] is None
+    assert c.execute("select to_regclass(%s)", [f"embeddings.{t}_v2"]).fetchone()[0] is None
+    c.execute(f"drop table embeddings.{t}")
 
 
 def test_schedule_needs_pg_cron(sconn):
@@ -403,7 +415,7 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
         th.join(timeout=300)
     assert not errors, errors
     assert queued(sconn, t) == 0
-    dest = f"{t}_embeddings"
+    dest = f"embeddings.{t}"
     # every source row: chunks 0..n-1 exactly once, hash and model current; no orphans
     bad = sconn.execute(
         f"""with cur as (
@@ -470,7 +482,7 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
             with psycopg.connect(db_dsn, autocommit=True) as r:
                 while not stop.is_set():
                     rows = r.execute(
-                        "select key from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 5)", [t]
+                        "select id from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 5)", [t]
                     ).fetchall()
                     seen.append(len(rows))
         except Exception as e:
@@ -483,11 +495,11 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
         assert m["backfill"]["embedded_rows"] == 30
         stage = m["staging_destination"]
         assert c.execute(f"select vector_dims(embedding) from {stage} limit 1").fetchone()[0] == 64
-        assert c.execute(f"select vector_dims(embedding) from {t}_embeddings limit 1").fetchone()[0] == 384
+        assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 384
         # writes during the migration reach both destinations
         c.execute(f"insert into {t} values ('x1', 'Late arrival', 'Inserted while migrating.')")
         c.execute(f"update {t} set title = 'Edited' where id = %s", [scifact_docs[0][0]])
-        for d in (f"{t}_embeddings", stage):
+        for d in (f"embeddings.{t}", stage):
             assert c.execute(f"select count(*) from {d} where id = 'x1'").fetchone()[0] == 1
         cmp = c.execute(
             "select query, overlap, serving_top, staging_top from ml.compare_vectorizer_models(%s, "
@@ -497,13 +509,13 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
         assert len(cmp) == 2 and all(0.0 <= r[1] <= 1.0 and len(r[2]) == 5 and len(r[3]) == 5 for r in cmp)
         p = c.execute("select ml.promote_vectorizer(%s)", [t]).fetchone()[0]
         assert p["serving_model"] == small_model and p["previous_model"] == MODEL
-        assert c.execute(f"select vector_dims(embedding) from {t}_embeddings limit 1").fetchone()[0] == 64
+        assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 64
         c.execute(f"insert into {t} values ('x2', 'After promotion', 'Still maintained in both.')")
         # the previous model keeps being maintained and can be restored
         r = c.execute("select ml.restore_vectorizer(%s)", [t]).fetchone()[0]
         assert r["serving_model"] == MODEL
-        assert c.execute(f"select count(*) from {t}_embeddings where id = 'x2'").fetchone()[0] == 1
-        assert c.execute(f"select vector_dims(embedding) from {t}_embeddings limit 1").fetchone()[0] == 384
+        assert c.execute(f"select count(*) from embeddings.{t} where id = 'x2'").fetchone()[0] == 1
+        assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 384
         c.execute("select ml.promote_vectorizer(%s)", [t])
         d = c.execute("select ml.drop_vectorizer_staging(%s)", [t]).fetchone()[0]
         assert d["dropped_model"] == MODEL
@@ -515,36 +527,53 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
         th.join()
     assert not errors, errors
     assert seen and all(n == 5 for n in seen)
-    top = c.execute("select key from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 3)", [t]).fetchall()
+    top = c.execute("select id from ml.vectorizer_search(%s, 'cancer cells and tumour growth', 3)", [t]).fetchall()
     assert len(top) == 3
 
 
 def test_schedule_works_in_the_indb_database(cluster):
-    """pg_cron lives in the database named `indb`: the job is registered there and its command drains the queue."""
+    """pg_cron lives in the database named `indb`: a job runs as the role that scheduled it, which may not be a
+    superuser; the job is registered there and its command drains the queue."""
+    from helpers import acting_role
+
     dsn = cluster.dsn()
     with psycopg.connect(dsn, autocommit=True) as c:
         if c.execute(
             "select to_regprocedure('ml.schedule_vectorizer(text,text,integer,integer)') is null "
-            "or not exists (select 1 from pg_extension where extname = 'pg_cron')"
+            "or to_regprocedure('ml._vectorizer_create(text,regclass,text[],text,text,int,int,int,text,int,text)') "
+            "is null or not exists (select 1 from pg_extension where extname = 'pg_cron')"
         ).fetchone()[0]:
             pytest.skip("the indb database has no pg_cron or an older indb install (run `indb install`)")
         t = uniq("cron_indb")
-        c.execute(f"create table {t} (id int primary key, body text)")
+        role = acting_role(c, "indb_writer")
+        c.execute(f'create schema s_{t} authorization "{role}"')
+        c.execute(f'grant usage on schema cron to "{role}"')
         try:
-            c.execute("select ml.create_vectorizer(%s, array['body'], mode => 'async')", [t])
-            c.execute(f"insert into {t} values (1, 'scheduled embedding'), (2, 'another one')")
+            c.execute(f'set role "{role}"')
+            c.execute(f"create table s_{t}.{t} (id int primary key, body text)")
+            c.execute("select ml.create_vectorizer(%s, array['body'], mode => 'async')", [f"s_{t}.{t}"])
+            c.execute(f"insert into s_{t}.{t} values (1, 'scheduled embedding'), (2, 'another one')")
             job = c.execute("select ml.schedule_vectorizer(%s, '*/5 * * * *')", [t]).fetchone()[0]
-            row = c.execute("select schedule, command, database from cron.job where jobid = %s", [job]).fetchone()
+            row = c.execute(
+                "select schedule, command, database, username from cron.job where jobid = %s", [job]
+            ).fetchone()
             assert row[0] == "*/5 * * * *" and row[2] == "indb" and f"ml.vectorizer_worker('{t}'" in row[1]
+            assert row[3] == role  # the job runs as the role that scheduled it
             c.execute(row[1])  # what pg_cron will run
             assert queued(c, t) == 0
-            assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
+            assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 2
             assert c.execute("select ml.unschedule_vectorizer(%s)", [t]).fetchone()[0] is True
             assert c.execute("select count(*) from cron.job where jobid = %s", [job]).fetchone()[0] == 0
+            # a superuser may not schedule: the job would read every source and every tenant's rows
+            c.execute("reset role")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                c.execute("select ml.schedule_vectorizer(%s)", [t])
+            assert "SET ROLE" in e.value.diag.message_hint
         finally:
-            c.execute("select ml.unschedule_vectorizer(name) from ml.vectorizers where name = %s", [t])
+            c.execute("reset role")
+            c.execute("select cron.unschedule(jobid) from cron.job where jobname = %s", [f"indb_vectorizer_{t}"])
             c.execute("select ml.drop_vectorizer(name, true) from ml.vectorizers where name = %s", [t])
-            c.execute(f"drop table if exists {t}")
+            c.execute(f"drop schema if exists s_{t} cascade")
 
 
 def test_texts_longer_than_the_window_are_truncated_or_chunked_never_an_error(sconn):
@@ -554,13 +583,13 @@ def test_texts_longer_than_the_window_are_truncated_or_chunked_never_an_error(sc
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     long = " ".join(f"token{i} protein cell" for i in range(1500))  # far beyond 256 tokens
     c.execute(f"insert into {t} values (1, %s), (2, 'short')", [long])
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 2
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 2
     assert (
         c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0]
         == "truncated by the model at 256 tokens"
     )
     c.execute("select ml.alter_vectorizer(%s, chunk_size => 200, chunk_overlap => 20)", [t])
-    n = c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0]
+    n = c.execute(f"select count(*) from embeddings.{t} where id = 1").fetchone()[0]
     assert n > 10
     assert (
         c.execute("select long_text from ml.vectorizer_status where name = %s", [t]).fetchone()[0]
@@ -582,7 +611,7 @@ def test_statement_timeout_stops_a_sync_insert_and_a_worker_leaving_nothing_half
     assert time.time() - t0 < 1.5 + 2.0
     c.execute("reset statement_timeout")
     assert c.execute(f"select count(*) from {t}").fetchone()[0] == 0
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 0
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 0
     # async: the write is instant; a worker cut off by the timeout leaves every item queued
     c.execute("select ml.alter_vectorizer(%s, mode => 'async')", [t])
     c.execute(f"insert into {t} select i, b from unnest(%s::text[]) with ordinality u(b, i)", [rows])
@@ -593,7 +622,7 @@ def test_statement_timeout_stops_a_sync_insert_and_a_worker_leaving_nothing_half
     assert time.time() - t0 < 1.5 + 2.0
     c.execute("reset statement_timeout")
     assert queued(c, t) == 3000
-    assert c.execute(f"select count(*) from {t}_embeddings").fetchone()[0] == 0
+    assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 0
 
 
 def test_a_failing_staged_model_does_not_block_writes(sconn, broken_model):
@@ -608,7 +637,37 @@ def test_a_failing_staged_model_does_not_block_writes(sconn, broken_model):
     assert c.execute("select staging_model from ml.vectorizers where name = %s", [t]).fetchone()[0] is None
     c.execute("select ml.migrate_vectorizer(%s, %s, backfill => false)", [t, broken_model])
     c.execute(f"insert into {t} values (1, 'written during a broken migration')")  # succeeds
-    assert c.execute(f"select count(*) from {t}_embeddings where id = 1").fetchone()[0] == 1
+    assert c.execute(f"select count(*) from embeddings.{t} where id = 1").fetchone()[0] == 1
     assert queued(c, t) == 1  # the staged side waits in the queue
     c.execute("select ml.drop_vectorizer_staging(%s)", [t])
     drain(c, t)
+
+
+def test_alter_then_refresh_counts_each_pending_row_once(sconn):
+    c = sconn
+    t = uniq("pend")
+    c.execute(f"create table {t} (id int primary key, body text)")
+    c.execute(f"insert into {t} values (1, 'one two three'), (2, 'four five six'), (3, 'seven eight')")
+    c.execute("select ml.create_vectorizer(%s, array['body'], mode => 'async')", [t])
+    drain(c, t)
+    c.execute("select ml.alter_vectorizer(%s, chunk_size => 2)", [t])
+    c.execute("select ml.refresh_vectorizer(%s)", [t])
+    c.execute(f"update {t} set body = body || ' nine' where id = 1")  # and the trigger queues row 1 again
+    assert c.execute("select pending from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == 3
+    drain(c, t)
+    assert c.execute("select pending from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == 0
+
+
+def test_vectorizer_search_has_the_shape_of_search_and_refuses_an_empty_query(sconn):
+    c = sconn
+    t = uniq("vs")
+    c.execute(f"create table {t} (lang text, n int, body text, primary key (lang, n))")
+    c.execute(f"insert into {t} values ('en', 1, 'cats purr'), ('de', 2, 'Hunde bellen')")
+    c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
+    rows = c.execute("select id, score, chunk, seq from ml.vectorizer_search(%s, 'a cat', 2)", [t]).fetchall()
+    assert rows[0][0] == '["en", "1"]' and rows[0][1] > rows[1][1] and rows[0][2] == "cats purr" and rows[0][3] == 0
+    for q in (None, "", "   "):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="empty query"):
+            c.execute("select * from ml.vectorizer_search(%s, %s, 3)", [t, q])
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        c.execute("select * from ml.vectorizer_search(%s, 'x', 0)", [t])
