@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import chunking, embedding, spi
+from . import chunking, embedding, progress, spi
 from .errors import IndbRuntimeError, invalid
 
 RESERVED = ("seq", "chunk", "embedding", "content_hash", "model", "embedded_at")
@@ -581,42 +581,36 @@ def _refresh(plpy: spi.Plpy, v: Vectorizer, max_rows: int | None, only_staging: 
     }
     targets = v.targets()[1:] if only_staging else v.targets()
     t0 = time.time()
-    last = t0
-    for dest, model in targets:
-        # orphans: destination rows whose source row is gone or has nothing to embed
-        stats["deleted"] += plpy.execute(
-            f"delete from {dest} d where not exists (select 1 from {v.source} s where {v.key_join('s', 'd')} "
-            f"and {v.content_expr()} <> '')"
-        ).nrows()
-        where = (
-            f"where {v.content_expr()} <> '' and not exists (select 1 from {dest} d where "
-            f"{v.key_join('d', 's')} and d.seq = 0 and d.content_hash = {v.hash_expr()} and d.model = $1)"
-        )
-        lim = " limit $2" if max_rows else ""
-        rows = v.rows_from(
-            v.source,
-            where,
-            ["text", "int8"] if max_rows else ["text"],
-            [model, max_rows] if max_rows else [model],
-            suffix=lim,
-        )
-        if v.mode == "async":
-            stats["queued"] += v.enqueue([r[0] for r in rows])
-            continue
-        step = max(v.batch_size * 4, 256)
-        for i in range(0, len(rows), step):
-            part = rows[i : i + step]
-            stats["embedded_chunks"] += v.embed_and_write(dest, model, part)
-            stats["embedded_rows"] += len(part)
-            now = time.time()
-            if now - last >= 2 and len(rows) > step:
-                last = now
-                rate = stats["embedded_rows"] / (now - t0)
-                left = (len(rows) - i - len(part)) / rate if rate else 0
-                plpy.notice(
-                    f'vectorizer "{v.name}" {label}: {i + len(part):,}/{len(rows):,} rows embedded into '
-                    f"{dest}, {rate:,.1f} rows/s, ~{left:,.0f} s left"
-                )
+    with progress.Progress(plpy, f"vectorizer {label}", target=v.name, unit="rows") as p:
+        for dest, model in targets:
+            p.update(0, phase=f"finding changed rows for {dest}")
+            # orphans: destination rows whose source row is gone or has nothing to embed
+            stats["deleted"] += plpy.execute(
+                f"delete from {dest} d where not exists (select 1 from {v.source} s where {v.key_join('s', 'd')} "
+                f"and {v.content_expr()} <> '')"
+            ).nrows()
+            where = (
+                f"where {v.content_expr()} <> '' and not exists (select 1 from {dest} d where "
+                f"{v.key_join('d', 's')} and d.seq = 0 and d.content_hash = {v.hash_expr()} and d.model = $1)"
+            )
+            lim = " limit $2" if max_rows else ""
+            rows = v.rows_from(
+                v.source,
+                where,
+                ["text", "int8"] if max_rows else ["text"],
+                [model, max_rows] if max_rows else [model],
+                suffix=lim,
+            )
+            if v.mode == "async":
+                stats["queued"] += v.enqueue([r[0] for r in rows])
+                continue
+            p.update(0, total=len(rows), phase=f"embedding into {dest}")
+            step = max(v.batch_size * 4, 256)
+            for i in range(0, len(rows), step):
+                part = rows[i : i + step]
+                stats["embedded_chunks"] += v.embed_and_write(dest, model, part)
+                stats["embedded_rows"] += len(part)
+                p.update(i + len(part))
     if max_rows:
         stats["remaining"] = sum(count_stale(plpy, v, d, m) for d, m in targets)
     v.touch(stats["embedded_chunks"])
