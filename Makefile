@@ -66,9 +66,10 @@ image: ## build the production image (docker/Dockerfile) with Docker or podman, 
 test-image: $(STAMP) image ## build the image once, then test it in real containers (tests/image, testcontainers)
 	@$(IMAGE_ENV) bash docker/image.sh test $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff (lint and format check)
-	@$(VENV)/bin/ruff check client plpython tests benchmarks migrations
-	@$(VENV)/bin/ruff format --check client plpython tests benchmarks migrations
+lint: $(STAMP) ## ruff (lint and format check) and mypy (client/, plpython/)
+	@$(VENV)/bin/ruff check client plpython tests benchmarks migrations docker
+	@$(VENV)/bin/ruff format --check client plpython tests benchmarks migrations docker
+	@$(VENV)/bin/mypy
 
 format: $(STAMP) ## ruff format and safe fixes
 	@$(VENV)/bin/ruff format client plpython tests benchmarks migrations

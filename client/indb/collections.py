@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .client import Base
+from .base import Base
 
 
 def _vector_literal(v) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .client import Base
+from .base import Base
 from .progress import Progress
 
 

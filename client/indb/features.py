@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as psql
 
-from .client import Base
+from .base import Base
 
 
 class FeaturesMixin(Base):

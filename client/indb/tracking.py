@@ -40,7 +40,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .client import Base
+from .base import Base
 from .errors import InvalidInput
 
 LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .client import Base
+from .base import Base
 
 
 class TrainingAPI(Base):
