@@ -1,31 +1,59 @@
 """Question: what does the audit log cost? (target: <= 15% overhead on a write-heavy registry workload)
-and how long does audit.verify() take per million events?
+and how long do audit.seal() and audit.verify() take per million events?
 
-Workload, one client, per iteration: start_run, log_params (10), log_batch (20 metrics), set_tag,
-register_model (1 KiB artifact), set_alias, end_run = 7 API calls writing ~10 catalog rows + 2 batches.
-Sides: audit triggers on vs off (ALTER TABLE ... DISABLE TRIGGER indb_audit/indb_audit_batch), measured
-in alternating blocks so that load from other work on the shared machine hits both sides alike.
+Workload, per iteration: start_run, log_params (10), log_batch (20 metrics), set_tag, end_run,
+register_model (1 KiB artifact), set_alias = 7 API calls writing ~10 catalog rows + 2 batches.
+Sides: audit triggers on vs off (ALTER TABLE ... DISABLE TRIGGER on every trigger named indb_audit*), measured
+in many short alternating blocks so that load from other work on the shared machine hits both sides alike:
+  * one client;
+  * four clients at once (threads with their own connections): a chain-head lock held to commit would
+    serialize them, so this side shows whether audited writers wait on each other.
+The overhead is the median over adjacent (on, off) block pairs of on/off - 1, with the medians of each side, in
+wall-clock time and in CPU time of the server backend(s) doing the work (/proc/<pid>/schedstat, when the server
+runs on this machine): on a shared machine, CPU time is the steadier measure of what the audit costs.
+seal: where audit.seal() exists, the events the workload left pending are sealed and timed.
 verify(): N_EVENTS synthetic events appended through audit._append (the trigger path) in transactions of
-1,000, then audit.verify() timed 3 times; seconds per million = median time * 1e6 / events.
+1,000, sealed (where sealing exists), then audit.verify() timed 3 times; seconds per million = median * 1e6 / events.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 
 import psycopg
 
 from .registry_common import Timer, drop_db, fresh_db, save
 
-BLOCKS = 6
-PER_BLOCK = 40
+BLOCKS = 16
+PER_BLOCK = 12
+THREADS = 4
+MT_BLOCKS = 6
+MT_PER_THREAD = 8
 N_EVENTS = 200_000
 
 
-def set_audit(conn, on: bool) -> None:
+def backend_cpu_s(pids: list[int]) -> float | None:
+    """CPU seconds the server backends ``pids`` have used so far (None where /proc does not have them)."""
+    try:
+        total = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except OSError:
+        return None
+
+
+def pids_of(clients: list) -> list[int]:
+    return [c.conn.execute("select pg_backend_pid()").fetchone()[0] for c in clients]
+
+
+def set_audit(conn: psycopg.Connection, on: bool) -> None:
     rows = conn.execute(
-        "select tgrelid::regclass::text, tgname from pg_trigger "
-        "where tgname in ('indb_audit', 'indb_audit_batch') and not tgisinternal"
+        "select t.tgrelid::regclass::text, t.tgname from pg_trigger t join pg_class c on c.oid = t.tgrelid "
+        "join pg_namespace n on n.oid = c.relnamespace "
+        "where t.tgname like 'indb\\_audit%' and not t.tgisinternal and n.nspname <> 'audit' and t.tgparentid = 0"
     ).fetchall()
     for rel, name in rows:
         conn.execute(f"alter table {rel} {'enable' if on else 'disable'} trigger {name}")
@@ -46,6 +74,36 @@ def workload(client, n: int, tag: str) -> float:
     return t.s
 
 
+def concurrent(clients: list, n: int, tag: str) -> float:
+    """Iterations per second of len(clients) threads doing n iterations each."""
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            workload(clients[k], n, f"{tag}t{k}")
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(clients))]
+    with Timer() as t:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    if errors:
+        raise errors[0]
+    return len(clients) * n / t.s
+
+
+def paired_overhead(on: list[float], off: list[float], higher_is_better: bool = False) -> float:
+    ratios = [(f / o if higher_is_better else o / f) for o, f in zip(on, off)]
+    return round((statistics.median(ratios) - 1) * 100, 1)
+
+
+def has_seal(conn: psycopg.Connection) -> bool:
+    return conn.execute("select to_regprocedure('audit.seal()') is not null").fetchone()[0]
+
+
 def main() -> None:
     import indb
 
@@ -53,13 +111,19 @@ def main() -> None:
     try:
         client = indb.connect(dsn)
         admin = psycopg.connect(dsn, autocommit=True)
+        sealing = has_seal(admin)
         workload(client, 20, "warm")
-        on_s, off_s = [], []
+        pids = pids_of([client])
+        on_s, off_s, on_cpu, off_cpu = [], [], [], []
         for b in range(BLOCKS):
             for state in (True, False) if b % 2 == 0 else (False, True):
                 set_audit(admin, state)
+                cpu0 = backend_cpu_s(pids)
                 s = workload(client, PER_BLOCK, f"{'on' if state else 'off'}{b}")
+                cpu1 = backend_cpu_s(pids)
                 (on_s if state else off_s).append(s / PER_BLOCK * 1000.0)
+                if cpu0 is not None and cpu1 is not None:
+                    (on_cpu if state else off_cpu).append((cpu1 - cpu0) / PER_BLOCK * 1000.0)
         set_audit(admin, True)
         med_on, med_off = statistics.median(on_s), statistics.median(off_s)
         overhead = {
@@ -69,6 +133,10 @@ def main() -> None:
             "median_ms_on": round(med_on, 2),
             "median_ms_off": round(med_off, 2),
             "overhead_pct": round((med_on / med_off - 1) * 100, 1),
+            "overhead_pct_paired_median": paired_overhead(on_s, off_s),
+            "backend_cpu_ms_per_iteration_on": round(statistics.median(on_cpu), 3) if on_cpu else None,
+            "backend_cpu_ms_per_iteration_off": round(statistics.median(off_cpu), 3) if off_cpu else None,
+            "backend_cpu_overhead_pct_paired_median": paired_overhead(on_cpu, off_cpu) if on_cpu else None,
             "events_per_iteration": None,
         }
         before = admin.execute("select count(*) from audit.events").fetchone()[0]
@@ -77,6 +145,49 @@ def main() -> None:
             admin.execute("select count(*) from audit.events").fetchone()[0] - before
         ) / 10
         print("overhead", overhead)
+
+        clients = [indb.connect(dsn) for _ in range(THREADS)]
+        concurrent(clients, 2, "mtwarm")
+        mt_pids = pids_of(clients)
+        mt_on, mt_off, mt_on_cpu, mt_off_cpu = [], [], [], []
+        for b in range(MT_BLOCKS):
+            for state in (True, False) if b % 2 == 0 else (False, True):
+                set_audit(admin, state)
+                cpu0 = backend_cpu_s(mt_pids)
+                r = concurrent(clients, MT_PER_THREAD, f"mt{'on' if state else 'off'}{b}")
+                cpu1 = backend_cpu_s(mt_pids)
+                (mt_on if state else mt_off).append(r)
+                if cpu0 is not None and cpu1 is not None:
+                    per_it = (cpu1 - cpu0) / (THREADS * MT_PER_THREAD) * 1000.0
+                    (mt_on_cpu if state else mt_off_cpu).append(per_it)
+        set_audit(admin, True)
+        for c in clients:
+            c.close()
+        ratio = statistics.median([a / b for a, b in zip(mt_on, mt_off)])
+        concurrency = {
+            "threads": THREADS,
+            "iterations_per_side": MT_BLOCKS * THREADS * MT_PER_THREAD,
+            "iterations_per_s_audit_on": [round(x, 1) for x in mt_on],
+            "iterations_per_s_audit_off": [round(x, 1) for x in mt_off],
+            "median_per_s_on": round(statistics.median(mt_on), 1),
+            "median_per_s_off": round(statistics.median(mt_off), 1),
+            "throughput_loss_pct_paired_median": round((1 - ratio) * 100, 1),
+            "backend_cpu_overhead_pct_paired_median": paired_overhead(mt_on_cpu, mt_off_cpu) if mt_on_cpu else None,
+        }
+        print("concurrency", concurrency)
+
+        seal = None
+        if sealing:
+            pending = admin.execute("select pending from audit.verify()").fetchone()[0]
+            with Timer() as t:
+                sealed = admin.execute("select audit.seal()").fetchone()[0]
+            seal = {
+                "pending_after_workload": pending,
+                "sealed": sealed,
+                "seconds": round(t.s, 3),
+                "events_per_s": round(sealed / t.s) if t.s else None,
+            }
+            print("seal", seal)
 
         # verify() per million events
         with Timer() as t_gen:
@@ -90,6 +201,11 @@ def main() -> None:
                     [done + 1, done + k],
                 )
                 done += k
+        seal_s = None
+        if sealing:
+            with Timer() as t_seal:
+                admin.execute("select audit.seal()")
+            seal_s = t_seal.s
         events = admin.execute("select count(*) from audit.events").fetchone()[0]
         times = []
         for _ in range(3):
@@ -101,6 +217,7 @@ def main() -> None:
         verify = {
             "events": events,
             "append_events_per_s": round(N_EVENTS / t_gen.s),
+            "seal_seconds_per_million_events": round(seal_s * 1e6 / N_EVENTS, 1) if seal_s else None,
             "verify_seconds": [round(x, 2) for x in times],
             "verify_seconds_per_million_events": round(med * 1e6 / events, 1),
         }
@@ -110,11 +227,13 @@ def main() -> None:
         save(
             "audit",
             {
-                "question": "audit overhead on a write-heavy registry workload (target <= 15%) and audit.verify() "
-                "time per million events",
+                "question": "audit overhead on a write-heavy registry workload (target <= 15%), one client and four; "
+                "audit.seal() and audit.verify() time per million events",
                 "workload": "per iteration: start_run, log_params(10), 20 metrics in one log_batch, set_tag, end_run, "
                 "register_model (1 KiB), set_alias",
                 "overhead": overhead,
+                "concurrency": concurrency,
+                "seal": seal,
                 "verify": verify,
             },
         )

@@ -1,0 +1,555 @@
+-- Audit, internals: how events are written and sealed (SECURITY.md, "Audit"). Tables: migrations 0006 and 0012;
+-- the API (seal, verify, head, retention, partitions) and the list of audited tables: 810-audit-api.sql.
+--
+-- Appending an event (audit._append, called by the triggers below, the GRANT/REVOKE event trigger,
+-- ml.create_tenant and audit.apply_retention) takes no lock that another transaction could wait on:
+--   * its id comes from a sequence, and its `hash` is the sha256 of its own content (audit._content_hash);
+--   * the transaction holds one LANE, a row of audit.lanes taken with FOR UPDATE SKIP LOCKED at its first event
+--     (never waiting: a busy lane is skipped, and a new one is made when all are busy) and kept to commit. Each
+--     event records its position in the lane and the hash of the lane's previous event, and the lane's row moves
+--     to it. A lane is therefore a chain of committed events; a rollback takes back the events and the lane's
+--     moves together.
+-- Sealing (audit.seal(), run by pg_cron, `indb worker`, any indb role): committed events that are not sealed yet
+-- are hashed into audit.chain in commit order (gap-free seq; prev_hash -> hash = sha256(prev_hash, seq, event id,
+-- event hash)). An event is sealed exactly once: sealers take a try-lock and skip when another one runs.
+--
+-- What protects an event before it is sealed (a PENDING event), precisely:
+--   * its content hash: an edit that does not recompute it is reported;
+--   * its lane: deleting, inserting or reordering an event breaks the lane (a missing position, a link to a hash
+--     that is not the previous event's, a lane head row that is not its newest event) and is reported, sealed or not;
+--   * not protected: someone with superuser rights who edits an event AND recomputes its hash AND rewrites every
+--     later event of its lane AND moves the lane's head row. The sealed chain has the same limit for its tail (the
+--     head must be published outside the database, audit.head(), to detect a rewritten tail); a pending event is
+--     exposed to it until it is sealed (pg_cron seals every minute).
+--
+-- Tables are audited in one of four ways (audit.attach):
+--   row          one event per changed row (INSERT/UPDATE/DELETE, with who, the primary key and the diff; bytea
+--                columns as "sha256:<hex>", so a change of the bytes alone is an event); TRUNCATE is an event
+--   history      rows are history: one summary event per INSERT statement (rows, runs, keys, sha256 of the rows);
+--                UPDATE, DELETE and TRUNCATE are refused for everyone (owner and superuser included, unless they
+--                disable the trigger)
+--   mirror       registry.latest_metrics, derived from registry.metrics: a new or changed row must be a point of
+--                registry.metrics (no event of its own: the metrics batch is the event), anything else is refused;
+--                DELETE and TRUNCATE are refused
+--   append_only  the prediction log: inserts are data (no event); UPDATE, DELETE and TRUNCATE are refused
+
+-- 0.1.0's chain link (sha256 over the content and the previous link): events of 0.1.0 keep it
+create or replace function audit._hash(prev bytea, id bigint, ts timestamptz, action text, object text,
+                                       row_key jsonb, old_values jsonb, new_values jsonb,
+                                       session_user_name text, current_user_name text, application_name text,
+                                       client_addr inet, txid bigint, tenant text) returns bytea
+language sql stable parallel safe
+as $$
+  select pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+           pg_catalog.encode(prev, 'hex'), id, extract(epoch from ts)::text, action, object, row_key, old_values,
+           new_values, session_user_name, current_user_name, application_name, pg_catalog.host(client_addr), txid,
+           tenant)::text, 'UTF8'))
+$$;
+comment on function audit._hash(bytea, bigint, timestamptz, text, text, jsonb, jsonb, jsonb, text, text, text, inet, bigint, text) is
+  'internal: the chain link of an event of 0.1.0 (sha256 over its content and the previous link)';
+
+-- (no SET clause on these: they stay inlinable; every name in them is schema-qualified or pg_catalog)
+create or replace function audit._content_hash(id bigint, ts timestamptz, action text, object text, row_key jsonb,
+                                               old_values jsonb, new_values jsonb, session_user_name text,
+                                               current_user_name text, application_name text, client_addr inet,
+                                               txid bigint, tenant text, lane int, lane_pos bigint,
+                                               lane_prev bytea) returns bytea
+language sql stable parallel safe
+as $$
+  select pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+           'indb-audit-2', id, extract(epoch from ts)::text, action, object, row_key, old_values, new_values,
+           session_user_name, current_user_name, application_name, pg_catalog.host(client_addr), txid, tenant,
+           lane, lane_pos, pg_catalog.encode(lane_prev, 'hex'))::text, 'UTF8'))
+$$;
+comment on function audit._content_hash(bigint, timestamptz, text, text, jsonb, jsonb, jsonb, text, text, text, inet, bigint, text, int, bigint, bytea) is
+  'internal: sha256 of an event''s content, its lane position and the hash of the previous event of its lane';
+
+create or replace function audit._link_hash(prev bytea, seq bigint, event_id bigint, content bytea) returns bytea
+language sql immutable parallel safe
+as $$ select pg_catalog.sha256(prev || pg_catalog.int8send(seq) || pg_catalog.int8send(event_id) || content) $$;
+comment on function audit._link_hash(bytea, bigint, bigint, bytea) is
+  'internal: a link of the sealed chain: sha256(previous link, position, event id, the event''s content hash)';
+
+create or replace function audit._acting_role() returns text
+language sql stable parallel safe
+as $$ select coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text) $$;
+
+-- the key of the advisory lock sealers and retention share (sealers try it and skip when it is taken)
+create or replace function audit._seal_lock() returns bigint
+language sql immutable parallel safe
+as $$ select 7497920481490968101::bigint $$;   -- hashtextextended('indb audit seal', 0)
+
+-- append one event (internal: the audit triggers, the functions of this area and ml.create_tenant call it;
+-- no working role may execute it). Takes no lock another transaction waits on (see the top of this file).
+create or replace function audit._append(action text, object text, row_key jsonb, old_values jsonb,
+                                         new_values jsonb, tenant text, acting_role text default null) returns bigint
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  nid bigint := nextval('audit.events_id_seq');
+  who text := coalesce(acting_role, audit._acting_role());
+  app text := current_setting('application_name', true);
+  addr inet := inet_client_addr();
+  x bigint := txid_current();
+  -- "<lane>/<ctid of its row>": the lane this transaction took at its first event, and where the row's newest
+  -- version is (updating it by ctid does not walk the versions this transaction made: a transaction of 100,000
+  -- events stays linear). Anyone may set this; a wrong value only makes the update below fall back.
+  held text := current_setting('indb.audit_lane', true);
+  ln int;
+  at tid := '(0,0)';
+begin
+  if held ~ '^[0-9]{1,9}/\([0-9]{1,10},[0-9]{1,5}\)$' then
+    ln := split_part(held, '/', 1)::int;
+    at := split_part(held, '/', 2)::tid;
+  end if;
+  for attempt in 1..2 loop
+    if attempt = 2 then
+      -- the first event of this transaction (or a setting made by hand): take a free lane, never waiting (a busy
+      -- one is skipped; when all are busy, a new lane is made), and keep it to commit
+      select l.lane, l.ctid into ln, at from audit.lanes l order by l.lane limit 1 for update skip locked;
+      if ln is null then
+        insert into audit.lanes default values returning lanes.lane, lanes.ctid into ln, at;
+      end if;
+    end if;
+    if ln is not null then
+      -- one statement: move the lane to the new event and store the event
+      with l as (
+        update audit.lanes l
+           set pos = l.pos + 1, last_id = nid, prev_hash = l.last_hash,
+               last_hash = audit._content_hash(nid, c.t, action, object, row_key, old_values, new_values,
+                                               session_user::text, who, app, addr, x, tenant, l.lane, l.pos + 1,
+                                               l.last_hash)
+          from (select clock_timestamp() as t) c
+         where l.ctid = at and l.lane = ln
+        returning l.ctid, l.lane, l.pos, l.prev_hash, l.last_hash, c.t),
+      e as (
+        insert into audit.events(id, ts, action, object, row_key, old_values, new_values, session_user_name,
+                                 current_user_name, application_name, client_addr, txid, tenant, hash, lane,
+                                 lane_pos, lane_prev)
+        select nid, l.t, action, object, row_key, old_values, new_values, session_user::text, who, app, addr, x,
+               tenant, l.last_hash, l.lane, l.pos, l.prev_hash
+          from l)
+      select l.ctid into at from l;
+      if found then
+        perform set_config('indb.audit_lane', ln || '/' || at, true);
+        return nid;
+      end if;
+    end if;
+  end loop;
+  raise exception 'audit: could not append event % to lane %', nid, ln using errcode = 'XX000';
+end $$;
+comment on function audit._append(text, text, jsonb, jsonb, jsonb, text, text) is
+  'internal: append one event (no lock another transaction waits on); audit.seal() chains it later';
+
+-- row trigger: TG_ARGV[0] = comma-separated primary key columns, TG_ARGV[1..] = the bytea columns
+create or replace function audit._row_trigger() returns trigger
+language plpgsql security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  o jsonb;
+  n jsonb;
+  k jsonb := '{}';
+  src jsonb;
+  c text;
+  h text;
+  changed boolean;
+  nb int := cardinality(tg_argv) - 1;
+  bytes text[];
+  nulls jsonb := '{}';
+begin
+  -- lineage edges written by registry._lineage_trigger are implied by the audited row that caused them
+  if tg_table_name = 'lineage_edges' and tg_op = 'INSERT' and pg_trigger_depth() > 1 then
+    return null;
+  end if;
+  if nb = 0 then
+    if tg_op <> 'INSERT' then o := to_jsonb(old); end if;
+    if tg_op <> 'DELETE' then n := to_jsonb(new); end if;
+  else
+    -- the bytea columns are set to NULL *before* the row becomes jsonb, so a large value (a 150 MB model) is
+    -- never turned into a JSON string (that fails above 256 MB and is slow); their sha256 is added below
+    bytes := tg_argv[1:];
+    foreach c in array bytes loop
+      nulls := nulls || jsonb_build_object(c, null);
+    end loop;
+    if tg_op <> 'INSERT' then o := to_jsonb(jsonb_populate_record(old, nulls)) - bytes; end if;
+    if tg_op <> 'DELETE' then n := to_jsonb(jsonb_populate_record(new, nulls)) - bytes; end if;
+    -- bytes are recorded as their sha256; an UPDATE hashes them only when they changed
+    for i in 1..nb loop
+      c := tg_argv[i];
+      if tg_op = 'UPDATE' then
+        execute format('select ($1).%1$I is distinct from ($2).%1$I', c) into changed using old, new;
+        continue when not changed;
+      end if;
+      if tg_op <> 'INSERT' then
+        execute format('select ''sha256:'' || encode(sha256(($1).%I), ''hex'')', c) into h using old;
+        o := o || jsonb_build_object(c, h);
+      end if;
+      if tg_op <> 'DELETE' then
+        execute format('select ''sha256:'' || encode(sha256(($1).%I), ''hex'')', c) into h using new;
+        n := n || jsonb_build_object(c, h);
+      end if;
+    end loop;
+  end if;
+  src := coalesce(n, o);
+  foreach c in array string_to_array(tg_argv[0], ',') loop
+    k := k || jsonb_build_object(c, src -> c);
+  end loop;
+  if k = '{}'::jsonb then
+    k := null;
+  end if;
+  if tg_op = 'UPDATE' then
+    -- only what changed
+    select jsonb_object_agg(e.key, e.value), jsonb_object_agg(e.key, n -> e.key) into o, n
+      from jsonb_each(o) e where n -> e.key is distinct from e.value;
+    if o is null or o - 'updated_at' = '{}'::jsonb then
+      return null;  -- nothing changed but a timestamp
+    end if;
+  end if;
+  perform audit._append(tg_op, tg_table_schema || '.' || tg_table_name, k, o, n, src ->> 'tenant');
+  return null;
+end $$;
+
+-- statement trigger of history tables: one summary event per INSERT statement. TG_ARGV[0]: the column
+-- summarized as "keys" (metrics/params: key, training trials: metric)
+create or replace function audit._batch_trigger() returns trigger
+language plpgsql security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  s jsonb;
+  ten text;
+  keycol text := tg_argv[0];
+begin
+  -- the rows in the order the statement inserted them; sha256 over their jsonb, one per line
+  select jsonb_build_object(
+           'rows', count(*),
+           'run_ids', jsonb_agg(distinct j.v -> 'run_id'),
+           'keys', jsonb_agg(distinct j.v -> keycol),
+           'sha256', encode(sha256(convert_to(string_agg(j.v::text, E'\n'), 'UTF8')), 'hex')),
+         min(j.v ->> 'tenant')
+    into s, ten
+    from (select to_jsonb(r) as v from new_rows r) j;
+  if (s ->> 'rows')::bigint > 0 then
+    perform audit._append('INSERT_BATCH', tg_table_schema || '.' || tg_table_name, null, null, s, ten);
+  end if;
+  return null;
+end $$;
+
+-- registry.latest_metrics is derived from registry.metrics (registry.log_batch writes both in one call): every
+-- row an INSERT or UPDATE leaves must be a logged point. Falsifying a result therefore means changing
+-- registry.metrics, which is history (refused).
+create or replace function audit._latest_metrics_trigger() returns trigger
+language plpgsql security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare bad record;
+begin
+  select n.run_id, n.key, n.value, n.step into bad
+    from new_rows n
+   where not exists (select 1 from registry.metrics m
+                      where m.run_id = n.run_id and m.key = n.key and m.step = n.step and m.ts = n.ts
+                        and m.value = n.value)
+   limit 1;
+  if found then
+    raise exception '% on registry.latest_metrics is refused: metric % = % (step %) of run % is not a logged point',
+                    tg_op, quote_literal(bad.key), bad.value, bad.step, bad.run_id
+      using errcode = '42501',
+            detail = 'registry.latest_metrics holds the newest point of each metric of registry.metrics, which is history',
+            hint = 'log the point with registry.log_batch: it writes both tables';
+  end if;
+  return null;
+end $$;
+
+-- history, mirror and append-only tables: UPDATE, DELETE and TRUNCATE are refused (row and statement triggers)
+create or replace function audit._refuse_history() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception '% on %.% is refused: its rows are history (append-only)', tg_op, tg_table_schema, tg_table_name
+    using errcode = '42501',
+          hint = case tg_table_name
+                   when 'metrics' then 'log a new point with registry.log_batch'
+                   when 'latest_metrics' then 'log a new point with registry.log_batch; the newest point of each metric is kept'
+                   when 'params' then 'params are immutable once logged: log another key, or start a new run'
+                   when 'training_trials' then 'trials are the record of a search: train again to search again'
+                   else 'old months of a partitioned log leave by dropping their partitions'
+                 end;
+end $$;
+
+create or replace function audit._truncate_trigger() returns trigger
+language plpgsql security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform audit._append('TRUNCATE', tg_table_schema || '.' || tg_table_name, null, null, null, null);
+  return null;
+end $$;
+
+-- the log itself (events, chain, anchors) and lanes: append-only for everyone
+create or replace function audit._refuse_change() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception '% on %.% is refused: the audit log is append-only', tg_op, tg_table_schema, tg_table_name
+    using errcode = '42501',
+          hint = 'old partitions are removed only by audit.apply_retention(), run by indb_admin';
+end $$;
+
+-- the chain head only moves forward, to a sealed link that exists (a guard against accidents, not against a
+-- superuser: audit.verify() compares the head with the newest sealed link)
+create or replace function audit._guard_head() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op = 'UPDATE' and new.singleton and new.last_id >= old.last_id and new.txid_water >= old.txid_water
+     and ((new.last_id = old.last_id and new.last_hash = old.last_hash)
+          or exists (select 1 from audit.chain c where c.seq = new.last_id and c.hash = new.last_hash)) then
+    return new;
+  end if;
+  raise exception '% on audit.chain_head is refused: only audit.seal() moves the chain head', tg_op
+    using errcode = '42501';
+end $$;
+
+-- seal: hash committed, unsealed events into the chain in commit order. The caller holds the seal lock
+-- (audit.seal() tries it, audit.apply_retention() waits for it) and runs at READ COMMITTED.
+--   * commit order: this call seals the events its snapshot sees, ordered by id; an event committed later is
+--     sealed by a later call, after them. Events of one session are sealed in the order it committed them.
+--   * where to look: every event of a transaction whose txid is below chain_head.txid_water is sealed. The
+--     water is the oldest transaction still running when this call started (its snapshot's xmin): every
+--     event of an older transaction was committed (or rolled back) before this call's snapshot, so it is
+--     sealed now and never looked at again.
+create or replace function audit._seal() returns bigint
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  water bigint := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;  -- the calling statement's snapshot
+  h audit.chain_head;
+  r record;
+  ids bigint[] := '{}';
+  tss timestamptz[] := '{}';
+  seqs bigint[] := '{}';
+  prevs bytea[] := '{}';
+  links bytea[] := '{}';
+  prev bytea;
+  link bytea;
+  s bigint;
+begin
+  select * into h from audit.chain_head for update;
+  prev := h.last_hash;
+  s := h.last_id;
+  -- dynamic: planned with the actual water each time (an index scan of the few recent transactions)
+  for r in execute 'select e.id, e.ts, e.hash from audit.events e
+                     where e.txid >= $1
+                       and not exists (select 1 from audit.chain c where c.event_id = e.id and c.event_ts = e.ts)
+                     order by e.id'
+           using h.txid_water loop
+    s := s + 1;
+    link := audit._link_hash(prev, s, r.id, r.hash);
+    ids := ids || r.id;
+    tss := tss || r.ts;
+    seqs := seqs || s;
+    prevs := prevs || prev;
+    links := links || link;
+    prev := link;
+  end loop;
+  if cardinality(ids) > 0 then
+    insert into audit.chain(seq, event_id, event_ts, prev_hash, hash)
+    select u.seq, u.id, u.ts, u.prev, u.link from unnest(seqs, ids, tss, prevs, links) as u(seq, id, ts, prev, link);
+  end if;
+  if cardinality(ids) > 0 or water > h.txid_water then
+    update audit.chain_head
+       set last_id = s, last_hash = prev,
+           prev_hash = case when cardinality(ids) > 0 then prevs[cardinality(prevs)] else h.prev_hash end,
+           txid_water = greatest(h.txid_water, water);
+  end if;
+  return cardinality(ids);
+end $$;
+comment on function audit._seal() is 'internal: seal committed events (the caller holds the seal lock; see audit.seal())';
+
+-- GRANT / REVOKE / ALTER DEFAULT PRIVILEGES: an event only when the ACL of one of indb's objects changed.
+-- Event triggers do not say which objects a GRANT named (and the query text is whatever the session sent), so
+-- the ACLs of indb's schemas, relations, columns, functions, types and default privileges are compared before
+-- (ddl_command_start) and after (ddl_command_end) the command. Role membership (GRANT indb_writer TO x) is a
+-- change of a shared object, which event triggers never see.
+create or replace function audit._indb_acls() returns table(k text, h bigint, acl aclitem[])
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  -- plpgsql: the plan is kept for the session (this runs twice per GRANT anywhere in the database)
+  return query
+  with s(oid) as (select n.oid from pg_namespace n
+                   where n.nspname in ('ml', 'registry', 'features', 'audit', 'collections', 'embeddings')),
+       r(oid) as (select a.oid from pg_roles a
+                   where a.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin', 'indb_owner',
+                                       'indb_tenant_manager'))
+  select 'n' || n.oid, hash_array_extended(n.nspacl, 0), n.nspacl from pg_namespace n
+   where n.oid in (select s.oid from s) and n.nspacl is not null
+  union all
+  select 'c' || c.oid, hash_array_extended(c.relacl, 0), c.relacl from pg_class c
+   where c.relnamespace in (select s.oid from s) and c.relacl is not null
+  union all
+  select 'a' || a.attrelid || '.' || a.attnum, hash_array_extended(a.attacl, 0), a.attacl from pg_attribute a
+   where a.attacl is not null
+     and a.attrelid in (select c.oid from pg_class c where c.relnamespace in (select s.oid from s))
+  union all
+  select 'p' || p.oid, hash_array_extended(p.proacl, 0), p.proacl from pg_proc p
+   where p.pronamespace in (select s.oid from s) and p.proacl is not null
+  union all
+  select 't' || t.oid, hash_array_extended(t.typacl, 0), t.typacl from pg_type t
+   where t.typnamespace in (select s.oid from s) and t.typacl is not null
+  union all
+  select 'd' || d.oid, hash_array_extended(d.defaclacl, 0), d.defaclacl from pg_default_acl d
+   where d.defaclnamespace in (select s.oid from s) or d.defaclrole in (select r.oid from r);
+end $$;
+
+create or replace function audit._acl_object(k text) returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(case left(k, 1)
+                    when 'n' then pg_describe_object('pg_namespace'::regclass, substr(k, 2)::oid, 0)
+                    when 'c' then pg_describe_object('pg_class'::regclass, substr(k, 2)::oid, 0)
+                    when 'a' then pg_describe_object('pg_class'::regclass, split_part(substr(k, 2), '.', 1)::oid,
+                                                     split_part(k, '.', 2)::int)
+                    when 'p' then pg_describe_object('pg_proc'::regclass, substr(k, 2)::oid, 0)
+                    when 't' then pg_describe_object('pg_type'::regclass, substr(k, 2)::oid, 0)
+                    when 'd' then pg_describe_object('pg_default_acl'::regclass, substr(k, 2)::oid, 0)
+                  end, k)
+$$;
+
+-- `indb install` re-applies the grant policy (999-grants.sql) with hundreds of GRANTs on indb's objects: the end of
+-- 810-audit-api.sql sets indb.audit_installing for the rest of the install transaction, and a superuser's GRANTs
+-- are then logged without comparing ACLs (which would double the install's time)
+create or replace function audit._installing() returns boolean
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(current_setting('indb.audit_installing', true) = 'on', false)
+         and (select rolsuper from pg_roles where rolname = session_user)
+$$;
+
+create or replace function audit._grant_start() returns event_trigger
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if audit._installing() then
+    return;
+  end if;
+  perform set_config('indb.audit_acls',
+                     coalesce((select string_agg(a.k || '=' || a.h, ',') from audit._indb_acls() a), ''), true);
+end $$;
+
+create or replace function audit._ddl_trigger() returns event_trigger
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  before text := current_setting('indb.audit_acls', true);
+  objs jsonb;
+begin
+  if audit._installing() then
+    perform audit._append(tg_tag, 'privileges', null, null,
+                          jsonb_build_object('command', left(current_query(), 2000), 'install', true), null);
+    return;
+  end if;
+  perform set_config('indb.audit_acls', '', true);
+  with b as (select split_part(x, '=', 1) as k, split_part(x, '=', 2) as h
+               from unnest(string_to_array(coalesce(before, ''), ',')) x),
+       a as (select i.k, i.acl, i.h::text as h from audit._indb_acls() i)
+  select jsonb_agg(jsonb_build_object('object', audit._acl_object(coalesce(a.k, b.k)), 'acl', a.acl::text)
+                   order by coalesce(a.k, b.k))
+    into objs
+    from a full join b on a.k = b.k
+   where a.h is distinct from b.h;
+  if objs is null then
+    return;   -- none of indb's privileges changed: not an event (anyone may GRANT on their own objects)
+  end if;
+  perform audit._append(tg_tag, 'privileges', null, null,
+                        jsonb_build_object('command', left(current_query(), 2000), 'objects', objs), null);
+end $$;
+
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    drop event trigger if exists indb_audit_grants_start;
+    create event trigger indb_audit_grants_start on ddl_command_start
+      when tag in ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') execute function audit._grant_start();
+    drop event trigger if exists indb_audit_grants;
+    create event trigger indb_audit_grants on ddl_command_end
+      when tag in ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') execute function audit._ddl_trigger();
+  else
+    raise notice 'indb: not a superuser, GRANT/REVOKE auditing (event trigger) not installed';
+  end if;
+end $$;
+
+-- attach the audit triggers to a table: kind row | history | mirror | append_only (see the top of this file)
+create or replace function audit.attach(tbl regclass, kind text default 'row') returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  pk text;
+  bytea_cols text;
+  args text;
+  trg text;
+begin
+  if kind is null or kind not in ('row', 'history', 'mirror', 'append_only') then
+    raise exception 'unknown audit kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023',
+      hint = 'kinds: row, history, mirror, append_only';
+  end if;
+  foreach trg in array array['indb_audit', 'indb_audit_update', 'indb_audit_batch', 'indb_audit_truncate',
+                             'indb_audit_mirror_insert',
+                             'indb_audit_mirror_update', 'indb_append_only', 'indb_append_only_truncate'] loop
+    execute format('drop trigger if exists %I on %s', trg, tbl);
+  end loop;
+  if kind = 'row' then
+    select string_agg(quote_literal(a.attname), ', ' order by a.attnum) into bytea_cols
+      from pg_attribute a where a.attrelid = tbl and a.attnum > 0 and not a.attisdropped
+                            and a.atttypid = 'bytea'::regtype;
+    select string_agg(a.attname, ',' order by array_position(i.indkey::int2[], a.attnum)) into pk
+      from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+     where i.indrelid = tbl and i.indisprimary;
+    args := quote_literal(coalesce(pk, '')) || coalesce(', ' || bytea_cols, '');
+    if bytea_cols is not null then
+      execute format('create trigger indb_audit after insert or update or delete on %s '
+                     'for each row execute function audit._row_trigger(%s)', tbl, args);
+    else
+      -- cheap filters in C, before any PL/pgSQL runs: edges the lineage trigger writes are implied by the
+      -- audited row that caused them; an UPDATE that changes nothing but updated_at is not an event
+      execute format('create trigger indb_audit after insert or delete on %s for each row %s'
+                     'execute function audit._row_trigger(%s)', tbl,
+                     case when tbl = 'registry.lineage_edges'::regclass then 'when (pg_trigger_depth() = 0) ' else '' end,
+                     args);
+      execute format('create trigger indb_audit_update after update on %s for each row '
+                     'when ((to_jsonb(old.*) - ''updated_at'') is distinct from (to_jsonb(new.*) - ''updated_at'')) '
+                     'execute function audit._row_trigger(%s)', tbl, args);
+    end if;
+    execute format('create trigger indb_audit_truncate after truncate on %s '
+                   'for each statement execute function audit._truncate_trigger()', tbl);
+    return;
+  end if;
+  if kind = 'history' then
+    execute format('create trigger indb_audit_batch after insert on %s referencing new table as new_rows '
+                   'for each statement execute function audit._batch_trigger(%L)', tbl,
+                   case when tbl = 'registry.training_trials'::regclass then 'metric' else 'key' end);
+  elsif kind = 'mirror' then
+    execute format('create trigger indb_audit_mirror_insert after insert on %s referencing new table as new_rows '
+                   'for each statement execute function audit._latest_metrics_trigger()', tbl);
+    execute format('create trigger indb_audit_mirror_update after update on %s referencing new table as new_rows '
+                   'for each statement execute function audit._latest_metrics_trigger()', tbl);
+  end if;
+  execute format('create trigger indb_append_only before %s on %s for each row execute function audit._refuse_history()',
+                 case kind when 'mirror' then 'delete' else 'update or delete' end, tbl);
+  execute format('create trigger indb_append_only_truncate before truncate on %s '
+                 'for each statement execute function audit._refuse_history()', tbl);
+end $$;
+comment on function audit.attach(regclass, text) is
+  'install time: attach the audit triggers to a table; kind row | history | mirror | append_only';
