@@ -14,7 +14,7 @@ as $$ select jsonb_build_object(
   'ADMIN_ONLY', jsonb_build_array(
     'ml.create_tenant', 'ml.register_embedding_model', 'features.create_on_demand_feature',
     'audit.apply_retention', 'audit.ensure_partitions', 'audit.attach'),
-  'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head'),
+  'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head', 'audit.seal'),
   'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction'),
   'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
   -- trigger functions that writers attach to tables of their own (ml.create_vectorizer runs as its caller and
