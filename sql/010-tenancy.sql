@@ -137,6 +137,8 @@ as $$
 declare
   r text := 'indb_tenant_' || name;
   m pg_roles;
+  made boolean := false;
+  bound boolean := false;
 begin
   if not pg_has_role(ml.caller(), 'indb_admin', 'member') then
     raise exception 'only indb_admin may create tenants' using errcode = '42501',
@@ -161,9 +163,17 @@ begin
   if not exists (select 1 from pg_roles where rolname = r) then
     execute format('create role %I nologin', r);
     execute format('comment on role %I is %L', r, 'indb tenant ' || name || ' (ml.create_tenant)');
+    made := true;
   end if;
   if member is not null and not pg_has_role(member, r, 'member') then
     execute format('grant %I to %I', r, member);
+    bound := true;
+  end if;
+  if made or bound then   -- role changes are invisible to event triggers: this function logs its own
+    perform audit._append('CREATE_TENANT', 'ml.tenants', jsonb_build_object('tenant', name), null,
+                          jsonb_build_object('tenant', name, 'role', r, 'created', made,
+                                             'member', case when bound then member end),
+                          name, ml.caller()::text);
   end if;
   return name;
 end $$;

@@ -27,7 +27,7 @@
 revoke all on schema ml, registry, features, audit, collections, embeddings from public;
 grant usage on schema ml, registry, features, collections, embeddings to indb_app, indb_reader, indb_writer, indb_admin;
 grant usage on schema audit to indb_reader, indb_admin;
-grant usage on schema ml to indb_tenant_manager;
+grant usage on schema ml, audit to indb_tenant_manager;
 revoke create on schema ml, registry, features, audit, collections, embeddings
   from indb_app, indb_reader, indb_writer, indb_admin;
 
@@ -90,8 +90,8 @@ begin
     else
       roles := array['indb_writer'];
     end if;
-    if qname = 'ml.caller' then
-      roles := roles || 'indb_tenant_manager'::text;   -- ml.create_tenant (owned by it) asks who calls
+    if qname in ('ml.caller', 'audit._append') then
+      roles := roles || 'indb_tenant_manager'::text;   -- ml.create_tenant (owned by it) asks who calls, logs itself
     end if;
     kw := case f.kind when 'p' then 'procedure' else 'function' end;
     -- change the ACL only when it differs (every GRANT/REVOKE is an audit event)

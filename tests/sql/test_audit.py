@@ -704,6 +704,31 @@ def test_a_large_model_binary_is_audited_by_hash_not_copied(conn):
     assert conn.execute("select ok from audit.verify()").fetchone()[0] is True
 
 
+def test_create_tenant_is_an_event_and_keeps_working_after_a_reinstall(empty_db):
+    """ml.create_tenant (owned by indb_tenant_manager) logs itself; its EXECUTE on audit._append survives
+    the grants that the next `indb install` re-applies."""
+    from helpers import act_as
+
+    from indb.install import install
+
+    dsn = fresh(empty_db, "indb_audit_tenant")
+    install(dsn, venv=sys.prefix)  # again: 999-grants re-applied
+    t = f"t{secrets.token_hex(3)}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        who = act_as(c, "indb_admin")
+        c.execute("select ml.create_tenant(%s)", [t])
+        c.execute("select ml.create_tenant(%s)", [t])  # no change: no event
+        c.execute("reset role")
+        ev = c.execute(
+            "select action, current_user_name, tenant, new_values from audit.events where object = 'ml.tenants'"
+        ).fetchall()
+        assert ev == [
+            ("CREATE_TENANT", who, t, {"tenant": t, "role": f"indb_tenant_{t}", "created": True, "member": None})
+        ]
+        c.execute("select audit.seal()")
+        assert verify(c)[0] is True
+
+
 def test_events_of_0_1_0_stay_verifiable_after_the_upgrade(empty_db):
     """A database of 0.1.0 (revision 0007) with chained events: the upgrade keeps them as the first links of
     the chain, verify() checks them with the 0.1.0 formula, and new events continue the chain."""
