@@ -1,7 +1,10 @@
-"""`indb worker [--once] [--batch N] [--vectorizer NAME]`: embed queued rows of async vectorizers.
+"""`indb worker [--once] [--batch N] [--vectorizer NAME]`: embed queued rows of async vectorizers, and seal
+the audit log.
 
 Several workers can run at once (the queue is taken FOR UPDATE SKIP LOCKED). Progress (rows done, rate,
 pending, time left) goes to stderr. ``--once`` drains what is due and exits; otherwise it keeps polling.
+Every SEAL_EVERY_S seconds, and before it exits, the worker runs audit.seal() (idempotent; it skips when
+another sealer, such as pg_cron's job, is at work).
 
 The worker works with the rights of the role it connects as: it processes the vectorizers that role may change
 (its tenant's). Run by a superuser (or a BYPASSRLS role), ml.process_queue does SET ROLE to each vectorizer's
@@ -28,6 +31,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+SEAL_EVERY_S = 10.0
+
+
+def seal(client) -> None:
+    """Seal the audit log's pending events; a role that may not (or an older indb) leaves it to others."""
+    from .errors import IndbError
+
+    try:
+        client.scalar("select audit.seal()")
+    except IndbError:
+        pass
+
+
 def pending(client, vectorizer) -> int:
     rows = client.vectorizer_status(vectorizer)
     return sum(r["pending"] for r in rows)
@@ -49,8 +65,12 @@ def run(args) -> int:
         total = pending(client, args.vectorizer)
         bar = Progress(total or None, "worker" + (f" {args.vectorizer}" if args.vectorizer else ""), out=out)
         failed = 0
+        sealed_at = time.monotonic()
         try:
             while True:
+                if time.monotonic() - sealed_at >= SEAL_EVERY_S:
+                    seal(client)
+                    sealed_at = time.monotonic()
                 r = client.process_queue(args.vectorizer, args.batch)
                 n = r.get("processed", 0) + r.get("deleted", 0)
                 failed += r.get("failed", 0)
@@ -63,6 +83,7 @@ def run(args) -> int:
                     time.sleep(args.poll)
         except KeyboardInterrupt:
             pass
+        seal(client)
         bar.finish()
         if failed:
             print(

@@ -8,7 +8,9 @@ logged."""
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import subprocess
 import sys
 import threading
 import time
@@ -775,3 +777,21 @@ def test_sealing_is_scheduled_in_the_pg_cron_database(cluster):
             pytest.skip("the indb database has no pg_cron or an older indb install (run `indb install`)")
         row = c.execute("select schedule, command from cron.job where jobname = 'indb_audit_seal'").fetchone()
         assert row == ("* * * * *", "select audit.seal()")
+
+
+def test_indb_worker_seals_the_log(empty_db):
+    dsn = fresh(empty_db, "indb_audit_worker")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select registry.start_run('worker')")
+        assert one(c, "select pending from audit.verify()") > 0
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "indb"), "worker", "--once", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INDB_DSN": dsn},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    with psycopg.connect(dsn, autocommit=True) as c:
+        ok, pending = c.execute("select ok, pending from audit.verify()").fetchone()
+        assert ok and pending == 0
