@@ -8,8 +8,8 @@
 -- Reading functions stay SECURITY INVOKER (readers SELECT the tables through the same policies). The helpers
 -- here are SECURITY INVOKER: called by a definer they run as indb_owner, called directly they can do no more
 -- than the caller's own rights. Values are always passed as parameters.
--- metrics, params and the prediction log are append-only (registry._append_only); latest_metrics is written
--- only by registry.log_batch.
+-- metrics, params, training trials and the prediction log are append-only, and latest_metrics holds only logged
+-- points (written by registry.log_batch): triggers for everyone, attached with the audit's in 810-audit-api.sql.
 --
 -- Lineage node ids (registry.lineage_edges.src_id/dst_id, text): the primary key of the row, as text:
 --   dataset -> registry.datasets.id, run -> registry.runs.id, model_version -> registry.model_versions.id,
@@ -154,26 +154,6 @@ begin
       coalesce(quote_literal(t), 'NULL') using errcode = '42501',
       hint = 'an indb_admin, or a writer acting for no tenant, changes shared objects; or make your own under another name';
   end if;
-end $$;
-
--- metrics, params and the prediction log: append-only for everyone (updates and deletes are refused)
-create or replace function registry._append_only() returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  raise exception '%.% is append-only: % is not allowed', tg_table_schema, tg_table_name, tg_op
-    using errcode = '42501', hint = 'log a new value instead (metrics take a step; params are immutable)';
-end $$;
-
-do $$
-declare t text;
-begin
-  foreach t in array array['registry.metrics', 'registry.params', 'registry.prediction_log'] loop
-    execute format('drop trigger if exists indb_append_only on %s', t);
-    execute format('create trigger indb_append_only before update or delete on %s '
-                   'for each row execute function registry._append_only()', t);
-  end loop;
 end $$;
 
 create or replace function registry._version(model text, ref text) returns registry.model_versions

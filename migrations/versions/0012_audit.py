@@ -92,6 +92,8 @@ def upgrade() -> None:
         drop function if exists audit.verify();
         drop function if exists audit.attach(regclass, boolean);
         drop function if exists audit._row_jsonb(anyelement, text[]);
+        -- history tables are refused changes by the audit's triggers (sql/800-audit-int.sql); this duplicate goes
+        drop function if exists registry._append_only() cascade;
 
         -- registry.latest_metrics may hold only a logged point (a trigger looks it up): by time too, so that a
         -- metric logged many times at one step is found in one probe. Same leading columns as the index it
@@ -111,6 +113,26 @@ def upgrade() -> None:
                     where i.inhparent = 'audit.events'::regclass and c.relname ~ '^events_[0-9]{4}_[0-9]{2}$' loop
             execute format('create table audit.%I partition of audit.chain %s',
                            'chain_' || substr(p.relname, 8), p.bound);
+          end loop;
+        end $$
+        """
+    )
+    # Until sql/800-810 are re-applied (after the migrations, in the same transaction), the 0.1.0 audit triggers
+    # would append events the old way (under the old chain head, with ids the new sequence also hands out):
+    # the GRANT/REVOKE event trigger and every audit trigger go here, and sql/800-810 make the new ones.
+    op.execute(
+        """
+        do $$
+        declare t record;
+        begin
+          if exists (select 1 from pg_event_trigger where evtname = 'indb_audit_grants') then
+            drop event trigger indb_audit_grants;
+          end if;
+          for t in select g.tgname, g.tgrelid::regclass as rel from pg_trigger g join pg_proc p on p.oid = g.tgfoid
+                    join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname = 'audit' and p.proname in ('_row_trigger', '_batch_trigger', '_truncate_trigger')
+                     and not g.tgisinternal and g.tgparentid = 0 loop
+            execute format('drop trigger %I on %s', t.tgname, t.rel);
           end loop;
         end $$
         """

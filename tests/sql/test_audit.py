@@ -733,12 +733,33 @@ def test_create_tenant_is_an_event_and_keeps_working_after_a_reinstall(empty_db)
 
 def test_events_of_0_1_0_stay_verifiable_after_the_upgrade(empty_db):
     """A database of 0.1.0 (revision 0007) with chained events: the upgrade keeps them as the first links of
-    the chain, verify() checks them with the 0.1.0 formula, and new events continue the chain."""
+    the chain, verify() checks them with the 0.1.0 formula, and new events continue the chain. The 0.1.0 audit
+    triggers (stand-ins here, which fail once audit.chain exists) are gone before sql/ is re-applied: they would
+    append events the old way."""
     from indb.install import install
 
     dsn = empty_db("indb_audit_upgrade")
     install(dsn, venv=sys.prefix, target="0007", apply_sql=False)
     with psycopg.connect(dsn, autocommit=True) as c:
+        old = """begin
+                   if to_regclass('audit.chain') is not null then
+                     raise exception 'a 0.1.0 audit trigger fired after migration 0012';
+                   end if;
+                   return null;
+                 end"""
+        c.execute(f"create function audit._row_trigger() returns trigger language plpgsql as $${old}$$")
+        c.execute(
+            "create trigger indb_audit after insert on registry.experiments "
+            "for each row execute function audit._row_trigger()"
+        )
+        c.execute(
+            f"create function audit._ddl_trigger() returns event_trigger language plpgsql as "
+            f"$${old.replace('return null;', '')}$$"
+        )
+        c.execute(
+            "create event trigger indb_audit_grants on ddl_command_end when tag in ('GRANT', 'REVOKE') "
+            "execute function audit._ddl_trigger()"
+        )
         prev = bytes(32)
         for i in range(1, 4):
             prev = one(
@@ -758,6 +779,7 @@ def test_events_of_0_1_0_stay_verifiable_after_the_upgrade(empty_db):
     install(dsn, venv=sys.prefix)
     with psycopg.connect(dsn, autocommit=True) as c:
         assert verify(c) == (True, None, "ok")
+        assert one(c, "select count(*) from audit.events where new_values ->> 'install' = 'true'") > 0
         c.execute("select registry.start_run('after the upgrade')")
         c.execute("select audit.seal()")
         assert verify(c) == (True, None, "ok")
