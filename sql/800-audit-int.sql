@@ -372,6 +372,40 @@ begin
 end $$;
 comment on function audit._seal() is 'internal: seal committed events (the caller holds the seal lock; see audit.seal())';
 
+-- Role membership (GRANT indb_writer TO alice) changes a shared catalog, which event triggers never see. Each seal
+-- compares the memberships of indb's roles (indb_*, tenants included) with the ones it saw last and logs the
+-- difference as an event: observed at that seal, by whoever sealed, not attributed to who made the change.
+create or replace function audit._observe_roles() returns boolean
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  added jsonb;
+  removed jsonb;
+begin
+  -- one statement, one snapshot: what is logged is exactly what is stored
+  with cur as (
+         select r.rolname as role, m.rolname as member, bool_or(am.admin_option) as admin_option
+           from pg_auth_members am join pg_roles r on r.oid = am.roleid join pg_roles m on m.oid = am.member
+          where r.rolname like 'indb\_%'
+          group by 1, 2),
+       a as (select * from cur except select * from audit.memberships),
+       d as (select * from audit.memberships except select * from cur),
+       gone as (delete from audit.memberships x using d
+                 where x.role = d.role and x.member = d.member and x.admin_option = d.admin_option),
+       made as (insert into audit.memberships select * from a)
+  select (select jsonb_agg(to_jsonb(a) order by a.role, a.member) from a),
+         (select jsonb_agg(to_jsonb(d) order by d.role, d.member) from d)
+    into added, removed;
+  if added is null and removed is null then
+    return false;
+  end if;
+  perform audit._append('ROLE_MEMBERSHIP', 'roles', null, null,
+                        jsonb_build_object('added', coalesce(added, '[]'), 'removed', coalesce(removed, '[]'),
+                                           'observed_by', 'audit.seal()'), null);
+  return true;
+end $$;
+
 -- GRANT / REVOKE / ALTER DEFAULT PRIVILEGES: an event only when the ACL of one of indb's objects changed.
 -- Event triggers do not say which objects a GRANT named (and the query text is whatever the session sent), so
 -- the ACLs of indb's schemas, relations, columns, functions, types and default privileges are compared before

@@ -3,7 +3,8 @@
 --
 -- * Every change to an audited table is an event; the list is at the end of this file, and a table missing from
 --   the database is an install error (the migrations create every one).
--- * audit.seal() chains committed events in commit order; pg_cron runs it every minute where pg_cron is installed
+-- * audit.seal() chains committed events in commit order, and logs changes of membership in indb's roles it
+--   observes since the last seal; pg_cron runs it every minute where pg_cron is installed
 --   (the job is scheduled at install in the database named by cron.database_name), `indb worker` runs it between
 --   batches, and any indb role may call it.
 -- * audit.verify() is read-only (it runs on read replicas too): it checks every event's content hash, the
@@ -84,6 +85,7 @@ begin
   if not pg_try_advisory_xact_lock(audit._seal_lock()) then
     return 0;   -- another sealer is at work; what it does not see, the next call seals
   end if;
+  perform audit._observe_roles();
   n := audit._seal();
   if to_regclass(format('audit.%I', 'events_' || to_char(now() + interval '1 month', 'YYYY_MM'))) is null then
     perform audit._ensure_partitions_nowait();

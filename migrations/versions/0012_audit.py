@@ -15,6 +15,7 @@ From 0.2.0 (functions in sql/800-audit.sql):
   it is sealed (the sealer scans from there);
 * audit.anchors: what retention dropped, as sets of chain positions (with the hash at the end of each run)
   and of lane positions;
+* audit.memberships: the memberships of indb's roles as the sealer last saw them (a change is an event);
 * registry.metrics is indexed by (run_id, key, step, ts): the trigger that keeps registry.latest_metrics to
   logged points finds a point in one probe.
 
@@ -79,6 +80,15 @@ def upgrade() -> None:
         ) with (fillfactor = 50);
         comment on table audit.lanes is
           'the newest event of each lane; a transaction holds one lane (row lock, taken with SKIP LOCKED) to commit';
+
+        create table audit.memberships (
+            role         name    not null,
+            member       name    not null,
+            admin_option boolean not null,
+            primary key (role, member, admin_option)
+        );
+        comment on table audit.memberships is
+          'memberships of indb''s roles as audit.seal() last saw them (event triggers never see GRANT role TO x)';
 
         alter table audit.anchors add column dropped_seqs int8multirange, add column links jsonb,
                                   add column lanes jsonb;

@@ -675,6 +675,36 @@ def test_grants_on_indb_objects_are_logged_and_others_are_not(conn):
         conn.execute(f"drop role {role}")
 
 
+def test_role_membership_changes_are_observed_at_the_next_seal(empty_db):
+    """GRANT indb_writer TO x changes a shared catalog, which event triggers never see: each seal compares the
+    memberships of indb's roles with what it saw last and logs the difference."""
+    dsn = fresh(empty_db, "indb_audit_roles")
+    role = f"audit_member_{secrets.token_hex(3)}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select audit.seal()")  # the first seal logs what it finds (a baseline)
+        before = one(c, "select max(id) from audit.events")
+        c.execute(f"create role {role} nologin")
+        try:
+            c.execute(f"grant indb_writer to {role}")
+            c.execute("select audit.seal()")
+            ev = c.execute(
+                "select new_values from audit.events where id > %s and action = 'ROLE_MEMBERSHIP'", [before]
+            ).fetchall()
+            assert [e[0]["added"] for e in ev] == [[{"role": "indb_writer", "member": role, "admin_option": False}]]
+            assert ev[0][0]["removed"] == []
+            before = one(c, "select max(id) from audit.events")
+            c.execute(f"revoke indb_writer from {role}")
+            c.execute("select audit.seal()")
+            ev = c.execute(
+                "select new_values from audit.events where id > %s and action = 'ROLE_MEMBERSHIP'", [before]
+            ).fetchall()
+            assert [e[0]["removed"] for e in ev] == [[{"role": "indb_writer", "member": role, "admin_option": False}]]
+            assert one(c, "select audit.seal()") == 0  # nothing new: no event
+        finally:
+            c.execute(f"drop role if exists {role}")
+        assert verify(c)[0] is True
+
+
 def test_truncate_of_an_audited_table_is_logged(empty_db):
     dsn = fresh(empty_db, "indb_audit_truncate")
     with psycopg.connect(dsn, autocommit=True) as c:
