@@ -159,10 +159,6 @@ declare
   bytes text[];
   nulls jsonb := '{}';
 begin
-  -- lineage edges written by registry._lineage_trigger are implied by the audited row that caused them
-  if tg_table_name = 'lineage_edges' and tg_op = 'INSERT' and pg_trigger_depth() > 1 then
-    return null;
-  end if;
   if nb = 0 then
     if tg_op <> 'INSERT' then o := to_jsonb(old); end if;
     if tg_op <> 'DELETE' then n := to_jsonb(new); end if;
@@ -409,13 +405,15 @@ end $$;
 -- GRANT / REVOKE / ALTER DEFAULT PRIVILEGES: an event only when the ACL of one of indb's objects changed.
 -- Event triggers do not say which objects a GRANT named (and the query text is whatever the session sent), so
 -- the ACLs of indb's schemas, relations, columns, functions, types and default privileges are compared before
--- (ddl_command_start) and after (ddl_command_end) the command. Role membership (GRANT indb_writer TO x) is a
--- change of a shared object, which event triggers never see.
+-- (ddl_command_start) and after (ddl_command_end) the command; audit.acls keeps the ACLs last logged, and each
+-- seal logs what changed without an event. Role membership (GRANT indb_writer TO x) is a change of a shared
+-- object, which event triggers never see: each seal logs it too (audit._observe_roles).
 create or replace function audit._indb_acls() returns table(k text, h bigint, acl aclitem[])
 language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  -- objects by name, not oid (a view dropped and made again with the same privileges is no change);
   -- plpgsql: the plan is kept for the session (this runs twice per GRANT anywhere in the database)
   return query
   with s(oid) as (select n.oid from pg_namespace n
@@ -423,51 +421,58 @@ begin
        r(oid) as (select a.oid from pg_roles a
                    where a.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin', 'indb_owner',
                                        'indb_tenant_manager'))
-  select 'n' || n.oid, hash_array_extended(n.nspacl, 0), n.nspacl from pg_namespace n
+  select 'schema ' || quote_ident(n.nspname), hash_array_extended(n.nspacl, 0), n.nspacl from pg_namespace n
    where n.oid in (select s.oid from s) and n.nspacl is not null
   union all
-  select 'c' || c.oid, hash_array_extended(c.relacl, 0), c.relacl from pg_class c
+  select 'relation ' || c.oid::regclass::text, hash_array_extended(c.relacl, 0), c.relacl from pg_class c
    where c.relnamespace in (select s.oid from s) and c.relacl is not null
   union all
-  select 'a' || a.attrelid || '.' || a.attnum, hash_array_extended(a.attacl, 0), a.attacl from pg_attribute a
+  select 'column ' || a.attrelid::regclass::text || '.' || quote_ident(a.attname), hash_array_extended(a.attacl, 0),
+         a.attacl
+    from pg_attribute a
    where a.attacl is not null
      and a.attrelid in (select c.oid from pg_class c where c.relnamespace in (select s.oid from s))
   union all
-  select 'p' || p.oid, hash_array_extended(p.proacl, 0), p.proacl from pg_proc p
+  select 'function ' || p.oid::regprocedure::text, hash_array_extended(p.proacl, 0), p.proacl from pg_proc p
    where p.pronamespace in (select s.oid from s) and p.proacl is not null
   union all
-  select 't' || t.oid, hash_array_extended(t.typacl, 0), t.typacl from pg_type t
+  select 'type ' || t.oid::regtype::text, hash_array_extended(t.typacl, 0), t.typacl from pg_type t
    where t.typnamespace in (select s.oid from s) and t.typacl is not null
   union all
-  select 'd' || d.oid, hash_array_extended(d.defaclacl, 0), d.defaclacl from pg_default_acl d
+  select format('default privileges of %s%s on %s', d.defaclrole::regrole,
+                coalesce(' in ' || d.defaclnamespace::regnamespace::text, ''), d.defaclobjtype),
+         hash_array_extended(d.defaclacl, 0), d.defaclacl
+    from pg_default_acl d
    where d.defaclnamespace in (select s.oid from s) or d.defaclrole in (select r.oid from r);
 end $$;
 
-create or replace function audit._acl_object(k text) returns text
-language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-  select coalesce(case left(k, 1)
-                    when 'n' then pg_describe_object('pg_namespace'::regclass, substr(k, 2)::oid, 0)
-                    when 'c' then pg_describe_object('pg_class'::regclass, substr(k, 2)::oid, 0)
-                    when 'a' then pg_describe_object('pg_class'::regclass, split_part(substr(k, 2), '.', 1)::oid,
-                                                     split_part(k, '.', 2)::int)
-                    when 'p' then pg_describe_object('pg_proc'::regclass, substr(k, 2)::oid, 0)
-                    when 't' then pg_describe_object('pg_type'::regclass, substr(k, 2)::oid, 0)
-                    when 'd' then pg_describe_object('pg_default_acl'::regclass, substr(k, 2)::oid, 0)
-                  end, k)
-$$;
-
--- `indb install` re-applies the grant policy (999-grants.sql) with hundreds of GRANTs on indb's objects: the end of
--- 810-audit-api.sql sets indb.audit_installing for the rest of the install transaction, and a superuser's GRANTs
--- are then logged without comparing ACLs (which would double the install's time)
+-- `indb install` re-applies the grant policy (999-grants.sql): hundreds of GRANTs on indb's objects, most of which
+-- change nothing in the end. Comparing ACLs around each would double the install's time, and logging each would
+-- fill the log with the text of 999-grants.sql; so an install's GRANTs are not events one by one: what they changed
+-- is logged by the next audit.seal() as one PRIVILEGES event (audit._observe_privileges). A session is installing
+-- when it is a superuser's and holds the install lock of client/indb/install.py (remembered for the transaction).
 create or replace function audit._installing() returns boolean
-language sql stable parallel safe
+language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
-  select coalesce(current_setting('indb.audit_installing', true) = 'on', false)
-         and (select rolsuper from pg_roles where rolname = session_user)
-$$;
+begin
+  if current_setting('indb.audit_installing', true) = 'on' then
+    return true;
+  end if;
+  if not (select rolsuper from pg_roles where rolname = session_user) then
+    return false;
+  end if;
+  if exists (select 1 from pg_locks l
+              where l.locktype = 'advisory' and l.pid = pg_backend_pid() and l.granted and l.objsubid = 1
+                and l.database = (select oid from pg_database where datname = current_database())
+                -- pg_advisory_xact_lock(hashtext('indb install')), as client/indb/install.py takes it
+                and l.classid = ((hashtext('indb install')::bigint >> 32) & 4294967295)::oid
+                and l.objid = (hashtext('indb install')::bigint & 4294967295)::oid) then
+    perform set_config('indb.audit_installing', 'on', true);
+    return true;
+  end if;
+  return false;
+end $$;
 
 create or replace function audit._grant_start() returns event_trigger
 language plpgsql security definer
@@ -478,7 +483,30 @@ begin
     return;
   end if;
   perform set_config('indb.audit_acls',
-                     coalesce((select string_agg(a.k || '=' || a.h, ',') from audit._indb_acls() a), ''), true);
+                     coalesce((select jsonb_object_agg(a.k, a.h::text) from audit._indb_acls() a), '{}')::text, true);
+end $$;
+
+-- the changes of indb's ACLs as a jsonb array of {object, acl}: between a snapshot ({object: hash}) and now, or
+-- (before null) between audit.acls, what was logged last, and now; what is returned is recorded in audit.acls
+create or replace function audit._acl_changes(before jsonb default null) returns jsonb
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare objs jsonb;
+begin
+  with b as (select x.key as k, x.value as h from jsonb_each_text(before) x
+              where before is not null
+             union all
+             select a.k, a.h from audit.acls a where before is null),
+       a as (select i.k, i.acl, i.h::text as h from audit._indb_acls() i),
+       d as (select coalesce(a.k, b.k) as k, a.h, a.acl from a full join b on a.k = b.k where a.h is distinct from b.h),
+       gone as (delete from audit.acls x using d where x.k = d.k and d.h is null),
+       made as (insert into audit.acls(k, h) select d.k, d.h from d where d.h is not null
+                on conflict (k) do update set h = excluded.h)
+  select jsonb_agg(jsonb_build_object('object', d.k, 'acl', d.acl::text) order by d.k)
+    into objs
+    from d;
+  return objs;
 end $$;
 
 create or replace function audit._ddl_trigger() returns event_trigger
@@ -486,28 +514,38 @@ language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  before text := current_setting('indb.audit_acls', true);
+  before jsonb := coalesce(nullif(current_setting('indb.audit_acls', true), ''), '{}')::jsonb;
   objs jsonb;
 begin
   if audit._installing() then
-    perform audit._append(tg_tag, 'privileges', null, null,
-                          jsonb_build_object('command', left(current_query(), 2000), 'install', true), null);
-    return;
+    return;   -- logged by the next seal, as the net change of the install
   end if;
   perform set_config('indb.audit_acls', '', true);
-  with b as (select split_part(x, '=', 1) as k, split_part(x, '=', 2) as h
-               from unnest(string_to_array(coalesce(before, ''), ',')) x),
-       a as (select i.k, i.acl, i.h::text as h from audit._indb_acls() i)
-  select jsonb_agg(jsonb_build_object('object', audit._acl_object(coalesce(a.k, b.k)), 'acl', a.acl::text)
-                   order by coalesce(a.k, b.k))
-    into objs
-    from a full join b on a.k = b.k
-   where a.h is distinct from b.h;
+  objs := audit._acl_changes(before);
   if objs is null then
     return;   -- none of indb's privileges changed: not an event (anyone may GRANT on their own objects)
   end if;
   perform audit._append(tg_tag, 'privileges', null, null,
-                        jsonb_build_object('command', left(current_query(), 2000), 'objects', objs), null);
+                        jsonb_build_object('command', left(current_query(), 2000),
+                                           'object_type', (select string_agg(distinct lower(c.object_type), ', ')
+                                                             from pg_event_trigger_ddl_commands() c),
+                                           'objects', objs), null);
+end $$;
+
+-- privileges that changed without an event (an install's GRANTs, ALTER ... OWNER, anything event triggers do not
+-- see): each seal compares indb's ACLs with what was logged last and logs the difference as one PRIVILEGES event
+create or replace function audit._observe_privileges() returns boolean
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare objs jsonb := audit._acl_changes(null);
+begin
+  if objs is null then
+    return false;
+  end if;
+  perform audit._append('PRIVILEGES', 'privileges', null, null,
+                        jsonb_build_object('objects', objs, 'observed_by', 'audit.seal()'), null);
+  return true;
 end $$;
 
 do $$

@@ -3,8 +3,9 @@
 --
 -- * Every change to an audited table is an event; the list is at the end of this file, and a table missing from
 --   the database is an install error (the migrations create every one).
--- * audit.seal() chains committed events in commit order, and logs changes of membership in indb's roles it
---   observes since the last seal; pg_cron runs it every minute where pg_cron is installed
+-- * audit.seal() chains committed events in commit order, and logs what it observes changed since the last seal
+--   without an event of its own (membership in indb's roles, privileges an install or an ALTER ... OWNER changed);
+--   pg_cron runs it every minute where pg_cron is installed
 --   (the job is scheduled at install in the database named by cron.database_name), `indb worker` runs it between
 --   batches, and any indb role may call it.
 -- * audit.verify() is read-only (it runs on read replicas too): it checks every event's content hash, the
@@ -86,6 +87,7 @@ begin
     return 0;   -- another sealer is at work; what it does not see, the next call seals
   end if;
   perform audit._observe_roles();
+  perform audit._observe_privileges();
   n := audit._seal();
   if to_regclass(format('audit.%I', 'events_' || to_char(now() + interval '1 month', 'YYYY_MM'))) is null then
     perform audit._ensure_partitions_nowait();
@@ -416,6 +418,3 @@ begin
                  quote_literal(current_database());
   end if;
 end $$;
-
--- the rest of this install (999-grants.sql) logs its GRANTs without comparing ACLs (see audit._installing())
-select set_config('indb.audit_installing', 'on', true);

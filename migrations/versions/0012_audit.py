@@ -15,7 +15,8 @@ From 0.2.0 (functions in sql/800-audit.sql):
   it is sealed (the sealer scans from there);
 * audit.anchors: what retention dropped, as sets of chain positions (with the hash at the end of each run)
   and of lane positions;
-* audit.memberships: the memberships of indb's roles as the sealer last saw them (a change is an event);
+* audit.memberships, audit.acls: the memberships of indb's roles and the ACLs of its objects as last logged; a
+  seal logs a change that no event recorded (role grants, an install's GRANTs);
 * registry.metrics is indexed by (run_id, key, step, ts): the trigger that keeps registry.latest_metrics to
   logged points finds a point in one probe.
 
@@ -80,6 +81,13 @@ def upgrade() -> None:
         ) with (fillfactor = 50);
         comment on table audit.lanes is
           'the newest event of each lane; a transaction holds one lane (row lock, taken with SKIP LOCKED) to commit';
+
+        create table audit.acls (
+            k text primary key,   -- kind and oid of one of indb's objects (audit._indb_acls)
+            h text not null       -- hash of its ACL
+        );
+        comment on table audit.acls is
+          'the ACLs of indb''s objects as last logged (by a GRANT event or a seal): a seal logs any other change';
 
         create table audit.memberships (
             role         name    not null,
