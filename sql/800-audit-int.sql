@@ -1,8 +1,8 @@
 -- Audit, internals: how events are written and sealed (SECURITY.md, "Audit"). Tables: migrations 0006 and 0012;
 -- the API (seal, verify, head, retention, partitions) and the list of audited tables: 810-audit-api.sql.
 --
--- Appending an event (audit._append, called by the triggers below, the GRANT/REVOKE event trigger,
--- ml.create_tenant and audit.apply_retention) takes no lock that another transaction could wait on:
+-- Appending an event (audit._append, called by the triggers below, the GRANT/REVOKE event trigger, the sealer's
+-- observations, ml.create_tenant and audit.apply_retention) takes no lock another transaction could wait on:
 --   * its id comes from a sequence, and its `hash` is the sha256 of its own content (audit._content_hash);
 --   * the transaction holds one LANE, a row of audit.lanes taken with FOR UPDATE SKIP LOCKED at its first event
 --     (never waiting: a busy lane is skipped, and a new one is made when all are busy) and kept to commit. Each
@@ -66,7 +66,10 @@ comment on function audit._content_hash(bigint, timestamptz, text, text, jsonb, 
 
 create or replace function audit._link_hash(prev bytea, seq bigint, event_id bigint, content bytea) returns bytea
 language sql immutable parallel safe
-as $$ select pg_catalog.sha256(prev || pg_catalog.int8send(seq) || pg_catalog.int8send(event_id) || content) $$;
+as $$
+  select pg_catalog.sha256(prev operator(pg_catalog.||) pg_catalog.int8send(seq) operator(pg_catalog.||)
+                           pg_catalog.int8send(event_id) operator(pg_catalog.||) content)
+$$;
 comment on function audit._link_hash(bytea, bigint, bigint, bytea) is
   'internal: a link of the sealed chain: sha256(previous link, position, event id, the event''s content hash)';
 
