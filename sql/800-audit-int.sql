@@ -603,9 +603,13 @@ begin
                      'execute function audit._row_trigger(%s)', tbl,
                      case when tbl = 'registry.lineage_edges'::regclass then 'when (pg_trigger_depth() = 0) ' else '' end,
                      args);
-      execute format('create trigger indb_audit_update after update on %s for each row '
-                     'when ((to_jsonb(old.*) - ''updated_at'') is distinct from (to_jsonb(new.*) - ''updated_at'')) '
-                     'execute function audit._row_trigger(%s)', tbl, args);
+      execute format('create trigger indb_audit_update after update on %s for each row when (%s) '
+                     'execute function audit._row_trigger(%s)', tbl,
+                     case when exists (select 1 from pg_attribute a where a.attrelid = tbl and a.attname = 'updated_at'
+                                                                      and not a.attisdropped)
+                          then '(to_jsonb(old.*) - ''updated_at'') is distinct from (to_jsonb(new.*) - ''updated_at'')'
+                          else 'to_jsonb(old.*) is distinct from to_jsonb(new.*)' end,
+                     args);
     end if;
     execute format('create trigger indb_audit_truncate after truncate on %s '
                    'for each statement execute function audit._truncate_trigger()', tbl);
