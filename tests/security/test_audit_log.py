@@ -176,6 +176,10 @@ def test_who_may_seal_and_verify(connect_as, key, may):
     if may:
         assert one(c, "select audit.seal()") >= 0
         assert one(c, "select ok from audit.verify()") is True
-    else:
+        assert len(one(c, "select last_hash from audit.head()")) == 64  # the head to publish elsewhere
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute("select audit.seal()")
+            c.execute("select audit._append('X', 'x', null, null, null, null)")
+    else:
+        for sql in ("select audit.seal()", "select ok from audit.verify()", "select last_hash from audit.head()"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(sql)
