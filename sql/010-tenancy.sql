@@ -23,46 +23,56 @@ $$;
 comment on function ml.caller() is
   'the role the session acts as (its SET ROLE role, else its login), also inside indb''s SECURITY DEFINER functions';
 
+-- These run in every tenant policy and column default, so they are cheap: no SET clause (so that the SQL
+-- ones are inlined into the query and the plpgsql one keeps its cached plans), every name schema-qualified.
 create or replace function ml.is_admin() returns boolean
 language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select pg_has_role(ml.caller(), 'indb_admin', 'member') $$;
+as $$ select pg_catalog.pg_has_role(ml.caller(), 'indb_admin', 'member') $$;
 comment on function ml.is_admin() is 'true for members of indb_admin (and superusers): they read and write every tenant''s rows';
 
+-- the tenant roles a role belongs to, directly or through other roles (walked in pg_auth_members; a
+-- superuser is bound to no tenant unless it was granted one)
 create or replace function ml.tenants_of(who name default null) returns text[]
 language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
-  select coalesce(array_agg(substr(r.rolname, 13) order by r.rolname), '{}')
-    from pg_roles r
-   where r.rolname like 'indb\_tenant\_%' and r.rolname <> 'indb_tenant_manager'
-     and pg_has_role(coalesce(who, ml.caller()), r.oid, 'member')
-     and not (select rolsuper from pg_roles where rolname = coalesce(who, ml.caller()))
+  with recursive m(oid) as (
+      select pg_catalog.to_regrole(coalesce(who, ml.caller())::text)::oid
+      union
+      select a.roleid from pg_catalog.pg_auth_members a join m on a.member = m.oid)
+  select coalesce(pg_catalog.array_agg(pg_catalog.substr(m.oid::regrole::text, 13) order by m.oid::regrole::text), '{}')
+    from m
+   where m.oid::regrole::text operator(pg_catalog.~~) 'indb\_tenant\_%'
+     and m.oid::regrole::text operator(pg_catalog.<>) 'indb_tenant_manager'
 $$;
-comment on function ml.tenants_of(name) is 'the tenants a role is bound to (member of indb_tenant_<name>); superusers: none';
+comment on function ml.tenants_of(name) is 'the tenants a role is bound to (a member of indb_tenant_<name>, directly or through other roles)';
 
 create or replace function ml.current_tenant() returns text
 language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
 declare
-  t text := nullif(current_setting('indb.tenant', true), '');
-  who name := ml.caller();
+  t text := nullif(pg_catalog.current_setting('indb.tenant', true), '');
+  who name;
   mine text[];
 begin
+  who := ml.caller();
   if t is null then
     mine := ml.tenants_of(who);
-    return case when cardinality(mine) = 1 then mine[1] end;   -- bound to one tenant: that one
+    if pg_catalog.cardinality(mine) operator(pg_catalog.=) 1 then
+      return mine[1];                                              -- bound to one tenant: that one
+    end if;
+    return null;
   end if;
-  if not exists (select 1 from pg_roles where rolname = 'indb_tenant_' || t) or t = 'manager' then
+  if pg_catalog.to_regrole('indb_tenant_' operator(pg_catalog.||) t) is null or t operator(pg_catalog.=) 'manager' then
     raise exception 'tenant "%" does not exist', t using errcode = '42501',
       hint = 'an admin creates tenants with ml.create_tenant(name, member); RESET indb.tenant to act for no tenant';
   end if;
-  if not pg_has_role(who, 'indb_tenant_' || t, 'member') and not pg_has_role(who, 'indb_admin', 'member') then
+  if not pg_catalog.pg_has_role(who, 'indb_tenant_' operator(pg_catalog.||) t, 'member')
+     and not pg_catalog.pg_has_role(who, 'indb_admin', 'member') then
     raise exception 'role "%" may not act as tenant "%"', who, t using errcode = '42501',
-      detail = format('it is not a member of role %I', 'indb_tenant_' || t),
-      hint = coalesce('its tenants: ' || nullif(array_to_string(ml.tenants_of(who), ', '), ''),
-                      'it belongs to no tenant') || format('; an admin may GRANT %I TO %I', 'indb_tenant_' || t, who);
+      detail = pg_catalog.format('it is not a member of role %I', 'indb_tenant_' operator(pg_catalog.||) t),
+      hint = pg_catalog.format('its tenants: %s; an admin may GRANT %I TO %I',
+                               coalesce(nullif(pg_catalog.array_to_string(ml.tenants_of(who), ', '), ''), 'none'),
+                               'indb_tenant_' operator(pg_catalog.||) t, who);
   end if;
   return t;
 end $$;
