@@ -25,13 +25,7 @@ as $$ select jsonb_build_object(
     'ml.embedding_models', 'ml.collections', 'ml.collection_stats', 'ml.collection_terms', 'ml.vectorizers',
     'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store'),
   'DATA_TABLES', jsonb_build_array('features.online_store', 'registry.prediction_log'),
-  'APPEND_ONLY', jsonb_build_array('registry.prediction_log'),
-  -- TRANSITION (0.2.0 development only, must be empty before release): catalogs that code not yet moved to
-  -- SECURITY DEFINER functions still writes as the caller. Each area removes its tables once its functions
-  -- are the only writers; tests/security/test_grants.py fails while this list is not empty.
-  'TRANSITION_WRITER_DML', jsonb_build_array(),
-  'TRANSITION_APP_INSERT', jsonb_build_array(),
-  'TRANSITION_CREATE_SCHEMAS', jsonb_build_array())
+  'APPEND_ONLY', jsonb_build_array('registry.prediction_log'))
 $$;
 comment on function ml._grant_policy() is 'internal: the lists 999-grants.sql applies (see the comment at the top of that file)';
 
@@ -65,11 +59,8 @@ begin
   if pol -> 'APP_TABLES' ? name or c.nspname in ('collections', 'embeddings') then
     want := want || 'indb_app:SELECT'::text;
   end if;
-  if (is_data and not (pol -> 'APPEND_ONLY' ? name)) or pol -> 'TRANSITION_WRITER_DML' ? name then
+  if is_data and not (pol -> 'APPEND_ONLY' ? name) then
     want := want || array['indb_writer:INSERT', 'indb_writer:UPDATE', 'indb_writer:DELETE'];
-  end if;
-  if pol -> 'TRANSITION_APP_INSERT' ? name then
-    want := want || 'indb_app:INSERT'::text;
   end if;
   return want;
 end $$;

@@ -22,8 +22,7 @@ return [(s.get("pid"), s.get("database"), s.get("role"), s.get("command"), s.get
 $$;
 select ml._wrap_python('ml._progress', 'ml._progress_py()');
 
-drop view if exists ml.progress;
-create view ml.progress as
+create or replace view ml.progress as
 select p.pid, p.database, p.role, p.command, p.target, p.phase, p.done, p.total, p.unit,
        case when p.total > 0 then round(100.0 * p.done / p.total, 1) end as percent,
        p.started_at, p.updated_at,

@@ -105,6 +105,176 @@ as $$ select last_id, encode(last_hash, 'hex') from audit.chain_head $$;
 comment on function audit.head() is
   'the newest sealed chain position and its hash: publish it outside the database to anchor the chain';
 
+-- audit.verify() in named steps: each returns (event_id, prio, problem) rows for one kind of check; verify
+-- reports the first problem (by event, then by prio) and how many there are.
+
+-- the hash the first event of the chain links to
+create or replace function audit._genesis() returns bytea
+language sql immutable parallel safe
+as $$ select '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea $$;
+
+-- what retention dropped: chain positions (with the hash where each dropped run ends) and lane positions
+create or replace function audit._verify_gone(out seqs int8multirange, out links jsonb)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  with anchors as (
+    select coalesce(a.dropped_seqs, int8multirange(int8range(1, a.last_dropped_id + 1))) as seqs,
+           coalesce(a.links, jsonb_build_object(a.last_dropped_id::text, encode(a.last_dropped_hash, 'hex'))) as links
+      from audit.anchors a)
+  select coalesce((select range_agg(x.seqs) from anchors x), '{}'::int8multirange),
+         coalesce((select jsonb_object_agg(l.key, l.value) from anchors x, jsonb_each_text(x.links) l), '{}')
+$$;
+
+create or replace function audit._verify_lane_gone() returns table(lane int, pos int8multirange)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select l.key::int, range_agg(l.value::int8multirange)
+    from audit.anchors a, jsonb_each_text(coalesce(a.lanes, '{}')) l group by 1
+$$;
+
+-- every event's content matches its hash; every event of 0.1.0 is in the chain
+create or replace function audit._verify_events() returns table(event_id bigint, prio int, problem text)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select e.id, 1,
+         case
+           when e.lane is null and e.prev_hash is null then
+             format('event %s has no lane: it was not appended by audit._append', e.id)
+           when e.lane is null and e.hash <> audit._hash(e.prev_hash, e.id, e.ts, e.action, e.object, e.row_key,
+                                                          e.old_values, e.new_values, e.session_user_name,
+                                                          e.current_user_name, e.application_name, e.client_addr,
+                                                          e.txid, e.tenant) then
+             format('event %s was altered: its content does not match its hash', e.id)
+           when e.lane is not null
+                and e.hash <> audit._content_hash(e.id, e.ts, e.action, e.object, e.row_key, e.old_values,
+                                                  e.new_values, e.session_user_name, e.current_user_name,
+                                                  e.application_name, e.client_addr, e.txid, e.tenant, e.lane,
+                                                  e.lane_pos, e.lane_prev) then
+             format('event %s was altered: its content does not match its hash', e.id)
+         end
+    from audit.events e
+  union all
+  select e.id, 1, format('event %s of 0.1.0 is not in the chain', e.id)
+    from audit.events e
+   where e.lane is null and e.prev_hash is not null
+     and not exists (select 1 from audit.chain c where c.event_id = e.id and c.event_ts = e.ts)
+$$;
+
+-- the sealed chain: gap-free positions, each linked to the one before (or to a retention anchor), and the
+-- chain head naming the newest sealed event
+create or replace function audit._verify_chain(head audit.chain_head) returns table(event_id bigint, prio int, problem text)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  with
+    gone as (select * from audit._verify_gone()),
+    chj as (
+      select c.seq, c.event_id, c.prev_hash, c.hash, c.p_seq, c.p_hash, c.p_event_id, c.n_seq,
+             e.id, e.hash as e_hash, e.prev_hash as e_prev, e.lane
+        from (select c.*, lag(c.seq) over w as p_seq, lag(c.hash) over w as p_hash,
+                     lag(c.event_id) over w as p_event_id, lead(c.seq) over w as n_seq
+                from audit.chain c window w as (order by c.seq, c.event_id)) c
+        left join audit.events e on e.id = c.event_id and e.ts = c.event_ts)
+  select case when j.seq = j.p_seq then least(j.event_id, j.p_event_id) else j.event_id end, 2,
+         case
+           when j.id is null then
+             format('event %s, sealed at position %s, is missing', j.event_id, j.seq)
+           when j.seq = j.p_seq then
+             format('events %s and %s are both sealed at position %s', least(j.event_id, j.p_event_id),
+                    greatest(j.event_id, j.p_event_id), j.seq)
+           when j.seq <> coalesce(j.p_seq, 0) + 1
+                and not (int8range(coalesce(j.p_seq, 0) + 1, j.seq) <@ (select g.seqs from gone g)) then
+             format('the events sealed at positions %s to %s are missing', coalesce(j.p_seq, 0) + 1, j.seq - 1)
+           when j.seq = coalesce(j.p_seq, 0) + 1 and j.prev_hash <> coalesce(j.p_hash, audit._genesis()) then
+             format('event %s does not link to the event sealed before it (position %s)', j.id, j.seq - 1)
+           when j.seq <> coalesce(j.p_seq, 0) + 1
+                and j.prev_hash is distinct from decode((select g.links from gone g) ->> (j.seq - 1)::text, 'hex') then
+             format('event %s does not link to the anchor retention left at position %s', j.id, j.seq - 1)
+           when j.lane is null and (j.hash <> j.e_hash or j.prev_hash is distinct from j.e_prev) then
+             format('event %s is not the event of 0.1.0 chained at position %s', j.id, j.seq)
+           when j.lane is not null and j.hash <> audit._link_hash(j.prev_hash, j.seq, j.id, j.e_hash) then
+             format('event %s is not what was sealed at position %s: its hash changed', j.id, j.seq)
+         end
+    from chj j
+  union all
+  select t.event_id, 5,
+         case
+           when t.seq is null and head.last_id <> 0
+                and not (int8range(head.last_id, head.last_id, '[]') <@ (select g.seqs from gone g)) then
+             format('the chain head is at position %s but no sealed event is stored: sealed events were removed '
+                    'from the end', head.last_id)
+           when t.seq is null and head.last_id = 0 and head.last_hash <> audit._genesis() then
+             'the chain head moved but no event was sealed'
+           when t.seq is null and head.last_id <> 0
+                and head.last_hash is distinct from decode((select g.links from gone g) ->> head.last_id::text, 'hex') then
+             format('the chain head at position %s is not the anchor retention left', head.last_id)
+           when t.seq < head.last_id then
+             format('the chain head is at position %s but the newest sealed event is at position %s: sealed events '
+                    'were removed from the end', head.last_id, t.seq)
+           when t.seq > head.last_id then
+             format('event %s is sealed at position %s, beyond the chain head (position %s): it was inserted',
+                    t.event_id, t.seq, head.last_id)
+           when t.hash <> head.last_hash then
+             format('the chain head''s hash is not the hash of the newest sealed event (%s)', t.event_id)
+         end
+    from (select 1) one left join (select * from chj where chj.n_seq is null) t on true
+$$;
+
+-- lanes: gap-free positions, each event linked to the previous one of its lane (sealed or pending), and each
+-- lane's row naming its newest event
+create or replace function audit._verify_lanes() returns table(event_id bigint, prio int, problem text)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  with
+    lane_gone as (select * from audit._verify_lane_gone()),
+    ev as (
+      select e.id, e.hash, e.lane, e.lane_pos, e.lane_prev,
+             lag(e.lane_pos) over w as p_pos, lag(e.hash) over w as p_hash, lag(e.id) over w as p_id,
+             lead(e.lane_pos) over w as n_pos
+        from audit.events e where e.lane is not null
+      window w as (partition by e.lane order by e.lane_pos, e.id))
+  select case when j.lane_pos = j.p_pos then least(j.id, j.p_id) else j.id end, 3,
+         case
+           when j.lane_pos = j.p_pos then
+             format('events %s and %s hold the same position %s of lane %s', least(j.id, j.p_id),
+                    greatest(j.id, j.p_id), j.lane_pos, j.lane)
+           when j.lane_pos <> coalesce(j.p_pos, 0) + 1
+                and not (int8range(coalesce(j.p_pos, 0) + 1, j.lane_pos)
+                         <@ coalesce((select lg.pos from lane_gone lg where lg.lane = j.lane), '{}')) then
+             format('events at positions %s to %s of lane %s are missing (before event %s)',
+                    coalesce(j.p_pos, 0) + 1, j.lane_pos - 1, j.lane, j.id)
+           when j.lane_pos = coalesce(j.p_pos, 0) + 1 and j.lane_prev is distinct from j.p_hash then
+             format('event %s does not link to the previous event of lane %s', j.id, j.lane)
+         end
+    from ev j
+  union all
+  select coalesce(t.id, l.last_id), 4,
+         case
+           when l.lane is null then
+             format('event %s is in lane %s, which does not exist', t.id, t.lane)
+           when t.id is null and l.pos > 0
+                and not (int8range(l.pos, l.pos, '[]')
+                         <@ coalesce((select lg.pos from lane_gone lg where lg.lane = l.lane), '{}')) then
+             format('lane %s ends at event %s (position %s), which is missing: events were removed from the end '
+                    'of the lane', l.lane, l.last_id, l.pos)
+           when t.lane_pos < l.pos then
+             format('lane %s ends at event %s (position %s) but its newest stored event is %s (position %s): '
+                    'events were removed from the end of the lane', l.lane, l.last_id, l.pos, t.id, t.lane_pos)
+           when t.lane_pos > l.pos then
+             format('event %s (position %s of lane %s) is beyond the head of its lane (position %s): it was '
+                    'inserted', t.id, t.lane_pos, l.lane, l.pos)
+           when t.id <> l.last_id or t.hash <> l.last_hash then
+             format('lane %s ends at event %s but its newest stored event is %s, with another hash',
+                    l.lane, l.last_id, t.id)
+         end
+    from (select * from ev where ev.n_pos is null) t
+    full join audit.lanes l on l.lane = t.lane
+$$;
+
 create or replace function audit.verify(out ok boolean, out events_checked bigint, out broken_id bigint,
                                         out reason text, out last_id bigint, out last_hash text, out pending bigint)
 language plpgsql stable security definer parallel unsafe
@@ -112,151 +282,12 @@ set search_path = pg_catalog, pg_temp
 set jit = off   -- many expressions, evaluated once per row: compiling them costs more than it saves
 as $$
 declare
-  genesis constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
   head audit.chain_head;
   problems bigint;
 begin
   select * into head from audit.chain_head;
   last_id := head.last_id;
   last_hash := encode(head.last_hash, 'hex');
-  with
-    -- what retention dropped: chain positions (with the hash where each dropped run ends) and lane positions
-    anchors as (
-      select coalesce(a.dropped_seqs, int8multirange(int8range(1, a.last_dropped_id + 1))) as seqs,
-             coalesce(a.links, jsonb_build_object(a.last_dropped_id::text, encode(a.last_dropped_hash, 'hex'))) as links,
-             coalesce(a.lanes, '{}') as lanes
-        from audit.anchors a),
-    gone as (
-      select coalesce((select range_agg(x.seqs) from anchors x), '{}'::int8multirange) as seqs,
-             coalesce((select jsonb_object_agg(l.key, l.value) from anchors x, jsonb_each_text(x.links) l), '{}') as links),
-    lane_gone as (
-      select l.key::int as lane, range_agg(l.value::int8multirange) as pos
-        from anchors x, jsonb_each_text(x.lanes) l group by 1),
-    -- the lanes: every event appended since 0.2.0, in lane order
-    ev as (
-      select e.id, e.hash, e.lane, e.lane_pos, e.lane_prev,
-             lag(e.lane_pos) over w as p_pos, lag(e.hash) over w as p_hash, lag(e.id) over w as p_id,
-             lead(e.lane_pos) over w as n_pos
-        from audit.events e where e.lane is not null
-      window w as (partition by e.lane order by e.lane_pos, e.id)),
-    -- the sealed chain, in order, with the event each position seals
-    chj as (
-      select c.seq, c.event_id, c.prev_hash, c.hash, c.p_seq, c.p_hash, c.p_event_id, c.n_seq,
-             e.id, e.hash as e_hash, e.prev_hash as e_prev, e.lane
-        from (select c.*, lag(c.seq) over w as p_seq, lag(c.hash) over w as p_hash,
-                     lag(c.event_id) over w as p_event_id, lead(c.seq) over w as n_seq
-                from audit.chain c window w as (order by c.seq, c.event_id)) c
-        left join audit.events e on e.id = c.event_id and e.ts = c.event_ts),
-    probs as (
-      -- every event's content
-      select e.id as event_id, 1 as prio,
-             case
-               when e.lane is null and e.prev_hash is null then
-                 format('event %s has no lane: it was not appended by audit._append', e.id)
-               when e.lane is null and e.hash <> audit._hash(e.prev_hash, e.id, e.ts, e.action, e.object, e.row_key,
-                                                              e.old_values, e.new_values, e.session_user_name,
-                                                              e.current_user_name, e.application_name, e.client_addr,
-                                                              e.txid, e.tenant) then
-                 format('event %s was altered: its content does not match its hash', e.id)
-               when e.lane is not null
-                    and e.hash <> audit._content_hash(e.id, e.ts, e.action, e.object, e.row_key, e.old_values,
-                                                      e.new_values, e.session_user_name, e.current_user_name,
-                                                      e.application_name, e.client_addr, e.txid, e.tenant, e.lane,
-                                                      e.lane_pos, e.lane_prev) then
-                 format('event %s was altered: its content does not match its hash', e.id)
-             end as problem
-        from audit.events e
-      union all
-      -- events of 0.1.0 are all in the chain
-      select e.id, 1, format('event %s of 0.1.0 is not in the chain', e.id)
-        from audit.events e
-       where e.lane is null and e.prev_hash is not null
-         and not exists (select 1 from audit.chain c where c.event_id = e.id and c.event_ts = e.ts)
-      union all
-      -- the sealed chain: gap-free positions, each linked to the one before (or to a retention anchor)
-      select case when j.seq = j.p_seq then least(j.event_id, j.p_event_id) else j.event_id end, 2,
-             case
-               when j.id is null then
-                 format('event %s, sealed at position %s, is missing', j.event_id, j.seq)
-               when j.seq = j.p_seq then
-                 format('events %s and %s are both sealed at position %s', least(j.event_id, j.p_event_id),
-                        greatest(j.event_id, j.p_event_id), j.seq)
-               when j.seq <> coalesce(j.p_seq, 0) + 1
-                    and not (int8range(coalesce(j.p_seq, 0) + 1, j.seq) <@ (select g.seqs from gone g)) then
-                 format('the events sealed at positions %s to %s are missing', coalesce(j.p_seq, 0) + 1, j.seq - 1)
-               when j.seq = coalesce(j.p_seq, 0) + 1 and j.prev_hash <> coalesce(j.p_hash, genesis) then
-                 format('event %s does not link to the event sealed before it (position %s)', j.id, j.seq - 1)
-               when j.seq <> coalesce(j.p_seq, 0) + 1
-                    and j.prev_hash is distinct from decode((select g.links from gone g) ->> (j.seq - 1)::text, 'hex') then
-                 format('event %s does not link to the anchor retention left at position %s', j.id, j.seq - 1)
-               when j.lane is null and (j.hash <> j.e_hash or j.prev_hash is distinct from j.e_prev) then
-                 format('event %s is not the event of 0.1.0 chained at position %s', j.id, j.seq)
-               when j.lane is not null and j.hash <> audit._link_hash(j.prev_hash, j.seq, j.id, j.e_hash) then
-                 format('event %s is not what was sealed at position %s: its hash changed', j.id, j.seq)
-             end
-        from chj j
-      union all
-      -- lanes: gap-free positions, each event linked to the previous one of its lane (sealed or pending)
-      select case when j.lane_pos = j.p_pos then least(j.id, j.p_id) else j.id end, 3,
-             case
-               when j.lane_pos = j.p_pos then
-                 format('events %s and %s hold the same position %s of lane %s', least(j.id, j.p_id),
-                        greatest(j.id, j.p_id), j.lane_pos, j.lane)
-               when j.lane_pos <> coalesce(j.p_pos, 0) + 1
-                    and not (int8range(coalesce(j.p_pos, 0) + 1, j.lane_pos)
-                             <@ coalesce((select lg.pos from lane_gone lg where lg.lane = j.lane), '{}')) then
-                 format('events at positions %s to %s of lane %s are missing (before event %s)',
-                        coalesce(j.p_pos, 0) + 1, j.lane_pos - 1, j.lane, j.id)
-               when j.lane_pos = coalesce(j.p_pos, 0) + 1 and j.lane_prev is distinct from j.p_hash then
-                 format('event %s does not link to the previous event of lane %s', j.id, j.lane)
-             end
-        from ev j
-      union all
-      -- lane heads: each lane's row names its newest event
-      select coalesce(t.id, l.last_id), 4,
-             case
-               when l.lane is null then
-                 format('event %s is in lane %s, which does not exist', t.id, t.lane)
-               when t.id is null and l.pos > 0
-                    and not (int8range(l.pos, l.pos, '[]')
-                             <@ coalesce((select lg.pos from lane_gone lg where lg.lane = l.lane), '{}')) then
-                 format('lane %s ends at event %s (position %s), which is missing: events were removed from the end '
-                        'of the lane', l.lane, l.last_id, l.pos)
-               when t.lane_pos < l.pos then
-                 format('lane %s ends at event %s (position %s) but its newest stored event is %s (position %s): '
-                        'events were removed from the end of the lane', l.lane, l.last_id, l.pos, t.id, t.lane_pos)
-               when t.lane_pos > l.pos then
-                 format('event %s (position %s of lane %s) is beyond the head of its lane (position %s): it was '
-                        'inserted', t.id, t.lane_pos, l.lane, l.pos)
-               when t.id <> l.last_id or t.hash <> l.last_hash then
-                 format('lane %s ends at event %s but its newest stored event is %s, with another hash',
-                        l.lane, l.last_id, t.id)
-             end
-        from (select * from ev where ev.n_pos is null) t
-        full join audit.lanes l on l.lane = t.lane
-      union all
-      -- the chain head: the newest sealed event
-      select t.event_id, 5,
-             case
-               when t.seq is null and head.last_id <> 0
-                    and not (int8range(head.last_id, head.last_id, '[]') <@ (select g.seqs from gone g)) then
-                 format('the chain head is at position %s but no sealed event is stored: sealed events were removed '
-                        'from the end', head.last_id)
-               when t.seq is null and head.last_id = 0 and head.last_hash <> genesis then
-                 'the chain head moved but no event was sealed'
-               when t.seq is null and head.last_id <> 0
-                    and head.last_hash is distinct from decode((select g.links from gone g) ->> head.last_id::text, 'hex') then
-                 format('the chain head at position %s is not the anchor retention left', head.last_id)
-               when t.seq < head.last_id then
-                 format('the chain head is at position %s but the newest sealed event is at position %s: sealed events '
-                        'were removed from the end', head.last_id, t.seq)
-               when t.seq > head.last_id then
-                 format('event %s is sealed at position %s, beyond the chain head (position %s): it was inserted',
-                        t.event_id, t.seq, head.last_id)
-               when t.hash <> head.last_hash then
-                 format('the chain head''s hash is not the hash of the newest sealed event (%s)', t.event_id)
-             end
-        from (select 1) one left join (select * from chj where chj.n_seq is null) t on true)
   select (select count(*) from audit.events),
          (select count(*) from audit.events e
            where not exists (select 1 from audit.chain c where c.event_id = e.id and c.event_ts = e.ts)),
@@ -264,7 +295,10 @@ begin
          (array_agg(f.event_id order by f.event_id nulls last, f.prio))[1],
          (array_agg(f.problem order by f.event_id nulls last, f.prio))[1]
     into events_checked, pending, problems, broken_id, reason
-    from probs f where f.problem is not null;
+    from (select * from audit._verify_events()
+          union all select * from audit._verify_chain(head)
+          union all select * from audit._verify_lanes()) f
+   where f.problem is not null;
   ok := problems = 0;
   reason := case when ok then 'ok'
                  when problems > 1 then reason || format(' (%s problems in all)', problems)

@@ -123,26 +123,14 @@ begin
   end loop;
 end $$;
 
--- sequences: nobody but the owner (indb's functions insert into catalogs as indb_owner), except the
--- sequences of TRANSITION tables while they last
+-- sequences: nobody but the owner (indb's functions insert into catalogs as indb_owner)
 do $$
-declare
-  s record;
-  pol jsonb := ml._grant_policy();
+declare s regclass;
 begin
-  for s in select c.oid::regclass as seq,
-                  (select t.oid::regclass::text from pg_depend d join pg_class t on t.oid = d.refobjid
-                    where d.objid = c.oid and d.classid = 'pg_class'::regclass and d.refclassid = 'pg_class'::regclass
-                    limit 1) as owner_table
-             from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  for s in select c.oid::regclass from pg_class c join pg_namespace n on n.oid = c.relnamespace
             where n.nspname in ('ml', 'registry', 'features', 'audit', 'collections', 'embeddings') and c.relkind = 'S'
+              and c.relacl is not null and exists (select 1 from aclexplode(c.relacl) a where a.grantee <> c.relowner)
   loop
-    execute format('revoke all on sequence %s from public, indb_app, indb_reader, indb_writer, indb_admin', s.seq);
-    if pol -> 'TRANSITION_WRITER_DML' ? s.owner_table then
-      execute format('grant usage, select on sequence %s to indb_writer', s.seq);
-    end if;
-  end loop;
-  for s in select value as nsp from jsonb_array_elements_text(pol -> 'TRANSITION_CREATE_SCHEMAS') loop
-    execute format('grant create on schema %I to indb_writer', s.nsp);
+    execute format('revoke all on sequence %s from public, indb_app, indb_reader, indb_writer, indb_admin', s);
   end loop;
 end $$;

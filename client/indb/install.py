@@ -83,6 +83,56 @@ def check_server(conn: psycopg.Connection) -> None:
         )
 
 
+def _revision(sa) -> str | None:
+    from sqlalchemy import text
+
+    if not sa.execute(text("select to_regclass('ml.alembic_version')")).scalar():
+        return None
+    return sa.execute(text("select version_num from ml.alembic_version")).scalar()
+
+
+def _point_at_venv(cur, venv: str) -> None:
+    """ALTER DATABASE ... SET indb.venv, and the same for this transaction."""
+    cur.execute(
+        psql.SQL("alter database {} set indb.venv = {}").format(
+            psql.Identifier(cur.connection.info.dbname), psql.Literal(venv)
+        )
+    )
+    cur.execute("select set_config('indb.venv', %s, true)", [venv])
+
+
+def _apply_sql(cur) -> list[str]:
+    """Re-apply every sql/ file in order, with the pinned search_path widened to the vector extension's schema."""
+    cur.execute(
+        "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'"
+    )
+    vector_schema = cur.fetchone()[0]
+    applied = []
+    for f in sql_files():
+        try:
+            cur.execute(render_sql(f, vector_schema))
+        except psycopg.Error as e:
+            raise InstallError(
+                f"applying {f.relative_to(repo_root())} failed: {e}", sqlstate=getattr(e, "sqlstate", None)
+            ) from e
+        applied.append(f.name)
+    return applied
+
+
+def _check_runtime(cur, venv: str) -> dict:
+    """ml.runtime_check() inside the server: the venv must be usable by PL/Python, at this version."""
+    try:
+        cur.execute("select ml.runtime_check()")
+        return cur.fetchone()[0]
+    except psycopg.Error as e:
+        raise InstallError(
+            f"the database cannot load the indb runtime from {venv}: {e.diag.message_primary or e}",
+            sqlstate=getattr(e, "sqlstate", None),
+            hint=(e.diag.message_hint or "") + " Use --venv to give the runtime venv's path "
+            "as the database server sees it.",
+        ) from e
+
+
 def install(
     dsn: str,
     venv: str | None = None,
@@ -91,81 +141,33 @@ def install(
     check_runtime: bool = True,
     log=print,
 ) -> dict:
-    """Upgrade the database at ``dsn`` to ``target`` and re-apply sql/. Returns a summary."""
+    """Upgrade the database at ``dsn`` to ``target`` and re-apply sql/, in one transaction under an advisory
+    lock: alembic upgrade, indb.venv, the sql/ files, the runtime check, a row in ml.installs. Returns a summary."""
     from alembic import command
     from sqlalchemy import create_engine, text
 
     venv = venv or sys.prefix
     t0 = time.time()
-    raw = psycopg.connect(dsn)
-    try:
+    with psycopg.connect(dsn) as raw:
         check_server(raw)
-    finally:
-        raw.close()
-
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
     cfg = alembic_config()
-    summary: dict = {}
     try:
         with engine.begin() as sa:
             sa.execute(text("select pg_advisory_xact_lock(hashtext('indb install'))"))
-            before = (
-                sa.execute(text("select version_num from ml.alembic_version")).scalar()
-                if sa.execute(text("select to_regclass('ml.alembic_version')")).scalar()
-                else None
-            )
+            before = _revision(sa)
             cfg.attributes["connection"] = sa
             command.upgrade(cfg, target)
-            after = sa.execute(text("select version_num from ml.alembic_version")).scalar()
+            after = _revision(sa)
             dbapi = sa.connection.dbapi_connection
             assert isinstance(dbapi, psycopg.Connection)
             with dbapi.cursor() as cur:
-                cur.execute(
-                    psql.SQL("alter database {} set indb.venv = {}").format(
-                        psql.Identifier(dbapi.info.dbname), psql.Literal(venv)
-                    )
-                )
-                cur.execute("select set_config('indb.venv', %s, true)", [venv])
-                applied = []
-                cur.execute(
-                    "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
-                    "where e.extname = 'vector'"
-                )
-                vector_schema = cur.fetchone()[0]
-                if apply_sql:
-                    for f in sql_files():
-                        try:
-                            cur.execute(render_sql(f, vector_schema))
-                        except psycopg.Error as e:
-                            raise InstallError(
-                                f"applying {f.relative_to(repo_root())} failed: {e}",
-                                sqlstate=getattr(e, "sqlstate", None),
-                            ) from e
-                        applied.append(f.name)
-                runtime = None
-                if apply_sql and check_runtime:
-                    try:
-                        cur.execute("select ml.runtime_check()")
-                        runtime = cur.fetchone()[0]
-                    except psycopg.Error as e:
-                        raise InstallError(
-                            f"the database cannot load the indb runtime from {venv}: {e.diag.message_primary or e}",
-                            sqlstate=getattr(e, "sqlstate", None),
-                            hint=(e.diag.message_hint or "") + " Use --venv to give the runtime venv's path "
-                            "as the database server sees it.",
-                        ) from e
+                _point_at_venv(cur, venv)
+                applied = _apply_sql(cur) if apply_sql else []
+                runtime = _check_runtime(cur, venv) if apply_sql and check_runtime else None
                 cur.execute(
                     "insert into ml.installs(version, revision, venv) values (%s, %s, %s)", [__version__, after, venv]
                 )
-            summary = {
-                "from": before,
-                "to": after,
-                "sql_files": applied,
-                "venv": venv,
-                "runtime": runtime,
-                "version": __version__,
-                "seconds": round(time.time() - t0, 2),
-            }
     except InstallError:
         raise
     except psycopg.Error as e:
@@ -176,4 +178,12 @@ def install(
         raise InstallError(f"install failed and was rolled back: {orig or e}", sqlstate=sqlstate) from e
     finally:
         engine.dispose()
-    return summary
+    return {
+        "from": before,
+        "to": after,
+        "sql_files": applied,
+        "venv": venv,
+        "runtime": runtime,
+        "version": __version__,
+        "seconds": round(time.time() - t0, 2),
+    }

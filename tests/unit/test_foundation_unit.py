@@ -41,17 +41,27 @@ def test_sql_version_is_rendered_from_the_client_version():
 
 
 def test_every_plpython_function_in_sql_is_parallel_unsafe_and_bootstraps():
-    """plpy.execute in a parallel worker fails: every plpython3u function must say PARALLEL UNSAFE."""
+    """plpy.execute in a parallel worker fails: every plpython3u function must say PARALLEL UNSAFE; and every one
+    that imports the runtime must first activate it (the bootstrap line), or it fails in a fresh backend."""
     from indb.install import sql_files
 
-    offenders = []
+    unsafe, no_bootstrap, seen = [], [], 0
+    bootstrap = "if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')"
     for f in sql_files():
         text = f.read_text()
         for m in re.finditer(r"create or replace function\s+([\w.]+)\s*\((.*?)\$\$(.*?)\$\$", text, re.S | re.I):
-            header = m.group(2)
-            if "plpython3u" in header.lower() and "parallel unsafe" not in header.lower():
-                offenders.append(f"{f.name}:{m.group(1)}")
-    assert not offenders, f"plpython3u functions without PARALLEL UNSAFE: {offenders}"
+            header, body = m.group(2), m.group(3)
+            if "plpython3u" not in header.lower():
+                continue
+            seen += 1
+            if "parallel unsafe" not in header.lower():
+                unsafe.append(f"{f.name}:{m.group(1)}")
+            imports_runtime = "indb_runtime" in body.replace("indb_runtime.bootstrap' not in sys.modules", "")
+            if m.group(1) != "ml._activate" and imports_runtime and bootstrap not in body:
+                no_bootstrap.append(f"{f.name}:{m.group(1)}")
+    assert seen > 20, "the sql/ files were not read"
+    assert not unsafe, f"plpython3u functions without PARALLEL UNSAFE: {unsafe}"
+    assert not no_bootstrap, f"plpython3u functions that import indb_runtime before activating it: {no_bootstrap}"
 
 
 def test_migrations_form_one_linear_chain_from_0001():
