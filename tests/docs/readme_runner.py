@@ -147,9 +147,10 @@ class PsqlSession:
 
     MARK = "@@indb-readme-block-done@@"
 
-    def __init__(self, dsn: str, env: dict[str, str]):
+    def __init__(self, dsn: str, env: dict[str, str], cwd: Path):
         self.p = subprocess.Popen(
             ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", "-v", "VERBOSITY=default", dsn],
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -240,7 +241,7 @@ class Runner:
         if b.skip:
             return Outcome(b, True, problem=f"skipped: {b.skip}")
         if b.lang == "sql":
-            self._psql = self._psql or PsqlSession(self.dsn, self.env)
+            self._psql = self._psql or PsqlSession(self.dsn, self.env, self.cwd)
             out, failed = self._psql.run(b.code)
         elif b.lang == "python":
             self._py = self._py or PythonSession(self.env, self.cwd)
