@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_runner import Runner, collect  # noqa: E402
+from readme_runner import Runner, collect
 
 REPO = Path(__file__).resolve().parents[2]
 
