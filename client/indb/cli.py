@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import pkgutil
+import shutil
 import sys
 
 from . import __version__
@@ -40,7 +41,12 @@ def psql_argv(cluster: Cluster, dbname: str, rest: list[str]) -> list[str]:
 
 
 def _cmd_psql(args) -> int:
-    argv = psql_argv(Cluster.local(), args.dbname, list(args.rest))
+    dsn = os.environ.get("INDB_DSN")
+    if dsn and args.dbname is None:  # the database the other indb commands use
+        rest = list(args.rest)[1:] if list(args.rest)[:1] == ["--"] else list(args.rest)
+        argv = [shutil.which("psql") or "psql", dsn, *rest]
+    else:
+        argv = psql_argv(Cluster.local(), args.dbname or "indb", list(args.rest))
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="psql into the local database (arguments after -- go to psql)",
         description="Run psql on the project's database, e.g. indb psql -- -c 'select ml.version()'",
     )
-    ps.add_argument("--dbname", default="indb", help="database name (default indb)")
+    ps.add_argument("--dbname", default=None, help="database of the local cluster (default: $INDB_DSN, else indb)")
     ps.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     ps.set_defaults(func=_cmd_psql)
 

@@ -231,11 +231,23 @@ class PythonSession:
 
 @dataclass
 class Runner:
+    """Runs blocks against ``dsn``: INDB_DSN and the PG* variables point every client (indb.connect(), the indb
+    CLI, psql in shell blocks) at it."""
+
     dsn: str
     cwd: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _psql: PsqlSession | None = None
     _py: PythonSession | None = None
+
+    def __post_init__(self) -> None:
+        import psycopg
+
+        parts = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        self.env = {**self.env, "INDB_DSN": self.dsn}
+        for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER")):
+            if parts.get(key):
+                self.env[var] = str(parts[key])
 
     def run(self, b: Block) -> Outcome:
         if b.skip:
