@@ -3,8 +3,8 @@
 * ```sql blocks go to ONE psql session (so SET, \\set and temporary tables carry over, as in a terminal);
 * ```python blocks go to ONE Python process of the runtime venv (names defined in one block exist in the next);
 * ```sh / ```bash blocks run in bash from the repository root, one process each.
-* A ```text block right after a run block is that block's expected output. It is compared after
-  normalisation: runs of spaces collapse, numbers match within a relative tolerance (1%), uuids and
+* A ```text block right after a run block is that block's expected output (NOTICE and WARNING lines of
+  the server are left out unless the expected text shows some). It is compared after normalisation: runs of spaces collapse, numbers match within a relative tolerance (1%), uuids and
   timestamps match any uuid / timestamp, and a line that is only ``...`` matches any number of lines.
 * An HTML comment right before a block is a directive for the runner, visible in the Markdown source:
     <!-- test: skip -- <reason> -->      the block is not run (the reason is required and reported)
@@ -124,6 +124,9 @@ def matches(expected: str, got: str) -> bool:
     """Does output ``got`` match the ``expected`` text (see the module docstring for the rules)?"""
     want = [ln for ln in expected.rstrip().splitlines() if ln.strip()]
     have = [ln for ln in got.rstrip().splitlines() if ln.strip()]
+    if not any(ln.startswith(("NOTICE:", "WARNING:")) for ln in want):
+        # the server's notices (progress, "already exists, skipping") are not the result being shown
+        have = [ln for ln in have if not ln.startswith(("NOTICE:", "WARNING:", "psql:"))]
 
     def go(i: int, j: int) -> bool:
         if i == len(want):
