@@ -95,6 +95,18 @@ begin
   return rel;
 end $$;
 
+-- cron.database_name, for messages about pg_cron. pg_cron lets only superusers (and pg_read_all_settings) read
+-- it: current_setting() raises 42501 for everyone else, even with missing_ok, while pg_settings leaves the row
+-- out. NULL when it is not set or not readable by the caller.
+create or replace function ml._cron_database() returns text
+language sql stable parallel safe
+as $$
+  select nullif(s.setting, '') from pg_catalog.pg_settings s
+   where s.name operator(pg_catalog.=) 'cron.database_name'
+$$;
+comment on function ml._cron_database() is
+  'internal: cron.database_name when the caller may read it, else NULL (never the 42501 of current_setting)';
+
 -- Error hygiene of the PL/Python wrappers: the message without PL/Python's prefix for errors raised on
 -- purpose ("plpy.Error: ") or passed through from SQL ("spiexceptions.UniqueViolation: "). Other Python
 -- exceptions are bugs: their class stays in the message ("ZeroDivisionError: division by zero").

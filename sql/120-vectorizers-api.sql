@@ -226,7 +226,7 @@ begin
     raise exception 'pg_cron is not installed in database "%"', current_database()
       using errcode = '55000',
       detail = format('pg_cron lives only in the database named by cron.database_name (%s) and must be in shared_preload_libraries',
-                      coalesce(nullif(current_setting('cron.database_name', true), ''), 'not set')),
+                      coalesce(ml._cron_database(), 'not set, or not readable by this role')),
       hint = 'schedule from that database, or run `indb worker` or call ml.process_queue(name) yourself';
   end if;
   if exists (select 1 from pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then

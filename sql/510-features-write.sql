@@ -613,7 +613,7 @@ begin
   if not exists (select 1 from pg_extension where extname = 'pg_cron') then
     raise exception 'pg_cron is not installed in database "%"', current_database() using errcode = '0A000',
       detail = format('pg_cron runs only in the database named by cron.database_name (%s)',
-                      coalesce(current_setting('cron.database_name', true), 'not set')),
+                      coalesce(ml._cron_database(), 'not set, or not readable by this role')),
       hint = 'schedule from that database, or call features.materialize_incremental from an external scheduler';
   end if;
   -- the job runs as the caller: it must be allowed to run the view's source and write its stores
