@@ -50,10 +50,14 @@ create or replace function features._expired(event_ts timestamptz, ttl interval)
 language sql stable parallel safe
 as $$ select event_ts is not null and ttl is not null and event_ts < now() - ttl $$;
 
--- the _status of a served feature: the entity has no online row, its row is past the ttl, or it is served
-create or replace function features._status(found boolean, expired boolean) returns text
+-- the _status of a served feature: the entity has no online row (not_found), its row is past the ttl
+-- (outside_ttl), its value is null (null_value), or a value is served (present)
+create or replace function features._status(found boolean, expired boolean, val jsonb) returns text
 language sql immutable parallel safe
-as $$ select case when not found then 'not_found' when expired then 'outside_ttl' else 'present' end $$;
+as $$
+  select case when not found then 'not_found' when expired then 'outside_ttl'
+              when val is null or jsonb_typeof(val) = 'null' then 'null_value' else 'present' end
+$$;
 
 -- the value served for a feature: null when the row is missing or past the ttl
 create or replace function features._served(vals jsonb, expired boolean, feature text) returns jsonb
@@ -358,7 +362,8 @@ declare
 begin
   if keys is null or jsonb_typeof(keys) <> 'object' then
     raise exception 'entity keys must be a JSON object such as {"%": ...}', join_keys[1] using errcode = '22023',
-      detail = format('got: %s', left(coalesce(keys::text, 'NULL'), 200));
+      detail = format('got: %s', left(coalesce(keys::text, 'NULL'), 200)),
+      hint = 'pass one object with every join key: ' || array_to_string(join_keys, ', ');
   end if;
   for i in 1 .. cardinality(join_keys) loop
     v := keys -> join_keys[i];
@@ -373,12 +378,12 @@ begin
         out := out || to_jsonb((v #>> '{}')::bigint);
       else
         raise exception 'entity key "%" must be an integer for feature view %, got %', join_keys[i], view_ref,
-          left(v::text, 100) using errcode = '22023';
+          left(v::text, 100) using errcode = '22023', hint = format('e.g. {"%s": 42}', join_keys[i]);
       end if;
     else
       if jsonb_typeof(v) <> 'string' then
         raise exception 'entity key "%" must be a string for feature view %, got %', join_keys[i], view_ref,
-          left(v::text, 100) using errcode = '22023';
+          left(v::text, 100) using errcode = '22023', hint = format('e.g. {"%s": "abc"}', join_keys[i]);
       end if;
       out := out || v;
     end if;
@@ -433,7 +438,8 @@ begin
     end if;
   end loop;
   if (select count(distinct x) from unnest(join_keys) x) <> cardinality(join_keys) then
-    raise exception 'join keys of entity % repeat a column', name using errcode = '22023';
+    raise exception 'join keys of entity % repeat a column', name using errcode = '22023',
+      hint = 'name each key column once';
   end if;
   perform pg_advisory_xact_lock(hashtext('indb.features.entity'), hashtext(name));
   select * into e from features.entities x where x.name = create_entity.name;
@@ -556,7 +562,8 @@ begin
   for k in select jsonb_object_keys(ex) order by 1 loop
     if k = 'not_null' then
       if jsonb_typeof(ex -> k) <> 'boolean' then
-        raise exception 'expect.not_null of feature "%" must be true or false', fname using errcode = '22023';
+        raise exception 'expect.not_null of feature "%" must be true or false', fname using errcode = '22023',
+          hint = 'e.g. "expect": {"not_null": true}';
       end if;
       if (ex ->> k)::boolean then
         feature := fname; rule := 'not_null'; predicate := format('%I is not null', fname);
@@ -564,7 +571,8 @@ begin
       end if;
     elsif k in ('min', 'max') then
       if jsonb_typeof(ex -> k) not in ('number', 'string') then
-        raise exception 'expect.% of feature "%" must be a number or a string', k, fname using errcode = '22023';
+        raise exception 'expect.% of feature "%" must be a number or a string', k, fname using errcode = '22023',
+          hint = format('e.g. "expect": {"%s": 0}', k);
       end if;
       feature := fname; rule := k || ' ' || (ex ->> k);
       predicate := format('%I is null or %I %s %L::%s', fname, fname, case k when 'min' then '>=' else '<=' end,
@@ -572,7 +580,8 @@ begin
       return next;
     elsif k = 'in' then
       if jsonb_typeof(ex -> 'in') <> 'array' then
-        raise exception 'expect.in of feature "%" must be an array', fname using errcode = '22023';
+        raise exception 'expect.in of feature "%" must be an array', fname using errcode = '22023',
+          hint = 'e.g. "expect": {"in": ["a", "b"]}';
       end if;
       feature := fname; rule := 'in ' || (ex ->> 'in');
       predicate := format('%I is null or %I = any (%L::%s[])', fname, fname,
@@ -613,7 +622,8 @@ begin
       detail = format('got: %s', left(f::text, 300)), hint = 'allowed: name, type, expr, expect, description';
   end if;
   if f ? 'expr' and (jsonb_typeof(f -> 'expr') <> 'string' or btrim(f ->> 'expr') = '') then
-    raise exception 'expr of feature "%" must be a non-empty SQL expression', fname using errcode = '22023';
+    raise exception 'expr of feature "%" must be a non-empty SQL expression', fname using errcode = '22023',
+      hint = 'e.g. "expr": "avg_rating", or leave expr out to take the source column of the feature''s name';
   end if;
   fexpr := coalesce(f ->> 'expr', quote_ident(fname));
   if f ->> 'expr' is null and cols ->> fname is null then
@@ -698,7 +708,8 @@ declare
 begin
   if jsonb_typeof(keys) is distinct from 'array'
      or array(select y->>'name' from jsonb_array_elements(keys) y) is distinct from e.join_keys then
-    raise exception 'key columns must be the join keys of entity %', e.name using errcode = '22023';
+    raise exception 'key columns must be the join keys of entity %', e.name using errcode = '22023',
+      hint = 'define views with features.create_feature_view, which derives them from the source';
   end if;
   for x in select y from jsonb_array_elements(keys) y loop
     if features._key_kind(features._check_type(format('join key "%s"', x->>'name'), x->>'type'))
@@ -708,13 +719,15 @@ begin
     end if;
   end loop;
   if jsonb_typeof(feats) is distinct from 'array' or jsonb_array_length(feats) = 0 then
-    raise exception 'features must be a non-empty array' using errcode = '22023';
+    raise exception 'features must be a non-empty array' using errcode = '22023',
+      hint = 'define views with features.create_feature_view';
   end if;
   for x in select y from jsonb_array_elements(feats) y loop
     perform ml._check_identifier('feature', x->>'name', 63, '^[A-Za-z_][A-Za-z0-9_]*$');
     if features._check_type(format('feature "%s"', x->>'name'), x->>'type') <> x->>'type'
        or coalesce(btrim(x->>'expr'), '') = '' then
-      raise exception 'feature "%" needs a canonical type and an expression', x->>'name' using errcode = '22023';
+      raise exception 'feature "%" needs a canonical type and an expression', x->>'name' using errcode = '22023',
+        hint = 'define views with features.create_feature_view, which normalizes every feature';
     end if;
     perform count(*) from features._expectations(x);
   end loop;
@@ -723,13 +736,15 @@ begin
      <> jsonb_array_length(feats) + cardinality(e.join_keys)
      or exists (select 1 from jsonb_array_elements(feats) y where y->>'name' in ('event_ts', 'written_at', 'tenant')) then
     raise exception 'feature names must be distinct from each other, the join keys and reserved columns'
-      using errcode = '42710';
+      using errcode = '42710', hint = 'rename the feature (event_ts, written_at and tenant are reserved)';
   end if;
   if timestamp_column is null or timestamp_column = '' or octet_length(timestamp_column) > 63 then
-    raise exception 'invalid timestamp column %', coalesce(quote_literal(timestamp_column), 'NULL') using errcode = '22023';
+    raise exception 'invalid timestamp column %', coalesce(quote_literal(timestamp_column), 'NULL') using errcode = '22023',
+      hint = 'name the event-time column of the source';
   end if;
   if coalesce(btrim(source_sql), '') = '' then
-    raise exception 'the source of a feature view is empty' using errcode = '22023';
+    raise exception 'the source of a feature view is empty' using errcode = '22023',
+      hint = 'pass a table, view or SELECT';
   end if;
 end $$;
 
@@ -752,7 +767,8 @@ begin
   perform features._check_view_args(name, partition_by, features, ttl);
   select * into e from features.entities x where x.id = entity_id;   -- row-level security: the caller's view
   if e.id is null then
-    raise exception 'entity id % does not exist', coalesce(entity_id::text, 'NULL') using errcode = '42704';
+    raise exception 'entity id % does not exist', coalesce(entity_id::text, 'NULL') using errcode = '42704',
+      hint = 'create the entity first: features.create_entity(name, join_keys)';
   end if;
   perform features._check_definition(keys, features, e, timestamp_column, source_sql);
   perform pg_advisory_xact_lock(hashtext('indb.features.view_name'), hashtext(name));

@@ -27,7 +27,8 @@ declare
   rel regclass;
 begin
   if to_regclass(format('features.%I', tbl)) is not null then
-    raise exception 'the offline store of feature view id % exists already', view_id using errcode = '42P07';
+    raise exception 'the offline store of feature view id % exists already', view_id using errcode = '42P07',
+      hint = 'views and their stores are created by features.create_feature_view only';
   end if;
   execute format('create table features.%I (%s, event_ts timestamptz not null, written_at timestamptz not null default now(), '
                  '%s, tenant text default %L check (tenant is not distinct from %L), primary key (%s, event_ts)) '
@@ -65,7 +66,8 @@ declare
 begin
   select * into v from features.feature_views x where x.id = view_id;
   if v.id is null then
-    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704';
+    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704',
+      hint = 'list the views: select id, name, version from features.feature_views';
   end if;
   perform features._assert_may_write(v);
   if lo is null or hi is null then
@@ -153,11 +155,13 @@ declare
 begin
   select * into v from features.feature_views x where x.id = view_id;
   if v.id is null then
-    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704';
+    raise exception 'feature view id % does not exist', coalesce(view_id::text, 'NULL') using errcode = '42704',
+      hint = 'list the views: select id, name, version from features.feature_views';
   end if;
   perform features._assert_may_write(v);
   if kind is null or kind not in ('materialize', 'incremental', 'push') then
-    raise exception 'invalid run kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023';
+    raise exception 'invalid run kind %', coalesce(quote_literal(kind), 'NULL') using errcode = '22023',
+      hint = 'runs are materialize, incremental or push, started by features.materialize and features.push';
   end if;
   insert into features.materialization_runs (view_id, kind, start_ts, end_ts, tenant, started_by)
   values (v.id, kind, start_ts, end_ts, v.tenant, ml.caller())
@@ -174,7 +178,8 @@ declare r features.materialization_runs;
 begin
   select * into r from features.materialization_runs x where x.id = run_id for update;
   if r.id is null then
-    raise exception 'materialization run % does not exist', coalesce(run_id::text, 'NULL') using errcode = '42704';
+    raise exception 'materialization run % does not exist', coalesce(run_id::text, 'NULL') using errcode = '42704',
+      hint = 'runs are recorded by features.materialize and features.push';
   end if;
   if r.status <> 'running' or r.started_by is distinct from ml.caller()::text then
     raise exception 'materialization run % is not a running run of role %', run_id, ml.caller() using errcode = '42501',
@@ -195,7 +200,8 @@ begin
        select 1 from jsonb_array_elements(rows) x
         where jsonb_typeof(x) <> 'object' or jsonb_typeof(x -> 'row') is distinct from 'object'
            or jsonb_typeof(x -> 'failures') is distinct from 'array' or jsonb_array_length(x -> 'failures') = 0) then
-    raise exception 'quarantined rows must be an array of {row, failures, entity_key, event_ts}' using errcode = '22023';
+    raise exception 'quarantined rows must be an array of {row, failures, entity_key, event_ts}' using errcode = '22023',
+      hint = 'rows are quarantined by features.materialize and features.push';
   end if;
   insert into features.quarantine (view_id, run_id, entity_key, event_ts, row, failures, tenant)
   select r.view_id, r.id, x ->> 'entity_key', (x ->> 'event_ts')::timestamptz, x -> 'row',
@@ -216,16 +222,19 @@ declare
   k text;
 begin
   if jsonb_typeof(result) is distinct from 'object' then
-    raise exception 'a run result must be a JSON object' using errcode = '22023';
+    raise exception 'a run result must be a JSON object' using errcode = '22023',
+      hint = 'runs are finished by features.materialize and features.push';
   end if;
   foreach k in array array['rows_read', 'rows_written', 'rows_quarantined', 'online_updated'] loop
     if jsonb_typeof(result -> k) is distinct from 'number' or (result ->> k)::numeric < 0 then
-      raise exception 'run result % must be a count, got %', k, coalesce(result ->> k, 'nothing') using errcode = '22023';
+      raise exception 'run result % must be a count, got %', k, coalesce(result ->> k, 'nothing') using errcode = '22023',
+        hint = 'runs are finished by features.materialize and features.push';
     end if;
   end loop;
   if stats is not null and (jsonb_typeof(stats) <> 'object'
       or exists (select 1 from jsonb_each(stats) s where s.key <> all (names) or jsonb_typeof(s.value) <> 'object')) then
-    raise exception 'statistics must be a JSON object {feature: {...}} over the view''s features' using errcode = '22023';
+    raise exception 'statistics must be a JSON object {feature: {...}} over the view''s features' using errcode = '22023',
+      hint = 'statistics are computed by features.materialize';
   end if;
   update features.materialization_runs
      set status = 'succeeded', rows_read = (result ->> 'rows_read')::bigint,
@@ -335,9 +344,36 @@ begin
   return out;
 end $$;
 
+-- ---------------------------------------------------------------------------------------------------------
+-- progress (ml.progress): materialize, materialize_incremental and large pushes report their phase and rows
+-- done through one PL/Python helper (indb_runtime.features.track): 'start' (command, target, phase, total),
+-- 'update' (phase, done, total; nothing when no call started one), 'end'. Their exception handlers end it too,
+-- so a failed or cancelled call leaves nothing in ml.progress.
+create or replace function features._progress_py(action text, command text default null, target text default null,
+                                                 phase text default null, done bigint default null,
+                                                 total bigint default null)
+returns void
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import features, errors
+errors.call(plpy, features.track, plpy, action, command, target, phase, done, total)
+$$;
+select ml._wrap_python('features._progress', 'features._progress_py(text, text, text, text, bigint, bigint)');
+comment on function features._progress(text, text, text, text, bigint, bigint) is
+  'internal: the progress of a long feature-store call in ml.progress (start, update, end)';
+
+-- pushes of at least this many rows report their progress (smaller ones stay on the fast path)
+create or replace function features._push_progress_rows() returns int
+language sql immutable parallel safe
+as $$ select 10000 $$;
+
 -- the good staged rows into the offline store, one partition's worth per statement (progress, cancel and
 -- statement_timeout act between chunks); returns the rows written
-create or replace function features._write_offline(v features.feature_views, lo timestamptz, hi timestamptz)
+create or replace function features._write_offline(v features.feature_views, lo timestamptz, hi timestamptz,
+                                                   progress boolean default false)
 returns bigint
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -347,11 +383,10 @@ declare
   featcols text := (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x);
   sql text;
   p timestamptz := features._partition_start(v.partition_by, lo);
-  chunks int := 0;
-  done int := 0;
+  nxt timestamptz;
   n bigint := 0;
   c bigint;
-  t0 timestamptz := clock_timestamp();
+  staged bigint := 0;
 begin
   perform features._ensure_partitions(v.id, lo, hi);
   sql := format($q$insert into %s as o (%s, event_ts, written_at, %s)
@@ -364,21 +399,17 @@ begin
                 (select string_agg(format('%I = excluded.%I', x->>'name', x->>'name'), ', ')
                    from jsonb_array_elements(v.features) x));
   while p <= hi loop
-    chunks := chunks + 1;
-    p := features._partition_next(v.partition_by, p);
-  end loop;
-  p := features._partition_start(v.partition_by, lo);
-  while p <= hi loop
-    execute sql using p, features._partition_next(v.partition_by, p);
+    nxt := features._partition_next(v.partition_by, p);
+    execute sql using p, nxt;
     get diagnostics c = row_count;
     n := n + c;
-    done := done + 1;
-    if chunks > 1 and (done % greatest(chunks / 10, 1) = 0 or done = chunks) then
-      raise notice 'features: %@% materialized % rows (% of % partitions), % rows/s, ~% s left', v.name, v.version,
-        n, done, chunks, round(n / greatest(extract(epoch from clock_timestamp() - t0), 1e-6)),
-        round(extract(epoch from clock_timestamp() - t0) * (chunks - done) / done, 1);
+    if progress then
+      -- rows done: the good staged rows up to this partition's end (duplicates of one key and time included)
+      select count(*) into c from pg_temp._fv_stage where cardinality(_failures) = 0 and event_ts >= p and event_ts < nxt;
+      staged := staged + c;
+      perform features._progress('update', done => staged);
     end if;
-    p := features._partition_next(v.partition_by, p);
+    p := nxt;
   end loop;
   return n;
 end $$;
@@ -406,9 +437,9 @@ begin
 end $$;
 
 -- the staged rows where they belong: bad ones to quarantine, good ones to the offline and online stores;
--- statistics, and the run finished
+-- statistics, and the run finished. With progress, each phase is reported (the caller started the progress).
 create or replace function features._write_stage(v features.feature_views, run_id bigint, target text,
-                                                 with_stats boolean)
+                                                 with_stats boolean, progress boolean default false)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -422,12 +453,15 @@ declare
   hi timestamptz;
   bad jsonb;
   result jsonb;
-  t0 timestamptz := clock_timestamp();
 begin
   select count(*), count(*) filter (where cardinality(_failures) > 0),
          min(event_ts) filter (where cardinality(_failures) = 0), max(event_ts) filter (where cardinality(_failures) = 0)
     into n_read, n_bad, lo, hi from pg_temp._fv_stage;
   if n_bad > 0 then
+    if progress then
+      perform features._progress('update', phase => 'quarantining rows that fail the expectations', done => 0,
+                                 total => n_read - n_bad);
+    end if;
     execute format($q$select jsonb_agg(jsonb_build_object('entity_key', %s, 'event_ts', s.event_ts,
                                                           'row', to_jsonb(s) - '_failures' - '_ord', 'failures', s._failures))
                         from pg_temp._fv_stage s where cardinality(s._failures) > 0$q$,
@@ -438,20 +472,44 @@ begin
     analyze pg_temp._fv_stage;
   end if;
   if target in ('offline', 'online_and_offline') and lo is not null then
-    n_off := features._write_offline(v, lo, hi);
+    if progress then
+      perform features._progress('update', phase => 'writing the offline store', done => 0, total => n_read - n_bad);
+    end if;
+    n_off := features._write_offline(v, lo, hi, progress);
   end if;
   if target in ('online', 'online_and_offline') and lo is not null then
+    if progress then
+      perform features._progress('update', phase => 'writing the online store', done => n_read - n_bad,
+                                 total => n_read - n_bad);
+    end if;
     n_on := features._write_online(v);
   end if;
   result := jsonb_build_object('rows_read', n_read, 'rows_written', n_off, 'rows_quarantined', n_bad,
                                'online_updated', n_on, 'min_event_ts', lo, 'max_event_ts', hi);
+  if progress and with_stats and n_read > n_bad then
+    perform features._progress('update', phase => 'computing statistics');
+  end if;
   perform features._finish_run(run_id, result,
                                case when with_stats and n_read > n_bad then features._stage_stats(v) end);
   return jsonb_build_object('run_id', run_id, 'view', v.name || '@' || v.version) || result
       || jsonb_build_object('duplicates_replaced',
-                            case when n_off > 0 then greatest(n_read - n_bad - n_off, 0) else 0 end,
-                            'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
+                            case when n_off > 0 then greatest(n_read - n_bad - n_off, 0) else 0 end);
 end $$;
+
+-- the one row materialize, materialize_incremental and push return, from the jsonb the code above builds
+create or replace function features._run_row(r jsonb)
+returns table (run_id bigint, feature_view text, kind text, rows_read bigint, rows_written bigint,
+               rows_quarantined bigint, duplicates_replaced bigint, online_updated bigint,
+               min_event_ts timestamptz, max_event_ts timestamptz, window_start timestamptz, window_end timestamptz,
+               seconds numeric)
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select (r->>'run_id')::bigint, r->>'view', r->>'kind', (r->>'rows_read')::bigint, (r->>'rows_written')::bigint,
+         (r->>'rows_quarantined')::bigint, (r->>'duplicates_replaced')::bigint, (r->>'online_updated')::bigint,
+         (r->>'min_event_ts')::timestamptz, (r->>'max_event_ts')::timestamptz,
+         (r->>'window_start')::timestamptz, (r->>'window_end')::timestamptz, (r->>'seconds')::numeric
+$$;
 
 -- ---------------------------------------------------------------------------------------------------------
 -- materialize, push, schedule
@@ -465,60 +523,102 @@ as $$
 declare
   run_id bigint;
   inner_sel text;
+  res jsonb;
+  t0 timestamptz := clock_timestamp();
 begin
-  -- first of all, the view's lock: concurrent materializations of one view queue here, before any of them
-  -- creates a partition or a staging table (taking it later let them deadlock on partition creation)
-  perform features._lock_view(v.id);
   if start_ts is null or end_ts is null or start_ts >= end_ts then
     raise exception 'materialize needs start_ts < end_ts, got [%, %)', coalesce(start_ts::text, 'NULL'),
-      coalesce(end_ts::text, 'NULL') using errcode = '22023', hint = 'pass the event-time window to compute';
+      coalesce(end_ts::text, 'NULL') using errcode = '22023',
+      hint = 'pass the event-time window to compute, e.g. the whole range of the source: select min(ts), max(ts) from ...';
   end if;
   perform features._assert_may_run(v, 'materialize');
   perform features._assert_may_write(v);
-  run_id := features._start_run(v.id, kind, start_ts, end_ts);
-  perform features._new_stage(v);
-  inner_sel := format('select %s, (s.%I)::timestamptz as event_ts, %s from (%s) s where (s.%I)::timestamptz >= $1 and (s.%I)::timestamptz < $2',
-                      (select string_agg(format('s.%I', k), ', ') from unnest(v.join_keys) k),
-                      v.timestamp_column,
-                      (select string_agg(format('(%s)::%s as %I', x->>'expr', (x->>'type')::regtype, x->>'name'), ', ')
-                         from jsonb_array_elements(v.features) x),
-                      v.source_sql, v.timestamp_column, v.timestamp_column);
-  execute format('insert into pg_temp._fv_stage select *, %s, row_number() over () from (%s) s',
-                 features._failures_sql(v), inner_sel)
-    using start_ts, end_ts;
-  return features._write_stage(v, run_id, 'online_and_offline', coalesce(with_stats, true));
+  perform features._progress('start', case kind when 'incremental' then 'features.materialize_incremental'
+                                                else 'features.materialize' end,
+                             v.name || '@' || v.version, 'waiting for the view''s lock');
+  begin
+    -- first of all, the view's lock: concurrent materializations of one view queue here, before any of them
+    -- creates a partition or a staging table (taking it later let them deadlock on partition creation)
+    perform features._lock_view(v.id);
+    run_id := features._start_run(v.id, kind, start_ts, end_ts);
+    perform features._new_stage(v);
+    perform features._progress('update', phase => 'reading the source');
+    inner_sel := format('select %s, (s.%I)::timestamptz as event_ts, %s from (%s) s where (s.%I)::timestamptz >= $1 and (s.%I)::timestamptz < $2',
+                        (select string_agg(format('s.%I', k), ', ') from unnest(v.join_keys) k),
+                        v.timestamp_column,
+                        (select string_agg(format('(%s)::%s as %I', x->>'expr', (x->>'type')::regtype, x->>'name'), ', ')
+                           from jsonb_array_elements(v.features) x),
+                        v.source_sql, v.timestamp_column, v.timestamp_column);
+    execute format('insert into pg_temp._fv_stage select *, %s, row_number() over () from (%s) s',
+                   features._failures_sql(v), inner_sel)
+      using start_ts, end_ts;
+    res := features._write_stage(v, run_id, 'online_and_offline', coalesce(with_stats, true), true);
+  exception when others or query_canceled then
+    perform features._progress('end');
+    raise;
+  end;
+  perform features._progress('end');
+  return res || jsonb_build_object('kind', kind, 'window_start', start_ts, 'window_end', end_ts,
+                                   'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
 end $$;
 
 create or replace function features.materialize(view text, start_ts timestamptz, end_ts timestamptz,
                                                 statistics boolean default true)
-returns jsonb
-language plpgsql volatile parallel unsafe
+returns table (run_id bigint, feature_view text, kind text, rows_read bigint, rows_written bigint,
+               rows_quarantined bigint, duplicates_replaced bigint, online_updated bigint,
+               min_event_ts timestamptz, max_event_ts timestamptz, window_start timestamptz, window_end timestamptz,
+               seconds numeric)
+language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
-begin
-  return features._materialize(features._view(view), 'materialize', start_ts, end_ts, statistics);
-end $$;
+  select * from features._run_row(features._materialize(features._view(view), 'materialize', start_ts, end_ts,
+                                                        statistics))
+$$;
 comment on function features.materialize(text, timestamptz, timestamptz, boolean) is
-  'compute a view over [start_ts, end_ts) of event time into the offline store and update the online store';
+  'compute a view over [start_ts, end_ts) of event time into the offline store and update the online store; one row: '
+  'the run, rows read, written, quarantined and replaced, entities updated online, event times written, seconds. '
+  'Progress in ml.progress';
 
-create or replace function features.materialize_incremental(view text, statistics boolean default true)
+-- from the end of the last succeeded materialization (or the beginning of time) up to now()
+create or replace function features._materialize_incremental(v features.feature_views, statistics boolean)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v features.feature_views := features._view(view);
   since timestamptz;
+  upto timestamptz := now();
 begin
   -- serialize incremental runs of one view so two schedulers cannot process the same window twice
   perform features._lock_view(v.id);
   select max(r.end_ts) into since from features.materialization_runs r
    where r.view_id = v.id and r.kind in ('materialize', 'incremental') and r.status = 'succeeded'
      and r.end_ts <> 'infinity';
-  return features._materialize(v, 'incremental', coalesce(since, '-infinity'), now(), statistics);
+  since := coalesce(since, '-infinity');
+  if since >= upto then
+    -- materialized up to now() or later already (a run's end in the future): nothing to do, and no run
+    raise notice 'feature view %@% is materialized up to %, which is not before now(): nothing to do',
+      v.name, v.version, since;
+    return jsonb_build_object('view', v.name || '@' || v.version, 'kind', 'incremental', 'rows_read', 0,
+                              'rows_written', 0, 'rows_quarantined', 0, 'duplicates_replaced', 0, 'online_updated', 0,
+                              'window_start', since, 'window_end', upto, 'seconds', 0);
+  end if;
+  return features._materialize(v, 'incremental', since, upto, statistics);
 end $$;
+
+create or replace function features.materialize_incremental(view text, statistics boolean default true)
+returns table (run_id bigint, feature_view text, kind text, rows_read bigint, rows_written bigint,
+               rows_quarantined bigint, duplicates_replaced bigint, online_updated bigint,
+               min_event_ts timestamptz, max_event_ts timestamptz, window_start timestamptz, window_end timestamptz,
+               seconds numeric)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select * from features._run_row(features._materialize_incremental(features._view(view), statistics))
+$$;
 comment on function features.materialize_incremental(text, boolean) is
-  'materialize event times from the end of the last run up to now()';
+  'materialize event times from the end of the last run up to now(); the same row as features.materialize '
+  '(no run when the view is materialized up to now() already)';
 
 -- pushed rows: a non-empty array of objects with exactly the view's keys, timestamp column and features
 create or replace function features._check_push_rows(v features.feature_views, rows jsonb) returns jsonb
@@ -539,7 +639,8 @@ begin
       hint = format('e.g. [{%s}]', (select string_agg(format('"%s": ...', a), ', ') from unnest(allowed) a));
   end if;
   if exists (select 1 from jsonb_array_elements(rows) r where jsonb_typeof(r) <> 'object') then
-    raise exception 'every pushed row must be a JSON object' using errcode = '22023';
+    raise exception 'every pushed row must be a JSON object' using errcode = '22023',
+      hint = format('e.g. [{%s}]', (select string_agg(format('"%s": ...', a), ', ') from unnest(allowed) a));
   end if;
   select string_agg(distinct k, ', ') into extra
     from jsonb_array_elements(rows) r, jsonb_object_keys(r) k where k <> all (allowed);
@@ -560,23 +661,17 @@ begin
   return rows;
 end $$;
 
-create or replace function features.push(view text, rows jsonb, target text default 'online_and_offline')
+
+-- the pushed rows staged, typed by the view's definition, and written (the run started here)
+create or replace function features._push_stage(v features.feature_views, rows jsonb, target text, progress boolean)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v features.feature_views := features._view(view);
-  run_id bigint;
+  run_id bigint := features._start_run(v.id, 'push');
   coldefs text;
 begin
-  if target is null or target not in ('online', 'offline', 'online_and_offline') then
-    raise exception 'push target must be online, offline or online_and_offline, got %', coalesce(target, 'NULL')
-      using errcode = '22023';
-  end if;
-  rows := features._check_push_rows(v, rows);
-  perform features._assert_may_write(v);
-  run_id := features._start_run(v.id, 'push');
   perform features._new_stage(v);
   coldefs := (select string_agg(format('%I %s', c, t), ', ') from (
                 select k as c, case when kt = 'int' then 'bigint' else 'text' end as t
@@ -597,10 +692,54 @@ begin
     raise exception 'push to %@%: a value does not fit its declared type: %', v.name, v.version, sqlerrm
       using errcode = sqlstate, hint = 'declared: ' || coldefs;
   end;
-  return features._write_stage(v, run_id, target, false) || jsonb_build_object('target', target);
+  return features._write_stage(v, run_id, target, false, progress);
 end $$;
+
+create or replace function features._push(v features.feature_views, rows jsonb, target text) returns jsonb
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  res jsonb;
+  t0 timestamptz := clock_timestamp();
+begin
+  if target is null or target not in ('online', 'offline', 'online_and_offline') then
+    raise exception 'push target must be online, offline or online_and_offline, got %', coalesce(target, 'NULL')
+      using errcode = '22023', hint = 'online_and_offline (the default) writes both stores';
+  end if;
+  rows := features._check_push_rows(v, rows);
+  perform features._assert_may_write(v);
+  if jsonb_array_length(rows) < features._push_progress_rows() then
+    -- the streaming path: no progress, no subtransaction
+    res := features._push_stage(v, rows, target, false);
+  else
+    perform features._progress('start', 'features.push', v.name || '@' || v.version, 'reading the pushed rows',
+                               total => jsonb_array_length(rows));
+    begin
+      res := features._push_stage(v, rows, target, true);
+    exception when others or query_canceled then
+      perform features._progress('end');
+      raise;
+    end;
+    perform features._progress('end');
+  end if;
+  return res || jsonb_build_object('kind', 'push', 'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
+end $$;
+
+create or replace function features.push(view text, rows jsonb, target text default 'online_and_offline')
+returns table (run_id bigint, feature_view text, kind text, rows_read bigint, rows_written bigint,
+               rows_quarantined bigint, duplicates_replaced bigint, online_updated bigint,
+               min_event_ts timestamptz, max_event_ts timestamptz, window_start timestamptz, window_end timestamptz,
+               seconds numeric)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select * from features._run_row(features._push(features._view(view), rows, target))
+$$;
 comment on function features.push(text, jsonb, text) is
-  'streaming write of computed feature rows; late events never overwrite a newer online value';
+  'streaming write of computed feature rows (target online, offline or online_and_offline); late events never '
+  'overwrite a newer online value; the same row as features.materialize. Pushes of 10000 rows or more report '
+  'their progress in ml.progress';
 
 create or replace function features.schedule(view text, cron text) returns bigint
 language plpgsql volatile parallel unsafe

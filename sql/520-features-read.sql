@@ -34,10 +34,10 @@ begin
     for i in 1 .. cardinality(r.feats) loop
       val := features._served(vals, expired, r.feats[i]);
       inputs := inputs || jsonb_build_object(r.feats[i], val);
-      input_status := input_status || jsonb_build_object(r.feats[i], features._status(vals is not null, expired));
+      input_status := input_status || jsonb_build_object(r.feats[i], features._status(vals is not null, expired, vals -> r.feats[i]));
       if not r.hid[i] then
         res := res || jsonb_build_object(r.outs[i], val);
-        status := status || jsonb_build_object(r.outs[i], features._status(vals is not null, expired));
+        status := status || jsonb_build_object(r.outs[i], features._status(vals is not null, expired, vals -> r.feats[i]));
       end if;
     end loop;
     if vals is not null then
@@ -46,8 +46,9 @@ begin
   end loop;
   for od in select s.out_name, s.odfv_id from features._resolve(_get_online_slow.features, full_names) s
              where s.view_id is null order by s.ord loop
-    res := res || jsonb_build_object(od.out_name, features._odfv_online(od.odfv_id, request, inputs));
-    status := status || jsonb_build_object(od.out_name, features._odfv_status(od.odfv_id, input_status));
+    val := features._odfv_online(od.odfv_id, request, inputs);
+    res := res || jsonb_build_object(od.out_name, val);
+    status := status || jsonb_build_object(od.out_name, features._odfv_status(od.odfv_id, input_status, val));
   end loop;
   return res || jsonb_build_object('_status', status);
 end $$;
@@ -100,7 +101,7 @@ begin
       expired := features._expired(row.event_ts, v.ttl);
       for j in 1 .. cardinality(r.feats) loop
         res[row.o] := res[row.o] || jsonb_build_object(r.outs[j], features._served(row.values, expired, r.feats[j]));
-        st[row.o] := st[row.o] || jsonb_build_object(r.outs[j], features._status(row.values is not null, expired));
+        st[row.o] := st[row.o] || jsonb_build_object(r.outs[j], features._status(row.values is not null, expired, row.values -> r.feats[j]));
       end loop;
     end loop;
   end loop;
@@ -155,7 +156,7 @@ begin
        and st.entity_key = features._online_key(entity_keys, d.join_keys, d.key_types, d.name || '@' || d.version))
   select entity_keys
          || jsonb_object_agg(r.out_name, features._served(vs.values, vs.expired, r.feat))
-         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired)))
+         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired, vs.values -> r.feat)))
          || coalesce((select jsonb_build_object('_event_ts', jsonb_object_agg(x.name || '@' || x.version, x.event_ts))
                         from vs x where x.event_ts is not null), '{}'),
          count(distinct r.o), count(*), count(distinct r.out_name)
@@ -167,7 +168,8 @@ begin
   return features._get_online_slow(features, entity_keys, request, coalesce(full_names, false));
 end $$;
 comment on function features.get_online(text[], jsonb, jsonb, boolean) is
-  'latest feature values for one entity; past-ttl values come back null with _status outside_ttl';
+  'latest feature values for one entity: {keys..., feature: value, _status: {feature: present | null_value | '
+  'not_found | outside_ttl}, _event_ts: {view: time}}; past-ttl values come back null with _status outside_ttl';
 
 create or replace function features.get_online_batch(features text[], entity_keys jsonb, request jsonb default null,
                                                      full_names boolean default false)
@@ -219,7 +221,7 @@ begin
                                   where o.view_id = ek.id and o.entity_key = ek.key offset 0) st on true)
   select s.ekeys
          || jsonb_object_agg(r.out_name, features._served(s.values, s.expired, r.feat))
-         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(s.values is not null, s.expired)))
+         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(s.values is not null, s.expired, s.values -> r.feat)))
     from s join unnest(ids, feats, outs) r(id, feat, out_name) on r.id = s.id
    group by s.eo, s.ekeys
    order by s.eo;
@@ -384,9 +386,11 @@ declare
   od record;
   est_e float8;
   pj json;
+  uniq text[];
 begin
   if ttl_override is not null and ttl_override <= interval '0' then
-    raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023';
+    raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023',
+      hint = 'pass an interval such as ''30 days'', or null to use each view''s own ttl';
   end if;
   select * into e from features._entity_columns(eq, timestamp_column);
   for r in select s.view_id, array_agg(s.feature order by s.ord) as feats, array_agg(s.out_name order by s.ord) as outs,
@@ -402,11 +406,13 @@ begin
       execute 'explain (format json) select * from (' || eq || ') q' into pj;
       est_e := (pj -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
     end if;
+    -- each feature fetched once (an on-demand feature's input may also be requested itself)
+    uniq := array(select f from unnest(r.feats) with ordinality u(f, o) group by f order by min(o));
     if features._pit_use_merge(v, est_e) then
-      ctes := ctes || features._pit_merge(v, r.feats, e.ts, coalesce(ttl_override, v.ttl), alias);
+      ctes := ctes || features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias);
       joins := joins || format('left join %I on %I._indb_rid = e._indb_rid', alias, alias);
     else
-      joins := joins || features._pit_lateral(v, r.feats, e.ts, coalesce(ttl_override, v.ttl), alias);
+      joins := joins || features._pit_lateral(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias);
     end if;
     for i in 1 .. cardinality(r.feats) loop
       fmap := fmap || jsonb_build_object(r.feats[i], format('%I.%I', alias, r.feats[i]));
@@ -433,7 +439,8 @@ begin
                 coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
 end $$;
 comment on function features.historical_query(text, text[], interval, boolean, text) is
-  'the SQL of the point-in-time join get_historical runs (for CREATE TABLE AS, COPY, EXPLAIN)';
+  'the SQL of the point-in-time join get_historical runs, typed columns (entity columns, then one per feature): '
+  'run it (psql \gexec), or use it in CREATE TABLE AS, COPY, EXPLAIN';
 
 create or replace function features.get_historical(entity_query text, features text[],
                                                    ttl_override interval default null,
@@ -448,7 +455,9 @@ begin
     features.historical_query(entity_query, features, ttl_override, full_names, timestamp_column));
 end $$;
 comment on function features.get_historical(text, text[], interval, boolean, text) is
-  'point-in-time join: per entity row (one jsonb each) the latest feature values at or before its timestamp, within ttl; for typed columns run the SQL of features.historical_query';
+  'point-in-time join: per entity row (one jsonb each) the latest feature values at or before its timestamp, within '
+  'ttl. For typed columns, run the SQL that features.historical_query(...) returns (same arguments; psql: \gexec, '
+  'or CREATE TABLE AS), or features.create_training_set';
 
 -- ---------------------------------------------------------------------------------------------------------
 -- training sets: a point-in-time join kept as a table of the caller's, registered through the registry's API
@@ -486,10 +495,44 @@ begin
   return format('%I.%I', parts[1], parts[2]);
 end $$;
 
-create or replace function features.create_training_set(name text, entity_query text, features text[],
-                                                        label text default null,
-                                                        ttl_override interval default null,
-                                                        timestamp_column text default null)
+-- a WARNING when feature columns of a new training set are mostly NULL: the views hold no values at (or within
+-- the ttl before) most entity rows' times, which usually means the event times were not all materialized
+create or replace function features._warn_sparse_training_set(rel text, n bigint, feature_refs text[]) returns void
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cols text[] := array(select s.out_name from features._resolve(feature_refs, false) s where not s.hidden
+                        order by s.ord);
+  nulls jsonb;
+  sparse text;
+  ranges text;
+begin
+  if n = 0 or cardinality(cols) = 0 then
+    return;
+  end if;
+  execute format('select jsonb_build_object(%s) from %s',
+                 (select string_agg(format('%L, count(*) - count(%I)', c, c), ', ') from unnest(cols) c), rel)
+    into nulls;
+  select string_agg(format('%s (%s%%)', c, round(100.0 * (nulls ->> c)::bigint / n)), ', ' order by o) into sparse
+    from unnest(cols) with ordinality u(c, o) where (nulls ->> c)::bigint > n / 2;
+  if sparse is null then
+    return;
+  end if;
+  select string_agg(x.ref || ': ' || coalesce(x.lo::text || ' to ' || x.hi::text, 'nothing materialized'), '; ')
+    into ranges
+    from (select s.view_ref as ref, min(r.min_event_ts) as lo, max(r.max_event_ts) as hi
+            from (select distinct view_id, view_ref from features._resolve(feature_refs, false) where view_id is not null) s
+            left join features.materialization_runs r on r.view_id = s.view_id and r.status = 'succeeded'
+           group by s.view_ref order by s.view_ref) x;
+  raise warning 'training set %: feature columns NULL in more than half of its % rows: %', rel, n, sparse
+    using detail = 'event times the views hold (succeeded runs): ' || coalesce(ranges, 'none'),
+          hint = 'materialize the event times the entity rows cover (features.materialize(view, start_ts, end_ts)), '
+                 'or check the views'' ttl (ttl_override)';
+end $$;
+
+create or replace function features._create_training_set(name text, entity_query text, features text[], label text,
+                                                         ttl_override interval, timestamp_column text)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -512,33 +555,65 @@ begin
     raise exception 'label column "%" is not in the training set', label using errcode = '42703',
       hint = 'the label comes from the entity query, e.g. select user_id, ts as event_timestamp, rating from ratings';
   end if;
-  select jsonb_agg(distinct s.view_ref) into views from features._resolve(create_training_set.features, false) s
+  select jsonb_agg(distinct s.view_ref) into views from features._resolve(_create_training_set.features, false) s
    where s.view_id is not null;
   ds := registry.register_dataset(
           name => name, digest => md5(q || clock_timestamp()::text), kind => 'training_set', source => entity_query,
           row_count => n,
-          schema => jsonb_build_object('columns', cols, 'label', label, 'features', to_jsonb(create_training_set.features),
+          schema => jsonb_build_object('columns', cols, 'label', label, 'features', to_jsonb(_create_training_set.features),
                                        'feature_views', views, 'query', q,
                                        'feature_columns', (select jsonb_agg(s.out_name order by s.ord)
-                                                             from features._resolve(create_training_set.features, false) s
+                                                             from features._resolve(_create_training_set.features, false) s
                                                             where not s.hidden)),
           materialized => rel::regclass);
-  for fv in select distinct s.view_id from features._resolve(create_training_set.features, false) s
+  for fv in select distinct s.view_id from features._resolve(_create_training_set.features, false) s
              where s.view_id is not null loop
     perform registry.add_lineage('feature_view_version', fv.view_id::text, 'training_set', ds::text, 'features_of');
   end loop;
-  return jsonb_build_object('dataset_id', ds, 'relation', rel, 'rows', n, 'label', label, 'feature_views', views);
+  perform features._warn_sparse_training_set(rel, n, _create_training_set.features);
+  return jsonb_build_object('dataset_id', ds, 'relation', rel::regclass::text, 'rows', n, 'label', label,
+                            'feature_views', views);
 end $$;
-comment on function features.create_training_set(text, text, text[], text, interval, text) is
-  'materialize a point-in-time join as a table, registered (registry.register_dataset) as a training_set with lineage';
 
-create or replace function features.training_set(name text) returns jsonb
-language sql stable parallel safe
+create or replace function features.create_training_set(name text, entity_query text, features text[],
+                                                        label text default null,
+                                                        ttl_override interval default null,
+                                                        timestamp_column text default null)
+returns table (dataset_id bigint, relation text, rows bigint, label_column text, feature_views text[])
+language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
-  select jsonb_build_object('dataset_id', d.id, 'relation', d.materialized::text, 'rows', d.row_count,
-                            'label', d.schema->>'label', 'columns', d.schema->'columns',
-                            'feature_columns', d.schema->'feature_columns', 'created_at', d.created_at)
-    from registry.datasets d where d.kind = 'training_set' and d.name = training_set.name
-   order by d.id desc limit 1
+  select (r->>'dataset_id')::bigint, r->>'relation', (r->>'rows')::bigint, r->>'label',
+         array(select jsonb_array_elements_text(r->'feature_views'))
+    from features._create_training_set(name, entity_query, features, label, ttl_override, timestamp_column) r
 $$;
+comment on function features.create_training_set(text, text, text[], text, interval, text) is
+  'materialize a point-in-time join as a table, registered (registry.register_dataset) as a training_set with '
+  'lineage; one row: dataset id, table, rows, label column, feature views. Warns when feature columns are mostly NULL';
+
+create or replace function features.training_set(name text)
+returns table (dataset_id bigint, relation text, rows bigint, label_column text, feature_columns text[],
+               columns jsonb, created_at timestamptz)
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  known text;
+begin
+  return query
+  select d.id, d.materialized::text, d.row_count, d.schema->>'label',
+         array(select jsonb_array_elements_text(coalesce(d.schema->'feature_columns', '[]'))), d.schema->'columns',
+         d.created_at
+    from registry.datasets d where d.kind = 'training_set' and d.name = training_set.name
+   order by d.id desc limit 1;
+  if not found then
+    select string_agg(x.name, ', ') into known
+      from (select distinct d.name from registry.datasets d where d.kind = 'training_set' order by 1 limit 20) x;
+    raise exception 'training set "%" does not exist', coalesce(name, 'NULL') using errcode = '42704',
+      detail = coalesce('training sets: ' || known, 'there are no training sets yet'),
+      hint = 'create it with features.create_training_set(name, entity_query, features, label)';
+  end if;
+end $$;
+comment on function features.training_set(text) is
+  'the latest training set of that name: dataset id, table, rows, label column, feature columns, columns '
+  '[{name, type}], created_at; 42704 when there is none';

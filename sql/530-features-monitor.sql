@@ -32,8 +32,9 @@ as $$
 $$;
 
 -- the values of one window: 'online' (the online store), 'latest' (the most recent succeeded materialization
--- that wrote rows; if there is none, the most recent such push), 'run:<id>' (the event times a run wrote),
--- or a tstzrange of event times. Returns the values and a description of the window for messages.
+-- that wrote rows; if there is none, the most recent such push), 'previous' (the succeeded materialization
+-- that wrote rows before 'latest'), 'run:<id>' (the event times a run wrote), or a tstzrange of event times.
+-- Returns the values and a description of the window for messages.
 create or replace function features._drift_window(v features.feature_views, feature text, spec text,
                                                   out vals float8[], out label text)
 language plpgsql stable parallel unsafe
@@ -46,22 +47,26 @@ declare
 begin
   if spec is null or btrim(spec) = '' then
     raise exception 'drift window is empty' using errcode = '22023',
-      hint = 'use ''online'', ''latest'', ''run:<id>'' or a tstzrange such as ''[2024-01-01,2024-02-01)''';
+      hint = 'use ''online'', ''latest'', ''previous'', ''run:<id>'' or a tstzrange such as ''[2024-01-01,2024-02-01)''';
   end if;
   if btrim(spec) = 'online' then
     select array_agg((s.values ->> feature)::float8) into vals from features.online_store s where s.view_id = v.id;
     label := format('online (%s entities)', coalesce(cardinality(vals), 0));
     return;
   end if;
-  m := regexp_match(spec, '^\s*(?:run:)?\s*([0-9]{1,18}|latest)\s*$');
+  m := regexp_match(spec, '^\s*(?:run:)?\s*([0-9]{1,18}|latest|previous)\s*$');
   if m is not null then
-    if m[1] = 'latest' then
+    if m[1] in ('latest', 'previous') then
       select * into r from features.materialization_runs x
        where x.view_id = v.id and x.status = 'succeeded' and x.rows_written > 0
-       order by (x.kind = 'push'), x.id desc limit 1;
-      if r.id is null then
-        raise exception 'feature view %@% has no succeeded run that wrote rows', v.name, v.version using errcode = '42704',
-          detail = features._recent_runs(v), hint = 'materialize it first (features.materialize)';
+       order by (x.kind = 'push'), x.id desc limit 1 offset case m[1] when 'latest' then 0 else 1 end;
+      if r.id is null or (m[1] = 'previous' and r.kind = 'push') then
+        raise exception 'feature view %@% has no % succeeded materialization that wrote rows', v.name, v.version,
+          case m[1] when 'latest' then 'one' else 'second' end using errcode = '42704',
+          detail = features._recent_runs(v),
+          hint = case m[1] when 'latest' then 'materialize it first (features.materialize)'
+                 else 'materialize it twice (e.g. two halves of its event times, or materialize_incremental later), '
+                      'or compare run:<id> windows or tstzranges' end;
       end if;
     else
       select * into r from features.materialization_runs x where x.id = m[1]::bigint;
@@ -81,7 +86,7 @@ begin
       rng := spec::tstzrange;
     exception when others then
       raise exception 'invalid drift window %', quote_literal(spec) using errcode = '22023',
-        hint = 'use ''online'', ''latest'', ''run:<id>'' or a tstzrange such as ''[2024-01-01,2024-02-01)''';
+        hint = 'use ''online'', ''latest'', ''previous'', ''run:<id>'' or a tstzrange such as ''[2024-01-01,2024-02-01)''';
     end;
     label := 'event times ' || rng::text;
   end if;
@@ -102,8 +107,8 @@ return json.dumps(errors.call(plpy, drift.drift, baseline, current, psi_threshol
 $$;
 select ml._wrap_python('features._drift_stats', 'features._drift_stats_py(float8[], float8[], float8, float8)');
 
-create or replace function features.drift(view text, feature text, baseline text, current text,
-                                          psi_threshold float8 default 0.2, ks_threshold float8 default 0.1)
+create or replace function features._drift(view text, feature text, baseline text, current text,
+                                           psi_threshold float8, ks_threshold float8)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -142,11 +147,45 @@ begin
                             'current', current, 'baseline_window', b.label, 'current_window', c.label)
       || features._drift_stats(b.vals, c.vals, psi_threshold, ks_threshold);
 end $$;
+
+create or replace function features.drift(view text, feature text, baseline text, current text,
+                                          psi_threshold float8 default 0.2, ks_threshold float8 default 0.1)
+returns table (feature_view text, baseline_window text, current_window text, psi float8, ks float8,
+               ks_pvalue float8, drifted boolean, baseline_n bigint, baseline_mean float8, baseline_std float8,
+               current_n bigint, current_mean float8, current_std float8)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select d->>'view', d->>'baseline_window', d->>'current_window', (d->>'psi')::float8, (d->>'ks')::float8,
+         (d->>'ks_pvalue')::float8, (d->>'drift')::boolean, (d#>>'{baseline,n}')::bigint,
+         (d#>>'{baseline,mean}')::float8, (d#>>'{baseline,std}')::float8, (d#>>'{current,n}')::bigint,
+         (d#>>'{current,mean}')::float8, (d#>>'{current,std}')::float8
+    from features._drift(view, feature, baseline, current, psi_threshold, ks_threshold) d
+$$;
 comment on function features.drift(text, text, text, text, float8, float8) is
-  'PSI and KS between two windows (online, latest, run:<id>, or a tstzrange) of one numeric feature, with a drift flag';
+  'PSI and KS between two windows (online, latest, previous, run:<id>, or a tstzrange) of one numeric feature: '
+  'one row with the windows, psi, ks and its p-value, drifted (psi >= psi_threshold, or ks >= ks_threshold with '
+  'p < 0.01), and each window''s count, mean and standard deviation';
 
 -- ---------------------------------------------------------------------------------------------------------
 -- skew: sampled online values against the offline store and against the source recomputed
+
+-- two documents of feature values are the same: equal, or numbers equal to 1e-9 relative (a recomputed
+-- window aggregate of floats may differ in the last bits when the rows are summed in another order)
+create or replace function features._same_values(a jsonb, b jsonb) returns boolean
+language sql immutable parallel safe
+as $$
+  select a = b
+      or (jsonb_typeof(a) = 'object' and jsonb_typeof(b) = 'object'
+          and (select count(*) from jsonb_object_keys(a)) = (select count(*) from jsonb_object_keys(b))
+          and not exists (
+            select 1 from jsonb_each(a) x left join jsonb_each(b) y on y.key = x.key
+             where y.key is null
+                or not (x.value = y.value
+                        or (jsonb_typeof(x.value) = 'number' and jsonb_typeof(y.value) = 'number'
+                            and abs(x.value::numeric - y.value::numeric)
+                                <= 1e-9 * greatest(abs(x.value::numeric), abs(y.value::numeric))))))
+$$;
 
 create or replace function features._skew_sql(v features.feature_views) returns text
 language sql stable parallel safe
@@ -156,7 +195,7 @@ as $$
     with smp as (select entity_key, values, event_ts from features.online_store where view_id = $1 order by random() limit $2),
     off as (select %1$s as k, s.event_ts, %2$s as vals from %3$s s
               join smp on smp.event_ts = s.event_ts and smp.entity_key = %1$s),
-    src as (select z.k, bool_or(z.vals = smp.values) as any_match, (array_agg(z.vals))[1] as vals from (
+    src as (select z.k, bool_or(features._same_values(z.vals, smp.values)) as any_match, (array_agg(z.vals))[1] as vals from (
               select %1$s as k, s.event_ts, %2$s as vals
                 from (select %4$s, (s.%5$I)::timestamptz as event_ts, %6$s from (%7$s) s) s) z
              join smp on smp.entity_key = z.k and smp.event_ts = z.event_ts group by z.k),
@@ -174,9 +213,10 @@ as $$
       'not_in_source', count(*) filter (where not_in_source),
       'mismatches', count(*) filter (where off_mismatch or src_mismatch),
       'mismatch_rate', coalesce(round((count(*) filter (where off_mismatch or src_mismatch))::numeric / nullif(count(*), 0), 6), 0),
-      'examples', coalesce((jsonb_agg(jsonb_build_object('entity_key', entity_key, 'event_ts', event_ts, 'online', online,
-                                                           'offline', offline, 'recomputed', recomputed))
-                            filter (where off_mismatch or src_mismatch)), '[]'))
+      'examples', coalesce(jsonb_path_query_array(
+                             jsonb_agg(jsonb_build_object('entity_key', entity_key, 'event_ts', event_ts, 'online', online,
+                                                          'offline', offline, 'recomputed', recomputed))
+                               filter (where off_mismatch or src_mismatch), '$[0 to 9]'), '[]'))
       from cmp $q$,
     features._key_sql(v.join_keys, v.key_types, 's'),
     'jsonb_build_object(' || (select string_agg(format('%L, to_jsonb(s.%I)', x->>'name', x->>'name'), ', ')
@@ -188,8 +228,7 @@ as $$
     v.source_sql)
 $$;
 
-create or replace function features.check_skew(view text, sample int default 100, strict boolean default false,
-                                               threshold float8 default 0.0)
+create or replace function features._check_skew(view text, sample int, strict boolean, threshold float8)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -219,5 +258,20 @@ begin
   end if;
   return res;
 end $$;
+
+create or replace function features.check_skew(view text, sample int default 100, strict boolean default false,
+                                               threshold float8 default 0.0)
+returns table (feature_view text, sampled bigint, mismatches bigint, mismatch_rate float8, offline_mismatches bigint,
+               source_mismatches bigint, not_in_source bigint, examples jsonb)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r->>'view', (r->>'sampled')::bigint, (r->>'mismatches')::bigint, (r->>'mismatch_rate')::float8,
+         (r->>'offline_mismatches')::bigint, (r->>'source_mismatches')::bigint, (r->>'not_in_source')::bigint,
+         r->'examples'
+    from features._check_skew(view, sample, strict, threshold) r
+$$;
 comment on function features.check_skew(text, int, boolean, float8) is
-  'compare online values of sampled entities with the offline store and the source recomputed (rows not in the source, such as pushed ones, are counted as not_in_source, not as mismatches); strict raises';
+  'compare the online values of sampled entities with the offline store and with the source recomputed (numbers '
+  'equal to 1e-9 relative; rows not in the source, such as pushed ones, are counted as not_in_source, not as '
+  'mismatches): one row of counts and up to 10 mismatching examples; strict raises IXF01 above threshold';

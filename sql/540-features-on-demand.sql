@@ -27,7 +27,8 @@ begin
       hint = 'e.g. ''{"amount": "float8"}''; ''{}'' when the feature needs none';
   end if;
   if cardinality(inputs) > 100 then
-    raise exception 'an on-demand feature takes at most 100 inputs' using errcode = '54011';
+    raise exception 'an on-demand feature takes at most 100 inputs' using errcode = '54011',
+      hint = 'split it into several on-demand features';
   end if;
   foreach inp in array coalesce(inputs, '{}') loop
     f := features._feature(inp);
@@ -45,7 +46,8 @@ begin
         hint = 'inputs and request fields are bound by name: each name once';
     end if;
     if jsonb_typeof(request_fields -> k) <> 'string' then
-      raise exception 'request field "%" needs a type name', k using errcode = '22023';
+      raise exception 'request field "%" needs a type name', k using errcode = '22023',
+        hint = 'e.g. request_fields => ''{"amount": "float8"}''';
     end if;
     names := names || k;
     binds := binds || format('(_req->>%L)::%s as %I', k,
@@ -120,7 +122,8 @@ begin
   perform ml._check_identifier('on-demand feature', name, 63, '^[A-Za-z_][A-Za-z0-9_]*$');
   t := features._check_type(format('on-demand feature "%s"', name), type);
   if expression is null or btrim(expression) = '' then
-    raise exception 'the expression of on-demand feature "%" is empty', name using errcode = '22023';
+    raise exception 'the expression of on-demand feature "%" is empty', name using errcode = '22023',
+      hint = 'pass one SQL expression over the request fields and the inputs, e.g. ''amount - avg_amount''';
   end if;
   binds := features._odfv_binds(inputs, request_fields);
   -- the inputs must be readable by everyone who may read the feature
@@ -203,7 +206,8 @@ declare od features.on_demand_features;
 begin
   select * into od from features.on_demand_features o where o.id = odfv_id;
   if od.id is null then
-    raise exception 'on-demand feature id % does not exist', coalesce(odfv_id::text, 'NULL') using errcode = '42704';
+    raise exception 'on-demand feature id % does not exist', coalesce(odfv_id::text, 'NULL') using errcode = '42704',
+      hint = 'list them: select id, name from features.on_demand_features';
   end if;
   return od;
 end $$;
@@ -238,17 +242,18 @@ begin
   return val;
 end $$;
 
--- online: the _status of an on-demand feature is that of its inputs (not_found if any input entity is
--- missing, else outside_ttl if any input is past its ttl, else present); a feature of request fields only
--- is present
-create or replace function features._odfv_status(odfv_id bigint, input_status jsonb) returns text
+-- online: the _status of an on-demand feature: not_found when an input entity is missing, else outside_ttl
+-- when an input is past its ttl, else null_value when the computed value is null, else present. A feature of
+-- request fields only is present or null_value.
+create or replace function features._odfv_status(odfv_id bigint, input_status jsonb, val jsonb) returns text
 language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
   select coalesce((select s from (select input_status ->> (features._feature(i) ->> 'name') as s
                                     from unnest((features._odfv(odfv_id)).inputs) i) x
-                    where s is distinct from 'present'
-                    order by case s when 'not_found' then 0 else 1 end limit 1), 'present')
+                    where s in ('not_found', 'outside_ttl')
+                    order by case s when 'not_found' then 0 else 1 end limit 1),
+                  case when val is null or jsonb_typeof(val) = 'null' then 'null_value' else 'present' end)
 $$;
 
 -- point in time: the call of the compiled function over the entity row (request fields) and the joined inputs

@@ -3,7 +3,11 @@
 fs = client.features
 fs.get_online(["user_stats:avg_rating"], {"user_id": 1})          -> dict
 fs.get_historical(entity_df_or_sql, ["user_stats:avg_rating"])   -> pandas.DataFrame
+fs.materialize("user_stats", "2018-01-01", "2019-01-01")         -> dict (the run's row)
 fs.dataset("movielens_train")                                    -> torch.utils.data.Dataset
+
+Methods of SQL functions that return one typed row (materialize, materialize_incremental, push,
+create_training_set, training_set, drift, check_skew) return that row as a dict of its columns.
 """
 
 from __future__ import annotations
@@ -96,14 +100,46 @@ class FeatureStore:
         )
 
     # -- writes ----------------------------------------------------------------------------------
-    def materialize(self, view: str, start_ts, end_ts, statistics: bool = True) -> dict:
-        return self._c.scalar("select features.materialize(%s, %s, %s, %s)", [view, start_ts, end_ts, statistics])
+    def _one(self, sql: str, params: Sequence[Any]) -> dict:
+        """The one row of a features.* function that returns a typed row, as a dict."""
+        rows = self._c.call(sql, params)
+        return rows[0] if rows else {}
 
-    def materialize_incremental(self, view: str, statistics: bool = True) -> dict:
-        return self._c.scalar("select features.materialize_incremental(%s, %s)", [view, statistics])
+    def _watch(self, command: str, view: str, progress: bool):
+        """A tqdm bar drawn from ml.progress while the call runs (on a terminal; nothing otherwise)."""
+        from contextlib import nullcontext
+
+        if not progress:
+            return nullcontext()
+        from psycopg.conninfo import make_conninfo
+
+        from .progress import watch
+
+        info = self._c.conn.info
+        dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+        target = view.strip() if "@" in view else None  # 'name' means the latest version: any target of the command
+        return watch(dsn, command, target=target)
+
+    def materialize(self, view: str, start_ts, end_ts, statistics: bool = True, progress: bool = False) -> dict:
+        """Compute ``view`` over [start_ts, end_ts) of event time into the offline and online stores.
+
+        Returns the run's row: run_id, feature_view, kind, rows_read, rows_written, rows_quarantined,
+        duplicates_replaced, online_updated, min_event_ts, max_event_ts, window_start, window_end, seconds.
+        ``progress=True`` draws a tqdm bar on a terminal from what the server reports in ml.progress."""
+        with self._watch("features.materialize", view, progress):
+            return self._one("select * from features.materialize(%s, %s, %s, %s)", [view, start_ts, end_ts, statistics])
+
+    def materialize_incremental(self, view: str, statistics: bool = True, progress: bool = False) -> dict:
+        """Materialize from the end of the last run up to now(); the same row as :meth:`materialize`."""
+        with self._watch("features.materialize_incremental", view, progress):
+            return self._one("select * from features.materialize_incremental(%s, %s)", [view, statistics])
 
     def push(self, view: str, rows: list[dict] | dict, target: str = "online_and_offline") -> dict:
-        return self._c.scalar("select features.push(%s, %s::jsonb, %s)", [view, json.dumps(rows, default=str), target])
+        """Write computed feature rows (``target``: online, offline or online_and_offline); the same row as
+        :meth:`materialize` (kind 'push')."""
+        return self._one(
+            "select * from features.push(%s, %s::jsonb, %s)", [view, json.dumps(rows, default=str), target]
+        )
 
     # -- reads -----------------------------------------------------------------------------------
     def get_online(
@@ -186,23 +222,18 @@ class FeatureStore:
     def create_training_set(
         self, name: str, entity, features: Sequence[str], label: str | None = None, ttl_override: str | None = None
     ) -> dict:
+        """Keep a point-in-time join as a table, registered as a training set. Returns its row: dataset_id,
+        relation, rows, label_column, feature_views."""
         q = entity if isinstance(entity, str) else self.entity_query(entity)
-        return self._c.scalar(
-            "select features.create_training_set(%s, %s, %s, %s, %s::interval)",
+        return self._one(
+            "select * from features.create_training_set(%s, %s, %s, %s, %s::interval)",
             [name, q, list(features), label, ttl_override],
         )
 
     def training_set(self, name: str) -> dict:
-        info = self._c.scalar("select features.training_set(%s)", [name])
-        if info is None:
-            from .errors import NotFound
-
-            raise NotFound(
-                f'training set "{name}" does not exist',
-                sqlstate="42704",
-                hint="create it with client.features.create_training_set(...)",
-            )
-        return info
+        """The latest training set of that name: dataset_id, relation, rows, label_column, feature_columns,
+        columns ([{name, type}]), created_at. Raises NotFound (42704) when there is none."""
+        return self._one("select * from features.training_set(%s)", [name])
 
     def dataset(self, name: str, label: str | None = None, features: Sequence[str] | None = None):
         """A torch.utils.data.Dataset over a training set: (float32 features, label) per row."""
@@ -218,13 +249,18 @@ class FeatureStore:
         psi_threshold: float = 0.2,
         ks_threshold: float = 0.1,
     ) -> dict:
-        return self._c.scalar(
-            "select features.drift(%s, %s, %s, %s, %s, %s)",
+        """PSI and KS of one numeric feature between two windows ('online', 'latest', 'previous', 'run:<id>' or a
+        tstzrange): feature_view, baseline_window, current_window, psi, ks, ks_pvalue, drifted, and per window
+        n, mean, std (baseline_n, ..., current_std)."""
+        return self._one(
+            "select * from features.drift(%s, %s, %s, %s, %s, %s)",
             [view, feature, baseline, current, psi_threshold, ks_threshold],
         )
 
     def check_skew(self, view: str, sample: int = 100, strict: bool = False, threshold: float = 0.0) -> dict:
-        return self._c.scalar("select features.check_skew(%s, %s, %s, %s)", [view, sample, strict, threshold])
+        """Online values of sampled entities against the offline store and the source recomputed: feature_view,
+        sampled, mismatches, mismatch_rate, offline_mismatches, source_mismatches, not_in_source, examples."""
+        return self._one("select * from features.check_skew(%s, %s, %s, %s)", [view, sample, strict, threshold])
 
     def freshness(self) -> list[dict]:
         return self._c.call("select * from features.freshness order by name, version")
@@ -254,7 +290,7 @@ class TrainingSetDataset(_DatasetBase):
         info = store.training_set(name)
         self.name = name
         self.relation = info["relation"]
-        self.label = label or info.get("label")
+        self.label = label or info.get("label_column")
         numeric = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean"}
         cols = info["columns"]
         skip = {self.label, "event_timestamp"}

@@ -86,3 +86,28 @@ def test_torch_dataset_over_a_training_set(fs):
     assert x.dtype == torch.float32 and x.tolist() == [2.5, 6.25] and y.item() == 1.5
     xb, yb = next(iter(DataLoader(ds, batch_size=3)))
     assert xb.shape == (3, 2) and yb.tolist() == [0.5, 1.0, 1.5]
+    info = fs.training_set("cl_train")
+    assert info["label_column"] == "y" and info["feature_columns"] == ["score", "score_sq", "tier"]
+
+
+def test_typed_results_come_back_as_dicts_of_their_columns(fs):
+    r = fs.push(
+        "cl_stats", [{"user_id": 2, "ts": "2024-05-10T00:00:00Z", "score": 8.0, "tier": "free", "score_sq": 64}]
+    )
+    assert r["kind"] == "push" and r["feature_view"] == "cl_stats@1" and r["rows_written"] == 1
+    assert r["online_updated"] == 1 and r["window_start"] is None
+    inc = fs.materialize_incremental("cl_stats", statistics=False)
+    assert inc["kind"] == "incremental" and inc["rows_read"] == 0 and str(inc["window_start"]).startswith("2024-06-01")
+    d = fs.drift("cl_stats", "score", "[2024-05-01,2024-05-03)", "[2024-05-01,2024-05-11)")
+    assert set(d) >= {"psi", "ks", "ks_pvalue", "drifted", "baseline_n", "current_n", "baseline_mean"}
+    assert d["baseline_n"] == 2 and d["current_n"] == 4 and isinstance(d["drifted"], bool)
+    s = fs.check_skew("cl_stats", 10)
+    assert s["sampled"] == 2 and s["mismatches"] == 0 and s["not_in_source"] == 1 and s["examples"] == []
+
+
+def test_an_unknown_training_set_is_not_found(fs):
+    from indb.errors import NotFound
+
+    with pytest.raises(NotFound) as ei:
+        fs.training_set("cl_nosuch")
+    assert "cl_nosuch" in str(ei.value) and ei.value.hint and "None" not in str(ei.value)

@@ -53,7 +53,9 @@ def test_first_materializations_of_a_view_do_not_deadlock(sconn, connect_as):
         connect_as,
         "writer",
         3,
-        lambda c, i: c.execute("select features.materialize(%s, '2023-12-01', '2024-04-01')", [view]).fetchone()[0],
+        lambda c, i: c.execute(
+            "select to_jsonb(r) from features.materialize(%s, '2023-12-01', '2024-04-01') r", [view]
+        ).fetchone()[0],
     )
     assert all(isinstance(r, dict) for r in out), out
     assert [r["rows_written"] for r in out] == [1441] * 3
@@ -82,7 +84,7 @@ def test_concurrent_pushes_into_new_partitions(sconn, connect_as):
 
     def push(c: psycopg.Connection, i: int) -> dict:
         rows = [{"k": i * 100 + d, "ts": (t0 + timedelta(days=d, hours=i)).isoformat(), "x": d} for d in range(20)]
-        return c.execute("select features.push(%s, %s)", [view, json.dumps(rows)]).fetchone()[0]
+        return c.execute("select to_jsonb(r) from features.push(%s, %s) r", [view, json.dumps(rows)]).fetchone()[0]
 
     out = run_together(connect_as, "writer", 3, push)
     assert all(isinstance(r, dict) for r in out), out
@@ -108,9 +110,11 @@ def test_a_materialization_and_pushes_at_once(sconn, connect_as):
 
     def work(c: psycopg.Connection, i: int) -> dict:
         if i == 0:
-            return c.execute("select features.materialize(%s, '2025-05-01', '2025-08-01')", [view]).fetchone()[0]
+            return c.execute(
+                "select to_jsonb(r) from features.materialize(%s, '2025-05-01', '2025-08-01') r", [view]
+            ).fetchone()[0]
         rows = [{"k": 100 + i, "ts": (t0 + timedelta(days=d, minutes=i)).isoformat(), "x": d} for d in range(40)]
-        return c.execute("select features.push(%s, %s)", [view, json.dumps(rows)]).fetchone()[0]
+        return c.execute("select to_jsonb(r) from features.push(%s, %s) r", [view, json.dumps(rows)]).fetchone()[0]
 
     out = run_together(connect_as, "writer", 3, work)
     assert all(isinstance(r, dict) for r in out), out

@@ -46,7 +46,9 @@ def acme(sconn, logins):
             "select features.create_feature_view(%s, %s, %s, 'ts', %s)",
             [view, ent, f"public.{src}", json.dumps([{"name": "x", "expect": {"min": 0}}])],
         )
-        r = w.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [view]).fetchone()[0]
+        r = w.execute(
+            "select to_jsonb(r) from features.materialize(%s, '2023-12-01', '2024-02-01') r", [view]
+        ).fetchone()[0]
         assert r["rows_quarantined"] == 1 and r["rows_written"] == 8
     vid = one(sconn, "select id from features.feature_views where name = %s", [view])
     return {"view": view, "entity": ent, "id": vid, "offline": f"features.fv_{vid}_offline", "source": src}
@@ -112,11 +114,11 @@ def test_another_tenant_cannot_write_into_it(sconn, connect_as, acme, who):
     before = one(sconn, f"select count(*) from {off}")
     refused(
         c,
-        "select features.push(%s, %s)",
+        "select * from features.push(%s, %s)",
         [view, json.dumps([{"k": 1, "ts": "2024-01-03T00:00:00Z", "x": 5}])],
         states=("42704",),
     )
-    refused(c, "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view], states=("42704",))
+    refused(c, "select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view], states=("42704",))
     # plain DML on the stores: the other tenant's rows are invisible, and no row can be planted
     assert c.execute(f"update {off} set x = -1").rowcount == 0
     assert c.execute(f"delete from {off}").rowcount == 0
@@ -143,7 +145,11 @@ def test_another_tenant_cannot_write_into_it(sconn, connect_as, acme, who):
 def test_the_tenant_itself_reads_and_writes_it(connect_as, acme):
     view = acme["view"]
     w = connect_as("acme_writer")
-    r = one(w, "select features.push(%s, %s)", [view, json.dumps([{"k": 1, "ts": "2024-01-20T00:00:00Z", "x": 5}])])
+    r = one(
+        w,
+        "select to_jsonb(r) from features.push(%s, %s) r",
+        [view, json.dumps([{"k": 1, "ts": "2024-01-20T00:00:00Z", "x": 5}])],
+    )
     assert r["rows_written"] == 1
     assert one(connect_as("acme_app"), "select features.get_online(array[%s], '{\"k\": 1}')", [f"{view}:x"])["x"] == 5
     rd = connect_as("acme_reader")
@@ -169,14 +175,14 @@ def test_shared_views_are_read_by_every_tenant_and_written_by_none(sconn, connec
     w.execute(
         "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')", [view, ent, f"public.{src}"]
     )
-    w.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+    w.execute("select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
     vid = one(sconn, "select id from features.feature_views where name = %s", [view])
     assert one(sconn, "select tenant from features.feature_views where id = %s", [vid]) is None
     for who in ("acme_app", "globex_app"):
         assert one(connect_as(who), "select features.get_online(array[%s], '{\"k\": 2}')", [f"{view}:x"])["x"] == 2
     aw = connect_as("acme_writer")
     e = refused(
-        aw, "select features.push(%s, %s)", [view, json.dumps([{"k": 1, "ts": "2024-01-05T00:00:00Z", "x": 9}])]
+        aw, "select * from features.push(%s, %s)", [view, json.dumps([{"k": 1, "ts": "2024-01-05T00:00:00Z", "x": 9}])]
     )
     assert "shared" in str(e) and e.diag.message_hint
     # acme's writer cannot add a version of it either, nor plant rows in its stores

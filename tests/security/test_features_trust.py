@@ -55,7 +55,7 @@ def admin_view(sconn, logins):
     with pg.connect(logins["admin"], autocommit=True) as a:
         a.execute("select features.create_entity(%s, array['k'])", [ent])
         a.execute("select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')", [view, ent, src])
-        a.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+        a.execute("select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
         a.execute("select features.create_on_demand_feature(%s, 'x * 2', 'float8', array[%s])", [odf, f"{view}:x"])
     return {"view": view, "entity": ent, "odf": odf, "source": src}
 
@@ -169,13 +169,13 @@ def test_an_admin_does_not_run_a_writers_source(sconn, connect_as):
         one(w, "select features.create_feature_view(%s, %s, %s, 'ts', '[{\"name\": \"x\"}]')", [view, ent, src])
         == f"{view}@1"
     )
-    assert one(w, "select (features.materialize(%s, '2023-12-01', '2024-02-01'))->>'rows_written'", [view]) == "12"
+    assert one(w, "select rows_written from features.materialize(%s, '2023-12-01', '2024-02-01')", [view]) == 12
     for who in ("admin",):
-        e = refused(connect_as(who), "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+        e = refused(connect_as(who), "select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
         assert login_name("writer") in str(e) and e.diag.message_hint
-        refused(connect_as(who), "select features.materialize_incremental(%s)", [view])
+        refused(connect_as(who), "select * from features.materialize_incremental(%s)", [view])
         refused(connect_as(who), "select features.check_skew(%s)", [view])
-    e = refused(sconn, "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+    e = refused(sconn, "select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
     assert "may not run" in str(e)
     refused(connect_as("reader"), "select features.check_skew(%s)", [view])
     # reading what the writer materialized is fine for everyone
@@ -198,11 +198,11 @@ def test_documented_roles_do_documented_work(sconn, connect_as):
             )
             == f"{view}@1"
         )
-        r = one(c, "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+        r = one(c, "select to_jsonb(r) from features.materialize(%s, '2023-12-01', '2024-02-01') r", [view])
         assert r["rows_written"] == 12 and r["online_updated"] == 4
         r = one(
             c,
-            "select features.push(%s, %s)",
+            "select to_jsonb(r) from features.push(%s, %s) r",
             [view, json.dumps([{"k": 9, "ts": "2024-01-05T00:00:00+00:00", "x": 1.5, "x2": 2.25}])],
         )
         assert r["rows_written"] == 1 and r["online_updated"] == 1
@@ -234,12 +234,12 @@ def test_documented_roles_do_documented_work(sconn, connect_as):
             [f"{view}:x"],
         )
         assert hist["x"] == 9.0
-        refused(reader, "select features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
+        refused(reader, "select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [view])
         refused(app, "select features.get_historical('select 1 as k, now() as event_timestamp', array[%s])", [view])
     w = connect_as("writer")
     ts = one(
         w,
-        "select features.create_training_set(%s, 'select 1 as k, ''2024-02-01''::timestamptz as event_timestamp', array[%s])",
+        "select to_jsonb(t) from features.create_training_set(%s, 'select 1 as k, ''2024-02-01''::timestamptz as event_timestamp', array[%s]) t",
         [f"{login_name('writer')}_ws.{uniq('ts')}", f"{view}:x"],
     )
     assert ts["rows"] == 1

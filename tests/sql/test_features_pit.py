@@ -55,9 +55,9 @@ def pit(sconn):
     )
     c.execute("""select features.create_feature_view('pc', 'user_item', 'pit_c_src', 'ts', '[{"name": "score"}]')""")
     for v in ("pa", "pb", "pc"):
-        c.execute("select features.materialize(%s, '2023-12-01', '2024-02-01')", [v])
+        c.execute("select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [v])
     # a second write at the same event time as an existing one: the later write wins
-    c.execute("select features.push('pa', %s)", [json.dumps([{"acct_id": 1, "ts": at(12).isoformat(), "v": 3}])])
+    c.execute("select * from features.push('pa', %s)", [json.dumps([{"acct_id": 1, "ts": at(12).isoformat(), "v": 3}])])
     return c
 
 
@@ -102,7 +102,9 @@ def test_multiple_views_with_different_ttls_in_one_request(pit, method):
 
 
 def test_late_arriving_event_fills_history_but_not_online(pit):
-    pit.execute("select features.push('pa', %s)", [json.dumps([{"acct_id": 1, "ts": at(11).isoformat(), "v": 9}])])
+    pit.execute(
+        "select * from features.push('pa', %s)", [json.dumps([{"acct_id": 1, "ts": at(11).isoformat(), "v": 9}])]
+    )
     got = historical(pit, entity_rows([(1, at(11.5)), (1, at(12.5))]), ["pa:v"])
     assert [r["v"] for r in got] == [9, 3]
     online = q(pit, "select features.get_online(array['pa:v'], '{\"acct_id\": 1}')")[0][0]
@@ -181,7 +183,7 @@ def test_matches_brute_force(sconn, frows, erows, ttl_min, method):
         "select features.create_feature_view(%s, 'prop_key', %s, 'ts', '[{\"name\": \"x\"}]', ttl => %s::interval)",
         [name, src, ttl],
     )
-    c.execute("select features.materialize(%s, '2023-12-31', '2024-01-02', statistics => false)", [name])
+    c.execute("select * from features.materialize(%s, '2023-12-31', '2024-01-02', statistics => false)", [name])
     vals = ", ".join(
         f"({i}, {k}, '{(T0 + timedelta(minutes=m)).isoformat()}'::timestamptz)" for i, (k, m) in enumerate(erows)
     )
@@ -211,10 +213,10 @@ def test_online_equals_latest_offline_after_out_of_order_pushes(sconn, frows, pu
     for (k, m), v in frows.items():
         truth[(k, m)] = v
     if rows:
-        c.execute("select features.push(%s, %s)", [name, json.dumps(rows)])
+        c.execute("select * from features.push(%s, %s)", [name, json.dumps(rows)])
     for k, m, v in pushes:  # one by one, in random time order; a same-time write replaces the value
         c.execute(
-            "select features.push(%s, %s)",
+            "select * from features.push(%s, %s)",
             [name, json.dumps([{"k": k, "ts": (T0 + timedelta(minutes=m)).isoformat(), "x": v}])],
         )
         truth[(k, m)] = v

@@ -10,12 +10,21 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
 def one(conn, sql, params=None):
     return conn.execute(sql, params).fetchone()[0]
+
+
+def row(conn, sql, params=None) -> dict:
+    """The one row of a function that returns a typed row, as a dict."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(sql, params).fetchall()
+    assert len(rows) == 1, rows
+    return rows[0]
 
 
 def err(conn, sql, params=None) -> psycopg.Error:
@@ -52,7 +61,7 @@ def shop(sconn):
 
 
 def test_materialize_writes_offline_online_and_statistics(shop):
-    r = one(shop, "select features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
+    r = row(shop, "select * from features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
     assert r["rows_read"] == 60 and r["rows_written"] == 60 and r["online_updated"] == 3 and r["rows_quarantined"] == 0
     run = shop.execute(
         "select status, rows_written from features.materialization_runs where id = %s", [r["run_id"]]
@@ -69,7 +78,7 @@ def test_materialize_writes_offline_online_and_statistics(shop):
 
 
 def test_rematerializing_is_idempotent(shop):
-    r = one(shop, "select features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
+    r = row(shop, "select * from features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
     assert r["rows_written"] == 60
     v = one(shop, "select offline_table from features.feature_views where name = 'customer_stats'")
     assert one(shop, f"select count(*) from {v}") == 60
@@ -106,7 +115,7 @@ def test_online_values_equal_offline_values_for_the_same_entity_and_time(shop):
     # online is subject to the 2-day ttl against now(); compare the values themselves through ttl_override
     assert online["_status"]["amount"] == "outside_ttl" and online["amount"] is None
     assert hist["amount"] == 68 and hist["country"] == "FR"
-    assert one(shop, "select (features.check_skew('customer_stats', 10))->>'mismatches'") == "0"
+    assert one(shop, "select mismatches from features.check_skew('customer_stats', 10)") == 0
 
 
 def test_online_ttl_flags_instead_of_serving_stale(shop):
@@ -154,9 +163,9 @@ def test_get_online_batch_keeps_input_order(shop):
 
 
 def test_expectations_quarantine_rows_instead_of_dropping_them(shop):
-    r = one(
+    r = row(
         shop,
-        "select features.push('customer_stats', %s)",
+        "select * from features.push('customer_stats', %s)",
         [
             json.dumps(
                 [
@@ -244,11 +253,11 @@ def test_materialize_incremental_continues_where_the_last_run_ended(shop):
     shop.execute("create table fs_clicks (customer_id int, ts timestamptz, n int)")
     shop.execute("insert into fs_clicks values (1, now() - interval '2 hours', 1), (2, now() - interval '1 hour', 2)")
     shop.execute("""select features.create_feature_view('clicks', 'customer', 'fs_clicks', 'ts', '[{"name": "n"}]')""")
-    assert one(shop, "select (features.materialize_incremental('clicks'))->>'rows_written'") == "2"
+    assert one(shop, "select rows_written from features.materialize_incremental('clicks')") == 2
     shop.execute("insert into fs_clicks values (1, now() - interval '1 hour', 5), (3, now(), 7)")
     shop.commit() if not shop.autocommit else None
     # the row at now() of this statement's transaction is not < the new end (now()) of the next run: only newer rows
-    r = one(shop, "select features.materialize_incremental('clicks')")
+    r = row(shop, "select * from features.materialize_incremental('clicks')")
     assert r["rows_written"] in (1, 2)
     assert (
         one(
@@ -294,17 +303,21 @@ def test_on_demand_feature_is_the_same_online_and_offline(shop):
 
 
 def test_create_training_set_registers_a_dataset_with_lineage(shop):
-    r = one(
+    r = row(
         shop,
-        """select features.create_training_set('fs_train', 'select customer_id, ts as event_timestamp, amount as label from fs_orders',
+        """select * from features.create_training_set('fs_train', 'select customer_id, ts as event_timestamp, amount as label from fs_orders',
                      array['customer_stats@1:amount_x2', 'customer_stats@1:country'], 'label')""",
     )
-    assert r["rows"] == 60 and r["relation"] == "public.fs_train"
-    row = shop.execute(
+    assert r["rows"] == 60 and r["relation"] == "fs_train" and r["label_column"] == "label"
+    assert r["feature_views"] == ["customer_stats@1"]
+    info = row(shop, "select * from features.training_set('fs_train')")
+    assert info["dataset_id"] == r["dataset_id"] and info["rows"] == 60 and info["label_column"] == "label"
+    assert info["feature_columns"] == ["amount_x2", "country"] and info["columns"][0]["name"] == "customer_id"
+    ds = shop.execute(
         "select kind, row_count, materialized::text, schema->>'label' from registry.datasets where id = %s",
         [r["dataset_id"]],
     ).fetchone()
-    assert row == ("training_set", 60, "fs_train", "label")
+    assert ds == ("training_set", 60, "fs_train", "label")
     edge = shop.execute(
         "select src_kind, dst_kind from registry.lineage_edges where dst_kind = 'training_set' and dst_id = %s",
         [str(r["dataset_id"])],
@@ -332,34 +345,40 @@ def test_drift_flags_a_shift_and_stays_quiet_without_one(sconn):
     runs = [
         one(
             c,
-            "select (features.materialize('drifty', %s, %s))->>'run_id'",
+            "select run_id from features.materialize('drifty', %s, %s)",
             [T0 + timedelta(days=d), T0 + timedelta(days=d + 2)],
         )
         for d in (0, 2, 4)
     ]
-    same = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", f"run:{runs[1]}"])
-    shifted = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
-    assert same["drift"] is False and same["psi"] < 0.1
-    assert shifted["drift"] is True and shifted["psi"] > 0.2 and shifted["ks"] > 0.2
-    rng = one(
+    same = row(c, "select * from features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", f"run:{runs[1]}"])
+    shifted = row(c, "select * from features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
+    assert same["drifted"] is False and same["psi"] < 0.1
+    assert shifted["drifted"] is True and shifted["psi"] > 0.2 and shifted["ks"] > 0.2
+    assert shifted["feature_view"] == "drifty@1" and shifted["baseline_n"] == shifted["current_n"] == 2000
+    assert shifted["current_mean"] - shifted["baseline_mean"] > 0.5
+    # 'previous' is the materialization before 'latest': two real runs without knowing their ids
+    prev = row(c, "select * from features.drift('drifty', 'x', 'previous', 'latest')")
+    assert prev["baseline_window"].startswith(f"run:{runs[1]} (materialize")
+    assert prev["current_window"].startswith(f"run:{runs[2]} (materialize") and prev["drifted"] is True
+    rng = row(
         c,
-        "select features.drift('drifty', 'x', %s, %s)",
+        "select * from features.drift('drifty', 'x', %s, %s)",
         [
             f"[{T0.isoformat()},{(T0 + timedelta(days=1)).isoformat()})",
             f"[{(T0 + timedelta(days=2)).isoformat()},{(T0 + timedelta(days=3)).isoformat()})",
         ],
     )
-    assert rng["drift"] is False and rng["baseline"]["n"] == 1440
+    assert rng["drifted"] is False and rng["baseline_n"] == 1440
     e = err(c, "select features.drift('drifty', 'x', 'yesterday', 'latest')")
     assert e.sqlstate == "22023" and "tstzrange" in e.diag.message_hint
     # a push after the materializations: 'latest' still means the latest materialization, and a window of a
     # single value says which window, what it holds, and which runs there are
     push = one(
         c,
-        "select (features.push('drifty', %s))->>'run_id'",
+        "select run_id from features.push('drifty', %s)",
         [json.dumps([{"customer_id": 1, "ts": (T0 + timedelta(days=9)).isoformat(), "x": 1.0}])],
     )
-    again = one(c, "select features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
+    again = row(c, "select * from features.drift('drifty', 'x', %s, %s)", [f"run:{runs[0]}", "latest"])
     assert again["psi"] == shifted["psi"] and again["current_window"].startswith(f"run:{runs[2]} (materialize")
     e = err(c, "select features.drift('drifty', 'x', %s, 'latest')", [f"run:{push}"])
     assert e.sqlstate == "22000" and "at least 2" in str(e)
@@ -380,18 +399,20 @@ def test_check_skew_strict_fails_loudly_on_divergence(shop):
     shop.execute("insert into fs_skew select g, now() - interval '1 hour', g from generate_series(1, 20) g")
     shop.execute("""select features.create_feature_view('skewy', 'customer', 'fs_skew', 'ts', '[{"name": "y"}]')""")
     shop.execute("select features.materialize_incremental('skewy')")
-    assert one(shop, "select (features.check_skew('skewy', 50, strict => true))->>'mismatches'") == "0"
+    assert one(shop, "select mismatches from features.check_skew('skewy', 50, strict => true)") == 0
     # a pushed row is online and offline but not in the source: nothing to recompute, not skew
     shop.execute(
         "select features.push('skewy', %s)",
         [json.dumps([{"customer_id": 99, "ts": datetime.now(UTC).isoformat(), "y": 7}])],
     )
-    r = one(shop, "select features.check_skew('skewy', 50, strict => true)")
+    r = row(shop, "select * from features.check_skew('skewy', 50, strict => true)")
     assert r["mismatches"] == 0 and r["not_in_source"] == 1 and r["sampled"] == 21
     # the source changes after materialization: online no longer equals the definition
     shop.execute("update fs_skew set y = y + 1 where customer_id <= 5")
-    r = one(shop, "select features.check_skew('skewy', 50)")
+    r = row(shop, "select * from features.check_skew('skewy', 50)")
     assert r["sampled"] == 21 and r["source_mismatches"] == 5 and r["offline_mismatches"] == 0
+    assert r["feature_view"] == "skewy@1" and r["mismatch_rate"] == pytest.approx(5 / 21, abs=1e-6)
+    assert len(r["examples"]) == 5 and {"online", "offline", "recomputed"} <= set(r["examples"][0])
     e = err(shop, "select features.check_skew('skewy', 50, strict => true, threshold => 0.1)")
     assert e.sqlstate == "IXF01" and "skew" in str(e)
 
@@ -469,7 +490,8 @@ def test_bad_input_gives_clear_errors(shop):
         assert e.sqlstate == state, (sql, e.sqlstate, str(e))
         assert text in (str(e) + " " + (e.diag.message_detail or "")), (sql, str(e))
     # nothing was half-written by the failed pushes
-    assert one(shop, "select count(*) from features.fv_1_offline where event_ts = '2024-01-01'") == 0
+    store = one(shop, "select offline_table from features.feature_views where name = 'customer_stats' and version = 1")
+    assert one(shop, f"select count(*) from {store} where event_ts = '2024-01-01'") == 0
 
 
 def test_entity_key_kinds_are_decided_in_sql(sconn):
@@ -619,3 +641,228 @@ def test_upgrade_gives_existing_offline_stores_their_views_tenant(empty_db):
             )
             == 1
         )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# progress in ml.progress, seen from another session while the call runs
+
+SLOW_TRIGGER = """
+create or replace function public.fs_slow_row() returns trigger language plpgsql as $$
+begin
+  if new.x::bigint % {every} = 0 then perform pg_sleep({sleep}); end if;
+  if new.x = {fail_at} then raise exception 'fs_slow_row: planned failure'; end if;
+  return new;
+end $$;
+create trigger fs_slow before insert on {store} for each row execute function public.fs_slow_row();
+"""
+
+
+def slow_view(c, name: str, n: int, every: int, sleep: float, fail_at: int = -1) -> str:
+    """A view over n rows (one a day-partition per 10 rows) whose offline writes sleep every `every` rows."""
+    c.execute(f"create table {name}_src (customer_id int, ts timestamptz, x float8)")
+    c.execute(
+        f"insert into {name}_src select g % 7, timestamptz '2024-01-01' + (g / 10) * interval '1 day' + g * interval '1 s', g "
+        f"from generate_series(1, {n}) g"
+    )
+    c.execute(
+        f"""select features.create_feature_view('{name}', 'customer', '{name}_src', 'ts', '[{{"name": "x"}}]',
+                                                 partition_by => 'day')"""
+    )
+    store = one(c, "select offline_table from features.feature_views where name = %s", [name])
+    c.execute(SLOW_TRIGGER.format(every=every, sleep=sleep, fail_at=fail_at, store=store))
+    return store
+
+
+def watch_progress(observer, call, command: str) -> tuple[list[tuple], object]:
+    """Run call() in a thread; collect ml.progress rows of `command` seen meanwhile from `observer`."""
+    import threading
+    import time
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = call()
+        except Exception as e:  # the failing case: kept to look at
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    seen = []
+    deadline = time.time() + 60
+    while t.is_alive() and time.time() < deadline:
+        seen += observer.execute(
+            "select command, target, phase, done, total, unit from ml.progress where command = %s", [command]
+        ).fetchall()
+        time.sleep(0.1)
+    t.join()
+    return seen, out.get("result", out.get("error"))
+
+
+def test_materialize_reports_its_phases_and_rows_in_ml_progress(shop, db_dsn, conn):
+    store = slow_view(shop, "fs_prog", 400, every=10, sleep=0.03)
+    with psycopg.connect(db_dsn, autocommit=True) as worker:
+        seen, r = watch_progress(
+            conn,
+            lambda: worker.execute(
+                "select rows_written from features.materialize('fs_prog', '2024-01-01', '2025-01-01')"
+            ).fetchone()[0],
+            "features.materialize",
+        )
+    assert r == 400
+    assert seen, "the materialization never showed up in ml.progress"
+    assert {s[1] for s in seen} == {"fs_prog@1"} and {s[5] for s in seen} == {"rows"}
+    writing = [s for s in seen if s[2] == "writing the offline store"]
+    assert writing and {s[4] for s in writing} == {400}
+    done = [s[3] for s in writing]
+    assert done == sorted(done) and 0 < max(done) <= 400  # rows done move forward, partition by partition
+    assert one(conn, "select count(*) from ml.progress where command like 'features.%'") == 0  # gone at the end
+    assert one(shop, f"select count(*) from {store}") == 400
+
+
+def test_a_failed_materialization_leaves_nothing_in_ml_progress(shop, db_dsn, conn):
+    slow_view(shop, "fs_prog_fail", 200, every=20, sleep=0.05, fail_at=150)
+    with psycopg.connect(db_dsn, autocommit=True) as worker:
+        seen, e = watch_progress(
+            conn,
+            lambda: worker.execute("select * from features.materialize('fs_prog_fail', '2024-01-01', '2025-01-01')"),
+            "features.materialize",
+        )
+        assert isinstance(e, psycopg.Error) and "planned failure" in str(e)
+        assert seen  # it was there while it ran
+        # the failed call's backend is still alive, and idle: its progress is gone
+        pid = one(worker, "select pg_backend_pid()")
+        assert one(conn, "select count(*) from ml.progress where pid = %s", [pid]) == 0
+    assert one(shop, "select status from features.materialization_runs order by id desc limit 1") != "running"
+
+
+def test_a_large_push_reports_its_progress_and_a_small_one_does_not(shop, db_dsn, conn):
+    slow_view(shop, "fs_prog_push", 1, every=500, sleep=0.1)
+    rows = [{"customer_id": i % 50, "ts": (T0 + timedelta(hours=i)).isoformat(), "x": i} for i in range(10000)]
+    with psycopg.connect(db_dsn, autocommit=True) as worker:
+        seen, r = watch_progress(
+            conn,
+            lambda: worker.execute(
+                "select rows_read from features.push('fs_prog_push', %s)", [json.dumps(rows)]
+            ).fetchone()[0],
+            "features.push",
+        )
+        assert r == 10000
+        assert seen and {s[1] for s in seen} == {"fs_prog_push@1"} and {s[4] for s in seen} == {10000}
+        assert any(s[2] == "writing the offline store" and s[3] > 0 for s in seen), seen
+        small, r = watch_progress(
+            conn,
+            lambda: worker.execute(
+                "select rows_read from features.push('fs_prog_push', %s)", [json.dumps(rows[:500])]
+            ).fetchone()[0],
+            "features.push",
+        )
+        assert r == 500 and small == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results that said something other than what happened
+
+
+def test_a_null_value_is_reported_as_null_value_not_present(shop):
+    shop.execute(
+        "select * from features.push('customer_stats@1', %s)",
+        [
+            json.dumps(
+                [
+                    {
+                        "customer_id": 77,
+                        "ts": datetime.now(UTC).isoformat(),
+                        "amount": 3,
+                        "amount_x2": None,
+                        "country": "DE",
+                    }
+                ]
+            )
+        ],
+    )
+    r = one(
+        shop,
+        "select features.get_online(array['customer_stats@1:amount', 'customer_stats@1:amount_x2'], '{\"customer_id\": 77}')",
+    )
+    assert r["_status"] == {"amount": "present", "amount_x2": "null_value"} and r["amount_x2"] is None
+    rows = [
+        x[0]
+        for x in shop.execute(
+            "select features.get_online_batch(array['customer_stats@1:amount_x2'], '[{\"customer_id\": 77}]')"
+        )
+    ]
+    assert rows[0]["_status"] == {"amount_x2": "null_value"}
+    # an on-demand feature whose inputs are present but whose value is null
+    shop.execute(
+        """select features.create_on_demand_feature('fs_gap', 'request_amount - amount', 'float8',
+                 array['customer_stats@1:amount'], '{"request_amount": "float8"}')"""
+    )
+    r = one(shop, "select features.get_online(array['fs_gap'], '{\"customer_id\": 77}', '{\"request_amount\": null}')")
+    assert r["fs_gap"] is None and r["_status"]["fs_gap"] == "null_value"
+    r = one(shop, "select features.get_online(array['fs_gap'], '{\"customer_id\": 77}', '{\"request_amount\": 5}')")
+    assert r["fs_gap"] == 2 and r["_status"]["fs_gap"] == "present"
+
+
+def test_an_on_demand_feature_and_its_input_together_in_a_point_in_time_join(shop):
+    q = "select 3 as customer_id, now() as event_timestamp, 12.5::float8 as request_amount"
+    hist = one(shop, "select features.get_historical(%s, array['customer_stats@1:amount', 'amount_vs_request'])", [q])
+    assert hist["amount"] == 5 and hist["amount_vs_request"] == 7.5
+    sql = one(shop, "select features.historical_query(%s, array['customer_stats@1:amount', 'amount_vs_request'])", [q])
+    assert shop.execute(sql).fetchone()[-2:] == (5, 7.5)
+
+
+def test_a_mostly_null_training_set_warns_and_says_why(shop):
+    notices: list = []
+
+    def keep(d: psycopg.errors.Diagnostic) -> None:  # a Diagnostic is valid only inside the handler
+        notices.append((d.severity_nonlocalized, d.message_primary, d.message_detail, d.message_hint))
+
+    shop.add_notice_handler(keep)
+    try:
+        r = row(
+            shop,
+            """select * from features.create_training_set('fs_sparse',
+                 'select customer_id, ts - interval ''1 year'' as event_timestamp from fs_orders',
+                 array['customer_stats@1:amount'])""",
+        )
+    finally:
+        shop.remove_notice_handler(keep)
+    assert r["rows"] == 60
+    w = [n for n in notices if n[0] == "WARNING"]
+    assert w and "amount (100%)" in w[0][1] and "customer_stats@1: 2024" in w[0][2], notices
+    assert "features.materialize" in w[0][3]
+
+
+def test_materialize_incremental_past_the_end_does_nothing(shop):
+    shop.execute("create table fs_future (customer_id int, ts timestamptz, n int)")
+    shop.execute(
+        """select features.create_feature_view('fs_future_v', 'customer', 'fs_future', 'ts', '[{"name": "n"}]')"""
+    )
+    shop.execute("select * from features.materialize('fs_future_v', '2024-01-01', now() + interval '1 year')")
+    r = row(shop, "select * from features.materialize_incremental('fs_future_v')")
+    assert r["run_id"] is None and r["rows_read"] == 0 and r["window_start"] > r["window_end"]
+
+
+def test_skew_tolerates_float_rounding_of_recomputed_values(sconn):
+    assert one(
+        sconn, """select features._same_values('{"a": 0.30000000000000004, "b": "x"}', '{"a": 0.3, "b": "x"}')"""
+    )
+    assert not one(sconn, """select features._same_values('{"a": 0.31}', '{"a": 0.3}')""")
+    assert not one(sconn, """select features._same_values('{"a": 1}', '{"a": 1, "b": 2}')""")
+    assert not one(sconn, """select features._same_values('{"a": null}', '{"a": 0}')""")
+    assert one(sconn, """select features._same_values('{"a": null}', '{"a": null}')""")
+
+
+def test_errors_of_the_new_paths_name_the_problem_and_the_fix(shop):
+    cases = [
+        ("select * from features.training_set('fs_nosuch')", "42704", "fs_nosuch"),
+        ("select * from features.drift('skewy', 'y', 'previous', 'latest')", "42704", "second"),
+        ("select * from features.drift('customer_stats@1', 'amount', 'run:999999', 'latest')", "42704", "999999"),
+        ("select * from features.push('customer_stats@1', '[1]')", "22023", "JSON object"),
+        ("select * from features.materialize('customer_stats@1', null, null)", "22023", "start_ts"),
+    ]
+    for sql, state, text in cases:
+        e = err(shop, sql)
+        assert e.sqlstate == state and text in str(e), (sql, e.sqlstate, str(e))
+        assert e.diag.message_hint and "None" not in str(e) + e.diag.message_hint, (sql, str(e))

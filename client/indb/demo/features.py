@@ -9,11 +9,13 @@ from pathlib import Path
 
 TITLE = "feature store: MovieLens rolling features, a point-in-time training set, a model, online serving"
 
+# statistics of the ratings strictly before each rating: a RANGE frame ending one second before it (ratings of
+# the same second, which MovieLens has many of, are not "before" each other; a ROWS frame would count them)
 ROLLING = (
     "select {key}, ts, count(*) over w as n_prior, avg(rating) over w as avg_prior, "
     "stddev_samp(rating) over w as std_prior, lag(rating) over (partition by {key} order by ts) as last_rating "
     "from public.demo_ml_ratings "
-    "window w as (partition by {key} order by ts rows between unbounded preceding and 1 preceding)"
+    "window w as (partition by {key} order by ts range between unbounded preceding and '1 second' preceding)"
 )
 TRAIN_SIGNATURE = "ml.train(text,text,text,text,text,jsonb,double precision,text,jsonb,text,jsonb,boolean,boolean)"
 
@@ -55,7 +57,7 @@ def run(client, data: Path) -> None:
             description=f"rolling {ent} statistics from strictly earlier ratings",
         )
         t0 = time.time()
-        r = fs.materialize(view, "1990-01-01", "2030-01-01")
+        r = fs.materialize(view, "1990-01-01", "2030-01-01", progress=True)  # a bar from ml.progress on a terminal
         print(
             f"features.materialize('{ref}'): {r['rows_written']:,} offline rows, "
             f"{r['online_updated']:,} entities online, "
@@ -77,8 +79,11 @@ def run(client, data: Path) -> None:
     # point-in-time training set: each rating with the features as they were just before it
     name = "demo_ml_train"
     feats = ["ml_user_rolling:*", "ml_movie_rolling:*"]
-    info = client.scalar("select features.training_set(%s)", [name])
-    if info is None:
+    from ..errors import NotFound
+
+    try:
+        info = fs.training_set(name)
+    except NotFound:
         t0 = time.time()
         info = fs.create_training_set(
             name,
