@@ -15,7 +15,7 @@ def test_model_trained_on_a_training_set_traces_back_to_feature_views(conn):
     conn.execute("""select features.create_feature_view('lin_stats', 'lin_cust', 'select cust, ts, amount from lin_events',
                     'ts', '[{"name": "amount", "type": "float8"}]')""")
     conn.execute("select features.materialize('lin_stats', '2023-12-01', '2024-03-01')")
-    ts = conn.execute("""select features.create_training_set('lin_train',
+    ts = conn.execute("""select dataset_id from features.create_training_set('lin_train',
                          'select cust, ts + interval ''1 minute'' as event_timestamp, churned from lin_events',
                          array['lin_stats:amount'], 'churned')""").fetchone()[0]
     trained = conn.execute(
@@ -29,6 +29,6 @@ def test_model_trained_on_a_training_set_traces_back_to_feature_views(conn):
     kinds = {r[0] for r in up}
     assert {"feature_view_version", "training_set", "dataset", "run"} <= kinds, up
     down = conn.execute(
-        "select dst_kind, dst_id from registry.lineage('training_set', %s, 'down')", [str(ts["dataset_id"])]
+        "select dst_kind, dst_id from registry.lineage('training_set', %s, 'down')", [str(ts)]
     ).fetchall()
     assert ("model_version", str(model_version)) in down, down
