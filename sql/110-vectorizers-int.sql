@@ -278,7 +278,12 @@ begin
   values (v.name, v.source, v.key_columns, v.key_types, v.columns, v.model, 'pg_class'::regclass, v.mode,
           coalesce(_vectorizer_create.batch_size, 64), v.chunk_size, v.chunk_overlap, v.chunk_by,
           coalesce(_vectorizer_create.max_attempts, 5))
+  on conflict do nothing
   returning * into v;
+  if v.id is null then   -- another tenant's vectorizer: row-level security hid it from the check above
+    raise exception 'vectorizer name "%" is taken by another tenant', name using errcode = '42710',
+      hint = 'vectorizer names are unique across tenants; pass name => another name';
+  end if;
   update ml.vectorizers x
      set destination = ml._vectorizer_make_destination(v, coalesce(_vectorizer_create.destination, v.name), dims)
    where x.id = v.id returning * into v;

@@ -163,7 +163,12 @@ begin
           case when ml._opt_bool(options, 'halfvec', false) then 'halfvec' else 'vector' end,
           ml._opt_bool(options, 'binary_rerank', false), partition_by,
           coalesce(options ->> 'text_search_config', 'english'), true, options)
+  on conflict do nothing
   returning * into c;
+  if c.id is null then   -- another tenant's collection: row-level security hid it from the checks above
+    raise exception 'collection name "%" is taken by another tenant', name using errcode = '42710',
+      hint = 'collection names are unique across tenants (each is a table collections.<name>); pick another name';
+  end if;
   insert into ml.collection_stats (collection_id) values (c.id);
   tbl := ml._collection_make_table(c);
   perform ml._collection_make_indexes(c);
