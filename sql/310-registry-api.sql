@@ -351,7 +351,7 @@ returns bigint
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare did bigint;
+declare did bigint; owner_tenant text;
 begin
   perform registry._check_name('dataset', name);
   if digest is null or digest !~ '^[A-Za-z0-9:_-]{1,128}$' then
@@ -367,9 +367,21 @@ begin
   end if;
   insert into registry.datasets(name, digest, source, kind, row_count, schema, profile, materialized)
   values (name, digest, source, coalesce(kind, 'dataset'), row_count, schema, profile, materialized)
-  on conflict on constraint datasets_name_digest_key do update
-     set materialized = coalesce(excluded.materialized, registry.datasets.materialized)
+  on conflict on constraint datasets_name_digest_key do nothing
   returning id into did;
+  if did is null then   -- it exists: the caller's, a shared one, or another tenant's (row-level security hides it)
+    select d.id, d.tenant into did, owner_tenant from registry.datasets d
+     where d.name = register_dataset.name and d.digest = register_dataset.digest;
+    if did is null then
+      raise exception 'dataset %@% belongs to another tenant', name, digest using errcode = '42710',
+        hint = 'dataset names are unique per digest across tenants; pick another name';
+    end if;
+    if materialized is not null then
+      perform registry._check_writable(format('dataset %s@%s', name, digest), owner_tenant);
+      update registry.datasets d set materialized = register_dataset.materialized
+       where d.id = did and d.materialized is distinct from register_dataset.materialized;
+    end if;
+  end if;
   return did;
 end $$;
 comment on function registry.register_dataset(text, text, text, text, bigint, jsonb, jsonb, regclass) is
