@@ -184,27 +184,25 @@ begin
   perform registry.log_batch(run, tags => jsonb_build_object(key, value));
 end $$;
 
-create or replace function registry.get_run(run uuid) returns jsonb
+-- a run: one row; params, latest metrics and tags are maps (jsonb), its artifacts and inputs are lists of
+-- their own (registry.list_artifacts, registry.list_inputs)
+create or replace function registry.get_run(run uuid)
+returns table(run_id uuid, run_name text, experiment text, status text, user_name text, parent_run_id uuid,
+              start_time timestamptz, end_time timestamptz, tenant text, tags jsonb, params jsonb, metrics jsonb)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare r registry.runs;
+declare r registry.runs := registry._run(run, null);
 begin
-  r := registry._run(run, null);
-  return jsonb_build_object(
-    'run_id', r.run_uuid, 'name', r.name, 'status', r.status, 'user', r.user_name,
-    'experiment', (select name from registry.experiments where id = r.experiment_id),
-    'parent_run_id', (select run_uuid from registry.runs where id = r.parent_run_id),
-    'start_time', r.start_time, 'end_time', r.end_time, 'tags', r.tags, 'tenant', r.tenant,
-    'params', (select coalesce(jsonb_object_agg(key, value), '{}') from registry.params where run_id = r.id),
-    'metrics', (select coalesce(jsonb_object_agg(key, value), '{}') from registry.latest_metrics where run_id = r.id),
-    'artifacts', (select coalesce(jsonb_agg(jsonb_build_object('path', path, 'size_bytes', size_bytes,
-                                                                'sha256', sha256, 'uri', uri) order by path), '[]')
-                    from registry.artifacts where run_id = r.id),
-    'inputs', (select coalesce(jsonb_agg(jsonb_build_object('dataset', d.name, 'digest', d.digest,
-                                                             'context', i.context, 'dataset_id', d.id)), '[]')
-                 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id where i.run_id = r.id));
+  return query
+  select r.run_uuid, r.name, (select e.name from registry.experiments e where e.id = r.experiment_id), r.status,
+         r.user_name, (select p.run_uuid from registry.runs p where p.id = r.parent_run_id), r.start_time,
+         r.end_time, r.tenant, r.tags,
+         (select coalesce(jsonb_object_agg(p.key, p.value), '{}') from registry.params p where p.run_id = r.id),
+         (select coalesce(jsonb_object_agg(m.key, m.value), '{}') from registry.latest_metrics m where m.run_id = r.id);
 end $$;
+comment on function registry.get_run(uuid) is
+  'a run: name, experiment, status, times, tags, params and latest metrics (artifacts: list_artifacts, inputs: list_inputs)';
 
 create or replace function registry.metric_history(run uuid, key text)
 returns table(step bigint, value float8, ts timestamptz)
@@ -217,8 +215,9 @@ begin
                 where m.run_id = rid and m.key = metric_history.key order by m.step, m.ts;
 end $$;
 
-create or replace function registry.log_artifact(run uuid, path text, content bytea default null,
-                                                 uri text default null) returns jsonb
+-- the internal writer (a PL/pgSQL function cannot return columns named like its arguments)
+create or replace function registry._log_artifact(run uuid, path text, content bytea, uri text)
+returns table(out_path text, out_sha256 text, out_size_bytes bigint, out_uri text)
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -230,7 +229,8 @@ begin
       hint = 'use a relative path such as model/model.ubj (no leading /, no .., at most 1024 characters)';
   end if;
   if (content is null) = (uri is null) then
-    raise exception 'give exactly one of content or uri for artifact %', quote_literal(path) using errcode = '22023';
+    raise exception 'give exactly one of content or uri for artifact %', quote_literal(path) using errcode = '22023',
+      hint = 'registry.log_artifact(run, path, content => <bytea>) or registry.log_artifact(run, path, uri => ''s3://...'')';
   end if;
   if content is not null then
     sz := octet_length(content);
@@ -245,8 +245,18 @@ begin
   values (r.id, path, uri, content, h, sz, r.tenant)
   on conflict on constraint artifacts_run_id_path_key do update set uri = excluded.uri, content = excluded.content,
       sha256 = excluded.sha256, size_bytes = excluded.size_bytes, created_at = now();
-  return jsonb_build_object('path', path, 'sha256', h, 'size_bytes', sz, 'uri', uri);
+  return query select path, h, sz, uri;
 end $$;
+comment on function registry._log_artifact(uuid, text, bytea, text) is 'internal: registry.log_artifact';
+
+create or replace function registry.log_artifact(run uuid, path text, content bytea default null,
+                                                 uri text default null)
+returns table(path text, sha256 text, size_bytes bigint, uri text)
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select * from registry._log_artifact(run, path, content, uri) $$;
+comment on function registry.log_artifact(uuid, text, bytea, text) is
+  'store a file of a RUNNING run: its bytes (sha256 and size recorded, at most indb.max_artifact_bytes) or a uri';
 
 create or replace function registry.get_artifact(run uuid, path text) returns bytea
 language plpgsql stable
@@ -279,6 +289,19 @@ begin
 end $$;
 
 -- datasets a run used
+create or replace function registry.list_inputs(run uuid)
+returns table(dataset_id bigint, dataset text, digest text, context text, kind text, source text, row_count bigint)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare rid bigint := (registry._run(run, null)).id;
+begin
+  return query select d.id, d.name, d.digest, i.context, d.kind, d.source, d.row_count
+                 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id
+                where i.run_id = rid order by d.name, d.id, i.context;
+end $$;
+comment on function registry.list_inputs(uuid) is 'the datasets a run used (registry.log_input), with their context';
+
 create or replace function registry.log_input(run uuid, dataset text, digest text,
                                               context text default 'training', source text default null,
                                               row_count bigint default null, schema jsonb default null)

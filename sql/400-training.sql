@@ -245,6 +245,9 @@ comment on function ml.deploy(text, text, bigint) is
 'says whether the call changed the deployment (deployed) or it already was (already deployed)';
 
 -- ---- views -----------------------------------------------------------------------------------------------
+-- Two numbers name a model: model_id, the id of the model version across all projects (what ml.deploy's
+-- model_id, ml.evaluate's model_id and ml.train's result use; registry.model_versions.id), and version, its
+-- number within the project (1, 2, 3, ...; what registry.get_model_version(project, '2') takes).
 create or replace view ml.models as
 select v.id as model_id, m.name as project, v.version, v.algorithm, v.task, v.metrics, v.hyperparams,
        v.run_id, v.created_at, v.created_by, length(v.artifact) as artifact_bytes,
@@ -252,20 +255,36 @@ select v.id as model_id, m.name as project, v.version, v.algorithm, v.task, v.me
 from registry.model_versions v
 join registry.registered_models m on m.id = v.model_id
 left join lateral (select version_id from registry.deployments where model_id = m.id order by id desc limit 1) d on true
-where v.source = 'ml.train';
-comment on view ml.models is 'models trained by ml.train, one row per model version';
+where v.source = 'ml.train'
+order by m.name, v.version;
+comment on view ml.models is 'models trained by ml.train, one row per model version, by project and version';
+comment on column ml.models.model_id is
+  'id of the model across all projects (ml.deploy(project, model_id => ...), ml.evaluate, ml.train''s result)';
+comment on column ml.models.version is 'number of the model within its project: 1, 2, 3, ... in training order';
+comment on column ml.models.deployed is 'true for the model the project serves now (its newest deployment)';
 
 create or replace view ml.deployments as
-select d.id as deployment_id, m.name as project, d.version_id as model_id, v.algorithm, d.strategy,
-       d.previous_id, d.deployed_at, d.deployed_by,
+select d.id as deployment_id, m.name as project, d.version_id as model_id, v.version, v.algorithm, d.strategy,
+       d.previous_id as previous_deployment_id, d.deployed_at, d.deployed_by,
        d.id = max(d.id) over (partition by d.model_id) as active
 from registry.deployments d
 join registry.registered_models m on m.id = d.model_id
-join registry.model_versions v on v.id = d.version_id;
-comment on view ml.deployments is 'deployment history of ml.train projects; active marks the current one';
+join registry.model_versions v on v.id = d.version_id
+order by m.name, d.id;
+comment on view ml.deployments is
+  'deployment history of ml.train projects, oldest first per project; active marks the one served now';
+comment on column ml.deployments.deployment_id is 'id of the deployment (one row per ml.deploy or automatic deploy)';
+comment on column ml.deployments.model_id is
+  'id of the deployed model across all projects (ml.models.model_id; what ml.deploy(project, model_id => ...) takes)';
+comment on column ml.deployments.version is 'number of the deployed model within its project (ml.models.version)';
+comment on column ml.deployments.strategy is
+  'how it was chosen: automatic (ml.train), best_score, most_recent, rollback or specific (a given model_id)';
+comment on column ml.deployments.previous_deployment_id is
+  'the deployment this one replaced (what ml.deploy(project, ''rollback'') goes back to)';
+comment on column ml.deployments.active is 'true for the project''s newest deployment: the model ml.predict serves';
 
 create or replace view ml.projects_overview as
-select m.name as project, s.task, d.version_id as deployed_model_id, v.algorithm,
+select m.name as project, s.task, d.version_id as deployed_model_id, v.version as deployed_version, v.algorithm,
        ml.key_metric(s.task) as key_metric,
        (v.metrics ->> ml.key_metric(s.task))::float8 as score,
        v.created_at as trained_at, ds.row_count as rows, s.relation, s.target,
@@ -276,6 +295,10 @@ join registry.training_projects s on s.model_id = m.id
 left join lateral (select version_id from registry.deployments where model_id = m.id order by id desc limit 1) d on true
 left join registry.model_versions v on v.id = d.version_id
 left join lateral (select x.row_count from registry.run_inputs ri join registry.datasets x on x.id = ri.dataset_id
-                   where ri.run_id = v.run_id order by x.id desc limit 1) ds on true;
+                   where ri.run_id = v.run_id order by x.id desc limit 1) ds on true
+order by m.name;
 comment on view ml.projects_overview is
   'one row per ml.train project: deployed model, its key metric, when it was trained, rows, split, relation and its author';
+comment on column ml.projects_overview.deployed_model_id is 'model_id of the deployed model (ml.models.model_id)';
+comment on column ml.projects_overview.deployed_version is 'its number within the project (ml.models.version)';
+comment on column ml.projects_overview.score is 'the deployed model''s key_metric on its own test rows';

@@ -200,22 +200,47 @@ return errors.call(plpy, training.explain, plpy, project, f, how)
 $$;
 select ml._wrap_python('ml._explain', 'ml._explain_py(text, jsonb, text)');
 
-create or replace function ml.explain(project text, features jsonb) returns jsonb
-language sql volatile parallel unsafe
-as $$ select ml._explain(project, features, 'json') $$;
+-- ml.explain: one row; contributions is a map keyed by feature column (jsonb), the rest are columns
+create or replace function ml._explain_row(e jsonb)
+returns table (model_id bigint, algorithm text, prediction float8, output text, base_value float8,
+               raw_output float8, explained_class text, contributions jsonb)
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select (e ->> 'model_id')::bigint, e ->> 'algorithm', (e ->> 'prediction')::float8, e ->> 'output',
+         (e ->> 'base_value')::float8, (e ->> 'raw_output')::float8, e ->> 'explained_class', e -> 'contributions'
+$$;
+comment on function ml._explain_row(jsonb) is 'internal: the columns of ml.explain from ml._explain''s document';
 
-create or replace function ml.explain(project text, features float8[]) returns jsonb
+create or replace function ml.explain(project text, features jsonb)
+returns table (model_id bigint, algorithm text, prediction float8, output text, base_value float8,
+               raw_output float8, explained_class text, contributions jsonb)
 language sql volatile parallel unsafe
-as $$ select ml._explain(project, to_jsonb(features), 'array') $$;
+as $$ select * from ml._explain_row(ml._explain(project, features, 'json')) $$;
 
-create or replace function ml.explain(project text, "row" record) returns jsonb
+create or replace function ml.explain(project text, features float8[])
+returns table (model_id bigint, algorithm text, prediction float8, output text, base_value float8,
+               raw_output float8, explained_class text, contributions jsonb)
+language sql volatile parallel unsafe
+as $$ select * from ml._explain_row(ml._explain(project, to_jsonb(features), 'array')) $$;
+
+create or replace function ml.explain(project text, "row" record)
+returns table (model_id bigint, algorithm text, prediction float8, output text, base_value float8,
+               raw_output float8, explained_class text, contributions jsonb)
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
-as $$ begin return ml._explain(project, to_jsonb("row"), 'row'); end $$;
+as $$ begin return query select * from ml._explain_row(ml._explain(project, to_jsonb("row"), 'row')); end $$;
 comment on function ml.explain(text, jsonb) is
-'per-feature contributions of one prediction (SHAP for tree models, exact for linear ones); base_value + contributions = raw_output';
+'per-feature contributions of one prediction of the deployed model (SHAP for tree models, exact for linear ones): '
+'base_value + the sum of contributions = raw_output (the prediction for regression, log-odds or probability of '
+'explained_class for classification)';
+comment on function ml.explain(text, float8[]) is
+  'ml.explain with the features as numbers in feature order (all-numeric models)';
+comment on function ml.explain(text, record) is
+  'ml.explain with the features taken from a table row by column name (other columns are ignored)';
 
-create or replace function ml._feature_importance_py(project text) returns table (feature text, importance float8)
+create or replace function ml._feature_importance_py(project text)
+returns table (feature text, importance float8, kind text, model_importance float8, model_kind text)
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -225,9 +250,17 @@ from indb_runtime import training, errors
 return errors.call(plpy, training.feature_importance, plpy, project)
 $$;
 select ml._wrap_python('ml.feature_importance', 'ml._feature_importance_py(text)');
-comment on function ml.feature_importance(text) is 'importance of each feature column of the deployed model (sums to 1)';
+comment on function ml.feature_importance(text) is
+'importance of each feature column of the deployed model, most important first. importance (kind mean_abs_shap): '
+'the mean |contribution| of the column on the test rows, as ml.explain computes contributions, so both rank '
+'columns alike. model_importance (model_kind): the algorithm''s own measure: gain (xgboost, lightgbm: loss '
+'reduction of the splits on the column, which favours a column that splits cleanly, such as one category of '
+'a one-hot column), impurity (scikit-learn forests) or abs_coefficient (linear models: |coefficient| x the '
+'column''s standard deviation). Each sums to 1. Models trained before indb 0.2.0 stored no test-row '
+'importance: both columns then show the model''s own';
 
-create or replace function ml._evaluate_py(project text, relation text, model_id bigint default null) returns jsonb
+create or replace function ml._evaluate_py(project text, relation text, model_id bigint default null)
+returns table (out_model_id bigint, out_rows bigint, out_metrics jsonb)
 language plpython3u volatile parallel unsafe
 -- no pinned search_path: relation names and queries resolve like in the caller's session (invoker rights)
 as $$
@@ -236,8 +269,17 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import training, errors
 return errors.call(plpy, training.evaluate, plpy, project, relation, model_id)
 $$;
-select ml._wrap_python('ml.evaluate', 'ml._evaluate_py(text, text, bigint)');
-comment on function ml.evaluate(text, text, bigint) is 'metrics of the deployed (or a given) model on any labelled table, view or SELECT';
+select ml._wrap_python('ml._evaluate', 'ml._evaluate_py(text, text, bigint)');
+
+-- the public face: result columns named like the arguments they echo (a PL/pgSQL wrapper cannot have that)
+create or replace function ml.evaluate(project text, relation text, model_id bigint default null)
+returns table (model_id bigint, rows bigint, metrics jsonb)
+language sql volatile parallel unsafe
+as $$ select * from ml._evaluate(project, relation, model_id) $$;
+comment on function ml.evaluate(text, text, bigint) is
+'metrics of the deployed (or a given) model on any labelled table, view or SELECT: the model''s id, the rows '
+'read and a map of the task''s metrics (regression r2, rmse, mae; classification accuracy, precision, recall, '
+'f1, roc_auc, log_loss; clustering silhouette)';
 
 -- ---- prediction logging ----------------------------------------------------------------------------------
 -- partitions are made by this SECURITY DEFINER function, so they belong to indb_owner

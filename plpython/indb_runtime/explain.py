@@ -3,6 +3,15 @@ summed back from expanded features (one-hot columns, vector elements) to the ori
 
 ``contributions`` + ``base_value`` add up to ``raw_output``: the prediction for regression, the
 log-odds (xgboost, lightgbm, logistic) or the probability (sklearn forests) for classification.
+
+Two kinds of importance (ml.feature_importance shows both, and which is which):
+* ``mean_abs_shap``: the mean |contribution| of each column over the test rows, as ml.explain computes it;
+  ml.train stores it in the model bundle. It says how much each column moves the predictions, so it
+  ranks columns the way ml.explain's contributions do.
+* the model's own (NATIVE_KINDS): ``gain`` for xgboost and lightgbm (loss reduction of the splits on the
+  column), ``impurity`` for scikit-learn forests, ``abs_coefficient`` for linear models. Gain favours
+  columns that split cleanly early in the trees: one one-hot column (ocean_proximity = INLAND) can take
+  most of the gain while the predictions move more with median_income.
 """
 
 from __future__ import annotations
@@ -30,6 +39,17 @@ def _group(values: np.ndarray, groups: list[str]) -> dict[str, float]:
     for g, v in zip(groups, values):
         out[g] = out.get(g, 0.0) + float(v)
     return out
+
+
+def tree_explainer(bundle: dict):
+    """shap's TreeExplainer of a scikit-learn tree model, made once per bundle (reading deep trees into it
+    takes seconds; the bundle of a deployed model is cached per backend)."""
+    ex = bundle.get("_tree_explainer")
+    if ex is None:
+        import shap
+
+        ex = bundle["_tree_explainer"] = shap.TreeExplainer(bundle["est"])
+    return ex
 
 
 def contributions(bundle: dict, X: np.ndarray) -> dict:
@@ -60,9 +80,7 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
         row = c[0]
         output = "log_odds" if task == "classification" else "value"
     elif alg in SKLEARN_TREES:
-        import shap
-
-        ex = shap.TreeExplainer(est)
+        ex = tree_explainer(bundle)
         sv = ex.shap_values(X, check_additivity=False)
         base = np.atleast_1d(ex.expected_value)
         sv = np.asarray(sv)
@@ -105,16 +123,124 @@ def contributions(bundle: dict, X: np.ndarray) -> dict:
     return out
 
 
-def importance(bundle: dict) -> dict[str, float]:
+# ---------------------------------------------------------------------------------------------------------
+# feature importance: what ml.feature_importance reports
+# ---------------------------------------------------------------------------------------------------------
+# the model's own importance, by algorithm: (kind, how)
+NATIVE_KINDS = {
+    "xgboost": "gain",  # mean loss reduction of the splits on the column (xgboost's default)
+    "lightgbm": "gain",  # total loss reduction of the splits on the column
+    "random_forest": "impurity",  # mean decrease in impurity (scikit-learn's feature_importances_)
+    "extra_trees": "impurity",
+    "gradient_boosting": "impurity",
+    **{a: "abs_coefficient" for a in LINEAR},  # |coefficient| x the column's standard deviation
+}
+SHAP_KIND = "mean_abs_shap"
+SHAP_MAX_ROWS = 1000  # test rows explained at training time (xgboost, lightgbm, linear: one batch)
+SHAP_BUDGET_S = 3.0  # scikit-learn forests (TreeExplainer is slow on deep trees): rows explained in this time
+SHAP_BATCH = 16  # (x 8: the largest batch of those)
+
+
+def _lightgbm_booster(est):
+    from .model_store import LightGBMModel
+
+    return est.booster if isinstance(est, LightGBMModel) else est.booster_
+
+
+def native_importance(bundle: dict) -> tuple[str, dict[str, float]]:
+    """The model's own importance per column (sums to 1) and its kind (NATIVE_KINDS)."""
     alg, est = bundle["algorithm"], bundle["est"]
-    if hasattr(est, "feature_importances_") and alg not in ("hist_gradient_boosting",):
-        vals = np.asarray(est.feature_importances_, dtype=np.float64)
+    kind = NATIVE_KINDS.get(alg)
+    if kind is None:
+        raise _not_supported(alg, "ml.feature_importance")
+    if alg == "lightgbm":
+        vals = np.asarray(_lightgbm_booster(est).feature_importance(importance_type="gain"), dtype=np.float64)
     elif alg in LINEAR:
         coef = np.abs(np.atleast_2d(est.coef_)).mean(axis=0)
         vals = coef * np.asarray(bundle["x_std"])  # effect of one standard deviation
     else:
-        raise _not_supported(alg, "ml.feature_importance")
+        vals = np.asarray(est.feature_importances_, dtype=np.float64)
+    return kind, _normalized(vals, bundle["groups"])
+
+
+def importance(bundle: dict) -> dict[str, float]:
+    """The model's own importance per column (sums to 1)."""
+    return native_importance(bundle)[1]
+
+
+def _normalized(vals: np.ndarray, groups: list[str]) -> dict[str, float]:
+    vals = np.nan_to_num(np.asarray(vals, dtype=np.float64), nan=0.0)
     total = float(vals.sum())
     if total > 0:
         vals = vals / total
-    return _group(vals, bundle["groups"])
+    return _group(vals, groups)
+
+
+def contribution_matrix(bundle: dict, X: np.ndarray) -> np.ndarray:
+    """The contributions of every expanded feature for every row of X, as ml.explain computes them (SHAP for
+    trees, exact for linear models): an array (rows, outputs, features); outputs is the number of classes
+    of a multiclass model, else 1."""
+    alg, task, est = bundle["algorithm"], bundle["task"], bundle["est"]
+    p = X.shape[1]
+    if task == "clustering":
+        raise _not_supported(alg, "ml.explain")
+    if alg == "xgboost":
+        import xgboost as xgb
+
+        c = np.asarray(est.get_booster().predict(xgb.DMatrix(X), pred_contribs=True))
+        return c[:, :, :p] if c.ndim == 3 else c[:, None, :p]
+    if alg == "lightgbm":
+        c = np.asarray(est.predict(X, pred_contrib=True))
+        return c.reshape(c.shape[0], -1, p + 1)[:, :, :p]
+    if alg in SKLEARN_TREES:
+        sv = np.asarray(tree_explainer(bundle).shap_values(X, check_additivity=False))
+        return np.transpose(sv, (0, 2, 1)) if sv.ndim == 3 else sv[:, None, :]  # (rows, p, classes) in shap>=0.45
+    if alg in LINEAR:
+        coef = np.atleast_2d(est.coef_)
+        centered = X - np.asarray(bundle["x_mean"])
+        return centered[:, None, :] * coef[None, :, :]
+    raise _not_supported(alg, "ml.explain")
+
+
+def _abs_grouped(c: np.ndarray, groups: list[str]) -> tuple[list[str], np.ndarray]:
+    """|contribution| per original column (expanded features summed first, as ml.explain reports them):
+    (column names, array (rows * outputs, columns))."""
+    names = list(dict.fromkeys(groups))
+    index = {g: i for i, g in enumerate(names)}
+    m = np.zeros((len(groups), len(names)))
+    for j, g in enumerate(groups):
+        m[j, index[g]] = 1.0
+    flat = c.reshape(-1, c.shape[-1])
+    return names, np.abs(flat @ m)
+
+
+def shap_importance(bundle: dict, X: np.ndarray, tick=lambda: None) -> dict | None:
+    """Mean |contribution| per column over rows of X (the test split), normalized to sum to 1: the mean of the
+    absolute values of ml.explain's contributions (for several classes, over the classes too). None where
+    ml.explain has no method for the model. Returns {"kind", "rows", "values"} (what ml.train stores in the
+    model bundle)."""
+    import time
+
+    if bundle["algorithm"] not in NATIVE_KINDS or bundle["task"] == "clustering" or len(X) == 0:
+        return None
+    X = X[:SHAP_MAX_ROWS]
+    if bundle["algorithm"] in SKLEARN_TREES:
+        # deep forests cost up to a second per row: rows in growing batches while the time budget lasts
+        parts, t0, i, size = [], time.time(), 0, 1
+        tree_explainer(bundle)
+        while i < len(X):
+            t1 = time.time()
+            parts.append(contribution_matrix(bundle, X[i : i + size]))
+            i += size
+            tick()
+            left = SHAP_BUDGET_S - (time.time() - t0)
+            if left <= 0:
+                break
+            per_row = (time.time() - t1) / size
+            size = max(1, min(SHAP_BATCH * 8, int(left / max(per_row, 1e-6))))
+        a = np.concatenate(parts)
+    else:
+        parts = [contribution_matrix(bundle, X)]
+    c = np.concatenate(parts)
+    names, a = _abs_grouped(c, bundle["groups"])
+    return {"kind": SHAP_KIND, "rows": int(c.shape[0]), "values": _normalized(a.mean(axis=0), names)}

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from . import algorithms as algs
+from . import explain as ex
 from . import model_store, spi
 from .errors import IndbRuntimeError, invalid, undefined
 from .preprocess import Preprocessor, column_kind, validate_options
+from .progress import Progress
 
 TEST_SAMPLING = ("random", "last", "stratified")
 SEARCH = ("grid", "random")
@@ -54,26 +56,44 @@ def key_metric(plpy: spi.Plpy, task: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # progress and cancel points
 # ---------------------------------------------------------------------------------------------------------
-class Ticker:
-    """Called between chunks of work: a cancel point (so cancel/statement_timeout fire) and a NOTICE with
-    progress (done/total, rate, time left) at most every ``every_s`` seconds."""
+class Tracker:
+    """One long call's entry in ``ml.progress`` (indb_runtime.progress: another session sees the phase, done
+    and total) and its cancel points (statement_timeout and pg_cancel_backend act between chunks of work).
 
-    def __init__(self, plpy, label: str, every_s: float = 2.0):
-        self.plpy, self.label, self.every_s = plpy, label, every_s
-        self.t0 = self.last = time.time()
-        self.stage = ""
+        with Tracker(plpy, "ml.train", project) as tr:
+            tr.phase("reading", unit="rows")
+            tr(done, total)          # a cancel point and progress
+            tr.cancel_point()        # a cancel point only (e.g. inside a search trial's cross-validation)
+    """
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.plpy is None:
-            return
+    def __init__(self, plpy, command: str, target: str | None):
+        self.plpy = plpy
+        self.p = Progress(plpy, command, target=target) if plpy is not None else None
+
+    def __enter__(self) -> Tracker:
+        if self.p is not None:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.p is not None:
+            self.p.close()
+
+    def phase(self, name: str, total: int | None = None, unit: str = "rows") -> None:
+        if self.p is not None:
+            self.p.state.update(unit=unit, total=None if total is None else int(total))
+            self.p.update(0, phase=name)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.cancel_point()
+        if self.p is not None:
+            first_total = total is not None and self.p.state["total"] is None
+            self.p.update(done, total)
+            if first_total:  # show the total at once (update writes at most every progress.EVERY_S)
+                self.p._write(force=True)
+
+    def cancel_point(self) -> None:
         spi.tick(self.plpy)
-        now = time.time()
-        if now - self.last >= self.every_s or (done == total and now - self.t0 > self.every_s):
-            self.last = now
-            el = now - self.t0
-            rate = done / el if el > 0 else 0
-            left = f", ~{(total - done) / rate:.0f} s left" if rate > 0 and total > done else ""
-            self.plpy.notice(f"{self.label}{self.stage}: {done}/{total} done, {rate:.1f}/s, {el:.1f} s elapsed{left}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,18 +146,20 @@ def _select_item(col: dict) -> str:
 
 
 def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
-    """Yield (row numbers, {column: [values]}) chunk by chunk, in scan order.
+    """Yield (row numbers, {column: [values]}, total rows or None) chunk by chunk, in scan order.
 
     Scalar columns travel as one array per column and chunk (array_agg grouped by row_number() / chunk):
-    PL/Python converts arrays much faster than it builds a dict per row. Array and vector columns use a
-    plain cursor. Between chunks the caller runs its cancel point."""
+    PL/Python converts arrays much faster than it builds a dict per row, and the query counts the rows on
+    the way (the total for ml.progress). Array and vector columns use a plain cursor (no total). Between
+    chunks the caller runs its cancel point."""
     names = [c["name"] for c in cols]
     if cols and all(c["kind"] in ("numeric", "bool", "text", None) and not c["type"].endswith("[]") for c in cols):
         aggs = ", ".join(f"array_agg(c{i}) as c{i}" for i in range(len(cols)))
         items = ", ".join(f"{_select_expr(c)} as c{i}" for i, c in enumerate(cols))
         cur = plpy.cursor(
-            f"select g, array_agg(rn) as rn, {aggs} from (select (row_number() over () - 1) / {int(chunk)} "
-            f"as g, row_number() over () as rn, {items} from {from_sql} as _src) s group by g order by g"
+            f"select g, array_agg(rn) as rn, max(total) as total, {aggs} from (select (row_number() over () - 1) "
+            f"/ {int(chunk)} as g, row_number() over () as rn, count(*) over () as total, {items} "
+            f"from {from_sql} as _src) s group by g order by g"
         )
         while True:
             rows = cur.fetch(1)
@@ -147,9 +169,9 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
             rn = np.asarray(r["rn"], dtype=np.int64)
             order = np.argsort(rn, kind="stable")
             if np.all(order == np.arange(len(order))):
-                yield rn, {n: r[f"c{i}"] for i, n in enumerate(names)}
+                yield rn, {n: r[f"c{i}"] for i, n in enumerate(names)}, r["total"]
             else:
-                yield rn[order], {n: [r[f"c{i}"][j] for j in order] for i, n in enumerate(names)}
+                yield rn[order], {n: [r[f"c{i}"][j] for j in order] for i, n in enumerate(names)}, r["total"]
         return
     sel = ", ".join(_select_item(c) for c in cols) or "1"
     cur = plpy.cursor(f"select {sel} from {from_sql} as _src")
@@ -158,7 +180,7 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
         rows = cur.fetch(chunk)
         if not rows:
             break
-        yield np.arange(n + 1, n + len(rows) + 1), {name: [r[name] for r in rows] for name in names}
+        yield np.arange(n + 1, n + len(rows) + 1), {name: [r[name] for r in rows] for name in names}, None
         n += len(rows)
         if len(rows) < chunk:
             break
@@ -167,15 +189,16 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
 def fetch_columns(
     plpy, from_sql: str, cols: list[dict], tick: Callable | None = None, chunk: int = 50000
 ) -> tuple[dict[str, list], int]:
-    """All rows of the FROM item as {column: [values]} in scan order, fetched in chunks with a cancel point."""
+    """All rows of the FROM item as {column: [values]} in scan order, fetched in chunks; ``tick(done, total)``
+    after each chunk (a cancel point and progress)."""
     out: dict[str, list] = {c["name"]: [] for c in cols}
     n = 0
-    for rn, data in fetch_chunks(plpy, from_sql, cols, chunk):
+    for rn, data, total in fetch_chunks(plpy, from_sql, cols, chunk):
         for name, vals in data.items():
             out[name].extend(vals)
         n += len(rn)
         if tick:
-            tick(n, n)
+            tick(n, total)
     return out, n
 
 
@@ -186,7 +209,11 @@ def split_indices(
     n: int, test_size: float, sampling: str, y: np.ndarray | None, task: str, seed: int = 42
 ) -> tuple[np.ndarray, np.ndarray]:
     if sampling not in TEST_SAMPLING:
-        raise invalid(f'unknown test_sampling "{sampling}"', detail="valid: " + ", ".join(TEST_SAMPLING))
+        raise invalid(
+            f'unknown test_sampling "{sampling}"',
+            detail="valid: " + ", ".join(TEST_SAMPLING),
+            hint="e.g. test_sampling => 'stratified'",
+        )
     if not (0 < test_size < 1):
         raise invalid(f"test_size must be between 0 and 1 (exclusive), got {test_size}", hint="e.g. test_size => 0.2")
     n_test = max(1, int(round(n * test_size)))
@@ -222,7 +249,7 @@ def search_candidates(search: str, search_params: dict, seed: int = 0) -> tuple[
     """Parameter sets to try and the number of CV folds. List values are searched; scalar ``cv`` (folds,
     default 3) and ``n_iter`` (random search size, default 10) configure the search."""
     if search not in SEARCH:
-        raise invalid(f'unknown search "{search}"', detail="valid: grid, random")
+        raise invalid(f'unknown search "{search}"', detail="valid: grid, random", hint="e.g. search => 'grid'")
     if not isinstance(search_params, dict) or not search_params:
         raise invalid(
             "search needs search_params: a JSON object of lists",
@@ -238,9 +265,14 @@ def search_candidates(search: str, search_params: dict, seed: int = 0) -> tuple[
         )
     folds = int(cfg.get("cv", 3))
     if folds < 2:
-        raise invalid("search_params cv must be at least 2")
+        raise invalid(
+            f"search_params cv must be at least 2, got {folds}", hint="e.g. search_params => '{\"cv\": 3, ...}'"
+        )
     if not grid or any(len(v) == 0 for v in grid.values()):
-        raise invalid("search_params needs at least one non-empty list of candidate values")
+        raise invalid(
+            "search_params needs at least one non-empty list of candidate values",
+            hint="e.g. search_params => '{\"max_depth\": [3, 6]}'",
+        )
     keys = sorted(grid)
     combos = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
     if search == "random":
@@ -517,7 +549,11 @@ def settings(
         raise invalid(f"test_size must be between 0 and 1 (exclusive), got {test_size}", hint="e.g. test_size => 0.2")
     test_sampling = test_sampling or "random"
     if test_sampling not in TEST_SAMPLING:
-        raise invalid(f'unknown test_sampling "{test_sampling}"', detail="valid: " + ", ".join(TEST_SAMPLING))
+        raise invalid(
+            f'unknown test_sampling "{test_sampling}"',
+            detail="valid: " + ", ".join(TEST_SAMPLING),
+            hint="e.g. test_sampling => 'stratified'",
+        )
     return Settings(
         project=project,
         task=task,
@@ -537,21 +573,27 @@ def settings(
     )
 
 
-def read_data(plpy, s: Settings, tick: Ticker) -> TrainingData:
+def read_data(plpy, s: Settings, tr: Tracker) -> TrainingData:
     """Read the relation (the caller's SQL, with the caller's rights) and encode the target."""
     from_sql = relation_sql(plpy, s.relation)
     cols = describe_relation(plpy, from_sql)
     names = [c["name"] for c in cols]
     if s.task != "clustering" and s.target not in names:
         raise IndbRuntimeError(
-            "42703", f'target column "{s.target}" does not exist in {s.relation}', detail="columns: " + ", ".join(names)
+            "42703",
+            f'target column "{s.target}" does not exist in {s.relation}',
+            detail="columns: " + ", ".join(names),
+            hint="pass one of the columns as target => '...'",
         )
     feats = [c for c in cols if c["name"] != s.target]
     if not feats:
-        raise invalid("the relation has no feature columns besides the target")
+        raise invalid(
+            "the relation has no feature columns besides the target",
+            hint="train on a table, view or SELECT with at least one column besides the target",
+        )
     validate_options(s.preprocess, [c["name"] for c in feats])
-    tick.stage = " reading"
-    data, n = fetch_columns(plpy, from_sql, cols, tick)
+    tr.phase("reading", unit="rows")
+    data, n = fetch_columns(plpy, from_sql, cols, tr)
     if n == 0:
         raise IndbRuntimeError("22000", f"{s.relation} has no rows", hint="train on a relation with data")
     target_values = data.pop(s.target) if s.task != "clustering" and s.target is not None else None
@@ -559,7 +601,10 @@ def read_data(plpy, s: Settings, tick: Ticker) -> TrainingData:
     y, classes = None, None
     if target_values is not None and target_col is not None:
         if target_col["kind"] in ("array", "vector"):
-            raise invalid(f'target column "{s.target}" is an array; it must be a number or a label')
+            raise invalid(
+                f'target column "{s.target}" is an array; it must be a number or a label',
+                hint="pick a scalar column as the target",
+            )
         y, classes = encode_target(target_values, s.task, target_col["type"])
     return TrainingData(
         cols=cols,
@@ -597,37 +642,61 @@ def prepare(s: Settings, d: TrainingData) -> Split:
     return Split(tr, te, pre, X_tr, X_te, y_tr, y_te, test_cols, n_classes)
 
 
-def search_and_fit(s: Settings, sp: Split, tick: Ticker) -> Fitted:
-    """Hyperparameter search (cross-validated on the training rows), then the final fit and test metrics."""
+def search_and_fit(s: Settings, sp: Split, tr: Tracker) -> Fitted:
+    """Hyperparameter search (cross-validated on the training rows), then the final fit and test metrics.
+    ml.progress shows the search as trials done of all, the fit as iterations (boosting rounds, trees,
+    epochs) done of all."""
     params = dict(s.params)
     if s.task == "classification" and s.algorithm in ("xgboost", "lightgbm") and (sp.n_classes or 0) > 2:
         params.setdefault("objective", "multi:softprob" if s.algorithm == "xgboost" else "multiclass")
     trials: list[dict[str, Any]] = []
     if s.search:
         combos, folds = search_candidates(s.search, s.search_params)
+        tr.phase(f"searching ({s.search}, {folds}-fold cross-validation)", total=len(combos), unit="trials")
         for i, combo in enumerate(combos):
             p = dict(params)
             p.update(algs.check_hyperparams(s.task, s.algorithm, combo))
             p.update(combo)
             if s.algorithm == "mlp":
                 p["task"] = s.task
-            tick.stage = f" search trial {i + 1}/{len(combos)}"
             t0 = time.time()
-            mean, std = cv_score(s.task, s.algorithm, p, sp.X_tr, sp.y_tr, folds, sp.n_classes, tick, s.key)
+            mean, std = cv_score(
+                s.task, s.algorithm, p, sp.X_tr, sp.y_tr, folds, sp.n_classes, lambda d, t: tr.cancel_point(), s.key
+            )
             trials.append(
                 {"trial": i + 1, "params": combo, "score": mean, "score_std": std, "seconds": time.time() - t0}
             )
+            tr(i + 1)
         best = max(trials, key=lambda t: -math.inf if math.isnan(t["score"]) else t["score"])
         params.update(best["params"])
     est = algs.make(s.task, s.algorithm, params)
-    tick.stage = " fitting"
+    tr.phase("fitting", total=fit_iterations(est), unit="iterations")
     t_fit = time.time()
     eval_set = (sp.X_te, sp.y_te) if s.algorithm in ("xgboost", "lightgbm") and s.task != "clustering" else None
-    curves = algs.fit(s.task, s.algorithm, est, sp.X_tr, sp.y_tr, eval_set=eval_set, tick=tick)
+    curves = algs.fit(s.task, s.algorithm, est, sp.X_tr, sp.y_tr, eval_set=eval_set, tick=tr)
     metrics = metrics_for(s.task, est, sp.X_te, sp.y_te, sp.n_classes)
     metrics["fit_seconds"] = time.time() - t_fit
     used = _json_safe({k: v for k, v in params.items() if k != "callbacks"})
     return Fitted(est=est, params=used, metrics=metrics, curves=curves, trials=trials)
+
+
+def test_importance(meta: dict, est, X_te: np.ndarray, tr: Tracker) -> dict | None:
+    """Mean |contribution| per column on the test rows (what ml.feature_importance reports first, in
+    agreement with ml.explain); None where ml.explain has no method for the algorithm."""
+    try:
+        return ex.shap_importance(dict(meta, est=est), X_te, tick=tr.cancel_point)
+    except IndbRuntimeError:
+        return None
+
+
+def fit_iterations(est) -> int | None:
+    """How many iterations a fit reports through its tick (boosting rounds, trees, epochs), where known."""
+    try:
+        params = est.get_params()
+    except AttributeError:
+        params = {}
+    n = params.get("n_estimators") or params.get("epochs") or getattr(est, "epochs", None)
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
 
 
 def bundle_meta(s: Settings, d: TrainingData, sp: Split) -> dict:
@@ -925,15 +994,19 @@ def train(
         automatic_deploy,
         materialize,
     )
-    tick = Ticker(plpy, f"ml.train {s.project} ({s.algorithm})")
-    d = read_data(plpy, s, tick)
-    sp = prepare(s, d)
-    f = search_and_fit(s, sp, tick)
-    blob = model_store.dump_bundle(bundle_meta(s, d, sp), f.est)
-    tick.stage = " saving"
-    tick(1, 1)
-    _, version_id, _ = record(plpy, s, d, sp, f, blob)
-    deployed, status = decide_deploy(plpy, s, d, sp, f, version_id)
+    with Tracker(plpy, "ml.train", s.project) as tr:
+        d = read_data(plpy, s, tr)
+        tr.phase("preparing")
+        sp = prepare(s, d)
+        f = search_and_fit(s, sp, tr)
+        meta = bundle_meta(s, d, sp)
+        tr.phase("explaining", total=min(len(sp.te), ex.SHAP_MAX_ROWS), unit="rows")
+        meta["importance"] = test_importance(meta, f.est, sp.X_te, tr)
+        tr.phase("saving")
+        blob = model_store.dump_bundle(meta, f.est)
+        _, version_id, _ = record(plpy, s, d, sp, f, blob)
+        tr.phase("deciding the deployment")
+        deployed, status = decide_deploy(plpy, s, d, sp, f, version_id)
     plpy.notice(
         f"ml.train {s.project}: {s.algorithm} trained on {len(sp.tr)} rows, tested on {len(sp.te)} rows in "
         f"{time.time() - t_start:.1f} s; {s.key} = {_fmt(f.metrics.get(s.key))}; model {version_id} {status}"
@@ -1021,7 +1094,7 @@ def _finite_number(col: str, v) -> float:
             hint="pass a number between -1.7e308 and 1.7e308",
         ) from None
     except (TypeError, ValueError):
-        raise invalid(f'feature "{col}" must be a number, got {v!r}') from None
+        raise invalid(f'feature "{col}" must be a number, got {v!r}', hint="pass a number, or null") from None
     if not math.isfinite(f):
         raise invalid(
             f'feature "{col}" must be a finite number, got {v!r}',
@@ -1041,13 +1114,19 @@ def rows_from_json(bundle: dict, obj, strict: bool) -> dict:
     missing = [c for c in pre.columns if c not in obj]
     if missing:
         raise IndbRuntimeError(
-            "42703", "missing feature(s): " + ", ".join(missing), detail="the model needs: " + ", ".join(pre.columns)
+            "42703",
+            "missing feature(s): " + ", ".join(missing),
+            detail="the model needs: " + ", ".join(pre.columns),
+            hint="give every feature column by name (null where the model imputes it)",
         )
     if strict:
         extra = [k for k in obj if k not in pre.columns and k != bundle.get("target")]
         if extra:
             raise IndbRuntimeError(
-                "42703", "unknown feature(s): " + ", ".join(extra), detail="the model needs: " + ", ".join(pre.columns)
+                "42703",
+                "unknown feature(s): " + ", ".join(extra),
+                detail="the model needs: " + ", ".join(pre.columns),
+                hint="leave them out, or pass a table row: ml.predict(project, t) ignores columns it does not use",
             )
     out = {}
     kinds = {c["name"]: c["kind"] for c in pre.state["columns"]}
@@ -1108,7 +1187,11 @@ def predict_proba(plpy, project: str, features, kind: str) -> list:
         )
     p = algs.predict_proba(bundle["est"], features_matrix(bundle, features, kind))
     if p is None:
-        raise IndbRuntimeError("0A000", f'the {bundle["algorithm"]} model of "{project}" gives no probabilities')
+        raise IndbRuntimeError(
+            "0A000",
+            f'the {bundle["algorithm"]} model of "{project}" gives no probabilities',
+            hint="use ml.predict for the label, or train the project with an algorithm that has probabilities",
+        )
     return [float(v) for v in p[0]]
 
 
@@ -1124,40 +1207,50 @@ def predict_batch(plpy, project: str, relation: str) -> list:
             "42703",
             f"{relation} lacks feature column(s): " + ", ".join(missing),
             detail="the model needs: " + ", ".join(pre.columns),
+            hint="select the missing columns (or compute them) in the relation: a table, view or SELECT",
         )
     use = [have[c] for c in pre.columns]
-    tick = Ticker(plpy, f"ml.predict_batch {project}")
     parts: list = []
     done = 0
     setting = spi.one(plpy, "select current_setting('indb.predict_batch_chunk', true) as v")["v"]  # type: ignore[index]
     chunk = int(setting) if setting and setting.isdigit() and int(setting) > 0 else 50000
-    for rn, data in fetch_chunks(plpy, from_sql, use, chunk):
-        parts.append(_predict_values(bundle, pre.transform(data, len(rn))))
-        done += len(rn)
-        tick(done, done)
+    with Tracker(plpy, "ml.predict_batch", project) as tr:
+        tr.phase("predicting", unit="rows")
+        for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
+            parts.append(_predict_values(bundle, pre.transform(data, len(rn))))
+            done += len(rn)
+            tr(done, total)
     return np.concatenate(parts).tolist() if parts else []
 
 
 def explain(plpy, project: str, features, kind: str) -> str:
-    from . import explain as ex
-
     bundle, _ = serving(plpy, project)
     X = features_matrix(bundle, features, kind)
     out = ex.contributions(bundle, X)
     out["prediction"] = float(_predict_values(bundle, X)[0])
     out["model_id"] = bundle["_version"]
-    return json.dumps(out)
+    return json.dumps(out, default=str)
 
 
-def feature_importance(plpy, project: str) -> list:
-    from . import explain as ex
-
+def feature_importance(plpy, project: str) -> list[tuple[str, float, str, float, str]]:
+    """(feature, importance, kind, model_importance, model_kind) per column of the deployed model, most
+    important first. importance: mean |contribution| on the test rows (kind mean_abs_shap), the measure
+    ml.explain's contributions add up to, stored by ml.train; models trained before 0.2.0 have none, and
+    show the model's own importance there too. model_importance: the algorithm's own (gain, impurity,
+    abs_coefficient)."""
     bundle, _ = serving(plpy, project)
-    imp = ex.importance(bundle)
-    return sorted(imp.items(), key=lambda kv: -kv[1])
+    model_kind, model_imp = ex.native_importance(bundle)
+    stored = bundle.get("importance")
+    if stored:
+        kind, imp = stored["kind"], stored["values"]
+    else:
+        kind, imp = model_kind, model_imp
+    names = sorted(set(imp) | set(model_imp), key=lambda k: (-imp.get(k, 0.0), -model_imp.get(k, 0.0), k))
+    return [(k, float(imp.get(k, 0.0)), kind, float(model_imp.get(k, 0.0)), model_kind) for k in names]
 
 
-def evaluate(plpy, project: str, relation: str, model_id) -> str:
+def evaluate(plpy, project: str, relation: str, model_id) -> list[tuple[int, int, str]]:
+    """[(model id, rows, metrics as JSON)]: the metrics of the deployed (or a given) model on labelled rows."""
     bundle = bundle_for(plpy, project, model_id)
     pre, task = bundle["_pre"], bundle["task"]
     from_sql = relation_sql(plpy, relation)
@@ -1170,26 +1263,43 @@ def evaluate(plpy, project: str, relation: str, model_id) -> str:
             "42703",
             f"{relation} lacks column(s): " + ", ".join(missing),
             detail="evaluation needs the features and the target: " + ", ".join(need),
+            hint="select the missing columns in the relation: a table, view or SELECT",
         )
-    data, n = fetch_columns(plpy, from_sql, [have[c] for c in need], Ticker(plpy, f"ml.evaluate {project}"))
-    if n == 0:
-        raise IndbRuntimeError("22000", f"{relation} has no rows")
-    X = pre.transform({c: data[c] for c in pre.columns}, n)
-    if task == "clustering":
-        m = algs.clustering_metrics(X, np.asarray(bundle["est"].predict(X)))
-    elif task == "regression":
-        y, _ = encode_target(data[bundle["target"]], task, have[bundle["target"]]["type"])
-        m = algs.regression_metrics(y, _raw_predict(bundle, X))
-    else:
-        classes = bundle["classes"]
-        index = {c: i for i, c in enumerate(classes)}
-        vals = data[bundle["target"]]
-        unknown = sorted({str(v) for v in vals if v not in index})
-        if unknown:
-            raise invalid("the target holds labels the model never saw: " + ", ".join(unknown[:10]))
-        y = np.array([index[v] for v in vals])
-        p = np.asarray(bundle["est"].predict(X)).astype(int)
-        m = algs.classification_metrics(y, p, algs.predict_proba(bundle["est"], X), len(classes))
-    m["rows"] = n
-    m["model_id"] = bundle["_version"]
-    return json.dumps(_json_safe(m))
+    with Tracker(plpy, "ml.evaluate", project) as tr:
+        tr.phase("reading", unit="rows")
+        data, n = fetch_columns(plpy, from_sql, [have[c] for c in need], tr)
+        if n == 0:
+            raise IndbRuntimeError(
+                "22000",
+                f"{relation} has no rows",
+                hint="evaluate on a table, view or SELECT that returns labelled rows",
+            )
+        tr.phase("scoring", total=n, unit="rows")
+        X = pre.transform({c: data[c] for c in pre.columns}, n)
+        if task == "clustering":
+            m = algs.clustering_metrics(X, np.asarray(bundle["est"].predict(X)))
+        elif task == "regression":
+            y, _ = encode_target(data[bundle["target"]], task, have[bundle["target"]]["type"])
+            m = algs.regression_metrics(y, _raw_predict(bundle, X))
+        else:
+            classes = bundle["classes"]
+            index = {c: i for i, c in enumerate(classes)}
+            vals = data[bundle["target"]]
+            if any(v is None for v in vals):
+                raise IndbRuntimeError(
+                    "22004",
+                    f"the target column {bundle['target']} has {sum(v is None for v in vals)} NULL value(s)",
+                    hint=f"filter them out: 'select ... where {bundle['target']} is not null'",
+                )
+            unknown = sorted({str(v) for v in vals if v not in index})
+            if unknown:
+                raise invalid(
+                    "the target holds labels the model never saw: " + ", ".join(unknown[:10]),
+                    detail="the model knows: " + ", ".join(str(c) for c in classes[:20]),
+                    hint="filter those rows out, or retrain the project on data that has them",
+                )
+            y = np.array([index[v] for v in vals])
+            p = np.asarray(bundle["est"].predict(X)).astype(int)
+            m = algs.classification_metrics(y, p, algs.predict_proba(bundle["est"], X), len(classes))
+        tr(n)
+    return [(bundle["_version"], n, json.dumps(_json_safe(m)))]

@@ -169,4 +169,4 @@ def test_metrics_params_and_the_prediction_log_are_append_only_even_for_the_owne
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         w.execute("update registry.latest_metrics set value = 0.0001")
     w.execute("select registry.log_metric(%s, 'rmse', 0.4, 1)", [run])
-    assert w.execute("select registry.get_run(%s)", [run]).fetchone()[0]["metrics"] == {"rmse": 0.4}
+    assert w.execute("select metrics from registry.get_run(%s)", [run]).fetchone()[0] == {"rmse": 0.4}

@@ -85,8 +85,9 @@ def test_the_other_tenant_sees_nothing_of_a_project_through_any_path(connect_as)
         for sql in (
             "select ml.predict(%(p)s, array[1.0, 2.0])",
             "select * from ml.predict_batch(%(p)s, 'select 1.0 as x, 2.0 as z')",
-            "select ml.explain(%(p)s, array[1.0, 2.0])",
-            "select ml.evaluate(%(p)s, 'select 1.0 as x, 2.0 as z, 3.0 as y')",
+            "select * from ml.explain(%(p)s, array[1.0, 2.0])",
+            "select * from ml.evaluate(%(p)s, 'select 1.0 as x, 2.0 as z, 3.0 as y')",
+            "select * from ml.feature_importance(%(p)s)",
         ):
             with pytest.raises(psycopg.errors.UndefinedObject, match="does not exist") as e:
                 g.execute(sql, dict(p=p))
@@ -151,10 +152,14 @@ def test_each_role_does_its_documented_work(connect_as):
     assert app.execute('select ml.predict(%s, \'{"x": 1, "z": 2}\'::jsonb)', [p]).fetchone()[0] > 0
     assert len(app.execute("select * from ml.predict_batch(%s, 'select 1.0 as x, 2.0 as z')", [p]).fetchall()) == 1
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        app.execute("select ml.explain(%s, array[1.0, 2.0])", [p])
+        app.execute("select * from ml.explain(%s, array[1.0, 2.0])", [p])
     reader = connect_as("reader")
-    assert "contributions" in reader.execute("select ml.explain(%s, array[1.0, 2.0])", [p]).fetchone()[0]
-    assert reader.execute("select ml.evaluate(%s, %s)", [p, REL]).fetchone()[0]["rows"] == 80
+    assert set(reader.execute("select contributions from ml.explain(%s, array[1.0, 2.0])", [p]).fetchone()[0]) == {
+        "x",
+        "z",
+    }
+    assert reader.execute("select rows from ml.evaluate(%s, %s)", [p, REL]).fetchone()[0] == 80
+    assert len(reader.execute("select * from ml.feature_importance(%s)", [p]).fetchall()) == 2
     for sql in ("select * from ml.deploy(%s)", "select * from ml.train(%s)"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute(sql, [p])

@@ -78,6 +78,52 @@ def test_strategies_and_rollback(db, db_dsn):
     assert len(db.execute("select 1 from ml.deployments where project = %s", [p]).fetchall()) == 5
 
 
+def test_deployments_view_is_ordered_and_explains_its_numbers(db):
+    """Issue 12: ml.deployments was unordered, and model_id and version were two numbers nobody explained."""
+    p = "dep_view"
+    first = train(
+        db, p, task="regression", relation="housing_feats", target="median_house_value", preprocess=PRE, hyperparams=BAD
+    )
+    second = train(db, p, preprocess=PRE, hyperparams=GOOD)
+    db.execute("select ml.deploy(%s, 'rollback')", [p])
+    cur = db.execute("select * from ml.deployments")  # no ORDER BY: the view orders by project, deployment
+    cols = [d.name for d in cur.description]
+    assert cols == [
+        "deployment_id",
+        "project",
+        "model_id",
+        "version",
+        "algorithm",
+        "strategy",
+        "previous_deployment_id",
+        "deployed_at",
+        "deployed_by",
+        "active",
+    ]
+    rows = cur.fetchall()
+    assert [(r[1], r[0]) for r in rows] == sorted((r[1], r[0]) for r in rows)
+    mine = [r for r in rows if r[1] == p]
+    assert [(r[2], r[3], r[5], r[9]) for r in mine] == [
+        (first["model_id"], 1, "automatic", False),
+        (second["model_id"], 2, "automatic", False),
+        (first["model_id"], 1, "rollback", True),
+    ]
+    assert [r[6] for r in mine] == [None, mine[0][0], mine[1][0]]
+    # every column says what it is; model_id and version are explained the same way in ml.models
+    for view in ("ml.deployments", "ml.models"):
+        for col in ("model_id", "version"):
+            comment = db.execute(
+                "select col_description(%s::regclass, attnum) from pg_attribute "
+                "where attrelid = %s::regclass and attname = %s",
+                [view, view, col],
+            ).fetchone()[0]
+            assert comment and ("across all projects" in comment or "within" in comment), (view, col)
+    overview = db.execute(
+        "select deployed_model_id, deployed_version from ml.projects_overview where project = %s", [p]
+    ).fetchone()
+    assert overview == (first["model_id"], 1)
+
+
 def test_deploy_errors(db):
     p = "dep_err"
     train(

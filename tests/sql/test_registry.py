@@ -15,6 +15,18 @@ def one(conn, sql, params=None):
     return row[0] if row else None
 
 
+def row(conn, sql, params=None) -> dict:
+    """The one row of a typed result, as a dict."""
+    cur = conn.execute(sql, params)
+    r = cur.fetchone()
+    assert r is not None, sql
+    return dict(zip([d.name for d in cur.description], r))
+
+
+def run_info(conn, rid) -> dict:
+    return row(conn, "select * from registry.get_run(%s)", [rid])
+
+
 def uid(prefix="t"):
     return f"{prefix}_{secrets.token_hex(4)}"
 
@@ -36,17 +48,39 @@ def test_run_round_trip(conn, run):
     )
     assert n == 4
     conn.execute("select registry.set_tag(%s, 'stage', 'dev')", [rid])
-    art = one(conn, "select registry.log_artifact(%s, 'notes/readme.txt', %s)", [rid, b"hello"])
-    assert art["sha256"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-    assert art["size_bytes"] == 5
+    art = row(conn, "select * from registry.log_artifact(%s, 'notes/readme.txt', %s)", [rid, b"hello"])
+    assert art == {
+        "path": "notes/readme.txt",
+        "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        "size_bytes": 5,
+        "uri": None,
+    }
+    uri = row(conn, "select * from registry.log_artifact(%s, 'data/big.parquet', uri => 's3://b/k')", [rid])
+    assert uri == {"path": "data/big.parquet", "sha256": None, "size_bytes": None, "uri": "s3://b/k"}
     conn.execute("select registry.end_run(%s)", [rid])
-    info = one(conn, "select registry.get_run(%s)", [rid])
+    info = run_info(conn, rid)
+    assert list(info) == [
+        "run_id",
+        "run_name",
+        "experiment",
+        "status",
+        "user_name",
+        "parent_run_id",
+        "start_time",
+        "end_time",
+        "tenant",
+        "tags",
+        "params",
+        "metrics",
+    ]
+    assert str(info["run_id"]) == rid and info["run_name"] == "r1" and info["user_name"] == "postgres"
     assert info["experiment"] == exp and info["status"] == "FINISHED" and info["end_time"]
     assert info["params"] == {"depth": "6", "lr": "0.1"}
     # latest = highest step, not last logged
     assert info["metrics"] == {"rmse": 0.7, "acc": 0.8}
     assert info["tags"] == {"team": "a", "stage": "dev"}
-    assert info["artifacts"][0]["path"] == "notes/readme.txt"
+    arts = conn.execute("select path, size_bytes, uri from registry.list_artifacts(%s)", [rid]).fetchall()
+    assert arts == [("data/big.parquet", None, "s3://b/k"), ("notes/readme.txt", 5, None)]
     hist = conn.execute("select step, value from registry.metric_history(%s, 'rmse')", [rid]).fetchall()
     assert hist == [(0, 0.9), (1, 0.5), (2, 0.7)]
     assert bytes(one(conn, "select registry.get_artifact(%s, 'notes/readme.txt')", [rid])) == b"hello"
@@ -55,10 +89,15 @@ def test_run_round_trip(conn, run):
 def test_nested_runs_and_inputs(conn, run):
     exp, parent = run
     child = one(conn, "select registry.start_run(%s, 'child', parent_run => %s)", [exp, parent])
-    info = one(conn, "select registry.get_run(%s)", [child])
+    info = run_info(conn, child)
     assert str(info["parent_run_id"]) == parent
     did = one(conn, "select registry.log_input(%s, 'iris', 'sha256abc', 'training', 'iris.csv', 150)", [child])
-    assert one(conn, "select registry.get_run(%s)", [child])["inputs"][0]["dataset_id"] == did
+    one(conn, "select registry.log_input(%s, 'iris_test', 'sha256def', 'evaluation')", [child])
+    inputs = conn.execute("select * from registry.list_inputs(%s)", [child]).fetchall()
+    assert inputs[0] == (did, "iris", "sha256abc", "training", "dataset", "iris.csv", 150)
+    assert inputs[1][1:] == ("iris_test", "sha256def", "evaluation", "dataset", None, None)
+    with pytest.raises(psycopg.errors.UndefinedObject, match="not found"):
+        conn.execute("select * from registry.list_inputs('00000000-0000-0000-0000-000000000000')")
 
 
 def test_finished_run_refuses_data_but_takes_tags(conn, run):
@@ -73,7 +112,7 @@ def test_finished_run_refuses_data_but_takes_tags(conn, run):
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="FAILED"):
             conn.execute(sql, args)
     conn.execute("select registry.set_tag(%s, 'reviewed', 'yes')", [rid])
-    assert one(conn, "select registry.get_run(%s)", [rid])["tags"]["reviewed"] == "yes"
+    assert run_info(conn, rid)["tags"]["reviewed"] == "yes"
 
 
 def test_bad_batches_write_nothing(conn, run):
@@ -103,7 +142,7 @@ def test_bad_batches_write_nothing(conn, run):
         conn.execute(
             'select registry.log_batch(%s, array[\'m\'], array[1.0], params => \'{"new": "1", "depth": "7"}\')', [rid]
         )
-    info = one(conn, "select registry.get_run(%s)", [rid])
+    info = run_info(conn, rid)
     assert info["params"] == {"depth": "6"} and info["metrics"] == {}
     conn.execute("select registry.log_param(%s, 'depth', '6')", [rid])  # same value again: fine
 
@@ -113,7 +152,7 @@ def test_unknown_run_and_injection_in_names(conn):
         conn.execute("select registry.log_metric('00000000-0000-0000-0000-000000000000', 'x', 1)")
     evil = "x'); drop table registry.runs; --"
     rid = one(conn, "select registry.start_run(%s, %s)", [evil, evil])
-    assert one(conn, "select registry.get_run(%s)", [rid])["name"] == evil
+    assert run_info(conn, rid)["run_name"] == evil
     assert one(conn, "select to_regclass('registry.runs') is not null")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="invalid tag name"):
         conn.execute("select registry.set_tag(%s, %s, 'v')", [rid, evil])
@@ -133,7 +172,7 @@ def test_oversized_artifact_is_refused_whole(conn, run):
         conn.execute("select registry.log_artifact(%s, 'ok.bin', %s)", [rid, b"x" * 1000])
     finally:
         conn.execute("reset indb.max_artifact_bytes")
-    assert [a["path"] for a in one(conn, "select registry.get_run(%s)", [rid])["artifacts"]] == ["ok.bin"]
+    assert conn.execute("select path from registry.list_artifacts(%s)", [rid]).fetchall() == [("ok.bin",)]
 
 
 def test_versions_increment_and_aliases(conn, run):

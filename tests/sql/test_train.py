@@ -335,7 +335,7 @@ def test_vector_and_array_features(housing):
         """select ml.predict('house_vec', '{"loc": "[-122.23,37.88]", "arr": [8.3252, 41]}'::jsonb)"""
     ).fetchone()[0]
     assert math.isfinite(a) and math.isfinite(b)
-    imp = dict(housing.execute("select * from ml.feature_importance('house_vec')").fetchall())
+    imp = dict(housing.execute("select feature, importance from ml.feature_importance('house_vec')").fetchall())
     assert set(imp) == {"loc", "arr"} and abs(sum(imp.values()) - 1) < 1e-6
 
 
@@ -404,10 +404,13 @@ def test_evaluate_on_other_data(housing):
         preprocess=PRE,
         hyperparams=json.dumps({"n_estimators": 50}),
     )
-    m = housing.execute(
-        "select ml.evaluate('house_eval', 'select * from housing where total_bedrooms is not null limit 1000')"
-    ).fetchone()[0]
-    assert m["rows"] == 1000 and m["r2"] > 0.5 and m["rmse"] > 0
+    cur = housing.execute(
+        "select * from ml.evaluate('house_eval', 'select * from housing where total_bedrooms is not null limit 1000')"
+    )
+    assert [d.name for d in cur.description] == ["model_id", "rows", "metrics"]
+    model_id, rows, m = cur.fetchone()
+    assert rows == 1000 and m["r2"] > 0.5 and m["rmse"] > 0 and set(m) == {"r2", "rmse", "mae"}
+    assert model_id == housing.execute("select model_id from ml.models where project = 'house_eval'").fetchone()[0]
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
@@ -528,4 +531,108 @@ def test_relation_names_resolve_with_the_callers_search_path(db_dsn, housing):
         n = c.execute("select count(*) from ml.predict_batch('house_schema', 'select * from houses')").fetchone()[0]
         assert n == 2064
     with pytest.raises(psycopg.errors.UndefinedTable, match='relation "houses" is not a table or view'):
-        housing.execute("select ml.evaluate('house_schema', 'houses')")  # not on this session's search_path
+        housing.execute("select * from ml.evaluate('house_schema', 'houses')")  # not on this session's search_path
+
+
+# ---- progress: another session sees every long call in ml.progress ----------------------------------------
+def watch(db_dsn, conn, sql, params=None, setup=()) -> list[tuple]:
+    """Run ``sql`` on its own connection while ``conn`` (another session) polls ml.progress for that backend;
+    returns the distinct (command, target, phase, done, total, unit) rows seen, in order."""
+    import threading
+    import time
+
+    worker = psycopg.connect(db_dsn, autocommit=True)
+    try:
+        for s in setup:
+            worker.execute(s)
+        pid = worker.info.backend_pid
+        failure: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                worker.execute(sql, params)
+            except BaseException as e:  # re-raised in the test thread
+                failure.append(e)
+
+        t = threading.Thread(target=go)
+        t.start()
+        seen: list[tuple] = []
+        while t.is_alive():
+            for r in conn.execute(
+                "select command, target, phase, done, total, unit from ml.progress where pid = %s", [pid]
+            ).fetchall():
+                if not seen or seen[-1] != r:
+                    seen.append(r)
+            time.sleep(0.03)
+        t.join()
+        if failure:
+            raise failure[0]
+        assert conn.execute("select count(*) from ml.progress where pid = %s", [pid]).fetchone()[0] == 0
+        return seen
+    finally:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def housing_x3(housing):
+    """61,920 rows: long enough for ml.progress to show rows done of all."""
+    housing.execute("create table if not exists public.housing_x3 as select h.* from housing h, generate_series(1, 3)")
+    return housing
+
+
+def test_train_reports_reading_search_trials_and_fitting_in_ml_progress(housing_x3, db_dsn, conn):
+    seen = watch(
+        db_dsn,
+        conn,
+        "select * from ml.train('progress_train', task => 'regression', relation => 'housing_x3', "
+        "target => 'median_house_value', preprocess => %s, search => 'grid', "
+        'search_params => \'{"max_depth": [2, 3, 4], "n_estimators": [30], "cv": 2}\')',
+        [PRE],
+    )
+    assert seen and all(r[:2] == ("ml.train", "progress_train") for r in seen)
+    phases = [r[2] for r in seen]
+    assert "reading" in phases and "fitting" in phases
+    search = [r for r in seen if r[2].startswith("searching")]
+    assert search and all(r[4] == 3 and r[5] == "trials" for r in search)  # trial i of n
+    assert [r[3] for r in search] == sorted(r[3] for r in search)
+    fitting = [r for r in seen if r[2] == "fitting"]
+    assert all(r[4] == 30 and r[5] == "iterations" for r in fitting)
+    order = ["reading", "preparing", "searching", "fitting", "explaining", "saving", "deciding the deployment"]
+    ranks = [next(i for i, p in enumerate(order) if ph.startswith(p)) for ph in phases]
+    assert ranks == sorted(ranks)  # phases move forward
+
+
+def test_predict_batch_reports_rows_done_of_all_in_ml_progress(housing_x3, db_dsn, conn):
+    train(
+        housing_x3,
+        "progress_batch",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 20}),
+    )
+    seen = watch(
+        db_dsn,
+        conn,
+        "select count(*) from ml.predict_batch('progress_batch', 'housing_x3')",
+        setup=["set indb.predict_batch_chunk = 50"],
+    )
+    assert seen and all(r[:3] == ("ml.predict_batch", "progress_batch", "predicting") for r in seen)
+    counted = [r for r in seen if r[4] is not None]
+    assert counted and all(r[4] == 61920 and 0 < r[3] <= 61920 and r[5] == "rows" for r in counted)
+
+
+def test_evaluate_reports_in_ml_progress(housing_x3, db_dsn, conn):
+    train(
+        housing_x3,
+        "progress_eval",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 20}),
+    )
+    seen = watch(db_dsn, conn, "select * from ml.evaluate('progress_eval', 'housing_x3')")
+    assert seen and all(r[:2] == ("ml.evaluate", "progress_eval") for r in seen)
+    assert {r[2] for r in seen} <= {"reading", "scoring"} and "reading" in {r[2] for r in seen}

@@ -116,6 +116,53 @@ def test_explanations_add_up(alg):
     assert abs(sum(imp.values()) - 1) < 1e-9
 
 
+@pytest.mark.parametrize("task", ["regression", "classification"])
+@pytest.mark.parametrize("alg", ["xgboost", "lightgbm", "random_forest", "gradient_boosting", "linear"])
+def test_importance_kinds_and_mean_abs_shap(alg, task):
+    if task == "classification" and alg == "linear":
+        alg = "logistic"
+    b, X = _bundle(alg, task)
+    kind, native = explain.native_importance(b)
+    assert kind == explain.NATIVE_KINDS[alg] and set(native) == {"a", "b"}
+    assert abs(sum(native.values()) - 1) < 1e-9
+    imp = explain.shap_importance(b, X)
+    assert imp is not None and imp["kind"] == "mean_abs_shap" and imp["rows"] >= 1
+    assert set(imp["values"]) == {"a", "b"} and abs(sum(imp["values"].values()) - 1) < 1e-9
+    # the mean |contribution| of ml.explain's contributions, row by row (expanded columns summed first)
+    if task == "regression":
+        rows = [explain.contributions(b, X[i : i + 1])["contributions"] for i in range(imp["rows"])]
+        mean = {k: sum(abs(r[k]) for r in rows) / len(rows) for k in ("a", "b")}
+        total = sum(mean.values())
+        assert imp["values"] == pytest.approx({k: v / total for k, v in mean.items()}, rel=1e-5)
+
+
+def test_multiclass_mean_abs_shap():
+    rng = np.random.RandomState(0)
+    X = rng.rand(150, 3)
+    y = (X[:, 0] * 3).astype(int)  # three classes, decided by the first column
+    for alg in ("xgboost", "lightgbm", "random_forest", "logistic"):
+        est = algs.make("classification", alg, algs.check_hyperparams("classification", alg, {}))
+        algs.fit("classification", alg, est, X, y)
+        b = {
+            "algorithm": alg,
+            "task": "classification",
+            "est": est,
+            "groups": ["a", "b", "c"],
+            "classes": [0, 1, 2],
+            "x_mean": X.mean(axis=0).tolist(),
+            "x_std": X.std(axis=0).tolist(),
+        }
+        imp = explain.shap_importance(b, X[:50])
+        assert imp is not None and max(imp["values"], key=imp["values"].get) == "a", alg
+
+
+def test_no_importance_where_explain_has_no_method():
+    b, X = _bundle("linear")
+    assert explain.shap_importance(dict(b, algorithm="knn"), X) is None
+    with pytest.raises(IndbRuntimeError, match="not available for knn"):
+        explain.native_importance(dict(b, algorithm="knn"))
+
+
 def test_chunked_forest_ticks_and_mlp_round_trips():
     ticks = []
     b, X = _bundle("random_forest")
