@@ -236,10 +236,12 @@ class Run:
         return self.log_bytes(name, p.read_bytes())
 
     def log_bytes(self, path: str, data: bytes) -> dict:
-        return self.client.scalar("select registry.log_artifact(%s, %s, %s)", [self.id, path, bytes(data)])
+        """Store bytes as an artifact of the run: {path, sha256, size_bytes, uri}."""
+        return self.client.call("select * from registry.log_artifact(%s, %s, %s)", [self.id, path, bytes(data)])[0]
 
     def log_uri(self, path: str, uri: str) -> dict:
-        return self.client.scalar("select registry.log_artifact(%s, %s, null, %s)", [self.id, path, uri])
+        """Record an artifact stored elsewhere: {path, sha256, size_bytes, uri} (no hash nor size)."""
+        return self.client.call("select * from registry.log_artifact(%s, %s, null, %s)", [self.id, path, uri])[0]
 
     def log_input(
         self,
@@ -304,8 +306,23 @@ class TrackingAPI(Base):
         )
         return Run(self, str(rid), experiment, batch_size=batch_size, flush_seconds=flush_seconds)
 
-    def get_run(self, run_id: str) -> dict:
-        return self.scalar("select registry.get_run(%s)", [str(run_id)])
+    def get_run(self, run_id: str | Run) -> dict:
+        """A run as one dict: registry.get_run's columns (run_id, run_name, experiment, status, user_name,
+        parent_run_id, start_time, end_time, tenant, tags, params, metrics) plus ``artifacts``
+        (registry.list_artifacts) and ``inputs`` (registry.list_inputs) as lists of dicts."""
+        rid = run_id.id if isinstance(run_id, Run) else str(run_id)
+        info = self.call("select * from registry.get_run(%s)", [rid])[0]
+        info["run_id"] = str(info["run_id"])
+        if info["parent_run_id"] is not None:
+            info["parent_run_id"] = str(info["parent_run_id"])
+        info["artifacts"] = self.list_artifacts(rid)
+        info["inputs"] = self.call("select * from registry.list_inputs(%s)", [rid])
+        return info
+
+    def list_artifacts(self, run_id: str | Run) -> list[dict]:
+        """The artifacts of a run: path, size_bytes, sha256, uri, created_at."""
+        rid = run_id.id if isinstance(run_id, Run) else str(run_id)
+        return self.call("select * from registry.list_artifacts(%s)", [rid])
 
     def metric_history(self, run_id: str, key: str) -> list[dict]:
         return self.call("select * from registry.metric_history(%s, %s)", [str(run_id), key])

@@ -37,10 +37,18 @@ def test_run_context_manager_round_trip(client, tmp_path):
         run.set_tag("stage", "dev")
         art = run.log_artifact(f, "docs/")
         # nothing is lost in the buffer: 200 points went out in batches of 250 at most
-    assert art["sha256"] == hashlib.sha256(b"hello artifact").hexdigest()
+    assert art == {
+        "path": "docs/notes.txt",
+        "sha256": hashlib.sha256(b"hello artifact").hexdigest(),
+        "size_bytes": 14,
+        "uri": None,
+    }
     assert run.points_sent == 200 and run.status == "FINISHED"
     info = client.get_run(run.id)
     assert info["status"] == "FINISHED" and info["experiment"] == exp
+    assert info["run_id"] == run.id and info["run_name"] == "first" and info["parent_run_id"] is None
+    assert [(a["path"], a["size_bytes"]) for a in info["artifacts"]] == [("docs/notes.txt", 14)]
+    assert info["inputs"] == []
     assert info["params"] == {"depth": "6", "eta": "0.1", "objective": "reg:squarederror"}
     assert info["metrics"] == {"rmse": 0.01, "mae": 0.02}
     assert info["tags"] == {"team": "ml", "stage": "dev"}
@@ -69,7 +77,17 @@ def test_nested_runs(client):
         client.start_run(experiment=exp, run_name="child", parent_run=parent) as child,
     ):
         child.log_metric("x", 1)
-    assert str(client.get_run(child.id)["parent_run_id"]) == parent.id
+    assert client.get_run(child)["parent_run_id"] == parent.id
+    with client.start_run(experiment=exp) as run:
+        did = run.log_input("iris", "sha256abc", "training", source="iris.csv", row_count=150)
+        assert run.log_uri("data/iris.parquet", "s3://bucket/iris.parquet")["uri"] == "s3://bucket/iris.parquet"
+    info = client.get_run(run.id)
+    assert [(i["dataset_id"], i["dataset"], i["context"], i["row_count"]) for i in info["inputs"]] == [
+        (did, "iris", "training", 150)
+    ]
+    assert [(a["path"], a["uri"]) for a in client.list_artifacts(run)] == [
+        ("data/iris.parquet", "s3://bucket/iris.parquet")
+    ]
 
 
 def _fit(flavor, X, y):
