@@ -17,6 +17,7 @@ CROSS_TENANT_CALLS = {
     "metric_history": "select * from registry.metric_history('{run}', 'rmse')",
     "get_artifact": "select registry.get_artifact('{run}', 'a.txt')",
     "list_artifacts": "select * from registry.list_artifacts('{run}')",
+    "list_inputs": "select * from registry.list_inputs('{run}')",
     "log_batch": "select registry.log_batch('{run}', array['x'], array[1.0])",
     "log_metric": "select registry.log_metric('{run}', 'x', 1)",
     "log_metrics": "select registry.log_metrics('{run}', '{{\"x\": 1}}')",
@@ -147,7 +148,8 @@ def test_other_tenant_cannot_read_or_write_through_any_function(db_dsn, tenant_a
         c.execute("reset role")
     # nothing of A changed
     with psycopg.connect(db_dsn, autocommit=True) as c:
-        info = one(c, "select registry.get_run(%s)", [tenant_a["run"]])
+        cur = c.execute("select * from registry.get_run(%s)", [tenant_a["run"]])
+        info = dict(zip([d.name for d in cur.description], cur.fetchone()))
         assert info["status"] == "RUNNING" and info["params"] == {"depth": "6"} and info["metrics"] == {"rmse": 0.5}
         assert info["tags"] == {}
 
