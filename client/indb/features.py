@@ -117,7 +117,10 @@ class FeatureStore:
 
         info = self._c.conn.info
         dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
-        target = view.strip() if "@" in view else None  # 'name' means the latest version: any target of the command
+        target = view.strip()
+        if "@" not in target:  # 'name' means its latest version, which is what the server reports
+            latest = self._c.scalar("select max(version) from features.feature_views where name = %s", [target])
+            target = f"{target}@{latest}" if latest is not None else target
         return watch(dsn, command, target=target)
 
     def materialize(self, view: str, start_ts, end_ts, statistics: bool = True, progress: bool = False) -> dict:

@@ -111,3 +111,26 @@ def test_an_unknown_training_set_is_not_found(fs):
     with pytest.raises(NotFound) as ei:
         fs.training_set("cl_nosuch")
     assert "cl_nosuch" in str(ei.value) and ei.value.hint and "None" not in str(ei.value)
+
+
+def test_cli_prints_tables_and_exits_non_zero_on_errors(fs, db_dsn, capsys, monkeypatch):
+    from indb import cli
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width when stdout is not a terminal
+
+    assert cli.main(["features", "materialize", "cl_stats", "2024-04-01", "2024-06-01", "--dsn", db_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "rows_written" in out and "cl_stats@1" in out and "materialize" in out
+    assert cli.main(["features", "freshness", "cl_stats", "--dsn", db_dsn]) == 0
+    assert "cl_stats@1" in capsys.readouterr().out
+    assert cli.main(["features", "skew", "cl_stats", "--sample", "5", "--dsn", db_dsn]) == 0
+    assert "not_in_source" in capsys.readouterr().out
+    args = ["features", "drift", "cl_stats", "score", "[2024-05-01,2024-05-03)", "[2024-05-01,2024-05-11)"]
+    assert cli.main([*args, "--dsn", db_dsn]) == 0
+    assert "drifted" in capsys.readouterr().out
+    assert cli.main(["features", "materialize", "cl_nosuch", "2024-04-01", "2024-06-01", "--dsn", db_dsn]) == 1
+    assert 'feature view "cl_nosuch" does not exist' in capsys.readouterr().err
+    assert cli.main(["features", "freshness", "cl_nosuch", "--dsn", db_dsn]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["features", "incremental", "cl_stats", "--dsn", db_dsn]) == 0
+    assert "incremental" in capsys.readouterr().out
