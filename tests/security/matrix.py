@@ -16,10 +16,10 @@ and the objects of the group (see `build` in test_matrix.py): ${vcoll} (3 docume
 embeddings), ${tcoll} (3 documents embedded by all-MiniLM-L6-v2), ${timecoll} (partitioned by month),
 ${wcoll} (takes writes), ${vz} (a vectorizer of 2 rows with a staged model), ${mini2} (a second registered
 embedding model), ${proj} (regression) and ${cproj} (classification) trained by ml.train, ${exp}, ${run}
-(RUNNING, with metric rmse = 0.25, a param and artifact notes.txt), ${run_id}, ${model} (a registered model
-whose version 1 is aliased champion), ${mv_id}, ${ds} / ${ds_name} / ${ds_digest} (a dataset), ${ent} /
-${view} / ${view_id} (an entity and a feature view materialized from 6 rows of ${fsrc}, its source table) and
-${tset} (a training set).
+(RUNNING, with metric rmse = 0.25, a param, artifact notes.txt and an input), ${run_id}, ${model} (a
+registered model whose version 1 is aliased champion), ${mv_id}, ${ds} / ${ds_name} / ${ds_digest} (a
+dataset), ${ent} / ${view} / ${view_id} (an entity and a feature view materialized from 6 rows of ${fsrc}, its
+source table) and ${tset} (a training set).
 
 Checks take the result rows (with their column names) and read values with `val`, which finds a key in a
 column or in a jsonb result alike.
@@ -341,6 +341,8 @@ MATRIX: tuple[Entry, ...] = (
           tenant=HIDDEN),
     Entry("registry.list_artifacts(uuid)", "reader", REG, "the artifacts of a run",
           "select count(*) from registry.list_artifacts('${run}')", check=lambda r: first(r) >= 1, tenant=HIDDEN),
+    Entry("registry.list_inputs(uuid)", "reader", REG, "the datasets a run used",
+          "select count(*) from registry.list_inputs('${run}')", check=lambda r: first(r) >= 1, tenant=HIDDEN),
     Entry("registry.search_runs(text[],text,text[],integer)", "reader", REG, "runs matching a filter",
           "select count(*) from registry.search_runs(array['${exp}'], 'metrics.rmse < 0.5')",
           check=lambda r: first(r) == 1, tenant=EMPTY),

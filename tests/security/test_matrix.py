@@ -154,6 +154,7 @@ def build(conns, prefix: str, wkey: str, tenant: str | None) -> dict[str, str]:
     o["run"] = str(run)
     w.execute("select registry.log_batch(%s, array['rmse'], array[0.25], params => '{\"depth\": \"2\"}')", [run])
     w.execute("select registry.log_artifact(%s, 'notes.txt', 'hi'::bytea)", [run])
+    w.execute("select registry.log_input(%s, %s, 'abc123')", [run, f"{p}_input"])
     o["run_id"] = str(first(w.execute("select id from registry.runs where run_uuid = %s", [run]).fetchall()))
     mv = w.execute(
         "select version, version_id from registry.register_model(%s, run => %s, artifact => '\\x00'::bytea)",
