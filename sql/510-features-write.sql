@@ -387,6 +387,7 @@ declare
   n bigint := 0;
   c bigint;
   staged bigint := 0;
+  reported timestamptz := clock_timestamp();
 begin
   perform features._ensure_partitions(v.id, lo, hi);
   sql := format($q$insert into %s as o (%s, event_ts, written_at, %s)
@@ -404,10 +405,14 @@ begin
     get diagnostics c = row_count;
     n := n + c;
     if progress then
-      -- rows done: the good staged rows up to this partition's end (duplicates of one key and time included)
+      -- rows done: the good staged rows up to this partition's end (duplicates of one key and time included),
+      -- reported at most every 0.2 s (many small partitions make many chunks)
       select count(*) into c from pg_temp._fv_stage where cardinality(_failures) = 0 and event_ts >= p and event_ts < nxt;
       staged := staged + c;
-      perform features._progress('update', done => staged);
+      if clock_timestamp() - reported >= interval '0.2 s' or nxt > hi then
+        perform features._progress('update', done => staged);
+        reported := clock_timestamp();
+      end if;
     end if;
     p := nxt;
   end loop;

@@ -720,6 +720,21 @@ def test_materialize_reports_its_phases_and_rows_in_ml_progress(shop, db_dsn, co
     assert one(shop, f"select count(*) from {store}") == 400
 
 
+def test_materialize_incremental_reports_under_its_own_name(shop, db_dsn, conn):
+    slow_view(shop, "fs_prog_inc", 100, every=10, sleep=0.05)
+    with psycopg.connect(db_dsn, autocommit=True) as worker:
+        seen, r = watch_progress(
+            conn,
+            lambda: worker.execute(
+                "select rows_written from features.materialize_incremental('fs_prog_inc')"
+            ).fetchone()[0],
+            "features.materialize_incremental",
+        )
+    assert r == 100
+    assert seen and {s[1] for s in seen} == {"fs_prog_inc@1"}
+    assert any(s[2] == "writing the offline store" and s[4] == 100 for s in seen), seen
+
+
 def test_a_failed_materialization_leaves_nothing_in_ml_progress(shop, db_dsn, conn):
     slow_view(shop, "fs_prog_fail", 200, every=20, sleep=0.05, fail_at=150)
     with psycopg.connect(db_dsn, autocommit=True) as worker:
