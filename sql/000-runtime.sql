@@ -157,5 +157,20 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import warmup, errors
 return json.dumps(errors.call(plpy, warmup.warmup, plpy, model))
 $$;
-select ml._wrap_python('ml.warmup', 'ml._warmup_py(text)');
-comment on function ml.warmup(text) is 'import torch, xgboost, sentence-transformers and load the model in this backend; returns seconds spent';
+select ml._wrap_python('ml._warmup', 'ml._warmup_py(text)');
+comment on function ml._warmup(text) is 'internal: ml.warmup''s timings as one jsonb object';
+
+-- One row, seconds per step: a second call in the same backend takes next to nothing
+create or replace function ml.warmup(model text default 'all-MiniLM-L6-v2')
+returns table(model text, import_torch_s float8, import_xgboost_s float8, import_sentence_transformers_s float8,
+              load_model_s float8, total_s float8)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.model, r.import_torch_s, r.import_xgboost_s, r.import_sentence_transformers_s, r.load_model_s, r.total_s
+    from jsonb_to_record(ml._warmup(warmup.model)) as r(model text, import_torch_s float8, import_xgboost_s float8,
+                                                         import_sentence_transformers_s float8, load_model_s float8,
+                                                         total_s float8)
+$$;
+comment on function ml.warmup(text) is
+  'import torch, xgboost, sentence-transformers and load the model (NULL: none) in this backend; one row of seconds per step';

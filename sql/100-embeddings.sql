@@ -91,9 +91,23 @@ if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activat
 from indb_runtime import models, errors
 return json.dumps(errors.call(plpy, models.register, plpy, name, path, dimensions, max_tokens, normalize, replace))
 $$;
-select ml._wrap_python('ml.register_embedding_model', 'ml._register_embedding_model_py(text, text, int, int, boolean, boolean)');
+select ml._wrap_python('ml._register_embedding_model', 'ml._register_embedding_model_py(text, text, int, int, boolean, boolean)');
+comment on function ml._register_embedding_model(text, text, int, int, boolean, boolean) is
+  'internal: ml.register_embedding_model''s result as one jsonb object (its body runs only for indb_admin)';
+
+create or replace function ml.register_embedding_model(name text, path text, dimensions int default null,
+                                                       max_tokens int default null, "normalize" boolean default true,
+                                                       replace boolean default false)
+returns table(name text, source_path text, folder text, dimensions int, max_tokens int, "normalize" boolean)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.name, r.source_path, r.folder, r.dimensions, r.max_tokens, r."normalize"
+    from jsonb_to_record(ml._register_embedding_model($1, $2, $3, $4, $5, $6))
+         as r(name text, source_path text, folder text, dimensions int, max_tokens int, "normalize" boolean)
+$$;
 comment on function ml.register_embedding_model(text, text, int, int, boolean, boolean) is
-  'indb_admin: register a local sentence-transformers folder (as the server sees it) or package:<module> of the runtime venv under a name; dimensions and max_tokens are read from the model when NULL';
+  'indb_admin: register a local sentence-transformers folder (as the server sees it) or package:<module> of the runtime venv under a name; dimensions and max_tokens are read from the model when NULL; one row: what was registered';
 
 -- the one writer of ml.embedding_models (ml.register_embedding_model validates the folder and calls it)
 create or replace function ml._embedding_model_save(name text, source_path text, dimensions int, max_tokens int,

@@ -73,6 +73,37 @@ $$;
 select ml._wrap_python('ml._model_dimensions', 'ml.__model_dimensions_py(text)');
 comment on function ml._model_dimensions(text) is 'internal: output dimensions of an embedding model';
 
+-- Progress of the long SQL calls of collections (ml.add_documents of many documents, ml.reindex_collection,
+-- a big INSERT into a collection) in ml.progress, through indb_runtime.progress like the Python ones: the first
+-- call of a command starts it, later calls move it on, a call with command NULL ends it. Callers end it in an
+-- exception handler too, so that a failed call leaves nothing behind.
+create or replace function ml.__report_progress_py(command text, target text, phase text, done bigint default 0,
+                                                   total bigint default null, unit text default 'rows') returns void
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import progress
+p = SD.get('progress')
+if command is None:
+    if p is not None:
+        p.close()
+        del SD['progress']
+    return None
+if p is None or p.state['command'] != command or p.state['target'] != target:
+    if p is not None:
+        p.close()
+    p = progress.Progress(plpy, command, target=target, total=total, unit=unit or 'rows')
+    p.__enter__()
+    SD['progress'] = p
+p.update(done or 0, total=total, phase=phase)
+return None
+$$;
+select ml._wrap_python('ml._report_progress', 'ml.__report_progress_py(text, text, text, bigint, bigint, text)');
+comment on function ml._report_progress(text, text, text, bigint, bigint, text) is
+  'internal: report the progress of a long SQL call in ml.progress (command NULL: the call ended)';
+
 -- ---------------------------------------------------------------------------------------------- catalog rows
 
 create or replace function ml._collection(collection text) returns ml.collections
@@ -218,7 +249,8 @@ begin
 end $$;
 
 -- Embed the given rows through the one embed-changed-rows core (rows whose hash equals their old hash are
--- skipped) and store the vectors. Invoker: called by the trigger (as indb_owner).
+-- skipped) and store the vectors. Invoker: called by the trigger (as indb_owner). A statement of more than
+-- 256 rows is embedded 256 rows per model call and reports its progress in ml.progress.
 create or replace function ml._collection_embed(c ml.collections, rel regclass, ids text[], tenants text[],
                                                 times timestamptz[], texts text[], hashes text[], olds text[])
 returns void
@@ -226,21 +258,35 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  t0 timestamptz := clock_timestamp();
+  n int := cardinality(ids);
+  chunk constant int := 256;
+  lo int := 1;
+  sql text;
 begin
   if c.model is null then
     raise exception 'collection "%" has no model: % document(s) came without an embedding (first id %)',
-      c.name, cardinality(ids), quote_literal(ids[1])
+      c.name, n, quote_literal(ids[1])
       using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
   end if;
-  execute format('update %s t set embedding = e.embedding::%s from ml._embed_changed($1, $2, $3, $4) e '
-                 'where t.id = ($5)[e.ord] and t.tenant is not distinct from ($6)[e.ord] and t.created_at = ($7)[e.ord]',
-                 ml._assert_indb_owned(rel), ml._collection_vtype(c))
-    using c.model, texts, hashes, olds, ids, tenants, times;
-  if cardinality(ids) >= 100 then
-    raise notice 'indb: embedded % documents of collection % in % s', cardinality(ids), c.name,
-      round(extract(epoch from clock_timestamp() - t0)::numeric, 1);
+  sql := format('update %s t set embedding = e.embedding::%s from ml._embed_changed($1, $2, $3, $4) e '
+                'where t.id = ($5)[e.ord] and t.tenant is not distinct from ($6)[e.ord] and t.created_at = ($7)[e.ord]',
+                ml._assert_indb_owned(rel), ml._collection_vtype(c));
+  if n <= chunk then
+    execute sql using c.model, texts, hashes, olds, ids, tenants, times;
+    return;
   end if;
+  begin
+    while lo <= n loop
+      perform ml._report_progress('collection write', c.name, 'embedding', lo - 1, n, 'rows');
+      execute sql using c.model, texts[lo:lo + chunk - 1], hashes[lo:lo + chunk - 1], olds[lo:lo + chunk - 1],
+                        ids[lo:lo + chunk - 1], tenants[lo:lo + chunk - 1], times[lo:lo + chunk - 1];
+      lo := lo + chunk;
+    end loop;
+    perform ml._report_progress(null, null, null);
+  exception when others then
+    perform ml._report_progress(null, null, null);
+    raise;
+  end;
 end $$;
 
 -- Statement trigger of collection tables (argument: the collection id). SECURITY DEFINER: it writes the BM25

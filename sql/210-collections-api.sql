@@ -137,13 +137,8 @@ begin
   end loop;
 end $$;
 
-create or replace function ml.create_collection(
-    name text,
-    model text default 'all-MiniLM-L6-v2',
-    index text default 'hnsw',
-    metric text default 'cosine',
-    partition_by text default null,
-    options jsonb default '{}')
+create or replace function ml._create_collection(
+    name text, model text, index text, metric text, partition_by text, options jsonb)
 returns jsonb
 language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -176,13 +171,34 @@ begin
   -- readers and apps search, writers write (a data table); the one tenant policy
   perform ml._apply_table_grants(tbl);
   perform ml._apply_tenant_policies(tbl);
-  return jsonb_build_object('collection', c.name, 'table', tbl::text, 'model', c.model, 'dimensions', dims,
+  return jsonb_build_object('collection', c.name, 'table_name', tbl::text, 'model', c.model, 'dimensions', dims,
                             'index', c.index_type, 'metric', c.metric, 'storage', c.storage,
                             'binary_rerank', c.binary_rerank, 'partition_by', c.partition_by,
-                            'text_search_config', c.ts_config, 'row_level_security', true, 'tenant', c.tenant);
+                            'text_search_config', c.ts_config, 'tenant', c.tenant);
 end $$;
+comment on function ml._create_collection(text, text, text, text, text, jsonb) is
+  'internal (definer): ml.create_collection''s work; its result as one jsonb object';
+
+create or replace function ml.create_collection(
+    name text,
+    model text default 'all-MiniLM-L6-v2',
+    index text default 'hnsw',
+    metric text default 'cosine',
+    partition_by text default null,
+    options jsonb default '{}')
+returns table(collection text, table_name regclass, model text, dimensions int, index text, metric text, storage text,
+              binary_rerank boolean, partition_by text, text_search_config text, tenant text)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.collection, r.table_name, r.model, r.dimensions, r.index, r.metric, r.storage, r.binary_rerank,
+         r.partition_by, r.text_search_config, r.tenant
+    from jsonb_to_record(ml._create_collection($1, $2, $3, $4, $5, $6))
+         as r(collection text, table_name regclass, model text, dimensions int, index text, metric text, storage text,
+              binary_rerank boolean, partition_by text, text_search_config text, tenant text)
+$$;
 comment on function ml.create_collection(text, text, text, text, text, jsonb) is
-  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes; it belongs to the caller''s tenant';
+  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes; it belongs to the caller''s tenant; one row: what was made';
 
 create or replace function ml.drop_collection(name text, if_exists boolean default false) returns boolean
 language plpgsql volatile security definer parallel unsafe
@@ -283,13 +299,14 @@ declare
   chunk constant int := 256;
   start int := 0;
   texts text[];
-  t0 timestamptz := clock_timestamp();
   first_id text;
-  done int := 0;
 begin
   select d ->> 'id' into first_id from jsonb_array_elements(docs) d
    where nullif(d -> 'embedding', 'null'::jsonb) is null and nullif(d ->> 'content', '') is not null limit 1;
   if first_id is null then
+    if n > chunk then
+      perform ml._report_progress('add_documents', c.name, 'embedding', n, n, 'documents');
+    end if;
     return docs;
   end if;
   if c.model is null then
@@ -297,6 +314,9 @@ begin
       using errcode = '22023', hint = 'give every document an "embedding" of ' || c.dimensions || ' numbers';
   end if;
   while start < n loop
+    if n > chunk then
+      perform ml._report_progress('add_documents', c.name, 'embedding', start, n, 'documents');
+    end if;
     select array_agg(case when nullif(d -> 'embedding', 'null'::jsonb) is null then d ->> 'content' end order by i)
       into texts from jsonb_array_elements(docs) with ordinality x(d, i) where i > start and i <= start + chunk;
     select jsonb_agg(case when e.ord is null then d else jsonb_set(d, '{embedding}', e.embedding::text::jsonb) end order by i)
@@ -304,10 +324,8 @@ begin
       from jsonb_array_elements(docs) with ordinality x(d, i)
       left join ml._embed_changed(c.model, texts) e on e.ord = i - start;
     start := start + chunk;
-    done := done + cardinality(texts);
     if n > chunk then
-      raise notice 'indb: add_documents %: % / % documents embedded, % docs/s', c.name, least(done, n), n,
-        round((done / greatest(extract(epoch from clock_timestamp() - t0), 1e-6))::numeric, 1);
+      perform ml._report_progress('add_documents', c.name, 'embedding', least(start, n), n, 'documents');
     end if;
   end loop;
   return docs;
@@ -367,36 +385,62 @@ language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$ select pg_advisory_xact_lock(hashtext('indb.collection'), c.id::int) $$;
 
+-- The documents (checked, embedded) written in batches of 256. A call of more than 256 documents reports its
+-- progress in ml.progress (embedding, waiting for the write lock, writing).
+create or replace function ml._documents_add(c ml.collections, docs jsonb) returns bigint
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  n int := jsonb_array_length(docs);
+  chunk constant int := 256;
+  start int := 0;
+  written bigint := 0;
+begin
+  docs := ml._documents_embed(c, docs);
+  -- all of the documents in key order (batches too), under the collection's write lock
+  if n > chunk then
+    perform ml._report_progress('add_documents', c.name, 'waiting for the collection''s write lock', 0, n, 'documents');
+  end if;
+  perform ml._collection_write_lock(c);
+  select jsonb_agg(d order by case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', ml.current_tenant()) end,
+                              d ->> 'id')
+    into docs from jsonb_array_elements(docs) d;
+  while start < n loop
+    if n > chunk then
+      perform ml._report_progress('add_documents', c.name, 'writing', start, n, 'documents');
+    end if;
+    written := written + ml._documents_write(c, (select jsonb_agg(d order by i) from jsonb_array_elements(docs)
+                                                   with ordinality x(d, i) where i > start and i <= start + chunk));
+    start := start + chunk;
+  end loop;
+  if c.index_type = 'ivfflat' and not exists (select 1 from ml._collection_ann_indexes(c)) then
+    perform ml._reindex_collection(c.name, false);
+  end if;
+  return written;
+end $$;
+
 create or replace function ml.add_documents(collection text, docs jsonb) returns bigint
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   c ml.collections := ml._collection(collection);
-  n int;
-  chunk constant int := 256;
-  start int := 0;
-  written bigint := 0;
+  written bigint;
 begin
   perform ml._documents_check(c, docs);
-  n := jsonb_array_length(docs);
-  if n = 0 then
+  if jsonb_array_length(docs) = 0 then
     return 0;
+  elsif jsonb_array_length(docs) <= 256 then
+    return ml._documents_add(c, docs);
   end if;
-  docs := ml._documents_embed(c, docs);
-  -- all of the documents in key order (batches too), under the collection's write lock
-  perform ml._collection_write_lock(c);
-  select jsonb_agg(d order by case when c.partition_by = 'tenant' then coalesce(d ->> 'tenant', ml.current_tenant()) end,
-                              d ->> 'id')
-    into docs from jsonb_array_elements(docs) d;
-  while start < n loop
-    written := written + ml._documents_write(c, (select jsonb_agg(d order by i) from jsonb_array_elements(docs)
-                                                   with ordinality x(d, i) where i > start and i <= start + chunk));
-    start := start + chunk;
-  end loop;
-  if c.index_type = 'ivfflat' and not exists (select 1 from ml._collection_ann_indexes(c)) then
-    perform ml.reindex_collection(c.name, false);
-  end if;
+  begin
+    written := ml._documents_add(c, docs);
+    perform ml._report_progress(null, null, null);
+  exception when others then
+    perform ml._report_progress(null, null, null);  -- a failed call leaves no progress behind
+    raise;
+  end;
   return written;
 end $$;
 comment on function ml.add_documents(text, jsonb) is
@@ -404,7 +448,10 @@ comment on function ml.add_documents(text, jsonb) is
 
 -- ---------------------------------------------------------------------------------------------- maintenance
 
-create or replace function ml.reindex_collection(name text, concurrently boolean default true) returns jsonb
+-- Rebuild the ANN index (or each partition's), reporting phases and rows in ml.progress. CREATE INDEX
+-- CONCURRENTLY cannot run inside a function: the new index is built beside the old one (searches keep using the
+-- old one, writes wait) and swapped; for a build without blocking writes, run REINDEX INDEX CONCURRENTLY from psql.
+create or replace function ml._reindex_collection(name text, concurrently boolean) returns jsonb
 language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -416,10 +463,15 @@ declare
   t0 timestamptz := clock_timestamp();
   r record;
   built text[] := '{}';
+  done bigint := 0;
+  n int;
+  i int := 0;
 begin
   if c.index_type = 'none' then
-    raise exception 'collection % has no ANN index (index => none): nothing to rebuild', c.name using errcode = '22023';
+    raise exception 'collection % has no ANN index (index => none): nothing to rebuild', c.name using errcode = '22023',
+      hint = 'searches of it are exact scans; make a collection with index => ''hnsw'' or ''ivfflat'' for an ANN index';
   end if;
+  perform ml._report_progress('reindex_collection', c.name, 'counting rows', 0, null, 'rows');
   execute format('select count(*) from %s where embedding is not null', tbl) into rows;
   if c.index_type = 'ivfflat' then
     -- pgvector's guidance: lists = rows / 1000 up to 1M rows, sqrt(rows) above
@@ -427,33 +479,59 @@ begin
                       greatest(1, case when rows <= 1000000 then rows / 1000 else sqrt(rows)::int end));
     if rows = 0 then
       raise notice 'indb: collection % is empty: the ivfflat index is built on the first ml.add_documents', c.name;
-      return jsonb_build_object('collection', c.name, 'rows', 0, 'built', '[]'::jsonb);
+      perform ml._report_progress(null, null, null);
+      return jsonb_build_object('collection', c.name, 'index', c.index_type, 'rows', 0, 'built', '[]'::jsonb,
+                                'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
     end if;
   end if;
-  -- a new index is built beside the old one (searches keep using the old one; writes wait), then swapped.
-  -- CREATE INDEX CONCURRENTLY cannot run inside a function: for that, run REINDEX INDEX CONCURRENTLY from psql.
   if c.partition_by = 'time' then
-    for r in select i.index_name, i.table_name from ml._collection_ann_indexes(c) i loop
+    select count(*) into n from ml._collection_ann_indexes(c);
+    for r in select x.index_name, x.table_name, greatest(k.reltuples, 0)::bigint as est
+               from ml._collection_ann_indexes(c) x
+               join pg_class k on k.oid = format('%I.%I', c.table_schema, x.table_name)::regclass
+              order by x.index_name loop
+      i := i + 1;
+      perform ml._report_progress('reindex_collection', c.name, format('building index %s (%s of %s)', r.index_name, i, n),
+                                  done, rows, 'rows');
       perform ml._assert_indb_owned(format('%I.%I', c.table_schema, r.table_name)::regclass);
       execute format('drop index %I.%I', c.table_schema, r.index_name);
       execute ml._collection_ann_ddl(c, format('%I.%I', c.table_schema, r.table_name), r.index_name, lists);
       built := built || r.index_name;
+      done := least(done + r.est, rows);
     end loop;
   else
+    perform ml._report_progress('reindex_collection', c.name, format('building index %s', c.table_name || '_ann'),
+                                0, rows, 'rows');
     execute ml._collection_ann_ddl(c, tbl, c.table_name || '_ann_new', lists);
     execute format('drop index if exists %I.%I', c.table_schema, c.table_name || '_ann');
     execute format('alter index %I.%I rename to %I', c.table_schema, c.table_name || '_ann_new', c.table_name || '_ann');
     built := built || (c.table_name || '_ann');
   end if;
+  perform ml._report_progress('reindex_collection', c.name, 'analyzing', rows, rows, 'rows');
   execute format('analyze %s', tbl);
-  return jsonb_build_object('collection', c.name, 'rows', rows, 'index', c.index_type, 'lists', lists,
-                            'built', to_jsonb(built), 'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3),
-                            'concurrently', reindex_collection.concurrently,
-                            'note', case when reindex_collection.concurrently then 'built beside the old index and swapped: searches kept running, writes waited' end);
+  perform ml._report_progress(null, null, null);
+  return jsonb_build_object('collection', c.name, 'index', c.index_type, 'rows', rows, 'lists', lists,
+                            'built', to_jsonb(built), 'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
+exception when others then
+  perform ml._report_progress(null, null, null);  -- a failed call leaves no progress behind
+  raise;
 end $$;
-comment on function ml.reindex_collection(text, boolean) is 'rebuild the ANN index of a collection (ivfflat: lists from the current row count)';
+comment on function ml._reindex_collection(text, boolean) is
+  'internal (definer): ml.reindex_collection''s work; its result as one jsonb object';
 
-create or replace function ml.collection_health(name text, sample int default 20) returns jsonb
+create or replace function ml.reindex_collection(name text, concurrently boolean default true)
+returns table(collection text, index text, rows bigint, lists int, built text[], seconds float8)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.collection, r.index, r.rows, r.lists, r.built, r.seconds
+    from jsonb_to_record(ml._reindex_collection($1, $2))
+         as r(collection text, index text, rows bigint, lists int, built text[], seconds float8)
+$$;
+comment on function ml.reindex_collection(text, boolean) is
+  'rebuild the ANN index of a collection beside the old one, then swap (ivfflat: lists from the current row count); progress in ml.progress; one row: rows indexed, lists, indexes built, seconds';
+
+create or replace function ml._collection_health(name text, sample int) returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -472,7 +550,8 @@ declare
   st ml.collection_stats;
 begin
   if sample is null or sample < 0 or sample > 1000 then
-    raise exception 'sample must be between 0 and 1000' using errcode = '22023';
+    raise exception 'sample must be between 0 and 1000, got %', coalesce(sample::text, 'NULL') using errcode = '22023',
+      hint = 'the number of stored vectors used as queries to measure recall@10; 0 skips the measurement';
   end if;
   execute format('select count(*), count(*) filter (where embedding is null and content <> '''') from %s', tbl) into nrows, missing;
   select coalesce(jsonb_agg(jsonb_build_object(
@@ -499,22 +578,44 @@ begin
     end loop;
   end if;
   return jsonb_build_object(
-    'collection', c.name, 'table', tbl, 'rows', nrows, 'rows_missing_embedding', missing,
+    'collection', c.name, 'table_name', tbl, 'rows', nrows, 'rows_missing_embedding', missing,
     'index', c.index_type, 'metric', c.metric, 'storage', c.storage, 'binary_rerank', c.binary_rerank,
     'partition_by', c.partition_by, 'partitions', parts, 'indexes', idx,
     'long_text', ml._long_text_policy(null, 0, null, (select m.max_tokens from ml.embedding_models m where m.name = c.model)),
     'table_bytes', pg_total_relation_size(tbl::regclass),
     'dead_tuples', coalesce((select sum(n_dead_tup) from pg_stat_user_tables where relid = tbl::regclass
                               or relid in (select inhrelid from pg_inherits where inhparent = tbl::regclass)), 0),
-    'bm25', jsonb_build_object('documents', st.n_docs, 'avg_length', case when st.n_docs > 0 then round(st.total_len::numeric / st.n_docs, 2) end,
-                               'terms', (select count(*) from ml.collection_terms t where t.collection_id = c.id)),
+    'bm25_documents', st.n_docs,
+    'bm25_avg_length', case when st.n_docs > 0 then round(st.total_len::numeric / st.n_docs, 2) end,
+    'bm25_terms', (select count(*) from ml.collection_terms t where t.collection_id = c.id),
     'sampled_recall_at_10', case when total > 0 then round(hits::numeric / total, 4) end,
     'recall_sample_queries', case when total > 0 then sample end);
 end $$;
-comment on function ml.collection_health(text, int) is
-  'rows, partitions, index sizes, dead tuples, BM25 statistics and sampled recall@10 of the ANN index against an exact scan';
+comment on function ml._collection_health(text, int) is 'internal: ml.collection_health''s result as one jsonb object';
 
-create or replace function ml.tier_partition(collection text, older_than interval default '3 months', index text default 'none')
+-- One row of fixed columns; the partitions and the indexes, lists whose length varies, are jsonb arrays of
+-- objects (partition, bound, rows_estimate, dead_tuples, bytes) and (index, am, bytes)
+create or replace function ml.collection_health(name text, sample int default 20)
+returns table(collection text, table_name regclass, rows bigint, rows_missing_embedding bigint, index text,
+              metric text, storage text, binary_rerank boolean, partition_by text, long_text text, table_bytes bigint,
+              dead_tuples bigint, bm25_documents bigint, bm25_avg_length float8, bm25_terms bigint,
+              sampled_recall_at_10 float8, recall_sample_queries int, partitions jsonb, indexes jsonb)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.collection, r.table_name, r.rows, r.rows_missing_embedding, r.index, r.metric, r.storage, r.binary_rerank,
+         r.partition_by, r.long_text, r.table_bytes, r.dead_tuples, r.bm25_documents, r.bm25_avg_length, r.bm25_terms,
+         r.sampled_recall_at_10, r.recall_sample_queries, r.partitions, r.indexes
+    from jsonb_to_record(ml._collection_health($1, $2))
+         as r(collection text, table_name regclass, rows bigint, rows_missing_embedding bigint, index text,
+              metric text, storage text, binary_rerank boolean, partition_by text, long_text text, table_bytes bigint,
+              dead_tuples bigint, bm25_documents bigint, bm25_avg_length float8, bm25_terms bigint,
+              sampled_recall_at_10 float8, recall_sample_queries int, partitions jsonb, indexes jsonb)
+$$;
+comment on function ml.collection_health(text, int) is
+  'one row: rows, rows without an embedding, table size, dead tuples, BM25 statistics, sampled recall@10 of the ANN index against an exact scan; partitions and indexes as jsonb lists';
+
+create or replace function ml._tier_partition(collection text, older_than interval, index text)
 returns jsonb
 language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -529,6 +630,10 @@ begin
   if c.partition_by is distinct from 'time' then
     raise exception 'collection % is not partitioned by time', c.name using errcode = '22023',
       hint = 'tiering applies to collections made with partition_by => ''time''';
+  end if;
+  if older_than is null then
+    raise exception 'older_than must not be NULL' using errcode = '22004',
+      hint = 'pass an interval, e.g. older_than => ''6 months''';
   end if;
   if index is null or index not in ('none', 'ivfflat') then
     raise exception 'unknown tier index %', coalesce(quote_literal(index), 'null') using errcode = '22023',
@@ -549,9 +654,20 @@ begin
                      c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
                      greatest(1, nrows / 1000));
     end if;
-    done := done || jsonb_build_object('partition', r.part, 'index', index);
+    done := done || jsonb_build_object('collection', c.name, 'partition', r.part, 'index', index);
   end loop;
-  return jsonb_build_object('collection', c.name, 'tiered', done);
+  return done;
 end $$;
+comment on function ml._tier_partition(text, interval, text) is
+  'internal (definer): ml.tier_partition''s work; one jsonb object per partition tiered';
+
+create or replace function ml.tier_partition(collection text, older_than interval default '3 months', index text default 'none')
+returns table(collection text, partition text, index text)
+language sql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+  select r.collection, r.partition, r.index
+    from jsonb_to_recordset(ml._tier_partition($1, $2, $3)) as r(collection text, partition text, index text)
+$$;
 comment on function ml.tier_partition(text, interval, text) is
-  'switch monthly partitions older than older_than to a cheaper index (none: exact scan; ivfflat)';
+  'switch monthly partitions older than older_than to a cheaper index (none: exact scan; ivfflat); one row per partition switched';

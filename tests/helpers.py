@@ -56,3 +56,61 @@ def sql_error(exc: Exception) -> str:
     if diag is not None:
         parts += [diag.message_detail or "", diag.message_hint or "", diag.context or ""]
     return "\n".join(parts)
+
+
+def one_row(conn, sql: str, params=None) -> dict:
+    """The one row of a function that returns a table (``select * from ml.f(...)``) as a dict."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    assert len(rows) == 1, f"expected one row, got {len(rows)}: {sql}"
+    return rows[0]
+
+
+def watch_progress(db_dsn, command, target, call, params, until=None, release=None):
+    """Run ``call`` in a new session (a thread) and poll ml.progress from another session while it runs: the
+    rows seen for (command, target). ``until(row)``: the row to wait for before ``release()`` lets the call go on."""
+    out: dict = {}
+    import threading
+    import time
+
+    import psycopg
+
+    worker = psycopg.connect(db_dsn, autocommit=True)
+
+    def go():
+        try:
+            cur = worker.execute(call, params)
+            out["rows"] = cur.fetchall() if cur.description else []
+        except Exception as e:  # reported below
+            out["error"] = e
+
+    seen: list = []
+    with psycopg.connect(db_dsn, autocommit=True) as watcher:
+        th = threading.Thread(target=go)
+        th.start()
+        released = release is None
+        deadline = time.time() + 120
+        while th.is_alive() and time.time() < deadline:
+            rows = watcher.execute(
+                "select phase, done, total, unit, pid <> pg_backend_pid() from ml.progress "
+                "where command = %s and target = %s",
+                [command, target],
+            ).fetchall()
+            seen += rows
+            if not released and any(until(r) for r in rows):
+                release()
+                released = True
+            time.sleep(0.05)
+        if not released:
+            release()
+        th.join()
+        worker.close()
+        assert "error" not in out, out.get("error")
+        after = watcher.execute(
+            "select count(*) from ml.progress where command = %s and target = %s", [command, target]
+        )
+        assert after.fetchone()[0] == 0, "the progress of a call that ended is gone"
+    return seen

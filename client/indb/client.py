@@ -24,7 +24,8 @@ class RuntimeAPI(Base):
         return self.scalar("select ml.runtime_info()")
 
     def warmup(self, model: str = "all-MiniLM-L6-v2") -> dict:
-        return self.scalar("select ml.warmup(%s)", [model])
+        """ml.warmup's row: model and the seconds of each step (import_torch_s, ..., load_model_s, total_s)."""
+        return self.call("select * from ml.warmup(%s)", [model])[0]
 
 
 class Client(RuntimeAPI, EmbeddingsAPI, CollectionsAPI, TrainingAPI, TrackingAPI, FeaturesMixin):

@@ -2,8 +2,12 @@
 ml.keyword_search, ml.hybrid_search, ml.collection_health, ml.reindex_collection, ml.tier_partition,
 ml.drop_collection). Each method calls one SQL function; the client owns no DDL.
 
-``add_documents(..., progress=print)`` sends the documents in batches and reports rows done, rate and
-time left (client/indb/progress.py); the server also embeds in chunks and emits NOTICE progress.
+``add_documents(..., progress=True)`` sends the documents in batches with a tqdm bar (rows done, rate, time
+left; a callable gets lines instead); the server reports calls of more than 256 documents in ``ml.progress``.
+
+The functions that make or maintain a collection return one row of columns; these methods return it as a dict
+(``create_collection``: collection, table_name, model, dimensions, index, metric, storage, binary_rerank,
+partition_by, text_search_config, tenant). ``tier_partition`` returns one dict per partition switched.
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ class CollectionsAPI(Base):
         partition_by: str | None = None,
         options: Mapping | None = None,
     ) -> dict:
-        """ml.create_collection: a table collections.<name> with embedding, tsvector, metadata and indexes."""
-        return self.scalar(
-            "select ml.create_collection(%s, %s, %s, %s, %s, %s)",
+        """ml.create_collection: a table collections.<name> with embedding, tsvector, metadata and indexes;
+        returns the row of what was made."""
+        rows = self.call(
+            "select * from ml.create_collection(%s, %s, %s, %s, %s, %s)",
             [name, model, index, metric, partition_by, Jsonb(dict(options or {}))],
         )
+        return rows[0]
 
     def drop_collection(self, name: str, if_exists: bool = False) -> bool:
         return self.scalar("select ml.drop_collection(%s, %s)", [name, if_exists])
@@ -54,14 +60,16 @@ class CollectionsAPI(Base):
         collection: str,
         docs: Iterable[Mapping],
         batch_size: int = 512,
-        progress: Callable[[str], None] | None = None,
+        progress: bool | Callable[[str], None] | None = None,
     ) -> int:
         """ml.add_documents in batches (upsert by id). Documents: {id, content, metadata, tenant, created_at,
-        embedding}; those without an embedding are embedded in the server. Returns rows written."""
+        embedding}; those without an embedding are embedded in the server. Returns rows written.
+        ``progress``: True for a tqdm bar on stderr, or a callable that gets a line per batch."""
         from .progress import Progress
 
         docs = list(docs)
-        bar = Progress(len(docs), f"add_documents {collection}", out=progress) if progress else None
+        out = progress if callable(progress) else None
+        bar = Progress(len(docs), f"add_documents {collection}", out=out, unit="documents") if progress else None
         written = 0
         for start in range(0, len(docs), batch_size):
             batch = [_doc(d) for d in docs[start : start + batch_size]]
@@ -149,13 +157,17 @@ class CollectionsAPI(Base):
         )
 
     def collection_health(self, name: str, sample: int = 20) -> dict:
-        return self.scalar("select ml.collection_health(%s, %s)", [name, sample])
+        """ml.collection_health's row: rows, rows_missing_embedding, table_bytes, dead_tuples, bm25_documents,
+        bm25_avg_length, bm25_terms, sampled_recall_at_10, ..., partitions and indexes (lists of dicts)."""
+        return self.call("select * from ml.collection_health(%s, %s)", [name, sample])[0]
 
     def reindex_collection(self, name: str, concurrently: bool = True) -> dict:
-        return self.scalar("select ml.reindex_collection(%s, %s)", [name, concurrently])
+        """ml.reindex_collection's row: collection, index, rows, lists, built, seconds."""
+        return self.call("select * from ml.reindex_collection(%s, %s)", [name, concurrently])[0]
 
-    def tier_partition(self, collection: str, older_than: str = "3 months", index: str = "none") -> dict:
-        return self.scalar("select ml.tier_partition(%s, %s::interval, %s)", [collection, older_than, index])
+    def tier_partition(self, collection: str, older_than: str = "3 months", index: str = "none") -> list[dict]:
+        """ml.tier_partition: one dict (collection, partition, index) per partition switched."""
+        return self.call("select * from ml.tier_partition(%s, %s::interval, %s)", [collection, older_than, index])
 
     def collections(self) -> list[dict[str, Any]]:
         """The catalog ml.collections (those this session's tenant may see)."""

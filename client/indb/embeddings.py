@@ -1,14 +1,29 @@
-"""Client methods for embeddings and vectorizers (SQL: ml.embed, ml.chunk, ml.*vectorizer*, ml.process_queue)."""
+"""Client methods for embeddings and vectorizers (SQL: ml.embed, ml.chunk, ml.*vectorizer*, ml.process_queue).
+
+The SQL functions that act on a vectorizer return one row of columns; these methods return that row as a dict
+(the keys of 0.1.0's jsonb results, with the nested ``backfill``/``refresh`` objects flattened into
+``embedded_rows``, ``embedded_chunks``, ``queued``, ``deleted``, ``seconds``).
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from .base import Base
+from .errors import NotFound
 from .progress import Progress
+
+QUEUE_STATS = ("processed", "embedded", "unchanged", "deleted", "skipped_locked", "failed", "retrying")
 
 
 class EmbeddingsAPI(Base):
+    def _row(self, sql: str, params: Any = None) -> dict:
+        """The one row of a function that returns a table of one row, as a dict."""
+        rows = self.call(sql, params)
+        return rows[0] if rows else {}
+
     # -- models ---------------------------------------------------------------------------------
     def embed(self, inputs, model: str = "all-MiniLM-L6-v2"):
         """One text -> numpy vector; a list -> list of vectors (one model call in the server)."""
@@ -25,9 +40,10 @@ class EmbeddingsAPI(Base):
         normalize: bool = True,
         replace: bool = False,
     ) -> dict:
-        """Register a local sentence-transformers folder (a path the database server can read)."""
-        return self.scalar(
-            "select ml.register_embedding_model(%s, %s, %s, %s, %s, %s)",
+        """Register a local sentence-transformers folder (a path the database server can read); returns the row
+        registered (name, source_path, folder, dimensions, max_tokens, normalize). indb_admin only."""
+        return self._row(
+            "select * from ml.register_embedding_model(%s, %s, %s, %s, %s, %s)",
             [name, path, dimensions, max_tokens, normalize, replace],
         )
 
@@ -59,12 +75,14 @@ class EmbeddingsAPI(Base):
         max_attempts: int | None = None,
         progress: bool | Callable[[str], None] | None = None,
     ) -> dict:
-        """Create a vectorizer. With ``progress`` (True: print to stderr, or a callable taking a line) the existing
-        rows are backfilled in separate batches after creation, reporting rows done, rate and time left; without
-        it the backfill runs inside the creating statement."""
+        """Create a vectorizer; returns its row (name, id, source, destination, model, mode, dimensions,
+        long_text, embedded_rows, embedded_chunks, queued, seconds). With ``progress`` (True: a tqdm bar on
+        stderr, or a callable taking a line) the existing rows are backfilled in separate batches after
+        creation, with rows done, rate and time left, and ``backfill`` holds :meth:`backfill`'s summary;
+        without it the backfill runs inside the creating statement (ml.progress shows it to other sessions)."""
         inline = backfill and not progress
-        out = self.scalar(
-            "select ml.create_vectorizer(%s::regclass, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        out = self._row(
+            "select * from ml.create_vectorizer(%s::regclass, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 source,
                 list(columns),
@@ -82,28 +100,34 @@ class EmbeddingsAPI(Base):
         )
         if backfill and progress:
             out["backfill"] = self.backfill(out["name"], progress=progress)
+            out["embedded_rows"] = out["backfill"]["rows"] if out["mode"] == "sync" else 0
+            out["queued"] = out["backfill"].get("queued", 0)
         return out
 
     def backfill(self, name: str, batch: int = 256, progress: bool | Callable[[str], None] | None = True) -> dict:
-        """Embed (sync) or queue (async) every row that lacks an up-to-date embedding, ``batch`` rows per call."""
+        """Embed (sync) or queue (async) every row that lacks an up-to-date embedding, ``batch`` rows per call
+        (one transaction each), with a tqdm bar (``progress=True``) or lines handed to a callable.
+        Returns {rows, mode, remaining} (async: also queued)."""
         out_fn = progress if callable(progress) else None
         st = self.vectorizer_status(name)
-        if st and st[0]["mode"] == "async":
+        if st[0]["mode"] == "async":
             # async: queue everything in one call; `indb worker` embeds it and shows the progress
             r = self.refresh_vectorizer(name)
-            if out_fn or progress is True:
-                (out_fn or print)(f"backfill {name}: {r['queued']:,} rows queued for the worker (indb worker)")
+            line = f"backfill {name}: {r['queued']:,} rows queued for the worker (indb worker)"
+            if out_fn is not None:
+                out_fn(line)
+            elif progress:
+                print(line, file=sys.stderr)
             return {"rows": r["queued"], "mode": "async", "remaining": 0, "queued": r["queued"]}
-        first = self.refresh_vectorizer(name, max_rows=batch)
-        total = first.get("embedded_rows", 0) + first.get("queued", 0) + first.get("remaining", 0)
-        bar = Progress(total, f"backfill {name}", out=out_fn) if progress else None
-        done = first.get("embedded_rows", 0) + first.get("queued", 0)
+        bar = Progress(None, f"backfill {name}", out=out_fn) if progress else None
+        r = self.refresh_vectorizer(name, max_rows=batch)
+        done = r["embedded_rows"]
         if bar:
+            bar.total = done + r["remaining"]
             bar.update(done)
-        r = first
-        while r.get("remaining", 0) > 0 and r.get("mode") == "sync":
+        while r["remaining"] > 0:
             r = self.refresh_vectorizer(name, max_rows=batch)
-            n = r.get("embedded_rows", 0)
+            n = r["embedded_rows"]
             done += n
             if bar:
                 bar.update(n)
@@ -111,16 +135,29 @@ class EmbeddingsAPI(Base):
                 break
         if bar:
             bar.finish()
-        return {"rows": done, "mode": first.get("mode"), "remaining": r.get("remaining", 0)}
+        return {"rows": done, "mode": "sync", "remaining": r["remaining"]}
 
     def refresh_vectorizer(self, name: str, max_rows: int | None = None) -> dict:
-        return self.scalar("select ml.refresh_vectorizer(%s, %s)", [name, max_rows])
+        """ml.refresh_vectorizer's row: vectorizer, mode, embedded_rows, embedded_chunks, queued, deleted,
+        remaining, seconds."""
+        return self._row("select * from ml.refresh_vectorizer(%s, %s)", [name, max_rows])
 
     def process_queue(self, vectorizer: str | None = None, batch_size: int | None = None) -> dict:
-        return self.scalar("select ml.process_queue(%s, %s)", [vectorizer, batch_size])
+        """One batch of queued rows: the row of ``vectorizer`` (processed, embedded, unchanged, deleted,
+        skipped_locked, failed, retrying, pending, error); without one, the sums over every vectorizer processed
+        with ``vectorizers`` (their names), ``errors`` (name -> error) and ``pending``."""
+        rows = self.call("select * from ml.process_queue(%s, %s)", [vectorizer, batch_size])
+        if vectorizer is not None:
+            return rows[0]
+        total: dict[str, Any] = {k: sum(r[k] or 0 for r in rows) for k in QUEUE_STATS}
+        total["vectorizers"] = [r["vectorizer"] for r in rows]
+        total["errors"] = {r["vectorizer"]: r["error"] for r in rows if r["error"]}
+        total["pending"] = sum(r["pending"] or 0 for r in rows)
+        return total
 
     def retry_vectorizer(self, name: str) -> dict:
-        return self.scalar("select ml.retry_vectorizer(%s)", [name])
+        """ml.retry_vectorizer's row: vectorizer, requeued_failed, queued_now_due."""
+        return self._row("select * from ml.retry_vectorizer(%s)", [name])
 
     def alter_vectorizer(
         self,
@@ -133,16 +170,28 @@ class EmbeddingsAPI(Base):
         max_attempts: int | None = None,
         refresh: bool = True,
     ) -> dict:
-        return self.scalar(
-            "select ml.alter_vectorizer(%s, %s, %s, %s, %s, %s, %s, %s)",
+        """ml.alter_vectorizer's row: the settings now, refreshed, and what the refresh did."""
+        return self._row(
+            "select * from ml.alter_vectorizer(%s, %s, %s, %s, %s, %s, %s, %s)",
             [name, mode, batch_size, chunk_size, chunk_overlap, chunk_by, max_attempts, refresh],
         )
 
     def drop_vectorizer(self, name: str, drop_embeddings: bool = False) -> dict:
-        return self.scalar("select ml.drop_vectorizer(%s, %s)", [name, drop_embeddings])
+        """ml.drop_vectorizer's row: vectorizer, dropped_tables, kept_tables."""
+        return self._row("select * from ml.drop_vectorizer(%s, %s)", [name, drop_embeddings])
 
     def vectorizer_status(self, name: str | None = None) -> list[dict]:
-        return self.call("select * from ml.vectorizer_status where %s::text is null or name = %s", [name, name])
+        """Rows of ml.vectorizer_status (all this session may see, or the one named: NotFound when it does not
+        exist or belongs to another tenant)."""
+        rows = self.call("select * from ml.vectorizer_status where %s::text is null or name = %s", [name, name])
+        if name is not None and not rows:
+            raise NotFound(
+                f'vectorizer "{name}" does not exist',
+                sqlstate="42704",
+                detail="or it belongs to a tenant this session does not act for",
+                hint="list them with SELECT name FROM ml.vectorizer_status, or make one with ml.create_vectorizer",
+            )
+        return rows
 
     def vectorizer_search(self, name: str, query: str, k: int = 10) -> list[dict]:
         """ml.vectorizer_search: rows id (the source row's key as text; a JSON array for several key columns),
@@ -151,19 +200,23 @@ class EmbeddingsAPI(Base):
 
     # -- model migration --------------------------------------------------------------------------
     def migrate_vectorizer(self, name: str, new_model: str, backfill: bool = True) -> dict:
-        return self.scalar("select ml.migrate_vectorizer(%s, %s, %s)", [name, new_model, backfill])
+        """ml.migrate_vectorizer's row: vectorizer, serving_model, staging_model, staging_destination and what
+        the backfill of the staging table did."""
+        return self._row("select * from ml.migrate_vectorizer(%s, %s, %s)", [name, new_model, backfill])
 
     def compare_vectorizer_models(self, name: str, sample_queries: list[str], k: int = 10) -> list[dict]:
         return self.call("select * from ml.compare_vectorizer_models(%s, %s, %s)", [name, list(sample_queries), k])
 
     def promote_vectorizer(self, name: str, force: bool = False) -> dict:
-        return self.scalar("select ml.promote_vectorizer(%s, %s)", [name, force])
+        """ml.promote_vectorizer's row: serving and previous model and destination, stale_rows_promoted."""
+        return self._row("select * from ml.promote_vectorizer(%s, %s)", [name, force])
 
     def restore_vectorizer(self, name: str) -> dict:
-        return self.scalar("select ml.restore_vectorizer(%s)", [name])
+        return self._row("select * from ml.restore_vectorizer(%s)", [name])
 
     def drop_vectorizer_staging(self, name: str) -> dict:
-        return self.scalar("select ml.drop_vectorizer_staging(%s)", [name])
+        """ml.drop_vectorizer_staging's row: vectorizer, dropped_table, dropped_model."""
+        return self._row("select * from ml.drop_vectorizer_staging(%s)", [name])
 
     def schedule_vectorizer(self, name: str, schedule: str = "* * * * *", batch_size: int | None = None) -> int:
         return self.scalar("select ml.schedule_vectorizer(%s, %s, %s)", [name, schedule, batch_size])

@@ -14,7 +14,10 @@ BY = ("tokens", "characters")
 def validate(chunk_size: int | None, overlap: int | None, by: str = "tokens", max_tokens: int | None = None) -> None:
     """Raise a 22023 error naming the problem when the chunking settings cannot work."""
     if by not in BY:
-        raise invalid(f'chunking by "{by}" is not supported', hint="use by => 'tokens' or by => 'characters'")
+        raise invalid(
+            f'chunking by "{by}" is not supported' if by is not None else "chunk_by must not be NULL",
+            hint="use by => 'tokens' or by => 'characters'",
+        )
     if chunk_size is None:
         return
     if chunk_size <= 0:
@@ -23,7 +26,10 @@ def validate(chunk_size: int | None, overlap: int | None, by: str = "tokens", ma
         )
     overlap = overlap or 0
     if overlap < 0 or overlap >= chunk_size:
-        raise invalid(f"chunk overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
+        raise invalid(
+            f"chunk overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}",
+            hint=f"pass chunk_overlap => a number of {'tokens' if by == 'tokens' else 'characters'} below chunk_size",
+        )
     if by == "tokens" and max_tokens and chunk_size > max_tokens - 2:
         raise invalid(
             f"chunk_size {chunk_size} tokens does not fit the model's window of {max_tokens} tokens",
@@ -48,7 +54,9 @@ def chunk(text: str | None, chunk_size: int, overlap: int = 0, by: str = "tokens
     if by == "characters":
         return _chunk_chars(text, chunk_size, step)
     if tokenizer is None:
-        raise invalid("token chunking needs the model's tokenizer")
+        raise invalid(
+            "token chunking needs the model's tokenizer", hint="pass the model's tokenizer, or chunk by 'characters'"
+        )
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     offsets = [o for o in enc["offset_mapping"] if o[1] > o[0]]
     if not offsets:

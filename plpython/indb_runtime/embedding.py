@@ -193,10 +193,15 @@ def loaded_models() -> dict:
 
 
 def encode(
-    spec: ModelSpec, texts: Sequence[str], batch_size: int = 64, check: Callable[[], None] | None = None
+    spec: ModelSpec,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    check: Callable[[], None] | None = None,
+    done: Callable[[int], None] | None = None,
 ) -> list[list[float]]:
     """Embed ``texts`` (no None inside) in length-sorted chunks; ``check`` runs between chunks so that
-    Postgres can act on statement_timeout / cancel. Returns one list of floats per text, in order."""
+    Postgres can act on statement_timeout / cancel, ``done`` after each chunk with the number of texts embedded
+    so far (progress). Returns one list of floats per text, in order."""
     if not texts:
         return []
     model = load(spec)
@@ -215,6 +220,8 @@ def encode(
         )
         for j, i in enumerate(idx):
             out[i] = vecs[j]
+        if done is not None:
+            done(start + len(idx))
     return [v.tolist() for v in out]
 
 
@@ -243,6 +250,7 @@ def embed_changed(
     old_hashes: Sequence[str | None] | None = None,
     policy: LongText = WHOLE,
     batch_size: int = 64,
+    on_progress: Callable[[float], None] | None = None,
 ) -> list[Embedded | None]:
     """THE embed-on-write step of indb, for collections (ml._collection_trigger, ml.add_documents through
     ml._embed_changed) and vectorizers (their triggers, refresh and queue workers):
@@ -251,7 +259,8 @@ def embed_changed(
       unknown); others give None;
     * each text is cut by the long-text policy (chunks, or whole and truncated by the model);
     * every piece of every row goes to the model in ONE call (length-sorted batches, a cancel point between
-      batches), so a statement that writes 10,000 rows costs one model call, not 10,000.
+      batches), so a statement that writes 10,000 rows costs one model call, not 10,000;
+    * ``on_progress`` gets the fraction of pieces embedded after each batch.
     """
     todo = [
         i
@@ -268,7 +277,8 @@ def embed_changed(
         for seq, piece in enumerate(policy.pieces(spec, texts[i])):  # type: ignore[arg-type]
             flat.append(piece)
             owners.append((i, seq))
-    vecs = encode(spec, flat, batch_size=batch_size, check=_ticker(plpy))
+    report = (lambda k: on_progress(k / len(flat))) if on_progress is not None else None
+    vecs = encode(spec, flat, batch_size=batch_size, check=_ticker(plpy), done=report)
     for i in todo:
         out[i] = Embedded([])
     for (i, seq), piece, vec in zip(owners, flat, vecs):
@@ -281,7 +291,7 @@ def embed_changed_rows(
 ) -> list[tuple[int, str]]:
     """ml._embed_changed: (1-based position, vector) of the rows the core embedded (collections: whole texts)."""
     if model is None:
-        raise invalid("embedding model name must not be NULL")
+        raise invalid("embedding model name must not be NULL", hint=f"e.g. '{DEFAULT_MODEL}'")
     res = embed_changed(plpy, model, texts or [], hashes, old_hashes)
     return [(i + 1, to_pgvector(e.pieces[0][2])) for i, e in enumerate(res) if e is not None and e.pieces]
 

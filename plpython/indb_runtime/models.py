@@ -56,7 +56,9 @@ def register(
     replace: bool,
 ) -> dict:
     if not name or not name.strip():
-        raise invalid("model name must not be empty")
+        raise invalid(
+            "model name must not be empty", hint="name the model as vectorizers and collections will, e.g. 'my-model'"
+        )
     if not spi.one(plpy, "select ml.is_admin() as ok")["ok"]:  # type: ignore[index]
         raise IndbRuntimeError(
             "42501",
@@ -64,10 +66,16 @@ def register(
             hint="ask an administrator (a member of indb_admin)",
         )
     if not path:
-        raise invalid("path must name a local sentence-transformers model folder (or package:<module>)")
+        raise invalid(
+            "path must not be empty",
+            hint="give the absolute path of a local sentence-transformers model folder the server can read, "
+            "or package:<module> of a model package in the runtime venv",
+        )
     folder = model_folder(path)
     if dimensions is not None and dimensions <= 0:
-        raise invalid(f"dimensions must be positive, got {dimensions}")
+        raise invalid(
+            f"dimensions must be positive, got {dimensions}", hint="leave dimensions NULL to read them from the model"
+        )
     if dimensions is None or max_tokens is None:
         model = embedding.load(embedding.ModelSpec(name, folder, dimensions, max_tokens, normalize))
         dimensions = dimensions or int(model.get_sentence_embedding_dimension())
@@ -93,7 +101,7 @@ def chunk(
     plpy: spi.Plpy, text: str | None, chunk_size: int, overlap: int, by: str, model: str
 ) -> list[tuple[int, str]]:
     if chunk_size is None:
-        raise invalid("chunk_size must not be NULL")
+        raise invalid("chunk_size must not be NULL", hint="pass the size of a chunk, e.g. chunk_size => 200")
     tok = None
     max_tokens = None
     if by == "tokens":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -100,7 +100,9 @@ class Vectorizer:
     def load(cls, plpy: spi.Plpy, lookup: str, typ: str, value: Any) -> Vectorizer:
         row = spi.one(plpy, f"select {cls.COLS} from {lookup}($1) v {cls.FROM}", [typ], [value])
         if row is None:  # the lookup functions raise; a missing model row cannot happen (foreign key)
-            raise IndbRuntimeError("42704", f"vectorizer {value} not found")
+            raise IndbRuntimeError(
+                "42704", f"vectorizer {value} not found", hint="list them with SELECT name FROM ml.vectorizer_status"
+            )
         return cls(plpy, row)
 
     @classmethod
@@ -226,14 +228,22 @@ class Vectorizer:
         where = " and ".join(f"{k} = ${1 + i}::{t}" for i, (k, t) in enumerate(zip(self.qkeys, self.ktypes)))
         spi.run(self.plpy, f"update {dest} set {sets} where {where}", ["text"] * (2 * n), list(old) + list(new))
 
-    def embed_and_write(self, dest: str, model: str, rows: list[Row]) -> int:
+    def embed_and_write(
+        self, dest: str, model: str, rows: list[Row], on_progress: Callable[[float], None] | None = None
+    ) -> int:
         """Embed rows (key, content, hash) with ``model`` (the embed-changed-rows core: chunked by the long-text
-        policy, one model call) and replace their destination rows. Returns chunks written."""
+        policy, one model call) and replace their destination rows. Returns chunks written. ``on_progress``:
+        the fraction embedded, after each model batch."""
         rows = [r for r in rows if r[1]]
         if not rows:
             return 0
         done = embedding.embed_changed(
-            self.plpy, model, [r[1] for r in rows], policy=self.policy, batch_size=self.batch_size
+            self.plpy,
+            model,
+            [r[1] for r in rows],
+            policy=self.policy,
+            batch_size=self.batch_size,
+            on_progress=on_progress,
         )
         self.delete_keys(dest, [r[0] for r in rows])
         keys: list[Key] = []
@@ -396,42 +406,49 @@ def apply_changes(plpy: spi.Plpy, v: Vectorizer, rows: list[Row], vanished: list
 QUEUE_STATS = ("processed", "embedded", "unchanged", "deleted", "skipped_locked", "failed", "retrying")
 
 
-def process_queue(plpy: spi.Plpy, name: str | None, batch_size: int | None) -> dict:
+def process_queue(plpy: spi.Plpy, name: str | None, batch_size: int | None) -> list[dict]:
+    """ml.process_queue: one row per vectorizer processed (``name``, or every one this session may change that
+    has due items); a vectorizer that fails as a whole (a dropped source) gets a row with its ``error``."""
     if batch_size is not None and batch_size <= 0:
-        raise invalid(f"batch_size must be positive, got {batch_size}")
-    if name is None:
-        names = [
-            r["name"]
-            for r in spi.run(
+        raise invalid(
+            f"batch_size must be positive, got {batch_size}",
+            hint="pass NULL to take the vectorizer's own batch size (4 x its batch_size rows per call)",
+        )
+    if name is not None:
+        v = Vectorizer.by_name(plpy, name, write=True)
+        with as_creator(plpy, v):
+            return [_process(plpy, v, batch_size)]
+    names = [
+        r["name"]
+        for r in spi.run(
+            plpy,
+            "select v.name from ml.vectorizers v where exists (select 1 from ml.vectorizer_queue q "
+            "where q.vectorizer_id = v.id and q.next_attempt_at <= now()) "
+            "and (v.tenant is not distinct from ml.current_tenant() or ml.is_admin()) order by v.id",
+        )
+    ]
+    out: list[dict] = []
+    for n in names:
+        # one broken vectorizer (a dropped source, a changed column type) does not stop the others
+        try:
+            with plpy.subtransaction():  # type: ignore[attr-defined]
+                out += process_queue(plpy, n, batch_size)
+        except Exception as e:
+            if _is_cancel(e):
+                raise
+            err = _error_text(e)
+            plpy.warning(f'vectorizer "{n}" was skipped: {err}')
+            row = spi.one(
                 plpy,
-                "select v.name from ml.vectorizers v where exists (select 1 from ml.vectorizer_queue q "
-                "where q.vectorizer_id = v.id and q.next_attempt_at <= now()) "
-                "and (v.tenant is not distinct from ml.current_tenant() or ml.is_admin()) order by v.id",
+                "select count(*) as n from ml.vectorizer_queue q join ml.vectorizers v on v.id = q.vectorizer_id "
+                "where v.name = $1",
+                ["text"],
+                [n],
             )
-        ]
-        total: dict[str, Any] = dict.fromkeys(QUEUE_STATS, 0)
-        total["vectorizers"] = names
-        errors: dict[str, str] = {}
-        for n in names:
-            # one broken vectorizer (a dropped source, a changed column type) does not stop the others
-            try:
-                with plpy.subtransaction():  # type: ignore[attr-defined]
-                    r = process_queue(plpy, n, batch_size)
-            except Exception as e:
-                if _is_cancel(e):
-                    raise
-                errors[n] = _error_text(e)
-                plpy.warning(f'vectorizer "{n}" was skipped: {errors[n]}')
-                continue
-            for k in QUEUE_STATS:
-                total[k] += r[k]
-        if errors:
-            total["errors"] = errors
-        total["pending"] = spi.one(plpy, "select count(*) as n from ml.vectorizer_queue")["n"]  # type: ignore[index]
-        return total
-    v = Vectorizer.by_name(plpy, name, write=True)
-    with as_creator(plpy, v):
-        return _process(plpy, v, batch_size)
+            out.append(
+                {"vectorizer": n, **dict.fromkeys(QUEUE_STATS, 0), "pending": row["n"] if row else None, "error": err}
+            )
+    return out
 
 
 def _process(plpy: spi.Plpy, v: Vectorizer, batch_size: int | None) -> dict:
@@ -564,7 +581,7 @@ def refresh(
     """Re-embed (sync) or queue (async) the rows whose hash or model differs; drop orphans."""
     v = v or Vectorizer.by_name(plpy, name, write=True)
     if max_rows is not None and max_rows <= 0:
-        raise invalid(f"max_rows must be positive, got {max_rows}")
+        raise invalid(f"max_rows must be positive, got {max_rows}", hint="pass NULL to refresh every stale row")
     with as_creator(plpy, v):
         return _refresh(plpy, v, max_rows, only_staging, label)
 
@@ -608,11 +625,15 @@ def _refresh(plpy: spi.Plpy, v: Vectorizer, max_rows: int | None, only_staging: 
             step = max(v.batch_size * 4, 256)
             for i in range(0, len(rows), step):
                 part = rows[i : i + step]
-                stats["embedded_chunks"] += v.embed_and_write(dest, model, part)
+
+                def report(frac: float, i: int = i, n: int = len(part)) -> None:
+                    p.update(i + int(n * frac))
+
+                stats["embedded_chunks"] += v.embed_and_write(dest, model, part, on_progress=report)
                 stats["embedded_rows"] += len(part)
                 p.update(i + len(part))
-    if max_rows:
-        stats["remaining"] = sum(count_stale(plpy, v, d, m) for d, m in targets)
+    # rows without an up-to-date embedding after this call (queued ones too): only max_rows leaves some
+    stats["remaining"] = sum(count_stale(plpy, v, d, m) for d, m in targets) if max_rows else 0
     v.touch(stats["embedded_chunks"])
     stats["seconds"] = round(time.time() - t0, 3)
     return stats
@@ -675,17 +696,21 @@ def create(
     max_attempts: int | None,
 ) -> dict:
     if source is None or not columns:
-        raise invalid("source and columns are required", hint="ml.create_vectorizer('docs', array['title', 'body'])")
-    if mode not in ("sync", "async"):
-        raise invalid(f"mode must be 'sync' or 'async', got \"{mode}\"")
-    if batch_size is not None and batch_size <= 0:
-        raise invalid(f"batch_size must be positive, got {batch_size}")
+        raise invalid(
+            "source and columns are required: " + ("source is NULL" if source is None else "columns is empty"),
+            hint="e.g. ml.create_vectorizer('docs', array['title', 'body'])",
+        )
+    _check_mode(mode)
+    _check_batch_size(batch_size)
     chunk_overlap = chunk_overlap or 0
     cols = _columns(plpy, source)
     bad = [c for c in columns if c not in cols]
     if bad:
         raise IndbRuntimeError(
-            "42703", f"column(s) {', '.join(bad)} do not exist in {source}", detail="columns: " + ", ".join(cols)
+            "42703",
+            f"column(s) {', '.join(bad)} do not exist in {source}",
+            detail="columns: " + ", ".join(cols),
+            hint="name the text columns to embed, e.g. array['title', 'abstract']",
         )
     spec = embedding.resolve(plpy, model)
     chunking.validate(chunk_size, chunk_overlap, chunk_by, spec.max_tokens)
@@ -735,9 +760,29 @@ def create(
         "dimensions": spec.dimensions,
         "long_text": v.long_text,
     }
-    if backfill:
-        out["backfill"] = refresh(plpy, v.name, v=v, label="backfill")
+    out.update(_work_done(refresh(plpy, v.name, v=v, label="backfill") if backfill else None))
     return out
+
+
+def _work_done(r: dict | None) -> dict:
+    """The columns a create, alter or migrate shares with ml.refresh_vectorizer (NULL when nothing was run)."""
+    keys = ("embedded_rows", "embedded_chunks", "queued", "deleted", "seconds")
+    return {k: (r or {}).get(k) for k in keys}
+
+
+def _check_mode(mode: str | None) -> None:
+    if mode not in ("sync", "async"):
+        raise invalid(
+            "mode must be 'sync' or 'async', got " + ("NULL" if mode is None else f'"{mode}"'),
+            hint="sync embeds in the writing statement; async queues rows for ml.process_queue or `indb worker`",
+        )
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size <= 0:
+        raise invalid(
+            f"batch_size must be positive, got {batch_size}", hint="texts per model call, e.g. 64 (the default)"
+        )
 
 
 def _drop_triggers(plpy: spi.Plpy, v: Vectorizer) -> None:
@@ -771,10 +816,9 @@ def alter(
     do_refresh: bool,
 ) -> dict:
     v = Vectorizer.by_name(plpy, name, write=True)
-    if mode is not None and mode not in ("sync", "async"):
-        raise invalid(f"mode must be 'sync' or 'async', got \"{mode}\"")
-    if batch_size is not None and batch_size <= 0:
-        raise invalid(f"batch_size must be positive, got {batch_size}")
+    if mode is not None:
+        _check_mode(mode)
+    _check_batch_size(batch_size)
     new_chunk = v.chunk_size if chunk_size is None else (None if chunk_size == 0 else chunk_size)
     new_overlap = v.chunk_overlap if chunk_overlap is None else chunk_overlap
     if new_chunk is None:
@@ -796,12 +840,16 @@ def alter(
         "chunk_size": nv.chunk_size,
         "chunk_overlap": nv.chunk_overlap,
         "chunk_by": nv.chunk_by,
+        "max_attempts": nv.max_attempts,
         "long_text": nv.long_text,
     }
+    done = None
     if do_refresh and (nv.hash_sql != v.hash_sql or (v.mode == "async" and nv.mode == "sync")):
-        out["refresh"] = refresh(plpy, name, v=nv)
+        done = refresh(plpy, name, v=nv)
         if nv.mode == "sync":
             spi.run(plpy, "select ml._vectorizer_clear_queue($1)", ["int4"], [nv.id])
+    out["refreshed"] = done is not None
+    out.update(_work_done(done))
     return out
 
 
@@ -828,8 +876,9 @@ def migrate(plpy: spi.Plpy, name: str, new_model: str, backfill: bool) -> dict:
         "staging_model": new_model,
         "staging_destination": nv.staging_destination,
     }
-    if backfill:
-        out["backfill"] = refresh(plpy, name, v=nv, only_staging=True, label="migration backfill")
+    out.update(
+        _work_done(refresh(plpy, name, v=nv, only_staging=True, label="migration backfill") if backfill else None)
+    )
     return out
 
 
@@ -889,9 +938,11 @@ def compare(plpy: spi.Plpy, name: str, queries: list | None, k: int | None) -> l
             hint="ml.migrate_vectorizer(name, new_model) first",
         )
     if not queries:
-        raise invalid("sample_queries must hold at least one query")
+        raise invalid(
+            "sample_queries must hold at least one query", hint="e.g. array['aspirin and fever', 'vitamin D']"
+        )
     if k is None or k <= 0:
-        raise invalid(f"k must be positive, got {k}")
+        raise invalid(f"k must be positive, got {'NULL' if k is None else k}", hint="e.g. k => 10")
     out = []
     for qtext in queries:
         a = top_keys(plpy, v, v.destination, v.model, qtext, k)

@@ -12,14 +12,14 @@ from indb.errors import InvalidInput, NotFound
 def test_client_round_trip_with_progress_and_typed_errors(client):
     name = f"cl_{secrets.token_hex(3)}"
     info = client.create_collection(name, options={"m": 8})
-    assert info["table"] == f"collections.{name}"
+    assert info["table_name"] == f"collections.{name}" and info["dimensions"] == 384
     lines = []
     docs = [
         {"id": f"n{i}", "content": f"note {i} about {'cats' if i % 2 else 'rockets'}", "metadata": {"i": i}}
         for i in range(40)
     ]
     assert client.add_documents(name, docs, batch_size=16, progress=lines.append) == 40
-    assert lines and lines[-1].endswith("done") and "40/40 rows" in lines[-1]
+    assert lines and lines[-1].endswith("done") and "40/40 documents" in lines[-1]
     hits = client.search(name, "a note about felines", k=5, filter={"i": {"$lt": 20}})
     assert len(hits) == 5 and all(h["metadata"]["i"] < 20 for h in hits)
     assert all(int(h["id"][1:]) % 2 == 1 for h in hits)  # the cat notes
@@ -33,7 +33,7 @@ def test_client_round_trip_with_progress_and_typed_errors(client):
     ex = client.explain_search(name, "cats", k=3, filter={"i": 3})
     assert ex["strategy"] == "exact" and ex["filter_matches"] == 1
     h = client.collection_health(name, sample=5)
-    assert h["rows"] == 40 and h["bm25"]["documents"] == 40
+    assert h["rows"] == 40 and h["bm25_documents"] == 40 and h["sampled_recall_at_10"] is not None
     assert any(c["name"] == name for c in client.collections())
     with pytest.raises(NotFound):
         client.search("no_such_collection", "x")

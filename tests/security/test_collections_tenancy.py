@@ -9,7 +9,7 @@ import secrets
 
 import psycopg
 import pytest
-from helpers import login_name
+from helpers import login_name, one_row
 from psycopg.types.json import Jsonb
 
 
@@ -19,10 +19,11 @@ def acme_collection(connect_as, sconn):
     rows and shared rows written by an admin."""
     w = connect_as("acme_writer")
     name = f"ten_{secrets.token_hex(3)}"
-    info = w.execute(
-        "select ml.create_collection(%s, model => null, partition_by => 'tenant', options => '{\"dimensions\": 2}')",
+    info = one_row(
+        w,
+        "select * from ml.create_collection(%s, model => null, partition_by => 'tenant', options => '{\"dimensions\": 2}')",
         [name],
-    ).fetchone()[0]
+    )
     assert info["tenant"] == "acme"  # the catalog row is acme's, without any setting
     w.execute(
         "select ml.add_documents(%s, %s)",

@@ -9,7 +9,7 @@ import secrets
 
 import psycopg
 import pytest
-from helpers import login_name, own_schema
+from helpers import login_name, one_row, own_schema
 
 
 @pytest.fixture
@@ -20,9 +20,7 @@ def acme_vectorizer(connect_as, sconn):
     name = f"vz_{secrets.token_hex(3)}"
     w.execute(f"create table {schema}.docs (id int primary key, body text)")
     w.execute(f"insert into {schema}.docs values (1, 'acme quarterly numbers'), (2, 'acme merger plan')")
-    out = w.execute("select ml.create_vectorizer(%s, array['body'], name => %s)", [f"{schema}.docs", name]).fetchone()[
-        0
-    ]
+    out = one_row(w, "select * from ml.create_vectorizer(%s, array['body'], name => %s)", [f"{schema}.docs", name])
     return {"name": name, "schema": schema, "source": f"{schema}.docs", "id": out["id"], "dest": out["destination"]}
 
 
@@ -76,9 +74,9 @@ def test_a_destination_is_never_an_existing_or_foreign_table(connect_as, sconn):
         )
     assert "schema embeddings" in str(e.value)
     # the default is no longer <source>_embeddings in the source's schema
-    out = w.execute(
-        "select ml.create_vectorizer(%s, array['body'], name => %s)", [f"{schema}.src", f"v_{schema}"]
-    ).fetchone()[0]
+    out = one_row(
+        w, "select * from ml.create_vectorizer(%s, array['body'], name => %s)", [f"{schema}.src", f"v_{schema}"]
+    )
     assert out["destination"] == f"embeddings.v_{schema}"
     assert sconn.execute("select to_regclass(%s)", [f"{schema}.src_embeddings"]).fetchone()[0] is None
     with pytest.raises(psycopg.errors.DuplicateTable):  # an existing table of schema embeddings is not taken over

@@ -8,7 +8,7 @@ import secrets
 import numpy as np
 import psycopg
 import pytest
-from helpers import ensure_tenant
+from helpers import ensure_tenant, one_row, watch_progress
 from psycopg.types.json import Jsonb
 
 
@@ -27,13 +27,13 @@ def one(conn, sql, params=None):
 
 def test_create_collection_makes_the_table_indexes_and_catalog_row(sconn):
     n = name()
-    info = one(sconn, "select ml.create_collection(%s)", [n])
-    assert info["table"] == f"collections.{n}" and info["dimensions"] == 384 and info["index"] == "hnsw"
+    info = one_row(sconn, "select * from ml.create_collection(%s)", [n])
+    assert info["table_name"] == f"collections.{n}" and info["dimensions"] == 384 and info["index"] == "hnsw"
     cols = dict(
         sconn.execute(
             "select attname, format_type(atttypid, atttypmod) from pg_attribute "
             "where attrelid = %s::regclass and attnum > 0 and not attisdropped",
-            [info["table"]],
+            [info["table_name"]],
         ).fetchall()
     )
     assert cols["id"] == "text" and cols["embedding"] == "vector(384)" and cols["tsv"] == "tsvector"
@@ -43,7 +43,7 @@ def test_create_collection_makes_the_table_indexes_and_catalog_row(sconn):
         for r in sconn.execute(
             "select ic.relname, am.amname from pg_index x join pg_class ic on ic.oid = x.indexrelid "
             "join pg_am am on am.oid = ic.relam where x.indrelid = %s::regclass",
-            [info["table"]],
+            [info["table_name"]],
         ).fetchall()
     }
     assert ams[f"{n}_ann"] == "hnsw" and ams[f"{n}_tsv"] == "gin" and ams[f"{n}_metadata"] == "gin"
@@ -168,12 +168,14 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
 
 def test_tenant_partitions_are_created_on_first_use_and_rls_isolates_tenants(sconn, db_dsn):
     n = name("t")
-    info = one(
+    info = one_row(
         sconn,
-        "select ml.create_collection(%s, model => null, partition_by => 'tenant', options => '{\"dimensions\": 3}')",
+        "select * from ml.create_collection(%s, model => null, partition_by => 'tenant', options => '{\"dimensions\": 3}')",
         [n],
     )
-    assert info["row_level_security"] is True
+    assert info["partition_by"] == "tenant"
+    rls = "select relrowsecurity and relforcerowsecurity from pg_class where oid = %s::regclass"
+    assert one(sconn, rls, [info["table_name"]]) is True
     t = f"collections.{n}"
     for tenant in ("acme", "globex", "initech"):
         ensure_tenant(sconn, tenant)
@@ -266,8 +268,11 @@ def test_time_partitions_by_month_and_tiering(sconn):
         )
     )
     assert f"{n}_m_202403" in plan and f"{n}_m_202401" not in plan
-    out = one(sconn, "select ml.tier_partition(%s, interval '1 day', 'none')", [n])
-    assert {p["partition"] for p in out["tiered"]} == {f"{n}_m_202401", f"{n}_m_202402", f"{n}_m_202403"}
+    tiered = sconn.execute(
+        "select partition, index from ml.tier_partition(%s, interval '1 day', 'none')", [n]
+    ).fetchall()
+    assert {p[0] for p in tiered} == {f"{n}_m_202401", f"{n}_m_202402", f"{n}_m_202403"}
+    assert {p[1] for p in tiered} == {"none"}
     # tiered (index-less) partitions are still searched, exactly
     exact = [
         r[0]
@@ -304,9 +309,9 @@ def test_ivfflat_is_built_once_data_exists_and_health_reports_recall(sconn):
     docs = [{"id": f"d{i}", "embedding": unit(rng.normal(size=8))} for i in range(300)]
     sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb(docs)])
     assert one(sconn, f"select count(*) from pg_indexes where tablename = '{n}' and indexdef ilike '%%ivfflat%%'") == 1
-    out = one(sconn, "select ml.reindex_collection(%s, false)", [n])
+    out = one_row(sconn, "select * from ml.reindex_collection(%s, false)", [n])
     assert out["rows"] == 300 and out["built"] == [f"{n}_ann"]
-    h = one(sconn, "select ml.collection_health(%s, 10)", [n])
+    h = one_row(sconn, "select * from ml.collection_health(%s, 10)", [n])
     assert h["rows"] == 300 and h["rows_missing_embedding"] == 0
     assert any(i["am"] == "ivfflat" and i["bytes"] > 0 for i in h["indexes"])
     assert 0.0 <= h["sampled_recall_at_10"] <= 1.0 and h["recall_sample_queries"] == 10
@@ -394,3 +399,59 @@ def test_cluster_roles_can_search_and_write_new_collections(sconn, db_dsn):
         for r in (app, writer):
             sconn.execute(f"drop owned by {r}")
             sconn.execute(f"drop role {r}")
+
+
+def test_reindex_add_documents_and_big_inserts_are_seen_from_another_session(db_dsn, sconn):
+    n = name("prog")
+    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 3}')", [n])
+    cid = sconn.execute("select id from ml.collections where name = %s", [n]).fetchone()[0]
+    docs = [{"id": f"d{i}", "content": f"doc {i}", "embedding": [1, (i % 7) + 1, i + 1]} for i in range(300)]
+    # ml.add_documents of more than 256 documents: held at the collection's write lock by another writer
+    blocker = psycopg.connect(db_dsn)
+    blocker.execute("select pg_advisory_xact_lock(hashtext('indb.collection'), %s::int)", [cid])
+    seen = watch_progress(
+        db_dsn,
+        "add_documents",
+        n,
+        "select ml.add_documents(%s, %s)",
+        [n, Jsonb(docs)],
+        until=lambda r: r[0] == "waiting for the collection's write lock",
+        release=blocker.rollback,
+    )
+    blocker.close()
+    assert any(r[0] == "waiting for the collection's write lock" and r[2] == 300 and r[3] == "documents" for r in seen)
+    assert one(sconn, f"select count(*) from collections.{n}") == 300
+    # ml.reindex_collection: held while it builds (a writer's open transaction holds ROW EXCLUSIVE)
+    blocker = psycopg.connect(db_dsn)
+    blocker.execute(f"lock table collections.{n} in row exclusive mode")
+    seen = watch_progress(
+        db_dsn,
+        "reindex_collection",
+        n,
+        "select * from ml.reindex_collection(%s)",
+        [n],
+        until=lambda r: r[0].startswith("building index"),
+        release=blocker.rollback,
+    )
+    blocker.close()
+    assert any(r[0] == f"building index {n}_ann" and r[2] == 300 and r[3] == "rows" for r in seen), seen
+    # a failed call leaves nothing behind either
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb(docs[:280] + [{"id": "z", "embedding": [1, 2]}])])
+    assert one(sconn, "select count(*) from ml.progress where target = %s", [n]) == 0
+
+
+def test_a_big_insert_into_a_collection_reports_its_embedding(db_dsn, sconn):
+    n = name("progi")
+    sconn.execute("select ml.create_collection(%s)", [n])
+    sconn.execute("select ml.warmup()")
+    seen = watch_progress(
+        db_dsn,
+        "collection write",
+        n,
+        f"insert into collections.{n} (id, content) select 'r' || g, 'row number ' || g || ' of a big insert' "
+        "from generate_series(1, 600) g",
+        None,
+    )
+    assert any(r[0] == "embedding" and r[2] == 600 for r in seen), seen
+    assert one(sconn, f"select count(*) from collections.{n} where embedding is not null") == 600

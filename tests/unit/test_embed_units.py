@@ -166,8 +166,10 @@ def test_the_embed_changed_rows_core_skips_unchanged_rows_and_makes_one_model_ca
     spec = embedding.ModelSpec("m", "/nowhere", 3, 256, True)
     calls: list[list[str]] = []
 
-    def fake_encode(s, texts, batch_size=64, check=None):
+    def fake_encode(s, texts, batch_size=64, check=None, done=None):
         calls.append(list(texts))
+        if done is not None:
+            done(len(texts))
         return [[float(len(t)), 1.0, 0.0] for t in texts]
 
     class FakeModel:
@@ -193,6 +195,27 @@ def test_the_embed_changed_rows_core_skips_unchanged_rows_and_makes_one_model_ca
     # nothing changed: no model call at all
     calls.clear()
     assert embedding.embed_changed(None, "m", ["a"], ["h"], ["h"]) == [None] and calls == []
+    # progress (ml.progress of backfills and refreshes): the fraction of pieces embedded, after each batch
+    seen: list[float] = []
+    embedding.embed_changed(None, "m", ["x", "y", "z", "w"], on_progress=seen.append)
+    assert seen == [1.0]
+
+
+def test_encode_reports_texts_done_after_each_batch(monkeypatch):
+    from indb_runtime import embedding
+
+    class FakeModel:
+        def encode(self, texts, **kw):
+            import numpy as np
+
+            return np.ones((len(texts), 3))
+
+    monkeypatch.setattr(embedding, "load", lambda s: FakeModel())
+    done: list[int] = []
+    out = embedding.encode(
+        embedding.ModelSpec("m", "/nowhere"), [f"t{i}" for i in range(10)], batch_size=4, done=done.append
+    )
+    assert len(out) == 10 and done == [4, 8, 10]
 
 
 def test_the_long_text_policy_and_the_content_hash_are_defined_once_in_sql():
