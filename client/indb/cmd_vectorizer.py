@@ -1,52 +1,79 @@
-"""`indb vectorizer status|backfill|retry|process NAME`: look after vectorizers from the shell."""
+"""`indb vectorizer status|backfill|retry [NAME]`: look after vectorizers from the shell.
+
+``status`` prints ml.vectorizer_status as a table, ``backfill`` embeds (sync) or queues (async) every row that
+lacks an up-to-date embedding with a progress bar (rows, rate, time left), ``retry`` moves failed items back
+to the queue. A vectorizer that does not exist (or belongs to another tenant) is an error: exit status 1.
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
+
+ACTIONS = {
+    "status": "one row per vectorizer (all this role may see, or NAME): rows, embedded, pending, failed, last error",
+    "backfill": "embed (sync) or queue (async) NAME's rows that lack an up-to-date embedding, with a progress bar",
+    "retry": "move NAME's failed items (ml.vectorizer_failed) back to the queue and make every queued item due",
+}
+
+# ml.vectorizer_status as a table narrow enough for a terminal: the columns that say whether retrieval is
+# current; the last error and a migration's staging model only when some vectorizer has one
+STATUS_COLUMNS = {
+    "name": "name",
+    "mode": "mode",
+    "model": "model",
+    "source_rows": "rows",
+    "embedded_rows": "embedded",
+    "pending": "pending",
+    "failed": "failed",
+}
+OPTIONAL_COLUMNS = {"staging_model": "staging", "staging_rows": "staged", "last_error": "last error"}
+
+
+def status_rows(rows: list[dict]) -> list[dict]:
+    """The rows of ml.vectorizer_status with the columns (and names) `indb vectorizer status` shows."""
+    cols = dict(STATUS_COLUMNS)
+    cols.update({k: v for k, v in OPTIONAL_COLUMNS.items() if any(r.get(k) is not None for r in rows)})
+    return [{label: r.get(key) for key, label in cols.items()} for r in rows]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("vectorizer", help="vectorizer status, backfill with progress, retry failed items")
-    p.add_argument("action", choices=["status", "backfill", "retry"])
-    p.add_argument("name", nargs="?", help="vectorizer name (status: all when omitted)")
-    p.add_argument("--dsn")
-    p.add_argument("--batch", type=int, default=256, help="backfill: rows per transaction")
+    p = sub.add_parser(
+        "vectorizer",
+        help="vectorizer status (a table), backfill with a progress bar, retry failed items",
+        description="Look after the vectorizers of the database (ml.create_vectorizer).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="actions:\n" + "\n".join(f"  {a:<9} {h}" for a, h in ACTIONS.items()),
+    )
+    p.add_argument("action", choices=list(ACTIONS), help="status, backfill or retry (see below)")
+    p.add_argument(
+        "name", nargs="?", help="vectorizer name (required for backfill and retry; status: all when omitted)"
+    )
+    p.add_argument("--dsn", help="database (default: $INDB_DSN, else the local cluster)")
+    p.add_argument(
+        "--batch", type=int, default=256, help="backfill: rows embedded per transaction (default 256), at least 1"
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from . import render
     from .client import connect
 
+    if args.action != "status" and not args.name:
+        print(f"indb vectorizer {args.action}: error: a vectorizer name is required", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print(f"indb vectorizer: error: --batch must be at least 1, got {args.batch}", file=sys.stderr)
+        return 2
     with connect(args.dsn) as c:
         if args.action == "status":
-            rows = c.vectorizer_status(args.name)
-            for r in rows:
-                age = r["oldest_pending_age"]
-                src = "?" if r["source_rows"] is None else f"{r['source_rows']:,}"  # a source it may not read
-                print(
-                    f"{r['name']}: {r['mode']} {r['model']} -> {r['destination']}  rows {src}, "
-                    f"embedded {r['embedded_rows']:,}, pending {r['pending']:,}"
-                    + (f" (oldest {age})" if age else "")
-                    + f", failed {r['failed']:,}"
-                    + (
-                        f", staging {r['staging_model']} ({r['staging_role']}, {r['staging_rows']:,} rows)"
-                        if r["staging_model"]
-                        else ""
-                    )
-                    + (f"\n  last error: {r['last_error']}" if r["last_error"] else "")
-                )
-            if not rows and args.name:
-                print(f'indb vectorizer status: vectorizer "{args.name}" does not exist', file=sys.stderr)
-                return 1
-            if not rows:
-                print("no vectorizers", file=sys.stderr)
-        elif not args.name:
-            print(f"indb vectorizer {args.action}: a vectorizer name is required", file=sys.stderr)
-            return 2
+            rows = c.vectorizer_status(args.name)  # NotFound for an unknown NAME: `indb` exits 1
+            render.table(status_rows(rows), title=None if rows else "vectorizers")
         elif args.action == "backfill":
+            c.vectorizer_status(args.name)  # an unknown NAME fails before the model is loaded
             c.warmup()
-            print(json.dumps(c.backfill(args.name, batch=args.batch, progress=True)))
+            render.table([c.backfill(args.name, batch=args.batch, progress=True)])
         else:
-            print(json.dumps(c.retry_vectorizer(args.name)))
+            render.table([c.retry_vectorizer(args.name)])
     return 0
