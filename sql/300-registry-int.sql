@@ -30,7 +30,8 @@ begin
     raise exception '% name is empty', what using errcode = '22023', hint = format('give every %s a name', what);
   end if;
   if length(key) > 250 then
-    raise exception '% name is too long (% characters, at most 250)', what, length(key) using errcode = '22023';
+    raise exception '% name is too long (% characters, at most 250)', what, length(key) using errcode = '22023',
+      hint = 'use a shorter name';
   end if;
   if key !~ '^[A-Za-z0-9_./: -]+$' then
     raise exception 'invalid % name %', what, quote_literal(key)
@@ -45,10 +46,11 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   if name is null or btrim(name) = '' then
-    raise exception '% name is empty', what using errcode = '22023';
+    raise exception '% name is empty', what using errcode = '22023', hint = format('give the %s a name', what);
   end if;
   if length(name) > 256 then
-    raise exception '% name is too long (% characters, at most 256)', what, length(name) using errcode = '22023';
+    raise exception '% name is too long (% characters, at most 256)', what, length(name) using errcode = '22023',
+      hint = 'use a shorter name';
   end if;
   if name ~ '[[:cntrl:]]' then
     raise exception '% name contains control characters', what using errcode = '22023',
@@ -77,7 +79,8 @@ begin
     end if;
   end if;
   if (for_write is not null) and r.tenant is distinct from ml.current_tenant() and not ml.is_admin() then
-    raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501';
+    raise exception 'run % is shared (no tenant); a tenant session cannot change it', run using errcode = '42501',
+      hint = 'an indb_admin, or a writer acting for no tenant, changes shared runs; or start a run of your own';
   end if;
   return r;
 end $$;
@@ -102,7 +105,8 @@ begin
     end if;
   end if;
   if eid is null then
-    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704';
+    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704',
+      hint = 'check the name and the session''s tenant; registry.start_run creates a missing experiment';
   end if;
   return eid;
 end $$;
@@ -172,14 +176,16 @@ begin
     if not found then
       raise exception 'model % has no alias %', quote_literal(model), quote_literal(ref) using errcode = '42704',
         detail = format('aliases: %s', coalesce((select string_agg(alias, ', ' order by alias)
-                                                   from registry.aliases where model_id = m.id), 'none'));
+                                                   from registry.aliases where model_id = m.id), 'none')),
+        hint = 'name a version by number (''3''), ''latest'', or an alias set with registry.set_alias';
     end if;
   end if;
   if mv.id is null then
     raise exception 'model % has no version %', quote_literal(model), quote_literal(coalesce(ref, 'latest'))
       using errcode = '42704',
             detail = format('versions: %s', coalesce((select string_agg(version::text, ', ' order by version)
-                                                        from registry.model_versions where model_id = m.id), 'none'));
+                                                        from registry.model_versions where model_id = m.id), 'none')),
+            hint = 'name one of its versions, or register one with registry.register_model';
   end if;
   return mv;
 end $$;
@@ -208,7 +214,8 @@ declare mname text; ref text; found_it boolean;
 begin
   perform registry._check_kind(kind);
   if id is null or id = '' then
-    raise exception 'lineage node id is empty' using errcode = '22023';
+    raise exception 'lineage node id is empty' using errcode = '22023',
+      hint = 'pass the id of the node, e.g. registry.lineage(''model_version'', ''house/2'')';
   end if;
   if kind = 'run' and id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
     return (registry._run(id::uuid, null)).id::text;
@@ -266,7 +273,8 @@ begin
   perform registry._check_name('project', project);
   if columns is null or types is null or cardinality(columns) <> cardinality(types)
      or cardinality(columns) not between 1 and 1500 then
-    raise exception 'a snapshot needs one type per column (1 to 1500 columns)' using errcode = '22023';
+    raise exception 'a snapshot needs one type per column (1 to 1500 columns)' using errcode = '22023',
+      hint = 'train on a relation with 1 to 1500 columns';
   end if;
   for c in 1..cardinality(columns) loop
     perform ml._check_identifier('column', columns[c], 63, '^[^[:cntrl:]]+$');
@@ -276,11 +284,12 @@ begin
     end if;
     if types[c] is null or types[c] not in ('float8', 'boolean', 'text', 'float8[]', 'real[]') then
       raise exception 'invalid snapshot column type %', coalesce(quote_literal(types[c]), 'NULL')
-        using errcode = '22023';
+        using errcode = '22023', hint = 'types: float8, boolean, text, float8[], real[]';
     end if;
   end loop;
   if rows is null or jsonb_typeof(rows) <> 'array' then
-    raise exception 'snapshot rows must be a JSON array of objects' using errcode = '22023';
+    raise exception 'snapshot rows must be a JSON array of objects' using errcode = '22023',
+      hint = 'pass [{"column": value, ...}, ...]';
   end if;
   select string_agg(format('%I %s', col, typ), ', ' order by o), string_agg(format('%I', col), ', ' order by o)
     into defs, list from unnest(columns, types) with ordinality u(col, typ, o);

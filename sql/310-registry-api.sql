@@ -13,7 +13,8 @@ declare eid bigint;
 begin
   perform registry._check_name('experiment', name);
   if tags is not null and jsonb_typeof(tags) <> 'object' then
-    raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+    raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023',
+      hint = 'e.g. tags => ''{"team": "pricing"}''';
   end if;
   insert into registry.experiments(name, description, tags) values (name, description, coalesce(tags, '{}'))
   on conflict on constraint experiments_name_key do nothing returning id into eid;
@@ -35,7 +36,8 @@ begin
   if run_name is not null then perform registry._check_name('run', run_name); end if;
   if tags is not null then
     if jsonb_typeof(tags) <> 'object' then
-      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023',
+      hint = 'e.g. tags => ''{"team": "pricing"}''';
     end if;
     perform registry._check_key('tag', k) from jsonb_object_keys(tags) k;
   end if;
@@ -108,12 +110,14 @@ begin
   end if;
   if params is not null then
     if jsonb_typeof(params) <> 'object' then
-      raise exception 'params must be a JSON object, got %', jsonb_typeof(params) using errcode = '22023';
+      raise exception 'params must be a JSON object, got %', jsonb_typeof(params) using errcode = '22023',
+        hint = 'e.g. params => ''{"max_depth": "6"}''';
     end if;
     perform registry._check_key('param', k) from jsonb_object_keys(params) k;
     select p.key into bad from jsonb_each_text(params) p where length(p.value) > 6000 limit 1;
     if bad is not null then
-      raise exception 'value of param % is longer than 6000 characters', quote_literal(bad) using errcode = '22001';
+      raise exception 'value of param % is longer than 6000 characters', quote_literal(bad) using errcode = '22001',
+        hint = 'log a long value as an artifact (registry.log_artifact)';
     end if;
     select p.key into bad
       from jsonb_each_text(params) p join registry.params x on x.run_id = r.id and x.key = p.key
@@ -130,7 +134,8 @@ begin
   end if;
   if tags is not null then
     if jsonb_typeof(tags) <> 'object' then
-      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023';
+      raise exception 'tags must be a JSON object, got %', jsonb_typeof(tags) using errcode = '22023',
+      hint = 'e.g. tags => ''{"team": "pricing"}''';
     end if;
     perform registry._check_key('tag', k) from jsonb_object_keys(tags) k;
     update registry.runs set tags = runs.tags || registry._tags_of(log_batch.tags) where id = r.id;
@@ -154,11 +159,13 @@ as $$
 declare bad text;
 begin
   if metrics is null or jsonb_typeof(metrics) <> 'object' then
-    raise exception 'metrics must be a JSON object of key: number' using errcode = '22023';
+    raise exception 'metrics must be a JSON object of key: number' using errcode = '22023',
+      hint = 'e.g. ''{"rmse": 0.52, "r2": 0.81}''';
   end if;
   select key into bad from jsonb_each(metrics) where jsonb_typeof(value) <> 'number' limit 1;
   if bad is not null then
-    raise exception 'metric % is not a number', quote_literal(bad) using errcode = '22023';
+    raise exception 'metric % is not a number', quote_literal(bad) using errcode = '22023',
+      hint = 'metrics are numbers; log text as a tag or a param';
   end if;
   return registry.log_batch(run, array(select key from jsonb_each(metrics) order by key),
                             array(select value::text::float8 from jsonb_each(metrics) order by key),
@@ -266,13 +273,16 @@ declare rid bigint := (registry._run(run, null)).id; a registry.artifacts;
 begin
   select * into a from registry.artifacts where run_id = rid and artifacts.path = get_artifact.path;
   if not found then
-    raise exception 'run % has no artifact %', run, quote_literal(path) using errcode = '42704';
+    raise exception 'run % has no artifact %', run, quote_literal(path) using errcode = '42704',
+      hint = 'see its artifacts: select * from registry.list_artifacts(run)';
   end if;
   if a.content is null then
-    raise exception 'artifact % is stored at %, not in the database', quote_literal(path), a.uri using errcode = '55000';
+    raise exception 'artifact % is stored at %, not in the database', quote_literal(path), a.uri using errcode = '55000',
+      hint = 'read it from that uri';
   end if;
   if encode(sha256(a.content), 'hex') <> a.sha256 then
-    raise exception 'artifact % of run % fails its sha256 check', quote_literal(path), run using errcode = 'XX001';
+    raise exception 'artifact % of run % fails its sha256 check', quote_literal(path), run using errcode = 'XX001',
+      hint = 'the stored bytes were changed: do not use them; log the artifact again';
   end if;
   return a.content;
 end $$;
@@ -324,7 +334,8 @@ begin
   if did is null then
     select id into did from registry.datasets d where d.name = dataset and d.digest = log_input.digest;
     if did is null then
-      raise exception 'dataset %@% belongs to another tenant', dataset, digest using errcode = '42710';
+      raise exception 'dataset %@% belongs to another tenant', dataset, digest using errcode = '42710',
+        hint = 'dataset names are unique per digest across tenants; pick another name';
     end if;
   end if;
   insert into registry.run_inputs(run_id, dataset_id, context, tenant) values (r.id, did, context, r.tenant)
@@ -343,7 +354,7 @@ begin
   perform registry._check_key('metric', metric);
   if trials is null or jsonb_typeof(trials) <> 'array' then
     raise exception 'trials must be a JSON array of {"trial", "params", "score", "score_std", "seconds"}'
-      using errcode = '22023';
+      using errcode = '22023', hint = 'e.g. ''[{"trial": 1, "params": {"max_depth": 3}, "score": 0.8}]''';
   end if;
   if exists (select 1 from jsonb_array_elements(trials) t
               where jsonb_typeof(t) <> 'object' or jsonb_typeof(t -> 'trial') is distinct from 'number'
@@ -352,7 +363,8 @@ begin
                  or coalesce(jsonb_typeof(t -> 'score_std'), 'null') not in ('number', 'null')
                  or coalesce(jsonb_typeof(t -> 'seconds'), 'null') not in ('number', 'null')) then
     raise exception 'every trial is an object with a number "trial", an object "params" and numbers (or null) '
-                    '"score", "score_std", "seconds"' using errcode = '22023';
+                    '"score", "score_std", "seconds"' using errcode = '22023',
+      hint = 'e.g. ''[{"trial": 1, "params": {"max_depth": 3}, "score": 0.8}]''';
   end if;
   insert into registry.training_trials(run_id, trial, params, metric, score, score_std, seconds, tenant)
   select r.id, (t ->> 'trial')::int, t -> 'params', metric, (t ->> 'score')::float8, (t ->> 'score_std')::float8,
@@ -386,7 +398,8 @@ begin
       hint = 'kinds are short lowercase words: dataset, snapshot, training_set';
   end if;
   if row_count is not null and row_count < 0 then
-    raise exception 'row_count must not be negative, got %', row_count using errcode = '22023';
+    raise exception 'row_count must not be negative, got %', row_count using errcode = '22023',
+      hint = 'pass the number of rows, or null';
   end if;
   insert into registry.datasets(name, digest, source, kind, row_count, schema, profile, materialized)
   values (name, digest, source, coalesce(kind, 'dataset'), row_count, schema, profile, materialized)
@@ -508,7 +521,8 @@ as $$
 declare mv registry.model_versions := registry._version(model, ref);
 begin
   if mv.artifact is not null and encode(sha256(mv.artifact), 'hex') is distinct from mv.artifact_sha256 then
-    raise exception 'model % version % fails its sha256 check', quote_literal(model), mv.version using errcode = 'XX001';
+    raise exception 'model % version % fails its sha256 check', quote_literal(model), mv.version using errcode = 'XX001',
+      hint = 'the stored artifact was changed: do not load it; register the model again';
   end if;
   return query
   select model, mv.version, mv.id, (select r.run_uuid from registry.runs r where r.id = mv.run_id), mv.source, mv.flavor,

@@ -4,6 +4,7 @@
 -- (a feature view version feeding a training set, a training set a snapshot was taken of) are added with
 -- registry.add_lineage by the function that knows them (features.create_training_set, ml.train).
 
+-- a short label of a lineage node: dataset name@digest, run "name STATUS run <uuid>", model/version, deployment
 create or replace function registry.node_label(kind text, id text) returns text
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -15,7 +16,7 @@ begin
     when 'dataset' then
       select d.name || '@' || left(d.digest, 12) into out from registry.datasets d where d.id = node_label.id::bigint;
     when 'run' then
-      select coalesce(r.name || ' ', '') || '(' || r.run_uuid || ', ' || r.status || ')' into out
+      select coalesce(r.name || ' ', '') || r.status || ' run ' || r.run_uuid into out
         from registry.runs r where r.id = node_label.id::bigint;
     when 'model_version' then
       select m.name || '/' || v.version into out
@@ -65,7 +66,8 @@ begin
       hint = 'use up (what it came from), down (what came from it) or both';
   end if;
   if max_depth is null or max_depth < 1 or max_depth > 100 then
-    raise exception 'max_depth must be between 1 and 100' using errcode = '22023';
+    raise exception 'max_depth must be between 1 and 100, got %', coalesce(max_depth::text, 'NULL') using errcode = '22023',
+      hint = 'e.g. max_depth => 20';
   end if;
   nid := registry._node_id(kind, id);
   if not exists (select 1 from registry.lineage_edges e

@@ -124,20 +124,23 @@ as $$
 declare m registry.registered_models := ml._project_for_write(project, 'train');
 begin
   if task is null or task not in ('regression', 'classification', 'clustering') then
-    raise exception 'unknown task %', coalesce(quote_literal(task), 'NULL') using errcode = '22023';
+    raise exception 'unknown task %', coalesce(quote_literal(task), 'NULL') using errcode = '22023',
+      hint = 'tasks: regression, classification, clustering';
   end if;
   if test_size is null or not (test_size > 0 and test_size < 1) then
     raise exception 'test_size must be between 0 and 1 (exclusive), got %', coalesce(test_size::text, 'NULL')
-      using errcode = '22023';
+      using errcode = '22023', hint = 'e.g. test_size => 0.2';
   end if;
   if test_sampling is null or test_sampling not in ('random', 'last', 'stratified') then
-    raise exception 'unknown test_sampling %', coalesce(quote_literal(test_sampling), 'NULL') using errcode = '22023';
+    raise exception 'unknown test_sampling %', coalesce(quote_literal(test_sampling), 'NULL') using errcode = '22023',
+      hint = 'test_sampling: random, last or stratified';
   end if;
   if relation is null or btrim(relation) = '' then
-    raise exception 'relation is empty' using errcode = '22023';
+    raise exception 'relation is empty' using errcode = '22023', hint = 'pass a table, view or SELECT';
   end if;
   if preprocess is not null and jsonb_typeof(preprocess) <> 'object' then
-    raise exception 'preprocess must be a JSON object' using errcode = '22023';
+    raise exception 'preprocess must be a JSON object' using errcode = '22023',
+      hint = 'e.g. preprocess => ''{"total_bedrooms": {"impute": "median"}}''';
   end if;
   insert into registry.training_projects as s (model_id, task, relation, target, test_size, test_sampling,
                                                preprocess, author, tenant)
@@ -167,7 +170,8 @@ declare
   dep bigint;
 begin
   if strategy is null or strategy !~ '^[a-z_]{1,32}$' then
-    raise exception 'invalid deploy strategy %', coalesce(quote_literal(strategy), 'NULL') using errcode = '22023';
+    raise exception 'invalid deploy strategy %', coalesce(quote_literal(strategy), 'NULL') using errcode = '22023',
+      hint = 'strategies: best_score, most_recent, rollback, or pass model_id';
   end if;
   if not exists (select 1 from registry.model_versions v where v.id = version_id and v.model_id = m.id) then
     raise exception 'model % does not belong to project "%"', coalesce(version_id::text, 'NULL'), project
@@ -227,7 +231,8 @@ begin
     select d.version_id into v from registry.deployments d where d.id = cur.previous_id;
   else
     raise exception 'unknown deploy strategy "%"', strat using errcode = '22023',
-      detail = 'valid: best_score, most_recent, rollback, or pass model_id';
+      detail = 'valid: best_score, most_recent, rollback, or pass model_id',
+      hint = format('e.g. ml.deploy(%L, ''best_score'')', project);
   end if;
   select * into r from ml._deploy_version(project, v, strat);
   return query select m.name, v, strat, true,

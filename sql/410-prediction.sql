@@ -78,7 +78,8 @@ begin
       coalesce(model_id::text, 'NULL') using errcode = '55000', hint = 'turn logging on: ml.set_prediction_logging';
   end if;
   if inputs_hash is null or inputs_hash !~ '^[0-9a-f]{32,64}$' or latency_ms < 0 then
-    raise exception 'invalid prediction log entry' using errcode = '22023';
+    raise exception 'invalid prediction log entry' using errcode = '22023',
+      hint = 'inputs_hash is an md5 or sha256 hex string, latency_ms is not negative';
   end if;
   insert into registry.prediction_log (project_id, model_id, inputs_hash, prediction, latency_ms)
   values (project_id, model_id, inputs_hash, prediction, latency_ms);
@@ -256,8 +257,9 @@ comment on function ml.feature_importance(text) is
 'columns alike. model_importance (model_kind): the algorithm''s own measure: gain (xgboost, lightgbm: loss '
 'reduction of the splits on the column, which favours a column that splits cleanly, such as one category of '
 'a one-hot column), impurity (scikit-learn forests) or abs_coefficient (linear models: |coefficient| x the '
-'column''s standard deviation). Each sums to 1. Models trained before indb 0.2.0 stored no test-row '
-'importance: both columns then show the model''s own';
+'column''s standard deviation). Each sums to 1. Where ml.train stored no test-row importance (models trained '
+'before indb 0.2.0, and models too large to explain 20 rows in about a second, such as deep random forests) both '
+'columns show the model''s own, and kind says so';
 
 create or replace function ml._evaluate_py(project text, relation text, model_id bigint default null)
 returns table (out_model_id bigint, out_rows bigint, out_metrics jsonb)
@@ -294,7 +296,7 @@ declare
 begin
     if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
         raise exception 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
-          using errcode = '22023';
+          using errcode = '22023', hint = 'e.g. ml.prediction_log_partitions(2)';
     end if;
     for i in 0..months_ahead loop
         name := 'prediction_log_' || to_char(m, 'YYYYMM');

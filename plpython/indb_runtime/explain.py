@@ -136,9 +136,12 @@ NATIVE_KINDS = {
     **{a: "abs_coefficient" for a in LINEAR},  # |coefficient| x the column's standard deviation
 }
 SHAP_KIND = "mean_abs_shap"
-SHAP_MAX_ROWS = 1000  # test rows explained at training time (xgboost, lightgbm, linear: one batch)
-SHAP_BUDGET_S = 3.0  # scikit-learn forests (TreeExplainer is slow on deep trees): rows explained in this time
-SHAP_BATCH = 16  # (x 8: the largest batch of those)
+SHAP_MAX_ROWS = 500  # test rows explained at training time, at most ...
+SHAP_MIN_ROWS = 20  # ... and at least (a model too large to explain that many: its own importance instead)
+SHAP_SECONDS = 1.0  # about how long the explaining may take; the row count follows from the model's size
+# TreeSHAP costs about leaves x depth^2 per tree and row; measured throughput of that unit per second
+SHAP_THROUGHPUT = {"xgboost": 2e8, "lightgbm": 5e8, "gradient_boosting": 8e7, "random_forest": 2e9, "extra_trees": 2e9}
+SHAP_BATCH = 64
 
 
 def _lightgbm_booster(est):
@@ -214,33 +217,46 @@ def _abs_grouped(c: np.ndarray, groups: list[str]) -> tuple[list[str], np.ndarra
     return names, np.abs(flat @ m)
 
 
-def shap_importance(bundle: dict, X: np.ndarray, tick=lambda: None) -> dict | None:
-    """Mean |contribution| per column over rows of X (the test split), normalized to sum to 1: the mean of the
-    absolute values of ml.explain's contributions (for several classes, over the classes too). None where
-    ml.explain has no method for the model. Returns {"kind", "rows", "values"} (what ml.train stores in the
-    model bundle)."""
-    import time
+def explain_rows(bundle: dict) -> int:
+    """How many test rows ml.train explains for the mean |contribution| importance. It follows from the model's
+    size (trees, leaves, depth), never from the clock, so the same training gives the same importance."""
+    alg, est = bundle["algorithm"], bundle["est"]
+    if alg in LINEAR:
+        return SHAP_MAX_ROWS
+    if alg == "xgboost":
+        depth = int(est.get_params().get("max_depth") or 6)
+        booster = est.get_booster()
+        trees = booster.num_boosted_rounds() * (len(bundle["classes"]) if _multiclass(bundle) else 1)
+        cost = trees * (2 ** min(depth, 16)) * depth * depth
+    elif alg == "lightgbm":
+        trees = _lightgbm_booster(est).num_trees()
+        cost = trees * 31 * 100  # num_leaves 31 (the default), depth about 10
+    elif alg in SKLEARN_TREES:
+        cost = sum(t.tree_.n_leaves * max(t.tree_.max_depth, 1) ** 2 for t in np.ravel(est.estimators_))
+    else:
+        return 0
+    return int(min(SHAP_MAX_ROWS, SHAP_THROUGHPUT[alg] * SHAP_SECONDS / max(cost, 1)))
 
+
+def _multiclass(bundle: dict) -> bool:
+    return bundle["task"] == "classification" and len(bundle.get("classes") or []) > 2
+
+
+def shap_importance(bundle: dict, X: np.ndarray, tick=lambda done, total: None) -> dict | None:
+    """Mean |contribution| per column over the first rows of X (the test split; explain_rows of them),
+    normalized to sum to 1: the mean of the absolute values of ml.explain's contributions (for several
+    classes, over the classes too). None where ml.explain has no method for the model, or the model is too
+    large to explain SHAP_MIN_ROWS rows in about SHAP_SECONDS. Returns {"kind", "rows", "values"} (what
+    ml.train stores in the model bundle)."""
     if bundle["algorithm"] not in NATIVE_KINDS or bundle["task"] == "clustering" or len(X) == 0:
         return None
-    X = X[:SHAP_MAX_ROWS]
-    if bundle["algorithm"] in SKLEARN_TREES:
-        # deep forests cost up to a second per row: rows in growing batches while the time budget lasts
-        parts, t0, i, size = [], time.time(), 0, 1
-        tree_explainer(bundle)
-        while i < len(X):
-            t1 = time.time()
-            parts.append(contribution_matrix(bundle, X[i : i + size]))
-            i += size
-            tick()
-            left = SHAP_BUDGET_S - (time.time() - t0)
-            if left <= 0:
-                break
-            per_row = (time.time() - t1) / size
-            size = max(1, min(SHAP_BATCH * 8, int(left / max(per_row, 1e-6))))
-        a = np.concatenate(parts)
-    else:
-        parts = [contribution_matrix(bundle, X)]
+    n = min(len(X), explain_rows(bundle))
+    if n < min(SHAP_MIN_ROWS, len(X)):
+        return None
+    parts: list[np.ndarray] = []
+    for i in range(0, n, SHAP_BATCH):
+        parts.append(contribution_matrix(bundle, X[i : min(n, i + SHAP_BATCH)]))
+        tick(min(n, i + SHAP_BATCH), n)
     c = np.concatenate(parts)
     names, a = _abs_grouped(c, bundle["groups"])
     return {"kind": SHAP_KIND, "rows": int(c.shape[0]), "values": _normalized(a.mean(axis=0), names)}

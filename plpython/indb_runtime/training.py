@@ -680,11 +680,12 @@ def search_and_fit(s: Settings, sp: Split, tr: Tracker) -> Fitted:
     return Fitted(est=est, params=used, metrics=metrics, curves=curves, trials=trials)
 
 
-def test_importance(meta: dict, est, X_te: np.ndarray, tr: Tracker) -> dict | None:
+def importance_on_test_rows(meta: dict, est, X_te: np.ndarray, tr: Tracker) -> dict | None:
     """Mean |contribution| per column on the test rows (what ml.feature_importance reports first, in
-    agreement with ml.explain); None where ml.explain has no method for the algorithm."""
+    agreement with ml.explain); None where ml.explain has no method for the algorithm or the model is too
+    large to explain enough rows quickly (ml.feature_importance then shows the model's own importance)."""
     try:
-        return ex.shap_importance(dict(meta, est=est), X_te, tick=tr.cancel_point)
+        return ex.shap_importance(dict(meta, est=est), X_te, tick=tr)
     except IndbRuntimeError:
         return None
 
@@ -1000,8 +1001,8 @@ def train(
         sp = prepare(s, d)
         f = search_and_fit(s, sp, tr)
         meta = bundle_meta(s, d, sp)
-        tr.phase("explaining", total=min(len(sp.te), ex.SHAP_MAX_ROWS), unit="rows")
-        meta["importance"] = test_importance(meta, f.est, sp.X_te, tr)
+        tr.phase("explaining", unit="rows")
+        meta["importance"] = importance_on_test_rows(meta, f.est, sp.X_te, tr)
         tr.phase("saving")
         blob = model_store.dump_bundle(meta, f.est)
         _, version_id, _ = record(plpy, s, d, sp, f, blob)

@@ -293,6 +293,8 @@ def test_lineage_walks_both_directions(conn):
         "select dst_kind, dst_id, dst_label from registry.lineage('dataset', %s, 'down')", [str(did)]
     ).fetchall()
     assert ("model_version", str(vid), f"{name}/1") in down
+    # a run's label: name, status and uuid, separated by spaces
+    assert [lbl for k, _, lbl in down if k == "run"] == [f"train RUNNING run {rid}"]
     assert ("prediction_log", "42", None) in [(k, i, lbl) for k, i, lbl in down]
     # a model version can be named model/version or model@alias; a run by its uuid
     conn.execute("select registry.set_alias(%s, 'champion', 1)", [name])

@@ -156,6 +156,16 @@ def test_multiclass_mean_abs_shap():
         assert imp is not None and max(imp["values"], key=imp["values"].get) == "a", alg
 
 
+def test_explained_rows_follow_the_model_not_the_clock(monkeypatch):
+    b, X = _bundle("random_forest")
+    assert explain.explain_rows(b) == explain.explain_rows(b) > 0
+    assert explain.shap_importance(b, X)["rows"] == min(len(X), explain.explain_rows(b))  # type: ignore[index]
+    # a forest too large to explain SHAP_MIN_ROWS rows in about SHAP_SECONDS: no test-row importance (the
+    # model's own importance is shown instead, under its own kind)
+    monkeypatch.setitem(explain.SHAP_THROUGHPUT, "random_forest", 1.0)
+    assert explain.shap_importance(b, X) is None
+
+
 def test_no_importance_where_explain_has_no_method():
     b, X = _bundle("linear")
     assert explain.shap_importance(dict(b, algorithm="knn"), X) is None
