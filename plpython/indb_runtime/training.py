@@ -80,8 +80,10 @@ class Tracker:
             self.p.close()
 
     def phase(self, name: str, total: int | None = None, unit: str = "rows") -> None:
+        """A new phase: done starts at 0, and so do the rate and time left of ml.progress (its started_at is
+        the start of the phase: the rate of rows read says nothing about the rate of boosting rounds)."""
         if self.p is not None:
-            self.p.state.update(unit=unit, total=None if total is None else int(total))
+            self.p.state.update(unit=unit, total=None if total is None else int(total), started_at=time.time())
             self.p.update(0, phase=name)
 
     def __call__(self, done: int, total: int | None = None) -> None:

@@ -70,9 +70,7 @@ def test_worker_cli_drains_the_queue_with_progress(client, db_dsn):
     assert r.returncode == 0, r.stderr
     header, row = [ln for ln in r.stdout.splitlines() if "pending" in ln or t in ln][:2]
     cells = dict(zip([c.strip() for c in header.split("┃")], [c.strip() for c in row.split("│")]))
-    assert (
-        cells["name"] == t and cells["mode"] == "async" and cells["pending"] == "0" and cells["embedded"] == "50"
-    )
+    assert cells["name"] == t and cells["mode"] == "async" and cells["pending"] == "0" and cells["embedded"] == "50"
 
 
 def test_cli_errors_exit_non_zero_and_every_option_has_help(db_dsn):

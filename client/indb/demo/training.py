@@ -68,6 +68,13 @@ def run(client, data: Path) -> None:
     for k, c in sorted(e["contributions"].items(), key=lambda kv: -abs(kv[1]))[:5]:
         print(f"  {k:<20} {c:+12,.0f}")
     print(f"  base + contributions = ${e['base_value'] + sum(e['contributions'].values()):,.0f}")
+    imp = client.feature_importance("demo_housing", detail=True)
+    print(
+        f"ml.feature_importance: {imp[0]['kind']} on the test rows (agrees with ml.explain); "
+        f"the model's own {imp[0]['model_kind']} in brackets:"
+    )
+    for r in imp[:4]:
+        print(f"  {r['feature']:<20} {r['importance']:.3f}  ({r['model_importance']:.3f})")
     rows = client.call(
         "select p.prediction, h.median_house_value from ml.predict_batch('demo_housing', "
         "'select * from demo_housing limit 5') p join (select row_number() over () as rn, "
