@@ -248,6 +248,9 @@ class Runner:
 
         parts = psycopg.conninfo.conninfo_to_dict(self.dsn)
         self.env = {**self.env, "INDB_DSN": self.dsn}
+        # shell blocks run as after the README's `source .venv/bin/activate`: this venv's commands come first
+        self.env["VIRTUAL_ENV"] = sys.prefix
+        self.env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), self.env.get("PATH", "")])
         for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER")):
             if parts.get(key):
                 self.env[var] = str(parts[key])

@@ -27,8 +27,11 @@ column or in a jsonb result alike.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 ROLES = ("app", "reader", "writer", "admin")  # each includes the ones before it
@@ -470,3 +473,26 @@ def role_table_markdown() -> str:
                 out.append(f"| {_display(e, overloaded)} | {e.what} | {cells} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def update_readme(readme: Path) -> bool:
+    """Rewrite the README's generated role table (between its role-table markers); True when it changed."""
+    text = readme.read_text()
+    begin = re.search(r"<!-- role-table: begin[^>]*-->\n", text)
+    end = text.find("\n<!-- role-table: end -->")
+    if not begin or end < 0:
+        raise SystemExit(f"{readme}: no <!-- role-table: begin --> ... <!-- role-table: end --> markers")
+    new = text[: begin.end()] + "\n" + role_table_markdown().strip("\n") + "\n" + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    # python tests/security/matrix.py            print the role table
+    # python tests/security/matrix.py --readme   rewrite it in README.md
+    if sys.argv[1:] == ["--readme"]:
+        path = Path(__file__).resolve().parents[2] / "README.md"
+        print(f"{path}: {'updated' if update_readme(path) else 'already current'}")
+    else:
+        print(role_table_markdown(), end="")
