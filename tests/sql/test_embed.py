@@ -162,7 +162,8 @@ def test_statement_timeout_interrupts_a_long_embedding_call(conn):
     with pytest.raises(psycopg.errors.QueryCanceled):
         conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
     took = time.time() - t0
-    assert took < 1.5 + 1.0 + 1.0, took  # timeout + at most one chunk of work + slack on a shared machine
+    # timeout + at most one chunk of work + slack for a loaded 2-core machine; uncancelled, the call takes 12 s+
+    assert took < 1.5 + 4.0, took
     conn.execute("reset statement_timeout")
     assert conn.execute("select vector_dims(ml.embed('all-MiniLM-L6-v2', 'still works'))").fetchone()[0] == 384
 
@@ -178,4 +179,5 @@ def test_cancel_interrupts_a_long_embedding_call(conn):
     t0 = time.time()
     with pytest.raises(psycopg.errors.QueryCanceled):
         conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
-    assert time.time() - t0 < 1.5 + 2.0
+    took = time.time() - t0
+    assert took < 1.5 + 4.0, took  # as above: the whole call would take 12 s+
