@@ -3,6 +3,7 @@ tests/docs/test_readme.py does for README.md, for drafts and sections:
 
     .venv/bin/python tests/docs/run_markdown.py README.md            # stops at the first failing block
     KEEP=1 .venv/bin/python tests/docs/run_markdown.py draft.md      # keep the database to look around
+    DSN="$(indb dsn)" .venv/bin/python tests/docs/run_markdown.py README.md   # on a database of yours (make demo's)
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ def main(paths: list[str]) -> int:
     from indb.install import install
     from indb.localdb import Cluster
 
-    cluster = Cluster.local()
-    if not cluster.running():
-        cluster.start()
-    name = f"readme_{secrets.token_hex(3)}"
-    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
-        c.execute(f'create database "{name}"')
-    dsn = cluster.dsn(name)
-    install(dsn, venv=sys.prefix, log=lambda *a: None)
+    name = None
+    dsn = os.environ.get("DSN")
+    if not dsn:
+        cluster = Cluster.local()
+        if not cluster.running():
+            cluster.start()
+        name = f"readme_{secrets.token_hex(3)}"
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
+            c.execute(f'create database "{name}"')
+        dsn = cluster.dsn(name)
+        install(dsn, venv=sys.prefix, log=lambda *a: None)
     runner = Runner(dsn, REPO)
     failed = False
     try:
@@ -44,7 +48,7 @@ def main(paths: list[str]) -> int:
                 break
     finally:
         runner.close()
-        if os.environ.get("KEEP"):
+        if os.environ.get("KEEP") or name is None:
             print(f"database kept: {dsn}")
         else:
             with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import NotFound
 from ..progress import Progress
 
 TITLE = "embeddings: SciFact in a table with a vectorizer, nearest neighbours of claims"
@@ -35,7 +36,9 @@ def run(client, data: Path) -> None:
                 break
     conn = client.conn
     conn.execute(f"create table if not exists {TABLE} (id text primary key, title text not null, abstract text)")
-    if not client.vectorizer_status(VECTORIZER):
+    try:
+        client.vectorizer_status(VECTORIZER)  # made by an earlier run of the demo
+    except NotFound:
         out = client.create_vectorizer(
             TABLE, ["title", "abstract"], name=VECTORIZER, chunk_size=200, chunk_overlap=20, progress=True
         )
