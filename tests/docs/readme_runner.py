@@ -5,7 +5,9 @@
 * ```sh / ```bash blocks run in bash from the repository root, one process each.
 * A ```text block right after a run block is that block's expected output (NOTICE and WARNING lines of
   the server are left out unless the expected text shows some). It is compared after normalisation: runs of spaces collapse, numbers match within a relative tolerance (1%), uuids and
-  timestamps match any uuid / timestamp, and a line that is only ``...`` matches any number of lines.
+  timestamps match any uuid / timestamp, integers in a psql table's id columns (``id``, ``*_id``) match any
+  integer (they depend on what the database held before), and a line that is only ``...`` matches any number
+  of lines.
 * An HTML comment right before a block is a directive for the runner, visible in the Markdown source:
     <!-- test: skip -- <reason> -->      the block is not run (the reason is required and reported)
     <!-- test: expect-error <SQLSTATE or text> -->   the block must fail, with that SQLSTATE/text
@@ -120,6 +122,46 @@ def _same_token(want: str, got: str) -> bool:
     return False
 
 
+_INT = re.compile(r"^-?\d+$")
+
+
+def _is_rule(line: str) -> bool:
+    return bool(line.strip()) and set(line.strip()) <= set("-+")
+
+
+def _id_columns(want: list[str]) -> list[set[int]]:
+    """For each expected line: the cell positions of its psql table that hold ids (a column ``id`` or ``*_id``,
+    whose numbers depend on what the database held before)."""
+    out: list[set[int]] = []
+    cols: set[int] = set()
+    for i, ln in enumerate(want):
+        if "|" not in ln:
+            if not _is_rule(ln):
+                cols = set()  # "(3 rows)", text between tables: the table ended
+            out.append(set())
+        elif i + 1 < len(want) and _is_rule(want[i + 1]):
+            names = [c.strip() for c in ln.split("|")]
+            cols = {k for k, n in enumerate(names) if n == "id" or n.endswith("_id")}
+            out.append(set())  # the header itself
+        else:
+            out.append(cols)
+    return out
+
+
+def _same_row(want: str, got: str, ids: set[int]) -> bool:
+    w, g = want.split("|"), got.split("|")
+    if len(w) != len(g):
+        return False
+    for k, (a, b) in enumerate(zip(w, g)):
+        a, b = a.strip(), b.strip()
+        if k in ids and (a == b == "" or (_INT.match(a) and _INT.match(b))):
+            continue
+        ta, tb = _tokens(a), _tokens(b)
+        if len(ta) != len(tb) or not all(_same_token(x, y) for x, y in zip(ta, tb)):
+            return False
+    return True
+
+
 def matches(expected: str, got: str) -> bool:
     """Does output ``got`` match the ``expected`` text (see the module docstring for the rules)?"""
     want = [ln for ln in expected.rstrip().splitlines() if ln.strip()]
@@ -127,6 +169,7 @@ def matches(expected: str, got: str) -> bool:
     if not any(ln.startswith(("NOTICE:", "WARNING:")) for ln in want):
         # the server's notices (progress, "already exists, skipping") are not the result being shown
         have = [ln for ln in have if not ln.startswith(("NOTICE:", "WARNING:", "psql:"))]
+    ids = _id_columns(want)
 
     def go(i: int, j: int) -> bool:
         if i == len(want):
@@ -136,8 +179,11 @@ def matches(expected: str, got: str) -> bool:
         if j == len(have):
             return False
         wt, ht = _tokens(want[i]), _tokens(have[j])
-        rule = set(want[i].strip()) <= set("-+") and set(have[j].strip()) <= set("-+")  # any width
-        if not rule and (len(wt) != len(ht) or not all(_same_token(a, b) for a, b in zip(wt, ht))):
+        rule = _is_rule(want[i]) and _is_rule(have[j])  # any width
+        if ids[i] and not rule:
+            if not _same_row(want[i], have[j], ids[i]):
+                return False
+        elif not rule and (len(wt) != len(ht) or not all(_same_token(a, b) for a, b in zip(wt, ht))):
             return False
         return go(i + 1, j + 1)
 

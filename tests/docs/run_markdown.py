@@ -4,6 +4,7 @@ tests/docs/test_readme.py does for README.md, for drafts and sections:
     .venv/bin/python tests/docs/run_markdown.py README.md            # stops at the first failing block
     KEEP=1 .venv/bin/python tests/docs/run_markdown.py draft.md      # keep the database to look around
     DSN="$(indb dsn)" .venv/bin/python tests/docs/run_markdown.py README.md   # on a database of yours (make demo's)
+    CONTINUE=1 ...                                                   # go on after a failing block
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(paths: list[str]) -> int:
             if not o.ok:
                 failed = True
                 print(o.output[-3000:])
-                break
+                if not os.environ.get("CONTINUE"):
+                    break
     finally:
         runner.close()
         if os.environ.get("KEEP") or name is None:
