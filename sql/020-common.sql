@@ -112,7 +112,7 @@ comment on function ml._cron_database() is
 -- exceptions are bugs: their class stays in the message ("ZeroDivisionError: division by zero").
 create or replace function ml._errmsg(message text) returns text
 language sql immutable parallel safe
-as $$ select regexp_replace(message, '^(plpy\.[A-Za-z]+|spiexceptions\.[A-Za-z]+): ', '') $$;
+as $$ select regexp_replace(message, '^((plpy\.[A-Za-z]+|spiexceptions\.[A-Za-z]+): )+', '') $$;
 comment on function ml._errmsg(text) is
   'internal: an error message without PL/Python''s exception prefix; see DEVELOPERS.md, "PL/Python functions"';
 

@@ -181,3 +181,16 @@ def test_cancel_interrupts_a_long_embedding_call(conn):
         conn.execute("select ml.embed('all-MiniLM-L6-v2', %s::text[])", [texts])
     took = time.time() - t0
     assert took < 1.5 + 4.0, took  # as above: the whole call would take 12 s+
+
+
+def test_a_session_without_the_runtime_venv_gets_the_fix_not_python_prefixes(db_dsn):
+    """A database copied with CREATE DATABASE ... TEMPLATE loses its indb.venv setting: the first call says
+    so and what to run, without PL/Python's 'plpy.Error:' / 'spiexceptions.*:' prefixes (nested calls used to
+    leave one)."""
+    with psycopg.connect(db_dsn, autocommit=True) as c:
+        c.execute("set indb.venv = ''")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("select ml.embed('all-MiniLM-L6-v2', 'x')")
+    d = ei.value.diag
+    assert d.message_primary == "indb runtime venv is not configured for this database"
+    assert "indb install" in (d.message_hint or "")
