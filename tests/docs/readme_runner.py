@@ -6,7 +6,8 @@
 * A ```text block right after a run block is that block's expected output (NOTICE and WARNING lines of
   the server are left out unless the expected text shows some). It is compared after normalisation: runs of spaces collapse, numbers match within a relative tolerance (1%), uuids and
   timestamps match any uuid / timestamp, integers in a psql table's id columns (``id``, ``*_id``) match any
-  integer (they depend on what the database held before), and a line that is only ``...`` matches any number
+  integer (they depend on what the database held before), so does a number right after "model", "run",
+  "deployment", "dataset" or "experiment" in a sentence, and a line that is only ``...`` matches any number
   of lines.
 * An HTML comment right before a block is a directive for the runner, visible in the Markdown source:
     <!-- test: skip -- <reason> -->      the block is not run (the reason is required and reported)
@@ -148,6 +149,21 @@ def _id_columns(want: list[str]) -> list[set[int]]:
     return out
 
 
+# "model 4", "run 12": a number right after one of these words is an id in a sentence
+_ID_NOUNS = {"model", "run", "deployment", "dataset", "experiment"}
+
+
+def _same_tokens(want: list[str], got: list[str]) -> bool:
+    if len(want) != len(got):
+        return False
+    for k, (a, b) in enumerate(zip(want, got)):
+        if k and want[k - 1].lower() in _ID_NOUNS and _INT.match(a) and _INT.match(b):
+            continue
+        if not _same_token(a, b):
+            return False
+    return True
+
+
 def _same_row(want: str, got: str, ids: set[int]) -> bool:
     w, g = want.split("|"), got.split("|")
     if len(w) != len(g):
@@ -156,8 +172,7 @@ def _same_row(want: str, got: str, ids: set[int]) -> bool:
         a, b = a.strip(), b.strip()
         if k in ids and (a == b == "" or (_INT.match(a) and _INT.match(b))):
             continue
-        ta, tb = _tokens(a), _tokens(b)
-        if len(ta) != len(tb) or not all(_same_token(x, y) for x, y in zip(ta, tb)):
+        if not _same_tokens(_tokens(a), _tokens(b)):
             return False
     return True
 
@@ -183,7 +198,7 @@ def matches(expected: str, got: str) -> bool:
         if ids[i] and not rule:
             if not _same_row(want[i], have[j], ids[i]):
                 return False
-        elif not rule and (len(wt) != len(ht) or not all(_same_token(a, b) for a, b in zip(wt, ht))):
+        elif not rule and not _same_tokens(wt, ht):
             return False
         return go(i + 1, j + 1)
 

@@ -112,3 +112,9 @@ def test_id_columns_match_any_integer_and_nothing_else_loosens():
     assert not matches(want, want.replace("        2 |       2", "          |       2"))  # a NULL is no id
     # outside a table's id column an integer keeps its value
     assert not matches(" n\\n---\\n 3\\n(1 row)", " n\\n---\\n 4\\n(1 row)")
+
+
+def test_a_number_after_model_or_run_in_a_sentence_is_an_id():
+    assert matches("deployed: r2 0.845 beats 0.833 of model 1", "deployed: r2 0.845 beats 0.833 of model 4")
+    assert not matches("deployed: r2 0.845 beats 0.833 of model 1", "deployed: r2 0.845 beats 0.733 of model 1")
+    assert not matches("trained on 16512 rows", "trained on 9000 rows")
