@@ -912,7 +912,7 @@ def promote(plpy: spi.Plpy, name: str, force: bool) -> dict:
 
 def top_keys(plpy: spi.Plpy, v: Vectorizer, dest: str, model: str, query: str, k: int) -> list:
     spec = embedding.resolve(plpy, model)
-    vec = embedding.to_pgvector(embedding.encode(spec, [query])[0])
+    vec = embedding.to_pgvector(embedding.embed_texts(plpy, spec, [query])[0])
     rows = spi.run(
         plpy,
         f"select {v.key_text('d')} from {dest} d order by d.embedding operator({vschema(plpy)}.<=>) "
