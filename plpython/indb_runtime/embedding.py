@@ -7,10 +7,6 @@ Importable and testable without Postgres: everything that touches the database g
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.metadata
-import importlib.util
 import os
 import re
 import time
@@ -127,6 +123,10 @@ def package_folder(modname: str, venv: str | None = None) -> str:
             f"invalid model package name {modname!r}",
             hint="package:<name> names a top-level module of a model package installed in the runtime venv",
         )
+    import ast
+    import importlib.metadata
+    import importlib.util
+
     if modname not in importlib.metadata.packages_distributions():
         raise _no_package(modname)
     spec = importlib.util.find_spec(modname)  # a top-level name: locates the module, imports nothing

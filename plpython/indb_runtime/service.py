@@ -243,8 +243,15 @@ class Batcher:
             return batch
 
     def run(self) -> None:
+        import ctypes
+
         import numpy as np
 
+        try:
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            trim = None
+        last_trim = time.monotonic()
         while not self.stopping:
             batch = self.next_batch()
             if not batch:
@@ -279,6 +286,10 @@ class Batcher:
                 j.filled += b - a
                 if j.filled == len(j.texts):
                     j.done.set()
+            # give the memory of a big batch back when the queue is empty (at most once a second)
+            if trim is not None and not self.pending and time.monotonic() - last_trim > 1.0:
+                trim(0)
+                last_trim = time.monotonic()
 
     def stats(self) -> dict:
         with self.cond:
@@ -577,7 +588,8 @@ def supervise(args: argparse.Namespace) -> int:
     delay = 0.2
     while not stopping:
         t0 = time.time()
-        child = subprocess.Popen(argv)
+        # few malloc arenas: every connection is a thread, and each arena would keep its own freed memory
+        child = subprocess.Popen(argv, env={"MALLOC_ARENA_MAX": "2", **os.environ})
         log.info("supervisor %d: service started (pid %d)", os.getpid(), child.pid)
         code = child.wait()
         if stopping:

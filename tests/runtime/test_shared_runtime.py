@@ -15,7 +15,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import MODEL, connect, texts, wait_for_service
+from conftest import MODEL, connect, texts
 
 from indb_runtime import wire
 
@@ -203,7 +203,9 @@ def test_the_service_loads_only_models_registered_in_the_database(service, db_ds
     """A request names a model; the folder comes from ml.embedding_models (admin-only), never from the client."""
     dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
     for model in ("/tmp", "package:os", "../../etc"):
-        ans = raw_request(service, wire.pack({"op": "embed", "db": dbname, "model": model, "version": "1", "texts": ["x"]}))
+        ans = raw_request(
+            service, wire.pack({"op": "embed", "db": dbname, "model": model, "version": "1", "texts": ["x"]})
+        )
         assert ans["ok"] is False and ans["code"] == "42704", ans
     ans = raw_request(service, wire.pack({"op": "run", "code": "import os; os.system('id')"}))
     assert ans["ok"] is False and ans["code"] == "08P01"
