@@ -99,3 +99,29 @@ def test_sigkill_during_a_sync_insert_rolls_it_back_and_the_service_comes_back(c
         c.execute("insert into rt_kill values (1, 'after the restart')")
         assert c.execute(f"select count(*) from {dest}").fetchone()[0] == 1
     assert cluster.runtime_stats()["pid"] == back["pid"]
+
+
+def test_async_items_stay_queued_while_the_service_is_down(service_down, db_dsn, cluster):
+    with connect(db_dsn, "backend") as c:
+        c.execute("drop table if exists rt_async cascade")
+        c.execute("create table rt_async (id int primary key, body text)")
+        c.execute("select ml.create_vectorizer('rt_async', array['body'], name => 'rt_async', mode => 'async')")
+    with connect(db_dsn, "shared") as c:
+        c.execute("insert into rt_async values (1, 'queued while the service is down'), (2, 'and another one')")
+        with pytest.raises(psycopg.Error) as e:  # one vectorizer: the call fails whole
+            c.execute("select * from ml.process_queue('rt_async')")
+        assert e.value.sqlstate == "58R01"
+        # every vectorizer (what `indb worker` runs): this one is skipped with the reason, the others go on
+        rows = c.execute("select vectorizer, processed, failed, error from ml.process_queue()").fetchall()
+        mine = [r for r in rows if r[0] == "rt_async"]
+        assert mine and mine[0][1] == 0 and mine[0][2] == 0 and "58R01" in (mine[0][3] or ""), rows
+        q = c.execute(
+            "select count(*), max(attempts) from ml.vectorizer_queue q join ml.vectorizers v on v.id = q.vectorizer_id "
+            "where v.name = 'rt_async'"
+        ).fetchone()
+        assert q == (2, 0), "a service outage is no row's fault: no attempt is counted"
+        assert c.execute("select count(*) from ml.vectorizer_failed").fetchone()[0] == 0
+        cluster.runtime_start()
+        wait_for_service(cluster)
+        r = c.execute("select processed, failed, pending from ml.process_queue('rt_async')").fetchone()
+        assert r == (2, 0, 0)
