@@ -265,3 +265,29 @@ def test_an_app_role_embeds_through_the_service(service, db_dsn):
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             c.execute("select ml.embed(%s, 'x')", [MODEL])
     assert len(v.to_list()) == 384 and service.runtime_stats()["texts"] == before + 1
+
+
+def test_token_chunking_in_shared_mode_needs_no_model_in_the_backend(service, db_dsn, scifact_docs):
+    """Chunks come from the model's tokenizer alone (tokenizer.json): the same chunks and vectors as in a backend
+    that holds the whole model, and the backend stays small."""
+    docs = texts(scifact_docs, 10, start=120)
+    out = {}
+    for mode in ("shared", "backend"):
+        t = f"rt_chunk_{mode}"
+        with connect(db_dsn, mode) as c:
+            c.execute(f"drop table if exists {t} cascade")
+            c.execute(f"create table {t} (id int primary key, body text)")
+            c.execute(
+                f"select ml.create_vectorizer('{t}', array['body'], name => '{t}', chunk_size => 40, chunk_overlap => 8)"
+            )
+            c.execute(f"insert into {t} select i, d from unnest(%s::text[]) with ordinality u(d, i)", [docs])
+            dest = c.execute("select destination::text from ml.vectorizers where name = %s", [t]).fetchone()[0]
+            rows = c.execute(f"select id, seq, chunk, embedding from {dest} order by id, seq").fetchall()
+            chunks = c.execute("select array_agg(chunk order by seq) from ml.chunk(%s, 40, 8)", [docs[0]]).fetchone()[0]
+            pid = c.execute("select pg_backend_pid()").fetchone()[0]
+            out[mode] = (rows, chunks, pss_bytes(pid))
+    (rs, cs, mem), (rb, cb, _) = out["shared"], out["backend"]
+    assert [r[:3] for r in rs] == [r[:3] for r in rb] and len(rs) > len(docs)
+    assert cs == cb and len(cs) > 1
+    assert min(cosine(a[3].to_list(), b[3].to_list()) for a, b in zip(rs, rb)) >= 0.999999
+    assert mem < 150 * 2**20, f"a shared-mode backend that chunks holds {mem / 2**20:.0f} MiB"
