@@ -7,10 +7,10 @@ Both modes on the same database, texts and model (indb.runtime = 'shared' and 'b
      measured, never extrapolated;
   2. concurrency: 8 clients, each inserting single rows into one sync vectorizer for INDB_BENCH_SECONDS (60):
      rows/s and p50/p99 statement latency (and the service's mean batch size);
-  3. single-row latency: SELECT ml.embed(model, text), warm, p50/p99;
+  3. single-row latency: SELECT ml.embed(model, text), warm, p50/p99 (the two modes' calls alternate);
   4. bulk: one 10,000-row INSERT into a sync vectorizer, rows/s;
   5. the first call in a new connection: its latency (median of 3), the service warm.
-Texts: SciFact sentences (as benchmarks/embeddings_throughput.py). Run under `flock -x /work/heavy.lock`.
+Each measurement runs in both modes back to back. Texts: SciFact sentences (as benchmarks/embeddings_throughput.py). Run under `flock -x /work/heavy.lock`.
 """
 
 from __future__ import annotations
@@ -152,22 +152,32 @@ def concurrency(dsn: str, cluster, mode: str, data: list[str]) -> dict:
     return res
 
 
-def latency(dsn: str, mode: str, data: list[str], n: int = 300) -> dict:
-    with connect(dsn, mode) as c:
-        for i in range(20):
-            c.execute("select ml.embed(%s, %s)", [MODEL, data[i]])
-        lat = []
+def latency(dsn: str, data: list[str], n: int = 300) -> dict:
+    """Both modes side by side: one connection each, calls alternating, so that the load of a shared machine
+    falls on both alike."""
+    conns = {mode: connect(dsn, mode) for mode in MODES}
+    lat: dict[str, list[float]] = {mode: [] for mode in MODES}
+    try:
+        for c in conns.values():
+            for i in range(20):
+                c.execute("select ml.embed(%s, %s)", [MODEL, data[i]])
         for i in range(n):
-            t = time.perf_counter()
-            c.execute("select ml.embed(%s, %s)", [MODEL, data[100 + i]])
-            lat.append(time.perf_counter() - t)
-    res = {
-        "calls": n,
-        "p50_ms": round(common.percentile(lat, 50) * 1000, 2),
-        "p99_ms": round(common.percentile(lat, 99) * 1000, 2),
-    }
-    print(f"  latency {mode}: {res}", flush=True)
-    return res
+            for mode, c in conns.items():
+                t = time.perf_counter()
+                c.execute("select ml.embed(%s, %s)", [MODEL, data[100 + i]])
+                lat[mode].append(time.perf_counter() - t)
+    finally:
+        for c in conns.values():
+            c.close()
+    out = {}
+    for mode in MODES:
+        out[mode] = {
+            "calls": n,
+            "p50_ms": round(common.percentile(lat[mode], 50) * 1000, 2),
+            "p99_ms": round(common.percentile(lat[mode], 99) * 1000, 2),
+        }
+        print(f"  latency {mode}: {out[mode]}", flush=True)
+    return out
 
 
 def bulk(dsn: str, mode: str, data: list[str]) -> dict:
@@ -215,15 +225,19 @@ def main() -> None:
             c.execute("select ml.embed(%s, 'warm the service')", [MODEL])
         st = cluster.runtime_stats() or {}
         res["service"] = {k: st.get(k) for k in ("window_ms", "max_batch", "max_request_bytes")}
+        # each measurement in both modes back to back, so that both see the same machine
+        m: dict = {mode: {} for mode in MODES}
         for mode in MODES:
-            print(f"mode {mode}", flush=True)
-            m: dict = {}
-            m["first_call"] = first_call(dsn, mode)
-            m["latency"] = latency(dsn, mode, data)
-            m["bulk"] = bulk(dsn, mode, data)
-            m["concurrency"] = concurrency(dsn, cluster, mode, data)
-            m["memory"] = memory(dsn, cluster, mode)
-            res["modes"][mode] = m
+            m[mode]["first_call"] = first_call(dsn, mode)
+        for mode, r in latency(dsn, data).items():
+            m[mode]["latency"] = r
+        for mode in MODES:
+            m[mode]["bulk"] = bulk(dsn, mode, data)
+        for mode in MODES:
+            m[mode]["concurrency"] = concurrency(dsn, cluster, mode, data)
+        for mode in MODES:
+            m[mode]["memory"] = memory(dsn, cluster, mode)
+        res["modes"] = m
     s, b = res["modes"]["shared"], res["modes"]["backend"]
     mem32 = next((r for r in s["memory"] if r["n"] == 32), {})
     res["targets"] = {
