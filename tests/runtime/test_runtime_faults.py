@@ -11,7 +11,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import MODEL, connect, texts, wait_for_service
+from runtime_helpers import MODEL, connect, texts, wait_for_service
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import MODEL, connect, texts
+from runtime_helpers import MODEL, connect, texts
 
 from indb_runtime import wire
 
