@@ -10,7 +10,9 @@ Every start:
    overrides (listen on the network, the socket in /var/run/postgresql, logs to stderr);
 4. start the server on the socket alone, set the password of ``postgres``, create the database and run
    ``indb install`` (idempotent: alembic upgrade + sql/ re-applied in one transaction), stop it;
-5. start the server for real and wait. SIGTERM or SIGINT: a fast shutdown (clients are disconnected, a
+5. start the server for real, then the shared runtime service beside it (indb_runtime.service under its own
+   supervisor, which restarts it when it dies; started again here if the supervisor itself ends), and wait.
+   SIGTERM or SIGINT: a fast shutdown (clients are disconnected, a
    checkpoint is written), so the next start needs no crash recovery. SIGQUIT: an immediate stop.
 
 Settings (environment):
@@ -228,13 +230,28 @@ def install(cluster: ImageCluster, pw: str) -> None:
 
 
 # -- 5. serve -----------------------------------------------------------------------------------
+def start_runtime(cluster: ImageCluster) -> subprocess.Popen | None:
+    """The shared inference runtime (one model copy for every connection), logging to stderr like the server."""
+    if os.environ.get("INDB_RUNTIME_SERVICE", "1") == "0":
+        return None
+    argv = [str(Path(VENV) / "bin" / "python"), "-m", "indb_runtime.service", "supervise", "--data", str(cluster.data)]
+    argv += ["--log", "-", "--preload", f"{DB}/all-MiniLM-L6-v2"]
+    return subprocess.Popen(argv, env=server_env(), cwd="/")
+
+
 def serve(cluster: ImageCluster, extra: list[str]) -> int:
     postmaster = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(cluster.data), *extra], env=server_env())
     forward = {signal.SIGTERM: signal.SIGINT, signal.SIGINT: signal.SIGINT, signal.SIGQUIT: signal.SIGQUIT}
+    runtime: subprocess.Popen | None = None
+    stopping = False
 
     def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
         READY.unlink(missing_ok=True)
         log(f"{signal.Signals(signum).name}: stopping the server ({signal.Signals(forward[signum]).name})")
+        if runtime is not None and runtime.poll() is None:
+            runtime.terminate()
         try:
             postmaster.send_signal(forward[signum])
         except ProcessLookupError:
@@ -250,6 +267,7 @@ def serve(cluster: ImageCluster, extra: list[str]) -> int:
             [str(PG_BIN / "pg_isready"), "-q", "-h", str(SOCKET_DIR), "-p", str(PORT), "-d", DB]
         ).returncode
         if ok == 0:
+            runtime = start_runtime(cluster)
             READY.write_text(f"{postmaster.pid}\n")
             log(f"ready: database {DB} on port {PORT}")
             break
@@ -263,7 +281,13 @@ def serve(cluster: ImageCluster, extra: list[str]) -> int:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:
             return 1
+        if runtime is not None and pid == runtime.pid and not stopping:
+            log("the runtime supervisor ended; starting it again")
+            runtime = start_runtime(cluster)
+            continue
         if pid == postmaster.pid:
+            if runtime is not None and runtime.poll() is None:
+                runtime.terminate()
             READY.unlink(missing_ok=True)
             code = os.waitstatus_to_exitcode(status)
             log(f"server exited with status {code}")

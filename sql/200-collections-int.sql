@@ -67,7 +67,7 @@ from indb_runtime import embedding, errors
 spec = errors.call(plpy, embedding.resolve, plpy, model)
 if spec.dimensions:
     return spec.dimensions
-vec = errors.call(plpy, embedding.encode, spec, ['dimension probe'])
+vec = errors.call(plpy, embedding.embed_texts, plpy, spec, ['dimension probe'])
 return len(vec[0])
 $$;
 select ml._wrap_python('ml._model_dimensions', 'ml.__model_dimensions_py(text)');

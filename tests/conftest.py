@@ -27,6 +27,7 @@ def cluster():
     c = Cluster.local()
     if not c.running():
         c.start()
+    c.runtime_start()  # the shared runtime service is up by default, as after `indb db start`
     return c
 
 

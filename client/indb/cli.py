@@ -23,6 +23,7 @@ def _cmd_db(args) -> int:
     cluster = Cluster.local()
     if args.action == "start":
         print(f"indb db: {cluster.start()} ({cluster.data}, port {cluster.port})")
+        print(f"indb db: {cluster.runtime_start()}")
     elif args.action == "stop":
         print(f"indb db: {cluster.stop()}")
     else:
@@ -103,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The project's own PostgreSQL cluster, in .state/ (INDB_STATE_DIR): data, socket, logs. "
         "As root it runs as the postgres OS user. The port is derived from the folder (INDB_PORT overrides).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="actions:\n  start   create the cluster if needed (initdb, settings sized from RAM) and start it\n"
-        "  stop    stop it (fast shutdown)\n  status  print its state as JSON; exit status 3 when it is not running",
+        epilog="actions:\n  start   create the cluster if needed (initdb, settings sized from RAM) and start it,\n"
+        "          with the shared runtime service (restarted by its supervisor when it dies;\n"
+        "          INDB_RUNTIME_SERVICE=0: none)\n"
+        "  stop    stop both (fast shutdown)\n"
+        "  status  print their state as JSON; exit status 3 when it is not running",
     )
     db.add_argument("action", choices=["start", "stop", "status"], help="start, stop or status (see below)")
     db.set_defaults(func=_cmd_db)

@@ -11,8 +11,10 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -232,7 +234,95 @@ lc_messages = 'C.UTF-8'
         msg = "initialized and started" if created else "started"
         return f"{msg}{' after ' + stale if stale else ''}"
 
+    # -- the shared runtime service (plpython/indb_runtime/service.py) --------------------------------
+    @property
+    def runtime_socket(self) -> Path:
+        from indb_runtime import wire
+
+        return wire.runtime_dir(self.data) / wire.SOCKET_NAME
+
+    def runtime_stats(self) -> dict | None:
+        """The service's statistics, or None when it does not answer."""
+        from indb_runtime import wire
+
+        try:
+            return wire.stats(self.runtime_socket)
+        except (wire.Unavailable, ValueError, OSError):
+            return None
+
+    def _supervisor_pid(self) -> int | None:
+        try:
+            pid = int((self.runtime_socket.parent / "supervisor.pid").read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def runtime_start(self, timeout: float = 60) -> str:
+        """Start the supervised runtime service unless it runs (restart-on-start: a supervisor that died is
+        started again here; a service that died is restarted by its supervisor)."""
+        if os.environ.get("INDB_RUNTIME_SERVICE", "1") == "0":
+            return "runtime service disabled (INDB_RUNTIME_SERVICE=0)"
+        st = self.runtime_stats()
+        if st is not None:
+            return f"runtime service running (pid {st['pid']})"
+        rdir = self.runtime_socket.parent
+        rdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # only the server's OS user may enter it
+        self._own(rdir)
+        rdir.chmod(0o700)
+        if self._supervisor_pid() is None:
+            preload = os.environ.get("INDB_RUNTIME_PRELOAD", f"{DB_NAME}/all-MiniLM-L6-v2")
+            argv = [sys.executable, "-m", "indb_runtime.service", "supervise", "--data", str(self.data)]
+            for p in filter(None, preload.split(",")):
+                argv += ["--preload", p.strip()]
+            env = {**os.environ, **server_environment()}
+            if os.geteuid() == 0:
+                argv = [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    "env",
+                    *[f"{k}={v}" for k, v in server_environment().items()],
+                    *argv,
+                ]
+            self.logdir.mkdir(exist_ok=True)
+            subprocess.Popen(
+                argv,
+                env=env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st = self.runtime_stats()
+            if st is not None:
+                return f"runtime service started (pid {st['pid']}, socket {self.runtime_socket})"
+            time.sleep(0.2)
+        raise ClusterError(f"the runtime service did not answer within {timeout} s; see {self.logdir / 'runtime.log'}")
+
+    def runtime_stop(self, timeout: float = 30) -> str:
+        pids = [p for p in (self._supervisor_pid(),) if p]
+        st = self.runtime_stats()
+        if st is not None:
+            pids.append(int(st["pid"]))
+        if not pids:
+            return "runtime service not running"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        return "runtime service stopped"
+
     def stop(self) -> str:
+        self.runtime_stop()
         if not self.running():
             return "not running"
         r = self._as_server(
@@ -252,6 +342,7 @@ lc_messages = 'C.UTF-8'
             "socket_dir": str(self.run),
             "log": str(self.logfile),
             "dsn": self.dsn(),
+            "runtime_service": self.runtime_stats(),
         }
 
     # -- helpers ------------------------------------------------------------------------------
@@ -335,6 +426,17 @@ def ensure_server_can_reach(paths: list[Path], read_trees: Sequence[Path] = ()) 
             subprocess.run(["setfacl", "-R", "-m", "u:postgres:rX", str(t)], check=True)
             changed.append(str(t))
     return changed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _mem_gib() -> float:

@@ -124,5 +124,8 @@ def session_runtime_info(plpy) -> dict:
     for w in warnings:
         plpy.warning(w)
     info["session"] = {"role": r["role"], "superuser": r["rolsuper"], "bypassrls": r["rolbypassrls"]}
+    from . import embedding
+
+    info["runtime"] = embedding.runtime_status(plpy)
     info["warnings"] = warnings
     return info

@@ -7,10 +7,6 @@ Importable and testable without Postgres: everything that touches the database g
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.metadata
-import importlib.util
 import os
 import re
 import time
@@ -18,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import chunking, spi
+from . import chunking, spi, wire
 from .errors import IndbRuntimeError, invalid, undefined
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -33,6 +29,7 @@ class ModelSpec:
     dimensions: int | None = None
     max_tokens: int | None = None
     normalize: bool = True
+    version: str | None = None  # the catalog row's version (registered_at); None: a built-in model
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class LongText:
     def pieces(self, spec: ModelSpec, text: str) -> list[str]:
         if not self.chunk_size:
             return [text]
-        tok = load(spec).tokenizer if self.chunk_by == "tokens" else None
+        tok = tokenizer(spec) if self.chunk_by == "tokens" else None
         return chunking.chunk(text, self.chunk_size, self.chunk_overlap, self.chunk_by, tok)
 
 
@@ -75,12 +72,16 @@ def resolve(plpy: spi.Plpy | None, name: str) -> ModelSpec:
     if plpy is not None and spi.one(plpy, catalog)["ok"]:  # type: ignore[index]
         r = spi.one(
             plpy,
-            "select name, source_path, dimensions, max_tokens, normalize from ml.embedding_models where name = $1",
+            "select name, source_path, dimensions, max_tokens, normalize, "
+            "extract(epoch from registered_at)::numeric::text as version from ml.embedding_models where name = $1",
             ["text"],
             [name],
         )
         if r is not None:
-            return ModelSpec(r["name"], source_path(r["source_path"]), r["dimensions"], r["max_tokens"], r["normalize"])
+            # the source stays as registered (package:<module> is found when the model is loaded here)
+            return ModelSpec(
+                r["name"], r["source_path"], r["dimensions"], r["max_tokens"], r["normalize"], r["version"]
+            )
         known = [r["name"] for r in spi.run(plpy, "select name from ml.embedding_models order by name")]
         raise undefined(
             f'embedding model "{name}" is not registered',
@@ -122,6 +123,10 @@ def package_folder(modname: str, venv: str | None = None) -> str:
             f"invalid model package name {modname!r}",
             hint="package:<name> names a top-level module of a model package installed in the runtime venv",
         )
+    import ast
+    import importlib.metadata
+    import importlib.util
+
     if modname not in importlib.metadata.packages_distributions():
         raise _no_package(modname)
     spec = importlib.util.find_spec(modname)  # a top-level name: locates the module, imports nothing
@@ -153,6 +158,7 @@ def source_path(path: str) -> str:
 
 # -- loading and encoding --------------------------------------------------------------------------
 _MODELS: dict[str, Any] = {}
+_TOKENIZERS: dict[str, Any] = {}
 _LOAD_SECONDS: dict[str, float] = {}
 
 
@@ -163,16 +169,17 @@ def load(spec: ModelSpec) -> Any:
     if model is not None:
         return model
     t0 = time.time()
+    folder = source_path(spec.path)
     try:
         from sentence_transformers import SentenceTransformer
 
         from .device import torch_device
 
-        model = SentenceTransformer(spec.path, device=torch_device(), local_files_only=True)
+        model = SentenceTransformer(folder, device=torch_device(), local_files_only=True)
     except Exception as e:
         raise IndbRuntimeError(
             "58P01" if isinstance(e, (FileNotFoundError, OSError)) else "38000",
-            f'embedding model "{spec.name}" failed to load from {spec.path}: {e}',
+            f'embedding model "{spec.name}" failed to load from {folder}: {e}',
             hint="the folder must hold a sentence-transformers model; nothing is downloaded at run time",
         ) from e
     if spec.max_tokens:
@@ -184,8 +191,9 @@ def load(spec: ModelSpec) -> Any:
 
 def forget(name: str) -> None:
     """Drop cached copies of model ``name`` (after it was registered again)."""
-    for key in [k for k in _MODELS if k.split("|")[0] == name]:
-        _MODELS.pop(key, None)
+    for cache in (_MODELS, _TOKENIZERS):
+        for key in [k for k in cache if k.split("|")[0] == name]:
+            cache.pop(key, None)
 
 
 def loaded_models() -> dict:
@@ -223,6 +231,129 @@ def encode(
         if done is not None:
             done(start + len(idx))
     return [v.tolist() for v in out]
+
+
+class FastTokenizer:
+    """The model's own tokenizer.json through the ``tokenizers`` library alone (no torch, no transformers: a few
+    MB instead of the ~0.4 GB of a loaded model), called like a Hugging Face tokenizer by chunking.py."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(path)
+        self.tok.no_truncation()
+        self.tok.no_padding()
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **_: Any) -> dict:
+        enc = self.tok.encode(text, add_special_tokens=add_special_tokens)
+        return {"input_ids": enc.ids, "offset_mapping": enc.offsets}
+
+
+def tokenizer(spec: ModelSpec) -> Any:
+    """The model's tokenizer (chunking by tokens): the loaded model's when this backend has one, else the
+    model's tokenizer.json alone, so that a backend served by the shared runtime does not load the model for it."""
+    model = _MODELS.get(f"{spec.name}|{spec.path}")
+    if model is not None:
+        return model.tokenizer
+    key = f"{spec.name}|{spec.path}"
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        path = os.path.join(source_path(spec.path), "tokenizer.json")
+        tok = FastTokenizer(path) if os.path.isfile(path) else load(spec).tokenizer
+        _TOKENIZERS[key] = tok
+    return tok
+
+
+# -- the one seam: shared runtime service or this backend -----------------------------------------
+MODES = ("auto", "shared", "backend")
+_STATE: dict[str, Any] = {"warned": False, "database": None, "last": None}
+
+
+def runtime_mode(plpy: spi.Plpy | None) -> str:
+    """The setting indb.runtime: auto (default), shared or backend."""
+    if plpy is None:
+        return "backend"
+    r = spi.one(plpy, "select current_setting('indb.runtime', true) as m")
+    mode = ((r or {}).get("m") or "auto").strip().lower()
+    if mode not in MODES:
+        raise invalid(
+            f"indb.runtime must be auto, shared or backend, got {mode!r}",
+            hint="SET indb.runtime = 'auto' (the service when it answers, else this backend), 'shared' or 'backend'",
+        )
+    return mode
+
+
+def _database(plpy: spi.Plpy) -> str:
+    if _STATE["database"] is None:
+        _STATE["database"] = spi.one(plpy, "select current_database()::text as d")["d"]  # type: ignore[index]
+    return _STATE["database"]
+
+
+def embed_texts(
+    plpy: spi.Plpy | None,
+    spec: ModelSpec,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    check: Callable[[], None] | None = None,
+    done: Callable[[int], None] | None = None,
+) -> list[list[float]]:
+    """THE embedding entry point of indb (ml.embed, vectorizers, collection triggers, query embedding,
+    ml.warmup): by ``indb.runtime``, in the shared runtime service (one model copy per server, batched across
+    connections) or in this backend (``encode``). ``auto`` uses the service when it answers and otherwise this
+    backend, with one WARNING per backend; ``shared`` fails with 58R01 when the service does not answer. Waiting
+    on the service stays cancellable: ``check`` (a cancel point) runs every 0.1 s while we wait."""
+    mode = runtime_mode(plpy)
+    if mode != "backend" and plpy is not None and spec.version is not None:
+        if check is None:
+            check = _ticker(plpy)
+        try:
+            out = wire.embed(_database(plpy), spec.name, spec.version, texts, check=check, done=done)
+            _STATE["last"] = "service"
+            return out
+        except wire.Unavailable as e:
+            if mode == "shared":
+                raise IndbRuntimeError(
+                    wire.UNAVAILABLE,
+                    f"the indb runtime service does not answer ({e})",
+                    detail="indb.runtime is 'shared': embeddings are computed only by the runtime service",
+                    hint=wire.STATUS_HINT,
+                ) from None
+            if not _STATE["warned"]:
+                _STATE["warned"] = True
+                plpy.warning(
+                    f"the indb runtime service does not answer ({e}); this backend embeds with its own copy of "
+                    "the model (shown once per connection)",
+                    hint=wire.STATUS_HINT,
+                )
+        except IndbRuntimeError as e:
+            if not (mode == "auto" and e.sqlstate == "55000"):  # auto: a registration not committed yet
+                raise
+    _STATE["last"] = "backend"
+    return encode(spec, texts, batch_size=batch_size, check=check, done=done)
+
+
+def last_ran_in() -> str | None:
+    """Where the last embed_texts call of this backend ran: "service" or "backend"."""
+    return _STATE["last"]
+
+
+def runtime_status(plpy: spi.Plpy) -> dict:
+    """ml.runtime_info()'s "runtime": the mode, where embeddings run now, and the service's statistics."""
+    mode = runtime_mode(plpy)
+    out: dict[str, Any] = {"mode": mode, "socket": str(wire.socket_path()), "wire_version": wire.VERSION}
+    if mode == "backend":
+        out["embeddings_run_in"] = "backend"
+        return out
+    try:
+        st = wire.stats()
+        st.pop("ok", None)
+        out["service"] = st
+        out["embeddings_run_in"] = "service"
+    except (wire.Unavailable, ValueError, OSError) as e:
+        out["service"] = None
+        out["service_error"] = str(e)
+        out["embeddings_run_in"] = "nowhere (the service does not answer)" if mode == "shared" else "backend"
+    return out
 
 
 def to_pgvector(vec: Sequence[float]) -> str:
@@ -278,7 +409,7 @@ def embed_changed(
             flat.append(piece)
             owners.append((i, seq))
     report = (lambda k: on_progress(k / len(flat))) if on_progress is not None else None
-    vecs = encode(spec, flat, batch_size=batch_size, check=_ticker(plpy), done=report)
+    vecs = embed_texts(plpy, spec, flat, batch_size=batch_size, check=_ticker(plpy), done=report)
     for i in todo:
         out[i] = Embedded([])
     for (i, seq), piece, vec in zip(owners, flat, vecs):
@@ -301,7 +432,7 @@ def embed_one(plpy: spi.Plpy, model: str, text: str | None) -> str | None:
     if text is None:
         return None
     spec = resolve(plpy, model)
-    return to_pgvector(encode(spec, [text])[0])
+    return to_pgvector(embed_texts(plpy, spec, [text])[0])
 
 
 def embed_many(plpy: spi.Plpy, model: str, texts: list | None) -> list | None:
@@ -310,7 +441,7 @@ def embed_many(plpy: spi.Plpy, model: str, texts: list | None) -> list | None:
         return None
     spec = resolve(plpy, model)
     present = [i for i, t in enumerate(texts) if t is not None]
-    vecs = encode(spec, [texts[i] for i in present], check=_ticker(plpy))
+    vecs = embed_texts(plpy, spec, [texts[i] for i in present], check=_ticker(plpy))
     out: list = [None] * len(texts)
     for i, v in zip(present, vecs):
         out[i] = to_pgvector(v)

@@ -110,7 +110,7 @@ def chunk(
         chunking.validate(chunk_size, overlap, by, max_tokens)
         if text is None:
             return []
-        tok = embedding.load(spec).tokenizer
+        tok = embedding.tokenizer(spec)
     else:
         chunking.validate(chunk_size, overlap, by)
     return list(enumerate(chunking.chunk(text, chunk_size, overlap or 0, by, tok)))

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import chunking, embedding, progress, spi
+from . import chunking, embedding, progress, spi, wire
 from .errors import IndbRuntimeError, invalid
 
 RESERVED = ("seq", "chunk", "embedding", "content_hash", "model", "embedded_at")
@@ -502,7 +502,7 @@ def _process(plpy: spi.Plpy, v: Vectorizer, batch_size: int | None) -> dict:
             stats["embedded"] += work(locked_rows)
         ok_rows = locked_rows
     except Exception as e:
-        if _is_cancel(e):
+        if _is_cancel(e) or _runtime_down(e):
             raise
         ok_rows = []
         for r in locked_rows:
@@ -511,7 +511,7 @@ def _process(plpy: spi.Plpy, v: Vectorizer, batch_size: int | None) -> dict:
                     stats["embedded"] += work([r])
                 ok_rows.append(r)
             except Exception as e1:
-                if _is_cancel(e1):
+                if _is_cancel(e1) or _runtime_down(e1):
                     raise
                 failures[r[0]] = _error_text(e1)
     for r in ok_rows:
@@ -561,6 +561,12 @@ def backoff_seconds(attempts: int) -> int:
 
 def _is_cancel(e: Exception) -> bool:
     return getattr(e, "sqlstate", None) in ("57014", "57P01", "57P02", "57P03") or "canceling statement" in str(e)
+
+
+def _runtime_down(e: Exception) -> bool:
+    """The shared runtime service does not answer (indb.runtime = 'shared'): no row is at fault, so the take is
+    rolled back and every item stays queued, its attempts untouched, for the next round."""
+    return getattr(e, "sqlstate", None) == wire.UNAVAILABLE
 
 
 def _error_text(e: Exception) -> str:
@@ -912,7 +918,7 @@ def promote(plpy: spi.Plpy, name: str, force: bool) -> dict:
 
 def top_keys(plpy: spi.Plpy, v: Vectorizer, dest: str, model: str, query: str, k: int) -> list:
     spec = embedding.resolve(plpy, model)
-    vec = embedding.to_pgvector(embedding.encode(spec, [query])[0])
+    vec = embedding.to_pgvector(embedding.embed_texts(plpy, spec, [query])[0])
     rows = spi.run(
         plpy,
         f"select {v.key_text('d')} from {dest} d order by d.embedding operator({vschema(plpy)}.<=>) "

