@@ -357,5 +357,42 @@ def main() -> None:
     print("wrote", RESULTS / "search_scale.json")
 
 
+def plot() -> None:
+    """benchmarks/results/search_scale.png: ANN recall@10 against p99 per ef_search (ml.search and the
+    hand-written query), and BM25 p50/p99 (ml.keyword_search against the GIN ts_rank_cd query), per corpus size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads((RESULTS / "search_scale.json").read_text())
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for n, r in sorted(data.items(), key=lambda x: int(x[0])):
+        for side, mark in (("ml.search", "o-"), ("hand-written", "s--")):
+            pts = [x for x in r.get("ann", []) if x["side"] == side]
+            a.plot([x["p99_ms"] for x in pts], [x["recall_at_10"] for x in pts], mark, label=f"{side}, {int(n):,} docs")
+            for x in pts:
+                a.annotate(f"ef {x['ef_search']}", (x["p99_ms"], x["recall_at_10"]), fontsize=7)
+        if "bm25" in r:
+            labels = [f"keyword_search\n{int(n):,}", f"GIN ts_rank_cd\n{int(n):,}"]
+            vals = [r["bm25"]["ml.keyword_search"], r["bm25"]["gin_or_query_ts_rank_cd"]]
+            b.bar([x + " p50" for x in labels], [v["p50_ms"] for v in vals])
+            b.bar([x + " p99" for x in labels], [v["p99_ms"] for v in vals])
+    a.set_xlabel("p99 latency (ms)")
+    a.set_ylabel("recall@10")
+    a.set_title("ANN: recall vs p99 by ef_search")
+    a.legend(fontsize=7)
+    b.set_yscale("log")
+    b.set_ylabel("ms (log)")
+    b.set_title("BM25 top 10: p50 / p99")
+    b.tick_params(axis="x", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "search_scale.png", dpi=120)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["plot"]:
+        plot()
+    else:
+        main()
+        plot()
