@@ -23,6 +23,7 @@ as $$ select jsonb_build_object(
   'TRIGGER_ATTACH', jsonb_build_array('ml._vectorizer_trigger'),
   'APP_TABLES', jsonb_build_array(
     'ml.embedding_models', 'ml.collections', 'ml.collection_stats', 'ml.collection_terms', 'ml.vectorizers',
+    'ml.bm25_docs', 'ml.bm25_postings', 'ml.bm25_delta', 'ml.bm25_deleted',
     'features.entities', 'features.feature_views', 'features.on_demand_features', 'features.online_store'),
   'DATA_TABLES', jsonb_build_array('features.online_store', 'registry.prediction_log'),
   'APPEND_ONLY', jsonb_build_array('registry.prediction_log'))

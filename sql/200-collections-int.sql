@@ -312,6 +312,10 @@ declare
 begin
   if TG_OP = 'TRUNCATE' then
     perform ml._collection_bm25_apply(c, null, null, null, null);
+    delete from ml.bm25_postings where collection_id = c.id;
+    delete from ml.bm25_delta where collection_id = c.id;
+    delete from ml.bm25_deleted where collection_id = c.id;
+    delete from ml.bm25_docs where collection_id = c.id;
     return null;
   end if;
   -- BM25 statistics: the delta of this statement
@@ -335,6 +339,46 @@ begin
             group by x.lexeme having sum(x.n) <> 0) d;
   end if;
   perform ml._collection_bm25_apply(c, dn, dl, terms, deltas);
+  -- the BM25 index (sql/230): a tombstone (with its lexemes) for each row that left or whose text changed,
+  -- delta postings for each row that came or whose text changed; ml._bm25_merge folds them in later
+  if TG_OP = 'DELETE' then
+    with gone as (
+      delete from ml.bm25_docs d using old_rows o
+       where d.collection_id = c.id and d.id = o.id and d.tenant is not distinct from o.tenant
+         and d.created_at = o.created_at
+      returning d.doc, o.tsv)
+    insert into ml.bm25_deleted (collection_id, doc, terms)
+    select c.id, g.doc, tsvector_to_array(g.tsv) from gone g;
+  elsif TG_OP = 'UPDATE' then
+    with gone as (
+      delete from ml.bm25_docs d using old_rows o
+       where d.collection_id = c.id and d.id = o.id and d.tenant is not distinct from o.tenant
+         and d.created_at = o.created_at
+         and not exists (select 1 from new_rows n where n.id = o.id and n.tenant is not distinct from o.tenant
+                                                     and n.created_at = o.created_at and n.tsv = o.tsv)
+      returning d.doc, o.tsv)
+    insert into ml.bm25_deleted (collection_id, doc, terms)
+    select c.id, g.doc, tsvector_to_array(g.tsv) from gone g;
+    with came as (
+      insert into ml.bm25_docs as bd (collection_id, id, tenant, created_at, dl)
+      select c.id, n.id, n.tenant, n.created_at, n.doc_len from new_rows n
+       where not exists (select 1 from old_rows o where n.id = o.id and n.tenant is not distinct from o.tenant
+                                                   and n.created_at = o.created_at and n.tsv = o.tsv)
+      returning bd.doc, bd.id, bd.tenant, bd.created_at, bd.dl)
+    insert into ml.bm25_delta (collection_id, term, doc, tf, dl)
+    select c.id, u.lexeme, x.doc, coalesce(array_length(u.positions, 1), 1), x.dl
+      from came x join new_rows n on n.id = x.id and n.tenant is not distinct from x.tenant
+                                  and n.created_at = x.created_at, unnest(n.tsv) u;
+  else
+    with came as (
+      insert into ml.bm25_docs as bd (collection_id, id, tenant, created_at, dl)
+      select c.id, n.id, n.tenant, n.created_at, n.doc_len from new_rows n
+      returning bd.doc, bd.id, bd.tenant, bd.created_at, bd.dl)
+    insert into ml.bm25_delta (collection_id, term, doc, tf, dl)
+    select c.id, u.lexeme, x.doc, coalesce(array_length(u.positions, 1), 1), x.dl
+      from came x join new_rows n on n.id = x.id and n.tenant is not distinct from x.tenant
+                                  and n.created_at = x.created_at, unnest(n.tsv) u;
+  end if;
   if TG_OP = 'DELETE' then
     return null;
   end if;
@@ -439,4 +483,5 @@ comment on function ml.ensure_collection_partitions(text, text[], timestamptz[])
 
 -- BM25 statistics follow their collection's tenant policy (re-applied by every install)
 select ml._apply_parent_policies(t, 'exists (select 1 from ml.collections c where c.id = collection_id)')
-  from unnest(array['ml.collection_stats', 'ml.collection_terms']::regclass[]) t;
+  from unnest(array['ml.collection_stats', 'ml.collection_terms', 'ml.bm25_postings', 'ml.bm25_delta',
+                    'ml.bm25_deleted']::regclass[]) t;

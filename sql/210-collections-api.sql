@@ -164,7 +164,7 @@ begin
     raise exception 'collection name "%" is taken by another tenant', name using errcode = '42710',
       hint = 'collection names are unique across tenants (each is a table collections.<name>); pick another name';
   end if;
-  insert into ml.collection_stats (collection_id) values (c.id);
+  insert into ml.collection_stats (collection_id, bm25_indexed) values (c.id, true);
   tbl := ml._collection_make_table(c);
   perform ml._collection_make_indexes(c);
   perform ml._collection_make_triggers(c);

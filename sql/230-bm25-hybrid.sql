@@ -17,6 +17,98 @@ begin
      and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u);
 end $$;
 
+-- The BM25 index (migration 0017, plpython/indb_runtime/bm25.py): top documents by numpy over the query's
+-- postings (merged segment + delta, less tombstones); never reads a document. Rows (doc number, score), best
+-- first: the n best and every document tied with the n-th.
+create or replace function ml.__bm25_topk_py(cid bigint, terms text[], idfs float8[], avgdl float8, k1 float8,
+                                             b float8, n int)
+returns table(doc bigint, score float8)
+language plpython3u stable parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import bm25, errors
+return errors.call(plpy, bm25.topk, plpy, cid, terms, idfs, avgdl, k1, b, n)
+$$;
+select ml._wrap_python('ml._bm25_topk', 'ml.__bm25_topk_py(bigint, text[], float8[], float8, float8, float8, int)');
+comment on function ml._bm25_topk(bigint, text[], float8[], float8, float8, float8, int) is
+  'internal: the BM25 index''s top documents (doc number, score) for the query''s lexemes';
+
+-- Fold a collection's delta and tombstones into its merged postings. SECURITY DEFINER: it writes the index
+-- tables, which no role writes; it changes no result of any search (merged or not, scores are the same), so any
+-- caller may run it; pg_cron (below) or `indb worker` runs ml._bm25_merge_pending every minute.
+create or replace function ml.__bm25_merge_py(cid bigint) returns jsonb
+language plpython3u volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import bm25, errors
+return json.dumps(errors.call(plpy, bm25.merge, plpy, cid))
+$$;
+select ml._wrap_python('ml._bm25_merge', 'ml.__bm25_merge_py(bigint)');
+comment on function ml._bm25_merge(bigint) is
+  'internal: fold a collection''s BM25 delta and tombstones into its merged postings';
+
+-- every collection with a delta or tombstones (min_rows: only those with at least that many delta postings
+-- or any tombstone); returns the number of collections merged
+create or replace function ml._bm25_merge_pending(min_rows int default 1) returns int
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cid bigint;
+  n int := 0;
+begin
+  for cid in
+    select x.collection_id from (
+      select d.collection_id from ml.bm25_delta d group by d.collection_id having count(*) >= greatest(min_rows, 1)
+      union select t.collection_id from ml.bm25_deleted t) x
+  loop
+    perform ml._bm25_merge(cid);
+    n := n + 1;
+  end loop;
+  return n;
+end $$;
+comment on function ml._bm25_merge_pending(int) is
+  'internal: merge the BM25 delta of every collection that has one (pg_cron / indb worker, every minute)';
+
+-- (Re)build a collection's BM25 index from its rows (install, for collections made before the index; a
+-- rebuild drops what was there). Postings: big-endian int4 (int4send) concatenated in document order.
+create or replace function ml._bm25_build(cid bigint) returns void
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+-- SECURITY DEFINER: it writes the index tables. It takes only a collection id and reads the catalog row (as
+-- the caller's tenant sees it) and the collection's own table: a rebuild from the rows changes no result.
+declare
+  c ml.collections;
+  tbl text;
+begin
+  select * into c from ml.collections where id = cid;
+  if not found then
+    raise exception 'no collection with id %', cid using errcode = '42704';
+  end if;
+  tbl := ml._assert_indb_owned(to_regclass(ml._collection_table(c)))::text;
+  perform pg_advisory_xact_lock(hashtext('indb.bm25_merge'), c.id::int);
+  delete from ml.bm25_postings where collection_id = c.id;
+  delete from ml.bm25_delta where collection_id = c.id;
+  delete from ml.bm25_deleted where collection_id = c.id;
+  delete from ml.bm25_docs where collection_id = c.id;
+  execute format('insert into ml.bm25_docs (collection_id, id, tenant, created_at, dl) '
+                 'select $1, t.id, t.tenant, t.created_at, t.doc_len from %s t order by t.id', tbl) using c.id;
+  execute format(
+    'insert into ml.bm25_postings (collection_id, term, n, docs, tfs, dls) '
+    'select $1, u.lexeme, count(*), string_agg(int4send(d.doc::int), ''''::bytea order by d.doc), '
+    '       string_agg(int4send(coalesce(array_length(u.positions, 1), 1)), ''''::bytea order by d.doc), '
+    '       string_agg(int4send(d.dl), ''''::bytea order by d.doc) '
+    'from %s t join ml.bm25_docs d on d.collection_id = $1 and d.id = t.id and d.tenant is not distinct from t.tenant '
+    '      and d.created_at = t.created_at, unnest(t.tsv) u group by u.lexeme', tbl) using c.id;
+  update ml.collection_stats set bm25_indexed = true, bm25_merged_at = now() where collection_id = c.id;
+end $$;
+comment on function ml._bm25_build(bigint) is 'internal: build a collection''s BM25 index from its rows';
+
 create or replace function ml._keyword_search(c ml.collections, query text, k int, filter jsonb, options jsonb)
 returns table(id text, score float8, content text, metadata jsonb)
 language plpgsql volatile parallel unsafe
@@ -24,18 +116,16 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   t record;
-  tsq tsquery;
   k1 float8;
   b float8;
   f jsonb;
   fsql text := 'true';
   fparams jsonb := '[]';
-  m int;
-  j int;
-  jn int;
-  cum bigint;
-  theta float8;
-  rest float8;
+  n int;
+  got int;
+  cand int;
+  ds bigint[];
+  ss float8[];
   sql text;
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
 begin
@@ -58,41 +148,25 @@ begin
   if t.terms is null or t.nd = 0 then
     return;
   end if;
+  -- the index's best documents, then their rows (the caller's rights: row-level security by tenant, and the
+  -- filter); when filter or tenancy leave fewer than k, the next candidates (4 times as many each round)
   sql := format(
     'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
-    'select t.id, sc.score, t.content, t.metadata from %s t '
-    'cross join lateral (select sum($2[array_position($1, u.lexeme)] * z.tf * ($4 + 1) '
-    '                              / (z.tf + $4 * (1 - $5 + $5 * t.doc_len / $7))) as score '
-    -- only the query's lexemes of the document: marked with weight A by setweight, kept by ts_filter (both C,
-    -- no row per lexeme of the document)
-    '  from unnest(ts_filter(setweight(t.tsv, ''A'', $1), ''{a}'')) u '
-    '  cross join lateral (select coalesce(array_length(u.positions, 1), 1)::float8 as tf) z) sc '
-    'where t.tsv @@ $3 and %s order by sc.score desc, t.id limit $8) x', ml._collection_table(c), fsql);
-  -- MaxScore: a document holding none of the j rarest terms scores at most sum(idf_i * (k1 + 1)) over the
-  -- other terms; once that bound is below the k-th best score among documents holding one of the j rarest
-  -- terms, those documents' top k is the exact top k, and the common terms' documents are never scanned.
-  m := cardinality(t.terms);
-  j := 1;
-  cum := t.dfs[1];
-  while j < m and cum < k loop
-    j := j + 1;
-    cum := cum + t.dfs[j];
-  end loop;
+    'select t.id, s.score, t.content, t.metadata from unnest($1::bigint[], $2::float8[]) s(doc, score) '
+    'join ml.bm25_docs d on d.collection_id = $3 and d.doc = s.doc '
+    'join %s t on t.id = d.id and %s and t.created_at = d.created_at '
+    'where %s order by s.score desc, t.id limit $4) x', ml._collection_table(c),
+    case when c.partition_by = 'tenant' then 't.tenant = d.tenant' else 't.tenant is not distinct from d.tenant' end,
+    fsql);
+  n := greatest(k, 10);
   loop
-    select string_agg('''' || replace(replace(x, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery into tsq
-    from unnest(t.terms[1:j]) x;
-    execute sql into r_ids, r_scores, r_contents, r_metas using t.terms, t.idfs, tsq, k1, b, fparams, (t.tl::float8 / t.nd), k;
-    exit when j >= m;
-    theta := case when coalesce(cardinality(r_ids), 0) >= k then r_scores[k] else 0 end;
-    -- smallest jn >= j whose remaining terms' bound is below theta
-    jn := j;
-    rest := (select coalesce(sum(v), 0) from unnest(t.idfs[j + 1:m]) v) * (k1 + 1);
-    while jn < m and rest >= theta loop
-      jn := jn + 1;
-      rest := rest - t.idfs[jn] * (k1 + 1);
-    end loop;
-    exit when jn = j;
-    j := jn;
+    select array_agg(z.doc), array_agg(z.score) into ds, ss
+      from ml._bm25_topk(c.id, t.terms, t.idfs, t.tl::float8 / t.nd, k1, b, n) z;
+    cand := coalesce(cardinality(ds), 0);
+    execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams;
+    got := coalesce(cardinality(r_ids), 0);
+    exit when got >= k or cand < n;
+    n := n * 4;
   end loop;
   return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
 end $$;
@@ -166,3 +240,91 @@ begin
 end $$;
 comment on function ml.hybrid_search(text, text, int, jsonb, text, int, float8, float8, int, jsonb) is
   'hybrid search: vector and BM25 candidates fused by reciprocal rank fusion (rrf) or min-max normalized weighted scores';
+
+-- collections made before the BM25 index: build theirs (once; later writes keep it current)
+select ml._bm25_build(c.id) from ml.collections c join ml.collection_stats s on s.collection_id = c.id
+ where not s.bm25_indexed;
+
+-- merging the BM25 delta every minute where pg_cron lives; elsewhere `indb worker` merges
+do $$
+begin
+  if exists (select 1 from pg_extension where extname = 'pg_cron') then
+    perform cron.schedule('indb_bm25_merge', '* * * * *', 'select ml._bm25_merge_pending()');
+  end if;
+end $$;
+
+-- How ml.hybrid_search answers: one row per step (embed: the query embedded once; vector: ml.search_explain's
+-- strategy, reason and plan for the candidates; keyword: the BM25 index's postings for the query's lexemes and
+-- the plan that reads them; fusion: the whole call), each with its time
+create or replace function ml.explain_hybrid_search(
+    collection text, query text, k int default 10, filter jsonb default null, candidates int default 100,
+    options jsonb default '{}')
+returns table(step text, strategy text, reason text, ms float8, detail jsonb, plan text)
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+  qv vector;
+  t0 timestamptz;
+  t record;
+  e record;
+  g record;
+  n_merged bigint;
+  n_delta bigint;
+  n_dead bigint;
+  p text := '';
+begin
+  perform ml._check_k(k);
+  perform ml._check_k(candidates, 'candidates');
+  if query is null or btrim(query) = '' then
+    raise exception 'empty query' using errcode = '22023', hint = 'pass the text to search for';
+  end if;
+  options := ml._check_search_options(options, 'ml.explain_hybrid_search');
+  if c.model is null then
+    raise exception 'collection "%" has no model to embed a text query', c.name using errcode = '22023',
+      hint = 'explain the legs apart: ml.search_explain with a vector, and ml.keyword_search';
+  end if;
+  t0 := clock_timestamp();
+  qv := ml.embed(c.model, query);
+  step := 'embed'; strategy := 'once'; reason := 'the query is embedded once and handed to the vector leg';
+  ms := extract(epoch from clock_timestamp() - t0) * 1000; detail := jsonb_build_object('model', c.model);
+  plan := null;
+  return next;
+  t0 := clock_timestamp();
+  select * into e from ml.search_explain(collection, qv, greatest(candidates, k), filter, options);
+  step := 'vector'; strategy := e.strategy; reason := e.reason;
+  ms := extract(epoch from clock_timestamp() - t0) * 1000;
+  detail := jsonb_build_object('candidates', greatest(candidates, k), 'filter_matches', e.filter_matches,
+                               'settings', e.settings);
+  plan := e.plan;
+  return next;
+  t := ml._bm25_terms(c, query);
+  select coalesce(sum(b.n), 0) into n_merged from ml.bm25_postings b where b.collection_id = c.id and b.term = any(t.terms);
+  select count(*) into n_delta from ml.bm25_delta d where d.collection_id = c.id and d.term = any(t.terms);
+  select count(*) into n_dead from ml.bm25_deleted d where d.collection_id = c.id;
+  for g in execute 'explain (analyze, costs off, timing off, summary off) '
+                   'select term, docs, tfs, dls from ml.bm25_postings where collection_id = $1 and term = any($2) '
+                   'union all select term, null, null, null from ml.bm25_delta where collection_id = $1 and term = any($2)'
+             using c.id, t.terms loop
+    p := p || g."QUERY PLAN" || E'\n';
+  end loop;
+  t0 := clock_timestamp();
+  perform count(*) from ml._keyword_search(c, query, greatest(candidates, k), filter, options);
+  step := 'keyword'; strategy := 'bm25_index';
+  reason := format('postings of %s lexeme(s): %s merged, %s in the delta, %s tombstone(s); the collection''s rows are read only for the candidates',
+                   coalesce(cardinality(t.terms), 0), n_merged, n_delta, n_dead);
+  ms := extract(epoch from clock_timestamp() - t0) * 1000;
+  detail := jsonb_build_object('terms', to_jsonb(t.terms), 'df', to_jsonb(t.dfs), 'idf', to_jsonb(t.idfs),
+                               'documents', t.nd, 'merged_postings', n_merged, 'delta_postings', n_delta,
+                               'tombstones', n_dead);
+  plan := p;
+  return next;
+  t0 := clock_timestamp();
+  perform count(*) from ml.hybrid_search(collection, query, k, filter, candidates => candidates, options => options);
+  step := 'fusion'; strategy := 'rrf'; reason := 'the whole ml.hybrid_search call (embedding included)';
+  ms := extract(epoch from clock_timestamp() - t0) * 1000; detail := jsonb_build_object('k', k); plan := null;
+  return next;
+end $$;
+comment on function ml.explain_hybrid_search(text, text, int, jsonb, int, jsonb) is
+  'how ml.hybrid_search answers: the query embedded once, the vector leg''s strategy and plan, the keyword leg''s postings (merged, delta, tombstones) and plan, and the times';

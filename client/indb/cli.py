@@ -33,6 +33,12 @@ def _cmd_db(args) -> int:
     return 0
 
 
+def _pgvector(v: dict) -> str:
+    if v["from"] != v["to"]:
+        return f"{v['from']} -> {v['to']} (ALTER EXTENSION vector UPDATE)"
+    return str(v["to"])
+
+
 def psql_argv(cluster: Cluster, dbname: str, rest: list[str]) -> list[str]:
     """psql's command line: the cluster's connection, then the user's own arguments (a leading ``--``,
     which argparse keeps, is dropped so that ``indb psql -- -c 'select 1'`` reaches psql as ``-c``)."""
@@ -73,7 +79,8 @@ def _cmd_install(args) -> int:
     summary = install(dsn, venv=args.venv, target=args.revision, check_runtime=not args.no_runtime_check)
     print(
         f"indb install: schema at revision {summary['to']} (was {summary['from'] or 'empty'}), "
-        f"{len(summary['sql_files'])} sql files applied, runtime venv {summary['venv']}, "
+        f"{len(summary['sql_files'])} sql files applied, pgvector {_pgvector(summary['pgvector'])}, "
+        f"runtime venv {summary['venv']}, "
         f"{summary['seconds']} s"
     )
     return 0

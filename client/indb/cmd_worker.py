@@ -6,7 +6,8 @@ done of those pending, the rate and the time left (``--quiet``: none). ``--once`
 otherwise it keeps polling until interrupted (Ctrl-C). It exits 1 when items failed for good (moved to
 ml.vectorizer_failed) and on errors (an unknown --vectorizer, no connection).
 Every SEAL_EVERY_S seconds, and before it exits, the worker runs audit.seal() (idempotent; it skips when
-another sealer, such as pg_cron's job, is at work).
+another sealer, such as pg_cron's job, is at work) and merges the BM25 index deltas of the collections
+(ml._bm25_merge_pending, what pg_cron's indb_bm25_merge job does every minute).
 
 The worker works with the rights of the role it connects as: it processes the vectorizers that role may change
 (its tenant's). Run by a superuser (or a BYPASSRLS role), ml.process_queue does SET ROLE to each vectorizer's
@@ -51,6 +52,10 @@ def seal(client) -> None:
 
     try:
         client.scalar("select audit.seal()")
+    except IndbError:
+        pass
+    try:
+        client.scalar("select ml._bm25_merge_pending()")
     except IndbError:
         pass
 

@@ -1,7 +1,8 @@
 """`indb install`: bring a database to the current schema version in one transaction.
 
 1. check that the server is PostgreSQL 15+ and that pgvector and plpython3u are available;
-2. `alembic upgrade head` (stateful changes: schemas, tables, indexes);
+2. `alembic upgrade head` (stateful changes: schemas, tables, indexes), then ALTER EXTENSION vector UPDATE
+   when the server has a newer pgvector than the database;
 3. re-apply every sql/*.sql file in order (stateless objects: create or replace functions, views, grants);
 4. point the database at the runtime venv (`ALTER DATABASE ... SET indb.venv`) and check, inside the
    server, that PL/Python can import the runtime package at the same version.
@@ -119,6 +120,31 @@ def _apply_sql(cur) -> list[str]:
     return applied
 
 
+def _update_vector(cur) -> dict:
+    """ALTER EXTENSION vector UPDATE when the server has a newer pgvector than the database (a system upgrade
+    of pgvector leaves existing databases on the old SQL version until this runs). Returns {from, to}."""
+    cur.execute(
+        "select e.extversion, a.default_version from pg_extension e "
+        "join pg_available_extensions a on a.name = e.extname where e.extname = 'vector'"
+    )
+    row = cur.fetchone()
+    if row is None:
+        return {"from": None, "to": None}
+    before, default = row
+    if before != default:
+        try:
+            cur.execute("alter extension vector update")
+        except psycopg.Error as e:
+            raise InstallError(
+                f"ALTER EXTENSION vector UPDATE (from {before} to {default}) failed: {e.diag.message_primary or e}",
+                sqlstate=getattr(e, "sqlstate", None),
+                hint="Run indb install as the owner of the vector extension or as a superuser.",
+            ) from e
+        cur.execute("select extversion from pg_extension where extname = 'vector'")
+        return {"from": before, "to": cur.fetchone()[0]}
+    return {"from": before, "to": before}
+
+
 def _check_runtime(cur, venv: str) -> dict:
     """ml.runtime_check() inside the server: the venv must be usable by PL/Python, at this version."""
     try:
@@ -163,6 +189,7 @@ def install(
             assert isinstance(dbapi, psycopg.Connection)
             with dbapi.cursor() as cur:
                 _point_at_venv(cur, venv)
+                pgvector = _update_vector(cur)
                 applied = _apply_sql(cur) if apply_sql else []
                 runtime = _check_runtime(cur, venv) if apply_sql and check_runtime else None
                 cur.execute(
@@ -182,6 +209,7 @@ def install(
         "from": before,
         "to": after,
         "sql_files": applied,
+        "pgvector": pgvector,
         "venv": venv,
         "runtime": runtime,
         "version": __version__,

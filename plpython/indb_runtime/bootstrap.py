@@ -123,6 +123,7 @@ def session_runtime_info(plpy) -> dict:
     warnings = session_warnings(r["role"], r["rolsuper"], r["rolbypassrls"])
     for w in warnings:
         plpy.warning(w)
+    info["pgvector"] = plpy.execute("select extversion from pg_extension where extname = 'vector'")[0]["extversion"]
     info["session"] = {"role": r["role"], "superuser": r["rolsuper"], "bypassrls": r["rolbypassrls"]}
     from . import embedding
 

@@ -197,6 +197,9 @@ MATRIX: tuple[Entry, ...] = (
           "app", COLL, "vector and keyword search, fused",
           "select id from ml.hybrid_search('${tcoll}', 'furry pets', 3)", check=lambda r: first(r) == "a",
           tenant=HIDDEN),
+    Entry("ml.explain_hybrid_search(text,text,integer,jsonb,integer,jsonb)", "reader", COLL,
+          "how a hybrid search is answered", "select step from ml.explain_hybrid_search('${tcoll}', 'furry pets', 3)",
+          check=lambda r: [x[0] for x in r] == ["embed", "vector", "keyword", "fusion"], tenant=HIDDEN),
     # ------------------------------------------------------------------------------------------ vectorizers
     Entry("ml.create_vectorizer(regclass,text[],text,text,integer,integer,text,integer,text,boolean,text,integer)",
           "writer", VEC, "keep embeddings of a table's rows",

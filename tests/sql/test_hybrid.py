@@ -210,3 +210,19 @@ def test_bm25_top_k_is_exact_on_a_skewed_corpus(sconn):
         got = sconn.execute("select id, score from ml.keyword_search(%s, %s, %s)", [name, q, k]).fetchall()
         assert [g[1] for g in got] == pytest.approx([want[i] for i in top], rel=1e-9)
         assert {g[0] for g in got} == set(top) or len({round(want[i], 9) for i in top}) < k  # ties may swap ids
+
+
+def test_hybrid_search_explain_shows_each_step_and_the_index_paths(sconn, pets):
+    rows = sconn.execute(
+        "select step, strategy, reason, ms, detail, plan from ml.explain_hybrid_search(%s, 'cat on a mat', 3)", [pets]
+    ).fetchall()
+    by = {r[0]: r for r in rows}
+    assert [r[0] for r in rows] == ["embed", "vector", "keyword", "fusion"]
+    assert all(r[3] >= 0 for r in rows)
+    assert by["vector"][1] in ("exact", "ann", "ann_iterative") and by["vector"][5]
+    kw = by["keyword"]
+    assert kw[1] == "bm25_index" and set(kw[4]["terms"]) == {"cat", "mat"}
+    assert kw[4]["merged_postings"] + kw[4]["delta_postings"] == 3  # cat: 1 document, mat: 2
+    assert "bm25_postings_pkey" in kw[5] and "bm25_delta_term" in kw[5]  # the index paths, not a table scan
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="empty query"):
+        sconn.execute("select * from ml.explain_hybrid_search(%s, ' ')", [pets])

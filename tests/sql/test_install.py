@@ -140,3 +140,51 @@ def test_embedding_inside_the_database_is_real(sconn):
 
 def test_pg_cron_is_preloaded_in_the_cluster(sconn):
     assert re.search(r"\bpg_cron\b", sconn.execute("show shared_preload_libraries").fetchone()[0])
+
+
+def test_runtime_info_and_install_report_the_pgvector_version(sconn, db_dsn):
+    """ml.runtime_info() names the vector extension's version; a reinstall on a current database leaves it."""
+    ext, default = sconn.execute(
+        "select e.extversion, a.default_version from pg_extension e "
+        "join pg_available_extensions a on a.name = e.extname where e.extname = 'vector'"
+    ).fetchone()
+    assert sconn.execute("select ml.runtime_info()->>'pgvector'").fetchone()[0] == ext
+    summary = install(db_dsn, venv=sys.prefix)
+    assert summary["pgvector"] == {"from": default, "to": default}
+
+
+def test_install_updates_an_older_pgvector_keeping_data_and_index(empty_db):
+    """A database made on an older pgvector (the extension's SQL at that version, data and an HNSW index in
+    it) is brought to the server's pgvector by `indb install` (ALTER EXTENSION vector UPDATE); the rows and
+    the index answers are unchanged."""
+    dsn = empty_db("indb_vecupd")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        default = c.execute("select default_version from pg_available_extensions where name = 'vector'").fetchone()[0]
+        older = [
+            r[0]
+            for r in c.execute(
+                "select version from pg_available_extension_versions where name = 'vector' and version <> %s",
+                [default],
+            ).fetchall()
+        ]
+        older = [v for v in older if v.startswith("0.8.")]  # a base script of an older 0.8.x release
+        if not older:
+            pytest.skip(
+                f"only pgvector {default} is installed on this server (no older vector--0.8.x.sql to start from); "
+                "docker/install-system.sh keeps the old scripts when it upgrades"
+            )
+        start = sorted(older, key=lambda v: tuple(int(x) for x in v.split(".")))[0]
+        c.execute(f"create extension vector version '{start}'")
+        c.execute("create table t(id int primary key, v vector(3))")
+        c.execute("insert into t select i, array[i % 7, i % 11, i % 13]::vector from generate_series(1, 500) i")
+        c.execute("create index on t using hnsw (v vector_l2_ops)")
+        c.execute("set enable_seqscan = off")
+        q = "select id from t order by v <-> '[3,5,7]' limit 5"
+        before = [r[0] for r in c.execute(q).fetchall()]
+    summary = install(dsn, venv=sys.prefix)
+    assert summary["pgvector"] == {"from": start, "to": default}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select extversion from pg_extension where extname = 'vector'").fetchone()[0] == default
+        assert c.execute("select count(*) from t").fetchone()[0] == 500
+        c.execute("set enable_seqscan = off")
+        assert [r[0] for r in c.execute(q).fetchall()] == before
