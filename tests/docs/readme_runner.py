@@ -3,7 +3,7 @@
 * ```sql blocks go to ONE psql session (so SET, \\set and temporary tables carry over, as in a terminal);
 * ```python blocks go to ONE Python process of the runtime venv (names defined in one block exist in the next);
 * ```sh / ```bash blocks run in bash from the repository root, one process each.
-* A ```text block right after a run block is that block's expected output (NOTICE and WARNING lines of
+* A ```text block right after a run block (nothing between them) is that block's expected output (NOTICE and WARNING lines of
   the server are left out unless the expected text shows some). It is compared after normalisation: runs of spaces collapse, numbers match within a relative tolerance (1%), uuids and
   timestamps match any uuid / timestamp, integers in a psql table's id columns (``id``, ``*_id``) match any
   integer (they depend on what the database held before), so does a number right after "model", "run",
@@ -74,7 +74,8 @@ def collect(markdown: str) -> list[Block]:
         lang = (t.info or "").split()[0].lower() if t.info else ""
         line = (t.map[0] + 1) if t.map else 0
         if lang == "text":
-            if blocks and blocks[-1].expected is None and blocks[-1].line < line:
+            # the expected output of the block right before it; a text block after prose is an illustration
+            if blocks and blocks[-1].expected is None and i > 0 and tokens[i - 1].type == "fence":
                 blocks[-1].expected = t.content
             pending = None
             continue

@@ -118,3 +118,11 @@ def test_a_number_after_model_or_run_in_a_sentence_is_an_id():
     assert matches("deployed: r2 0.845 beats 0.833 of model 1", "deployed: r2 0.845 beats 0.833 of model 4")
     assert not matches("deployed: r2 0.845 beats 0.833 of model 1", "deployed: r2 0.845 beats 0.733 of model 1")
     assert not matches("trained on 16512 rows", "trained on 9000 rows")
+
+
+def test_a_text_block_after_prose_illustrates_and_is_not_an_expected_output():
+    doc = "```sql\nselect 1;\n```\n\nWhat the shell shows:\n\n```text\n$ indb runtime status\n```\n"
+    (b,) = collect(doc)
+    assert b.expected is None
+    (b,) = collect("```sql\nselect 1;\n```\n```text\n 1\n```\n")
+    assert b.expected is not None
