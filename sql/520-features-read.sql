@@ -171,10 +171,7 @@ comment on function features.get_online(text[], jsonb, jsonb, boolean) is
   'latest feature values for one entity: {keys..., feature: value, _status: {feature: present | null_value | '
   'not_found | outside_ttl}, _event_ts: {view: time}}; past-ttl values come back null with _status outside_ttl';
 
--- jsonb objects merged left to right (the views of one entity)
-create or replace aggregate features._jsonb_merge(jsonb) (sfunc = pg_catalog.jsonb_concat, stype = jsonb, initcond = '{}');
-
--- the general batch: one jsonb per (entity, feature), for full_names and rows that need per-feature work
+-- the general batch: one jsonb per (entity, feature); for full_names and requests over several views
 create or replace function features._get_online_batch_general(ids bigint[], feats text[], outs text[],
                                                               entity_keys jsonb)
 returns setof jsonb
@@ -204,7 +201,8 @@ $$;
 -- that do not depend on the entity (all null + not_found, all null + outside_ttl, all present). Per
 -- (entity, view): one primary-key read; when the row holds every requested feature, none of them null and
 -- nothing else, the answer is the stored object minus the other features (one jsonb operation) with the
--- all-present status; only other rows are built feature by feature. The same answers as the general path.
+-- all-present status; only other rows are built feature by feature. The same answers as the general path, which
+-- serves full_names and requests over several views.
 create or replace function features.get_online_batch(features text[], entity_keys jsonb, request jsonb default null,
                                                      full_names boolean default false)
 returns setof jsonb
@@ -241,82 +239,45 @@ begin
     return query select * from features._get_online_batch_slow(features, entity_keys, request, coalesce(full_names, false));
     return;
   end if;
-  if full_names then
-    return query select * from features._get_online_batch_general(ids, feats, outs, entity_keys);
-    return;
-  end if;
-  if cardinality(ids) = 0 or ids = array_fill(ids[1], array[cardinality(ids)]) then
-    -- one view: one row per entity, no merge
+  if not full_names and ids = array_fill(ids[1], array[cardinality(ids)]) then
+    -- one view (the common case): one row per entity, no merge
     return query
-  with vs as materialized (
-    select fv.id, fv.ttl, fv.join_keys, fv.key_types, fv.name || '@' || fv.version as ref, r.req,
-           array(select x->>'name' from jsonb_array_elements(fv.features) x where not (x->>'name' = any (r.req))) as other,
-           (select jsonb_object_agg(f, 'null'::jsonb) from unnest(r.req) f) as all_null,
-           (select jsonb_object_agg(f, 'not_found') from unnest(r.req) f) as st_not_found,
-           (select jsonb_object_agg(f, 'outside_ttl') from unnest(r.req) f) as st_ttl,
-           (select jsonb_object_agg(f, 'present') from unnest(r.req) f) as st_present
-      from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
-      join features.feature_views fv on fv.id = r.id),
-  s as (
-    select e.o, e.k, vs.req, vs.all_null, vs.st_not_found, vs.st_ttl, vs.st_present, st.values,
-           features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
-      from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
-      left join lateral (select o.values, o.event_ts from features.online_store o
-                          where o.view_id = vs.id
-                            and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
-                         offset 0) st on true),
-  a as (
-    select s.o, s.k,
-           (s.mine ?& s.req and s.mine - s.req = '{}' and s.mine = jsonb_strip_nulls(s.mine)) as whole, s.values,
-           s.expired, s.mine, s.req, s.all_null, s.st_not_found, s.st_ttl, s.st_present
-      from s)
-  select a.k
-         || (case when a.values is null or a.expired then a.all_null
-                                       when a.whole then a.mine
-                                       else (select jsonb_object_agg(f, features._served(a.values, false, f))
-                                               from unnest(a.req) f) end)
-         || jsonb_build_object('_status', (
-              case when a.values is null then a.st_not_found
-                   when a.expired then a.st_ttl
-                   when a.whole then a.st_present
-                   else (select jsonb_object_agg(f, features._status(true, false, a.values -> f)) from unnest(a.req) f) end))
-    from a order by a.o;
+    with vs as materialized (
+      select fv.id, fv.ttl, fv.join_keys, fv.key_types, fv.name || '@' || fv.version as ref, r.req,
+             array(select x->>'name' from jsonb_array_elements(fv.features) x where not (x->>'name' = any (r.req))) as other,
+             (select jsonb_object_agg(f, 'null'::jsonb) from unnest(r.req) f) as all_null,
+             (select jsonb_object_agg(f, 'not_found') from unnest(r.req) f) as st_not_found,
+             (select jsonb_object_agg(f, 'outside_ttl') from unnest(r.req) f) as st_ttl,
+             (select jsonb_object_agg(f, 'present') from unnest(r.req) f) as st_present
+        from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
+        join features.feature_views fv on fv.id = r.id),
+    s as (
+      select e.o, e.k, vs.req, vs.all_null, vs.st_not_found, vs.st_ttl, vs.st_present, st.values,
+             features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
+        from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
+        left join lateral (select o.values, o.event_ts from features.online_store o
+                            where o.view_id = vs.id
+                              and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
+                           offset 0) st on true),
+    a as (
+      select s.o, s.k,
+             (s.mine ?& s.req and s.mine - s.req = '{}' and s.mine = jsonb_strip_nulls(s.mine)) as whole, s.values,
+             s.expired, s.mine, s.req, s.all_null, s.st_not_found, s.st_ttl, s.st_present
+        from s)
+    select a.k
+           || (case when a.values is null or a.expired then a.all_null
+                                         when a.whole then a.mine
+                                         else (select jsonb_object_agg(f, features._served(a.values, false, f))
+                                                 from unnest(a.req) f) end)
+           || jsonb_build_object('_status', (
+                case when a.values is null then a.st_not_found
+                     when a.expired then a.st_ttl
+                     when a.whole then a.st_present
+                     else (select jsonb_object_agg(f, features._status(true, false, a.values -> f)) from unnest(a.req) f) end))
+      from a order by a.o;
     return;
   end if;
-  return query
-  with vs as materialized (
-    select fv.id, fv.ttl, fv.join_keys, fv.key_types, fv.name || '@' || fv.version as ref, r.req,
-           array(select x->>'name' from jsonb_array_elements(fv.features) x where not (x->>'name' = any (r.req))) as other,
-           (select jsonb_object_agg(f, 'null'::jsonb) from unnest(r.req) f) as all_null,
-           (select jsonb_object_agg(f, 'not_found') from unnest(r.req) f) as st_not_found,
-           (select jsonb_object_agg(f, 'outside_ttl') from unnest(r.req) f) as st_ttl,
-           (select jsonb_object_agg(f, 'present') from unnest(r.req) f) as st_present
-      from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
-      join features.feature_views fv on fv.id = r.id),
-  s as (
-    select e.o, e.k, vs.req, vs.all_null, vs.st_not_found, vs.st_ttl, vs.st_present, st.values,
-           features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
-      from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
-      left join lateral (select o.values, o.event_ts from features.online_store o
-                          where o.view_id = vs.id
-                            and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
-                         offset 0) st on true),
-  a as (
-    select s.o, s.k,
-           (s.mine ?& s.req and s.mine - s.req = '{}' and s.mine = jsonb_strip_nulls(s.mine)) as whole, s.values,
-           s.expired, s.mine, s.req, s.all_null, s.st_not_found, s.st_ttl, s.st_present
-      from s)
-  select a.k
-         || features._jsonb_merge(case when a.values is null or a.expired then a.all_null
-                                       when a.whole then a.mine
-                                       else (select jsonb_object_agg(f, features._served(a.values, false, f))
-                                               from unnest(a.req) f) end)
-         || jsonb_build_object('_status', features._jsonb_merge(
-              case when a.values is null then a.st_not_found
-                   when a.expired then a.st_ttl
-                   when a.whole then a.st_present
-                   else (select jsonb_object_agg(f, features._status(true, false, a.values -> f)) from unnest(a.req) f) end))
-    from a group by a.o, a.k order by a.o;
+  return query select * from features._get_online_batch_general(ids, feats, outs, entity_keys);
 end $$;
 comment on function features.get_online_batch(text[], jsonb, jsonb, boolean) is
   'get_online for an array of entity key objects; one jsonb per entity, in input order';
