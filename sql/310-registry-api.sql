@@ -31,7 +31,7 @@ returns uuid
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare eid bigint; pid bigint; rid uuid;
+declare eid bigint; pid bigint; rid uuid; nid bigint;
 begin
   if run_name is not null then perform registry._check_name('run', run_name); end if;
   if tags is not null then
@@ -47,7 +47,10 @@ begin
   eid := registry._experiment(experiment, true);
   insert into registry.runs(experiment_id, parent_run_id, name, tags)
   values (eid, pid, run_name, registry._tags_of(coalesce(tags, '{}')))
-  returning run_uuid into rid;
+  returning run_uuid, id into rid, nid;
+  -- the search mirror (registry.search_runs reads it): params, latest metrics and tags of each run
+  insert into registry.run_search(run_id, experiment_id, start_time, tags, tenant)
+  select r.id, r.experiment_id, r.start_time, r.tags, r.tenant from registry.runs r where r.id = nid;
   return rid;
 end $$;
 comment on function registry.start_run(text, text, jsonb, uuid) is
@@ -106,6 +109,10 @@ begin
      order by u.k, coalesce(u.s, 0) desc, coalesce(u.t, now()) desc, u.o desc
     on conflict (run_id, key) do update set value = excluded.value, step = excluded.step, ts = excluded.ts
      where (excluded.step, excluded.ts) >= (l.step, l.ts);
+    update registry.run_search s
+       set metrics = s.metrics || (select jsonb_object_agg(l.key, l.value) from registry.latest_metrics l
+                                    where l.run_id = r.id and l.key = any (metric_keys))
+     where s.run_id = r.id;
     n := nk;
   end if;
   if params is not null then
@@ -130,6 +137,9 @@ begin
     insert into registry.params(run_id, key, value, tenant)
     select r.id, p.key, p.value, r.tenant from jsonb_each_text(params) p
     on conflict (run_id, key) do nothing;
+    update registry.run_search s
+       set params = s.params || (select jsonb_object_agg(p.key, p.value) from jsonb_each_text(log_batch.params) p)
+     where s.run_id = r.id;
     n := n + (select count(*) from jsonb_object_keys(params));
   end if;
   if tags is not null then
@@ -139,6 +149,7 @@ begin
     end if;
     perform registry._check_key('tag', k) from jsonb_object_keys(tags) k;
     update registry.runs set tags = runs.tags || registry._tags_of(log_batch.tags) where id = r.id;
+    update registry.run_search s set tags = x.tags from registry.runs x where x.id = r.id and s.run_id = r.id;
     n := n + (select count(*) from jsonb_object_keys(tags));
   end if;
   return n;

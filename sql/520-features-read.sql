@@ -171,6 +171,38 @@ comment on function features.get_online(text[], jsonb, jsonb, boolean) is
   'latest feature values for one entity: {keys..., feature: value, _status: {feature: present | null_value | '
   'not_found | outside_ttl}, _event_ts: {view: time}}; past-ttl values come back null with _status outside_ttl';
 
+-- the general batch: one jsonb per (entity, feature); for full_names and requests over several views
+create or replace function features._get_online_batch_general(ids bigint[], feats text[], outs text[],
+                                                              entity_keys jsonb)
+returns setof jsonb
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  with vs as (
+    select fv.id, fv.name, fv.version, fv.ttl, fv.join_keys, fv.key_types
+      from features.feature_views fv where fv.id = any (ids)),
+  ek as materialized (
+    select e.o as eo, e.k as ekeys, vs.id, vs.ttl,
+           features._online_key(e.k, vs.join_keys, vs.key_types, vs.name || '@' || vs.version) as key
+      from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
+  s as (
+    select ek.eo, ek.ekeys, ek.id, st.values, features._expired(st.event_ts, ek.ttl) as expired
+      from ek left join lateral (select o.values, o.event_ts from features.online_store o
+                                  where o.view_id = ek.id and o.entity_key = ek.key offset 0) st on true)
+  select s.ekeys
+         || jsonb_object_agg(r.out_name, features._served(s.values, s.expired, r.feat))
+         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(s.values is not null, s.expired, s.values -> r.feat)))
+    from s join unnest(ids, feats, outs) r(id, feat, out_name) on r.id = s.id
+   group by s.eo, s.ekeys
+   order by s.eo
+$$;
+
+-- The batch serving path. Per view, once: the requested features, the view's other features, and the answers
+-- that do not depend on the entity (all null + not_found, all null + outside_ttl, all present). Per
+-- (entity, view): one primary-key read; when the row holds every requested feature, none of them null and
+-- nothing else, the answer is the stored object minus the other features (one jsonb operation) with the
+-- all-present status; only other rows are built feature by feature. The same answers as the general path, which
+-- serves full_names and requests over several views.
 create or replace function features.get_online_batch(features text[], entity_keys jsonb, request jsonb default null,
                                                      full_names boolean default false)
 returns setof jsonb
@@ -207,24 +239,45 @@ begin
     return query select * from features._get_online_batch_slow(features, entity_keys, request, coalesce(full_names, false));
     return;
   end if;
-  return query
-  with vs as (
-    select fv.id, fv.name, fv.version, fv.ttl, fv.join_keys, fv.key_types
-      from features.feature_views fv where fv.id = any (ids)),
-  ek as materialized (
-    select e.o as eo, e.k as ekeys, vs.id, vs.ttl,
-           features._online_key(e.k, vs.join_keys, vs.key_types, vs.name || '@' || vs.version) as key
-      from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
-  s as (
-    select ek.eo, ek.ekeys, ek.id, st.values, features._expired(st.event_ts, ek.ttl) as expired
-      from ek left join lateral (select o.values, o.event_ts from features.online_store o
-                                  where o.view_id = ek.id and o.entity_key = ek.key offset 0) st on true)
-  select s.ekeys
-         || jsonb_object_agg(r.out_name, features._served(s.values, s.expired, r.feat))
-         || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(s.values is not null, s.expired, s.values -> r.feat)))
-    from s join unnest(ids, feats, outs) r(id, feat, out_name) on r.id = s.id
-   group by s.eo, s.ekeys
-   order by s.eo;
+  if not full_names and ids = array_fill(ids[1], array[cardinality(ids)]) then
+    -- one view (the common case): one row per entity, no merge
+    return query
+    with vs as materialized (
+      select fv.id, fv.ttl, fv.join_keys, fv.key_types, fv.name || '@' || fv.version as ref, r.req,
+             array(select x->>'name' from jsonb_array_elements(fv.features) x where not (x->>'name' = any (r.req))) as other,
+             (select jsonb_object_agg(f, 'null'::jsonb) from unnest(r.req) f) as all_null,
+             (select jsonb_object_agg(f, 'not_found') from unnest(r.req) f) as st_not_found,
+             (select jsonb_object_agg(f, 'outside_ttl') from unnest(r.req) f) as st_ttl,
+             (select jsonb_object_agg(f, 'present') from unnest(r.req) f) as st_present
+        from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
+        join features.feature_views fv on fv.id = r.id),
+    s as (
+      select e.o, e.k, vs.req, vs.all_null, vs.st_not_found, vs.st_ttl, vs.st_present, st.values,
+             features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
+        from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
+        left join lateral (select o.values, o.event_ts from features.online_store o
+                            where o.view_id = vs.id
+                              and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
+                           offset 0) st on true),
+    a as (
+      select s.o, s.k,
+             (s.mine ?& s.req and s.mine - s.req = '{}' and s.mine = jsonb_strip_nulls(s.mine)) as whole, s.values,
+             s.expired, s.mine, s.req, s.all_null, s.st_not_found, s.st_ttl, s.st_present
+        from s)
+    select a.k
+           || (case when a.values is null or a.expired then a.all_null
+                                         when a.whole then a.mine
+                                         else (select jsonb_object_agg(f, features._served(a.values, false, f))
+                                                 from unnest(a.req) f) end)
+           || jsonb_build_object('_status', (
+                case when a.values is null then a.st_not_found
+                     when a.expired then a.st_ttl
+                     when a.whole then a.st_present
+                     else (select jsonb_object_agg(f, features._status(true, false, a.values -> f)) from unnest(a.req) f) end))
+      from a order by a.o;
+    return;
+  end if;
+  return query select * from features._get_online_batch_general(ids, feats, outs, entity_keys);
 end $$;
 comment on function features.get_online_batch(text[], jsonb, jsonb, boolean) is
   'get_online for an array of entity key objects; one jsonb per entity, in input order';
@@ -314,29 +367,64 @@ begin
   return est_f is not null and est_f < 6 * est_entities;
 end $$;
 
--- LATERAL join: the latest offline row per entity row, by index probe
+-- LATERAL join: the latest offline row per entity row, by index probe. cutoff: only rows written (written_at,
+-- the store's created timestamp) at or before the entity row's time, so a late write about an earlier event
+-- does not leak into a row that could not have seen it
 create or replace function features._pit_lateral(v features.feature_views, feats text[], ts text, ttl interval,
-                                                 alias text)
+                                                 alias text, cutoff boolean)
 returns text
 language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-  select format('left join lateral (select %s from %s o where %s and o.event_ts <= e.%I::timestamptz%s order by o.event_ts desc limit 1) %I on true',
+  select format('left join lateral (select %s from %s o where %s and o.event_ts <= e.%I::timestamptz%s%s order by o.event_ts desc limit 1) %I on true',
     (select string_agg(format('o.%I', f), ', ') from unnest(feats) f), features._offline_rel(v.id),
     (select string_agg(format('o.%I = e.%I', k, k), ' and ') from unnest(v.join_keys) k),
     ts, case when ttl is not null then format(' and o.event_ts >= e.%I::timestamptz - %L::interval', ts, ttl) else '' end,
+    case when cutoff then format(' and o.written_at <= e.%I::timestamptz', ts) else '' end,
     alias)
 $$;
 
--- sort-merge: entity rows and offline rows of one view in one ordered stream per entity key; each entity row
--- takes the last offline row before it (first_value over the group that count() of offline rows opens)
-create or replace function features._pit_merge(v features.feature_views, feats text[], ts text, ttl interval,
-                                               alias text)
+-- sort-merge with the created-timestamp cutoff: an offline row becomes visible at greatest(event_ts, written_at);
+-- one stream per entity key ordered by that visibility time carries forward the latest event time seen so far
+-- (a running max, since a late write about an old event may arrive after a newer event); each entity row then
+-- reads that one offline row by its unique (keys, event_ts) index
+create or replace function features._pit_merge_cutoff(v features.feature_views, feats text[], ts text, ttl interval,
+                                                      alias text)
 returns text
 language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
   select format($m$%I as (
+    select b._indb_rid, %s from (
+      select _indb_rid, %s, _indb_t, _indb_k,
+             max(_indb_fts) over (partition by %s order by _indb_v, _indb_k rows unbounded preceding) as _indb_best
+        from (select e._indb_rid, %s, e.%I::timestamptz as _indb_t, e.%I::timestamptz as _indb_v, 1 as _indb_k,
+                     null::timestamptz as _indb_fts
+                from e where e.%I is not null
+              union all
+              select null, %s, null, greatest(o.event_ts, o.written_at), 0, o.event_ts from %s o) u) b
+    left join %s o on %s and o.event_ts = b._indb_best%s
+     where b._indb_k = 1)$m$,
+    alias,
+    (select string_agg(format('o.%I', f), ', ') from unnest(feats) f),
+    keylist, keylist,
+    (select string_agg(format('e.%I', k), ', ') from unnest(v.join_keys) k), ts, ts, ts,
+    (select string_agg(format('o.%I', k), ', ') from unnest(v.join_keys) k), features._offline_rel(v.id),
+    features._offline_rel(v.id),
+    (select string_agg(format('o.%I = b.%I', k, k), ' and ') from unnest(v.join_keys) k),
+    case when ttl is not null then format(' and o.event_ts >= b._indb_t - %L::interval', ttl) else '' end)
+    from (select string_agg(format('%I', k), ', ') as keylist from unnest(v.join_keys) k) kl
+$$;
+
+-- sort-merge: entity rows and offline rows of one view in one ordered stream per entity key; each entity row
+-- takes the last offline row before it (first_value over the group that count() of offline rows opens)
+create or replace function features._pit_merge(v features.feature_views, feats text[], ts text, ttl interval,
+                                               alias text, cutoff boolean)
+returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select case when cutoff then features._pit_merge_cutoff(v, feats, ts, ttl, alias) else format($m$%I as (
     select _indb_rid, %s from (
       select _indb_rid, _indb_k, _indb_t, first_value(_indb_fts) over w as _indb_fts, %s
         from (select *, count(_indb_fts) over (partition by %s order by _indb_t, _indb_k rows unbounded preceding) as _indb_grp
@@ -359,14 +447,15 @@ as $$
     ts,
     (select string_agg(format('o.%I', k), ', ') from unnest(v.join_keys) k),
     (select string_agg(format('o.%I', f), ', ') from unnest(feats) f), features._offline_rel(v.id),
-    keylist)
+    keylist) end
     from (select string_agg(format('%I', k), ', ') as keylist from unnest(v.join_keys) k) kl
 $$;
 
 create or replace function features.historical_query(entity_query text, features text[],
                                                      ttl_override interval default null,
                                                      full_names boolean default false,
-                                                     timestamp_column text default null)
+                                                     timestamp_column text default null,
+                                                     created_cutoff boolean default false)
 returns text
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -387,6 +476,7 @@ declare
   est_e float8;
   pj json;
   uniq text[];
+  cutoff boolean := coalesce(created_cutoff, false);
 begin
   if ttl_override is not null and ttl_override <= interval '0' then
     raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023',
@@ -409,10 +499,10 @@ begin
     -- each feature fetched once (an on-demand feature's input may also be requested itself)
     uniq := array(select f from unnest(r.feats) with ordinality u(f, o) group by f order by min(o));
     if features._pit_use_merge(v, est_e) then
-      ctes := ctes || features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias);
+      ctes := ctes || features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff);
       joins := joins || format('left join %I on %I._indb_rid = e._indb_rid', alias, alias);
     else
-      joins := joins || features._pit_lateral(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias);
+      joins := joins || features._pit_lateral(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff);
     end if;
     for i in 1 .. cardinality(r.feats) loop
       fmap := fmap || jsonb_build_object(r.feats[i], format('%I.%I', alias, r.feats[i]));
@@ -438,26 +528,61 @@ begin
                 (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
                 coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
 end $$;
-comment on function features.historical_query(text, text[], interval, boolean, text) is
+comment on function features.historical_query(text, text[], interval, boolean, text, boolean) is
   'the SQL of the point-in-time join get_historical runs, typed columns (entity columns, then one per feature): '
-  'run it (psql \gexec), or use it in CREATE TABLE AS, COPY, EXPLAIN';
+  'run it (psql \gexec), or use it in CREATE TABLE AS, COPY, EXPLAIN. created_cutoff: only values written '
+  '(written_at) at or before the entity row''s time';
 
 create or replace function features.get_historical(entity_query text, features text[],
                                                    ttl_override interval default null,
                                                    full_names boolean default false,
-                                                   timestamp_column text default null)
+                                                   timestamp_column text default null,
+                                                   created_cutoff boolean default false)
 returns setof jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
   return query execute format('select to_jsonb(h) from (%s) h',
-    features.historical_query(entity_query, features, ttl_override, full_names, timestamp_column));
+    features.historical_query(entity_query, features, ttl_override, full_names, timestamp_column, created_cutoff));
 end $$;
-comment on function features.get_historical(text, text[], interval, boolean, text) is
+comment on function features.get_historical(text, text[], interval, boolean, text, boolean) is
   'point-in-time join: per entity row (one jsonb each) the latest feature values at or before its timestamp, within '
-  'ttl. For typed columns, run the SQL that features.historical_query(...) returns (same arguments; psql: \gexec, '
-  'or CREATE TABLE AS), or features.create_training_set';
+  'ttl (created_cutoff: and written at or before it). For typed columns: features.get_historical_cursor(...) '
+  'then FETCH, or features.create_training_set';
+
+-- typed columns: a set-returning function cannot have a column list chosen by its arguments, so the typed
+-- result is a cursor (a portal of this transaction) over the point-in-time join: entity columns, then one
+-- typed column per feature; FETCH it in the same transaction
+create or replace function features.get_historical_cursor(entity_query text, features text[],
+                                                          ttl_override interval default null,
+                                                          full_names boolean default false,
+                                                          timestamp_column text default null,
+                                                          created_cutoff boolean default false,
+                                                          cursor_name text default 'historical')
+returns refcursor
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c refcursor := cursor_name;
+begin
+  if cursor_name is null or cursor_name = '' or octet_length(cursor_name) > 63 then
+    raise exception 'invalid cursor name %', coalesce(quote_literal(cursor_name), 'NULL') using errcode = '22023',
+      hint = 'pass cursor_name => ''historical'' (at most 63 bytes), then FETCH ALL FROM historical';
+  end if;
+  if exists (select 1 from pg_cursors where name = cursor_name) then
+    raise exception 'cursor "%" is already open in this transaction', cursor_name using errcode = '42P03',
+      hint = 'CLOSE it first, or pass another cursor_name';
+  end if;
+  open c no scroll for execute
+    features.historical_query(entity_query, features, ttl_override, full_names, timestamp_column, created_cutoff);
+  return c;
+end $$;
+comment on function features.get_historical_cursor(text, text[], interval, boolean, text, boolean, text) is
+  'point-in-time join with typed columns (entity columns, then one per feature), as an open cursor: '
+  'BEGIN; SELECT features.get_historical_cursor(...); FETCH ALL FROM historical; COMMIT. Same arguments as '
+  'get_historical, plus cursor_name';
 
 -- ---------------------------------------------------------------------------------------------------------
 -- training sets: a point-in-time join kept as a table of the caller's, registered through the registry's API
@@ -532,7 +657,8 @@ begin
 end $$;
 
 create or replace function features._create_training_set(name text, entity_query text, features text[], label text,
-                                                         ttl_override interval, timestamp_column text)
+                                                         ttl_override interval, timestamp_column text,
+                                                         created_cutoff boolean)
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -546,7 +672,7 @@ declare
   views jsonb;
   fv record;
 begin
-  q := features.historical_query(entity_query, features, ttl_override, false, timestamp_column);
+  q := features.historical_query(entity_query, features, ttl_override, false, timestamp_column, created_cutoff);
   execute format('create table %s as %s', rel, q);
   get diagnostics n = row_count;
   select jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod)) order by attnum) into cols
@@ -578,16 +704,18 @@ end $$;
 create or replace function features.create_training_set(name text, entity_query text, features text[],
                                                         label text default null,
                                                         ttl_override interval default null,
-                                                        timestamp_column text default null)
+                                                        timestamp_column text default null,
+                                                        created_cutoff boolean default false)
 returns table (dataset_id bigint, relation text, rows bigint, label_column text, feature_views text[])
 language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
   select (r->>'dataset_id')::bigint, r->>'relation', (r->>'rows')::bigint, r->>'label',
          array(select jsonb_array_elements_text(r->'feature_views'))
-    from features._create_training_set(name, entity_query, features, label, ttl_override, timestamp_column) r
+    from features._create_training_set(name, entity_query, features, label, ttl_override, timestamp_column,
+                                       created_cutoff) r
 $$;
-comment on function features.create_training_set(text, text, text[], text, interval, text) is
+comment on function features.create_training_set(text, text, text[], text, interval, text, boolean) is
   'materialize a point-in-time join as a table, registered (registry.register_dataset) as a training_set with '
   'lineage; one row: dataset id, table, rows, label column, feature views. Warns when feature columns are mostly NULL';
 

@@ -195,11 +195,12 @@ class FeatureStore:
         ttl_override: str | None = None,
         full_names: bool = False,
         timestamp_column: str | None = None,
+        created_cutoff: bool = False,
     ) -> str:
         q = entity if isinstance(entity, str) else self.entity_query(entity)
         return self._c.scalar(
-            "select features.historical_query(%s, %s, %s::interval, %s, %s)",
-            [q, list(features), ttl_override, full_names, timestamp_column],
+            "select features.historical_query(%s, %s, %s::interval, %s, %s, %s)",
+            [q, list(features), ttl_override, full_names, timestamp_column, created_cutoff],
         )
 
     def get_historical(
@@ -209,28 +210,40 @@ class FeatureStore:
         ttl_override: str | None = None,
         full_names: bool = False,
         timestamp_column: str | None = None,
+        created_cutoff: bool = False,
     ):
         """Point-in-time join: ``entity`` is a DataFrame (keys + event timestamp) or a SQL query/table name.
-        Runs the SQL of features.historical_query (the same join features.get_historical runs) and returns a
-        typed pandas DataFrame, one row per entity row."""
+        Returns a typed pandas DataFrame, one row per entity row in entity order: the entity columns, then one
+        column per feature, typed as the server typed them (features.get_historical_cursor, fetched as is).
+        ``created_cutoff=True`` keeps out values written after the entity row's time (bitemporal)."""
         import pandas as pd
 
-        q = self.historical_query(entity, features, ttl_override, full_names, timestamp_column)
-        with self._c._errors(), self._c.conn.cursor() as cur:
-            cur.execute(q)
+        q = entity if isinstance(entity, str) else self.entity_query(entity)
+        with self._c._errors(), self._c.conn.transaction(), self._c.conn.cursor() as cur:
+            cur.execute(
+                "select features.get_historical_cursor(%s, %s, %s::interval, %s, %s, %s, '_indb_historical')",
+                [q, list(features), ttl_override, full_names, timestamp_column, created_cutoff],
+            )
+            cur.execute("fetch all from _indb_historical")
             cols = [d.name for d in cur.description or []]
             rows = cur.fetchall()
         return pd.DataFrame.from_records(rows, columns=cols)
 
     def create_training_set(
-        self, name: str, entity, features: Sequence[str], label: str | None = None, ttl_override: str | None = None
+        self,
+        name: str,
+        entity,
+        features: Sequence[str],
+        label: str | None = None,
+        ttl_override: str | None = None,
+        created_cutoff: bool = False,
     ) -> dict:
         """Keep a point-in-time join as a table, registered as a training set. Returns its row: dataset_id,
         relation, rows, label_column, feature_views."""
         q = entity if isinstance(entity, str) else self.entity_query(entity)
         return self._one(
-            "select * from features.create_training_set(%s, %s, %s, %s, %s::interval)",
-            [name, q, list(features), label, ttl_override],
+            "select * from features.create_training_set(%s, %s, %s, %s, %s::interval, null, %s)",
+            [name, q, list(features), label, ttl_override, created_cutoff],
         )
 
     def training_set(self, name: str) -> dict:

@@ -16,7 +16,13 @@ Grammar (MLflow's, plus OR and parentheses)::
     value      := 'string' | "string" | number
 
 The SQL text is assembled only from fixed fragments chosen here; every key and value the user wrote is
-bound as a parameter ($1, $2, ...). Errors carry SQLSTATE 42601 and the position of the problem; a filter
+bound as a parameter ($1, $2, ...).
+
+The conditions read registry.run_search, one row per run with its params, latest metrics and tags as jsonb
+(kept by registry.start_run and registry.log_batch): equality on params and tags is jsonb containment, served
+by one GIN index over both; metric conditions read the run's own row. ``mirror=False`` builds the same search
+over registry.params / registry.latest_metrics with an EXISTS per condition (the 0.2.0 SQL), kept as the
+reference that tests compare the mirror with. Errors carry SQLSTATE 42601 and the position of the problem; a filter
 nested deeper than MAX_DEPTH parentheses, or longer than MAX_FILTER characters, is refused with 54001.
 """
 
@@ -134,7 +140,8 @@ def unquote(s: str) -> str:
 
 
 class Parser:
-    def __init__(self, text: str, params: list):
+    def __init__(self, text: str, params: list, mirror: bool = True):
+        self.mirror = mirror
         self.text = text
         self.toks = tokenize(text)
         self.i = 0
@@ -301,6 +308,8 @@ class Parser:
                 raise syntax_error(self.text, opos, f"operator {op} does not apply to metrics; use = != < <= > >=")
             if vkind != "num":
                 raise syntax_error(self.text, vpos, f"metric {key!r} is compared with a number, not a string")
+            if self.mirror:
+                return f"(s.metrics ->> {self.bind(key, 'text')})::float8 {NUM_OPS[op]} {self.bind(val, 'float8')}"
             return (
                 f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
                 f"{self.bind(key, 'text')} and m.value {NUM_OPS[op]} {self.bind(val, 'float8')})"
@@ -320,15 +329,20 @@ class Parser:
         if vkind != "str":
             raise syntax_error(self.text, vpos, f"{entity} values are strings: write {key} {op} '{_fmt(val)}'")
         sop = STR_OPS[op]
+        if entity == "param" and self.mirror:
+            if sop == "=":
+                return f"s.params @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
+            return f"(s.params ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
         if entity == "param":
             return (
                 f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
                 f"{self.bind(key, 'text')} and p.value {sop} {self.bind(val, 'text')})"
             )
         if entity == "tag":
+            t = self.tags
             if sop == "=":
-                return f"r.tags @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
-            return f"(r.tags ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
+                return f"{t} @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
+            return f"({t} ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
         if entity == "dataset":
             return (
                 f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
@@ -336,12 +350,19 @@ class Parser:
             )
         return f"{ATTRIBUTES[key][0]} {sop} {self.bind(val, 'text')}"
 
+    @property
+    def tags(self) -> str:
+        return "s.tags" if self.mirror else "r.tags"
+
     def in_list(self, entity, key, vals, negate) -> str:
         if entity == "metric":
             if any(k != "num" for k, _, _ in vals):
                 bad = next(p for k, _, p in vals if k != "num")
                 raise syntax_error(self.text, bad, "metric IN lists hold numbers")
             arr = self.bind([v for _, v, _ in vals], "float8[]")
+            if self.mirror:
+                inner = f"coalesce((s.metrics ->> {self.bind(key, 'text')})::float8 = any({arr}), false)"
+                return f"not {inner}" if negate else inner
             inner = (
                 f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = "
                 f"{self.bind(key, 'text')} and m.value = any({arr}))"
@@ -351,13 +372,15 @@ class Parser:
         if bad is not None:
             raise syntax_error(self.text, bad, "IN lists of params, tags and attributes hold quoted strings")
         arr = self.bind([v for _, v, _ in vals], "text[]")
-        if entity == "param":
+        if entity == "param" and self.mirror:
+            expr = f"coalesce((s.params ->> {self.bind(key, 'text')}) = any({arr}), false)"
+        elif entity == "param":
             expr = (
                 f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = "
                 f"{self.bind(key, 'text')} and p.value = any({arr}))"
             )
         elif entity == "tag":
-            expr = f"coalesce((r.tags ->> {self.bind(key, 'text')}) = any({arr}), false)"
+            expr = f"coalesce(({self.tags} ->> {self.bind(key, 'text')}) = any({arr}), false)"
         elif entity == "dataset":
             expr = (
                 f"exists (select 1 from registry.run_inputs i join registry.datasets d on d.id = i.dataset_id "
@@ -371,13 +394,15 @@ class Parser:
         return f"not {expr}" if negate else expr
 
     def null_test(self, entity, key, negate, pos) -> str:
-        if entity == "metric":
+        if entity in ("metric", "param") and self.mirror:
+            e = f"s.{entity}s ? {self.bind(key, 'text')}"
+        elif entity == "metric":
             k = self.bind(key, "text")
             e = f"exists (select 1 from registry.latest_metrics m where m.run_id = r.id and m.key = {k})"
         elif entity == "param":
             e = f"exists (select 1 from registry.params p where p.run_id = r.id and p.key = {self.bind(key, 'text')})"
         elif entity == "tag":
-            e = f"r.tags ? {self.bind(key, 'text')}"
+            e = f"{self.tags} ? {self.bind(key, 'text')}"
         elif entity == "attr":
             e = f"{ATTRIBUTES[key][0]} is not null"
         else:
@@ -396,15 +421,16 @@ def describe(t: Tok) -> str:
     return repr(t.text)
 
 
-def parse_filter(text: str | None, params: list) -> str:
-    """Return a SQL boolean expression over runs r / experiments e; appends (value, type) to params."""
-    return Parser(text or "", params).parse()
+def parse_filter(text: str | None, params: list, mirror: bool = True) -> str:
+    """Return a SQL boolean expression over run_search s / runs r / experiments e; appends (value, type) to
+    params."""
+    return Parser(text or "", params, mirror).parse()
 
 
 ORDER_RE = re.compile(r"^\s*(?P<field>.+?)(?:\s+(?P<dir>asc|desc))?\s*$", re.IGNORECASE)
 
 
-def parse_order_by(items: list[str] | None, params: list) -> list[str]:
+def parse_order_by(items: list[str] | None, params: list, mirror: bool = True) -> list[str]:
     out = []
     for item in items or []:
         if item is None or not item.strip():
@@ -414,7 +440,7 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
             raise IndbRuntimeError("42601", f"invalid order_by item {item!r}")
         text = m.group("field")
         direction = (m.group("dir") or "asc").lower()
-        p = Parser(text, params)
+        p = Parser(text, params, mirror)
         try:
             entity, key, _ = p.field()
         except IndbRuntimeError as e:
@@ -427,13 +453,17 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
                 None,
                 "order_by items look like 'metrics.rmse ASC' or 'attributes.start_time DESC'",
             )
-        if entity == "metric":
+        if entity == "metric" and mirror:
+            expr = f"((s.metrics ->> {p.bind(key, 'text')})::float8)"
+        elif entity == "param" and mirror:
+            expr = f"(s.params ->> {p.bind(key, 'text')})"
+        elif entity == "metric":
             k = p.bind(key, "text")
             expr = f"(select m.value from registry.latest_metrics m where m.run_id = r.id and m.key = {k})"
         elif entity == "param":
             expr = f"(select p.value from registry.params p where p.run_id = r.id and p.key = {p.bind(key, 'text')})"
         elif entity == "tag":
-            expr = f"(r.tags ->> {p.bind(key, 'text')})"
+            expr = f"({p.tags} ->> {p.bind(key, 'text')})"
         elif entity == "attr":
             expr = ATTRIBUTES[key][0]
         else:
@@ -441,6 +471,14 @@ def parse_order_by(items: list[str] | None, params: list) -> list[str]:
         out.append(f"{expr} {direction} nulls last")
     return out
 
+
+SELECT_MIRROR = """select r.run_uuid as run_id, e.name as experiment, r.name as run_name, r.status, r.user_name,
+       r.start_time, r.end_time, s.params, s.metrics, s.tags
+  from registry.run_search s join registry.runs r on r.id = s.run_id
+  join registry.experiments e on e.id = r.experiment_id
+ where {where}
+ order by {order}
+ limit {limit}"""
 
 SELECT = """select r.run_uuid as run_id, e.name as experiment, r.name as run_name, r.status, r.user_name,
        r.start_time, r.end_time,
@@ -455,8 +493,8 @@ SELECT = """select r.run_uuid as run_id, e.name as experiment, r.name as run_nam
  limit {limit}"""
 
 
-def build(experiments, filter_text, order_by, max_results) -> tuple[str, list]:
-    """(sql, [(value, type), ...]) for one search_runs call."""
+def build(experiments, filter_text, order_by, max_results, mirror: bool = True) -> tuple[str, list]:
+    """(sql, [(value, type), ...]) for one search_runs call (mirror=False: the reference SQL over the tables)."""
     if max_results is None:
         max_results = 1000
     if not 1 <= int(max_results) <= MAX_RESULTS:
@@ -466,13 +504,20 @@ def build(experiments, filter_text, order_by, max_results) -> tuple[str, list]:
     if experiments is not None:
         if any(x is None for x in experiments):
             raise IndbRuntimeError("22004", "experiments contains a null name")
-        where.append(f"e.name = any({_bind(params, list(experiments), 'text[]')})")
-    cond = parse_filter(filter_text, params)
+        names = _bind(params, list(experiments), "text[]")
+        where.append(f"e.name = any({names})")
+        if mirror:  # lets the planner use the run_search experiment index
+            ids = f"array(select x.id from registry.experiments x where x.name = any({names}))"
+            where.append(f"s.experiment_id = any({ids})")
+    cond = parse_filter(filter_text, params, mirror)
     if cond != "true":
         where.append(cond)
-    order = parse_order_by(order_by, params) + ["r.start_time desc", "r.id desc"]
+    tail = ["s.start_time desc", "s.run_id desc"] if mirror else ["r.start_time desc", "r.id desc"]
+    order = parse_order_by(order_by, params, mirror) + tail
     limit = _bind(params, int(max_results), "int4")
-    sql = SELECT.format(where=" and ".join(where) or "true", order=", ".join(order), limit=limit)
+    sql = (SELECT_MIRROR if mirror else SELECT).format(
+        where=" and ".join(where) or "true", order=", ".join(order), limit=limit
+    )
     return sql, params
 
 

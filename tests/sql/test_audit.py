@@ -56,6 +56,7 @@ NOT_AUDITED = {
     "features.quarantine",
     "features.materialization_runs",
     "features.statistics",
+    "registry.run_search",  # derived: params, latest metrics and tags of audited tables, for search_runs
 }
 
 

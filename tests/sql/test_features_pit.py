@@ -7,6 +7,8 @@ import json
 import secrets
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+import psycopg.sql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,16 +24,40 @@ def q(conn, sql, params=None):
     return conn.execute(sql, params).fetchall()
 
 
-def historical(conn, entity_sql, feats, ttl_override=None, method=None):
-    """get_historical rows; method forces the join strategy (lateral index probes or sort-merge)."""
+def typed_historical(conn, entity_sql, feats, ttl_override=None, cutoff=False):
+    """The typed path: features.get_historical_cursor, fetched in one transaction, as dicts of Python values."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "select features.get_historical_cursor(%s, %s, %s, created_cutoff => %s, cursor_name => 'h')",
+            [entity_sql, feats, ttl_override, cutoff],
+        )
+        cur.execute("fetch all from h")
+        cols = [d.name for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def historical(conn, entity_sql, feats, ttl_override=None, method=None, cutoff=False):
+    """get_historical rows (jsonb); method forces the join strategy (lateral index probes or sort-merge). The typed
+    cursor gives the same rows, column for column (timestamps as datetime, the rest equal to the jsonb values)."""
     if method:
         conn.execute("select set_config('indb.features_pit_method', %s, false)", [method])
     try:
-        rows = q(conn, "select * from features.get_historical(%s, %s, %s)", [entity_sql, feats, ttl_override])
+        rows = q(
+            conn,
+            "select * from features.get_historical(%s, %s, %s, created_cutoff => %s)",
+            [entity_sql, feats, ttl_override, cutoff],
+        )
+        typed = typed_historical(conn, entity_sql, feats, ttl_override, cutoff)
     finally:
         if method:
             conn.execute("reset indb.features_pit_method")
-    return [r[0] for r in rows]
+    rows = [r[0] for r in rows]
+    assert [sorted(r) for r in typed] == [sorted(r) for r in rows]  # same columns (jsonb keeps no column order)
+    for t, j in zip(typed, rows):
+        assert {k: v for k, v in t.items() if not isinstance(v, datetime)} == {
+            k: v for k, v in j.items() if not isinstance(t[k], datetime)
+        }
+    return rows
 
 
 METHODS = ["lateral", "merge"]
@@ -111,6 +137,70 @@ def test_late_arriving_event_fills_history_but_not_online(pit):
     assert online["v"] == 3 and online["_status"]["v"] == "present"
 
 
+@pytest.fixture(scope="module")
+def late(sconn):
+    """view pl: acct 1 has v=1 about 10:00 written at 10:00, v=2 about 11:00 written only at 15:00 (a late
+    correction), v=3 about 13:00 written at 13:00; acct 2 has v=20 about 9:00 written at 20:00."""
+    c = sconn
+    c.execute("create table pit_l_src (acct_id int, ts timestamptz, v float8)")
+    c.execute("select features.create_entity('acct', array['acct_id'])")
+    c.execute("""select features.create_feature_view('pl', 'acct', 'pit_l_src', 'ts', '[{"name": "v"}]')""")
+    rows = [(1, 10, 1, 10), (1, 11, 2, 15), (1, 13, 3, 13), (2, 9, 20, 20)]
+    c.execute(
+        "select * from features.push('pl', %s, 'offline')",
+        [json.dumps([{"acct_id": k, "ts": at(h).isoformat(), "v": v} for k, h, v, _ in rows])],
+    )
+    rel = c.execute("select offline_table from features.feature_views where name = 'pl'").fetchone()[0]
+    for k, h, _, w in rows:  # history: when each value was really written
+        c.execute(f"update {rel} set written_at = %s where acct_id = %s and event_ts = %s", [at(w), k, at(h)])
+    return c
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_created_cutoff_keeps_late_writes_out_of_earlier_rows(late, method):
+    rows = entity_rows([(1, at(12)), (1, at(14)), (1, at(16)), (2, at(10)), (2, at(21))])
+    without = historical(late, rows, ["pl:v"], method=method)
+    assert [r["v"] for r in without] == [2, 3, 3, 20, 20]  # event time only: the 15:00 write leaks into 12:00
+    got = historical(late, rows, ["pl:v"], method=method, cutoff=True)
+    # at 12:00 only v=1 was written; at 14:00 v=3 (13:00) is the latest known; at 16:00 too (event 13:00 > 11:00)
+    assert [r["v"] for r in got] == [1, 3, 3, None, 20]
+    got = historical(late, rows, ["pl:v"], ttl_override="90 minutes", method=method, cutoff=True)
+    assert [r["v"] for r in got] == [None, 3, None, None, None]
+
+
+def test_created_cutoff_in_a_training_set(late):
+    late.execute(
+        "select * from features.create_training_set('pit_late_ts', %s, array['pl:v'], created_cutoff => true)",
+        [entity_rows([(1, at(12)), (2, at(10))])],
+    )
+    assert q(late, "select v from pit_late_ts order by acct_id") == [(1.0,), (None,)]
+
+
+def test_typed_cursor_columns_and_errors(pit):
+    rows = typed_historical(pit, entity_rows([(1, at(10)), (2, at(6))]), ["pa:v"])
+    assert rows == [
+        {"acct_id": 1, "event_timestamp": at(10), "v": 1.0},
+        {"acct_id": 2, "event_timestamp": at(6), "v": 20.0},
+    ]
+    assert list(rows[0]) == ["acct_id", "event_timestamp", "v"]  # entity columns in order, then the features
+    with pytest.raises(psycopg.errors.DuplicateCursor, match="already open"), pit.transaction():
+        for _ in range(2):
+            pit.execute(
+                "select features.get_historical_cursor(%s, array['pa:v'], cursor_name => 'same')",
+                [entity_rows([(1, at(10))])],
+            )
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="cursor name"), pit.transaction():
+        pit.execute("select features.get_historical_cursor(%s, array['pa:v'], cursor_name => '')", [entity_rows([])])
+    # the cursor name is a name, not SQL: quotes and semicolons stay in it
+    with pit.transaction():
+        name = pit.execute(
+            "select features.get_historical_cursor(%s, array['pa:v'], cursor_name => 'x\"; drop table pit_a_src; --')",
+            [entity_rows([(1, at(10))])],
+        ).fetchone()[0]
+        assert pit.execute(psycopg.sql.SQL("fetch all from {}").format(psycopg.sql.Identifier(name))).fetchall()
+    assert q(pit, "select count(*) from pit_a_src")[0][0] == 3
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_composite_entity_keys(pit, method):
     sql = (
@@ -155,11 +245,15 @@ entity_rows_st = st.lists(st.tuples(st.integers(1, 5), st.integers(-10, 230)), m
 ttls = st.one_of(st.none(), st.integers(1, 120))
 
 
-def brute_force(frows: dict, erows: list, ttl_min):
+def brute_force(frows: dict, erows: list, ttl_min, delays: dict | None = None):
+    """The reference: per entity row the value with the latest event time at or before it (within ttl); with
+    delays (written at event time + delay minutes), only values written at or before the entity row's time."""
     out = []
     for k, m in erows:
         best = None
         for (fk, fm), val in frows.items():
+            if delays is not None and fm + delays.get((fk, fm), 0) > m:
+                continue
             if fk == k and fm <= m and (ttl_min is None or fm >= m - ttl_min) and (best is None or fm > best[0]):
                 best = (fm, val)
         out.append(None if best is None else best[1])
@@ -167,8 +261,16 @@ def brute_force(frows: dict, erows: list, ttl_min):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frows=feature_rows, erows=entity_rows_st, ttl_min=ttls, method=st.sampled_from(METHODS))
-def test_matches_brute_force(sconn, frows, erows, ttl_min, method):
+@given(
+    frows=feature_rows,
+    erows=entity_rows_st,
+    ttl_min=ttls,
+    method=st.sampled_from(METHODS),
+    delays=st.one_of(st.none(), st.lists(st.integers(0, 120), min_size=40, max_size=40)),
+)
+def test_matches_brute_force(sconn, frows, erows, ttl_min, method, delays):
+    """Every strategy, with and without the created-timestamp cutoff (delays: each value written that many
+    minutes after its event time)."""
     name = "prop_" + secrets.token_hex(4)
     src = name + "_src"
     c = sconn
@@ -184,13 +286,27 @@ def test_matches_brute_force(sconn, frows, erows, ttl_min, method):
         [name, src, ttl],
     )
     c.execute("select * from features.materialize(%s, '2023-12-31', '2024-01-02', statistics => false)", [name])
+    delay = None if delays is None else {km: d for km, d in zip(sorted(frows), delays)}
+    if delay:
+        rel = c.execute("select offline_table from features.feature_views where name = %s", [name]).fetchone()[0]
+        with c.cursor() as cur:
+            cur.executemany(
+                f"update {rel} set written_at = event_ts + %s * interval '1 minute' where k = %s and event_ts = %s",
+                [(d, k, T0 + timedelta(minutes=m)) for (k, m), d in delay.items()],
+            )
     vals = ", ".join(
         f"({i}, {k}, '{(T0 + timedelta(minutes=m)).isoformat()}'::timestamptz)" for i, (k, m) in enumerate(erows)
     )
-    got = historical(c, f"select * from (values {vals}) e(i, k, event_timestamp)", [f"{name}:x"], method=method)
+    got = historical(
+        c,
+        f"select * from (values {vals}) e(i, k, event_timestamp)",
+        [f"{name}:x"],
+        method=method,
+        cutoff=delay is not None,
+    )
     assert [r["i"] for r in got] == list(range(len(erows)))  # entity order kept
     got = [r["x"] for r in got]
-    assert got == brute_force(frows, erows, ttl_min)
+    assert got == brute_force(frows, erows, ttl_min, delay)
     c.execute(f"drop table {src}")
 
 

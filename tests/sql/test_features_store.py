@@ -881,3 +881,53 @@ def test_errors_of_the_new_paths_name_the_problem_and_the_fix(shop):
         e = err(shop, sql)
         assert e.sqlstate == state and text in str(e), (sql, e.sqlstate, str(e))
         assert e.diag.message_hint and "None" not in str(e) + e.diag.message_hint, (sql, str(e))
+
+
+def test_get_online_batch_fast_path_answers_like_the_general_path(sconn):
+    """get_online_batch answers most rows with one jsonb operation per (entity, view); every kind of row (all
+    present, a null value, a feature missing from the stored object, a stored key that is not a feature, past
+    the ttl, not found), feature subsets, '*', two views and full_names must give what the general per-feature
+    path (features._get_online_batch_slow) gives."""
+    c = sconn
+    c.execute("create table fb_src (k int, ts timestamptz, a float8, b float8, c text)")
+    c.execute("create table fb2_src (k int, ts timestamptz, z int)")
+    c.execute(
+        "insert into fb_src values (1, now(), 1, 2, 'x'), (2, now(), null, 2, 'y'), (3, now(), 3, 4, 'z'), "
+        "(4, now() - interval '3 days', 5, 6, 'w'), (5, now(), 7, 8, null)"
+    )
+    c.execute("insert into fb2_src values (1, now(), 10), (3, now(), null)")
+    c.execute("select features.create_entity('fb_key', array['k'])")
+    c.execute(
+        "select features.create_feature_view('fb', 'fb_key', 'fb_src', 'ts', "
+        """'[{"name": "a"}, {"name": "b"}, {"name": "c"}]', ttl => '1 day')"""
+    )
+    c.execute("""select features.create_feature_view('fb2', 'fb_key', 'fb2_src', 'ts', '[{"name": "z"}]')""")
+    for v in ("fb", "fb2"):
+        c.execute("select * from features.materialize(%s, now() - interval '10 days', now() + interval '1 hour')", [v])
+    # a writer's direct write of the online store: entity 3 lacks b, entity 5 holds a key that is not a feature
+    c.execute(
+        "update features.online_store set values = values - 'b' where view_id = "
+        "(select id from features.feature_views where name = 'fb') and entity_key = '[3]'"
+    )
+    c.execute(
+        """update features.online_store set values = values || '{"secret": 1}' where view_id = """
+        "(select id from features.feature_views where name = 'fb') and entity_key = '[5]'"
+    )
+    keys = json.dumps([{"k": k} for k in (1, 2, 3, 4, 5, 6, 1)])
+    for feats in (["fb:*"], ["fb:a"], ["fb:c", "fb:a"], ["fb:a", "fb2:z"], ["fb2:z", "fb:*"], ["fb:b"]):
+        for full in (False, True):
+            got = [r[0] for r in c.execute("select features.get_online_batch(%s, %s, null, %s)", [feats, keys, full])]
+            want = [
+                r[0] for r in c.execute("select features._get_online_batch_slow(%s, %s, null, %s)", [feats, keys, full])
+            ]
+            assert got == want, (feats, full)
+            assert all("secret" not in r for r in got)
+    got = [r[0] for r in c.execute("select features.get_online_batch(array['fb:*'], %s)", [keys])]
+    assert [r["_status"] for r in got][:6] == [
+        {"a": "present", "b": "present", "c": "present"},
+        {"a": "null_value", "b": "present", "c": "present"},
+        {"a": "present", "b": "null_value", "c": "present"},
+        {"a": "outside_ttl", "b": "outside_ttl", "c": "outside_ttl"},
+        {"a": "present", "b": "present", "c": "null_value"},
+        {"a": "not_found", "b": "not_found", "c": "not_found"},
+    ]

@@ -25,8 +25,19 @@ def test_the_issue_example_becomes_four_parameterized_conditions():
     # every user value is a $n placeholder: none of them appears in the SQL text
     for v in ("rmse", "depth", "'6'", "team", "FINISHED"):
         assert v not in sql
-    assert "m.value < $3" in sql and "p.value = $5" in sql and "r.status = $8" in sql
+    assert "(s.metrics ->> $2)::float8 < $3" in sql and "s.params @> jsonb_build_object($4::text, $5::text)" in sql
+    assert "s.tags @> jsonb_build_object($6::text, $7::text)" in sql and "r.status = $8" in sql
     assert re.search(r"limit \$9\s*$", sql)
+    # the reference SQL over the tables (mirror=False) binds the same values in the same order
+    ref, ref_params = sr.build(
+        ["exp"],
+        "metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' and attributes.status = 'FINISHED'",
+        None,
+        100,
+        mirror=False,
+    )
+    assert ref_params == params
+    assert "m.value < $3" in ref and "p.value = $5" in ref and "registry.run_search" not in ref
 
 
 def test_injection_attempts_stay_values_or_are_syntax_errors():
@@ -78,7 +89,7 @@ def test_or_parentheses_in_like_and_null_tests():
         "and run_name ILIKE 'base%' and tags.note IS NULL and params.seed IS NOT NULL"
     )
     assert " or " in sql and "= any($" in sql and "ilike" in sql
-    assert "not r.tags ? $" in sql
+    assert "not s.tags ? $" in sql and "s.params ? $" in sql
     assert ["xgb", "lgbm"] in [v for v, _ in params]
 
 
@@ -99,7 +110,7 @@ def test_times_and_datasets():
 def test_order_by_and_limits():
     sql, params = build("", order_by=["metrics.rmse ASC", "params.depth desc", "attributes.start_time"])
     assert "asc nulls last" in sql and "desc nulls last" in sql
-    assert sql.index("m.key = $1") < sql.index("p.key = $2")
+    assert sql.index("(s.metrics ->> $1)::float8") < sql.index("(s.params ->> $2)")
     with pytest.raises(IndbRuntimeError, match="order_by"):
         build("", order_by=["metrics.rmse sideways"])
     with pytest.raises(IndbRuntimeError, match="max_results"):
@@ -117,7 +128,7 @@ def test_execute_prepares_once_per_filter_shape():
     from indb_runtime import spi
 
     spi.clear_plans()
-    plpy = FakePlpy(answers={"from registry.runs": [{"run_id": "u"}]})
+    plpy = FakePlpy(answers={"from registry.run_search": [{"run_id": "u"}]})
     prepared = []
     real_prepare = plpy.prepare
     plpy.prepare = lambda q, t=None: prepared.append(q) or real_prepare(q, t)
