@@ -37,3 +37,22 @@ select p.pid, p.database, p.role, p.command, p.target, p.phase, p.done, p.total,
                                       and pg_has_role(ml.caller(), r.oid, 'member')));
 comment on view ml.progress is
   'long indb calls in progress (train, materialize, backfill, refresh, reindex): rows done of total, rate, time left';
+
+-- The one SQL face of progress for long plpgsql calls (collections' add_documents, reindex and big INSERTs;
+-- the feature store's materialize and push): indb_runtime.progress.report. A call with a command starts (or
+-- moves on) the entry of that command and target; a call without a command moves the current entry on; all
+-- NULL ends it. Callers end it in an exception handler too, so that a failed call leaves nothing behind.
+create or replace function ml.__report_progress_py(command text, target text default null, phase text default null,
+                                                   done bigint default null, total bigint default null,
+                                                   unit text default null) returns void
+language plpython3u volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+import sys
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import progress
+progress.report(plpy, command, target, phase, done, total, unit)
+$$;
+select ml._wrap_python('ml._report_progress', 'ml.__report_progress_py(text, text, text, bigint, bigint, text)');
+comment on function ml._report_progress(text, text, text, bigint, bigint, text) is
+  'internal: the progress of a long SQL call in ml.progress (a command: start or move on; no command: move on; all NULL: end)';

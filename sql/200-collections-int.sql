@@ -73,37 +73,6 @@ $$;
 select ml._wrap_python('ml._model_dimensions', 'ml.__model_dimensions_py(text)');
 comment on function ml._model_dimensions(text) is 'internal: output dimensions of an embedding model';
 
--- Progress of the long SQL calls of collections (ml.add_documents of many documents, ml.reindex_collection,
--- a big INSERT into a collection) in ml.progress, through indb_runtime.progress like the Python ones: the first
--- call of a command starts it, later calls move it on, a call with command NULL ends it. Callers end it in an
--- exception handler too, so that a failed call leaves nothing behind.
-create or replace function ml.__report_progress_py(command text, target text, phase text, done bigint default 0,
-                                                   total bigint default null, unit text default 'rows') returns void
-language plpython3u volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import progress
-p = SD.get('progress')
-if command is None:
-    if p is not None:
-        p.close()
-        del SD['progress']
-    return None
-if p is None or p.state['command'] != command or p.state['target'] != target:
-    if p is not None:
-        p.close()
-    p = progress.Progress(plpy, command, target=target, total=total, unit=unit or 'rows')
-    p.__enter__()
-    SD['progress'] = p
-p.update(done or 0, total=total, phase=phase)
-return None
-$$;
-select ml._wrap_python('ml._report_progress', 'ml.__report_progress_py(text, text, text, bigint, bigint, text)');
-comment on function ml._report_progress(text, text, text, bigint, bigint, text) is
-  'internal: report the progress of a long SQL call in ml.progress (command NULL: the call ended)';
-
 -- ---------------------------------------------------------------------------------------------- catalog rows
 
 create or replace function ml._collection(collection text) returns ml.collections

@@ -346,24 +346,8 @@ end $$;
 
 -- ---------------------------------------------------------------------------------------------------------
 -- progress (ml.progress): materialize, materialize_incremental and large pushes report their phase and rows
--- done through one PL/Python helper (indb_runtime.features.track): 'start' (command, target, phase, total),
--- 'update' (phase, done, total; nothing when no call started one), 'end'. Their exception handlers end it too,
--- so a failed or cancelled call leaves nothing in ml.progress.
-create or replace function features._progress_py(action text, command text default null, target text default null,
-                                                 phase text default null, done bigint default null,
-                                                 total bigint default null)
-returns void
-language plpython3u volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
-as $$
-import sys
-if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
-from indb_runtime import features, errors
-errors.call(plpy, features.track, plpy, action, command, target, phase, done, total)
-$$;
-select ml._wrap_python('features._progress', 'features._progress_py(text, text, text, text, bigint, bigint)');
-comment on function features._progress(text, text, text, text, bigint, bigint) is
-  'internal: the progress of a long feature-store call in ml.progress (start, update, end)';
+-- done through ml._report_progress (sql/030): a command starts the entry, no command moves it on, all NULL ends
+-- it. Their exception handlers end it too, so a failed or cancelled call leaves nothing in ml.progress.
 
 -- pushes of at least this many rows report their progress (smaller ones stay on the fast path)
 create or replace function features._push_progress_rows() returns int
@@ -410,7 +394,7 @@ begin
       select count(*) into c from pg_temp._fv_stage where cardinality(_failures) = 0 and event_ts >= p and event_ts < nxt;
       staged := staged + c;
       if clock_timestamp() - reported >= interval '0.2 s' or nxt > hi then
-        perform features._progress('update', done => staged);
+        perform ml._report_progress(null, done => staged);
         reported := clock_timestamp();
       end if;
     end if;
@@ -464,7 +448,7 @@ begin
     into n_read, n_bad, lo, hi from pg_temp._fv_stage;
   if n_bad > 0 then
     if progress then
-      perform features._progress('update', phase => 'quarantining rows that fail the expectations', done => 0,
+      perform ml._report_progress(null, phase => 'quarantining rows that fail the expectations', done => 0,
                                  total => n_read - n_bad);
     end if;
     execute format($q$select jsonb_agg(jsonb_build_object('entity_key', %s, 'event_ts', s.event_ts,
@@ -478,13 +462,13 @@ begin
   end if;
   if target in ('offline', 'online_and_offline') and lo is not null then
     if progress then
-      perform features._progress('update', phase => 'writing the offline store', done => 0, total => n_read - n_bad);
+      perform ml._report_progress(null, phase => 'writing the offline store', done => 0, total => n_read - n_bad);
     end if;
     n_off := features._write_offline(v, lo, hi, progress);
   end if;
   if target in ('online', 'online_and_offline') and lo is not null then
     if progress then
-      perform features._progress('update', phase => 'writing the online store', done => n_read - n_bad,
+      perform ml._report_progress(null, phase => 'writing the online store', done => n_read - n_bad,
                                  total => n_read - n_bad);
     end if;
     n_on := features._write_online(v);
@@ -492,7 +476,7 @@ begin
   result := jsonb_build_object('rows_read', n_read, 'rows_written', n_off, 'rows_quarantined', n_bad,
                                'online_updated', n_on, 'min_event_ts', lo, 'max_event_ts', hi);
   if progress and with_stats and n_read > n_bad then
-    perform features._progress('update', phase => 'computing statistics');
+    perform ml._report_progress(null, phase => 'computing statistics');
   end if;
   perform features._finish_run(run_id, result,
                                case when with_stats and n_read > n_bad then features._stage_stats(v) end);
@@ -538,7 +522,7 @@ begin
   end if;
   perform features._assert_may_run(v, 'materialize');
   perform features._assert_may_write(v);
-  perform features._progress('start', case kind when 'incremental' then 'features.materialize_incremental'
+  perform ml._report_progress(case kind when 'incremental' then 'features.materialize_incremental'
                                                 else 'features.materialize' end,
                              v.name || '@' || v.version, 'waiting for the view''s lock');
   begin
@@ -547,7 +531,7 @@ begin
     perform features._lock_view(v.id);
     run_id := features._start_run(v.id, kind, start_ts, end_ts);
     perform features._new_stage(v);
-    perform features._progress('update', phase => 'reading the source');
+    perform ml._report_progress(null, phase => 'reading the source');
     inner_sel := format('select %s, (s.%I)::timestamptz as event_ts, %s from (%s) s where (s.%I)::timestamptz >= $1 and (s.%I)::timestamptz < $2',
                         (select string_agg(format('s.%I', k), ', ') from unnest(v.join_keys) k),
                         v.timestamp_column,
@@ -559,10 +543,10 @@ begin
       using start_ts, end_ts;
     res := features._write_stage(v, run_id, 'online_and_offline', coalesce(with_stats, true), true);
   exception when others or query_canceled then
-    perform features._progress('end');
+    perform ml._report_progress(null);
     raise;
   end;
-  perform features._progress('end');
+  perform ml._report_progress(null);
   return res || jsonb_build_object('kind', kind, 'window_start', start_ts, 'window_end', end_ts,
                                    'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
 end $$;
@@ -718,15 +702,15 @@ begin
     -- the streaming path: no progress, no subtransaction
     res := features._push_stage(v, rows, target, false);
   else
-    perform features._progress('start', 'features.push', v.name || '@' || v.version, 'reading the pushed rows',
+    perform ml._report_progress('features.push', v.name || '@' || v.version, 'reading the pushed rows',
                                total => jsonb_array_length(rows));
     begin
       res := features._push_stage(v, rows, target, true);
     exception when others or query_canceled then
-      perform features._progress('end');
+      perform ml._report_progress(null);
       raise;
     end;
-    perform features._progress('end');
+    perform ml._report_progress(null);
   end if;
   return res || jsonb_build_object('kind', 'push', 'seconds', round(extract(epoch from clock_timestamp() - t0)::numeric, 3));
 end $$;

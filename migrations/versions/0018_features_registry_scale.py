@@ -28,6 +28,9 @@ OLD_FUNCTIONS = [
     "features._create_training_set(text, text, text[], text, interval, text)",
     "features._pit_lateral(features.feature_views, text[], text, interval, text)",
     "features._pit_merge(features.feature_views, text[], text, interval, text)",
+    # progress has one SQL face, ml._report_progress (sql/030-progress.sql)
+    "features._progress(text, text, text, text, bigint, bigint)",
+    "features._progress_py(text, text, text, text, bigint, bigint)",
 ]
 
 

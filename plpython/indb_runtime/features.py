@@ -13,7 +13,6 @@ from typing import Any
 
 from . import spi
 from .errors import IndbRuntimeError
-from .progress import Progress
 
 
 def describe(plpy: spi.Plpy, query: str, what: str = "query") -> list[dict[str, Any]]:
@@ -44,44 +43,3 @@ def describe(plpy: spi.Plpy, query: str, what: str = "query") -> list[dict[str, 
         [list(res.coltypes()), list(res.coltypmods())],
     )
     return [{"name": n, "type": r["f"]} for n, r in zip(names, rows)]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# progress of features.materialize, materialize_incremental and large pushes (plpgsql), seen in ml.progress
-
-NOTICE_EVERY_S = 10.0  # psql users of a long materialization see a line now and then; short calls stay quiet
-_current: Progress | None = None
-
-
-def track(
-    plpy: spi.Plpy,
-    action: str,
-    command: str | None = None,
-    target: str | None = None,
-    phase: str | None = None,
-    done: int | None = None,
-    total: int | None = None,
-) -> None:
-    """One call of the plpgsql code of a long feature-store call: ``start`` (command, target, phase, total),
-    ``update`` (phase, done, total; ignored when nothing was started) or ``end``. The backend's one Progress
-    lives here between calls; a new start ends one left over by an earlier call that failed before its end."""
-    global _current
-    if action == "start":
-        if not command:
-            raise IndbRuntimeError("22023", "progress start needs a command", hint="pass command => 'features.x'")
-        if _current is not None:
-            _current.close()
-        _current = Progress(plpy, command, target=target, total=total, unit="rows", notice_every_s=NOTICE_EVERY_S)
-        if phase:
-            _current.state["phase"] = phase
-        _current.__enter__()
-    elif action == "update":
-        if _current is None:
-            return
-        _current.update(_current.state["done"] if done is None else done, total=total, phase=phase)
-    elif action == "end":
-        if _current is not None:
-            _current.close()
-            _current = None
-    else:
-        raise IndbRuntimeError("22023", f"unknown progress action {action!r}", hint="use 'start', 'update' or 'end'")

@@ -163,3 +163,44 @@ def read_all(live: dict[int, float | None]) -> list[dict[str, Any]]:
             continue
         out.append(state)
     return out
+
+
+# The progress of the one long call this backend runs from plpgsql, which cannot hold a Progress object
+# between statements (ml._report_progress, sql/030-progress.sql).
+_current: Progress | None = None
+NOTICE_EVERY_S = 10.0  # psql users of a long SQL call see a line now and then; short calls stay quiet
+
+
+def report(
+    plpy: Any,
+    command: str | None,
+    target: str | None = None,
+    phase: str | None = None,
+    done: int | None = None,
+    total: int | None = None,
+    unit: str | None = None,
+) -> None:
+    """One step of a long plpgsql call's progress. With a command: start its entry (ending one a failed call
+    left behind) or move it on when the command and target are those of the current one. Without a command:
+    move the current entry on (phase, done and total that are NULL stay as they are), or end it when every
+    argument is NULL. Nothing started: an update does nothing."""
+    global _current
+    if command is None:
+        if phase is None and done is None and total is None:
+            if _current is not None:
+                _current.close()
+                _current = None
+            return
+        if _current is not None:
+            _current.update(_current.state["done"] if done is None else done, total=total, phase=phase)
+        return
+    if _current is None or _current.state["command"] != command or _current.state["target"] != target:
+        if _current is not None:
+            _current.close()
+        _current = Progress(
+            plpy, command, target=target, total=total, unit=unit or "rows", notice_every_s=NOTICE_EVERY_S
+        )
+        if phase:
+            _current.state["phase"] = phase
+        _current.__enter__()
+    _current.update(_current.state["done"] if done is None else done, total=total, phase=phase)

@@ -75,14 +75,15 @@ def test_describe_reports_bad_sql_with_its_sqlstate():
     assert ei.value.sqlstate == "22023"
 
 
-def test_track_keeps_one_progress_per_backend_and_ends_it(tmp_path, monkeypatch):
+def test_report_keeps_one_progress_per_backend_and_ends_it(tmp_path, monkeypatch):
+    """indb_runtime.progress.report, the one SQL face of progress for long plpgsql calls (ml._report_progress):
+    collections' add_documents and reindex, the feature store's materialize and push."""
     import json
     import os
 
     from fakeplpy import FakePlpy
 
-    from indb_runtime import features, progress
-    from indb_runtime.errors import IndbRuntimeError
+    from indb_runtime import progress
 
     monkeypatch.chdir(tmp_path)  # progress files live in the backend's working directory
     plpy = FakePlpy({"pg_backend_pid": [{"pid": 4242, "db": "d", "who": "alice", "started": 1.0}]})
@@ -92,22 +93,28 @@ def test_track_keeps_one_progress_per_backend_and_ends_it(tmp_path, monkeypatch)
         with open(path) as f:
             return json.load(f)
 
-    features.track(plpy, "update", phase="ignored")  # nothing started: nothing to do
+    progress.report(plpy, None, phase="ignored")  # nothing started: nothing to do
     assert not os.path.exists(path)
-    features.track(plpy, "start", "features.materialize", "v@1", "reading the source")
+    progress.report(plpy, "features.materialize", "v@1", "reading the source")
     assert state()["phase"] == "reading the source" and state()["target"] == "v@1" and state()["total"] is None
-    features.track(plpy, "update", phase="writing the offline store", done=0, total=300)
-    features.track(plpy, "update", phase="writing the online store", done=300)
+    progress.report(plpy, None, phase="writing the offline store", done=0, total=300)
+    progress.report(plpy, None, phase="writing the online store", done=300)
+    progress.report(plpy, None, phase="computing statistics")  # done stays
     s = state()
-    assert (s["phase"], s["done"], s["total"], s["unit"]) == ("writing the online store", 300, 300, "rows")
-    # a call that failed before its end: the next start replaces its progress
-    features.track(plpy, "start", "features.push", "v@1", "reading the pushed rows", total=10)
+    assert (s["phase"], s["done"], s["total"], s["unit"]) == ("computing statistics", 300, 300, "rows")
+    # the same command and target move it on; another one (a call that failed before its end) replaces it
+    progress.report(plpy, "add_documents", "c", "embedding", 10, 50, "documents")
+    progress.report(plpy, "add_documents", "c", "writing", 20, 50, "documents")
+    s = state()
+    assert (s["command"], s["phase"], s["done"], s["total"], s["unit"]) == (
+        "add_documents",
+        "writing",
+        20,
+        50,
+        "documents",
+    )
+    progress.report(plpy, "features.push", "v@1", "reading the pushed rows", total=10)
     assert state()["command"] == "features.push" and state()["done"] == 0
-    features.track(plpy, "end")
+    progress.report(plpy, None)
     assert not os.path.exists(path)
-    features.track(plpy, "end")  # twice is fine
-    with pytest.raises(IndbRuntimeError) as ei:
-        features.track(plpy, "stop")
-    assert ei.value.sqlstate == "22023" and ei.value.hint
-    with pytest.raises(IndbRuntimeError):
-        features.track(plpy, "start")
+    progress.report(plpy, None)  # twice is fine
