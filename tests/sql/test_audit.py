@@ -57,6 +57,12 @@ NOT_AUDITED = {
     "features.materialization_runs",
     "features.statistics",
     "registry.run_search",  # derived: params, latest metrics and tags of audited tables, for search_runs
+    # the BM25 index: derived from the collections' rows (like collection_stats and collection_terms), rebuilt
+    # from them by ml._bm25_build; written only by indb's definers
+    "ml.bm25_docs",
+    "ml.bm25_postings",
+    "ml.bm25_delta",
+    "ml.bm25_deleted",
 }
 
 
