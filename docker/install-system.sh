@@ -80,7 +80,16 @@ if [ "$MODE" = runtime ]; then
   sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
   log "installing: ${missing[*]}"
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  vector_min_ok || { log "pgvector >= ${PGVECTOR_MIN} is not in place: copy it from the build stage first"; exit 1; }
+  if ! vector_min_ok; then
+    # the build stage fell back to the last resort (the archive served none of the pinned versions): the
+    # image carries what it built, with the same warning
+    if [ -n "$PGVECTOR_LAST_RESORT" ] && version_ge "$(vector_installed)" "$PGVECTOR_LAST_RESORT"; then
+      log "WARNING: pgvector $(vector_installed) is older than ${PGVECTOR_MIN}: it has the HNSW vacuum corruption bug (pgvector#993)"
+    else
+      log "pgvector >= ${PGVECTOR_MIN} is not in place: copy it from the build stage first"
+      exit 1
+    fi
+  fi
   log "done (runtime): PostgreSQL ${PG_MAJOR}, plpython3u, pg_cron, pgvector $(vector_installed)"
   exit 0
 fi
