@@ -280,3 +280,14 @@ def test_cli_lists_the_replica_and_prints_its_dsn(replica):
         [sys.executable, "-m", "indb.cli", "db", "replica", "add", "--name", "Bad-Name"], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "invalid replica name" in bad.stderr
+
+
+def test_a_stopped_replica_catches_up_when_started_again(sconn, rconn, replica, db_dsn):
+    """What `indb db stop` / `indb db start` do to each replica: the slot keeps the WAL it missed."""
+    replica.stop()
+    assert not replica.running()
+    sconn.execute("select ml.add_documents('rep_docs', %s)", [json.dumps([{"id": "gap", "content": "while away"}])])
+    assert "started" in replica.start()
+    with psycopg.connect(_replica_dsn(replica, db_dsn), autocommit=True) as again:
+        wait_replayed(sconn, again)
+        assert again.execute("select id from ml.keyword_search('rep_docs', 'while away', 1)").fetchone()[0] == "gap"
