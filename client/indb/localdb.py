@@ -490,6 +490,10 @@ class Replica(Cluster):
         return Cluster(self.primary_state, self.primary_port, self.pg_bin)
 
     @property
+    def password_file(self) -> Path:  # the standby's roles are the primary's, passwords included
+        return self.primary_state / "password"
+
+    @property
     def slot(self) -> str:
         return f"indb_replica_{self.name}"
 

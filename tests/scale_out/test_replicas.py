@@ -272,6 +272,13 @@ def test_cli_lists_the_replica_and_prints_its_dsn(replica):
         [sys.executable, "-m", "indb.cli", "dsn", "--replica", replica.name], capture_output=True, text=True
     )
     assert dsn.returncode == 0 and f"port={replica.port}" in dsn.stdout
+    tcp = subprocess.run(
+        [sys.executable, "-m", "indb.cli", "dsn", "--replica", replica.name, "--tcp", "--dbname", "postgres"],
+        capture_output=True,
+        text=True,
+    )
+    with psycopg.connect(tcp.stdout.strip()) as c:  # password authentication over TCP, as on the primary
+        assert c.execute("select pg_is_in_recovery()").fetchone()[0] is True
     bad = subprocess.run(
         [sys.executable, "-m", "indb.cli", "dsn", "--replica", "no_such"], capture_output=True, text=True
     )
