@@ -75,9 +75,22 @@ def psql_argv(cluster: Cluster, dbname: str, rest: list[str]) -> list[str]:
     return cluster.psql_args(dbname) + rest
 
 
+def _pick_replica(cluster: Cluster, name: str) -> Replica:
+    pick = [r for r in replicas(cluster) if name in ("", r.name)]
+    if not pick:
+        raise ClusterError(
+            f"no replica {name!r}; make one with indb db replica add"
+            if name
+            else "this cluster has no replica; make one with indb db replica add"
+        )
+    return pick[0]
+
+
 def _cmd_psql(args) -> int:
     dsn = os.environ.get("INDB_DSN")
-    if dsn and args.dbname is None:  # the database the other indb commands use
+    if args.replica is not None:
+        argv = psql_argv(_pick_replica(Cluster.local(), args.replica), args.dbname or "indb", list(args.rest))
+    elif dsn and args.dbname is None:  # the database the other indb commands use
         rest = list(args.rest)[1:] if list(args.rest)[:1] == ["--"] else list(args.rest)
         argv = [shutil.which("psql") or "psql", dsn, *rest]
     else:
@@ -89,15 +102,7 @@ def _cmd_psql(args) -> int:
 def _cmd_dsn(args) -> int:
     cluster = Cluster.local()
     if args.replica is not None:
-        reps = replicas(cluster)
-        pick = [r for r in reps if args.replica in ("", r.name)]
-        if not pick:
-            raise ClusterError(
-                f"no replica {args.replica!r}; make one with indb db replica add"
-                if args.replica
-                else "this cluster has no replica; make one with indb db replica add"
-            )
-        cluster = pick[0]
+        cluster = _pick_replica(cluster, args.replica)
     print(cluster.dsn(args.dbname, tcp=args.tcp))
     return 0
 
@@ -174,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run psql on the project's database, e.g. indb psql -- -c 'select ml.version()'",
     )
     ps.add_argument("--dbname", default=None, help="database of the local cluster (default: $INDB_DSN, else indb)")
+    ps.add_argument(
+        "--replica", nargs="?", const="", default=None, metavar="N", help="psql into a read replica (the first, or N)"
+    )
     ps.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     ps.set_defaults(func=_cmd_psql)
 

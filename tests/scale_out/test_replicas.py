@@ -279,6 +279,22 @@ def test_cli_lists_the_replica_and_prints_its_dsn(replica):
     )
     with psycopg.connect(tcp.stdout.strip()) as c:  # password authentication over TCP, as on the primary
         assert c.execute("select pg_is_in_recovery()").fetchone()[0] is True
+    psql = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "indb.cli",
+            "psql",
+            "--replica",
+            replica.name,
+            "--",
+            "-tAc",
+            "select pg_is_in_recovery()",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert psql.returncode == 0 and psql.stdout.strip() == "t", psql.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "indb.cli", "dsn", "--replica", "no_such"], capture_output=True, text=True
     )
