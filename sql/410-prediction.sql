@@ -71,6 +71,13 @@ language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  if pg_catalog.pg_is_in_recovery() then
+    -- a hot standby cannot append to the log, and a prediction is never served unlogged
+    raise exception 'this server is a read-only replica and the project logs its predictions (ml.set_prediction_logging is on)'
+      using errcode = '25006',
+      hint = 'predict on the primary (indb.connect(dsn, read_dsn=...) does so by itself), or turn logging off '
+             'there: select ml.set_prediction_logging(project, false)';
+  end if;
   if not exists (select 1 from registry.training_projects s join registry.model_versions v on v.model_id = s.model_id
                   where s.model_id = _log_prediction.project_id and v.id = _log_prediction.model_id
                     and s.log_predictions) then

@@ -15,6 +15,7 @@ from .errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    ReplicaLagError,
     RuntimeFailure,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ConflictError",
     "RuntimeFailure",
     "Canceled",
+    "ReplicaLagError",
     "__version__",
 ]

@@ -4,6 +4,8 @@ module, and client.py puts them together, so nothing imports client.py from belo
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -11,8 +13,43 @@ from typing import Any, Self
 import psycopg
 from psycopg.rows import dict_row
 
-from .errors import translate
+from .errors import ReplicaLagError, translate
 from .localdb import Cluster
+
+# The read paths that a hot standby serves: a statement that calls only these functions goes to the
+# connection's replica (read_dsn); everything else goes to the primary.
+READ_FUNCTIONS = frozenset(
+    {
+        "ml.search",
+        "ml.keyword_search",
+        "ml.hybrid_search",
+        "ml.vectorizer_search",
+        "ml.embed",
+        "ml.embed_batch",
+        "ml.predict",
+        "ml.predict_proba",
+        "ml.predict_batch",
+        "ml.explain",
+        "ml.version",
+        "features.get_online",
+        "features.get_online_batch",
+        "features.get_historical",
+        "registry.search_runs",
+        "registry.lineage",
+        "registry.get_run",
+        "audit.verify",
+    }
+)
+_CALLED = re.compile(r"\b([a-z_]+)\s*\.\s*([a-z_][a-z0-9_]*)\s*\(", re.IGNORECASE)
+
+
+def is_read(sql: str) -> bool:
+    """True when ``sql`` is one SELECT whose schema-qualified calls are all read paths."""
+    text = sql.strip().lower()
+    if not text.startswith("select") or ";" in text.rstrip(";"):
+        return False
+    called = {f"{a}.{b}" for a, b in _CALLED.findall(text)}
+    return bool(called) and called <= READ_FUNCTIONS
 
 
 def default_dsn() -> str:
@@ -24,8 +61,77 @@ def default_dsn() -> str:
 class Base:
     """Plumbing shared by the feature-area mixins: one connection, SQLSTATE-mapped errors."""
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        read_conn: psycopg.Connection | None = None,
+        read_your_writes: bool = False,
+        read_your_writes_timeout: float = 5.0,
+    ):
         self.conn = conn
+        self.read_conn = read_conn
+        self.read_your_writes = read_your_writes
+        self.read_your_writes_timeout = read_your_writes_timeout
+        self._last_write_lsn: str | None = None
+
+    # -- routing: reads to the replica, writes to the primary ----------------------------------
+    def _route(self, sql: str) -> psycopg.Connection:
+        if self.read_conn is None or not is_read(sql):
+            return self.conn
+        if self.read_your_writes and self._last_write_lsn is not None:
+            self._wait_replayed(self._last_write_lsn)
+        return self.read_conn
+
+    def _wait_replayed(self, lsn: str) -> None:
+        assert self.read_conn is not None
+        deadline = time.monotonic() + self.read_your_writes_timeout
+        replayed = None
+        while True:
+            with self.read_conn.cursor() as cur:
+                cur.execute("select pg_last_wal_replay_lsn()::text, pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn])
+                replayed, ok = cur.fetchone() or (None, False)
+            if ok:
+                return
+            if time.monotonic() >= deadline:
+                raise ReplicaLagError(
+                    f"read-your-writes: the replica had replayed WAL up to {replayed} but the last write is at "
+                    f"{lsn}, after waiting {self.read_your_writes_timeout} s",
+                    hint="raise read_your_writes_timeout, check the replica (indb db replica list), or read "
+                    "from the primary (connect without read_dsn)",
+                )
+            time.sleep(0.005)
+
+    def _after(self, conn: psycopg.Connection) -> None:
+        if conn is self.conn and self.read_conn is not None and self.read_your_writes and self.conn.autocommit:
+            with self.conn.cursor() as cur:
+                cur.execute("select pg_current_wal_insert_lsn()::text")
+                row = cur.fetchone()
+                self._last_write_lsn = row[0] if row else None
+
+    def _execute(self, sql: str, params: Any, rows: bool) -> Any:
+        conn = self._route(sql)
+        try:
+            return self._run(conn, sql, params, rows)
+        except psycopg.errors.ReadOnlySqlTransaction:
+            if conn is self.conn:
+                raise
+            # the replica refused (e.g. a prediction of a project that logs its predictions):
+            # serve it on the primary, which logs it
+            return self._run(self.conn, sql, params, rows)
+
+    def _run(self, conn: psycopg.Connection, sql: str, params: Any, rows: bool) -> Any:
+        out: Any
+        if rows:
+            with conn.cursor(row_factory=dict_row) as dcur:
+                dcur.execute(sql, params)
+                out = dcur.fetchall() if dcur.description else []
+        else:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                row = cur.fetchone()
+                out = row[0] if row else None
+        self._after(conn)
+        return out
 
     # -- plumbing ----------------------------------------------------------------------------
     @contextmanager
@@ -39,18 +145,17 @@ class Base:
 
     def call(self, sql: str, params: Any = None) -> list[dict]:
         """Run one statement of the SQL API and return its rows as dicts."""
-        with self._errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
+        with self._errors():
+            return self._execute(sql, params, rows=True)
 
     def scalar(self, sql: str, params: Any = None) -> Any:
-        with self._errors(), self.conn.cursor() as cur:
-            cur.execute(sql, params)
-            row = cur.fetchone()
-            return row[0] if row else None
+        with self._errors():
+            return self._execute(sql, params, rows=False)
 
     def close(self) -> None:
         self.conn.close()
+        if self.read_conn is not None:
+            self.read_conn.close()
 
     def __enter__(self) -> Self:
         return self

@@ -15,16 +15,44 @@ import shutil
 import sys
 
 from . import __version__
-from .errors import IndbError
-from .localdb import Cluster
+from .errors import ClusterError, IndbError
+from .localdb import Cluster, Replica, replicas
+
+
+def _cmd_replica(cluster: Cluster, args) -> int:
+    action = args.replica_action or "list"
+    if action == "list":
+        print(json.dumps([r.status() for r in replicas(cluster)], indent=2))
+        return 0
+    name = args.name or args.replica_name or ("r1" if action == "add" else None)
+    if not name:
+        raise ClusterError("name the replica to remove: indb db replica remove <name>")
+    rep = Replica.of(cluster, name)
+    if action == "add":
+        print(f"indb db replica: {rep.create()} (replica {name}, {rep.data}, port {rep.port})")
+        print(f"indb db replica: {rep.runtime_start()}")
+    elif action == "remove":
+        if not rep.initialized() and not rep.state.exists():
+            raise ClusterError(f"there is no replica {name!r}; see indb db replica list")
+        print(f"indb db replica: {rep.remove()}")
+    else:
+        raise ClusterError(f"unknown replica action {action!r}: use add, list or remove")
+    return 0
 
 
 def _cmd_db(args) -> int:
     cluster = Cluster.local()
+    if args.action == "replica":
+        return _cmd_replica(cluster, args)
     if args.action == "start":
         print(f"indb db: {cluster.start()} ({cluster.data}, port {cluster.port})")
         print(f"indb db: {cluster.runtime_start()}")
+        for rep in replicas(cluster):
+            print(f"indb db: replica {rep.name}: {rep.start()} (port {rep.port})")
+            print(f"indb db: replica {rep.name}: {rep.runtime_start()}")
     elif args.action == "stop":
+        for rep in replicas(cluster):
+            print(f"indb db: replica {rep.name}: {rep.stop()}")
         print(f"indb db: {cluster.stop()}")
     else:
         st = cluster.status()
@@ -47,9 +75,22 @@ def psql_argv(cluster: Cluster, dbname: str, rest: list[str]) -> list[str]:
     return cluster.psql_args(dbname) + rest
 
 
+def _pick_replica(cluster: Cluster, name: str) -> Replica:
+    pick = [r for r in replicas(cluster) if name in ("", r.name)]
+    if not pick:
+        raise ClusterError(
+            f"no replica {name!r}; make one with indb db replica add"
+            if name
+            else "this cluster has no replica; make one with indb db replica add"
+        )
+    return pick[0]
+
+
 def _cmd_psql(args) -> int:
     dsn = os.environ.get("INDB_DSN")
-    if dsn and args.dbname is None:  # the database the other indb commands use
+    if args.replica is not None:
+        argv = psql_argv(_pick_replica(Cluster.local(), args.replica), args.dbname or "indb", list(args.rest))
+    elif dsn and args.dbname is None:  # the database the other indb commands use
         rest = list(args.rest)[1:] if list(args.rest)[:1] == ["--"] else list(args.rest)
         argv = [shutil.which("psql") or "psql", dsn, *rest]
     else:
@@ -59,7 +100,10 @@ def _cmd_psql(args) -> int:
 
 
 def _cmd_dsn(args) -> int:
-    print(Cluster.local().dsn(args.dbname, tcp=args.tcp))
+    cluster = Cluster.local()
+    if args.replica is not None:
+        cluster = _pick_replica(cluster, args.replica)
+    print(cluster.dsn(args.dbname, tcp=args.tcp))
     return 0
 
 
@@ -114,10 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="actions:\n  start   create the cluster if needed (initdb, settings sized from RAM) and start it,\n"
         "          with the shared runtime service (restarted by its supervisor when it dies;\n"
         "          INDB_RUNTIME_SERVICE=0: none)\n"
-        "  stop    stop both (fast shutdown)\n"
-        "  status  print their state as JSON; exit status 3 when it is not running",
+        "          and the replicas that exist\n"
+        "  stop    stop them all, replicas first (fast shutdown)\n"
+        "  status  print their state as JSON; exit status 3 when it is not running\n"
+        "  replica add [--name N] | list | remove N\n"
+        "          a hot standby (pg_basebackup -R, physical slot indb_replica_N) in .state/replicas/N/,\n"
+        "          its own port and runtime service; reads only (indb dsn --replica N)",
     )
-    db.add_argument("action", choices=["start", "stop", "status"], help="start, stop or status (see below)")
+    db.add_argument(
+        "action", choices=["start", "stop", "status", "replica"], help="start, stop, status or replica (see below)"
+    )
+    db.add_argument("replica_action", nargs="?", help="replica: add, list or remove")
+    db.add_argument("replica_name", nargs="?", help="replica remove: the replica's name")
+    db.add_argument("--name", help="replica add/remove: the replica's name (default r1)")
     db.set_defaults(func=_cmd_db)
 
     ps = sub.add_parser(
@@ -126,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run psql on the project's database, e.g. indb psql -- -c 'select ml.version()'",
     )
     ps.add_argument("--dbname", default=None, help="database of the local cluster (default: $INDB_DSN, else indb)")
+    ps.add_argument(
+        "--replica", nargs="?", const="", default=None, metavar="N", help="psql into a read replica (the first, or N)"
+    )
     ps.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     ps.set_defaults(func=_cmd_psql)
 
@@ -133,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     dsn.add_argument("--dbname", default="indb", help="database name (default indb)")
     dsn.add_argument(
         "--tcp", action="store_true", help="TCP on 127.0.0.1 with the cluster's password instead of the socket"
+    )
+    dsn.add_argument(
+        "--replica",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="N",
+        help="a read replica's connection (the first one, or replica N)",
     )
     dsn.set_defaults(func=_cmd_dsn)
 

@@ -33,14 +33,32 @@ class Client(RuntimeAPI, EmbeddingsAPI, CollectionsAPI, TrainingAPI, TrackingAPI
     calls one SQL function of the public API."""
 
 
-def connect(dsn: str | None = None, autocommit: bool = True, **kwargs) -> Client:
-    """Connect to indb (default: this checkout's local cluster, or $INDB_DSN) with pgvector types registered."""
+def connect(
+    dsn: str | None = None,
+    autocommit: bool = True,
+    *,
+    read_dsn: str | None = None,
+    read_your_writes: bool = False,
+    read_your_writes_timeout: float = 5.0,
+    **kwargs,
+) -> Client:
+    """Connect to indb (default: this checkout's local cluster, or $INDB_DSN) with pgvector types registered.
+
+    ``read_dsn``: a hot standby (``indb dsn --replica``). Calls of the read paths (search, embed, predict,
+    explain, get_online, get_historical, search_runs, lineage, get_run, audit.verify) go there, everything else
+    to ``dsn``. A prediction the replica refuses because its project logs predictions is served by the primary.
+    ``read_your_writes``: before a read on the replica, wait until it has replayed this session's last write
+    (autocommit writes), at most ``read_your_writes_timeout`` seconds, else ReplicaLagError.
+    """
     try:
         conn = psycopg.connect(dsn or default_dsn(), autocommit=autocommit, **kwargs)
+        read_conn = psycopg.connect(read_dsn, autocommit=True, **kwargs) if read_dsn else None
     except psycopg.Error as e:
         raise translate(e) from None
     register_types(conn)
-    return Client(conn)
+    if read_conn is not None:
+        register_types(read_conn)
+    return Client(conn, read_conn, read_your_writes, read_your_writes_timeout)
 
 
 def register_types(conn: psycopg.Connection) -> None:

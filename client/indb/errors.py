@@ -51,6 +51,10 @@ class RuntimeFailure(IndbError):
     """The in-database runtime failed (model load, training, embedding): 38xxx, XX000 and indb's IX codes."""
 
 
+class ReplicaLagError(IndbError):
+    """Read-your-writes: the replica had not replayed the session's last write within the timeout."""
+
+
 class Canceled(IndbError):
     """57014 query_canceled: statement_timeout or a cancel request."""
 

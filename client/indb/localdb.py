@@ -455,3 +455,157 @@ def _tail(path: Path, n: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+# -- read replicas (hot standbys) ----------------------------------------------------------------------------
+REPLICA_NAME_OK = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def replica_port(state: Path) -> int:
+    """A port derived from the replica's folder (54000-54999 like the primary, never the primary's own)."""
+    digest = hashlib.sha256(("replica:" + str(state)).encode()).digest()
+    return 54000 + int.from_bytes(digest[:2], "big") % 1000
+
+
+@dataclass(frozen=True)
+class Replica(Cluster):
+    """A hot standby of a primary Cluster: its own data, port, socket, logs and runtime service under
+    ``<primary state>/replicas/<name>/``, streaming from the primary through a physical replication slot."""
+
+    name: str = "r1"
+    primary_state: Path = Path()
+    primary_port: int = 0
+
+    @classmethod
+    def of(cls, primary: Cluster, name: str) -> Replica:
+        check_replica_name(name)
+        st = primary.state / "replicas" / name
+        port = replica_port(st)
+        if port == primary.port:
+            port = 54000 + (port - 54000 + 1) % 1000
+        return cls(st, port, primary.pg_bin, name, primary.state, primary.port)
+
+    @property
+    def primary(self) -> Cluster:
+        return Cluster(self.primary_state, self.primary_port, self.pg_bin)
+
+    @property
+    def password_file(self) -> Path:  # the standby's roles are the primary's, passwords included
+        return self.primary_state / "password"
+
+    @property
+    def slot(self) -> str:
+        return f"indb_replica_{self.name}"
+
+    def init(self) -> bool:
+        if not self.initialized():
+            raise ClusterError(
+                f"replica {self.name!r} does not exist ({self.data}); "
+                f"make it with `indb db replica add --name {self.name}`"
+            )
+        for d in (self.run, self.logdir):
+            d.mkdir(exist_ok=True)
+            self._own(d)
+            d.chmod(0o700 if d == self.run else 0o755)
+        return False
+
+    def _ensure_database(self) -> None:  # a standby has the primary's databases, and cannot create one
+        return None
+
+    def create(self) -> str:
+        """pg_basebackup of the running primary (-R: standby.signal + primary_conninfo, -C -S: a physical
+        slot so that the primary keeps the WAL the standby still needs), then start it."""
+        primary = self.primary
+        if not primary.running():
+            raise ClusterError("the primary is not running; start it first: indb db start")
+        if self.initialized():
+            raise ClusterError(f"replica {self.name!r} exists already ({self.data}); remove it first")
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._own(self.state.parent)
+        self._own(self.state)
+        for d in (self.run, self.logdir):
+            d.mkdir(exist_ok=True)
+            self._own(d)
+            d.chmod(0o700 if d == self.run else 0o755)
+        r = self._as_server(
+            [
+                str(self.pg_bin / "pg_basebackup"),
+                "-h",
+                str(primary.run),
+                "-p",
+                str(primary.port),
+                "-U",
+                SUPERUSER,
+                "-D",
+                str(self.data),
+                "-R",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                self.slot,
+                "--checkpoint=fast",
+                "--no-password",
+            ]
+        )
+        if r.returncode != 0:
+            raise ClusterError(
+                f"pg_basebackup failed (exit {r.returncode}): {r.stderr.strip()}. If the slot {self.slot} is left "
+                f"over from an earlier replica, drop it on the primary: select pg_drop_replication_slot('{self.slot}')"
+            )
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        return self.start()
+
+    def write_config(self) -> None:
+        super().write_config()
+        with (self.data / "indb.conf").open("a") as f:
+            f.write("hot_standby = on\nhot_standby_feedback = on\n")
+
+    def replay_lsn(self) -> str | None:
+        r = subprocess.run(
+            self.psql_args("postgres") + ["-tAc", "select pg_last_wal_replay_lsn()"], capture_output=True, text=True
+        )
+        return r.stdout.strip() or None if r.returncode == 0 else None
+
+    def remove(self) -> str:
+        """Stop the standby, drop its slot on the primary and delete its folder (only a standby's: the folder
+        must hold standby.signal)."""
+        if self.initialized() and not (self.data / "standby.signal").exists():
+            raise ClusterError(f"{self.data} has no standby.signal (promoted?); refusing to delete it")
+        if self.initialized():
+            self.stop()
+        primary = self.primary
+        if primary.running():
+            subprocess.run(
+                primary.psql_args("postgres")
+                + [
+                    "-tAc",
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                    f"where slot_name = '{self.slot}'",
+                ],
+                capture_output=True,
+                text=True,
+            )
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        run = self.run
+        if run.exists() and run.is_relative_to(Path("/tmp")):
+            shutil.rmtree(run, ignore_errors=True)
+        return f"replica {self.name} removed"
+
+    def status(self) -> dict:
+        st = super().status()
+        st.update(name=self.name, slot=self.slot, replay_lsn=self.replay_lsn() if st["running"] else None)
+        return st
+
+
+def check_replica_name(name: str) -> None:
+    if not name or len(name) > 40 or any(ch not in REPLICA_NAME_OK for ch in name):
+        raise ClusterError(f"invalid replica name {name!r}: use 1-40 lower-case letters, digits or _ (e.g. --name r2)")
+
+
+def replicas(primary: Cluster) -> list[Replica]:
+    folder = primary.state / "replicas"
+    if not folder.is_dir():
+        return []
+    return [Replica.of(primary, p.name) for p in sorted(folder.iterdir()) if (p / "pgdata" / "PG_VERSION").exists()]
