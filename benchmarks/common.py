@@ -94,3 +94,46 @@ def scratch_database(name: str):
     finally:
         if not os.environ.get("INDB_KEEP_BENCH_DB"):
             drop_scratch_db(name)
+
+
+def reference_bm25(
+    conn, table: str, queries: dict[str, str], where: str = "true", top: int = 10, k1: float = 1.2, b: float = 0.75
+) -> dict[str, list[tuple[str, float]]]:
+    """The reference BM25 (Lucene's idf ln(1 + (N - df + 0.5) / (df + 0.5)), k1, b) over the same tokens as
+    indb (each row's tsvector), with the statistics of the whole table, computed in plain Python: per query the
+    ``top`` (id, score) of the rows matching ``where``, best first (ties by id). tests/sql/test_bm25_index.py
+    checks ml.keyword_search against it; benchmarks/search_quality.py ranks with it."""
+    import math
+    from collections import Counter, defaultdict
+
+    tf: dict[str, dict[str, int]] = defaultdict(dict)
+    for did, lex, n in conn.execute(
+        f"select id, u.lexeme, coalesce(array_length(u.positions, 1), 1) from {table}, unnest(tsv) u"
+    ):
+        tf[did][lex] = n
+    ids = [r[0] for r in conn.execute(f"select id from {table}")]
+    keep = {r[0] for r in conn.execute(f"select id from {table} where {where}")}
+    dl = {d: sum(tf[d].values()) for d in ids}
+    n_docs = len(ids)
+    avgdl = sum(dl.values()) / n_docs
+    df = Counter(lex for d in ids for lex in tf[d])
+    postings: dict[str, list[str]] = defaultdict(list)
+    for d in ids:
+        for lex in tf[d]:
+            postings[lex].append(d)
+    out = {}
+    for qid, text in queries.items():
+        terms = set(
+            conn.execute("select array(select lexeme from unnest(to_tsvector('english', %s)))", [text]).fetchone()[0]
+        )
+        scores: dict[str, float] = defaultdict(float)
+        for t in terms:
+            if t not in df:
+                continue
+            idf = math.log(1 + (n_docs - df[t] + 0.5) / (df[t] + 0.5))
+            for d in postings[t]:
+                if d in keep:
+                    f = tf[d][t]
+                    scores[d] += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * dl[d] / avgdl))
+        out[qid] = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:top]
+    return out

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, defaultdict
 
 from benchmarks.common import percentile
+from benchmarks.common import reference_bm25 as common_reference_bm25
 from benchmarks.search_performance import merge_results
 
 K1, B = 1.2, 0.75
@@ -33,35 +33,9 @@ def recall100(ranked, rel):
 
 
 def reference_bm25(conn, queries: dict[str, str]) -> dict[str, list[str]]:
-    tf: dict[str, dict[str, int]] = defaultdict(dict)
-    for did, lex, n in conn.execute(
-        "select id, u.lexeme, coalesce(array_length(u.positions, 1), 1) from collections.scifact, unnest(tsv) u"
-    ):
-        tf[did][lex] = n
-    ids = [r[0] for r in conn.execute("select id from collections.scifact")]
-    dl = {d: sum(tf[d].values()) for d in ids}
-    n = len(ids)
-    avgdl = sum(dl.values()) / n
-    df = Counter(lex for d in ids for lex in tf[d])
-    postings: dict[str, list[str]] = defaultdict(list)
-    for d in ids:
-        for lex in tf[d]:
-            postings[lex].append(d)
-    out = {}
-    for qid, text in queries.items():
-        terms = set(
-            conn.execute("select array(select lexeme from unnest(to_tsvector('english', %s)))", [text]).fetchone()[0]
-        )
-        scores: dict[str, float] = defaultdict(float)
-        for t in terms:
-            if t not in df:
-                continue
-            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-            for d in postings[t]:
-                f = tf[d][t]
-                scores[d] += idf * f * (K1 + 1) / (f + K1 * (1 - B + B * dl[d] / avgdl))
-        out[qid] = sorted(scores, key=lambda d: (-scores[d], d))[:100]
-    return out
+    """The reference BM25's top 100 ids per query over the demo's SciFact collection (benchmarks.common)."""
+    ranked = common_reference_bm25(conn, "collections.scifact", queries, top=100, k1=K1, b=B)
+    return {q: [d for d, _ in r] for q, r in ranked.items()}
 
 
 def main() -> None:

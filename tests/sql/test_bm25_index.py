@@ -5,53 +5,22 @@ and after the next merge; filtered and tenant-scoped searches stay exact; the in
 
 from __future__ import annotations
 
-import math
 import secrets
-from collections import Counter, defaultdict
 
 import pytest
 from helpers import act_as, ensure_tenant
 from psycopg.types.json import Jsonb
 
+from benchmarks.common import reference_bm25
 from indb.demo.search import read_corpus, read_train
 
 K1, B = 1.2, 0.75
 
 
 def reference(conn, table: str, queries: dict[str, str], where: str = "true") -> dict[str, list[tuple[str, float]]]:
-    """The reference BM25 (Lucene idf, k1 1.2, b 0.75) over the same tokens (each row's tsvector), with the
-    statistics of the whole collection, computed in Python; top 10 (id, score) of the rows matching ``where``."""
-    tf: dict[str, dict[str, int]] = defaultdict(dict)
-    for did, lex, n in conn.execute(
-        f"select id, u.lexeme, coalesce(array_length(u.positions, 1), 1) from {table}, unnest(tsv) u"
-    ):
-        tf[did][lex] = n
-    ids = [r[0] for r in conn.execute(f"select id from {table}")]
-    keep = {r[0] for r in conn.execute(f"select id from {table} where {where}")}
-    dl = {d: sum(tf[d].values()) for d in ids}
-    n = len(ids)
-    avgdl = sum(dl.values()) / n
-    df = Counter(lex for d in ids for lex in tf[d])
-    postings: dict[str, list[str]] = defaultdict(list)
-    for d in ids:
-        for lex in tf[d]:
-            postings[lex].append(d)
-    out = {}
-    for qid, text in queries.items():
-        terms = set(
-            conn.execute("select array(select lexeme from unnest(to_tsvector('english', %s)))", [text]).fetchone()[0]
-        )
-        scores: dict[str, float] = defaultdict(float)
-        for t in terms:
-            if t not in df:
-                continue
-            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-            for d in postings[t]:
-                if d in keep:
-                    f = tf[d][t]
-                    scores[d] += idf * f * (K1 + 1) / (f + K1 * (1 - B + B * dl[d] / avgdl))
-        out[qid] = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:10]
-    return out
+    """The reference BM25 (benchmarks.common.reference_bm25: plain Python over the rows' tsvectors, the whole
+    collection's statistics): top 10 (id, score) of the rows matching ``where``."""
+    return reference_bm25(conn, table, queries, where=where, top=10, k1=K1, b=B)
 
 
 def assert_exact(conn, name: str, ref, queries, filt=None) -> None:
