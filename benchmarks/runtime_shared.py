@@ -51,6 +51,16 @@ def pss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/<pid>/stat), all its threads."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def service_pids(cluster) -> list[int]:
     st = cluster.runtime_stats()
     pids = [int(st["pid"])] if st else []
@@ -119,6 +129,9 @@ def concurrency(dsn: str, cluster, mode: str, data: list[str]) -> dict:
     parallel(lambda c: c.execute("select ml.embed(%s, 'warm')", [MODEL]), conns)
     lat: list[list[float]] = [[] for _ in conns]
     before = cluster.runtime_stats() if mode == "shared" else None
+    pids = [c.execute("select pg_backend_pid()").fetchone()[0] for c in conns]
+    svc = service_pids(cluster) if mode == "shared" else []
+    cpu0 = sum(cpu_seconds(p) for p in pids + svc)
     stop = time.time() + SECONDS
 
     def work(i: int) -> None:
@@ -133,6 +146,7 @@ def concurrency(dsn: str, cluster, mode: str, data: list[str]) -> dict:
     t0 = time.time()
     parallel(work, range(8))
     wall = time.time() - t0
+    cpu = sum(cpu_seconds(p) for p in pids + svc) - cpu0
     for c in conns:
         c.close()
     all_lat = [x for xs in lat for x in xs]
@@ -143,6 +157,11 @@ def concurrency(dsn: str, cluster, mode: str, data: list[str]) -> dict:
         "rows_per_s": round(len(all_lat) / wall, 1),
         "p50_ms": round(common.percentile(all_lat, 50) * 1000, 1),
         "p99_ms": round(common.percentile(all_lat, 99) * 1000, 1),
+        # CPU spent per row by everything that serves it (the 8 backends, and the service in shared mode):
+        # unlike rows/s it does not depend on what else the shared machine runs; 2 cores / cpu_ms_per_row is
+        # the throughput this work allows on 2 cores of its own
+        "cpu_ms_per_row": round(cpu / max(len(all_lat), 1) * 1000, 2),
+        "rows_per_s_on_2_free_cores": round(2 / (cpu / max(len(all_lat), 1)), 1) if cpu else None,
     }
     if before is not None:
         after = cluster.runtime_stats()
@@ -180,14 +199,24 @@ def latency(dsn: str, data: list[str], n: int = 300) -> dict:
     return out
 
 
-def bulk(dsn: str, mode: str, data: list[str]) -> dict:
+def bulk(dsn: str, cluster, mode: str, data: list[str]) -> dict:
     table = make_vectorizer(dsn, f"bench_rt_bulk_{mode}")
     with connect(dsn, mode) as c:
         c.execute("select ml.embed(%s, 'warm')", [MODEL])
+        pids = [c.execute("select pg_backend_pid()").fetchone()[0]] + (
+            service_pids(cluster) if mode == "shared" else []
+        )
+        cpu0 = sum(cpu_seconds(p) for p in pids)
         t = time.perf_counter()
         c.execute(f"insert into {table} (body) select unnest(%s::text[])", [data[:BULK]])
         took = time.perf_counter() - t
-    res = {"rows": BULK, "seconds": round(took, 1), "rows_per_s": round(BULK / took, 1)}
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    res = {
+        "rows": BULK,
+        "seconds": round(took, 1),
+        "rows_per_s": round(BULK / took, 1),
+        "cpu_ms_per_row": round(cpu / BULK * 1000, 2),
+    }
     print(f"  bulk {mode}: {res}", flush=True)
     return res
 
@@ -232,7 +261,7 @@ def main() -> None:
         for mode, r in latency(dsn, data).items():
             m[mode]["latency"] = r
         for mode in MODES:
-            m[mode]["bulk"] = bulk(dsn, mode, data)
+            m[mode]["bulk"] = bulk(dsn, cluster, mode, data)
         for mode in MODES:
             m[mode]["concurrency"] = concurrency(dsn, cluster, mode, data)
         for mode in MODES:
@@ -245,7 +274,11 @@ def main() -> None:
         "shared_32_connections_le_1_5_gb": mem32.get("total_pss_mb", 1e9) <= 1.5 * 1024,
         "throughput_8_clients_ratio": round(s["concurrency"]["rows_per_s"] / b["concurrency"]["rows_per_s"], 2),
         "latency_p50_overhead_ms": round(s["latency"]["p50_ms"] - b["latency"]["p50_ms"], 2),
+        "throughput_8_clients_cpu_ratio": round(
+            b["concurrency"]["cpu_ms_per_row"] / s["concurrency"]["cpu_ms_per_row"], 2
+        ),
         "bulk_ratio": round(s["bulk"]["rows_per_s"] / b["bulk"]["rows_per_s"], 2),
+        "bulk_cpu_ratio": round(b["bulk"]["cpu_ms_per_row"] / s["bulk"]["cpu_ms_per_row"], 2),
         "first_call_shared_ms": s["first_call"]["median_ms"],
     }
     path = common.write("runtime", res)

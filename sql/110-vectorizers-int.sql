@@ -628,3 +628,54 @@ end $$;
 -- the children of ml.vectorizers follow its tenant policy (re-applied by every install)
 select ml._apply_parent_policies(t, 'exists (select 1 from ml.vectorizers v where v.id = vectorizer_id)')
   from unnest(array['ml.vectorizer_stats', 'ml.vectorizer_queue', 'ml.vectorizer_failed']::regclass[]) t;
+
+-- ------------------------------------------------------------------------------- a dropped source table
+-- DROP TABLE of a vectorizer's source (or DROP SCHEMA ... CASCADE, DROP OWNED) takes its triggers with it;
+-- this event trigger removes the vectorizer's catalog row (its queue, failures and stats go with it by
+-- foreign key), so that no vectorizer is left pointing at a table that no longer exists (its name could not
+-- be reused and the worker would keep failing on it). Its destination table(s) are kept, as
+-- ml.drop_vectorizer does by default, and named in a NOTICE. Only rows whose source is gone are touched:
+-- the policy below lets indb's definer delete such a row whatever tenant the dropping session acts for (no
+-- indb role has DELETE on ml.vectorizers, so the policy widens nothing for anyone else).
+do $$
+begin
+  drop policy if exists indb_source_dropped on ml.vectorizers;
+  create policy indb_source_dropped on ml.vectorizers for delete
+    using (not exists (select 1 from pg_catalog.pg_class c where c.oid operator(pg_catalog.=) source::oid));
+end $$;
+
+create or replace function ml._vectorizer_on_drop() returns event_trigger
+language plpgsql volatile security definer parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v record;
+begin
+  for v in
+    delete from ml.vectorizers x
+     using (select distinct d.objid from pg_event_trigger_dropped_objects() d
+             where d.classid = 'pg_class'::regclass and d.objsubid = 0 and d.object_type = 'table') d
+     where x.source::oid = d.objid
+       and not exists (select 1 from pg_class c where c.oid = d.objid)
+    returning x.name, x.destination, x.staging_destination
+  loop
+    raise notice 'vectorizer "%" removed: its source table was dropped', v.name
+      using detail = format('its embeddings are kept in %s',
+                            array_to_string(array_remove(array[v.destination::text, v.staging_destination::text],
+                                                         null), ', ')),
+            hint = 'an indb_admin may drop them with DROP TABLE';
+  end loop;
+end $$;
+comment on function ml._vectorizer_on_drop() is
+  'internal: event trigger (sql_drop): removes the vectorizers whose source table was dropped, keeping their embeddings';
+
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    drop event trigger if exists indb_vectorizer_source_dropped;
+    create event trigger indb_vectorizer_source_dropped on sql_drop
+      when tag in ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED') execute function ml._vectorizer_on_drop();
+  else
+    raise notice 'indb: not a superuser, the event trigger that removes vectorizers of dropped tables is not installed';
+  end if;
+end $$;

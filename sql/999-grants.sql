@@ -54,7 +54,7 @@ declare
 begin
   for f in
     select p.oid::regprocedure as sig, n.nspname as nsp, p.proname as name, p.provolatile as vol,
-           p.prosecdef as definer, p.prokind as kind, p.prorettype = 'trigger'::regtype as is_trigger
+           p.prosecdef as definer, p.prokind as kind, p.prorettype in ('trigger'::regtype, 'event_trigger'::regtype) as is_trigger
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
      where n.nspname in ('ml', 'registry', 'features', 'audit')
        and p.prokind in ('f', 'p')

@@ -468,7 +468,10 @@ class Service:
         m = self.models.get(r)
         if not texts:
             return {"ok": True, "dims": 0, "n": 0}, b""
-        job = Job((r.folder, r.max_tokens, r.normalize), m, r.normalize, texts)
+        # longest first, as sentence-transformers orders one call: the pieces a big request is cut into then
+        # hold texts of similar length, so a model batch pads little; the answer is put back in request order
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        job = Job((r.folder, r.max_tokens, r.normalize), m, r.normalize, [texts[i] for i in order])
         self.batcher.submit(job)
         while not job.done.wait(0.05):
             if _closed(conn):
@@ -476,7 +479,9 @@ class Service:
                 return None, b""
         if job.error is not None:
             raise job.error
-        return {"ok": True, "dims": int(job.out.shape[1]), "n": len(texts)}, wire.vectors_to_bytes(job.out)
+        out = job.out.copy()
+        out[order] = job.out
+        return {"ok": True, "dims": int(out.shape[1]), "n": len(texts)}, wire.vectors_to_bytes(out)
 
 
 def _err(code: str, message: str, hint: str | None = None) -> dict:

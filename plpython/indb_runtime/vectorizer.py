@@ -134,16 +134,21 @@ class Vectorizer:
         return ", ".join(f"{alias}.{k}::text as k{i}" for i, k in enumerate(self.qkeys))
 
     def key_match(self, a: str, c: str) -> str:
-        """a.<key> = c.k<i>::<type> for every key column (c holds the keys as text)."""
-        return " and ".join(f"{a}.{k} = {c}.k{i}::{t}" for i, (k, t) in enumerate(zip(self.qkeys, self.ktypes)))
+        """a.<key> = c.k<i> for every key column (c from unnest_keys: the keys already of the key's type).
+
+        No cast may stand in this clause: a text-to-type cast is not leakproof, so under row-level security
+        (every destination has a forced policy) the planner could not use it as an index condition and
+        would hash-join a sequential scan of the whole destination for every written row."""
+        return " and ".join(f"{a}.{k} = {c}.k{i}" for i, k in enumerate(self.qkeys))
 
     def key_join(self, a: str, b: str) -> str:
         return " and ".join(f"{a}.{k} = {b}.{k}" for k in self.qkeys)
 
     def unnest_keys(self, first_param: int = 1, extra: list[str] | None = None) -> str:
-        """unnest($1::text[], ..., $n::text[] [, extra...]) as c(k0, ..., kn [, extra names])"""
+        """unnest($1::text[]::<key type>[], ... [, extra...]) as c(k0, ..., kn [, extra names]): the keys arrive
+        as text and are cast here, once per array, so that key_match compares columns of one type."""
         n = self.nkeys
-        params = [f"${first_param + i}::text[]" for i in range(n)]
+        params = [f"${first_param + i}::text[]::{t}[]" for i, t in enumerate(self.ktypes)]
         names = [f"k{i}" for i in range(n)]
         for j, e in enumerate(extra or []):
             typ, name = e.split(" ")

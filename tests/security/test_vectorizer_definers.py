@@ -199,3 +199,33 @@ def test_a_type_a_user_made_never_reaches_indb_code(connect_as, sconn):
             with pytest.raises(psycopg.errors.DatatypeMismatch):
                 c.execute("select ml.refresh_vectorizer(%s)", [name])
     assert sconn.execute(f"select array_agg(distinct who) from {schema}.calls").fetchone()[0] is None
+
+
+def test_dropping_a_source_table_removes_its_vectorizer_and_keeps_the_embeddings(acme_vectorizer, connect_as, sconn):
+    """DROP TABLE of a source, by its owner (a tenant's writer): the vectorizer goes with it (its name can be
+    used again, no worker keeps failing on it), its embeddings stay for an admin, and the tenant still cannot
+    drop or change anybody else's vectorizer this way."""
+    v = acme_vectorizer
+    g = connect_as("globex_writer")
+    gschema = own_schema(sconn, login_name("globex_writer"))
+    g.execute(f"create table {gschema}.docs (id int primary key, body text)")
+    other = f"vz_{secrets.token_hex(3)}"
+    g.execute("select ml.create_vectorizer(%s, array['body'], name => %s, mode => 'async')", [f"{gschema}.docs", other])
+    g.execute(f"insert into {gschema}.docs values (1, 'globex pending row')")
+
+    w = connect_as("acme_writer")
+    w.execute(f"drop table {v['source']}")
+    assert sconn.execute("select count(*) from ml.vectorizers where name = %s", [v["name"]]).fetchone()[0] == 0
+    kept = sconn.execute(f"select count(*) from {v['dest']}").fetchone()[0]
+    assert kept == 2  # the embeddings are not lost with the source
+    # the name is free again, on a new table of the same tenant
+    w.execute(f"create table {v['schema']}.docs2 (id int primary key, body text)")
+    w.execute("select ml.create_vectorizer(%s, array['body'], name => %s)", [f"{v['schema']}.docs2", v["name"] + "b"])
+    # globex's vectorizer and its queue are untouched by acme's DROP
+    row = sconn.execute("select pending from ml.vectorizer_status where name = %s", [other]).fetchone()
+    assert row == (1,)
+    # a writer cannot delete a catalog row directly, dropped source or not
+    g.execute(f"drop table {gschema}.docs")
+    assert sconn.execute("select count(*) from ml.vectorizers where name = %s", [other]).fetchone()[0] == 0
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        w.execute("delete from ml.vectorizers")

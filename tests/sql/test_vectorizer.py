@@ -710,3 +710,32 @@ def test_backfill_and_refresh_are_seen_from_another_session(db_dsn, sconn):
     assert any(r[0] == f"finding changed rows for embeddings.{t}" for r in seen)
     assert one_row(sconn, "select * from ml.refresh_vectorizer(%s)", [t])["embedded_rows"] == 0  # the 50 were done
     assert sconn.execute(f"select count(*) from embeddings.{t}").fetchone()[0] == 150
+
+
+def _seq_scans(conn, rel):
+    conn.execute("select pg_stat_force_next_flush()")
+    conn.execute("select pg_stat_clear_snapshot()")
+    return conn.execute("select seq_scan from pg_stat_user_tables where relid = %s::regclass", [rel]).fetchone()[0]
+
+
+@pytest.mark.parametrize("keytype", ["bigint", "uuid"])
+def test_single_row_writes_do_not_scan_the_embeddings_table(sconn, keytype):
+    """A write of one row looks up its embeddings by key through the index, under the destination's forced
+    row-level security: the cost of a single-row INSERT or UPDATE does not grow with the table."""
+    t = uniq("big")
+    c = sconn
+    key = "g::bigint" if keytype == "bigint" else "md5(g::text)::uuid"
+    c.execute(f"create table {t} (id {keytype} primary key, body text)")
+    c.execute(f"insert into {t} select {key}, 'note number ' || g from generate_series(1, 400) g")
+    c.execute("select ml.create_vectorizer(%s, array['body'])", [t])
+    dest = f"embeddings.{t}"
+    c.execute(f"analyze {dest}")
+    before = _seq_scans(c, dest)
+    for g in range(401, 421):
+        c.execute(f"insert into {t} select {key}, 'a new note ' || g from (select %s::int g) x", [g])
+    for g in range(1, 11):
+        c.execute(f"update {t} set body = body || ' (edited)' where id = (select {key} from (select %s::int g) x)", [g])
+    assert _seq_scans(c, dest) == before
+    assert c.execute(f"select count(*) from {dest}").fetchone()[0] == 420
+    edited = c.execute(f"select count(*) from {dest} where chunk like '%(edited)'").fetchone()[0]
+    assert edited == 10
