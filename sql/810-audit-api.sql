@@ -78,12 +78,21 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare n bigint;
 begin
+  if pg_is_in_recovery() then
+    raise exception 'audit.seal() cannot run on a standby: the chain is sealed on the primary'
+      using errcode = '25006',
+            hint = 'call audit.seal() on the primary (pg_cron and indb worker seal there every minute); '
+                   'audit.verify() and audit.head() run here';
+  end if;
   if current_setting('transaction_isolation') <> 'read committed' then
     raise exception 'audit.seal() must run at READ COMMITTED, not %', upper(current_setting('transaction_isolation'))
       using errcode = '25000',
             hint = 'call it in a transaction of its own (pg_cron and indb worker do), or at READ COMMITTED';
   end if;
-  if not pg_try_advisory_xact_lock(audit._seal_lock()) then
+  -- one sealer at a time: the chain head's row lock (SKIP LOCKED: never waiting). Not an advisory lock, which any
+  -- role could take and hold to stop sealing; locking this row needs a privilege no indb role has.
+  perform 1 from audit.chain_head for update skip locked;
+  if not found then
     return 0;   -- another sealer is at work; what it does not see, the next call seals
   end if;
   perform audit._observe_roles();
@@ -335,7 +344,7 @@ begin
       using errcode = '22023', hint = 'pass an interval such as ''365 days''';
   end if;
   cutoff := now() - keep;
-  perform pg_advisory_xact_lock(audit._seal_lock());   -- no sealing while partitions go
+  perform 1 from audit.chain_head for update;   -- no sealing while partitions go (waits for a running sealer)
   select array_agg(c.relname order by c.relname) into parts
     from pg_inherits i join pg_class c on c.oid = i.inhrelid
    where i.inhparent = 'audit.events'::regclass and c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'

@@ -341,11 +341,13 @@ def test_four_concurrent_writers_end_with_a_verified_chain(empty_db):
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
+    sealed_while_writing: list[int] = []
+
     def seal() -> None:
         try:
             with psycopg.connect(dsn, autocommit=True) as c:
                 while not done.is_set():
-                    c.execute("select audit.seal()")
+                    sealed_while_writing.append(one(c, "select audit.seal()"))
                     time.sleep(0.05)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -389,6 +391,22 @@ def test_four_concurrent_writers_end_with_a_verified_chain(empty_db):
                 ).fetchall()
             )
             assert list(seqs) == sorted(seqs) and len(ids) >= 4 * n
+        # the sealer sealed while the writers wrote (not only at the end)
+        assert sum(sealed_while_writing) > 0
+        # in every lane, positions are gap-free and the chain holds them in lane order: a transaction that took a
+        # lane after another committed is sealed after it
+        assert (
+            one(
+                c,
+                "select count(*) from (select e.lane_pos - lag(e.lane_pos) over w as step, "
+                "ch.seq - lag(ch.seq) over w as seq_step from audit.events e "
+                "join audit.chain ch on ch.event_id = e.id and ch.event_ts = e.ts "
+                "window w as (partition by e.lane order by e.lane_pos)) x where x.step <> 1 or x.seq_step <= 0",
+            )
+            == 0
+        )
+        # lanes are claimed again, not made per transaction: at most one per session that appended at once
+        assert one(c, "select count(*) from audit.lanes") <= writers + 2
 
 
 def test_an_open_audited_transaction_does_not_hold_up_other_writers(db_dsn):
@@ -480,6 +498,44 @@ def _forge_copy(c, of: int) -> int:
     return of  # the event whose lane position is taken twice: the smaller id of the two
 
 
+def _reorder_sealed(c) -> int:
+    """Two sealed events swap their chain positions (the chain rows keep their links)."""
+    a, b = (
+        r[0]
+        for r in c.execute(
+            "select ch.seq from audit.chain ch join audit.events e on e.id = ch.event_id and e.lane is not null "
+            "order by ch.seq limit 2"
+        ).fetchall()
+    )
+    ea, ta = c.execute("select event_id, event_ts from audit.chain where seq = %s", [a]).fetchone()
+    eb, tb = c.execute("select event_id, event_ts from audit.chain where seq = %s", [b]).fetchone()
+    c.execute("update audit.chain set event_id = -1 where seq = %s", [a])  # (event_id, event_ts) is unique
+    c.execute("update audit.chain set event_id = %s, event_ts = %s where seq = %s", [ea, ta, b])
+    c.execute("update audit.chain set event_id = %s, event_ts = %s where seq = %s", [eb, tb, a])
+    return min(ea, eb)
+
+
+def _reorder_pending(c) -> int:
+    """The first two pending events of a lane swap places, with their links and hashes recomputed so that each
+    is consistent on its own (what someone who knows the hash formula would do)."""
+    a, b, lane = c.execute(
+        "select x.id, x.nid, x.lane from (select e.id, e.lane, lead(e.id) over w as nid, lead(e.lane_pos) over w "
+        "as npos, e.lane_pos from audit.events e where not exists (select 1 from audit.chain ch "
+        "where ch.event_id = e.id) and e.lane is not null window w as (partition by e.lane order by e.lane_pos)) x "
+        "where x.npos = x.lane_pos + 1 order by x.id limit 1"
+    ).fetchone()
+    pa, prev_a = c.execute("select lane_pos, lane_prev from audit.events where id = %s", [a]).fetchone()
+    c.execute("update audit.events set lane_pos = %s, lane_prev = %s where id = %s", [pa, prev_a, b])
+    c.execute(REHASH, [b])
+    c.execute(
+        "update audit.events set lane_pos = %s, lane_prev = (select hash from audit.events where id = %s) "
+        "where id = %s",
+        [pa + 1, b, a],
+    )
+    c.execute(REHASH, [a])
+    return max(a, b)
+
+
 def _forge_sealed_tail(c) -> int:
     """A forged event appended after the sealed tail with its chain row, consistently at the end of a lane
     (its head row moved too), but without moving the chain head."""
@@ -515,11 +571,13 @@ def _forge_sealed_tail(c) -> int:
         ("sealed: delete the event", "is missing"),
         ("sealed: delete the event and its chain row", "missing"),
         ("sealed: insert an event after the tail", "beyond the chain head"),
+        ("sealed: reorder two events", "is not what was sealed"),
         ("pending: edit", "altered"),
         ("pending: edit and recompute its hash", "does not link to the previous event"),
         ("pending: delete (not the newest)", "missing"),
         ("pending: delete the newest", "removed from the end"),
         ("pending: insert a copy with a correct hash", "hold the same position"),
+        ("pending: reorder two events, hashes and links recomputed", "does not link to the previous event"),
     ],
 )
 def test_tampering_is_reported(tamper_dsn, case, want):
@@ -537,6 +595,8 @@ def test_tampering_is_reported(tamper_dsn, case, want):
             "pending: delete (not the newest)": lambda: _delete(c, _pending(c)),
             "pending: delete the newest": lambda: _delete(c, _pending(c, newest=True)),
             "pending: insert a copy with a correct hash": lambda: _forge_copy(c, _pending(c)),
+            "sealed: reorder two events": lambda: _reorder_sealed(c),
+            "pending: reorder two events, hashes and links recomputed": lambda: _reorder_pending(c),
         }[case]()
         ok, broken, reason = verify(c)
         assert not ok and want in reason, reason
