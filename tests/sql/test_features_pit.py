@@ -60,7 +60,7 @@ def historical(conn, entity_sql, feats, ttl_override=None, method=None, cutoff=F
     return rows
 
 
-METHODS = ["lateral", "merge"]
+METHODS = ["lateral", "lvcf", "merge"]
 
 
 @pytest.fixture(scope="module")
@@ -226,11 +226,18 @@ def test_entity_rows_keep_their_columns_and_order(pit, method):
 
 
 def test_plan_uses_the_offline_index_or_a_bounded_sort(pit):
-    for method, expect in (("lateral", ("Index", "Limit")), ("merge", ("WindowAgg", "Sort"))):
+    for method, expect in (
+        ("lateral", ("Index", "Limit")),
+        ("lvcf", ("WindowAgg",)),
+        ("merge", ("WindowAgg", "Sort")),
+    ):
         pit.execute("select set_config('indb.features_pit_method', %s, false)", [method])
         sql = q(pit, "select features.historical_query(%s, array['pa:v'])", [entity_rows([(1, at(10))])])[0][0]
         plan = "\n".join(r[0] for r in q(pit, "explain " + sql))
         assert all(x in plan for x in expect), (method, plan)
+        if method != "lateral":
+            # lvcf: one window pass per view (plus the entity rows' numbering); merge: two
+            assert plan.count("WindowAgg") == {"lvcf": 2, "merge": 3}[method], (method, plan)
     pit.execute("reset indb.features_pit_method")
 
 
@@ -260,7 +267,7 @@ def brute_force(frows: dict, erows: list, ttl_min, delays: dict | None = None):
     return out
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     frows=feature_rows,
     erows=entity_rows_st,
