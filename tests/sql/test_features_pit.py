@@ -241,6 +241,30 @@ def test_plan_uses_the_offline_index_or_a_bounded_sort(pit):
     pit.execute("reset indb.features_pit_method")
 
 
+def test_auto_strategy_follows_the_sizes_and_a_bad_strategy_is_refused(pit):
+    """auto: one index probe per entity row when entity rows are few next to the view's rows, one sort (lvcf)
+    when they are comparable; an unknown strategy is a 22023 naming the choices."""
+    pit.execute(
+        "create table pit_auto_src as select 1 as acct_id, %s + g * interval '1 minute' as ts, g::float8 as a "
+        "from generate_series(1, 120) g",
+        [T0],
+    )
+    pit.execute("""select features.create_feature_view('pauto', 'acct', 'pit_auto_src', 'ts', '[{"name": "a"}]')""")
+    pit.execute("select * from features.materialize('pauto', '2023-12-01', '2024-02-01')")
+    rel = q(pit, "select offline_table from features.feature_views where name = 'pauto'")[0][0]
+    pit.execute(f"analyze {rel}")  # the estimate auto reads: 120 rows
+    few = q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])[0][0]
+    assert "left join lateral" in few and "_indb_best" not in few
+    many = entity_rows([(1, at(h / 10)) for h in range(100)])
+    assert "_indb_best" in q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])[0][0]
+    pit.execute("set indb.features_pit_method = 'fastest'")
+    try:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="auto, lateral, lvcf or merge"):
+            q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])
+    finally:
+        pit.execute("reset indb.features_pit_method")
+
+
 # -- property tests against a brute-force reference --------------------------------------------------------
 
 feature_rows = st.dictionaries(
