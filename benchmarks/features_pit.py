@@ -455,7 +455,7 @@ def synthetic(conn, tmp: Path, scale: int) -> dict:
     )
     feats = [f"{name}:*" for name, *_ in VIEWS]
     res = compare(f"x{scale}", conn, "pit_ent", feats, spec, methods, repeats=1 if big else 3)
-    n_feat = sum(len(v) for v in views)
+    n_feat = sum(len(v) for v in views.values())
     res.update(
         {
             "scale": scale,
