@@ -3,7 +3,12 @@ entities), from a client on loopback with a prepared statement, with 1 and 4 con
 side with Redis HGETALL (redis-server from Debian, started here on 127.0.0.1 with a random port) for the
 same data? Target: p99 <= 1 ms single client.
 
-    flock /tmp/indb-bench.lock .venv/bin/python -m benchmarks.features_online
+    flock -x /work/heavy.lock .venv/bin/python -m benchmarks.features_online
+
+Old beside new (INDB_ONLINE_REF, a git revision, default a1dac8f = before issue 16's second round): that
+revision's get_online and get_online_batch are installed as bench_ref.* in the same database and measured in
+alternating blocks with the current ones (same data, same connection kind), in wall time and in server CPU time
+of the backend (/proc/<pid>/schedstat), which load from other work on the shared machine disturbs less.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -42,6 +50,85 @@ def summary(lat_s: list[float], wall: float | None = None) -> dict:
     }
     if wall:
         out["throughput_per_s"] = len(ms) / wall
+    return out
+
+
+REF = os.environ.get("INDB_ONLINE_REF", "a1dac8f")
+
+
+def install_reference(conn, rev: str) -> bool:
+    """get_online and get_online_batch of git revision rev, as bench_ref.get_online(_batch)."""
+    from indb.install import render_sql
+
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(
+        ["git", "show", f"{rev}:sql/520-features-read.sql"], capture_output=True, text=True, cwd=root
+    ).stdout
+    blocks = []
+    for name in ("get_online", "get_online_batch"):
+        m = re.search(rf"create or replace function features\.{name}\(.*?\nend \$\$;\n", src, re.S)
+        if not m:
+            return False
+        blocks.append(m.group(0).replace(f"function features.{name}(", f"function bench_ref.{name}(", 1))
+    conn.execute("create schema if not exists bench_ref")
+    tmp = Path(tempfile.mkdtemp()) / "ref.sql"
+    tmp.write_text("\n".join(blocks))
+    vector_schema = conn.execute(
+        "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'"
+    ).fetchone()[0]
+    conn.execute(render_sql(tmp, vector_schema))
+    shutil.rmtree(tmp.parent)
+    return True
+
+
+def backend_cpu_ms(pid: int) -> float:
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e6
+
+
+def ab_blocks(dsn: str, blocks: int = 12, per_block: int = 40) -> dict:
+    """The revision's functions (bench_ref) and the current ones (features), alternating blocks of calls:
+    get_online (1 entity) and get_online_batch (100 entities); results compared call by call."""
+    rnd = random.Random(7)
+    out: dict = {}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        for kind, n in (("get_online", 1), ("get_online_batch", 100)):
+            lat = {"ref": [], "new": []}
+            cpu = {"ref": [], "new": []}
+            same = True
+            for b in range(blocks):
+                for side in ("ref", "new") if b % 2 == 0 else ("new", "ref"):
+                    schema = "bench_ref" if side == "ref" else "features"
+                    if kind == "get_online":
+                        q = f"select {schema}.get_online(%s, %s::jsonb)"
+                    else:
+                        q = f"select {schema}.get_online_batch(%s, %s::jsonb)"
+                    for i in range(per_block):
+                        ks = [{"user_id": rnd.randint(1, N_USERS + 50)} for _ in range(n)]  # a few not found
+                        arg = json.dumps(ks[0] if n == 1 else ks)
+                        c0 = backend_cpu_ms(pid)
+                        t0 = time.perf_counter()
+                        rows = c.execute(q, [FEATS, arg], prepare=True).fetchall()
+                        dt = time.perf_counter() - t0
+                        if b > 0:  # block 0 warms both plan caches
+                            lat[side].append(dt)
+                            cpu[side].append(backend_cpu_ms(pid) - c0)
+                        if i == 0:
+                            other = "features" if side == "ref" else "bench_ref"
+                            q2 = q.replace(f"{schema}.", f"{other}.")
+                            same = same and rows == c.execute(q2, [FEATS, arg]).fetchall()
+            out[kind] = {
+                side: {
+                    "calls": len(lat[side]),
+                    "p50_ms": percentile([x * 1000 for x in lat[side]], 50),
+                    "p99_ms": percentile([x * 1000 for x in lat[side]], 99),
+                    "server_cpu_p50_ms": statistics.median(cpu[side]),
+                }
+                for side in ("ref", "new")
+            }
+            out[kind]["results_identical"] = same
+            print(f"A/B {kind}: {out[kind]}", flush=True)
     return out
 
 
@@ -242,6 +329,9 @@ def main() -> None:
         res["get_online_batch100_4_clients"] = concurrent(pg_batch, lambda i: (dsn, BATCH_CALLS // 2, 20 + i), 4)
         print("indb batch:", res["get_online_batch100_1_client"], res["get_online_batch100_4_clients"], flush=True)
         res["raw_pk_lookup_1_client"] = summary(pg_raw((dsn, CALLS, 3, view_id)))
+        with psycopg.connect(dsn, autocommit=True) as c:
+            if install_reference(c, REF):
+                res["old_beside_new"] = {"reference_revision": REF, **ab_blocks(dsn)}
         out["indb"] = res
         out["install"] = note
     # redis with the same data (20 fields per user hash)

@@ -132,10 +132,11 @@ begin
       from unnest(get_online.features) with ordinality u(ref, o)
      cross join lateral (select features._parse_feature_ref(u.ref) as m) x),
   vv as materialized (
-    -- one catalog lookup per distinct view reference, not per feature
+    -- one catalog lookup per distinct view reference, not per feature, with its feature names as an array
     select d.vname, d.vver, v.*
       from (select distinct p.vname, p.vver from p) d
-     cross join lateral (select fv.id, fv.name, fv.version, fv.ttl, fv.join_keys, fv.key_types, fv.features
+     cross join lateral (select fv.id, fv.name, fv.version, fv.ttl, fv.join_keys, fv.key_types,
+                                array(select y->>'name' from jsonb_array_elements(fv.features) y) as names
                            from features.feature_views fv
                           where fv.name = d.vname and (d.vver is null or fv.version = d.vver::int)
                           order by fv.version desc limit 1) v),
@@ -143,11 +144,9 @@ begin
     select p.o, v.id, v.name, v.version, v.ttl, v.join_keys, v.key_types,
            f.feat, case when full_names then v.name || '__' || f.feat else f.feat end as out_name, f.o2
       from p join vv v on v.vname = p.vname and v.vver is not distinct from p.vver
-     cross join lateral (select p.feat as feat, 0::bigint as o2
-                          where p.feat <> '*' and v.features @> jsonb_build_array(jsonb_build_object('name', p.feat))
+     cross join lateral (select p.feat as feat, 0::bigint as o2 where p.feat <> '*' and p.feat = any (v.names)
                          union all
-                         select x->>'name', o2 from jsonb_array_elements(v.features) with ordinality y(x, o2)
-                          where p.feat = '*') f),
+                         select n, o2 from unnest(v.names) with ordinality y(n, o2) where p.feat = '*') f),
   vs as (
     select d.id, d.name, d.version, d.ttl, st.values, st.event_ts, features._expired(st.event_ts, d.ttl) as expired
       from (select distinct r.id, r.name, r.version, r.ttl, r.join_keys, r.key_types from r) d
@@ -220,61 +219,62 @@ begin
     raise exception 'entity_keys must be a JSON array of key objects' using errcode = '22023',
       hint = 'e.g. ''[{"user_id": 1}, {"user_id": 2}]''';
   end if;
-  -- resolution as static SQL (plan cached per session), same rules as features._resolve_fast
-  select array_agg(v.id order by u.o, f.o2), array_agg(f.feat order by u.o, f.o2),
-         array_agg(case when full_names then v.name || '__' || f.feat else f.feat end order by u.o, f.o2),
-         count(distinct u.o), count(distinct case when full_names then v.name || '__' || f.feat else f.feat end)
+  -- resolution as static SQL (plan cached per session), same rules as features._resolve_fast: each reference
+  -- parsed once, each distinct view looked up once with its feature names as an array (a membership test per
+  -- reference instead of a jsonb containment over the view's feature list)
+  with p as (
+    select u.o, x.m[1] as vname, x.m[2] as vver, x.m[3] as feat
+      from unnest(get_online_batch.features) with ordinality u(ref, o)
+     cross join lateral (select features._parse_feature_ref(u.ref) as m) x),
+  vv as materialized (
+    select d.vname, d.vver, v.id, v.name, v.names
+      from (select distinct p.vname, p.vver from p) d
+     cross join lateral (select fv.id, fv.name, array(select y->>'name' from jsonb_array_elements(fv.features) y) as names
+                           from features.feature_views fv
+                          where fv.name = d.vname and (d.vver is null or fv.version = d.vver::int)
+                          order by fv.version desc limit 1) v)
+  select array_agg(vv.id order by p.o, f.o2), array_agg(f.feat order by p.o, f.o2),
+         array_agg(case when full_names then vv.name || '__' || f.feat else f.feat end order by p.o, f.o2),
+         count(distinct p.o), count(distinct case when full_names then vv.name || '__' || f.feat else f.feat end)
     into ids, feats, outs, n_refs, n_names
-    from unnest(get_online_batch.features) with ordinality u(ref, o)
-   cross join lateral (select features._parse_feature_ref(u.ref) as m) p
-   cross join lateral (select fv.id, fv.name, fv.features from features.feature_views fv
-                        where fv.name = p.m[1] and (p.m[2] is null or fv.version = p.m[2]::int)
-                        order by fv.version desc limit 1) v
-   cross join lateral (select p.m[3] as feat, 0::bigint as o2
-                        where p.m[3] <> '*' and v.features @> jsonb_build_array(jsonb_build_object('name', p.m[3]))
+    from p join vv on vv.vname = p.vname and vv.vver is not distinct from p.vver
+   cross join lateral (select p.feat as feat, 0::bigint as o2 where p.feat <> '*' and p.feat = any (vv.names)
                        union all
-                       select x->>'name', o2 from jsonb_array_elements(v.features) with ordinality y(x, o2)
-                        where p.m[3] = '*') f;
+                       select n, o2 from unnest(vv.names) with ordinality y(n, o2) where p.feat = '*') f;
   if n_refs is distinct from cardinality(features) or n_names <> cardinality(outs) then
     return query select * from features._get_online_batch_slow(features, entity_keys, request, coalesce(full_names, false));
     return;
   end if;
   if not full_names and ids = array_fill(ids[1], array[cardinality(ids)]) then
-    -- one view (the common case): one row per entity, no merge
+    -- one view (the common case): one row per entity, no merge. The answers that do not depend on the entity
+    -- (not found, past the ttl, the all-present _status) are built once per call, _status included
     return query
     with vs as materialized (
       select fv.id, fv.ttl, fv.join_keys, fv.key_types, fv.name || '@' || fv.version as ref, r.req,
              array(select x->>'name' from jsonb_array_elements(fv.features) x where not (x->>'name' = any (r.req))) as other,
-             (select jsonb_object_agg(f, 'null'::jsonb) from unnest(r.req) f) as all_null,
-             (select jsonb_object_agg(f, 'not_found') from unnest(r.req) f) as st_not_found,
-             (select jsonb_object_agg(f, 'outside_ttl') from unnest(r.req) f) as st_ttl,
-             (select jsonb_object_agg(f, 'present') from unnest(r.req) f) as st_present
+             (select jsonb_object_agg(f, 'null'::jsonb) || jsonb_build_object('_status', jsonb_object_agg(f, 'not_found'))
+                from unnest(r.req) f) as ans_not_found,
+             (select jsonb_object_agg(f, 'null'::jsonb) || jsonb_build_object('_status', jsonb_object_agg(f, 'outside_ttl'))
+                from unnest(r.req) f) as ans_ttl,
+             (select jsonb_build_object('_status', jsonb_object_agg(f, 'present')) from unnest(r.req) f) as st_present
         from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
         join features.feature_views fv on fv.id = r.id),
     s as (
-      select e.o, e.k, vs.req, vs.all_null, vs.st_not_found, vs.st_ttl, vs.st_present, st.values,
+      select e.o, e.k, vs.req, vs.ans_not_found, vs.ans_ttl, vs.st_present, st.values,
              features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
         from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
         left join lateral (select o.values, o.event_ts from features.online_store o
                             where o.view_id = vs.id
                               and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
-                           offset 0) st on true),
-    a as (
-      select s.o, s.k,
-             (s.mine ?& s.req and s.mine - s.req = '{}' and s.mine = jsonb_strip_nulls(s.mine)) as whole, s.values,
-             s.expired, s.mine, s.req, s.all_null, s.st_not_found, s.st_ttl, s.st_present
-        from s)
-    select a.k
-           || (case when a.values is null or a.expired then a.all_null
-                                         when a.whole then a.mine
-                                         else (select jsonb_object_agg(f, features._served(a.values, false, f))
-                                                 from unnest(a.req) f) end)
-           || jsonb_build_object('_status', (
-                case when a.values is null then a.st_not_found
-                     when a.expired then a.st_ttl
-                     when a.whole then a.st_present
-                     else (select jsonb_object_agg(f, features._status(true, false, a.values -> f)) from unnest(a.req) f) end))
-      from a order by a.o;
+                           offset 0) st on true)
+    select case when s.values is null then s.k || s.ans_not_found
+                when s.expired then s.k || s.ans_ttl
+                -- every requested feature there and not null (nulls stripped first), and nothing else
+                when jsonb_strip_nulls(s.mine) ?& s.req and s.mine - s.req = '{}' then s.k || s.mine || s.st_present
+                else s.k || (select jsonb_object_agg(f, features._served(s.values, false, f)) from unnest(s.req) f)
+                         || jsonb_build_object('_status', (select jsonb_object_agg(f, features._status(true, false, s.values -> f))
+                                                             from unnest(s.req) f)) end
+      from s order by s.o;
     return;
   end if;
   return query select * from features._get_online_batch_general(ids, feats, outs, entity_keys);
@@ -344,10 +344,14 @@ begin
   end loop;
 end $$;
 
--- strategy per view: LATERAL index probes (streams; best when entity rows are few compared with feature rows)
--- or a sort-merge with window functions (best when they are comparable; sorts spill to disk, so memory stays
--- bounded by work_mem). indb.features_pit_method = auto | lateral | merge.
-create or replace function features._pit_use_merge(v features.feature_views, est_entities float8) returns boolean
+-- strategy per view (indb.features_pit_method = auto | lateral | lvcf | merge):
+-- - lateral: one index probe per entity row (streams; best when entity rows are few compared with feature rows);
+-- - lvcf ("last value carried forward", one sort): the entity rows, sorted by (keys, time), merged with the
+--   offline store read in its primary-key order (no sort), one running max(event_ts) per key, then one keyed
+--   read of that offline row; best when they are comparable;
+-- - merge: the earlier sort-merge (two window passes), kept for comparison.
+-- auto: lvcf when feature rows < 6 x entity rows, else lateral.
+create or replace function features._pit_method(v features.feature_views, est_entities float8) returns text
 language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -355,16 +359,16 @@ declare
   method text := coalesce(nullif(current_setting('indb.features_pit_method', true), ''), 'auto');
   est_f float8;
 begin
-  if method not in ('auto', 'lateral', 'merge') then
-    raise exception 'indb.features_pit_method must be auto, lateral or merge, got %', method using errcode = '22023',
-      hint = 'RESET indb.features_pit_method';
+  if method not in ('auto', 'lateral', 'lvcf', 'merge') then
+    raise exception 'indb.features_pit_method must be auto, lateral, lvcf or merge, got %', method
+      using errcode = '22023', hint = 'RESET indb.features_pit_method';
   end if;
   if method <> 'auto' then
-    return method = 'merge';
+    return method;
   end if;
   select sum(c.reltuples) filter (where c.reltuples >= 0) into est_f
     from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = features._offline_rel(v.id);
-  return est_f is not null and est_f < 6 * est_entities;
+  return case when est_f is not null and est_f < 6 * est_entities then 'lvcf' else 'lateral' end;
 end $$;
 
 -- LATERAL join: the latest offline row per entity row, by index probe. cutoff: only rows written (written_at,
@@ -451,6 +455,37 @@ as $$
     from (select string_agg(format('%I', k), ', ') as keylist from unnest(v.join_keys) k) kl
 $$;
 
+-- last value carried forward: entity rows and the offline rows of one view in one stream per entity key ordered
+-- by time; the offline side comes in its primary key's (keys, event_ts) order, so only the entity rows are
+-- sorted (a Merge Append). The default RANGE frame takes peers along, so an offline row at exactly the entity
+-- row's time counts (event_ts <= time). max(event_ts) is then the latest event at or before each entity row;
+-- its values are read back by the unique (keys, event_ts) key, inside the ttl. cutoff: _pit_merge_cutoff
+create or replace function features._pit_lvcf(v features.feature_views, feats text[], ts text, ttl interval,
+                                              alias text, cutoff boolean)
+returns text
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select case when cutoff then features._pit_merge_cutoff(v, feats, ts, ttl, alias) else format($m$%I as (
+    select b._indb_rid, %s from (
+      select _indb_rid, %s, _indb_t, _indb_k, max(_indb_fts) over (partition by %s order by _indb_t) as _indb_best
+        from (select e._indb_rid, %s, e.%I::timestamptz as _indb_t, 1 as _indb_k, null::timestamptz as _indb_fts
+                from e where e.%I is not null
+              union all
+              select null, %s, o.event_ts, 0, o.event_ts from %s o) u) b
+    left join %s o on %s and o.event_ts = b._indb_best%s
+     where b._indb_k = 1)$m$,
+    alias,
+    (select string_agg(format('o.%I', f), ', ') from unnest(feats) f),
+    keylist, keylist,
+    (select string_agg(format('e.%I', k), ', ') from unnest(v.join_keys) k), ts, ts,
+    (select string_agg(format('o.%I', k), ', ') from unnest(v.join_keys) k), features._offline_rel(v.id),
+    features._offline_rel(v.id),
+    (select string_agg(format('o.%I = b.%I', k, k), ' and ') from unnest(v.join_keys) k),
+    case when ttl is not null then format(' and o.event_ts >= b._indb_t - %L::interval', ttl) else '' end) end
+    from (select string_agg(format('%I', k), ', ') as keylist from unnest(v.join_keys) k) kl
+$$;
+
 create or replace function features.historical_query(entity_query text, features text[],
                                                      ttl_override interval default null,
                                                      full_names boolean default false,
@@ -477,6 +512,7 @@ declare
   pj json;
   uniq text[];
   cutoff boolean := coalesce(created_cutoff, false);
+  method text;
 begin
   if ttl_override is not null and ttl_override <= interval '0' then
     raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023',
@@ -498,8 +534,11 @@ begin
     end if;
     -- each feature fetched once (an on-demand feature's input may also be requested itself)
     uniq := array(select f from unnest(r.feats) with ordinality u(f, o) group by f order by min(o));
-    if features._pit_use_merge(v, est_e) then
-      ctes := ctes || features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff);
+    method := features._pit_method(v, est_e);
+    if method in ('lvcf', 'merge') then
+      ctes := ctes || case when method = 'lvcf'
+                           then features._pit_lvcf(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff)
+                           else features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff) end;
       joins := joins || format('left join %I on %I._indb_rid = e._indb_rid', alias, alias);
     else
       joins := joins || features._pit_lateral(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff);
@@ -533,6 +572,9 @@ comment on function features.historical_query(text, text[], interval, boolean, t
   'run it (psql \gexec), or use it in CREATE TABLE AS, COPY, EXPLAIN. created_cutoff: only values written '
   '(written_at) at or before the entity row''s time';
 
+-- jit = off for the functions that plan the join (get_historical, get_historical_cursor, _create_training_set):
+-- the plans over partitioned offline stores have hundreds of expressions, and compiling them costs more CPU than
+-- it saves (lvcf at x10 with 3 views: 6.1 s of backend CPU with JIT, 3.3 s without; benchmarks/features_pit.py)
 create or replace function features.get_historical(entity_query text, features text[],
                                                    ttl_override interval default null,
                                                    full_names boolean default false,
@@ -541,6 +583,7 @@ create or replace function features.get_historical(entity_query text, features t
 returns setof jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
+set jit = off
 as $$
 begin
   return query execute format('select to_jsonb(h) from (%s) h',
@@ -563,6 +606,7 @@ create or replace function features.get_historical_cursor(entity_query text, fea
 returns refcursor
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
+set jit = off
 as $$
 declare
   c refcursor := cursor_name;
@@ -662,6 +706,7 @@ create or replace function features._create_training_set(name text, entity_query
 returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
+set jit = off
 as $$
 declare
   rel text := features._training_set_relation(name);

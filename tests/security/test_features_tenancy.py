@@ -164,6 +164,26 @@ def test_the_tenant_itself_reads_and_writes_it(connect_as, acme):
     assert hist["x"] == 5
 
 
+@pytest.mark.parametrize("method", ["lateral", "lvcf", "merge"])
+def test_point_in_time_join_of_each_strategy_under_the_tenant_policies(connect_as, acme, method):
+    """Every join strategy reads the offline store under the forced tenant policies: acme's reader gets its own
+    values (key 1 has rows on January 2, 5 and 8; no ttl), the other tenant's reader cannot even name the view."""
+    ent = (
+        "select k, t as event_timestamp from (values (1, '2024-01-01'::timestamptz), (1, '2024-01-05'), "
+        "(1, '2024-01-09'), (2, '2024-01-03')) e(k, t)"
+    )
+    rd = connect_as("acme_reader")
+    rd.execute("select set_config('indb.features_pit_method', %s, false)", [method])
+    got = [
+        r[0]["x"]
+        for r in rd.execute("select * from features.get_historical(%s, array[%s])", [ent, f"{acme['view']}:x"])
+    ]
+    assert got == [None, 3, 6, 1]
+    other = connect_as("globex_reader")
+    other.execute("select set_config('indb.features_pit_method', %s, false)", [method])
+    refused(other, "select * from features.get_historical(%s, array[%s])", [ent, f"{acme['view']}:x"], ("42704",))
+
+
 def test_shared_views_are_read_by_every_tenant_and_written_by_none(sconn, connect_as):
     src = uniq("shared_src")
     sconn.execute(f"create table public.{src} (k int, ts timestamptz, x float8)")

@@ -60,7 +60,7 @@ def historical(conn, entity_sql, feats, ttl_override=None, method=None, cutoff=F
     return rows
 
 
-METHODS = ["lateral", "merge"]
+METHODS = ["lateral", "lvcf", "merge"]
 
 
 @pytest.fixture(scope="module")
@@ -226,12 +226,43 @@ def test_entity_rows_keep_their_columns_and_order(pit, method):
 
 
 def test_plan_uses_the_offline_index_or_a_bounded_sort(pit):
-    for method, expect in (("lateral", ("Index", "Limit")), ("merge", ("WindowAgg", "Sort"))):
+    for method, expect in (
+        ("lateral", ("Index", "Limit")),
+        ("lvcf", ("WindowAgg",)),
+        ("merge", ("WindowAgg", "Sort")),
+    ):
         pit.execute("select set_config('indb.features_pit_method', %s, false)", [method])
         sql = q(pit, "select features.historical_query(%s, array['pa:v'])", [entity_rows([(1, at(10))])])[0][0]
         plan = "\n".join(r[0] for r in q(pit, "explain " + sql))
         assert all(x in plan for x in expect), (method, plan)
+        if method != "lateral":
+            # lvcf: one window pass per view (plus the entity rows' numbering); merge: two
+            assert plan.count("WindowAgg") == {"lvcf": 2, "merge": 3}[method], (method, plan)
     pit.execute("reset indb.features_pit_method")
+
+
+def test_auto_strategy_follows_the_sizes_and_a_bad_strategy_is_refused(pit):
+    """auto: one index probe per entity row when entity rows are few next to the view's rows, one sort (lvcf)
+    when they are comparable; an unknown strategy is a 22023 naming the choices."""
+    pit.execute(
+        "create table pit_auto_src as select 1 as acct_id, %s + g * interval '1 minute' as ts, g::float8 as a "
+        "from generate_series(1, 120) g",
+        [T0],
+    )
+    pit.execute("""select features.create_feature_view('pauto', 'acct', 'pit_auto_src', 'ts', '[{"name": "a"}]')""")
+    pit.execute("select * from features.materialize('pauto', '2023-12-01', '2024-02-01')")
+    rel = q(pit, "select offline_table from features.feature_views where name = 'pauto'")[0][0]
+    pit.execute(f"analyze {rel}")  # the estimate auto reads: 120 rows
+    few = q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])[0][0]
+    assert "left join lateral" in few and "_indb_best" not in few
+    many = entity_rows([(1, at(h / 10)) for h in range(100)])
+    assert "_indb_best" in q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])[0][0]
+    pit.execute("set indb.features_pit_method = 'fastest'")
+    try:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="auto, lateral, lvcf or merge"):
+            q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])
+    finally:
+        pit.execute("reset indb.features_pit_method")
 
 
 # -- property tests against a brute-force reference --------------------------------------------------------
@@ -260,7 +291,7 @@ def brute_force(frows: dict, erows: list, ttl_min, delays: dict | None = None):
     return out
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     frows=feature_rows,
     erows=entity_rows_st,
