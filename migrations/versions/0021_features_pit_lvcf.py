@@ -5,7 +5,7 @@
   sql/520-features-read.sql creates the new function and features._pit_lvcf.
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 """
 
 from alembic import op
