@@ -185,7 +185,7 @@ begin
   end if;
   s := ml._search_strategy(c, fsql, fparams, query, k, options);
   exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
-                      't.metadata from %s t where %s and t.embedding is not null order by 2 limit $2) s order by s.d, s.id',
+                      't.metadata from %s t where %s and t.embedding is not null order by 2, 1 limit $2) s order by s.d, s.id',
                       score_expr, dist, tbl, fsql);
   if s.strategy = 'exact' then
     sql := exact_sql;
