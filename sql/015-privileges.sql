@@ -13,9 +13,10 @@ as $$ select jsonb_build_object(
   'READ_VERBS', '^(get_|list_|search|describe|explain|evaluate|show_|lineage|runtime_info|metric_history|node_label|collection_health|drift|check_skew|feature_importance|historical_query|training_set$|compare_)',
   'ADMIN_ONLY', jsonb_build_array(
     'ml.create_tenant', 'ml.register_embedding_model', 'features.create_on_demand_feature',
-    'audit.apply_retention', 'audit.ensure_partitions'),
+    'audit.apply_retention', 'audit.ensure_partitions', 'ml.add_shard', 'ml.remove_shard'),
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head', 'audit.seal'),
-  'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction'),
+  'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction',
+                                   'ml._shard_search', 'ml._shard_keyword_search'),
   'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
   -- trigger functions that writers attach to tables of their own (ml.create_vectorizer runs as its caller and
   -- makes the triggers on the caller's source table, which needs EXECUTE); each checks that the table it

@@ -138,7 +138,7 @@ begin
 end $$;
 
 create or replace function ml._create_collection(
-    name text, model text, index text, metric text, partition_by text, options jsonb)
+    name text, model text, index text, metric text, partition_by text, options jsonb, shards text[] default null)
 returns jsonb
 language plpgsql volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -152,12 +152,15 @@ declare
 begin
   options := coalesce(options, '{}');
   dims := ml._collection_check_args(name, model, index, metric, partition_by, options);
+  if shards is not null then
+    perform ml._shard_check_args(shards, partition_by);
+  end if;
   insert into ml.collections (name, table_name, model, dimensions, index_type, metric, storage, binary_rerank,
-                              partition_by, ts_config, rls, options)
+                              partition_by, ts_config, rls, options, shards)
   values (name, name, model, dims, index, metric,
           case when ml._opt_bool(options, 'halfvec', false) then 'halfvec' else 'vector' end,
           ml._opt_bool(options, 'binary_rerank', false), partition_by,
-          coalesce(options ->> 'text_search_config', 'english'), true, options)
+          coalesce(options ->> 'text_search_config', 'english'), true, options, shards)
   on conflict do nothing
   returning * into c;
   if c.id is null then   -- another tenant's collection: row-level security hid it from the checks above
@@ -165,18 +168,23 @@ begin
       hint = 'collection names are unique across tenants (each is a table collections.<name>); pick another name';
   end if;
   insert into ml.collection_stats (collection_id, bm25_indexed) values (c.id, true);
-  tbl := ml._collection_make_table(c);
-  perform ml._collection_make_indexes(c);
-  perform ml._collection_make_triggers(c);
+  if c.shards is not null then
+    -- a plain indb collection on each shard, and here the parent with one foreign partition per shard
+    tbl := ml._shard_make_collection(c, options);
+  else
+    tbl := ml._collection_make_table(c);
+    perform ml._collection_make_indexes(c);
+    perform ml._collection_make_triggers(c);
+  end if;
   -- readers and apps search, writers write (a data table); the one tenant policy
   perform ml._apply_table_grants(tbl);
   perform ml._apply_tenant_policies(tbl);
   return jsonb_build_object('collection', c.name, 'table_name', tbl::text, 'model', c.model, 'dimensions', dims,
                             'index', c.index_type, 'metric', c.metric, 'storage', c.storage,
                             'binary_rerank', c.binary_rerank, 'partition_by', c.partition_by,
-                            'text_search_config', c.ts_config, 'tenant', c.tenant);
+                            'text_search_config', c.ts_config, 'tenant', c.tenant, 'shards', to_jsonb(c.shards));
 end $$;
-comment on function ml._create_collection(text, text, text, text, text, jsonb) is
+comment on function ml._create_collection(text, text, text, text, text, jsonb, text[]) is
   'internal (definer): ml.create_collection''s work; its result as one jsonb object';
 
 create or replace function ml.create_collection(
@@ -185,20 +193,21 @@ create or replace function ml.create_collection(
     index text default 'hnsw',
     metric text default 'cosine',
     partition_by text default null,
-    options jsonb default '{}')
+    options jsonb default '{}',
+    shards text[] default null)
 returns table(collection text, table_name regclass, model text, dimensions int, index text, metric text, storage text,
-              binary_rerank boolean, partition_by text, text_search_config text, tenant text)
+              binary_rerank boolean, partition_by text, text_search_config text, tenant text, shards text[])
 language sql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
   select r.collection, r.table_name, r.model, r.dimensions, r.index, r.metric, r.storage, r.binary_rerank,
-         r.partition_by, r.text_search_config, r.tenant
-    from jsonb_to_record(ml._create_collection($1, $2, $3, $4, $5, $6))
+         r.partition_by, r.text_search_config, r.tenant, r.shards
+    from jsonb_to_record(ml._create_collection($1, $2, $3, $4, $5, $6, $7))
          as r(collection text, table_name regclass, model text, dimensions int, index text, metric text, storage text,
-              binary_rerank boolean, partition_by text, text_search_config text, tenant text)
+              binary_rerank boolean, partition_by text, text_search_config text, tenant text, shards text[])
 $$;
-comment on function ml.create_collection(text, text, text, text, text, jsonb) is
-  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes; it belongs to the caller''s tenant; one row: what was made';
+comment on function ml.create_collection(text, text, text, text, text, jsonb, text[]) is
+  'create a vector collection: table collections.<name> with embedding, tsvector, metadata, ANN and GIN indexes; it belongs to the caller''s tenant; shards => array[servers of ml.add_shard]: hash-partitioned by id over them (a plain collection on each); one row: what was made';
 
 create or replace function ml.drop_collection(name text, if_exists boolean default false) returns boolean
 language plpgsql volatile security definer parallel unsafe
@@ -211,6 +220,9 @@ begin
     return false;
   end if;
   c := ml._collection_for_write(name);
+  if c.shards is not null then
+    perform ml._shard_drop_collection(c);  -- the shards' collections first: an unreachable shard stops the drop
+  end if;
   if to_regclass(ml._collection_table(c)) is not null then
     execute format('drop table %s cascade', ml._assert_indb_owned(to_regclass(ml._collection_table(c))));
   end if;
@@ -431,6 +443,8 @@ begin
   perform ml._documents_check(c, docs);
   if jsonb_array_length(docs) = 0 then
     return 0;
+  elsif c.shards is not null then
+    return ml._shard_add_documents(c.name, docs);  -- each shard upserts (and embeds) its own documents
   elsif jsonb_array_length(docs) <= 256 then
     return ml._documents_add(c, docs);
   end if;
@@ -467,6 +481,7 @@ declare
   n int;
   i int := 0;
 begin
+  perform ml._refuse_sharded(c, 'ml.reindex_collection');
   if c.index_type = 'none' then
     raise exception 'collection % has no ANN index (index => none): nothing to rebuild', c.name using errcode = '22023',
       hint = 'searches of it are exact scans; make a collection with index => ''hnsw'' or ''ivfflat'' for an ANN index';
@@ -549,6 +564,7 @@ declare
   exact text[];
   st ml.collection_stats;
 begin
+  perform ml._refuse_sharded(c, 'ml.collection_health');
   if sample is null or sample < 0 or sample > 1000 then
     raise exception 'sample must be between 0 and 1000, got %', coalesce(sample::text, 'NULL') using errcode = '22023',
       hint = 'the number of stored vectors used as queries to measure recall@10; 0 skips the measurement';

@@ -4,7 +4,8 @@
 
 create or replace function ml._search_options() returns text[]
 language sql immutable parallel safe
-as $$ select array['ef_search', 'probes', 'exact', 'exact_threshold', 'max_scan_tuples', 'rerank_candidates', 'k1', 'b'] $$;
+as $$ select array['ef_search', 'probes', 'exact', 'exact_threshold', 'max_scan_tuples', 'rerank_candidates', 'k1', 'b',
+                    'allow_partial', 'over_fetch', 'tenant_scope', 'bm25_stats'] $$;
 comment on function ml._search_options() is
   'internal: the options of ml.search, ml.keyword_search and ml.hybrid_search (one set: hybrid passes them to both)';
 
@@ -24,8 +25,40 @@ begin
     -- BM25's parameters, JSON numbers only ("NaN" would make every score NaN), checked before any work
     perform ml._opt_float(options, 'k1', 1.2, 0, 1000), ml._opt_float(options, 'b', 0.75, 0, 1);
   end if;
+  -- sharded collections (sql/240): allow_partial, over_fetch; tenant_scope only narrows what a search reads
+  -- (shared rows and that tenant's), bm25_stats replaces the collection's own BM25 statistics by global ones
+  if options ? 'allow_partial' then
+    perform ml._opt_bool(options, 'allow_partial', false);
+  end if;
+  if options ? 'over_fetch' then
+    perform ml._opt_float(options, 'over_fetch', 2, 1, 100);
+  end if;
+  if options ? 'tenant_scope' and jsonb_typeof(options -> 'tenant_scope') not in ('string', 'null') then
+    raise exception 'option tenant_scope must be a tenant name or null, got %', options -> 'tenant_scope'
+      using errcode = '22023', hint = 'null: shared rows only; a name: shared rows and that tenant''s';
+  end if;
+  if options ? 'bm25_stats' and (jsonb_typeof(options -> 'bm25_stats') <> 'object'
+                                 or jsonb_typeof(options -> 'bm25_stats' -> 'nd') <> 'number'
+                                 or jsonb_typeof(options -> 'bm25_stats' -> 'tl') <> 'number'
+                                 or jsonb_typeof(options -> 'bm25_stats' -> 'df') <> 'object') then
+    raise exception 'option bm25_stats must be {"nd": N, "tl": total length, "df": {"term": df, ...}}' using errcode = '22023',
+      hint = 'the coordinator of a sharded collection passes the statistics summed over its shards';
+  end if;
   return options;
 end $$;
+
+-- the filter SQL narrowed by the option tenant_scope (null: shared rows only; a name: shared rows and that
+-- tenant's): the coordinator of a sharded collection passes its caller's tenant to the shards, whose link role
+-- reads every row. ANDed to the filter: it never widens what row-level security lets the caller read.
+create or replace function ml._tenant_scope_sql(fsql text, options jsonb) returns text
+language sql immutable parallel safe
+as $$
+  select case when options ? 'tenant_scope'
+              then format('(%s) and (t.tenant is null%s)', fsql,
+                          case when jsonb_typeof(options -> 'tenant_scope') = 'string'
+                               then format(' or t.tenant = %L', options ->> 'tenant_scope') else '' end)
+              else fsql end
+$$;
 
 -- step 1: which strategy answers the query, and why
 create or replace function ml._search_strategy(c ml.collections, fsql text, fparams jsonb, query vector, k int,
@@ -146,12 +179,13 @@ begin
     fsql := f ->> 'sql';
     fparams := f -> 'params';
   end if;
+  fsql := ml._tenant_scope_sql(fsql, options);
   if options ? 'rerank_candidates' then
     cand := ml._opt_int(options, 'rerank_candidates', cand, 1, 100000);
   end if;
   s := ml._search_strategy(c, fsql, fparams, query, k, options);
   exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
-                      't.metadata from %s t where %s and t.embedding is not null order by 2 limit $2) s order by s.d, s.id',
+                      't.metadata from %s t where %s and t.embedding is not null order by 2, 1 limit $2) s order by s.d, s.id',
                       score_expr, dist, tbl, fsql);
   if s.strategy = 'exact' then
     sql := exact_sql;
@@ -193,10 +227,16 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  p jsonb := ml._search_plan(c, query, k, filter, options);
+  p jsonb;
   saved jsonb := '{}';
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
 begin
+  if c.shards is not null then
+    -- fan-out: each shard's own top k' (sql/240), merged here
+    return query select * from ml._shard_search(c.name, query, k, filter, options);
+    return;
+  end if;
+  p := ml._search_plan(c, query, k, filter, options);
   if p -> 'settings' <> '{}' then
     saved := ml._search_set(p -> 'settings');
   end if;
@@ -260,10 +300,12 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   c ml.collections := ml._collection(collection);
-  p jsonb := ml._search_plan(c, query, k, filter, options);
+  p jsonb;
   saved jsonb := '{}';
   g record;
 begin
+  perform ml._refuse_sharded(c, 'ml.search_explain');
+  p := ml._search_plan(c, query, k, filter, options);
   if p -> 'settings' <> '{}' then
     saved := ml._search_set(p -> 'settings');
   end if;

@@ -17,6 +17,43 @@ begin
      and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u);
 end $$;
 
+-- step 1 with statistics given (a sharded collection's coordinator sums N, total length and df over its
+-- shards): the same terms, order and idf expression as ml._bm25_terms, so scores equal a single node's
+create or replace function ml._bm25_terms_given(c ml.collections, query text, stats jsonb, out terms text[],
+                                                out idfs float8[], out dfs bigint[], out nd bigint, out tl bigint)
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  nd := (stats ->> 'nd')::bigint;
+  tl := (stats ->> 'tl')::bigint;
+  select array_agg(t.term order by t.df, t.term), array_agg(ln(1 + (nd - t.df + 0.5) / (t.df + 0.5)) order by t.df, t.term),
+         array_agg(t.df order by t.df, t.term)
+    into terms, idfs, dfs
+    from (select x.key::text as term, (x.value #>> '{}')::bigint as df from jsonb_each(stats -> 'df') x) t
+   where t.df > 0
+     and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u);
+end $$;
+
+-- a shard's local BM25 statistics for a query: N, total length, df of the query's lexemes (called by the
+-- coordinator of a sharded collection through its link role)
+create or replace function ml._bm25_stats(collection text, query text) returns jsonb
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  c ml.collections := ml._collection(collection);
+  r jsonb;
+begin
+  select jsonb_build_object('nd', s.n_docs, 'tl', s.total_len,
+                            'df', coalesce((select jsonb_object_agg(t.term, t.df) from ml.collection_terms t
+                                             where t.collection_id = c.id and t.df > 0
+                                               and t.term in (select u.lexeme from unnest(to_tsvector(c.ts_config::regconfig, query)) u)),
+                                           '{}'))
+    into r from ml.collection_stats s where s.collection_id = c.id;
+  return r;
+end $$;
+
 -- The BM25 index (migration 0017, plpython/indb_runtime/bm25.py): top documents by numpy over the query's
 -- postings (merged segment + delta, less tombstones); never reads a document. Rows (doc number, score), best
 -- first: the n best and every document tied with the n-th.
@@ -139,12 +176,22 @@ begin
   if query is null or btrim(query) = '' then
     raise exception 'empty query' using errcode = '22023', hint = 'pass the words to search for';
   end if;
+  if c.shards is not null then
+    -- global BM25 statistics summed over the shards, each shard's top k scored with them, merged (sql/240)
+    return query select * from ml._shard_keyword_search(c.name, query, k, filter, options);
+    return;
+  end if;
   if filter is not null and filter <> '{}'::jsonb then
     f := ml._filter_sql(filter, 6);
     fsql := f ->> 'sql';
     fparams := f -> 'params';
   end if;
-  t := ml._bm25_terms(c, query);
+  fsql := ml._tenant_scope_sql(fsql, options);
+  if options ? 'bm25_stats' then
+    t := ml._bm25_terms_given(c, query, options -> 'bm25_stats');
+  else
+    t := ml._bm25_terms(c, query);
+  end if;
   if t.terms is null or t.nd = 0 then
     return;
   end if;

@@ -412,7 +412,7 @@ begin
       ['registry.datasets', 'row'], ['registry.run_inputs', 'row'], ['registry.registered_models', 'row'],
       ['registry.model_versions', 'row'], ['registry.aliases', 'row'], ['registry.deployments', 'row'],
       ['registry.lineage_edges', 'row'], ['registry.training_projects', 'row'],
-      ['ml.embedding_models', 'row'], ['ml.vectorizers', 'row'], ['ml.collections', 'row'],
+      ['ml.embedding_models', 'row'], ['ml.vectorizers', 'row'], ['ml.collections', 'row'], ['ml.shards', 'row'],
       ['features.entities', 'row'], ['features.feature_views', 'row'], ['features.on_demand_features', 'row'],
       ['registry.params', 'history'], ['registry.metrics', 'history'], ['registry.training_trials', 'history'],
       ['registry.latest_metrics', 'mirror'],

@@ -609,3 +609,47 @@ def replicas(primary: Cluster) -> list[Replica]:
     if not folder.is_dir():
         return []
     return [Replica.of(primary, p.name) for p in sorted(folder.iterdir()) if (p / "pgdata" / "PG_VERSION").exists()]
+
+
+@dataclass(frozen=True)
+class SmallCluster(Cluster):
+    """A cluster with PostgreSQL's default memory settings (shared_buffers 128MB, work_mem 4MB): the extra local
+    clusters that tests and benchmarks start as shards of a sharded collection, several per machine."""
+
+    def write_config(self) -> None:
+        conf = f"""# written by indb.localdb.SmallCluster (a local shard for tests and benchmarks)
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{self.run}'
+max_connections = 40
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+lc_messages = 'C.UTF-8'
+"""
+        path = self.data / "indb.conf"
+        path.write_text(conf)
+        self._own(path)
+
+    def start_as_shard(self, link_user: str = "indb_link", venv: str | None = None) -> str:
+        """Start it, install indb into its database, and make (or re-key) a login role that is a member of its
+        indb_admin, with a new password. Returns the key=value DSN to give ml.add_shard (TCP, password)."""
+        import psycopg
+
+        from .install import install
+
+        self.start()
+        install(self.dsn(), venv=venv or sys.prefix)
+        pw = secrets.token_urlsafe(18)
+        with psycopg.connect(self.dsn(), autocommit=True) as c:
+            if not c.execute("select 1 from pg_roles where rolname = %s", [link_user]).fetchone():
+                c.execute(f'create role "{link_user}" login')
+            c.execute(f"alter role \"{link_user}\" password '{pw}'")
+            c.execute(f'grant indb_admin to "{link_user}"')
+        return f"host=127.0.0.1 port={self.port} dbname={DB_NAME} user={link_user} password={pw}"
+
+    def remove(self) -> None:
+        """Stop it and delete its state folder (only a folder this class made: it holds pgdata/indb.conf)."""
+        if self.running():
+            self.stop()
+        if (self.data / "indb.conf").exists() and "SmallCluster" in (self.data / "indb.conf").read_text():
+            shutil.rmtree(self.state)

