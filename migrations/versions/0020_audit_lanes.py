@@ -10,13 +10,13 @@
 No table changes: events, lanes and the chain keep their format, and audit.verify() checks them as before.
 
 Revision ID: 0020
-Revises: 0018
+Revises: 0019
 """
 
 from alembic import op
 
 revision = "0020"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
