@@ -439,11 +439,40 @@ def _out_of_range(col: str, i: int) -> IndbRuntimeError:
     )
 
 
+SMALL_BATCH = 32
+
+
+def _encode_text_rows(name: str, spec: dict, values: Sequence, n: int) -> np.ndarray:
+    """_encode_text one value at a time (0.2.0's loop), for a few rows."""
+    nulls = sum(1 for v in values if v is None)
+    if nulls and spec["impute"] == "error":
+        raise _null_error(name, nulls, text=True, at_predict=True)
+    vals = [spec["impute_value"] if v is None else str(v) for v in values]
+    cats = spec["categories"]
+    if spec.get("unknown", "ignore") == "error":
+        _refuse_unknown(name, vals, cats)
+    if spec["encode"] == "one_hot":
+        index = {c: j for j, c in enumerate(cats)}
+        m = np.zeros((n, len(cats)))
+        for i, v in enumerate(vals):
+            j = index.get(v)
+            if j is not None:
+                m[i, j] = 1.0
+        return m
+    if spec["encode"] == "ordinal":
+        rank = {c: float(j) for j, c in enumerate(cats)}
+        return np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1)
+    tm, d = spec["target_means"], spec["target_default"]
+    return np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1)
+
+
 def _encode_text(name: str, spec: dict, values: Sequence, n: int) -> np.ndarray:
     """A fitted text column as an (n, k) block. Vectorized: one dict lookup per value gives each row's category
     index; only the rows that miss (NULL, a non-text value, an unseen category) are looked at one by one, with
     the same rules as row by row: NULL -> the imputed category (or 22004), other values -> str(value)."""
     cats = spec["categories"]
+    if n <= SMALL_BATCH:  # single rows (ml.predict): numpy's per-call overhead outweighs the loop
+        return _encode_text_rows(name, spec, values, n)
     index = {c: j for j, c in enumerate(cats)}
     get = index.get
     try:

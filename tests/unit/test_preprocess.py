@@ -177,18 +177,24 @@ def test_vectorized_text_encoding_equals_row_by_row(encode):
     plain = [v for v in values if not isinstance(v, (list, dict))]
     assert np.array_equal(pre.transform({"city": plain}, len(plain)), _encode_row_by_row(spec, plain, len(plain)))
     assert pre.transform({"city": []}, 0).shape[0] == 0
+    # a few rows (ml.predict) take the row-by-row loop; the same answers
+    for k in range(0, 3000, 29):
+        few = values[k : k + 7]
+        assert np.array_equal(pre.transform({"city": few}, len(few)), want[k : k + len(few)])
 
 
 def test_vectorized_text_encoding_keeps_the_errors():
     pre, _ = Preprocessor.fit(
         {"city": ["a", "b", "a"]}, {"city": "text"}, {"city": {"encode": "one_hot", "unknown": "error"}}
     )
-    with pytest.raises(IndbRuntimeError, match="holds the category 'q', which the model never saw") as e:
-        pre.transform({"city": ["a", "q", "r"]}, 3)
-    assert e.value.sqlstate == "22023"
+    for rows in (["a", "q", "r"], ["a"] * 100 + ["q", "r"]):  # the row loop and the vectorized path
+        with pytest.raises(IndbRuntimeError, match="holds the category 'q', which the model never saw") as e:
+            pre.transform({"city": rows}, len(rows))
+        assert e.value.sqlstate == "22023"
     strict, _ = Preprocessor.fit(
         {"city": ["a", "b"]}, {"city": "text"}, {"city": {"encode": "ordinal", "impute": "error"}}
     )
-    with pytest.raises(IndbRuntimeError, match=r'"city" has 2 NULL value\(s\) in the input') as e:
-        strict.transform({"city": [None, "a", None]}, 3)
-    assert e.value.sqlstate == "22004"
+    for rows in ([None, "a", None], [None, "a", None] + ["b"] * 100):
+        with pytest.raises(IndbRuntimeError, match=r'"city" has 2 NULL value\(s\) in the input') as e:
+            strict.transform({"city": rows}, len(rows))
+        assert e.value.sqlstate == "22004"
