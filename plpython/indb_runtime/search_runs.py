@@ -538,9 +538,9 @@ def _bind(params: list, value, pgtype: str) -> str:
 #   stops at max_results matches.
 # * order_by a metric first: a walk of registry.latest_metrics' (key, value) index gives the runs in that
 #   metric's order; the search reads the first WALK_CAP of them (each a primary-key read of run_search) and
-#   stops at max_results matches. The answer is exact when it is complete (max_results rows) and its last
-#   value comes strictly before the value where the walk stopped: every run that could come earlier was read.
-#   Otherwise (a rare filter, a tie at the cut, NaN at the cut, fewer matches) the general query answers.
+#   stops at max_results matches. The answer is exact when it is complete (max_results rows) and fewer than
+#   WALK_CAP runs have a value no later than its last one: then every run that could come earlier was read.
+#   Otherwise (a rare filter, a tie across the cut, NaN, fewer matches) the general query answers.
 #   latest_metrics holds the same values as run_search.metrics (both written by registry.log_batch, with the
 #   run's tenant), so the same runs are visible through either.
 # Both apply from LARGE runs on (run_search's row estimate): below that the cached generic plan is already fast
@@ -552,19 +552,24 @@ WALK_PER_RESULT = 100
 WALK_MAX = 50000
 WALK_STATS = {"exact": 0, "general": 0}  # how the metric-ordered searches of this backend were answered
 
+# every run of the walk is read by its keys, in the walk's order (LATERAL ... OFFSET 0 keeps each read a nested
+# loop: the planner may not turn them into a hash join over all runs), so the sort on the walk's value is
+# already done and the query stops at max_results matches
 SELECT_WALK = """select r.run_uuid as run_id, e.name as experiment, r.name as run_name, r.status, r.user_name,
        r.start_time, r.end_time, s.params, s.metrics, s.tags, w.value as walk_value
   from (select m.run_id, m.value from registry.latest_metrics m
          where m.key = {key} order by m.value {direction} limit {cap}) w
-  join registry.run_search s on s.run_id = w.run_id
-  join registry.runs r on r.id = s.run_id
-  join registry.experiments e on e.id = r.experiment_id
+  cross join lateral (select * from registry.run_search s0 where s0.run_id = w.run_id offset 0) s
+  cross join lateral (select * from registry.runs r0 where r0.id = w.run_id offset 0) r
+  cross join lateral (select * from registry.experiments e0 where e0.id = r.experiment_id offset 0) e
  where {where}
  order by w.value {direction}, {order}
  limit {limit}"""
 
+# how many runs of the walk come no later than the answer's last value (counted up to the walk's length)
 BOUNDARY = (
-    "select m.value from registry.latest_metrics m where m.key = $1 order by m.value {direction} offset $2 limit 1"
+    "select count(*)::int8 as n from (select 1 from registry.latest_metrics m "
+    "where m.key = $1 and m.value {cmp} $2 limit $3) x"
 )
 
 COLUMNS = (
@@ -623,12 +628,15 @@ def _walk(plpy: spi.Plpy, experiments, filter_text, order_by, max_results, key: 
     if len(rows) < limit:
         WALK_STATS["general"] += 1
         return None
-    edge = spi.one(plpy, BOUNDARY.format(direction=direction), ["text", "int8"], [key, cap - 1])
-    if edge is not None:
-        last, b = rows[len(rows) - 1]["walk_value"], edge["value"]
-        if not (last < b if direction == "asc" else last > b):  # a tie or NaN at the cut: not provably exact
-            WALK_STATS["general"] += 1
-            return None
+    # exact when every run whose value comes no later than the last answer's was walked: fewer of them than
+    # the walk's length (ties at the last value included; NaN sorts after every number)
+    last = rows[len(rows) - 1]["walk_value"]
+    seen = spi.one(
+        plpy, BOUNDARY.format(cmp="<=" if direction == "asc" else ">="), ["text", "float8", "int8"], [key, last, cap]
+    )
+    if seen is None or seen["n"] >= cap:
+        WALK_STATS["general"] += 1
+        return None
     WALK_STATS["exact"] += 1
     return [{c: r[c] for c in COLUMNS} for r in rows]
 
