@@ -543,7 +543,8 @@ def _bind(params: list, value, pgtype: str) -> str:
 #   Otherwise (a rare filter, a tie across the cut, NaN, fewer matches) the general query answers.
 #   latest_metrics holds the same values as run_search.metrics (both written by registry.log_batch, with the
 #   run's tenant), so the same runs are visible through either.
-# Both apply from LARGE runs on (run_search's row estimate): below that the cached generic plan is already fast
+# Both apply from LARGE runs on (run_search's row estimate; indb.search_runs_walk_from overrides it for a session,
+# which tests use to run the walk on small registries): below that the cached generic plan is already fast
 # (p99 36.5 / 29.3 ms at 100,000 runs), a custom plan costs its planning on every call, and a walk over a small
 # registry mostly ends in the general query anyway.
 LARGE = 200_000  # runs (run_search's reltuples) from which the two plans below are used; below, the cached plan
@@ -642,8 +643,16 @@ def _walk(plpy: spi.Plpy, experiments, filter_text, order_by, max_results, key: 
 
 
 def _large(plpy: spi.Plpy) -> bool:
-    r = spi.one(plpy, "select c.reltuples::float8 as n from pg_class c where c.oid = 'registry.run_search'::regclass")
-    return r is not None and r["n"] >= LARGE
+    """run_search's row estimate >= LARGE, or >= the session's indb.search_runs_walk_from (runs) when set."""
+    r = spi.one(
+        plpy,
+        "select c.reltuples::float8 as n, current_setting('indb.search_runs_walk_from', true) as t "
+        "from pg_class c where c.oid = 'registry.run_search'::regclass",
+    )
+    if r is None:
+        return False
+    t = (r["t"] or "").strip()
+    return r["n"] >= (float(t) if t.isdigit() else LARGE)
 
 
 def execute(plpy: spi.Plpy, experiments, filter_text, order_by, max_results):

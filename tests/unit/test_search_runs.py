@@ -132,7 +132,7 @@ def test_execute_prepares_once_per_filter_shape():
         answers={
             "from registry.run_search": [{"run_id": "u"}],
             "current_setting('plan_cache_mode')": [{"v": "auto"}],
-            "from pg_class": [{"n": 1e6}],
+            "from pg_class": [{"n": 1e6, "t": None}],
         }
     )
     prepared = []
