@@ -4,6 +4,11 @@ Each run logs 10 params and 20 metrics x 100 steps (2,000 points) through the ML
 (`run.log_metric`, buffered, sent with registry.log_batch). Sides, all in one run, audit triggers on:
   batched (client default, 5,000 points per batch), batched with 500 per batch, and one SQL call per point
   (what an unbatched client does). Throughput counts the whole run: start_run, params, metrics, end_run.
+
+Baseline, interleaved with the batched side (issue 16: the shared machine's load moves every figure by 2-3x
+between runs): the same points sent by psycopg's COPY into a plain table of the same columns (no index, no
+trigger, no audit), i.e. how fast this machine ingests these points at that moment. The ratio batched/COPY
+says how close logging is to plain ingest, whatever the load.
 """
 
 from __future__ import annotations
@@ -36,6 +41,24 @@ def unbatched(client, n_points: int, exp: str) -> dict:
     return {"points": n_points, "seconds": round(t.s, 3), "points_per_s": round(n_points / t.s)}
 
 
+def copy_baseline(dsn: str, n_runs: int) -> dict:
+    """The same 2,000 points per run as log_runs, COPYed into a plain table by psycopg."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop table if exists bench_points")
+        c.execute("create table bench_points (run_id bigint, key text, value float8, step bigint, ts timestamptz)")
+        with Timer() as t:
+            for i in range(n_runs):
+                with c.cursor().copy("copy bench_points (run_id, key, value, step, ts) from stdin") as cp:
+                    for step in range(STEPS):
+                        for m in range(METRICS):
+                            cp.write_row((i, f"m{m}", (m + 1) / (step + 1), step, "now"))
+        c.execute("drop table bench_points")
+    points = n_runs * METRICS * STEPS
+    return {"runs": n_runs, "points": points, "seconds": round(t.s, 3), "points_per_s": round(points / t.s)}
+
+
 def main() -> None:
     import indb
 
@@ -46,10 +69,22 @@ def main() -> None:
         results = {
             "batched_5000": log_runs(client, 50, 5000, "batched5000"),
             "batched_500": log_runs(client, 20, 500, "batched500"),
-            "unbatched_one_call_per_point": unbatched(client, 3000, "unbatched"),
+            "unbatched_one_call_per_point": unbatched(client, 1000, "unbatched"),
         }
         again = log_runs(client, 50, 5000, "batched5000b")  # second measurement of the main side
         results["batched_5000_repeat"] = again
+        # interleaved: batched, COPY, batched, COPY, ... (the ratio holds under any load)
+        pairs = []
+        for k in range(3):
+            b = log_runs(client, 25, 5000, f"inter{k}")
+            cp = copy_baseline(dsn, 25)
+            pairs.append(
+                {
+                    "batched_points_per_s": b["points_per_s"],
+                    "copy_points_per_s": cp["points_per_s"],
+                    "ratio": round(b["points_per_s"] / cp["points_per_s"], 3),
+                }
+            )
         n = client.scalar("select count(*) from registry.metrics")
         save(
             "logging",
@@ -57,12 +92,14 @@ def main() -> None:
                 "question": "client metric logging throughput (target >= 50,000 points/s batched)",
                 "workload": f"{PARAMS} params + {METRICS} metrics x {STEPS} steps per run, via client.start_run/log_metric",
                 "results": results,
+                "interleaved_with_plain_copy": pairs,
                 "metric_rows_in_db": n,
                 "audit": "on (one INSERT_BATCH audit event per log_batch call)",
             },
         )
         for k, v in results.items():
             print(f"{k:32} {v['points_per_s']:>10,} points/s  ({v['points']:,} points in {v['seconds']} s)")
+        print("interleaved with plain COPY", pairs)
     finally:
         client.close()
         drop_db()

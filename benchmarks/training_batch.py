@@ -1,10 +1,21 @@
 """Batch prediction over 1,000,000 rows (California housing rows repeated 49x with noise, generated in SQL):
 ml.predict_batch and SELECT ml.predict(project, t) FROM t vs the client pipeline (SELECT -> predict in the
-client -> COPY the predictions back). Target: in-database >= 3x faster than the client pipeline.
-Every side writes its predictions into a table, so all sides do the same job."""
+client -> COPY the predictions back). Target (issue 16): ml.predict_batch >= 1.5x faster than the client
+pipeline. Every side writes its predictions into a table, so all sides do the same job; predict_batch and the
+client pipeline run ROUNDS times, interleaved, in one process.
+
+Breakdown of ml.predict_batch (where the time goes besides the model): the call runs with
+indb.predict_batch_profile = on, which makes it send its own phase times as a NOTICE (model lookup, fetch =
+the aggregate query plus the conversion of its arrays to Python, transform = the preprocessing into the
+feature matrix, inference = the model, to_list = the result as a Python list); "return" is the rest of the
+statement's wall time (the float8[] built from that list, unnest ... with ordinality, the rows written by
+CREATE TABLE AS). The fetch of 0.2.0 (training.fetch_chunks: count(*) over () and ORDER BY on the groups,
+still what ml.train and ml.evaluate read with) is timed beside the new one (training.fetch_scalar_groups)
+in the same run, fetch only."""
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -17,6 +28,7 @@ from .training_common import FEATURES, PREPROCESS, connect, load_housing, save
 
 ROWS = int(os.environ.get("BENCH_BATCH_ROWS", "1000000"))
 PER_ROW_ROWS = int(os.environ.get("BENCH_PER_ROW_ROWS", "100000"))
+ROUNDS = int(os.environ.get("BENCH_BATCH_ROUNDS", "2"))
 HP = {"n_estimators": 300, "max_depth": 6, "learning_rate": 0.1}
 
 
@@ -72,6 +84,65 @@ def client_pipeline(dsn: str, bundle: dict) -> float:
     return time.perf_counter() - t0
 
 
+def predict_batch_timed(conn) -> tuple[float, dict]:
+    """Wall seconds of CREATE TABLE AS ... FROM ml.predict_batch, and the call's own phase times."""
+    notices: list[str] = []
+
+    def grab(d) -> None:
+        if d.message_primary.startswith("ml.predict_batch profile: "):
+            notices.append(d.message_primary.split(": ", 1)[1])
+
+    conn.add_notice_handler(grab)
+    conn.execute("drop table if exists bench_out_batch")
+    conn.execute("set indb.predict_batch_profile = on")
+    t0 = time.perf_counter()
+    conn.execute(
+        "create table bench_out_batch as select row_number, prediction "
+        "from ml.predict_batch('bench_batch', 'bench_housing_1m')"
+    )
+    wall = time.perf_counter() - t0
+    conn.execute("reset indb.predict_batch_profile")
+    conn.remove_notice_handler(grab)
+    prof = json.loads(notices[-1])
+    inside = sum(v for k, v in prof.items() if k not in ("rows", "chunk"))
+    prof["return"] = round(wall - inside, 4)  # float8[] from the list, unnest with ordinality, CREATE TABLE AS
+    prof["wall"] = round(wall, 4)
+    return wall, prof
+
+
+FETCH_ONLY = """
+do language plpython3u $do$
+import sys, time, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import training as T
+src = T.relation_sql(plpy, 'bench_housing_1m')
+have = {{c['name']: c for c in T.describe_relation(plpy, src)}}
+cols = [have[c] for c in {features!r}]
+out = {{}}
+for name, fetch in (('v020_fetch_chunks', lambda: T.fetch_chunks(plpy, src, cols, 50000)),
+                    ('fetch_scalar_groups', lambda: T.fetch_scalar_groups(plpy, src, cols, 50000))):
+    t0 = time.perf_counter()
+    n = sum(len(g[0]) for g in fetch())
+    out[name] = round(time.perf_counter() - t0, 3)
+    assert n == {rows}
+plpy.notice('fetch only: ' + json.dumps(out))
+$do$"""
+
+
+def fetch_only(conn) -> dict:
+    """The 0.2.0 fetch query and the new one, fetch and conversion to Python only, in one backend."""
+    notices: list[str] = []
+
+    def grab(d) -> None:
+        if d.message_primary.startswith("fetch only: "):
+            notices.append(d.message_primary.split(": ", 1)[1])
+
+    conn.add_notice_handler(grab)
+    conn.execute(FETCH_ONLY.format(features=FEATURES, rows=ROWS))
+    conn.remove_notice_handler(grab)
+    return json.loads(notices[-1])
+
+
 def main() -> None:
     c = connect()
     load_housing(c.conn)
@@ -91,14 +162,29 @@ def main() -> None:
     c.conn.execute("select ml.predict('bench_batch', h) from bench_housing h limit 1")  # warm the backend
     res = {"rows": n, "generate_seconds": round(gen_s, 2), "model": {"algorithm": "xgboost", **HP}}
 
-    t0 = time.perf_counter()
-    c.conn.execute("drop table if exists bench_out_batch")
-    c.conn.execute(
-        "create table bench_out_batch as select row_number, prediction "
-        "from ml.predict_batch('bench_batch', 'bench_housing_1m')"
-    )
-    res["ml.predict_batch_seconds"] = round(time.perf_counter() - t0, 2)
-    print("ml.predict_batch", res["ml.predict_batch_seconds"])
+    from indb_runtime import model_store
+
+    blob, sha, fmt, flavor = c.conn.execute(
+        "select artifact, artifact_sha256, artifact_format, flavor from registry.model_versions where id = %s",
+        [r["model_id"]],
+    ).fetchone()
+    bundle = model_store.load_bundle(blob, sha, fmt, flavor)
+    batch_s, client_s, profiles = [], [], []
+    for i in range(ROUNDS):
+        s, prof = predict_batch_timed(c.conn)
+        batch_s.append(round(s, 2))
+        profiles.append(prof)
+        client_s.append(round(client_pipeline(c.conn.info.dsn, bundle), 2))
+        print(f"round {i + 1}: ml.predict_batch {batch_s[-1]} s, client pipeline {client_s[-1]} s")
+    res["ml.predict_batch_seconds_per_round"] = batch_s
+    res["client_pipeline_seconds_per_round"] = client_s
+    res["ml.predict_batch_seconds"] = min(batch_s)
+    res["client_pipeline_seconds"] = min(client_s)
+    res["speedup_per_round"] = [round(b / a, 2) for a, b in zip(batch_s, client_s)]
+    best = min(range(ROUNDS), key=lambda k: batch_s[k])
+    res["breakdown_seconds"] = profiles[best]
+    res["fetch_only_seconds"] = fetch_only(c.conn)
+    print("breakdown", res["breakdown_seconds"], "fetch only", res["fetch_only_seconds"])
 
     t0 = time.perf_counter()
     c.conn.execute("drop table if exists bench_out_rows")
@@ -111,16 +197,6 @@ def main() -> None:
     res["select_ml_predict_seconds_measured"] = round(per_row, 2)
     res["select_ml_predict_seconds_for_all_rows_extrapolated"] = round(per_row * n / PER_ROW_ROWS, 1)
     print("select ml.predict", per_row, "for", PER_ROW_ROWS)
-
-    from indb_runtime import model_store
-
-    blob, sha, fmt, flavor = c.conn.execute(
-        "select artifact, artifact_sha256, artifact_format, flavor from registry.model_versions where id = %s",
-        [r["model_id"]],
-    ).fetchone()
-    bundle = model_store.load_bundle(blob, sha, fmt, flavor)
-    res["client_pipeline_seconds"] = round(client_pipeline(c.conn.info.dsn, bundle), 2)
-    print("client pipeline", res["client_pipeline_seconds"])
 
     # all sides agree (same model, same rows)
     diff = c.conn.execute(
@@ -138,7 +214,8 @@ def main() -> None:
     res["speedup_per_row_over_client"] = round(
         res["client_pipeline_seconds"] / res["select_ml_predict_seconds_for_all_rows_extrapolated"], 3
     )
-    res["target_met"] = res["speedup_predict_batch_over_client"] >= 3
+    res["target"] = "ml.predict_batch >= 1.5x faster than the client pipeline (best round of each side)"
+    res["target_met"] = res["speedup_predict_batch_over_client"] >= 1.5
     res["scaled_down"] = (
         f"SELECT ml.predict(...) FROM t measured on the first {PER_ROW_ROWS:,} rows and extrapolated "
         "linearly (one PL/Python call per row; the full million would take several minutes)"

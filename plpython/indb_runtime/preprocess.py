@@ -246,27 +246,7 @@ class Preprocessor:
                 )
             values = data[name]
             if kind == "text":
-                nulls = [i for i, v in enumerate(values) if v is None]
-                if nulls and spec["impute"] == "error":
-                    raise _null_error(name, len(nulls), text=True, at_predict=True)
-                vals = [spec["impute_value"] if v is None else str(v) for v in values]
-                cats = spec["categories"]
-                if spec.get("unknown", "ignore") == "error":
-                    _refuse_unknown(name, vals, cats)
-                if spec["encode"] == "one_hot":
-                    index = {c: j for j, c in enumerate(cats)}
-                    m = np.zeros((n, len(cats)))
-                    for i, v in enumerate(vals):
-                        j = index.get(v)
-                        if j is not None:
-                            m[i, j] = 1.0
-                    parts.append(m)
-                elif spec["encode"] == "ordinal":
-                    rank = {c: float(j) for j, c in enumerate(cats)}
-                    parts.append(np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1))
-                else:
-                    tm, d = spec["target_means"], spec["target_default"]
-                    parts.append(np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1))
+                parts.append(_encode_text(name, spec, values, n))
             elif kind in ("numeric", "bool"):
                 x = _to_float(values, name, kind)
                 miss = np.isnan(x)
@@ -457,6 +437,74 @@ def _out_of_range(col: str, i: int) -> IndbRuntimeError:
         f'column "{col}" holds a number out of range for double precision in row {i + 1}',
         hint="features must be finite double precision numbers (at most about 1.7e308 in size)",
     )
+
+
+SMALL_BATCH = 32
+
+
+def _encode_text_rows(name: str, spec: dict, values: Sequence, n: int) -> np.ndarray:
+    """_encode_text one value at a time (0.2.0's loop), for a few rows."""
+    nulls = sum(1 for v in values if v is None)
+    if nulls and spec["impute"] == "error":
+        raise _null_error(name, nulls, text=True, at_predict=True)
+    vals = [spec["impute_value"] if v is None else str(v) for v in values]
+    cats = spec["categories"]
+    if spec.get("unknown", "ignore") == "error":
+        _refuse_unknown(name, vals, cats)
+    if spec["encode"] == "one_hot":
+        index = {c: j for j, c in enumerate(cats)}
+        m = np.zeros((n, len(cats)))
+        for i, v in enumerate(vals):
+            j = index.get(v)
+            if j is not None:
+                m[i, j] = 1.0
+        return m
+    if spec["encode"] == "ordinal":
+        rank = {c: float(j) for j, c in enumerate(cats)}
+        return np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1)
+    tm, d = spec["target_means"], spec["target_default"]
+    return np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1)
+
+
+def _encode_text(name: str, spec: dict, values: Sequence, n: int) -> np.ndarray:
+    """A fitted text column as an (n, k) block. Vectorized: one dict lookup per value gives each row's category
+    index; only the rows that miss (NULL, a non-text value, an unseen category) are looked at one by one, with
+    the same rules as row by row: NULL -> the imputed category (or 22004), other values -> str(value)."""
+    cats = spec["categories"]
+    if n <= SMALL_BATCH:  # single rows (ml.predict): numpy's per-call overhead outweighs the loop
+        return _encode_text_rows(name, spec, values, n)
+    index = {c: j for j, c in enumerate(cats)}
+    get = index.get
+    try:
+        codes = np.array([get(v, -1) for v in values], dtype=np.intp)
+    except TypeError:  # an unhashable value (a JSON list or object): str() it like every other value
+        codes = np.full(len(values), -1, dtype=np.intp)
+    missed = np.flatnonzero(codes < 0)
+    fixed: dict[int, str] = {}
+    if len(missed):
+        nulls = sum(1 for i in missed if values[int(i)] is None)
+        if nulls and spec["impute"] == "error":
+            raise _null_error(name, nulls, text=True, at_predict=True)
+        fill = spec["impute_value"]
+        for i in missed.tolist():
+            v = values[i]
+            s = fill if v is None else str(v)
+            fixed[i] = s
+            codes[i] = get(s, -1)
+        if spec.get("unknown", "ignore") == "error":
+            _refuse_unknown(name, [fixed[i] for i in missed.tolist()], cats)
+    known = codes >= 0
+    if spec["encode"] == "one_hot":
+        m = np.zeros((n, len(cats)))
+        m[np.flatnonzero(known), codes[known]] = 1.0
+        return m
+    if spec["encode"] == "ordinal":
+        return codes.astype(np.float64).reshape(n, 1)  # rank j, -1 for unknown
+    tm, d = spec["target_means"], spec["target_default"]
+    out = np.array([tm.get(c, d) for c in cats] + [d], dtype=np.float64)[codes]  # -1 picks d
+    for i in np.flatnonzero(~known).tolist():
+        out[i] = tm.get(fixed[i], d)
+    return out.reshape(n, 1)
 
 
 def _refuse_unknown(name: str, vals: Sequence[str], cats: Sequence[str]) -> None:

@@ -1198,8 +1198,55 @@ def predict_proba(plpy, project: str, features, kind: str) -> list:
     return [float(v) for v in p[0]]
 
 
+def _scalar(cols: list[dict]) -> bool:
+    return bool(cols) and all(
+        c["kind"] in ("numeric", "bool", "text", None) and not c["type"].endswith("[]") for c in cols
+    )
+
+
+def fetch_scalar_groups(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
+    """Yield (row numbers, {column: [values]}) per group of ``chunk`` rows, groups in any order (each value's
+    row number says where it belongs). For predict_batch: unlike fetch_chunks, no count(*) over () (it spools
+    every row into a tuplestore, on disk past work_mem) and no ORDER BY on the groups (a sort of all the
+    aggregated arrays, on disk too); the caller places results by row number."""
+    aggs = ", ".join(f"array_agg(c{i}) as c{i}" for i in range(len(cols)))
+    items = ", ".join(f"{_select_expr(c)} as c{i}" for i, c in enumerate(cols))
+    cur = plpy.cursor(
+        f"select array_agg(rn) as rn, {aggs} from (select row_number() over () as rn, {items} "
+        f"from {from_sql} as _src) s group by (rn - 1) / {int(chunk)}"
+    )
+    while True:
+        rows = cur.fetch(1)
+        if not rows:
+            return
+        r = rows[0]
+        yield np.asarray(r["rn"], dtype=np.int64), {c["name"]: r[f"c{i}"] for i, c in enumerate(cols)}
+
+
+class _Phases:
+    """Seconds per phase of one call, sent as a NOTICE when ``indb.predict_batch_profile`` is on (the breakdown
+    benchmarks/training_batch.py reports)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.s: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.s[name] = self.s.get(name, 0.0) + now - self._t
+        self._t = now
+
+
 def predict_batch(plpy, project: str, relation: str) -> list:
+    settings = spi.one(
+        plpy,
+        "select current_setting('indb.predict_batch_chunk', true) as chunk, "
+        "coalesce(current_setting('indb.predict_batch_profile', true), '') in ('on', 'true', '1') as profile",
+    )
+    ph = _Phases(bool(settings["profile"]))  # type: ignore[index]
     bundle, _ = serving(plpy, project)
+    ph.lap("model")
     pre = bundle["_pre"]
     from_sql = relation_sql(plpy, relation)
     cols = describe_relation(plpy, from_sql)
@@ -1213,17 +1260,50 @@ def predict_batch(plpy, project: str, relation: str) -> list:
             hint="select the missing columns (or compute them) in the relation: a table, view or SELECT",
         )
     use = [have[c] for c in pre.columns]
-    parts: list = []
-    done = 0
-    setting = spi.one(plpy, "select current_setting('indb.predict_batch_chunk', true) as v")["v"]  # type: ignore[index]
+    setting = settings["chunk"]  # type: ignore[index]
     chunk = int(setting) if setting and setting.isdigit() and int(setting) > 0 else 50000
+    ph.lap("setup")
     with Tracker(plpy, "ml.predict_batch", project) as tr:
         tr.phase("predicting", unit="rows")
-        for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
-            parts.append(_predict_values(bundle, pre.transform(data, len(rn))))
-            done += len(rn)
-            tr(done, total)
-    return np.concatenate(parts).tolist() if parts else []
+        if not _scalar(use):  # arrays/vectors: a plain cursor, chunks in scan order
+            parts: list = []
+            done = 0
+            for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
+                ph.lap("fetch")
+                X = pre.transform(data, len(rn))
+                ph.lap("transform")
+                parts.append(_predict_values(bundle, X))
+                ph.lap("inference")
+                done += len(rn)
+                tr(done, total)
+            out = np.concatenate(parts) if parts else np.zeros(0)
+        else:
+            # all groups first (the aggregate holds every row before it returns its first group anyway); then
+            # the total is known for ml.progress while the model runs
+            groups: list = []
+            n = 0
+            for rn, data in fetch_scalar_groups(plpy, from_sql, use, chunk):
+                ph.lap("fetch")
+                groups.append((rn, pre.transform(data, len(rn))))
+                n += len(rn)
+                ph.lap("transform")
+                tr.cancel_point()
+            out = np.empty(n, dtype=np.float64)
+            done = 0
+            for rn, X in groups:
+                out[rn - 1] = _predict_values(bundle, X)  # row numbers are 1..n: each prediction in its scan place
+                done += len(rn)
+                ph.lap("inference")
+                tr(done, n)
+            del groups
+        result = out.tolist()
+        ph.lap("to_list")
+    if ph.on:
+        plpy.notice(
+            "ml.predict_batch profile: "
+            + json.dumps({"rows": len(result), "chunk": chunk} | {k: round(v, 4) for k, v in ph.s.items()})
+        )
+    return result
 
 
 def explain(plpy, project: str, features, kind: str) -> str:

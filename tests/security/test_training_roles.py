@@ -200,3 +200,43 @@ def test_bad_input_fails_before_anything_runs_with_a_clean_error(connect_as):
         with pytest.raises(psycopg.Error) as e:
             w.execute(sql)
         clean(e.value)
+
+
+def test_search_runs_walk_and_custom_plan_keep_tenants_apart(connect_as, sconn):
+    """search_runs' two large-registry plans (the metric walk over latest_metrics and the custom plan without
+    order_by; indb.search_runs_walk_from = 0 turns them on for a small registry) run with the caller's rights:
+    a tenant's reader finds exactly its own runs, the same as through the general query, never the other
+    tenant's; a role with no indb grant cannot search at all."""
+    w = {t: connect_as(f"{t}_writer") for t in ("acme", "globex")}
+    for t, c in w.items():
+        for i in range(12):
+            rid = c.execute("select registry.start_run(%s, %s)", [f"walk_{t}", f"{t}{i}"]).fetchone()[0]
+            c.execute(
+                "select registry.log_batch(%s, array['rmse', 'acc'], array[%s, %s]::float8[], null, null, %s)",
+                [rid, (i * 7 % 12) / 12 + (0.001 if t == "globex" else 0), i / 12, f'{{"depth": "{i % 3}"}}'],
+            )
+    searches = [
+        ("", ["metrics.rmse ASC"], 5),
+        ("params.depth = '1'", ["metrics.rmse DESC"], 2),
+        ("metrics.acc > 0.2", ["metrics.acc"], 3),
+        ("params.depth != '2'", None, 4),
+    ]
+    for t in ("acme", "globex"):
+        r = connect_as(f"{t}_reader")
+        for filt, order, limit in searches:
+            q = "select run_name from registry.search_runs(array['walk_acme', 'walk_globex'], %s, %s, %s)"
+            general = r.execute(q, [filt, order, limit]).fetchall()
+            r.execute("set indb.search_runs_walk_from = 0")
+            walked = r.execute(q, [filt, order, limit]).fetchall()
+            r.execute("reset indb.search_runs_walk_from")
+            assert walked == general and len(walked) == limit, (t, filt, order)
+            assert all(name.startswith(t) for (name,) in walked)
+    sconn.execute("drop role if exists walk_nobody")
+    sconn.execute("create role walk_nobody nologin")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), sconn.transaction():
+            sconn.execute("set local role walk_nobody")
+            sconn.execute("set local indb.search_runs_walk_from = 0")
+            sconn.execute("select * from registry.search_runs(array['walk_acme'], '', array['metrics.rmse'], 5)")
+    finally:
+        sconn.execute("drop role walk_nobody")

@@ -133,6 +133,42 @@ def test_search_results_identical_to_the_tables(runs, sconn, filt):
                 assert len(got) == 120
 
 
+WALK = """do language plpython3u $$
+import sys, json
+if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
+from indb_runtime import search_runs as sr
+sr.WALK_MIN, sr.WALK_PER_RESULT, sr.LARGE = {min}, {per}, {large}
+if {reset}: sr.WALK_STATS.update(exact=0, general=0)
+plpy.notice('walk ' + json.dumps(sr.WALK_STATS))
+$$"""
+
+
+def test_metric_walk_cut_short_stays_identical(runs, sconn):
+    """An order_by on a metric walks latest_metrics' (key, value) index and reads only the first runs of that
+    order (from LARGE runs on; 0 here); with the walk cut after 5x and 40x max_results runs (the data puts
+    ties, NaN and infinities at the cut, and filters reject most runs), every answer is still exactly the
+    tables' answer: the walk's own when it can prove it complete, the general query's otherwise. Both
+    happen. Without order_by (a plan made for the values there) the answers are the tables' too."""
+    notes: list[str] = []
+    sconn.add_notice_handler(lambda d: notes.append(d.message_primary))
+    sconn.execute(WALK.format(min=1, per=5, large=0, reset=True))
+    try:
+        for per in (5, 40):
+            sconn.execute(WALK.format(min=1, per=per, large=0, reset=False))
+            for filt in FILTERS:
+                for order in (None, ["metrics.rmse ASC"], ["metrics.acc DESC", "params.depth"], ["metrics.loss"]):
+                    for limit in (1, 3, 7):
+                        got = sconn.execute(
+                            "select * from registry.search_runs(%s, %s, %s, %s)", [runs, filt, order, limit]
+                        ).fetchall()
+                        assert got == reference(sconn, runs, filt, order, limit), (filt, order, limit, per)
+        sconn.execute(WALK.format(min=1, per=40, large=0, reset=False))
+    finally:
+        sconn.execute(WALK.format(min=1000, per=100, large=200_000, reset=False))
+    stats = json.loads(notes[-2].split(" ", 1)[1])
+    assert stats["exact"] > 20 and stats["general"] > 20, stats
+
+
 def test_the_mirror_follows_the_runs_tenant(runs, sconn):
     """RLS applies to the mirror like to registry.runs: it has a tenant column with the same policies."""
     rel = sconn.execute(

@@ -155,6 +155,57 @@ def test_predict_forms_agree_and_match_training(housing):
     assert math.isfinite(v)
 
 
+def test_predict_batch_is_exactly_per_row_predict_in_the_querys_order(housing):
+    """predict_batch reads groups of rows in any order and places each prediction by its row number: for a
+    SELECT with ORDER BY, NULL features (imputed), one-hot text and unseen categories, every chunk size gives
+    exactly what ml.predict gives row by row, numbered in the query's order."""
+    train(
+        housing,
+        "house_batch_xgb",
+        task="regression",
+        relation="housing_feats",
+        target="median_house_value",
+        preprocess=PRE,
+        hyperparams=json.dumps({"n_estimators": 25, "max_depth": 4}),
+    )
+    q = (
+        "select longitude, latitude, housing_median_age, total_rooms, "
+        "case when longitude < -121 then null else total_bedrooms end as total_bedrooms, population, households, "
+        "median_income, case when latitude > 38 then 'UNSEEN' else ocean_proximity end as ocean_proximity "
+        "from housing_feats order by median_income desc, longitude, latitude"
+    )
+    check = f"""
+        with b as (select row_number, prediction from ml.predict_batch('house_batch_xgb', %s)),
+             r as (select row_number() over () as rn, ml.predict('house_batch_xgb', h) as p from ({q}) h)
+        select count(*), count(*) filter (where b.prediction is distinct from r.p), min(b.row_number),
+               max(b.row_number), count(distinct b.row_number)
+        from b full join r on r.rn = b.row_number"""
+    for chunk in ("50000", "257", "1"):
+        housing.execute("select set_config('indb.predict_batch_chunk', %s, false)", [chunk])
+        try:
+            assert housing.execute(check, [q]).fetchone() == (2064, 0, 1, 2064, 2064), chunk
+        finally:
+            housing.execute("reset indb.predict_batch_chunk")
+    # the profile NOTICE names every phase; the predictions do not change with it
+    notices: list[str] = []
+    housing.add_notice_handler(lambda d: notices.append(d.message_primary))
+    housing.execute("set indb.predict_batch_profile = on")
+    try:
+        n = housing.execute("select count(*) from ml.predict_batch('house_batch_xgb', 'housing_feats')").fetchone()[0]
+    finally:
+        housing.execute("reset indb.predict_batch_profile")
+    assert n == 2064
+    prof = json.loads(next(m for m in notices if m.startswith("ml.predict_batch profile: ")).split(": ", 1)[1])
+    assert prof["rows"] == 2064 and {"fetch", "transform", "inference", "to_list"} <= set(prof)
+    # a NaN feature is refused (NULL is imputed, NaN is not a value)
+    with pytest.raises(psycopg.errors.DataException, match='column "total_rooms" holds nan'):
+        housing.execute(
+            "select count(*) from ml.predict_batch('house_batch_xgb', "
+            "'select longitude, latitude, housing_median_age, ''NaN''::float8 as total_rooms, total_bedrooms, "
+            "population, households, median_income, ocean_proximity from housing_feats')"
+        )
+
+
 def test_float8_array_path_matches_jsonb(housing):
     train(
         housing,

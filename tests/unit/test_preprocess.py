@@ -137,3 +137,64 @@ def test_huge_integers_from_json_are_a_range_error_not_an_overflow():
     with pytest.raises(IndbRuntimeError, match='column "x"') as e:
         pre.transform({"x": [10**309]}, 1)
     assert e.value.sqlstate == "22003"
+
+
+def _encode_row_by_row(spec: dict, values: list, n: int) -> np.ndarray:
+    """0.2.0's text encoding, one value at a time: the reference the vectorized encoder must match."""
+    vals = [spec["impute_value"] if v is None else str(v) for v in values]
+    cats = spec["categories"]
+    if spec["encode"] == "one_hot":
+        index = {c: j for j, c in enumerate(cats)}
+        m = np.zeros((n, len(cats)))
+        for i, v in enumerate(vals):
+            j = index.get(v)
+            if j is not None:
+                m[i, j] = 1.0
+        return m
+    if spec["encode"] == "ordinal":
+        rank = {c: float(j) for j, c in enumerate(cats)}
+        return np.array([rank.get(v, -1.0) for v in vals]).reshape(n, 1)
+    tm, d = spec["target_means"], spec["target_default"]
+    return np.array([tm.get(v, d) for v in vals], dtype=np.float64).reshape(n, 1)
+
+
+@pytest.mark.parametrize("encode", ["one_hot", "ordinal", "target"])
+def test_vectorized_text_encoding_equals_row_by_row(encode):
+    """ml.predict_batch encodes 50,000 values at a time with one dict lookup each; every kind of value (known,
+    unseen, NULL, a number that equals a category's text, a JSON list) lands exactly where the row-by-row
+    encoder put it."""
+    rng = np.random.RandomState(7)
+    train = [str(c) for c in rng.choice(["a", "b", "c", "7", "d"], 400)] + [None] * 5
+    y = rng.rand(len(train))
+    pre, _ = Preprocessor.fit({"city": train}, {"city": "text"}, {"city": {"encode": encode, "impute": "mode"}}, y=y)
+    spec = pre.state["columns"][0]
+    pool = ["a", "b", "c", "d", "7", "zz", "", None, 7, 7.0, True, ["a"], {"k": 1}]
+    values = [pool[i] for i in rng.randint(0, len(pool), 3000)]
+    got = pre.transform({"city": values}, len(values))
+    want = _encode_row_by_row(spec, values, len(values))
+    assert got.shape == want.shape and np.array_equal(got, want)
+    # no unhashable value: the vectorized path alone
+    plain = [v for v in values if not isinstance(v, (list, dict))]
+    assert np.array_equal(pre.transform({"city": plain}, len(plain)), _encode_row_by_row(spec, plain, len(plain)))
+    assert pre.transform({"city": []}, 0).shape[0] == 0
+    # a few rows (ml.predict) take the row-by-row loop; the same answers
+    for k in range(0, 3000, 29):
+        few = values[k : k + 7]
+        assert np.array_equal(pre.transform({"city": few}, len(few)), want[k : k + len(few)])
+
+
+def test_vectorized_text_encoding_keeps_the_errors():
+    pre, _ = Preprocessor.fit(
+        {"city": ["a", "b", "a"]}, {"city": "text"}, {"city": {"encode": "one_hot", "unknown": "error"}}
+    )
+    for rows in (["a", "q", "r"], ["a"] * 100 + ["q", "r"]):  # the row loop and the vectorized path
+        with pytest.raises(IndbRuntimeError, match="holds the category 'q', which the model never saw") as e:
+            pre.transform({"city": rows}, len(rows))
+        assert e.value.sqlstate == "22023"
+    strict, _ = Preprocessor.fit(
+        {"city": ["a", "b"]}, {"city": "text"}, {"city": {"encode": "ordinal", "impute": "error"}}
+    )
+    for rows in ([None, "a", None], [None, "a", None] + ["b"] * 100):
+        with pytest.raises(IndbRuntimeError, match=r'"city" has 2 NULL value\(s\) in the input') as e:
+            strict.transform({"city": rows}, len(rows))
+        assert e.value.sqlstate == "22004"

@@ -128,7 +128,13 @@ def test_execute_prepares_once_per_filter_shape():
     from indb_runtime import spi
 
     spi.clear_plans()
-    plpy = FakePlpy(answers={"from registry.run_search": [{"run_id": "u"}]})
+    plpy = FakePlpy(
+        answers={
+            "from registry.run_search": [{"run_id": "u"}],
+            "current_setting('plan_cache_mode')": [{"v": "auto"}],
+            "from pg_class": [{"n": 1e6, "t": None}],
+        }
+    )
     prepared = []
     real_prepare = plpy.prepare
     plpy.prepare = lambda q, t=None: prepared.append(q) or real_prepare(q, t)
@@ -136,8 +142,13 @@ def test_execute_prepares_once_per_filter_shape():
     out2 = sr.execute(plpy, None, "metrics.rmse < 0.9", None, 10)
     sr.execute(plpy, None, "metrics.acc < 0.9 and params.a = 'b'", None, 10)
     assert out1 == out2 == [{"run_id": "u"}]
-    assert len(prepared) == 2  # same shape, different values -> one plan (spi's cache)
-    assert plpy.executed[0][1] == ["rmse", 0.5, 10] and plpy.executed[1][1] == ["rmse", 0.9, 10]
+    searches = [q for q in prepared if "from registry.run_search s" in q]
+    assert len(searches) == 2  # same shape, different values -> one plan (spi's cache)
+    runs = [args for q, args in plpy.executed if "from registry.run_search s" in str(q)]
+    assert runs[0] == ["rmse", 0.5, 10] and runs[1] == ["rmse", 0.9, 10]
+    # without order_by the search runs with a plan made for its values, and the setting is put back
+    sets = [args for q, args in plpy.executed if "set_config('plan_cache_mode'" in str(q)]
+    assert sets[:2] == [None, ["auto"]]
 
 
 def test_deep_or_long_filters_are_refused_with_54001_not_a_recursion_error():
