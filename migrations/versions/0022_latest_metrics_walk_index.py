@@ -4,13 +4,13 @@ latest_metrics row (an index-only scan), only the runs it checks. Replaces lates
 same keys, which the 0.2.0 metric conditions also use).
 
 Revision ID: 0022
-Revises: 0018
+Revises: 0021
 """
 
 from alembic import op
 
 revision = "0022"
-down_revision = "0018"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
