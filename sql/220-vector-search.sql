@@ -200,23 +200,22 @@ begin
   if p -> 'settings' <> '{}' then
     saved := ml._search_set(p -> 'settings');
   end if;
-  if p ->> 'strategy' = 'ann_iterative' then
+  -- EXECUTE ... INTO arrays, then the rows: RETURN QUERY EXECUTE would run the plan through a cursor, which
+  -- cost ~1 ms more per call than the query itself (benchmarks/search_overhead.py)
+  execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
+                 'from (%s) x(id, score, content, metadata)', p ->> 'sql')
+    into r_ids, r_scores, r_contents, r_metas using query, k, p -> 'params';
+  if p ->> 'strategy' = 'ann_iterative' and coalesce(cardinality(r_ids), 0) < k then
+    -- the iterative scan stopped (max_scan_tuples) before finding k matches: answer exactly
+    raise debug 'indb: iterative index scan returned % of % rows; exact scan', coalesce(cardinality(r_ids), 0), k;
     execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
-                   'from (%s) x(id, score, content, metadata)', p ->> 'sql')
+                   'from (%s) x(id, score, content, metadata)', p ->> 'exact_sql')
       into r_ids, r_scores, r_contents, r_metas using query, k, p -> 'params';
-    if coalesce(cardinality(r_ids), 0) < k then
-      -- the iterative scan stopped (max_scan_tuples) before finding k matches: answer exactly
-      raise debug 'indb: iterative index scan returned % of % rows; exact scan', coalesce(cardinality(r_ids), 0), k;
-      return query execute p ->> 'exact_sql' using query, k, p -> 'params';
-    else
-      return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
-    end if;
-  else
-    return query execute p ->> 'sql' using query, k, p -> 'params';
   end if;
   if saved <> '{}' then
     perform ml._search_set(saved);
   end if;
+  return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
 end $$;
 
 create or replace function ml.search(
