@@ -85,8 +85,9 @@ begin
     elsif strategy = 'ann_iterative' then
       ef := greatest(cur, 100);  -- filtered index scans lose recall at low ef_search: at least 100 unless asked
     end if;
-    if ef is not null or cur < want then
-      gucs := jsonb_build_object('hnsw.ef_search', greatest(coalesce(ef, cur), want));  -- HNSW returns at most ef_search rows
+    -- HNSW returns at most ef_search rows; only a change is set (and put back after the query)
+    if greatest(coalesce(ef, cur), want) <> cur then
+      gucs := jsonb_build_object('hnsw.ef_search', greatest(coalesce(ef, cur), want));
     end if;
     if strategy = 'ann_iterative' or k > 1000 or (c.binary_rerank and cand > 1000) then
       gucs := gucs || jsonb_build_object('hnsw.iterative_scan', 'strict_order');
@@ -150,9 +151,11 @@ begin
     cand := ml._opt_int(options, 'rerank_candidates', cand, 1, 100000);
   end if;
   s := ml._search_strategy(c, fsql, fparams, query, k, options);
-  exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
-                      't.metadata from %s t where %s and t.embedding is not null order by 2 limit $2) s order by s.d, s.id',
-                      score_expr, dist, tbl, fsql);
+  if s.strategy <> 'ann' then  -- the exact query (ann_iterative: its fallback)
+    exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
+                        't.metadata from %s t where %s and t.embedding is not null order by 2 limit $2) s order by s.d, s.id',
+                        score_expr, dist, tbl, fsql);
+  end if;
   if s.strategy = 'exact' then
     sql := exact_sql;
   elsif c.binary_rerank then
