@@ -8,7 +8,7 @@ API that returns documents.
 Needs the collection `scale` that `python -m benchmarks.search_scale N` built (database indb_bench_scale of the
 project's cluster, or INDB_BENCH_DSN). Queries: SciFact's queries, embedded by ml.embed in that database.
 
-    python -m benchmarks.search_overhead [queries]      # writes benchmarks/results/search_overhead.json
+    python -m benchmarks.search_overhead [queries]      # benchmarks/results/search_overhead.json, key "<documents>"
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ def main() -> None:
         out["sides"][f"ef_search {ef}"] = res
         print(ef, json.dumps(res), flush=True)
     path = RESULTS / "search_overhead.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if "documents" in data:  # the first format: one run (100,000 documents, before ml._search ran without a cursor)
+        data = {f"{data['documents']} (before: RETURN QUERY EXECUTE)": data}
+    data[str(n)] = out
+    path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -118,8 +118,9 @@ begin
     elsif strategy = 'ann_iterative' then
       ef := greatest(cur, 100);  -- filtered index scans lose recall at low ef_search: at least 100 unless asked
     end if;
-    if ef is not null or cur < want then
-      gucs := jsonb_build_object('hnsw.ef_search', greatest(coalesce(ef, cur), want));  -- HNSW returns at most ef_search rows
+    -- HNSW returns at most ef_search rows; only a change is set (and put back after the query)
+    if greatest(coalesce(ef, cur), want) <> cur then
+      gucs := jsonb_build_object('hnsw.ef_search', greatest(coalesce(ef, cur), want));
     end if;
     if strategy = 'ann_iterative' or k > 1000 or (c.binary_rerank and cand > 1000) then
       gucs := gucs || jsonb_build_object('hnsw.iterative_scan', 'strict_order');
@@ -137,6 +138,16 @@ begin
   end if;
   return gucs;
 end $$;
+
+-- The SQL of the plain index scan (already in distance order: HNSW/IVFFlat never return null embeddings): $1 the
+-- query, fsql the filter, lim the limit ('$2', or k written in for the prepared statement of a filter-free search)
+create or replace function ml._search_ann_sql(c ml.collections, fsql text, lim text) returns text
+language sql immutable parallel safe
+as $$
+  select format('select t.id, (%s)::float8, t.content, t.metadata from %s t where %s order by %s limit %s',
+                case c.metric when 'cosine' then '1 - ' else '-' end || d, ml._collection_table(c), fsql, d, lim)
+    from (select format('(t.embedding %s $1::%s)', ml._collection_op(c), ml._collection_vtype(c)) d) x
+$$;
 
 -- The plan of a vector search: every argument checked, the filter translated (values travel in one jsonb
 -- parameter, $3), the strategy, the SQL ($1 query, $2 k, $3 filter values; exact fallback for iterative scans)
@@ -184,9 +195,11 @@ begin
     cand := ml._opt_int(options, 'rerank_candidates', cand, 1, 100000);
   end if;
   s := ml._search_strategy(c, fsql, fparams, query, k, options);
-  exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
-                      't.metadata from %s t where %s and t.embedding is not null order by 2, 1 limit $2) s order by s.d, s.id',
-                      score_expr, dist, tbl, fsql);
+  if s.strategy <> 'ann' then  -- the exact query (ann_iterative: its fallback); ties broken by id, as on a shard
+    exact_sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select t.id, %s + 0 as d, t.content, '
+                        't.metadata from %s t where %s and t.embedding is not null order by 2, 1 limit $2) s order by s.d, s.id',
+                        score_expr, dist, tbl, fsql);
+  end if;
   if s.strategy = 'exact' then
     sql := exact_sql;
   elsif c.binary_rerank then
@@ -195,12 +208,11 @@ begin
                   '<~> binary_quantize(%s)::bit(%s) limit %s) r order by r.d limit $2) s order by s.d, s.id',
                   score_expr, dist, tbl, fsql, c.dimensions, q, c.dimensions, greatest(cand, k));
   else
-    -- the plain index scan: already in distance order (HNSW/IVFFlat never return null embeddings)
-    sql := format('select t.id, (%s)::float8, t.content, t.metadata from %s t where %s order by %s limit $2',
-                  replace(score_expr, 's.d', dist), tbl, fsql, dist);
+    sql := ml._search_ann_sql(c, fsql, case when s.strategy = 'ann' and k <= 100 then k::text else '$2' end);
   end if;
   return jsonb_build_object('strategy', s.strategy, 'reason', s.reason, 'filter_matches', s.matches,
                             'sql', sql, 'exact_sql', exact_sql, 'params', fparams, 'filter_sql', fsql,
+                            'prepared', s.strategy = 'ann' and not c.binary_rerank and k <= 100,
                             'settings', ml._search_settings(c, s.strategy, k, cand, options));
 end $$;
 
@@ -220,6 +232,33 @@ begin
   return saved;
 end $$;
 
+-- The session's prepared statement for an ANN search SQL (ml._search_plan's, filter-free, k written in): its name
+-- is derived from the SQL, and a statement of that name is (re)prepared unless it holds exactly this SQL (a
+-- statement a session prepared itself under that name is replaced, never run). A prepared statement is
+-- planned once (a generic plan: the query vector does not change the plan) and re-planned by PostgreSQL when
+-- the table, its indexes, the role or the search_path change; row security is applied when it runs.
+create or replace function ml._search_prepared(sql text, vtype text) returns text
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  stmt_name text := 'indb_search_' || md5(vtype || ' ' || sql);
+  stmt text := format('prepare %I(%s) as select array_agg(x.id), array_agg(x.score), array_agg(x.content), '
+                      'array_agg(x.metadata) from (%s) x(id, score, content, metadata)', stmt_name, vtype, sql);
+  have text;
+begin
+  select ps.statement into have from pg_catalog.pg_prepared_statements ps where ps.name = stmt_name;
+  if have is distinct from stmt then
+    if have is not null then
+      execute format('deallocate %I', stmt_name);
+    end if;
+    execute stmt;
+  end if;
+  return stmt_name;
+end $$;
+comment on function ml._search_prepared(text, text) is
+  'internal: the name of this session''s prepared statement for an ANN search SQL, prepared if needed';
+
 create or replace function ml._search(
     c ml.collections, query vector, k int, filter jsonb, options jsonb)
 returns table(id text, score float8, content text, metadata jsonb)
@@ -230,33 +269,64 @@ declare
   p jsonb;
   saved jsonb := '{}';
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
+  cur int;
+  ef int;
 begin
   if c.shards is not null then
     -- fan-out: each shard's own top k' (sql/240), merged here
     return query select * from ml._shard_search(c.name, query, k, filter, options);
     return;
   end if;
+  -- the common call, answered without building a plan: no filter, no option but ef_search, an HNSW index
+  -- (not time-partitioned), no binary rerank, k <= 100, a valid query vector. The same SQL, settings and
+  -- prepared statement as the plan below would give (ml._search_plan, ml._search_settings); anything else,
+  -- errors included, takes the full path.
+  if (filter is null or filter = '{}') and (options is null or options = '{}' or options - 'ef_search' = '{}')
+     and c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
+     and k between 1 and 100 and query is not null and vector_dims(query) = c.dimensions
+     and (c.metric <> 'cosine' or vector_norm(query) > 0) then
+    cur := coalesce(current_setting('hnsw.ef_search', true)::int, 40);
+    if options ? 'ef_search' then
+      ef := ml._opt_int(options, 'ef_search', null, 1, 1000);
+    end if;
+    if greatest(coalesce(ef, cur), k) <> cur then
+      perform set_config('hnsw.ef_search', greatest(coalesce(ef, cur), k)::text, true);
+    end if;
+    execute format('execute %I(%L)', ml._search_prepared(ml._search_ann_sql(c, 'true', k::text), ml._collection_vtype(c)),
+                   query::text)
+      into r_ids, r_scores, r_contents, r_metas;
+    if greatest(coalesce(ef, cur), k) <> cur then
+      perform set_config('hnsw.ef_search', cur::text, true);
+    end if;
+    return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
+    return;
+  end if;
   p := ml._search_plan(c, query, k, filter, options);
   if p -> 'settings' <> '{}' then
     saved := ml._search_set(p -> 'settings');
   end if;
-  if p ->> 'strategy' = 'ann_iterative' then
+  -- into arrays, then the rows (RETURN QUERY EXECUTE would run the plan through a cursor, which costs more
+  -- than the query itself); a filter-free ANN search with k <= 100 runs a prepared statement, planned once per
+  -- session instead of at every call (benchmarks/search_overhead.py)
+  if (p ->> 'prepared')::boolean then
+    execute format('execute %I(%L)', ml._search_prepared(p ->> 'sql', ml._collection_vtype(c)), query::text)
+      into r_ids, r_scores, r_contents, r_metas;
+  else
     execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
                    'from (%s) x(id, score, content, metadata)', p ->> 'sql')
       into r_ids, r_scores, r_contents, r_metas using query, k, p -> 'params';
-    if coalesce(cardinality(r_ids), 0) < k then
-      -- the iterative scan stopped (max_scan_tuples) before finding k matches: answer exactly
-      raise debug 'indb: iterative index scan returned % of % rows; exact scan', coalesce(cardinality(r_ids), 0), k;
-      return query execute p ->> 'exact_sql' using query, k, p -> 'params';
-    else
-      return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
-    end if;
-  else
-    return query execute p ->> 'sql' using query, k, p -> 'params';
+  end if;
+  if p ->> 'strategy' = 'ann_iterative' and coalesce(cardinality(r_ids), 0) < k then
+    -- the iterative scan stopped (max_scan_tuples) before finding k matches: answer exactly
+    raise debug 'indb: iterative index scan returned % of % rows; exact scan', coalesce(cardinality(r_ids), 0), k;
+    execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
+                   'from (%s) x(id, score, content, metadata)', p ->> 'exact_sql')
+      into r_ids, r_scores, r_contents, r_metas using query, k, p -> 'params';
   end if;
   if saved <> '{}' then
     perform ml._search_set(saved);
   end if;
+  return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
 end $$;
 
 create or replace function ml.search(

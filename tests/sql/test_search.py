@@ -176,6 +176,71 @@ def test_k_larger_than_ef_search_still_returns_k_rows(sconn, corpus):
     assert n == 500
 
 
+def _prepared(conn, name, k):
+    """(generic plans, custom plans) of the session's prepared statement for collection `name` and k, or None."""
+    return conn.execute(
+        "select generic_plans, custom_plans from pg_prepared_statements where statement like %s",
+        [f"%from collections.{name} t %limit {k})%"],
+    ).fetchone()
+
+
+def test_the_prepared_fast_path_answers_as_the_full_path_and_the_hand_written_query(sconn, corpus):
+    """A filter-free ANN search (k <= 100) runs a prepared statement planned once per session: the same rows and
+    scores as the full path (an option that takes it: max_scan_tuples) and as pgvector queried by hand."""
+    name, X, ids, docs = corpus
+    sconn.execute("set hnsw.ef_search = 40")
+    try:
+        for q in X[:30]:
+            v = str(q.tolist())
+            fast = sconn.execute(
+                "select id, score from ml.search(%s, %s::vector, 10, null, '{\"ef_search\": 40}')", [name, v]
+            ).fetchall()
+            full = sconn.execute(
+                "select id, score from ml.search(%s, %s::vector, 10, null, "
+                '\'{"ef_search": 40, "max_scan_tuples": 20000}\')',
+                [name, v],
+            ).fetchall()
+            hand = sconn.execute(
+                f"select id, 1 - (embedding <=> %s::vector) from collections.{name} order by embedding <=> %s::vector "
+                "limit 10",
+                [v, v],
+            ).fetchall()
+            assert [r[0] for r in fast] == [r[0] for r in full] == [r[0] for r in hand]
+            assert np.allclose([r[1] for r in fast], [r[1] for r in hand], atol=1e-6)
+        generic, custom = _prepared(sconn, name, 10)
+        assert generic + custom >= 30 and generic >= 1  # planned once, then the cached (generic) plan ran
+    finally:
+        sconn.execute("reset hnsw.ef_search")
+
+
+def test_the_fast_path_sets_ef_search_only_for_the_query(sconn, corpus):
+    name, X = corpus[0], corpus[1]
+    before = sconn.execute("select current_setting('hnsw.ef_search')").fetchone()[0]
+    n = sconn.execute(
+        "select count(*) from ml.search(%s, %s::vector, 60, null, '{\"ef_search\": 10}')", [name, str(X[2].tolist())]
+    ).fetchone()[0]
+    assert n == 60  # ef_search raised to k for the query: HNSW returns at most ef_search rows
+    assert sconn.execute("select current_setting('hnsw.ef_search')").fetchone()[0] == before
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="ef_search"):
+        sconn.execute(
+            "select * from ml.search(%s, %s::vector, 5, null, '{\"ef_search\": 0}')", [name, str(X[2].tolist())]
+        )
+
+
+def test_a_collection_dropped_and_made_again_under_its_name_is_searched_afresh(sconn):
+    """The session's prepared statement names the table: after drop + create (same name, same or other
+    dimensions) ml.search answers from the new rows, never from a stale plan."""
+    name = f"re_{secrets.token_hex(3)}"
+    for dims, rows in ((2, [("old", [1, 0])]), (2, [("new", [1, 0])]), (3, [("three", [1, 0, 0])])):
+        sconn.execute(
+            "select ml.create_collection(%s, model => null, options => %s)", [name, Jsonb({"dimensions": dims})]
+        )
+        sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": i, "embedding": e} for i, e in rows])])
+        q = str([1.0] + [0.0] * (dims - 1))
+        assert [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5)", [name, q])] == [rows[0][0]]
+        sconn.execute("select ml.drop_collection(%s)", [name])
+
+
 @pytest.mark.parametrize(
     "args, err, words",
     [
