@@ -38,6 +38,7 @@ AUDITED_ROW = [
     "ml.embedding_models",
     "ml.vectorizers",
     "ml.collections",
+    "ml.shards",
     "features.entities",
     "features.feature_views",
     "features.on_demand_features",
