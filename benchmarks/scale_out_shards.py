@@ -76,7 +76,7 @@ def build_index(dsn: str, name: str, out: dict) -> None:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    from indb.localdb import Cluster, SmallCluster, default_port
+    from indb.localdb import Cluster, SmallCluster
 
     t0 = time.perf_counter()
     cp = corpus(n)
@@ -87,7 +87,7 @@ def main() -> None:
     shards = []
     for name in ("bench_s1", "bench_s2"):
         st = primary.state / "bench-shards" / name
-        shards.append(SmallCluster(st, default_port(st)))
+        shards.append(SmallCluster.at(st))
     res: dict = {"documents": n, "shards": 2, "dimensions": int(vecs.shape[1])}
     try:
         dsns = [s.start_as_shard() for s in shards]

@@ -48,6 +48,43 @@ def default_port(state: Path) -> int:
     return 54000 + int.from_bytes(digest[:2], "big") % 1000
 
 
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port and this process could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int, avoid: Sequence[int] = ()) -> int:
+    """``preferred`` if it is free, else the next free port after it in 54000-54999 (wrapping): for the extra
+    clusters (replicas, local shards) that indb makes on its own, where another program on the machine may
+    already hold the port their folder hashes to."""
+    for i in range(1000):
+        port = 54000 + (preferred - 54000 + i) % 1000
+        if port not in avoid and port_is_free(port):
+            return port
+    raise ClusterError("no free port in 54000-54999 on 127.0.0.1; stop some local servers and try again")
+
+
+def configured_port(data: Path) -> int | None:
+    """The port an existing cluster folder was set up with (its indb.conf), or None for a new folder."""
+    conf = data / "indb.conf"
+    if not conf.exists():
+        return None
+    for line in conf.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "port" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
 @dataclass(frozen=True)
 class Cluster:
     state: Path
@@ -480,9 +517,9 @@ class Replica(Cluster):
     def of(cls, primary: Cluster, name: str) -> Replica:
         check_replica_name(name)
         st = primary.state / "replicas" / name
-        port = replica_port(st)
-        if port == primary.port:
-            port = 54000 + (port - 54000 + 1) % 1000
+        port = configured_port(st / "pgdata")  # (a fresh base backup holds the primary's own indb.conf)
+        if port is None or port == primary.port:  # a new replica: the port its folder hashes to, or the next free one
+            port = free_port(replica_port(st), avoid=[primary.port])
         return cls(st, port, primary.pg_bin, name, primary.state, primary.port)
 
     @property
@@ -616,6 +653,17 @@ class SmallCluster(Cluster):
     """A cluster with PostgreSQL's default memory settings (shared_buffers 128MB, work_mem 4MB): the extra local
     clusters that tests and benchmarks start as shards of a sharded collection, several per machine."""
 
+    MARK = ".indb-small-cluster"
+
+    @classmethod
+    def at(cls, state: Path) -> SmallCluster:
+        """The small cluster in ``state``: its configured port when it exists, else a free one (starting from the
+        port the folder hashes to). ``remove()`` deletes only folders made this way."""
+        port = configured_port(state / "pgdata") or free_port(default_port(state))
+        state.mkdir(parents=True, exist_ok=True)
+        (state / cls.MARK).touch()
+        return cls(state, port)
+
     def write_config(self) -> None:
         conf = f"""# written by indb.localdb.SmallCluster (a local shard for tests and benchmarks)
 listen_addresses = '127.0.0.1'
@@ -651,5 +699,5 @@ lc_messages = 'C.UTF-8'
         """Stop it and delete its state folder (only a folder this class made: it holds pgdata/indb.conf)."""
         if self.running():
             self.stop()
-        if (self.data / "indb.conf").exists() and "SmallCluster" in (self.data / "indb.conf").read_text():
+        if (self.state / self.MARK).exists():
             shutil.rmtree(self.state)

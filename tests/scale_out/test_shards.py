@@ -54,7 +54,7 @@ def _vec(rng: random.Random) -> str:
 @pytest.fixture(scope="module")
 def shard_clusters(cluster):
     """Two extra local clusters with indb installed and a link role each (a member of their indb_admin)."""
-    from indb.localdb import SmallCluster, default_port
+    from indb.localdb import SmallCluster
 
     tok = secrets.token_hex(3)
     made = []
@@ -62,7 +62,7 @@ def shard_clusters(cluster):
     try:
         for n in ("s1", "s2"):
             st = cluster.state / "test-shards" / f"{tok}_{n}"
-            c = SmallCluster(st, default_port(st))
+            c = SmallCluster.at(st)
             made.append(c)
             dsns[n] = c.start_as_shard()
         yield {"clusters": dict(zip(("s1", "s2"), made, strict=True)), "dsns": dsns, "tok": tok}

@@ -164,3 +164,31 @@ def test_socket_folder_stays_within_the_unix_socket_path_limit():
     deep = Cluster(Path("/" + "/".join(["a-rather-long-folder-name"] * 6) + "/.state"), 54321)
     assert len(str(deep.run / ".s.PGSQL.54321")) <= 100
     assert deep.run == Cluster(deep.state, 54321).run, "the same checkout always gets the same socket folder"
+
+
+def test_extra_clusters_skip_a_port_another_program_holds(tmp_path, monkeypatch):
+    """A local shard or replica whose folder hashes to a port that another program listens on takes the next free
+    one instead of failing to start (CI once hit exactly this), and a folder set up earlier keeps its own port."""
+    import socket
+
+    from indb.localdb import SmallCluster, configured_port, default_port, free_port
+
+    monkeypatch.delenv("INDB_PORT", raising=False)
+    st = tmp_path / "shard"
+    busy = default_port(st)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", busy))
+        except OSError:
+            pass  # already held by something else: the point of the test either way
+        else:
+            holder.listen(1)
+        assert free_port(busy) != busy
+        small = SmallCluster.at(st)
+        assert small.port != busy and 54000 <= small.port < 55000
+    (st / "pgdata").mkdir()
+    (st / "pgdata" / "indb.conf").write_text("listen_addresses = '127.0.0.1'\nport = 54321\n")
+    assert configured_port(st / "pgdata") == 54321 and SmallCluster.at(st).port == 54321
+    SmallCluster.at(st).remove()  # never started: its folder still goes
+    assert not st.exists()
