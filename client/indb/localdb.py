@@ -93,8 +93,12 @@ class Cluster:
 
     @classmethod
     def local(cls) -> Cluster:
+        """This checkout's cluster: INDB_PORT if set, else the port its folder was set up with, else (a new folder)
+        the port the folder hashes to or, when another program holds that one, the next free port."""
         st = state_dir()
-        return cls(st, default_port(st))
+        if os.environ.get("INDB_PORT"):
+            return cls(st, default_port(st))
+        return cls(st, configured_port(st / "pgdata") or free_port(default_port(st)))
 
     # -- paths -------------------------------------------------------------------------------
     @property
