@@ -34,7 +34,8 @@ def _status(args) -> int:
     print(f"indb runtime service: pid {st['pid']}, up {st['uptime_s']} s, socket {st['socket']}")
     print(
         f"  memory: {mem.get('pss_bytes', 0) / 2**20:.0f} MiB PSS, {mem.get('rss_bytes', 0) / 2**20:.0f} MiB RSS; "
-        f"window {st['window_ms']} ms, max batch {st['max_batch']}, request limit {st['max_request_bytes']} bytes"
+        f"window {st['window_ms']} ms, max batch {st['max_batch']}, request limit {st['max_request_bytes']} bytes, "
+        f"{st.get('workers', 1)} workers ({st.get('busy_workers', 0)} busy)"
     )
     print(
         f"  requests {st['requests']} ({st['texts']} texts), batches {st['batches']}, mean batch size "
@@ -53,6 +54,8 @@ def _serve(args) -> int:
     cluster = Cluster.local()
     argv = [sys.executable, "-m", "indb_runtime.service", "supervise", "--data", str(cluster.data), "--log", "-"]
     argv += ["--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
     for p in args.preload or []:
         argv += ["--preload", p]
     if os.geteuid() == 0:
@@ -84,6 +87,7 @@ def register(sub) -> None:
     v = acts.add_parser("serve", help="run the supervised service in the foreground (logs to stderr)")
     v.add_argument("--window-ms", type=float, default=2.0, help="batching window in ms (default 2)")
     v.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
+    v.add_argument("--workers", type=int, default=0, help="model calls side by side (default: one per core, at most 4)")
     v.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
     v.set_defaults(func=_serve)
     acts.add_parser("start", help="start the supervised service in the background").set_defaults(func=_start)

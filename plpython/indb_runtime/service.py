@@ -15,6 +15,12 @@ Batching: requests for one model that arrive within ``--window-ms`` of the first
 connection already waits. A large request is taken ``max-batch`` texts at a time, after the small requests
 waiting beside it, so one bulk INSERT does not starve single-row statements. A client that goes away (a
 cancelled statement) has its texts dropped from the queue; the batch it was part of goes on for the others.
+
+Workers: ``--workers`` threads (default: one per core, at most 4) take batches from the one queue. A worker that
+runs alone uses every core for its model call (torch intra-op threads), so a lone request is as fast as in a
+backend; while several run, each uses its share of the cores. On a CPU the model is bound by arithmetic, and one
+call spread over several threads wastes part of each core on synchronisation: two single-threaded calls side by
+side embed more texts per second than one call on two threads (benchmarks/runtime_shared.py).
 """
 
 from __future__ import annotations
@@ -176,12 +182,20 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class Batcher:
-    def __init__(self, window_ms: float, max_batch: int):
+    def __init__(self, window_ms: float, max_batch: int, workers: int = 1):
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
+        self.workers = max(1, workers)
         self.cond = threading.Condition()
         self.pending: list[Job] = []
+        self.inflight: dict[int, int] = {}  # id(job) -> pieces of it that a worker is embedding now
+        self.busy = 0  # workers in a model call
+        self.most_busy = 0  # the most workers in model calls at once, since the start
         self.connections = 0
         self.requests = 0
         self.texts = 0
@@ -217,7 +231,7 @@ class Batcher:
             deadline = first.arrived + self.window
             while (
                 self._waiting(first.key) < self.max_batch
-                and len({id(j) for j in self.pending}) < self.connections
+                and len({id(j) for j in self.pending} | self.inflight.keys()) < self.connections
                 and not first.cancelled
             ):
                 left = deadline - time.monotonic()
@@ -236,21 +250,33 @@ class Batcher:
                     break
                 n = min(room, len(j.texts) - j.taken)
                 batch.append((j, j.taken, j.taken + n))
+                self.inflight[id(j)] = self.inflight.get(id(j), 0) + 1
                 j.taken += n
                 room -= n
                 if j.taken == len(j.texts):
                     self.pending.remove(j)
+            self.busy += 1
+            self.most_busy = max(self.most_busy, self.busy)
             return batch
+
+    def threads_for_call(self, cores: int) -> int:
+        """torch threads for the model call a worker is about to make: every core when no other worker is in
+        one, else an equal share (called under ``cond``, after next_batch counted this worker as busy)."""
+        if self.busy <= 1:
+            return cores
+        return max(1, cores // min(self.busy, self.workers))
 
     def run(self) -> None:
         import ctypes
 
         import numpy as np
+        import torch
 
         try:
             trim = ctypes.CDLL("libc.so.6").malloc_trim
         except (OSError, AttributeError):
             trim = None
+        cores = os.cpu_count() or 1
         last_trim = time.monotonic()
         while not self.stopping:
             batch = self.next_batch()
@@ -258,6 +284,10 @@ class Batcher:
                 continue
             job0 = batch[0][0]
             texts = [t for j, a, b in batch for t in j.texts[a:b]]
+            with self.cond:
+                threads = self.threads_for_call(cores)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             try:
                 vecs = job0.model.encode(
                     texts,
@@ -270,22 +300,30 @@ class Batcher:
             except Exception as e:  # a model failure fails the requests of this batch, not the service
                 log.exception("model call failed")
                 err = wire_error("38000", f"the model failed: {e}")
+            # several workers may hold pieces of one big request: its output is filled under the lock
             with self.cond:
+                self.busy -= 1
                 self.batches += 1
                 self.batched_texts += len(texts)
-            pos = 0
-            for j, a, b in batch:
-                if err is not None:
-                    j.error = err
-                    j.done.set()
-                    continue
-                if j.out is None:
-                    j.out = np.empty((len(j.texts), vecs.shape[1]), dtype=np.float32)
-                j.out[a:b] = vecs[pos : pos + (b - a)]
-                pos += b - a
-                j.filled += b - a
-                if j.filled == len(j.texts):
-                    j.done.set()
+                pos = 0
+                for j, a, b in batch:
+                    left = self.inflight[id(j)] - 1
+                    if left:
+                        self.inflight[id(j)] = left
+                    else:
+                        del self.inflight[id(j)]
+                    if err is not None:
+                        j.error = err
+                        j.done.set()
+                        continue
+                    if j.out is None:
+                        j.out = np.empty((len(j.texts), vecs.shape[1]), dtype=np.float32)
+                    j.out[a:b] = vecs[pos : pos + (b - a)]
+                    pos += b - a
+                    j.filled += b - a
+                    if j.filled == len(j.texts):
+                        j.done.set()
+                self.cond.notify_all()
             # give the memory of a big batch back when the queue is empty (at most once a second)
             if trim is not None and not self.pending and time.monotonic() - last_trim > 1.0:
                 trim(0)
@@ -298,6 +336,9 @@ class Batcher:
                 "texts": self.texts,
                 "batches": self.batches,
                 "mean_batch_size": round(self.batched_texts / self.batches, 2) if self.batches else None,
+                "workers": self.workers,
+                "busy_workers": self.busy,
+                "most_busy_workers": self.most_busy,
                 "queue_depth": len(self.pending),
                 "queued_texts": sum(len(j.texts) - j.taken for j in self.pending),
                 "cancelled_requests": self.cancelled,
@@ -320,14 +361,14 @@ def _memory() -> dict:
 
 
 class Service:
-    def __init__(self, data: Path, window_ms: float, max_batch: int, max_request_bytes: int):
+    def __init__(self, data: Path, window_ms: float, max_batch: int, max_request_bytes: int, workers: int = 1):
         self.data = data
         self.dir = wire.runtime_dir(data)
         self.path = self.dir / wire.SOCKET_NAME
         self.max_request_bytes = max_request_bytes
         self.catalog = Catalog(data)
         self.models = Models()
-        self.batcher = Batcher(window_ms, max_batch)
+        self.batcher = Batcher(window_ms, max_batch, workers)
         self.started = time.time()
         self.listener: socket.socket | None = None
 
@@ -374,7 +415,8 @@ class Service:
         }
 
     def serve_forever(self) -> None:
-        threading.Thread(target=self.batcher.run, name="batcher", daemon=True).start()
+        for i in range(self.batcher.workers):
+            threading.Thread(target=self.batcher.run, name=f"worker-{i + 1}", daemon=True).start()
         assert self.listener is not None
         while True:
             try:
@@ -531,7 +573,7 @@ def serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(k, v)
     data = Path(args.data).resolve()
     _setup_logging(None if args.log == "-" else Path(args.log or default_log(data)))
-    svc = Service(data, args.window_ms, args.max_batch, args.max_request_bytes)
+    svc = Service(data, args.window_ms, args.max_batch, args.max_request_bytes, args.workers)
     svc.prepare()
     svc.listen()
 
@@ -542,7 +584,12 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     log.info(
-        "serving on %s (pid %d, window %.1f ms, max batch %d)", svc.path, os.getpid(), args.window_ms, args.max_batch
+        "serving on %s (pid %d, window %.1f ms, max batch %d, %d workers)",
+        svc.path,
+        os.getpid(),
+        args.window_ms,
+        args.max_batch,
+        svc.batcher.workers,
     )
     for item in args.preload or []:
         db, _, model = item.partition("/")
@@ -611,7 +658,7 @@ def supervise(args: argparse.Namespace) -> int:
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
     out = ["--data", str(args.data), "--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
-    out += ["--max-request-bytes", str(args.max_request_bytes)]
+    out += ["--max-request-bytes", str(args.max_request_bytes), "--workers", str(args.workers)]
     if args.log:
         out += ["--log", args.log]
     for p in args.preload or []:
@@ -627,6 +674,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window-ms", type=float, default=float(os.environ.get("INDB_RUNTIME_WINDOW_MS", "2")))
     p.add_argument("--max-batch", type=int, default=int(os.environ.get("INDB_RUNTIME_MAX_BATCH", "64")))
     p.add_argument("--max-request-bytes", type=int, default=wire.DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("INDB_RUNTIME_WORKERS", "0")) or default_workers(),
+        help="threads that make model calls side by side (default: one per core, at most 4)",
+    )
     p.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
     return p
 

@@ -291,3 +291,31 @@ def test_token_chunking_in_shared_mode_needs_no_model_in_the_backend(service, db
     assert cs == cb and len(cs) > 1
     assert min(cosine(a[3].to_list(), b[3].to_list()) for a, b in zip(rs, rb)) >= 0.999999
     assert mem < 150 * 2**20, f"a shared-mode backend that chunks holds {mem / 2**20:.0f} MiB"
+
+
+def test_the_workers_split_a_bulk_request_and_answer_in_request_order(service, db_dsn, scifact_docs):
+    """The service's workers embed pieces of one large request side by side (on a machine with two or more cores),
+    and the answer is the backend's, row for row, while single-text requests from other connections run beside it."""
+    docs = texts(scifact_docs, 100, start=120)
+    docs = docs + [d[: len(d) // 2] for d in docs] + ["a", "", "word " * 300]  # 203 texts: 4 pieces of <= 64
+    workers = service.runtime_stats()["workers"]
+    singles: list = []
+
+    def single_rows():
+        with connect(db_dsn, "shared") as c:
+            for d in docs[:12]:
+                singles.append(c.execute("select ml.embed(%s, %s)", [MODEL, d]).fetchone()[0].to_list())
+
+    side = threading.Thread(target=single_rows)
+    with connect(db_dsn, "shared") as s, connect(db_dsn, "backend") as b:
+        side.start()
+        shared = s.execute("select ml.embed(%s, %s::text[])", [MODEL, docs]).fetchone()[0]
+        side.join()
+        local = b.execute("select ml.embed(%s, %s::text[])", [MODEL, docs]).fetchone()[0]
+    assert len(shared) == len(local) == len(docs)
+    worst = min(cosine(x.to_list(), y.to_list()) for x, y in zip(shared, local))
+    assert worst >= 0.999999, f"lowest cosine between the modes: {worst}"
+    assert len(singles) == 12 and min(cosine(x, y.to_list()) for x, y in zip(singles, local)) >= 0.999999
+    if (os.cpu_count() or 1) >= 2:
+        assert workers >= 2
+        assert service.runtime_stats()["most_busy_workers"] >= 2, "the pieces of the request ran one after another"
