@@ -111,7 +111,7 @@ begin
 end $$;
 
 create or replace function ml._collection_table(c ml.collections) returns text
-language sql immutable parallel safe
+language sql stable parallel safe  -- stable as format() is, so that callers inline it
 as $$ select format('%I.%I', c.table_schema, c.table_name) $$;
 
 -- distance operator, score expression and ANN operator class for a collection
@@ -120,7 +120,7 @@ language sql immutable parallel safe
 as $$ select case c.metric when 'cosine' then '<=>' when 'l2' then '<->' else '<#>' end $$;
 
 create or replace function ml._collection_vtype(c ml.collections) returns text
-language sql immutable parallel safe
+language sql stable parallel safe  -- stable as format() is, so that callers inline it
 as $$ select format('%s(%s)', c.storage, c.dimensions) $$;
 
 create or replace function ml._collection_ann_indexes(c ml.collections) returns table(index_name text, table_name text, am text, bytes bigint)
