@@ -15,10 +15,28 @@ Every start:
    SIGTERM or SIGINT: a fast shutdown (clients are disconnected, a
    checkpoint is written), so the next start needs no crash recovery. SIGQUIT: an immediate stop.
 
+A hot standby (INDB_PRIMARY_HOST set): steps 2 and 4 are replaced by, on an empty volume only, a base backup
+of the primary (pg_basebackup over the replication protocol as INDB_REPLICATION_USER, WAL streamed, a physical
+replication slot ``indb_replica_<INDB_REPLICA_NAME>`` made on the primary so that it keeps the WAL the standby
+still needs); every start writes the settings (step 3), the standby's connection to the primary (its password
+in a file under /var/run/postgresql, never in the volume or in the settings) and serves (step 5: the server
+read-only, and its own runtime service beside it). The primary makes the replication role, and lets it connect
+for replication, only when it is given the same replication password.
+
 Settings (environment):
-  INDB_PASSWORD or INDB_PASSWORD_FILE   password of the ``postgres`` role over TCP (required; a secret file
-                                        at /run/secrets/indb_password is used when neither is set)
+  INDB_PASSWORD or INDB_PASSWORD_FILE   password of the ``postgres`` role over TCP (required on a primary; a
+                                        secret file at /run/secrets/indb_password is used when neither is set;
+                                        a standby has the primary's roles and passwords)
   INDB_DB (indb), INDB_PORT (5432), INDB_LISTEN ('*'), INDB_STATE_DIR (/var/lib/indb: the volume)
+  INDB_REPLICATION_PASSWORD or INDB_REPLICATION_PASSWORD_FILE
+                                        password of the replication role (a secret file at
+                                        /run/secrets/indb_replication_password when neither is set). On a
+                                        primary: optional, makes/updates the role (without it, the role cannot
+                                        log in); on a standby: required
+  INDB_REPLICATION_USER (indb_replicator)
+  INDB_PRIMARY_HOST, INDB_PRIMARY_PORT (5432)   set on a standby: the primary to stream from
+  INDB_REPLICA_NAME (r1)                 a standby's name: its slot and application_name on the primary
+  INDB_PRIMARY_WAIT (600)                seconds a standby's first start waits for the primary to accept it
 Arguments after the image name go to postgres itself, e.g. ``-c work_mem=128MB``.
 """
 
@@ -26,6 +44,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +65,12 @@ VENV = os.environ.get("INDB_VENV", sys.prefix)
 SOCKET_DIR = Path("/var/run/postgresql")
 READY = SOCKET_DIR / "indb.ready"  # read by docker/healthcheck.sh
 SECRET_FILE = Path("/run/secrets/indb_password")
+REPLICATION_SECRET_FILE = Path("/run/secrets/indb_replication_password")
+REPLICATION_USER = os.environ.get("INDB_REPLICATION_USER", "indb_replicator")
+PRIMARY_HOST = os.environ.get("INDB_PRIMARY_HOST", "")
+PRIMARY_PORT = int(os.environ.get("INDB_PRIMARY_PORT", "5432"))
+REPLICA_NAME = os.environ.get("INDB_REPLICA_NAME", "r1")
+PASSFILE = SOCKET_DIR / "indb-replication.pgpass"  # the container's own tmpfs-like run folder, not the volume
 
 
 STOP_REQUESTED = False
@@ -113,10 +138,11 @@ def become_postgres() -> None:
     os.environ.update(HOME=pw.pw_dir, USER="postgres", LOGNAME="postgres")
 
 
-def password() -> str:
-    if os.environ.get("INDB_PASSWORD"):
-        return os.environ["INDB_PASSWORD"]
-    path = os.environ.get("INDB_PASSWORD_FILE") or (str(SECRET_FILE) if SECRET_FILE.exists() else "")
+def secret(var: str, default_file: Path) -> str | None:
+    """The value of $VAR, else of the file $VAR_FILE names, else of the default secret file, else None."""
+    if os.environ.get(var):
+        return os.environ[var]
+    path = os.environ.get(f"{var}_FILE") or (str(default_file) if default_file.exists() else "")
     if path:
         try:
             pw = Path(path).read_text().strip()
@@ -125,8 +151,18 @@ def password() -> str:
         if pw:
             return pw
         fail(f"the password file {path} is empty")
-    fail("set INDB_PASSWORD or INDB_PASSWORD_FILE (a secret file): the password of the postgres role over TCP")
-    raise AssertionError  # not reached
+    return None
+
+
+def password() -> str:
+    pw = secret("INDB_PASSWORD", SECRET_FILE)
+    if pw is None:
+        fail("set INDB_PASSWORD or INDB_PASSWORD_FILE (a secret file): the password of the postgres role over TCP")
+    return pw  # type: ignore[return-value]
+
+
+def replication_password() -> str | None:
+    return secret("INDB_REPLICATION_PASSWORD", REPLICATION_SECRET_FILE)
 
 
 # -- 2. initdb ----------------------------------------------------------------------------------
@@ -211,7 +247,7 @@ def pg_ctl(cluster: ImageCluster, *args: str) -> None:
     )
 
 
-def install(cluster: ImageCluster, pw: str) -> None:
+def install(cluster: ImageCluster, pw: str, rpw: str | None = None) -> None:
     """On a server that listens on the socket alone: password, database, `indb install`."""
     pg_ctl(cluster, "start", "-w", "-t", "300", "-o", "-c listen_addresses=''")
     try:
@@ -220,6 +256,7 @@ def install(cluster: ImageCluster, pw: str) -> None:
             if not c.execute("select 1 from pg_database where datname = %s", [DB]).fetchone():
                 log(f"creating database {DB}")
                 c.execute(sql.SQL("create database {}").format(sql.Identifier(DB)))
+            replication_role(c, rpw)
         subprocess.run(
             [str(Path(VENV) / "bin" / "indb"), "install", "--dsn", cluster.dsn(DB), "--venv", VENV],
             check=True,
@@ -227,6 +264,114 @@ def install(cluster: ImageCluster, pw: str) -> None:
         )
     finally:
         pg_ctl(cluster, "stop", "-m", "fast", "-w", "-t", "300")
+
+
+def replication_role(c: psycopg.Connection, pw: str | None) -> None:
+    """The role a standby streams as: REPLICATION and LOGIN with the password the user set, member of nothing;
+    without a password it exists (if it did) but cannot log in."""
+    role = sql.Identifier(REPLICATION_USER)
+    exists = c.execute("select 1 from pg_roles where rolname = %s", [REPLICATION_USER]).fetchone()
+    if pw is None:
+        if exists:
+            c.execute(sql.SQL("alter role {} nologin").format(role))
+        return
+    if not exists:
+        log(f"creating the replication role {REPLICATION_USER}")
+        c.execute(sql.SQL("create role {} replication").format(role))
+    c.execute(sql.SQL("alter role {} login replication password {}").format(role, sql.Literal(pw)))
+
+
+def allow_replication(cluster: ImageCluster) -> None:
+    """pg_hba.conf, first lines: the replication role may connect for replication with its password (scram),
+    from any address, and to no database (`all` in pg_hba's database column does not cover replication)."""
+    hba = cluster.data / "pg_hba.conf"
+    lines = [
+        f"host replication {REPLICATION_USER} all scram-sha-256",
+        f"host all {REPLICATION_USER} all reject",
+        f"local all {REPLICATION_USER} reject",
+    ]
+    text = hba.read_text()
+    if lines[0] not in text.splitlines():
+        head = "# indb image: streaming replication for the standbys (compose.yaml, service replica)\n"
+        hba.write_text(head + "\n".join(lines) + "\n\n" + text)
+
+
+# -- 2b. a standby: base backup of the primary ---------------------------------------------------
+def write_passfile(pw: str) -> None:
+    """The replication password where libpq reads it (pg_basebackup, the standby's WAL receiver)."""
+    esc = pw.replace("\\", "\\\\").replace(":", "\\:")
+    PASSFILE.write_text(f"*:*:*:{REPLICATION_USER}:{esc}\n")
+    PASSFILE.chmod(0o600)
+
+
+def primary_conninfo() -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(
+        host=PRIMARY_HOST,
+        port=str(PRIMARY_PORT),
+        user=REPLICATION_USER,
+        passfile=str(PASSFILE),
+        application_name=REPLICA_NAME,
+        connect_timeout="10",
+    )
+
+
+def slot() -> str:
+    return f"indb_replica_{REPLICA_NAME}"
+
+
+def base_backup(cluster: ImageCluster) -> bool:
+    """On an empty volume: pg_basebackup of the primary with a new slot (or the slot a removed standby of the
+    same name left), waiting up to INDB_PRIMARY_WAIT seconds for the primary to accept the connection."""
+    if cluster.initialized():
+        return False
+    data = cluster.data
+    if data.exists() and any(data.iterdir()):
+        fail(f"{data} is not empty but holds no cluster (no PG_VERSION); refusing to touch it")
+    env = {**os.environ, "PGPASSFILE": str(PASSFILE), "PGCONNECT_TIMEOUT": "10"}
+    base = [str(PG_BIN / "pg_basebackup"), "-h", PRIMARY_HOST, "-p", str(PRIMARY_PORT), "-U", REPLICATION_USER]
+    base += ["-D", str(data), "-X", "stream", "-S", slot(), "--checkpoint=fast", "--no-password"]
+    deadline = time.time() + float(os.environ.get("INDB_PRIMARY_WAIT", "600"))
+    log(f"base backup of the primary {PRIMARY_HOST}:{PRIMARY_PORT} as {REPLICATION_USER}, slot {slot()}")
+    why = ""
+    while time.time() < deadline and not STOP_REQUESTED:
+        r = subprocess.run([*base, "-C"], env=env, capture_output=True, text=True)
+        if r.returncode != 0 and "already exists" in r.stderr:
+            log(f"the slot {slot()} exists on the primary (a standby of this name was removed): using it")
+            r = subprocess.run(base, env=env, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        if "password authentication failed" in r.stderr or "no pg_hba.conf entry" in r.stderr:
+            fail(
+                f"the primary refused the replication role {REPLICATION_USER}: {why}. Give the primary the same "
+                "INDB_REPLICATION_PASSWORD (or secret indb_replication_password) as this standby, and restart it"
+            )
+        log(f"the primary does not accept the base backup yet ({why}); trying again")
+        if data.exists():
+            subprocess.run(["rm", "-rf", str(data)], check=False)
+        time.sleep(3)
+    else:
+        fail(f"no base backup of the primary {PRIMARY_HOST}:{PRIMARY_PORT}: {why or 'stop requested'}")
+    (data / "standby.signal").touch()
+    data.chmod(0o700)
+    log(f"base backup done ({data})")
+    return True
+
+
+def write_standby_settings(cluster: ImageCluster) -> None:
+    """After write_settings: the standby's own lines (rewritten at every start, so a changed primary or name
+    applies at the next start)."""
+    conninfo = primary_conninfo().replace("'", "''")
+    with (cluster.data / "indb-image.conf").open("a") as f:
+        f.write(
+            "# a hot standby of the primary (INDB_PRIMARY_HOST)\n"
+            "hot_standby = on\n"
+            "hot_standby_feedback = on\n"
+            f"primary_conninfo = '{conninfo}'\n"
+            f"primary_slot_name = '{slot()}'\n"
+        )
 
 
 # -- 5. serve -----------------------------------------------------------------------------------
@@ -298,20 +443,52 @@ def main(argv: list[str]) -> int:
     log(f"starting indb {__version__}")
     signal.signal(signal.SIGTERM, _stop_before_serving)
     signal.signal(signal.SIGINT, _stop_before_serving)
+    for var, value in (("INDB_REPLICATION_USER", REPLICATION_USER), ("INDB_REPLICA_NAME", REPLICA_NAME)):
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,39}", value):
+            fail(f"{var}={value!r}: use 1-40 lower-case letters, digits or _, starting with a letter or _")
+    if PRIMARY_HOST:
+        return standby(argv)
     pw = password()  # before dropping root: a secret file may be readable by root alone
+    rpw = replication_password()
     become_postgres()
     READY.unlink(missing_ok=True)
     cluster = ImageCluster(STATE, PORT)
     created = initdb(cluster, pw)
     write_settings(cluster)
+    if rpw is not None:
+        allow_replication(cluster)
     if (cluster.data / "postmaster.pid").exists():
         log("postmaster.pid left by an unclean stop: PostgreSQL will recover from its WAL")
-    install(cluster, pw)
+    install(cluster, pw, rpw)
     if created:
         log("new cluster initialized and indb installed")
     if STOP_REQUESTED:
         log("stop requested during start-up: the server was stopped cleanly")
         return 0
+    return serve(cluster, argv)
+
+
+def standby(argv: list[str]) -> int:
+    """A hot standby of INDB_PRIMARY_HOST: base backup on an empty volume, then settings and serve."""
+    rpw = replication_password()  # before dropping root, as the primary's password
+    if rpw is None:
+        fail(
+            "a standby (INDB_PRIMARY_HOST is set) needs the replication password: set INDB_REPLICATION_PASSWORD or "
+            "INDB_REPLICATION_PASSWORD_FILE (a secret file), the same as the primary's"
+        )
+    become_postgres()
+    READY.unlink(missing_ok=True)
+    write_passfile(rpw)  # type: ignore[arg-type]
+    cluster = ImageCluster(STATE, PORT)
+    base_backup(cluster)
+    if STOP_REQUESTED:
+        return 0
+    write_settings(cluster)
+    if (cluster.data / "standby.signal").exists():
+        write_standby_settings(cluster)
+        log(f"hot standby {REPLICA_NAME} of {PRIMARY_HOST}:{PRIMARY_PORT} (read-only)")
+    else:
+        log("this volume's server was promoted (no standby.signal): serving it as a primary, not streaming")
     return serve(cluster, argv)
 
 

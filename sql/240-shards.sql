@@ -625,8 +625,23 @@ comment on function ml._shard_add_documents(text, jsonb) is
 
 -- ---------------------------------------------------------------------------------------------- reads
 
+-- the ef_search each shard's HNSW scan uses when the caller names none (option ef_search: theirs wins, as is):
+-- 5 x k' (the shard's top k'; 100 for k 10), at least this session's hnsw.ef_search and, with a filter, at least
+-- the 100 a filtered search takes on one node; at most 1000 (pgvector's limit). Why: at 200,000 documents each
+-- shard searching at ef_search 40 for its top 20 gave recall@10 0.938, at 100 0.966 (benchmarks/results/
+-- scale_out_shards.json): the shards return more candidates than one node does, and each of them must be good.
+-- The cost is each shard's HNSW scan visiting more of its graph (see docs/scale-out.md for the latency).
+create or replace function ml._shard_ef_search(kk int, filter jsonb) returns int
+language sql stable parallel safe
+as $$
+  select least(1000, greatest(5 * kk, coalesce(current_setting('hnsw.ef_search', true)::int, 40),
+                              case when filter is not null and filter <> '{}' then 100 else 0 end))
+$$;
+comment on function ml._shard_ef_search(int, jsonb) is
+  'internal: the ef_search a sharded ANN search asks each shard for when the caller names none (5 x k'', at least hnsw.ef_search)';
+
 -- ml.search on a sharded collection: every shard at once answers its top k' (exact: k; ANN: over_fetch * k, at
--- least k + 10) with the caller's tenant scope, the coordinator merges by score
+-- least k + 10, with ml._shard_ef_search) with the caller's tenant scope, the coordinator merges by score
 create or replace function ml._shard_search(collection text, query vector, k int, filter jsonb, options jsonb)
 returns table(id text, score float8, content text, metadata jsonb)
 language plpgsql volatile security definer parallel unsafe
@@ -648,6 +663,9 @@ begin
   end if;
   kk := case when ml._opt_bool(opts, 'exact', false) then k
              else least(10000, greatest(ceil(k * ml._opt_float(opts, 'over_fetch', 2, 1, 100))::int, k + 10)) end;
+  if not ml._opt_bool(opts, 'exact', false) and not opts ? 'ef_search' then
+    opts := opts || jsonb_build_object('ef_search', ml._shard_ef_search(kk, filter));
+  end if;
   for i in 1 .. cardinality(c.shards) loop
     s := ml._shard(c.shards[i]);
     sqls := sqls || format('select coalesce(jsonb_agg(jsonb_build_array(s.id, s.score, s.content, s.metadata)), ''[]'') '

@@ -243,6 +243,53 @@ def test_ann_recall_at_10_against_exact(corpus, sconn):
     assert hits / total >= 0.95, hits / total
 
 
+def _shard_ann(shard_conns: list, name: str, q: str, kk: int, ef: int | None) -> list:
+    """The top kk of an ANN ml.search run on each shard itself (ef None: the shard's default ef_search, 40),
+    merged as the coordinator merges (score desc, id), best 10."""
+    got = []
+    for c in shard_conns:
+        got += rows(
+            c,
+            "select id, score from ml.search(%s, %s::vector, %s, options => %s)",
+            [name, q, kk, json.dumps({} if ef is None else {"ef_search": ef})],
+        )
+    return sorted(got, key=lambda r: (-r[1], r[0]))[:10]
+
+
+def test_shards_search_with_a_larger_ef_search_unless_the_caller_names_one(corpus, shard_clusters, sconn):
+    """Without an ef_search option the coordinator asks each shard for its top k' = 20 at ef_search 5 x 20 =
+    100 (not the shard's own default 40), also when this session's hnsw.ef_search is lower; an explicit
+    ef_search option reaches the shards as given. Observed on queries where the shards' answer at their default
+    ef_search differs from their answer at 100 (a 16-d random set is hard enough for that)."""
+    sh = corpus["sh"]
+    rng = random.Random(1515)
+    with shard_conn(shard_clusters, "s1") as c1, shard_conn(shard_clusters, "s2") as c2:
+        on = [c1, c2]
+        hard = []
+        for q in (_vec(rng) for _ in range(300)):
+            at100 = _shard_ann(on, sh, q, 20, 100)
+            if _shard_ann(on, sh, q, 20, None) != at100:
+                hard.append((q, at100))
+        assert hard, "no query where the shards' default and ef_search 100 differ: the test could not tell them apart"
+        with sconn.transaction():
+            sconn.execute("set local hnsw.ef_search = 20")
+            for q, at100 in hard:
+                assert rows(sconn, "select id, score from ml.search(%s, %s::vector, 10)", [sh, q]) == at100
+                asked = rows(
+                    sconn,
+                    "select id, score from ml.search(%s, %s::vector, 10, options => '{\"ef_search\": 40}')",
+                    [sh, q],
+                )
+                assert asked == _shard_ann(on, sh, q, 20, 40) != at100
+    # a session's larger hnsw.ef_search wins over 5 x k'; a filter takes at least 100; pgvector's limit is 1000
+    with sconn.transaction():
+        sconn.execute("set local hnsw.ef_search = 400")
+        assert sconn.execute("select ml._shard_ef_search(20, null)").fetchone()[0] == 400
+    assert sconn.execute(
+        "select ml._shard_ef_search(20, null), ml._shard_ef_search(11, '{\"grp\": 1}'), ml._shard_ef_search(400, null)"
+    ).fetchone() == (100, 100, 1000)
+
+
 def test_keyword_scores_equal_single_node(corpus, sconn):
     nonempty = 0
     for t in corpus["texts"]:
