@@ -395,6 +395,14 @@ def main() -> None:
     if "ann" not in out:
         with heavy(True, ph, "ann"):
             conn.execute("select ml.search('scale', %s::vector, 10)", [vec(qv[0])])  # warm
+            # every query once at the widest ef_search, untimed: the graph pages the queries visit are in
+            # shared_buffers for both sides alike (otherwise the side measured first pays the reads)
+            conn.execute("set hnsw.ef_search = 320")
+            for q in sel:
+                conn.execute(
+                    "select id from collections.scale order by embedding <=> %s::vector(384) limit 10", [vec(qv[q])]
+                )
+            conn.execute("reset hnsw.ef_search")
             out["ann"] = ann_sides(
                 conn,
                 {
@@ -430,7 +438,13 @@ def main() -> None:
             for q in sel
         }
         rescan_function(conn)
+        kw_cold: list[float] = []
         with heavy(True, ph, "bm25"):
+            # two passes: the first reads each query's postings into shared_buffers (and is reported as the cold
+            # figure); the second is the steady state of a search service, whose postings stay cached
+            for q in sel:
+                kw_rows[q], dt = timed(conn, "select id, score from ml.keyword_search('scale', %s, 10)", [qtexts[q]])
+                kw_cold.append(dt)
             for q in sel:
                 kw_rows[q], dt = timed(conn, "select id, score from ml.keyword_search('scale', %s, 10)", [qtexts[q]])
                 kw_ts.append(dt)
@@ -470,6 +484,7 @@ def main() -> None:
                 exact += ok
         out["bm25"] = {
             "ml.keyword_search": lat(kw_ts),
+            "ml.keyword_search, first pass (cold postings, first call of the session)": lat(kw_cold),
             "gin_or_query_ts_rank_cd": lat(gin_ts),
             "gin_queries": len(gin_ts),
             "exact_top10_vs_reference": f"{exact}/{checked}",
@@ -486,8 +501,14 @@ def main() -> None:
     if "hybrid" not in out:
         conn.execute("select ml.warmup()")
         with heavy(True, ph, "hybrid"):
+            cold = [timed(conn, "select id from ml.hybrid_search('scale', %s, 10)", [qtexts[q]])[1] for q in sel[:150]]
             hy = [timed(conn, "select id from ml.hybrid_search('scale', %s, 10)", [qtexts[q]])[1] for q in sel[:150]]
-        out["hybrid"] = {"ml.hybrid_search": lat(hy), "queries": len(hy), "note": "includes embedding the text query"}
+        out["hybrid"] = {
+            "ml.hybrid_search": lat(hy),
+            "ml.hybrid_search, first pass": lat(cold),
+            "queries": len(hy),
+            "note": "includes embedding the text query; the second pass of the same queries (caches warm)",
+        }
         print(out["hybrid"], flush=True)
         save(n, out)
     # ---------------------------------------------------------------- 4 clients
