@@ -931,3 +931,110 @@ def test_get_online_batch_fast_path_answers_like_the_general_path(sconn):
         {"a": "present", "b": "present", "c": "null_value"},
         {"a": "not_found", "b": "not_found", "c": "not_found"},
     ]
+
+
+def test_feature_references_parse_as_the_syntax_says(sconn):
+    """A feature reference is parsed by split_part when it has no blanks (get_online's hot path) and by the
+    regular expression that defines the syntax otherwise: both give the same answer for every kind of reference,
+    well-formed or not (a reference the syntax refuses must not be accepted by the fast path)."""
+    pattern = r"^\s*([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]{1,9}))?\s*:\s*([A-Za-z_][A-Za-z0-9_]*|\*)\s*$"
+    refs = [
+        "v:f",
+        "v:*",
+        "v@2:f",
+        "v@123456789:f",
+        "_v1:_f2",
+        " v:f",
+        "v : f",
+        "v@2 :f",
+        "v:f ",
+        "\tv@3:\tf\n",
+        "v@:f",
+        "v@1234567890:f",
+        "v@2@3:f",
+        "v@x:f",
+        "1v:f",
+        "v:1f",
+        "v:f:g",
+        ":f",
+        "v:",
+        "v",
+        "",
+        "v:**",
+        "v:f*",
+        "v-w:f",
+        "v:f-g",
+        "vé:f",
+        "v:fé",
+        "v@٣:f",
+        "v@+1:f",
+        "v@-1:f",
+        "v@ 1:f",
+        "v @1:f",
+        "V_9@09:Z_0",
+        "v:*x",
+        "a" * 300 + ":b",
+        "v\u00a0:f",
+        "v:f\u0000".replace("\u0000", ""),
+        "v@0:f",
+        "*:f",
+        "v@2:*",
+    ]
+    rng = random.Random(16)
+    alphabet = "ab_19@: *\t-é"
+    refs += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(1000)]
+    # and references built from pieces, valid and not: names, versions, separators, blanks
+    names = ["v", "view_1", "_x", "9a", "a-b", "", "é", "*"]
+    versions = ["", "@1", "@42", "@", "@1234567890", "@x", "@1@2"]
+    blank = ["", "", "", " ", "\t"]
+    for _ in range(1000):
+        refs.append(
+            rng.choice(blank)
+            + rng.choice(names)
+            + rng.choice(versions)
+            + rng.choice(blank)
+            + rng.choice([":", ":", "::", ""])
+            + rng.choice(blank)
+            + rng.choice(names)
+            + rng.choice(blank)
+        )
+    rows = sconn.execute(
+        "select r, features._parse_feature_ref(r), regexp_match(r, %s) from unnest(%s::text[]) r", [pattern, refs]
+    ).fetchall()
+    differ = [(r, fast, slow) for r, fast, slow in rows if fast != slow]
+    assert not differ, differ[:10]
+    assert sum(1 for _, fast, _ in rows if fast is not None) > 40  # well-formed references are among them
+
+
+def test_an_integer_entity_key_takes_the_short_path_only_when_it_gives_the_same_key(sconn):
+    """features._online_key builds '[n]' directly for a JSON integer of an int key; every other value goes through
+    the general key builder. For each value, the key is the one the general builder gives (or both refuse)."""
+    values = [
+        "0",
+        "-0",
+        "17",
+        "-17",
+        "123456789012345678",
+        "-123456789012345678",
+        "1234567890123456789",
+        "1.5",
+        "1e3",
+        "-1e3",
+        "00017",
+        "9223372036854775807",
+        "-9223372036854775808",
+        '"17"',
+        "true",
+        "null",
+    ]
+    for v in values:
+        keys = f'{{"user_id": {v}}}'
+        try:
+            fast = one(sconn, "select features._online_key(%s::jsonb, array['user_id'], array['int'], 'v@1')", [keys])
+        except psycopg.Error as e:
+            fast = ("error", e.sqlstate)
+        try:
+            slow = one(sconn, "select features._entity_key(%s::jsonb, array['user_id'], array['int'], 'v@1')", [keys])
+        except psycopg.Error as e:
+            slow = ("error", e.sqlstate)
+        assert fast == slow, (v, fast, slow)
