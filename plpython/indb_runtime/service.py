@@ -186,6 +186,19 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def workers_arg(value: str) -> int:
+    """--workers / INDB_RUNTIME_WORKERS: 1-64 model workers (each is a thread that holds a model call)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers {value!r}: give a whole number from 1 to 64") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(
+            f"--workers {n}: give a whole number from 1 to 64 (default: one per core, at most 4)"
+        )
+    return n
+
+
 class Batcher:
     def __init__(self, window_ms: float, max_batch: int, workers: int = 1):
         self.window = window_ms / 1000.0
@@ -676,8 +689,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=int, default=wire.DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("INDB_RUNTIME_WORKERS", "0")) or default_workers(),
+        type=workers_arg,
+        default=os.environ.get("INDB_RUNTIME_WORKERS") or str(default_workers()),
         help="threads that make model calls side by side (default: one per core, at most 4)",
     )
     p.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")

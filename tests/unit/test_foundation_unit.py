@@ -192,3 +192,17 @@ def test_extra_clusters_skip_a_port_another_program_holds(tmp_path, monkeypatch)
     assert configured_port(st / "pgdata") == 54321 and SmallCluster.at(st).port == 54321
     SmallCluster.at(st).remove()  # never started: its folder still goes
     assert not st.exists()
+
+
+def test_the_runtime_service_takes_1_to_64_workers_and_says_so_otherwise(monkeypatch, capsys):
+    from indb_runtime import service
+
+    monkeypatch.delenv("INDB_RUNTIME_WORKERS", raising=False)
+    assert service.parser().parse_args(["serve", "--data", "/x", "--workers", "3"]).workers == 3
+    assert 1 <= service.parser().parse_args(["serve", "--data", "/x"]).workers <= 4
+    monkeypatch.setenv("INDB_RUNTIME_WORKERS", "2")
+    assert service.parser().parse_args(["serve", "--data", "/x"]).workers == 2
+    for bad in ("0", "65", "two"):
+        with pytest.raises(SystemExit):
+            service.parser().parse_args(["serve", "--data", "/x", "--workers", bad])
+        assert "give a whole number from 1 to 64" in capsys.readouterr().err
