@@ -48,12 +48,17 @@ def default_port(state: Path) -> int:
     return 54000 + int.from_bytes(digest[:2], "big") % 1000
 
 
-def port_is_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port and this process could bind it."""
+def port_listened_on(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            return False
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port and this process could bind it."""
+    if port_listened_on(port):
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -85,6 +90,12 @@ def configured_port(data: Path) -> int | None:
     return None
 
 
+def port_for(state: Path) -> int:
+    """The port of the cluster in ``state``: the one its folder was set up with, else (a new folder) the port the
+    folder hashes to or, when another program holds that one, the next free port."""
+    return configured_port(state / "pgdata") or free_port(default_port(state))
+
+
 @dataclass(frozen=True)
 class Cluster:
     state: Path
@@ -93,12 +104,9 @@ class Cluster:
 
     @classmethod
     def local(cls) -> Cluster:
-        """This checkout's cluster: INDB_PORT if set, else the port its folder was set up with, else (a new folder)
-        the port the folder hashes to or, when another program holds that one, the next free port."""
+        """This checkout's cluster: on INDB_PORT if set, else on port_for(its folder)."""
         st = state_dir()
-        if os.environ.get("INDB_PORT"):
-            return cls(st, default_port(st))
-        return cls(st, configured_port(st / "pgdata") or free_port(default_port(st)))
+        return cls(st, default_port(st) if os.environ.get("INDB_PORT") else port_for(st))
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -388,14 +396,12 @@ lc_messages = 'C.UTF-8'
 
     # -- helpers ------------------------------------------------------------------------------
     def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                raise ClusterError(
-                    f"port {self.port} on 127.0.0.1 is already in use by another program, and this project's "
-                    f"cluster ({self.data}) is not running. Stop that program or choose another port: "
-                    f"INDB_PORT=<port> indb db start"
-                )
+        if port_listened_on(self.port):
+            raise ClusterError(
+                f"port {self.port} on 127.0.0.1 is already in use by another program, and this project's "
+                f"cluster ({self.data}) is not running. Stop that program or choose another port: "
+                f"INDB_PORT=<port> indb db start"
+            )
         sock = self.run / f".s.PGSQL.{self.port}"
         if sock.exists():
             # A socket file without a running server is left by a crash; Postgres replaces it.
@@ -663,7 +669,7 @@ class SmallCluster(Cluster):
     def at(cls, state: Path) -> SmallCluster:
         """The small cluster in ``state``: its configured port when it exists, else a free one (starting from the
         port the folder hashes to). ``remove()`` deletes only folders made this way."""
-        port = configured_port(state / "pgdata") or free_port(default_port(state))
+        port = port_for(state)
         state.mkdir(parents=True, exist_ok=True)
         (state / cls.MARK).touch()
         return cls(state, port)
