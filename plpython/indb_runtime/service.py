@@ -275,9 +275,7 @@ class Batcher:
     def threads_for_call(self, cores: int) -> int:
         """torch threads for the model call a worker is about to make: every core when no other worker is in
         one, else an equal share (called under ``cond``, after next_batch counted this worker as busy)."""
-        if self.busy <= 1:
-            return cores
-        return max(1, cores // min(self.busy, self.workers))
+        return max(1, cores // max(1, self.busy))
 
     def run(self) -> None:
         import ctypes
