@@ -251,7 +251,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self.cond.wait(left)
-            if first.cancelled and not self.pending:
+            if not self.pending:  # its requests were cancelled, or another worker took them during the window
                 return []
             key = self.pending[0].key
             # small requests first: a big one gets what is left of max_batch, its next piece next time
@@ -278,6 +278,17 @@ class Batcher:
         return max(1, cores // max(1, self.busy))
 
     def run(self) -> None:
+        """A worker: batches until the service stops. An unexpected error is logged and the worker goes on (a
+        worker that died silently would leave the others to do all the work)."""
+        while not self.stopping:
+            try:
+                self._work()
+            except Exception:
+                log.exception(
+                    "runtime worker %s: unexpected error; the worker goes on", threading.current_thread().name
+                )
+
+    def _work(self) -> None:
         import ctypes
 
         import numpy as np
