@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,53 @@ def test_the_runtime_service_takes_1_to_64_workers_and_says_so_otherwise(monkeyp
         with pytest.raises(SystemExit):
             service.parser().parse_args(["serve", "--data", "/x", "--workers", bad])
         assert "give a whole number from 1 to 64" in capsys.readouterr().err
+
+
+def _job(service, source: int, n: int = 1):
+    return service.Job(("model",), None, True, [f"text {source} {i}" for i in range(n)], source)
+
+
+def test_a_lone_request_among_idle_pooled_connections_does_not_wait_for_the_batching_window():
+    from indb_runtime import service
+
+    b = service.Batcher(window_ms=2000, max_batch=64, workers=2)
+    b.connections = 32  # a pool: 32 connections to the service, one of them embedding
+    b.submit(_job(service, 1))
+    t = time.monotonic()
+    batch = b.next_batch()
+    assert time.monotonic() - t < 0.5, "a lone request waited for the window"
+    assert [len(j.texts) for j, _, _ in batch] == [1]
+    assert b.threads_for_call(cores=2) == 2  # alone: every core, as fast as in a backend
+
+
+def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_core_each():
+    from indb_runtime import service
+
+    b = service.Batcher(window_ms=2000, max_batch=64, workers=2)
+    b.connections = 6
+    # connections 1-4 have been embedding side by side (a request arrived while another was queued) ...
+    for s in (1, 2, 3, 4):
+        b.submit(_job(service, s))
+    b.pending.clear()
+    # ... and four of them send again: the first worker waits for all four, not for the two idle connections
+    # (5, 6), and takes half; the second worker takes the other half
+    sent = []
+
+    def send():
+        for s in (1, 2, 3, 4):
+            time.sleep(0.05)
+            b.submit(_job(service, s))
+            sent.append(s)
+
+    th = threading.Thread(target=send)
+    th.start()
+    t = time.monotonic()
+    first = b.next_batch()
+    waited = time.monotonic() - t
+    th.join()
+    assert len(sent) == 4 and 0.1 < waited < 1.5, f"waited {waited:.2f} s"
+    assert sorted(j.source for j, _, _ in first) == [1, 2]
+    assert b.threads_for_call(cores=2) == 1
+    second = b.next_batch()
+    assert sorted(j.source for j, _, _ in second) == [3, 4] and b.busy == 2
+    assert b.threads_for_call(cores=2) == 1
