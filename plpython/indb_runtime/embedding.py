@@ -11,8 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import chunking, spi, wire
 from .errors import IndbRuntimeError, invalid, undefined
@@ -22,8 +21,9 @@ PACKAGE_PREFIX = "package:"
 PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+# NamedTuples, not dataclasses: this module is imported at a connection's first embedding, and the dataclasses
+# import and decorators cost ~15 ms of that first call (the shared runtime's target is 100 ms)
+class ModelSpec(NamedTuple):
     name: str
     path: str
     dimensions: int | None = None
@@ -32,8 +32,7 @@ class ModelSpec:
     version: str | None = None  # the catalog row's version (registered_at); None: a built-in model
 
 
-@dataclass(frozen=True)
-class LongText:
+class LongText(NamedTuple):
     """What happens to a text longer than the model's window: cut into chunks (``chunk_size`` set), or
     embedded whole and truncated by the model. The one policy of collections (never chunked) and
     vectorizers; its description is SQL's ml._long_text_policy."""
@@ -366,11 +365,13 @@ def _ticker(plpy: spi.Plpy | None) -> Callable[[], None] | None:
 
 
 # -- the embed-changed-rows core -------------------------------------------------------------------
-@dataclass
 class Embedded:
     """The vectors of one changed row: one (seq, piece, vector) per chunk (one when not chunked)."""
 
-    pieces: list[tuple[int, str, list[float]]]
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[tuple[int, str, list[float]]]):
+        self.pieces = pieces
 
 
 def embed_changed(

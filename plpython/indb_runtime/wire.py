@@ -16,7 +16,6 @@ SQLSTATE, "message", "hint"}``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import select
@@ -53,6 +52,8 @@ def runtime_dir(datadir: str | os.PathLike) -> Path:
     here = data.parent / "runtime"
     if len(str(here / SOCKET_NAME)) <= 100:
         return here
+    import hashlib  # only here: its import is a tenth of a connection's first embedding
+
     return Path("/tmp") / f"indb-runtime-{hashlib.sha256(str(data).encode()).hexdigest()[:12]}"
 
 
