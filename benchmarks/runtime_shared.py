@@ -6,7 +6,8 @@ Both modes on the same database, texts and model (indb.runtime = 'shared' and 'b
      measured up to the N whose estimate fits in INDB_BENCH_MEM_GB (default 9) and the rest is reported as not
      measured, never extrapolated;
   2. concurrency: 8 clients, each inserting single rows into one sync vectorizer for INDB_BENCH_SECONDS (60):
-     rows/s and p50/p99 statement latency (and the service's mean batch size);
+     rows/s and p50/p99 statement latency (and the service's mean batch size); the two modes alternate in
+     INDB_BENCH_BLOCKS (4) blocks, so that load from outside falls on both alike;
   3. single-row latency: SELECT ml.embed(model, text), warm, p50/p99 (the two modes' calls alternate);
   4. bulk: one 10,000-row INSERT into a sync vectorizer, rows/s;
   5. the first call in a new connection: its latency (median of 3), the service warm.
@@ -32,6 +33,7 @@ SECONDS = float(os.environ.get("INDB_BENCH_SECONDS", "60"))
 BULK = int(os.environ.get("INDB_BENCH_BULK", "10000"))
 MEM_GB = float(os.environ.get("INDB_BENCH_MEM_GB", "9"))
 NS = (1, 8, 16, 32)
+BLOCKS = int(os.environ.get("INDB_BENCH_BLOCKS", "4"))
 
 
 def connect(dsn: str, mode: str) -> psycopg.Connection:
@@ -123,52 +125,71 @@ def make_vectorizer(dsn: str, name: str) -> str:
     return name
 
 
-def concurrency(dsn: str, cluster, mode: str, data: list[str]) -> dict:
-    table = make_vectorizer(dsn, f"bench_rt_conc_{mode}")
-    conns = [connect(dsn, mode) for _ in range(8)]
-    parallel(lambda c: c.execute("select ml.embed(%s, 'warm')", [MODEL]), conns)
-    lat: list[list[float]] = [[] for _ in conns]
-    before = cluster.runtime_stats() if mode == "shared" else None
-    pids = [c.execute("select pg_backend_pid()").fetchone()[0] for c in conns]
-    svc = service_pids(cluster) if mode == "shared" else []
-    cpu0 = sum(cpu_seconds(p) for p in pids + svc)
-    stop = time.time() + SECONDS
+def concurrency(dsn: str, cluster, data: list[str]) -> dict:
+    """8 clients per mode, each inserting single rows into its mode's sync vectorizer. The modes alternate in
+    BLOCKS blocks (SECONDS in all per mode, the first mode of each block rotating), so that load from outside
+    falls on both alike; the 16 connections stay open throughout (8 of them idle at any time: idle pooled
+    connections, which must not slow the busy ones)."""
+    tables = {mode: make_vectorizer(dsn, f"bench_rt_conc_{mode}") for mode in MODES}
+    conns = {mode: [connect(dsn, mode) for _ in range(8)] for mode in MODES}
+    for cs in conns.values():
+        parallel(lambda c: c.execute("select ml.embed(%s, 'warm')", [MODEL]), cs)
+    pids = {mode: [c.execute("select pg_backend_pid()").fetchone()[0] for c in cs] for mode, cs in conns.items()}
+    svc = service_pids(cluster)
+    lat: dict[str, list[float]] = {mode: [] for mode in MODES}
+    wall = dict.fromkeys(MODES, 0.0)
+    cpu = dict.fromkeys(MODES, 0.0)
+    texts = batches = 0
+    k = [0] * 8
+    for block in range(BLOCKS):
+        order = MODES if block % 2 == 0 else MODES[::-1]
+        for mode in order:
+            procs = pids[mode] + (svc if mode == "shared" else [])
+            before = cluster.runtime_stats() if mode == "shared" else None
+            cpu0 = sum(cpu_seconds(p) for p in procs)
+            stop = time.time() + SECONDS / BLOCKS
 
-    def work(i: int) -> None:
-        c = conns[i]
-        k = i
-        while time.time() < stop:
-            t = time.perf_counter()
-            c.execute(f"insert into {table} (body) values (%s)", [data[k % len(data)]])
-            lat[i].append(time.perf_counter() - t)
-            k += 8
+            def work(i: int, mode: str = mode, stop: float = stop) -> None:
+                c = conns[mode][i]
+                while time.time() < stop:
+                    t = time.perf_counter()
+                    c.execute(f"insert into {tables[mode]} (body) values (%s)", [data[(i + 8 * k[i]) % len(data)]])
+                    lat[mode].append(time.perf_counter() - t)
+                    k[i] += 1
 
-    t0 = time.time()
-    parallel(work, range(8))
-    wall = time.time() - t0
-    cpu = sum(cpu_seconds(p) for p in pids + svc) - cpu0
-    for c in conns:
-        c.close()
-    all_lat = [x for xs in lat for x in xs]
-    res = {
-        "clients": 8,
-        "seconds": round(wall, 1),
-        "rows": len(all_lat),
-        "rows_per_s": round(len(all_lat) / wall, 1),
-        "p50_ms": round(common.percentile(all_lat, 50) * 1000, 1),
-        "p99_ms": round(common.percentile(all_lat, 99) * 1000, 1),
-        # CPU spent per row by everything that serves it (the 8 backends, and the service in shared mode):
-        # unlike rows/s it does not depend on what else the shared machine runs; 2 cores / cpu_ms_per_row is
-        # the throughput this work allows on 2 cores of its own
-        "cpu_ms_per_row": round(cpu / max(len(all_lat), 1) * 1000, 2),
-        "rows_per_s_on_2_free_cores": round(2 / (cpu / max(len(all_lat), 1)), 1) if cpu else None,
-    }
-    if before is not None:
-        after = cluster.runtime_stats()
-        b = after["batches"] - before["batches"]
-        res["service_mean_batch_size"] = round((after["texts"] - before["texts"]) / b, 2) if b else None
-    print(f"  concurrency {mode}: {res}", flush=True)
-    return res
+            t0 = time.time()
+            parallel(work, range(8))
+            wall[mode] += time.time() - t0
+            cpu[mode] += sum(cpu_seconds(p) for p in procs) - cpu0
+            if before is not None:
+                after = cluster.runtime_stats()
+                texts += after["texts"] - before["texts"]
+                batches += after["batches"] - before["batches"]
+    for cs in conns.values():
+        for c in cs:
+            c.close()
+    out = {}
+    for mode in MODES:
+        rows = len(lat[mode])
+        res = {
+            "clients": 8,
+            "blocks": BLOCKS,
+            "seconds": round(wall[mode], 1),
+            "rows": rows,
+            "rows_per_s": round(rows / wall[mode], 1),
+            "p50_ms": round(common.percentile(lat[mode], 50) * 1000, 1),
+            "p99_ms": round(common.percentile(lat[mode], 99) * 1000, 1),
+            # CPU spent per row by everything that serves it (the 8 backends, and the service in shared mode):
+            # unlike rows/s it does not depend on what else the shared machine runs; 2 cores / cpu_ms_per_row
+            # is the throughput this work allows on 2 cores of its own
+            "cpu_ms_per_row": round(cpu[mode] / max(rows, 1) * 1000, 2),
+            "rows_per_s_on_2_free_cores": round(2 / (cpu[mode] / max(rows, 1)), 1) if cpu[mode] else None,
+        }
+        if mode == "shared":
+            res["service_mean_batch_size"] = round(texts / batches, 2) if batches else None
+        print(f"  concurrency {mode}: {res}", flush=True)
+        out[mode] = res
+    return out
 
 
 def latency(dsn: str, data: list[str], n: int = 300) -> dict:
@@ -262,8 +283,8 @@ def main() -> None:
             m[mode]["latency"] = r
         for mode in MODES:
             m[mode]["bulk"] = bulk(dsn, cluster, mode, data)
-        for mode in MODES:
-            m[mode]["concurrency"] = concurrency(dsn, cluster, mode, data)
+        for mode, r in concurrency(dsn, cluster, data).items():
+            m[mode]["concurrency"] = r
         for mode in MODES:
             m[mode]["memory"] = memory(dsn, cluster, mode)
         res["modes"] = m
