@@ -7,7 +7,8 @@ client pipeline run ROUNDS times, interleaved, in one process.
 Breakdown of ml.predict_batch (where the time goes besides the model): the call runs with
 indb.predict_batch_profile = on, which makes it send its own phase times as a NOTICE (model lookup, fetch =
 the aggregate query plus the conversion of its arrays to Python, transform = the preprocessing into the
-feature matrix, inference = the model, to_list = the result as a Python list); "return" is the rest of the
+feature matrix, inference = the model's time after the last chunk was handed to it (it runs in a helper thread
+beside the fetch), to_list = the result as a Python list); "return" is the rest of the
 statement's wall time (the float8[] built from that list, unnest ... with ordinality, the rows written by
 CREATE TABLE AS). The fetch of 0.2.0 (training.fetch_chunks: count(*) over () and ORDER BY on the groups,
 still what ml.train and ml.evaluate read with) is timed beside the new one (training.fetch_scalar_groups)

@@ -1263,41 +1263,53 @@ def predict_batch(plpy, project: str, relation: str) -> list:
     setting = settings["chunk"]  # type: ignore[index]
     chunk = int(setting) if setting and setting.isdigit() and int(setting) > 0 else 50000
     ph.lap("setup")
-    with Tracker(plpy, "ml.predict_batch", project) as tr:
-        tr.phase("predicting", unit="rows")
-        if not _scalar(use):  # arrays/vectors: a plain cursor, chunks in scan order
-            parts: list = []
-            done = 0
-            for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
-                ph.lap("fetch")
-                X = pre.transform(data, len(rn))
-                ph.lap("transform")
-                parts.append(_predict_values(bundle, X))
-                ph.lap("inference")
-                done += len(rn)
-                tr(done, total)
-            out = np.concatenate(parts) if parts else np.zeros(0)
-        else:
-            # all groups first (the aggregate holds every row before it returns its first group anyway); then
-            # the total is known for ml.progress while the model runs
-            groups: list = []
+    # The model runs in one helper thread while this thread fetches and transforms the next chunk: the fetch
+    # holds one core, and the model (xgboost, lightgbm, sklearn: native code that releases the GIL) uses what is
+    # free. The helper touches no PostgreSQL API; every SPI call stays on this thread. Profile phases: fetch and
+    # transform as before; inference is what is left of the model after the last chunk was handed over.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indb-predict")
+    try:
+        with Tracker(plpy, "ml.predict_batch", project) as tr:
+            tr.phase("predicting", unit="rows")
+            pending: list = []  # (row numbers or None, future of the predictions)
             n = 0
-            for rn, data in fetch_scalar_groups(plpy, from_sql, use, chunk):
-                ph.lap("fetch")
-                groups.append((rn, pre.transform(data, len(rn))))
-                n += len(rn)
-                ph.lap("transform")
-                tr.cancel_point()
+            if not _scalar(use):  # arrays/vectors: a plain cursor, chunks in scan order
+                for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
+                    ph.lap("fetch")
+                    X = pre.transform(data, len(rn))
+                    ph.lap("transform")
+                    pending.append((None, len(rn), pool.submit(_predict_values, bundle, X)))
+                    n += len(rn)
+                    # the total is known here: the rows predicted so far (chunks finish in order)
+                    tr(sum(size for _, size, f in pending if f.done()), total)
+            else:
+                # the aggregate holds every row before it returns its first group; each group is converted,
+                # transformed and handed to the model while the model works on the previous ones
+                for rn, data in fetch_scalar_groups(plpy, from_sql, use, chunk):
+                    ph.lap("fetch")
+                    X = pre.transform(data, len(rn))
+                    ph.lap("transform")
+                    pending.append((rn, len(rn), pool.submit(_predict_values, bundle, X)))
+                    n += len(rn)
+                    tr.cancel_point()
             out = np.empty(n, dtype=np.float64)
             done = 0
-            for rn, X in groups:
-                out[rn - 1] = _predict_values(bundle, X)  # row numbers are 1..n: each prediction in its scan place
-                done += len(rn)
+            for rn, size, fut in pending:
+                if rn is None:
+                    out[done : done + size] = fut.result()  # scan order
+                else:
+                    out[rn - 1] = fut.result()  # row numbers are 1..n: each prediction in its scan place
+                done += size
                 ph.lap("inference")
                 tr(done, n)
-            del groups
-        result = out.tolist()
-        ph.lap("to_list")
+            del pending
+            result = out.tolist()
+            ph.lap("to_list")
+    finally:
+        # a cancel or an error: drop the chunks not started, wait only for the one the model is on
+        pool.shutdown(wait=True, cancel_futures=True)
     if ph.on:
         plpy.notice(
             "ml.predict_batch profile: "
