@@ -206,6 +206,40 @@ def test_predict_batch_is_exactly_per_row_predict_in_the_querys_order(housing):
         )
 
 
+def test_predict_batch_reads_integer_and_boolean_columns_with_nulls_exactly(housing):
+    """predict_batch reads numeric and boolean columns as packed float8 (no Python object per value): integers,
+    booleans and their NULLs (imputed) give exactly what ml.predict gives row by row, in every chunk size."""
+    rel = (
+        "select median_house_value, housing_median_age::int as age, "
+        "case when mod(households::int, 7) = 0 then null else median_income > 4 end as rich, "
+        "case when mod(population::int, 5) = 0 then null else population::bigint end as people from housing_feats"
+    )
+    train(
+        housing,
+        "house_batch_types",
+        task="regression",
+        relation=rel,
+        target="median_house_value",
+        preprocess=json.dumps({"rich": {"impute": "mode"}, "people": {"impute": "mean"}}),
+        hyperparams=json.dumps({"n_estimators": 15, "max_depth": 3}),
+    )
+    q = rel.replace("median_house_value, ", "")
+    check = f"""
+        with b as (select row_number, prediction from ml.predict_batch('house_batch_types', %s)),
+             r as (select row_number() over () as rn, ml.predict('house_batch_types', h) as p from ({q}) h)
+        select count(*), count(*) filter (where b.prediction is distinct from r.p),
+               (select count(*) from ({q}) h where rich is null), (select count(*) from ({q}) h where people is null)
+        from b full join r on r.rn = b.row_number"""
+    for chunk in ("50000", "97", "1"):
+        housing.execute("select set_config('indb.predict_batch_chunk', %s, false)", [chunk])
+        try:
+            n, differ, null_rich, null_people = housing.execute(check, [q]).fetchone()
+        finally:
+            housing.execute("reset indb.predict_batch_chunk")
+        assert (n, differ) == (2064, 0), chunk
+        assert null_rich > 0 and null_people > 0
+
+
 def test_float8_array_path_matches_jsonb(housing):
     train(
         housing,
