@@ -1273,26 +1273,23 @@ def predict_batch(plpy, project: str, relation: str) -> list:
     try:
         with Tracker(plpy, "ml.predict_batch", project) as tr:
             tr.phase("predicting", unit="rows")
-            pending: list = []  # (row numbers or None, future of the predictions)
+            pending: list = []  # (row numbers, or None for scan order; rows; the future of their predictions)
             n = 0
-            if not _scalar(use):  # arrays/vectors: a plain cursor, chunks in scan order
-                for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
-                    ph.lap("fetch")
-                    X = pre.transform(data, len(rn))
-                    ph.lap("transform")
-                    pending.append((None, len(rn), pool.submit(_predict_values, bundle, X)))
-                    n += len(rn)
-                    # the total is known here: the rows predicted so far (chunks finish in order)
-                    tr(sum(size for _, size, f in pending if f.done()), total)
-            else:
-                # the aggregate holds every row before it returns its first group; each group is converted,
-                # transformed and handed to the model while the model works on the previous ones
-                for rn, data in fetch_scalar_groups(plpy, from_sql, use, chunk):
-                    ph.lap("fetch")
-                    X = pre.transform(data, len(rn))
-                    ph.lap("transform")
-                    pending.append((rn, len(rn), pool.submit(_predict_values, bundle, X)))
-                    n += len(rn)
+            # scalar columns: groups in any order, placed by row number (the aggregate holds every row before it
+            # returns its first group); arrays/vectors: a plain cursor, chunks in scan order, the total known
+            scalar = _scalar(use)
+            chunks = (
+                fetch_scalar_groups(plpy, from_sql, use, chunk) if scalar else fetch_chunks(plpy, from_sql, use, chunk)
+            )
+            for rn, data, *total in chunks:
+                ph.lap("fetch")
+                X = pre.transform(data, len(rn))
+                ph.lap("transform")
+                pending.append((rn if scalar else None, len(rn), pool.submit(_predict_values, bundle, X)))
+                n += len(rn)
+                if total:  # the rows predicted so far (chunks finish in order)
+                    tr(sum(size for _, size, f in pending if f.done()), total[0])
+                else:
                     tr.cancel_point()
             out = np.empty(n, dtype=np.float64)
             done = 0

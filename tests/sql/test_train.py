@@ -207,8 +207,8 @@ def test_predict_batch_is_exactly_per_row_predict_in_the_querys_order(housing):
 
 
 def test_predict_batch_reads_integer_and_boolean_columns_with_nulls_exactly(housing):
-    """predict_batch reads numeric and boolean columns as packed float8 (no Python object per value): integers,
-    booleans and their NULLs (imputed) give exactly what ml.predict gives row by row, in every chunk size."""
+    """predict_batch over integer and boolean feature columns with NULLs (imputed) gives exactly what ml.predict
+    gives row by row, in every chunk size."""
     rel = (
         "select median_house_value, housing_median_age::int as age, "
         "case when mod(households::int, 7) = 0 then null else median_income > 4 end as rich, "
@@ -238,6 +238,36 @@ def test_predict_batch_reads_integer_and_boolean_columns_with_nulls_exactly(hous
             housing.execute("reset indb.predict_batch_chunk")
         assert (n, differ) == (2064, 0), chunk
         assert null_rich > 0 and null_people > 0
+
+
+def test_predict_batch_over_an_array_feature_keeps_scan_order_across_chunks(housing):
+    """An array feature takes predict_batch's cursor path (chunks in scan order, the model beside the fetch):
+    every chunk size gives exactly the per-row predictions, numbered in the query's order."""
+    rel = (
+        "select median_house_value, housing_median_age, "
+        "array[longitude, latitude, median_income]::float8[] as place from housing_feats"
+    )
+    train(
+        housing,
+        "house_batch_array",
+        task="regression",
+        relation=rel,
+        target="median_house_value",
+        hyperparams=json.dumps({"n_estimators": 15, "max_depth": 3}),
+    )
+    q = "select housing_median_age, array[longitude, latitude, median_income]::float8[] as place from housing_feats "
+    q += "order by median_income desc, longitude"
+    check = f"""
+        with b as (select row_number, prediction from ml.predict_batch('house_batch_array', %s)),
+             r as (select row_number() over () as rn, ml.predict('house_batch_array', h) as p from ({q}) h)
+        select count(*), count(*) filter (where b.prediction is distinct from r.p)
+        from b full join r on r.rn = b.row_number"""
+    for chunk in ("50000", "301"):
+        housing.execute("select set_config('indb.predict_batch_chunk', %s, false)", [chunk])
+        try:
+            assert housing.execute(check, [q]).fetchone() == (2064, 0), chunk
+        finally:
+            housing.execute("reset indb.predict_batch_chunk")
 
 
 def test_float8_array_path_matches_jsonb(housing):
