@@ -13,12 +13,15 @@
 --   Superusers and BYPASSRLS roles skip row-level security (PostgreSQL's rule): applications must not connect
 --   as one, and ml.runtime_info() warns when a session does.
 
+-- (qualified throughout, operators and types included: it runs with the caller's search_path)
 create or replace function ml.caller() returns name
 language sql stable parallel safe
 as $$
-  select case when current_user::text in ('indb_owner', 'indb_tenant_manager')
-              then coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user::text)
-              else current_user::text end::name
+  select (case when current_user operator(pg_catalog.=) any ('{indb_owner,indb_tenant_manager}'::pg_catalog.name[])
+               then coalesce(case when pg_catalog.current_setting('role') operator(pg_catalog.=) 'none' then null
+                                  else pg_catalog.current_setting('role') end,
+                             session_user::pg_catalog.text)
+               else current_user::pg_catalog.text end)::pg_catalog.name
 $$;
 comment on function ml.caller() is
   'the role the session acts as (its SET ROLE role, else its login), also inside indb''s SECURITY DEFINER functions';
@@ -34,31 +37,41 @@ comment on function ml.is_admin() is 'true for members of indb_admin (and superu
 -- superuser is bound to no tenant unless it was granted one). plpgsql, not SQL: a SQL function with a FROM
 -- clause is never inlined, and its recursive query was planned again at each call of each transaction
 -- (~0.5 ms; ml.current_tenant runs it in every tenant policy of every statement); plpgsql keeps the plan.
+-- It runs with the caller's search_path (no SET clause, for the cached plan), so every operator and type in it
+-- is pg_catalog's: a caller who put a schema of their own first, with an `=` on oid that matches a victim's
+-- memberships, made this walk return the victim's tenant, and row-level security then showed that tenant's rows
+-- (tests/security/test_tenant_search_path.py).
 create or replace function ml.tenants_of(who name default null) returns text[]
 language plpgsql stable parallel safe
 as $$
 begin
   return (
     with recursive m(oid) as (
-        select pg_catalog.to_regrole(coalesce(who, ml.caller())::text)::oid
+        select pg_catalog.to_regrole(coalesce(who, ml.caller())::pg_catalog.text)::pg_catalog.oid
         union
-        select a.roleid from pg_catalog.pg_auth_members a join m on a.member = m.oid)
-    select coalesce(pg_catalog.array_agg(pg_catalog.substr(m.oid::regrole::text, 13) order by m.oid::regrole::text),
-                    '{}')
-      from m
-     where m.oid::regrole::text operator(pg_catalog.~~) 'indb\_tenant\_%'
-       and m.oid::regrole::text operator(pg_catalog.<>) 'indb_tenant_manager');
+        select a.roleid from pg_catalog.pg_auth_members a join m on a.member operator(pg_catalog.=) m.oid),
+    n(name) as (
+        select m.oid::pg_catalog.regrole::pg_catalog.text from m)
+    select coalesce(pg_catalog.array_agg(pg_catalog.substr(n.name, 13) order by n.name), '{}'::pg_catalog.text[])
+      from n
+     where n.name operator(pg_catalog.~~) 'indb\_tenant\_%'
+       and n.name operator(pg_catalog.<>) 'indb_tenant_manager');
 end $$;
 comment on function ml.tenants_of(name) is 'the tenants a role is bound to (a member of indb_tenant_<name>, directly or through other roles)';
 
+-- Like ml.tenants_of, it runs with the caller's search_path, and plpgsql resolves the types of its variables with
+-- the search_path of the session's first call: every type and operator is pg_catalog's.
 create or replace function ml.current_tenant() returns text
 language plpgsql stable parallel safe
 as $$
 declare
-  t text := nullif(pg_catalog.current_setting('indb.tenant', true), '');
-  who name;
-  mine text[];
+  t pg_catalog.text := pg_catalog.current_setting('indb.tenant', true);
+  who pg_catalog.name;
+  mine pg_catalog.text[];
 begin
+  if t operator(pg_catalog.=) '' then
+    t := null;
+  end if;
   who := ml.caller();
   if t is null then
     mine := ml.tenants_of(who);
