@@ -86,10 +86,12 @@ begin
   end if;
   if not pg_catalog.pg_has_role(who, 'indb_tenant_' operator(pg_catalog.||) t, 'member')
      and not pg_catalog.pg_has_role(who, 'indb_admin', 'member') then
+    mine := ml.tenants_of(who);
     raise exception 'role "%" may not act as tenant "%"', who, t using errcode = '42501',
       detail = pg_catalog.format('it is not a member of role %I', 'indb_tenant_' operator(pg_catalog.||) t),
       hint = pg_catalog.format('its tenants: %s; an admin may GRANT %I TO %I',
-                               coalesce(nullif(pg_catalog.array_to_string(ml.tenants_of(who), ', '), ''), 'none'),
+                               case when pg_catalog.cardinality(mine) operator(pg_catalog.=) 0 then 'none'
+                                    else pg_catalog.array_to_string(mine, ', ') end,
                                'indb_tenant_' operator(pg_catalog.||) t, who);
   end if;
   return t;
