@@ -303,3 +303,44 @@ begin
 end $$;
 comment on function registry._store_snapshot(text, text[], text[], jsonb) is
   'internal (ml.train materialize): keep the rows a model was trained on in a registry table indb_owner owns';
+
+-- registry.metrics has no foreign key to registry.runs (migration 0023): a key checked the run once per point,
+-- one query each, a quarter of registry.log_batch's time. These triggers keep the same guarantee per statement.
+-- Every run_id of the inserted points is a run, locked FOR KEY SHARE as the key's check locked it (a concurrent
+-- delete of that run waits for this transaction, and then finds its points)
+create or replace function registry._metrics_runs_exist() returns trigger
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare missing bigint;
+begin
+  perform 1 from registry.runs r where r.id in (select n.run_id from new_rows n) for key share of r;
+  select n.run_id into missing from (select distinct run_id from new_rows) n
+   where not exists (select 1 from registry.runs r where r.id operator(pg_catalog.=) n.run_id) limit 1;
+  if missing is not null then
+    raise exception 'metric points name run id %, which is not a run', missing using errcode = '23503',
+      hint = 'log metrics with registry.log_batch or registry.log_metric, which take the run''s uuid';
+  end if;
+  return null;
+end $$;
+drop trigger if exists indb_metrics_run_exists on registry.metrics;
+create trigger indb_metrics_run_exists after insert on registry.metrics referencing new table as new_rows
+  for each statement execute function registry._metrics_runs_exist();
+
+-- a run with metric points is history: it cannot be deleted (the key cascaded the delete to the points, which
+-- their append-only trigger refused). Its id is generated always, so no UPDATE changes it.
+create or replace function registry._runs_keep_metrics() returns trigger
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if exists (select 1 from registry.metrics m where m.run_id operator(pg_catalog.=) old.id) then
+    raise exception 'run % has metric points in registry.metrics, which is append-only history', old.run_uuid
+      using errcode = '23503',
+            hint = 'finish or kill the run instead (registry.end_run); its points stay with it';
+  end if;
+  return old;
+end $$;
+drop trigger if exists indb_runs_keep_metrics on registry.runs;
+create trigger indb_runs_keep_metrics before delete on registry.runs
+  for each row execute function registry._runs_keep_metrics();

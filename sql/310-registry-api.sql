@@ -104,9 +104,10 @@ begin
     select r.id, u.k, u.v, coalesce(u.s, 0), coalesce(u.t, now()), r.tenant
       from unnest(metric_keys, metric_values, metric_steps, metric_ts) as u(k, v, s, t);
     insert into registry.latest_metrics as l (run_id, key, value, step, ts, tenant)
-    select distinct on (u.k) r.id, u.k, u.v, coalesce(u.s, 0), coalesce(u.t, now()), r.tenant
+    -- grouped by bytes (collate "C": the same groups as the database collation's equality, sorted without it)
+    select distinct on (u.k collate "C") r.id, u.k, u.v, coalesce(u.s, 0), coalesce(u.t, now()), r.tenant
       from unnest(metric_keys, metric_values, metric_steps, metric_ts) with ordinality as u(k, v, s, t, o)
-     order by u.k, coalesce(u.s, 0) desc, coalesce(u.t, now()) desc, u.o desc
+     order by u.k collate "C", coalesce(u.s, 0) desc, coalesce(u.t, now()) desc, u.o desc
     on conflict (run_id, key) do update set value = excluded.value, step = excluded.step, ts = excluded.ts
      where (excluded.step, excluded.ts) >= (l.step, l.ts);
     update registry.run_search s

@@ -147,6 +147,40 @@ def test_bad_batches_write_nothing(conn, run):
     conn.execute("select registry.log_param(%s, 'depth', '6')", [rid])  # same value again: fine
 
 
+def test_metric_points_must_name_a_run_and_keep_it(db_dsn, conn, run):
+    """registry.metrics checks its runs per statement (migration 0023), with the guarantees its foreign key
+    gave: no point of a run that does not exist, no delete of a run that has points (its id is generated
+    always: never updated), and a run that
+    a transaction is logging to cannot be deleted under it."""
+    _, rid = run
+    run_pk = one(conn, "select id from registry.runs where run_uuid = %s", [rid])
+    missing = one(conn, "select coalesce(max(id), 0) + 1000 from registry.runs")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"run id {missing}, which is not a run"):
+        conn.execute(
+            "insert into registry.metrics (run_id, key, value) values (%s, 'a', 1), (%s, 'b', 2)",
+            [run_pk, missing],
+        )
+    assert one(conn, "select count(*) from registry.metrics where run_id in (%s, %s)", [run_pk, missing]) == 0
+    conn.execute("select registry.log_batch(%s, array['a', 'b'], array[1.0, 2.0])", [rid])
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="append-only history"):
+        conn.execute("delete from registry.runs where id = %s", [run_pk])
+    assert one(conn, "select count(*) from registry.metrics where run_id = %s", [run_pk]) == 2
+    # a run without points goes as before
+    bare = one(conn, "select registry.start_run(%s, 'bare')", [uid("exp")])
+    conn.execute("delete from registry.runs where run_uuid = %s", [bare])
+    assert one(conn, "select count(*) from registry.runs where run_uuid = %s", [bare]) == 0
+    # a transaction that logs to a run holds it: a delete waits for it (and would then find the points)
+    other = one(conn, "select registry.start_run(%s, 'held')", [uid("exp")])
+    other_pk = one(conn, "select id from registry.runs where run_uuid = %s", [other])
+    with psycopg.connect(db_dsn) as writer, psycopg.connect(db_dsn, autocommit=True) as deleter:
+        writer.execute("select registry.log_batch(%s, array['a'], array[1.0])", [other])
+        deleter.execute("set lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            deleter.execute("delete from registry.runs where id = %s", [other_pk])
+        writer.commit()
+    assert one(conn, "select count(*) from registry.metrics where run_id = %s", [other_pk]) == 1
+
+
 def test_unknown_run_and_injection_in_names(conn):
     with pytest.raises(psycopg.errors.UndefinedObject, match="not found"):
         conn.execute("select registry.log_metric('00000000-0000-0000-0000-000000000000', 'x', 1)")
