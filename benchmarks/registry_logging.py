@@ -5,19 +5,29 @@ Each run logs 10 params and 20 metrics x 100 steps (2,000 points) through the ML
   batched (client default, 5,000 points per batch), batched with 500 per batch, and one SQL call per point
   (what an unbatched client does). Throughput counts the whole run: start_run, params, metrics, end_run.
 
+Old beside new, interleaved: the batched side with registry.metrics' foreign key to registry.runs put back
+for the block (the per-point run check migration 0023 replaced with one check per statement).
+
 Baseline, interleaved with the batched side (issue 16: the shared machine's load moves every figure by 2-3x
 between runs): the same points sent by psycopg's COPY into a plain table of the same columns (no index, no
 trigger, no audit), i.e. how fast this machine ingests these points at that moment. The ratio batched/COPY
 says how close logging is to plain ingest, whatever the load.
+
+Steady: then 1,000 more runs (2,000,000 points; INDB_BENCH_STEADY_RUNS), the rate per block of 100 runs, while
+registry.metrics and its index grow.
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 from .registry_common import Timer, drop_db, fresh_db, save
 
 PARAMS = 10
 METRICS = 20
 STEPS = 100
+STEADY_RUNS = int(os.environ.get("INDB_BENCH_STEADY_RUNS", "1000"))
 
 
 def log_runs(client, n_runs: int, batch_size: int, exp: str) -> dict:
@@ -59,6 +69,25 @@ def copy_baseline(dsn: str, n_runs: int) -> dict:
     return {"runs": n_runs, "points": points, "seconds": round(t.s, 3), "points_per_s": round(points / t.s)}
 
 
+@contextmanager
+def per_point_key(dsn: str):
+    """registry.metrics checked as before migration 0023: the foreign key to registry.runs (added NOT
+    VALID: it checks new rows only, so adding it reads nothing) instead of the per-statement trigger."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            "alter table registry.metrics add constraint bench_metrics_run_fk foreign key (run_id) "
+            "references registry.runs (id) on delete cascade not valid"
+        )
+        c.execute("alter table registry.metrics disable trigger indb_metrics_run_exists")
+        try:
+            yield
+        finally:
+            c.execute("alter table registry.metrics enable trigger indb_metrics_run_exists")
+            c.execute("alter table registry.metrics drop constraint bench_metrics_run_fk")
+
+
 def main() -> None:
     import indb
 
@@ -77,14 +106,21 @@ def main() -> None:
         pairs = []
         for k in range(3):
             b = log_runs(client, 25, 5000, f"inter{k}")
+            with per_point_key(dsn):
+                with_key = log_runs(client, 25, 5000, f"interkey{k}")
             cp = copy_baseline(dsn, 25)
             pairs.append(
                 {
                     "batched_points_per_s": b["points_per_s"],
+                    "batched_with_per_point_key_points_per_s": with_key["points_per_s"],
                     "copy_points_per_s": cp["points_per_s"],
                     "ratio": round(b["points_per_s"] / cp["points_per_s"], 3),
                 }
             )
+        # steady: the same client over STEADY_RUNS more runs, in blocks of 100 (does the rate hold while
+        # registry.metrics and its index grow?)
+        steady = [log_runs(client, 100, 5000, f"steady{k}")["points_per_s"] for k in range(STEADY_RUNS // 100)]
+        print("steady, per block of 100 runs:", steady, flush=True)
         n = client.scalar("select count(*) from registry.metrics")
         save(
             "logging",
@@ -93,6 +129,8 @@ def main() -> None:
                 "workload": f"{PARAMS} params + {METRICS} metrics x {STEPS} steps per run, via client.start_run/log_metric",
                 "results": results,
                 "interleaved_with_plain_copy": pairs,
+                "steady_points_per_s_per_100_runs": steady,
+                "steady_min_over_max": round(min(steady) / max(steady), 3) if steady else None,
                 "metric_rows_in_db": n,
                 "audit": "on (one INSERT_BATCH audit event per log_batch call)",
             },
