@@ -147,12 +147,17 @@ begin
      cross join lateral (select p.feat as feat, 0::bigint as o2 where p.feat <> '*' and p.feat = any (v.names)
                          union all
                          select n, o2 from unnest(v.names) with ordinality y(n, o2) where p.feat = '*') f),
+  -- the key is computed first (its own step), so that the read compares two columns: under row security (every
+  -- caller but a superuser) only leakproof conditions reach the index, and a function of the view's columns
+  -- is not one; the read then scanned the whole online store
+  d as materialized (
+    select x.id, x.name, x.version, x.ttl,
+           features._online_key(entity_keys, x.join_keys, x.key_types, x.name || '@' || x.version) as key
+      from (select distinct r.id, r.name, r.version, r.ttl, r.join_keys, r.key_types from r) x),
   vs as (
     select d.id, d.name, d.version, d.ttl, st.values, st.event_ts, features._expired(st.event_ts, d.ttl) as expired
-      from (select distinct r.id, r.name, r.version, r.ttl, r.join_keys, r.key_types from r) d
-      left join features.online_store st
-        on st.view_id = d.id
-       and st.entity_key = features._online_key(entity_keys, d.join_keys, d.key_types, d.name || '@' || d.version))
+      from d left join lateral (select o.values, o.event_ts from features.online_store o
+                                 where o.view_id = d.id and o.entity_key = d.key offset 0) st on true)
   select entity_keys
          || jsonb_object_agg(r.out_name, features._served(vs.values, vs.expired, r.feat))
          || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired, vs.values -> r.feat)))
@@ -259,14 +264,17 @@ begin
              (select jsonb_build_object('_status', jsonb_object_agg(f, 'present')) from unnest(r.req) f) as st_present
         from (select u.id, array_agg(u.feat) as req from unnest(ids, feats) u(id, feat) group by u.id) r
         join features.feature_views fv on fv.id = r.id),
+    -- keys first, in their own step: the read below compares columns, which row security lets reach the
+    -- primary key (see get_online)
+    ek as materialized (
+      select e.o, e.k, features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref) as key
+        from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
     s as (
-      select e.o, e.k, vs.req, vs.ans_not_found, vs.ans_ttl, vs.st_present, st.values,
+      select ek.o, ek.k, vs.req, vs.ans_not_found, vs.ans_ttl, vs.st_present, st.values,
              features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
-        from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs
+        from ek cross join vs
         left join lateral (select o.values, o.event_ts from features.online_store o
-                            where o.view_id = vs.id
-                              and o.entity_key = features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref)
-                           offset 0) st on true)
+                            where o.view_id = vs.id and o.entity_key = ek.key offset 0) st on true)
     select case when s.values is null then s.k || s.ans_not_found
                 when s.expired then s.k || s.ans_ttl
                 -- every requested feature there and not null (nulls stripped first), and nothing else
