@@ -164,6 +164,7 @@ declare
   ds bigint[];
   ss float8[];
   sql text;
+  exact_sql text;
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
 begin
   options := ml._check_search_options(options, 'ml.keyword_search');
@@ -201,10 +202,24 @@ begin
     'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
     'select t.id, s.score, t.content, t.metadata from unnest($1::bigint[], $2::float8[]) s(doc, score) '
     'join ml.bm25_docs d on d.collection_id = $3 and d.doc = s.doc '
-    'join %s t on t.id = d.id and %s and t.created_at = d.created_at '
-    'where %s order by s.score desc, t.id limit $4) x', ml._collection_table(c),
-    case when c.partition_by = 'tenant' then 't.tenant = d.tenant' else 't.tenant is not distinct from d.tenant' end,
-    fsql);
+    -- the filter inside the derived table: its column names (id, tenant, created_at) are the collection's, not
+    -- ml.bm25_docs' (unqualified, they were ambiguous)
+    'join (select * from %s t where %s) t on t.id = d.id and %s and t.created_at = d.created_at '
+    'order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql,
+    case when c.partition_by = 'tenant' then 't.tenant = d.tenant' else 't.tenant is not distinct from d.tenant' end);
+  -- A filter that passes few of the best documents: the rounds below would grow until they had read every
+  -- document of the query's terms. From 160 candidates on, when the share the filter passed says fewer than k
+  -- rows would pass in the next rounds' reach (share^2 * documents < k), the rows the filter passes are scored
+  -- instead: the same BM25 over their tsvectors (tf, length and the collection's statistics as the index keeps
+  -- them; terms summed in the same order, so the scores are the same numbers), best first, ties by id.
+  exact_sql := format(
+    'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
+    'select t.id, s.score, t.content, t.metadata from %s t cross join lateral ('
+    '  select sum(q.v) as score from (select w.idf * u.tf * ($7 + 1) / (u.tf + $7 * (1 - $8 + $8 * t.doc_len / $9)) as v'
+    '    from unnest($1::text[], $2::float8[]) with ordinality w(term, idf, o)'
+    '    join (select l.lexeme, coalesce(array_length(l.positions, 1), 1)::float8 as tf from unnest(t.tsv) l) u'
+    '      on u.lexeme = w.term order by w.o) q) s '
+    'where s.score > 0 and %s order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql);
   n := greatest(k, 10);
   loop
     select array_agg(z.doc), array_agg(z.score) into ds, ss
@@ -213,6 +228,11 @@ begin
     execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams;
     got := coalesce(cardinality(r_ids), 0);
     exit when got >= k or cand < n;
+    if cand >= 160 and (got::float8 / cand) ^ 2 * t.nd < k then
+      execute exact_sql into r_ids, r_scores, r_contents, r_metas
+        using t.terms, t.idfs, c.id, k, null::int, fparams, k1, b, t.tl::float8 / t.nd;
+      exit;
+    end if;
     n := n * 4;
   end loop;
   return query select * from unnest(r_ids, r_scores, r_contents, r_metas);

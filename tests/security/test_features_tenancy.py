@@ -178,7 +178,7 @@ def test_a_tenant_app_reads_the_online_store_by_its_primary_key(connect_as, acme
     batch = [
         r[0]
         for r in a.execute(
-            "select features.get_online_batch(array[%s], '[{\"k\": 0}, {\"k\": 2}, {\"k\": 99}]')", [f"{view}:x"]
+            'select features.get_online_batch(array[%s], \'[{"k": 0}, {"k": 2}, {"k": 99}]\')', [f"{view}:x"]
         )
     ]
     seq, fetched = a.execute(
