@@ -207,19 +207,6 @@ begin
     'join (select * from %s t where %s) t on t.id = d.id and %s and t.created_at = d.created_at '
     'order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql,
     case when c.partition_by = 'tenant' then 't.tenant = d.tenant' else 't.tenant is not distinct from d.tenant' end);
-  -- A filter that passes few of the best documents: the rounds below would grow until they had read every
-  -- document of the query's terms. From 160 candidates on, when the share the filter passed says fewer than k
-  -- rows would pass in the next rounds' reach (share^2 * documents < k), the rows the filter passes are scored
-  -- instead: the same BM25 over their tsvectors (tf, length and the collection's statistics as the index keeps
-  -- them; terms summed in the same order, so the scores are the same numbers), best first, ties by id.
-  exact_sql := format(
-    'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
-    'select t.id, s.score, t.content, t.metadata from %s t cross join lateral ('
-    '  select sum(q.v) as score from (select w.idf * u.tf * ($7 + 1) / (u.tf + $7 * (1 - $8 + $8 * t.doc_len / $9)) as v'
-    '    from unnest($1::text[], $2::float8[]) with ordinality w(term, idf, o)'
-    '    join (select l.lexeme, coalesce(array_length(l.positions, 1), 1)::float8 as tf from unnest(t.tsv) l) u'
-    '      on u.lexeme = w.term order by w.o) q) s '
-    'where s.score > 0 and %s order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql);
   n := greatest(k, 10);
   loop
     select array_agg(z.doc), array_agg(z.score) into ds, ss
@@ -229,6 +216,19 @@ begin
     got := coalesce(cardinality(r_ids), 0);
     exit when got >= k or cand < n;
     if cand >= 160 and (got::float8 / cand) ^ 2 * t.nd < k then
+      -- A filter that passes few of the best documents: the next rounds would grow until they had read every
+      -- document of the query's terms. From 160 candidates on, when the share the filter passed says fewer than k
+      -- rows would pass in the next rounds' reach (share^2 * documents < k), the rows the filter passes are scored
+      -- instead: the same BM25 over their tsvectors (tf, length and the collection's statistics as the index keeps
+      -- them; terms summed in the same order, so the scores are the same numbers), best first, ties by id.
+      exact_sql := format(
+        'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
+        'select t.id, s.score, t.content, t.metadata from %s t cross join lateral ('
+        '  select sum(q.v) as score from (select w.idf * u.tf * ($7 + 1) / (u.tf + $7 * (1 - $8 + $8 * t.doc_len / $9)) as v'
+        '    from unnest($1::text[], $2::float8[]) with ordinality w(term, idf, o)'
+        '    join (select l.lexeme, coalesce(array_length(l.positions, 1), 1)::float8 as tf from unnest(t.tsv) l) u'
+        '      on u.lexeme = w.term order by w.o) q) s '
+        'where s.score > 0 and %s order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql);
       execute exact_sql into r_ids, r_scores, r_contents, r_metas
         using t.terms, t.idfs, c.id, k, null::int, fparams, k1, b, t.tl::float8 / t.nd;
       exit;

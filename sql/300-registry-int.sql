@@ -316,7 +316,7 @@ declare missing bigint;
 begin
   perform 1 from registry.runs r where r.id in (select n.run_id from new_rows n) for key share of r;
   select n.run_id into missing from (select distinct run_id from new_rows) n
-   where not exists (select 1 from registry.runs r where r.id operator(pg_catalog.=) n.run_id) limit 1;
+   where not exists (select 1 from registry.runs r where r.id = n.run_id) limit 1;
   if missing is not null then
     raise exception 'metric points name run id %, which is not a run', missing using errcode = '23503',
       hint = 'log metrics with registry.log_batch or registry.log_metric, which take the run''s uuid';
@@ -334,7 +334,7 @@ language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  if exists (select 1 from registry.metrics m where m.run_id operator(pg_catalog.=) old.id) then
+  if exists (select 1 from registry.metrics m where m.run_id = old.id) then
     raise exception 'run % has metric points in registry.metrics, which is append-only history', old.run_uuid
       using errcode = '23503',
             hint = 'finish or kill the run instead (registry.end_run); its points stay with it';
