@@ -151,6 +151,13 @@ def test_tenant_scoped_keyword_search_is_exact(sconn):
             assert_exact(sconn, name, ref, queries)
             ids = [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'merger plan', 50)", [name])]
             assert ids and all(int(i[1:]) % 10 == 0 for i in ids) == (tenant == "acme")
+            # a filter on id passing few rows (scored from the rows themselves): still the tenant's rows only
+            few = Jsonb({"id": {"$in": [f"d{i}" for i in range(20)]}})
+            ids = [
+                r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'merger plan', 10, %s)", [name, few])
+            ]
+            mine = [f"d{i}" for i in range(20) if (i % 10 == 0) == (tenant == "acme")]
+            assert set(ids) <= set(mine) and len(ids) == min(10, len(mine)), (tenant, ids)
         finally:
             sconn.execute("reset role")
 
