@@ -150,8 +150,7 @@ def test_bad_batches_write_nothing(conn, run):
 def test_metric_points_must_name_a_run_and_keep_it(db_dsn, conn, run):
     """registry.metrics checks its runs per statement (migration 0023), with the guarantees its foreign key
     gave: no point of a run that does not exist, no delete of a run that has points (its id is generated
-    always: never updated), and a run that
-    a transaction is logging to cannot be deleted under it."""
+    always: never updated), and a run that a transaction is logging to cannot be deleted under it."""
     _, rid = run
     run_pk = one(conn, "select id from registry.runs where run_uuid = %s", [rid])
     missing = one(conn, "select coalesce(max(id), 0) + 1000 from registry.runs")
