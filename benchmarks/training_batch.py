@@ -10,9 +10,11 @@ the aggregate query plus the conversion of its arrays to Python, transform = the
 feature matrix, inference = the model's time after the last chunk was handed to it (it runs in a helper thread
 beside the fetch), to_list = the result as a Python list); "return" is the rest of the
 statement's wall time (the float8[] built from that list, unnest ... with ordinality, the rows written by
-CREATE TABLE AS). The fetch of 0.2.0 (training.fetch_chunks: count(*) over () and ORDER BY on the groups,
-still what ml.train and ml.evaluate read with) is timed beside the new one (training.fetch_scalar_groups)
-in the same run, fetch only."""
+CREATE TABLE AS). Fetch only, in the same run: the fetch of 0.2.0 (training.fetch_chunks: count(*) over () and
+ORDER BY on the groups, still what ml.train and ml.evaluate read with), the groups that predict_batch reads a
+view or query with (training.fetch_scalar_groups: one hash aggregate over every row, then the groups), and the
+block ranges it reads a plain table with (training.fetch_block_chunks: one chunk at a time, as the blocks are
+read)."""
 
 from __future__ import annotations
 
@@ -120,10 +122,12 @@ src = T.relation_sql(plpy, 'bench_housing_1m')
 have = {{c['name']: c for c in T.describe_relation(plpy, src)}}
 cols = [have[c] for c in {features!r}]
 out = {{}}
-for name, fetch in (('v020_fetch_chunks', lambda: T.fetch_chunks(plpy, src, cols, 50000)),
-                    ('fetch_scalar_groups', lambda: T.fetch_scalar_groups(plpy, src, cols, 50000))):
+table = T.plain_table(plpy, 'bench_housing_1m', src)
+for name, fetch in (('v020_fetch_chunks', lambda: ((len(g[0]),) for g in T.fetch_chunks(plpy, src, cols, 50000))),
+                    ('fetch_scalar_groups', lambda: ((len(g[0]),) for g in T.fetch_scalar_groups(plpy, src, cols, 50000))),
+                    ('fetch_block_chunks', lambda: T.fetch_block_chunks(plpy, table, cols, 50000))):
     t0 = time.perf_counter()
-    n = sum(len(g[0]) for g in fetch())
+    n = sum(g[0] for g in fetch())
     out[name] = round(time.perf_counter() - t0, 3)
     assert n == {rows}
 plpy.notice('fetch only: ' + json.dumps(out))

@@ -240,3 +240,41 @@ def test_search_runs_walk_and_custom_plan_keep_tenants_apart(connect_as, sconn):
             sconn.execute("select * from registry.search_runs(array['walk_acme'], '', array['metrics.rmse'], 5)")
     finally:
         sconn.execute("drop role walk_nobody")
+
+
+def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_as, sconn):
+    """predict_batch reads a plain table by ranges of its blocks. Under the table's row security a tenant's app
+    gets predictions for its own rows only, numbered in block order, and the ranges stay index-like TID range
+    scans (tid comparisons are leakproof, so the policy does not push them into a filter over every block)."""
+    t = uid("batch_rows")
+    sconn.execute(f"create table public.{t} (tenant text not null, x float8, z float8)")
+    sconn.execute(
+        f"insert into public.{t} select case when g % 3 = 0 then 'globex' else 'acme' end, g, g % 7 "
+        "from generate_series(1, 3000) g"
+    )
+    sconn.execute(f"alter table public.{t} enable row level security")
+    sconn.execute(f"create policy tenant_rows on public.{t} using (tenant = any (ml.tenants_of()))")
+    sconn.execute(f"grant select on public.{t} to indb_app, indb_writer")
+    try:
+        w = connect_as("acme_writer")
+        p = uid("acme_batch")
+        train(w, p)
+        app = connect_as("acme_app")
+        app.execute("set indb.predict_batch_chunk = 300")
+        got = app.execute(f"select row_number, prediction from ml.predict_batch(%s, 'public.{t}')", [p]).fetchall()
+        want = app.execute(
+            f"select row_number() over (order by ctid), ml.predict(%s, array[x, z]) from public.{t} order by ctid",
+            [p],
+        ).fetchall()
+        assert len(got) == 2000 and [r[0] for r in got] == [r[0] for r in want]
+        assert all(abs(a[1] - b[1]) <= 1e-9 * abs(b[1]) for a, b in zip(got, want))  # a linear model: BLAS order
+        assert app.execute(f"select count(*) from public.{t} where tenant <> 'acme'").fetchone()[0] == 0
+        plan = "\n".join(
+            r[0]
+            for r in app.execute(
+                f"explain (costs off) select x from public.{t} where ctid >= '(2,0)'::tid and ctid < '(4,0)'::tid"
+            ).fetchall()
+        )
+        assert "Tid Range Scan" in plan, plan
+    finally:
+        sconn.execute(f"drop table public.{t}")
