@@ -213,6 +213,36 @@ def test_tenant_bound_to_a_role(db_dsn):
             c.execute(f"drop role {member}")
 
 
+def test_tenants_of_walks_memberships_through_groups(db_dsn):
+    """A login's tenants are found through any chain of groups (three levels, two paths to one tenant), every
+    tenant once, in name order; indb_tenant_manager is not a tenant; a role with no tenant role has none; the
+    tenant roles of other logins in the cluster do not leak into the answer."""
+    x = secrets.token_hex(3)
+    t1, t2, other = f"tw1_{x}", f"tw2_{x}", f"tw3_{x}"
+    login, g1, g2, g3, stranger = (f"indb_tw_{n}_{x}" for n in ("login", "g1", "g2", "g3", "stranger"))
+    with psycopg.connect(db_dsn, autocommit=True) as c:
+        for t in (t1, t2, other):
+            c.execute("select ml.create_tenant(%s)", [t])
+        try:
+            for r in (g3, g2, g1, login, stranger):
+                c.execute(f"create role {r} nologin")
+            c.execute(f"grant indb_tenant_{t2}, indb_tenant_{t1} to {g3}")  # deepest group: both tenants
+            c.execute(f"grant {g3} to {g2}")
+            c.execute(f"grant {g2}, indb_tenant_{t1} to {g1}")  # a second path to t1
+            c.execute(f"grant {g1}, indb_tenant_manager to {login}")
+            c.execute(f"grant indb_tenant_{other} to {stranger}")
+            assert one(c, "select ml.tenants_of(%s)", [login]) == sorted([t1, t2])
+            assert one(c, "select ml.tenants_of(%s)", [g2]) == sorted([t1, t2])
+            assert one(c, "select ml.tenants_of(%s)", [stranger]) == [other]
+            c.execute(f"revoke {g2} from {g1}")
+            assert one(c, "select ml.tenants_of(%s)", [login]) == [t1]
+            c.execute(f"revoke indb_tenant_{t1} from {g1}")
+            assert one(c, "select ml.tenants_of(%s)", [login]) == []
+        finally:
+            for r in (login, g1, g2, g3, stranger):
+                c.execute(f"drop role if exists {r}")
+
+
 @pytest.mark.parametrize("role", ["indb_app", "indb_reader", "indb_writer", "indb_admin"])
 def test_indb_roles_cannot_create_functions(conn, role):
     conn.execute(f"set role {role}")
