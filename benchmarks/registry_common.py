@@ -62,7 +62,9 @@ def plot() -> None:
         axes[0].tick_params(axis="x", rotation=20, labelsize=7)
         axes[0].legend()
     if "search_and_lineage" in data:
-        r = {k: v for k, v in data["search_and_lineage"]["results"].items() if isinstance(v, dict)}
+        res = data["search_and_lineage"]["results"]
+        r = {k: v for k, v in res.items() if isinstance(v, dict) and "p50_ms" in v}
+        r |= {f"reader: {k}": v for k, v in res.get("as_reader", {}).items() if isinstance(v, dict) and "p50_ms" in v}
         xs = range(len(r))
         axes[1].bar([x - 0.2 for x in xs], [v["p50_ms"] for v in r.values()], 0.4, label="p50")
         axes[1].bar([x + 0.2 for x in xs], [v["p99_ms"] for v in r.values()], 0.4, label="p99")
