@@ -132,7 +132,7 @@ def test_execute_prepares_once_per_filter_shape():
         answers={
             "from registry.run_search": [{"run_id": "u"}],
             "current_setting('plan_cache_mode')": [{"v": "auto"}],
-            "from pg_class": [{"n": 1e6, "t": None}],
+            "from pg_class": [{"n": 1e6, "t": None, "rls": False}],
         }
     )
     prepared = []
@@ -149,6 +149,36 @@ def test_execute_prepares_once_per_filter_shape():
     # without order_by the search runs with a plan made for its values, and the setting is put back
     sets = [args for q, args in plpy.executed if "set_config('plan_cache_mode'" in str(q)]
     assert sets[:2] == [None, ["auto"]]
+
+
+@pytest.mark.parametrize(
+    ("runs", "setting", "rls", "order_by", "walks"),
+    [
+        (1000, None, True, ["metrics.rmse ASC"], True),  # under row security: the walk at any size
+        (1000, None, False, ["metrics.rmse ASC"], False),  # a superuser on a small registry: the general query
+        (1000, "1000000000", True, ["metrics.rmse ASC"], False),  # the setting decides alone
+        (1000, "0", False, ["metrics.rmse ASC"], True),
+        (1000, None, True, ["params.depth"], False),  # only an order_by on a metric has a walk
+        (1e6, None, False, ["metrics.rmse ASC"], True),
+    ],
+)
+def test_the_metric_walk_is_taken_by_size_setting_or_row_security(runs, setting, rls, order_by, walks):
+    """The metric walk (latest_metrics' key and value index, then each run by its key) answers an order_by on a
+    metric from LARGE runs on, at any size for a caller under row security (the GIN index of params and tags is
+    out of its reach), and as indb.search_runs_walk_from says when that is set."""
+    from indb_runtime import spi
+
+    spi.clear_plans()
+    plpy = FakePlpy(
+        answers={
+            "walk_value": [],  # the walk finds fewer than max_results: the general query answers
+            "from registry.run_search": [{"run_id": "u"}],
+            "from pg_class": [{"n": runs, "t": setting, "rls": rls}],
+        }
+    )
+    out = sr.execute(plpy, None, "params.depth = '6'", order_by, 10)
+    assert out == [{"run_id": "u"}]
+    assert any("walk_value" in str(q) for q, _ in plpy.executed) is walks
 
 
 def test_deep_or_long_filters_are_refused_with_54001_not_a_recursion_error():
