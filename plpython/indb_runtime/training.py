@@ -157,7 +157,7 @@ def fetch_chunks(plpy, from_sql: str, cols: list[dict], chunk: int = 50000):
     the way (the total for ml.progress). Array and vector columns use a plain cursor (no total). Between
     chunks the caller runs its cancel point."""
     names = [c["name"] for c in cols]
-    if cols and all(c["kind"] in ("numeric", "bool", "text", None) and not c["type"].endswith("[]") for c in cols):
+    if _scalar(cols):
         aggs = ", ".join(f"array_agg(c{i}) as c{i}" for i in range(len(cols)))
         items = ", ".join(f"{_select_expr(c)} as c{i}" for i, c in enumerate(cols))
         cur = plpy.cursor(
