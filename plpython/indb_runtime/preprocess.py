@@ -131,7 +131,7 @@ def _impute_value(x: np.ndarray, how: str) -> float:
 
 def _to_float(values: Sequence, col: str, kind: str) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1:
-        return values  # from training.fetch_scalar_groups: NaN marks NULL, real NaN/Infinity already sent as lists
+        return values  # from predict_batch's binary reads: NaN marks NULL (a real NaN or Infinity never arrives so)
     try:  # fast path: numpy turns None into NaN; real NaN/inf values are told apart below
         x = np.array(values, dtype=np.float64)
         if x.ndim == 1:

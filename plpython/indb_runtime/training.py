@@ -1421,7 +1421,7 @@ def predict_batch(plpy, project: str, relation: str) -> list:
                 ph.lap("transform")
                 pending.append((rn, size, pool.submit(_predict_values, bundle, X)))
                 n += size
-                tr(sum(size for _, size, f in pending if f.done()), total)  # rows predicted so far
+                tr(sum(done_rows for _, done_rows, f in pending if f.done()), total)  # rows predicted so far
             out = np.empty(n, dtype=np.float64)
             done = 0
             for rn, size, fut in pending:
