@@ -107,7 +107,8 @@ declare
   tbl text := ml._collection_table(c);
 begin
   execute format('create index %I on %s using gin (tsv)', c.table_name || '_tsv', tbl);
-  execute format('create index %I on %s using gin (metadata)', c.table_name || '_metadata', tbl);
+  -- the leakproof operator class (migration 0024): metadata filters keep this index under row security
+  execute format('create index %I on %s using gin (metadata ml.jsonb_tenant_ops)', c.table_name || '_metadata', tbl);
   if c.partition_by = 'time' then
     execute format('create index %I on %s (created_at)', c.table_name || '_created_at', tbl);
   end if;

@@ -4,7 +4,12 @@ The SQL text produced holds only fixed templates and integer indexes into ONE js
 (``$N``); every key and every value lives in that parameter, so nothing a user writes ever becomes
 SQL text. Example: ``{"year": {"$gte": 2020}, "lang": "en"}`` becomes
 ``((case when jsonb_typeof(metadata -> ($3->>0)) = 'number' then (metadata -> ($3->>0))::numeric end)
->= ($3->>1)::numeric and metadata @> ($3->2))`` with params ``["year", 2020, {"lang": "en"}]``.
+>= ($3->>1)::numeric and metadata operator(ml.@>) ($3->2))`` with params ``["year", 2020, {"lang": "en"}]``.
+
+Equality, $in and $exists on metadata use ml.@> and ml.? (migration 0024): PostgreSQL's own containment and
+key test declared LEAKPROOF, with a GIN operator class of their own, so that under row security (every role but
+a superuser) they still reach the collection's metadata index. A value compared by containment is at most
+MAX_VALUE_DEPTH levels deep.
 
 Language (Mongo-like):
   {"key": value}                        equality (metadata containment, uses the GIN index)
@@ -32,6 +37,9 @@ LOGICAL = ("$and", "$or", "$not")
 MAX_DEPTH = 16
 MAX_NODES = 1000
 MAX_IN = 1000
+MAX_VALUE_DEPTH = 16
+CONTAINS = "operator(ml.@>)"
+EXISTS = "operator(ml.?)"
 HINT = (
     'filters look like {"key": value}, {"key": {"$in": [..]}}, {"key": {"$gte": 3}}, '
     '{"$or": [{...}, {...}]}; operators: ' + ", ".join(OPERATORS + LOGICAL)
@@ -175,21 +183,31 @@ def _column_op(b: _Builder, column: str, op: str, value, path: str) -> str:
     raise _err(path, f"{op} does not apply to the column {column}")
 
 
+def _depth(v) -> int:
+    if isinstance(v, dict):
+        return 1 + max((_depth(x) for x in v.values()), default=0)
+    if isinstance(v, list):
+        return 1 + max((_depth(x) for x in v), default=0)
+    return 0
+
+
 def _metadata_op(b: _Builder, key: str, op: str, value, path: str) -> str:
+    if op in ("$eq", "$ne", "$in", "$nin") and _depth(value) > MAX_VALUE_DEPTH:
+        raise _err(path, f"the value is nested more than {MAX_VALUE_DEPTH} levels deep")
     if op == "$eq":
         if value is None:
             return f"(metadata -> {b.text(key)}) = 'null'::jsonb"
-        return f"metadata @> {b.json({key: value})}"
+        return f"metadata {CONTAINS} {b.json({key: value})}"
     if op == "$ne":
-        return f"(not metadata @> {b.json({key: value})})"
+        return f"(not metadata {CONTAINS} {b.json({key: value})})"
     if op in ("$in", "$nin"):
         vals = _list(path, op, value)
-        ors = " or ".join(f"metadata @> {b.json({key: v})}" for v in vals)
+        ors = " or ".join(f"metadata {CONTAINS} {b.json({key: v})}" for v in vals)
         return f"({ors})" if op == "$in" else f"(not ({ors}))"
     if op == "$exists":
         if not isinstance(value, bool):
             raise _err(path, "$exists takes true or false")
-        sql = f"metadata ? {b.text(key)}"
+        sql = f"metadata {EXISTS} {b.text(key)}"
         return sql if value else f"(not {sql})"
     # $gt/$gte/$lt/$lte: numbers compare as numbers, ISO strings as timestamps
     cmp = COMPARE[op]

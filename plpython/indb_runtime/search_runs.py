@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from . import spi
 from .errors import IndbRuntimeError
+from .filters import CONTAINS  # leakproof jsonb containment: keeps the GIN index under row security
 
 HINT = (
     "filters look like: metrics.rmse < 0.5 and params.depth = '6' and tags.team = 'x' "
@@ -170,6 +171,10 @@ class Parser:
     def bind(self, value, pgtype: str) -> str:
         self.params.append((value, pgtype))
         return f"${len(self.params)}"
+
+    def pair(self, key, val) -> str:
+        """{key: val} as a jsonb object of two text parameters (the right side of a containment)."""
+        return f"jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
 
     # -- grammar
     def parse(self) -> str:
@@ -331,7 +336,7 @@ class Parser:
         sop = STR_OPS[op]
         if entity == "param" and self.mirror:
             if sop == "=":
-                return f"s.params @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
+                return f"s.params {CONTAINS} {self.pair(key, val)}"
             return f"(s.params ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
         if entity == "param":
             return (
@@ -341,7 +346,7 @@ class Parser:
         if entity == "tag":
             t = self.tags
             if sop == "=":
-                return f"{t} @> jsonb_build_object({self.bind(key, 'text')}::text, {self.bind(val, 'text')}::text)"
+                return f"{t} {CONTAINS} {self.pair(key, val)}"
             return f"({t} ->> {self.bind(key, 'text')}) {sop} {self.bind(val, 'text')}"
         if entity == "dataset":
             return (

@@ -188,3 +188,31 @@ def test_install_updates_an_older_pgvector_keeping_data_and_index(empty_db):
         assert c.execute("select count(*) from t").fetchone()[0] == 500
         c.execute("set enable_seqscan = off")
         assert [r[0] for r in c.execute(q).fetchall()] == before
+
+
+def test_upgrade_rebuilds_collection_metadata_indexes_with_the_leakproof_opclass(empty_db):
+    """A collection made before migration 0024 has a metadata index of PostgreSQL's jsonb_ops, which row security
+    keeps out of a tenant's reach; upgrading rebuilds it (same name) with ml.jsonb_tenant_ops, rows unchanged."""
+    dsn = empty_db("indb_mdidx")
+    install(dsn, venv=sys.prefix)
+    opclass = (
+        "select oc.opcname from pg_index i join pg_class ic on ic.oid = i.indexrelid "
+        "join pg_opclass oc on oc.oid = i.indclass[0] where ic.relname = 'old_docs_metadata'"
+    )
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select ml.create_collection('old_docs', model => null, options => '{\"dimensions\": 2}')")
+        c.execute(
+            "select ml.add_documents('old_docs', (select jsonb_agg(jsonb_build_object('id', i::text, "
+            "'embedding', array[1, i], 'metadata', jsonb_build_object('cat', i % 10))) from generate_series(1, 200) i))"
+        )
+        # the index as 0.2.0 made it, and the schema one revision back
+        c.execute("drop index collections.old_docs_metadata")
+        c.execute("create index old_docs_metadata on collections.old_docs using gin (metadata)")
+        c.execute("update ml.alembic_version set version_num = '0023'")
+        assert c.execute(opclass).fetchone()[0] == "jsonb_ops"
+    summary = install(dsn, venv=sys.prefix)
+    assert summary["from"] == "0023" and summary["to"] == head_revision()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute(opclass).fetchone()[0] == "jsonb_tenant_ops"
+        got = c.execute("select count(*) from ml.search('old_docs', '[1,0]'::vector, 100, '{\"cat\": 3}')").fetchone()
+        assert got[0] == 20

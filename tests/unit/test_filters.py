@@ -24,7 +24,7 @@ def test_none_and_empty_filter_match_everything():
 
 def test_equality_is_containment_with_all_values_in_the_parameter():
     sql, params = t({"lang": "en"})
-    assert sql == "metadata @> ($3->0)"
+    assert sql == "metadata operator(ml.@>) ($3->0)"
     assert params == [{"lang": "en"}]
 
 
@@ -34,7 +34,7 @@ def test_keys_and_values_with_sql_metacharacters_stay_out_of_the_sql():
     assert evil not in sql and "drop" not in sql and '"' not in sql and "'x" not in sql
     assert evil in json.dumps(params)
     # only fixed templates: $3->N references, operators, and SQL keywords
-    assert set(sql) <= set("abcdefghijklmnopqrstuvwxyz_ ()$0123456789->@=<'?,:")
+    assert set(sql) <= set("abcdefghijklmnopqrstuvwxyz_ ()$0123456789->@=<'?,:.")
 
 
 def test_numbers_compare_numerically_and_timestamps_as_timestamps():
@@ -50,23 +50,26 @@ def test_numbers_compare_numerically_and_timestamps_as_timestamps():
 def test_tenant_and_id_are_columns():
     assert t({"tenant": "acme"}) == ("tenant = ($3->>0)", ["acme"])
     assert t({"tenant": {"$in": ["a", "b"]}}) == ("tenant in (($3->>0), ($3->>1))", ["a", "b"])
-    assert t({"metadata.tenant": "x"}) == ("metadata @> ($3->0)", [{"tenant": "x"}])
+    assert t({"metadata.tenant": "x"}) == ("metadata operator(ml.@>) ($3->0)", [{"tenant": "x"}])
 
 
 def test_in_nin_ne_exists_and_logic():
     sql, params = t({"color": {"$in": ["red", "blue"]}})
-    assert sql == "(metadata @> ($3->0) or metadata @> ($3->1))"
+    assert sql == "(metadata operator(ml.@>) ($3->0) or metadata operator(ml.@>) ($3->1))"
     assert params == [{"color": "red"}, {"color": "blue"}]
     sql, _ = t({"color": {"$nin": ["red"]}})
-    assert sql == "(not (metadata @> ($3->0)))"
+    assert sql == "(not (metadata operator(ml.@>) ($3->0)))"
     sql, _ = t({"color": {"$ne": "red"}})
-    assert sql == "(not metadata @> ($3->0))"
+    assert sql == "(not metadata operator(ml.@>) ($3->0))"
     sql, _ = t({"color": {"$exists": False}})
-    assert sql == "(not metadata ? ($3->>0))"
+    assert sql == "(not metadata operator(ml.?) ($3->>0))"
     sql, _ = t({"$or": [{"a": 1}, {"$and": [{"b": 2}, {"$not": {"c": 3}}]}]})
-    assert sql == "(metadata @> ($3->0) or (metadata @> ($3->1) and (not coalesce(metadata @> ($3->2), false))))"
+    assert (
+        sql
+        == "(metadata operator(ml.@>) ($3->0) or (metadata operator(ml.@>) ($3->1) and (not coalesce(metadata operator(ml.@>) ($3->2), false))))"
+    )
     sql, _ = t({"a": 1, "b": 2})
-    assert sql == "(metadata @> ($3->0) and metadata @> ($3->1))"
+    assert sql == "(metadata operator(ml.@>) ($3->0) and metadata operator(ml.@>) ($3->1))"
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,15 @@ def test_filter_size_is_bounded():
         t(deep)
     with pytest.raises(IndbRuntimeError, match="at most 1000 values"):
         t({"a": {"$in": list(range(1001))}})
+    # a value compared by containment (ml.@>, leakproof: evaluated ahead of the tenant policy) stays shallow
+    value = {"x": 1}
+    for _ in range(16):
+        value = {"x": value}
+    with pytest.raises(IndbRuntimeError, match="nested more than 16 levels"):
+        t({"a": value})
+    with pytest.raises(IndbRuntimeError, match="nested more than 16 levels"):
+        t({"a": {"$in": [1, [value]]}})
+    assert t({"a": value["x"]})[0] == "metadata operator(ml.@>) ($3->0)"
 
 
 def test_json_text_round_trip():

@@ -25,8 +25,11 @@ def test_the_issue_example_becomes_four_parameterized_conditions():
     # every user value is a $n placeholder: none of them appears in the SQL text
     for v in ("rmse", "depth", "'6'", "team", "FINISHED"):
         assert v not in sql
-    assert "(s.metrics ->> $2)::float8 < $3" in sql and "s.params @> jsonb_build_object($4::text, $5::text)" in sql
-    assert "s.tags @> jsonb_build_object($6::text, $7::text)" in sql and "r.status = $8" in sql
+    assert (
+        "(s.metrics ->> $2)::float8 < $3" in sql
+        and "s.params operator(ml.@>) jsonb_build_object($4::text, $5::text)" in sql
+    )
+    assert "s.tags operator(ml.@>) jsonb_build_object($6::text, $7::text)" in sql and "r.status = $8" in sql
     assert re.search(r"limit \$9\s*$", sql)
     # the reference SQL over the tables (mirror=False) binds the same values in the same order
     ref, ref_params = sr.build(
