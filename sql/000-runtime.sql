@@ -99,6 +99,12 @@ begin
     exception when others then
       get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text, e_detail = pg_exception_detail,
                               e_hint = pg_exception_hint, e_ctx = pg_exception_context;
+      if e_state in ('38000', 'XX000') and e_msg like 'RecursionError:%%' then
+        -- JSON (or a filter) nested deeper than Python's recursion limit: bad input, not a bug
+        e_state := '54001';
+        e_msg := 'the input is nested too deeply to process (JSON values or filters hundreds of levels deep)';
+        e_hint := 'nest JSON values less deeply';
+      end if;
       if e_state in ('38000', 'XX000') then
         raise log 'indb: %% failed: %%', %L, e_msg using detail = e_ctx;
         e_hint := coalesce(nullif(e_hint, ''), 'this is a bug in indb or its runtime; the server log has the Python traceback');

@@ -184,11 +184,12 @@ def _column_op(b: _Builder, column: str, op: str, value, path: str) -> str:
 
 
 def _depth(v) -> int:
-    if isinstance(v, dict):
-        return 1 + max((_depth(x) for x in v.values()), default=0)
-    if isinstance(v, list):
-        return 1 + max((_depth(x) for x in v), default=0)
-    return 0
+    """How many levels of objects and arrays a JSON value nests (a scalar: 0), level by level, no recursion."""
+    depth, level = 0, [v]
+    while any(isinstance(x, (dict, list)) for x in level):
+        depth += 1
+        level = [y for x in level if isinstance(x, (dict, list)) for y in (x.values() if isinstance(x, dict) else x)]
+    return depth
 
 
 def _metadata_op(b: _Builder, key: str, op: str, value, path: str) -> str:

@@ -101,6 +101,11 @@ def test_a_deeply_nested_filter_value_is_refused(connect_as, filtered_collection
         value = {"x": value}
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="nested more than 16 levels"):
         c.execute("select * from ml.search(%s, '[1,0]'::vector, 10, %s)", [filtered_collection, Jsonb({"a": value})])
+    # deeper than Python's recursion limit: bad input (54001), not "a bug in indb", and nothing else runs
+    deep = '{"a": ' + '{"x": ' * 3000 + "1" + "}" * 3000 + "}"
+    with pytest.raises(psycopg.errors.StatementTooComplex, match="nested too deeply") as e:
+        c.execute("select * from ml.search(%s, '[1,0]'::vector, 10, %s::jsonb)", [filtered_collection, deep])
+    assert "bug" not in (e.value.diag.message_hint or "")
 
 
 def test_the_leakproof_operators_answer_as_postgresqls_own(sconn):
