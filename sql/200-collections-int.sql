@@ -278,6 +278,12 @@ declare
   texts text[];
   hashes text[];
   olds text[];
+  pair_ids text[];
+  pair_tenants text[];
+  pair_times timestamptz[];
+  pair_tsvs tsvector[];
+  pair_dls int[];
+  pair_sides int[];
 begin
   if TG_OP = 'TRUNCATE' then
     perform ml._collection_bm25_apply(c, null, null, null, null);
@@ -319,34 +325,49 @@ begin
     insert into ml.bm25_deleted (collection_id, doc, terms)
     select c.id, g.doc, tsvector_to_array(g.tsv) from gone g;
   elsif TG_OP = 'UPDATE' then
+    -- Old and new rows are paired by grouping them on (key, text), never by joining the two transition tables:
+    -- the planner may not know their sizes (a plan is kept for the session, made at its first call, and an
+    -- INSERT ... ON CONFLICT fires this with both empty), and a nested loop over both is quadratic (8,000 rows:
+    -- 35 s). side -1: the row left or its text changed; 1: it came or its text changed; 0: unchanged.
+    select array_agg(p.id), array_agg(p.tenant), array_agg(p.created_at), array_agg(p.tsv), array_agg(p.dl),
+           array_agg(p.side)
+      into pair_ids, pair_tenants, pair_times, pair_tsvs, pair_dls, pair_sides
+      from (select x.id, x.tenant, x.created_at, x.tsv, max(x.doc_len) as dl, sum(x.side)::int as side
+              from (select o.id, o.tenant, o.created_at, o.tsv, o.doc_len, -1 as side from old_rows o
+                    union all
+                    select n.id, n.tenant, n.created_at, n.tsv, n.doc_len, 1 from new_rows n) x
+             group by x.id, x.tenant, x.created_at, x.tsv) p
+     where p.side <> 0;
     with gone as (
-      delete from ml.bm25_docs d using old_rows o
-       where d.collection_id = c.id and d.id = o.id and d.tenant is not distinct from o.tenant
-         and d.created_at = o.created_at
-         and not exists (select 1 from new_rows n where n.id = o.id and n.tenant is not distinct from o.tenant
-                                                     and n.created_at = o.created_at and n.tsv = o.tsv)
-      returning d.doc, o.tsv)
+      delete from ml.bm25_docs d
+       using unnest(pair_ids, pair_tenants, pair_times, pair_tsvs, pair_sides) g(id, tenant, created_at, tsv, side)
+       where g.side = -1 and d.collection_id = c.id and d.id = g.id and d.tenant is not distinct from g.tenant
+         and d.created_at = g.created_at
+      returning d.doc, g.tsv)
     insert into ml.bm25_deleted (collection_id, doc, terms)
     select c.id, g.doc, tsvector_to_array(g.tsv) from gone g;
-    with came as (
-      insert into ml.bm25_docs as bd (collection_id, id, tenant, created_at, dl)
-      select c.id, n.id, n.tenant, n.created_at, n.doc_len from new_rows n
-       where not exists (select 1 from old_rows o where n.id = o.id and n.tenant is not distinct from o.tenant
-                                                   and n.created_at = o.created_at and n.tsv = o.tsv)
-      returning bd.doc, bd.id, bd.tenant, bd.created_at, bd.dl)
+    insert into ml.bm25_docs (collection_id, id, tenant, created_at, dl)
+    select c.id, g.id, g.tenant, g.created_at, g.dl
+      from unnest(pair_ids, pair_tenants, pair_times, pair_dls, pair_sides) g(id, tenant, created_at, dl, side)
+     where g.side = 1;
     insert into ml.bm25_delta (collection_id, term, doc, tf, dl)
-    select c.id, u.lexeme, x.doc, coalesce(array_length(u.positions, 1), 1), x.dl
-      from came x join new_rows n on n.id = x.id and n.tenant is not distinct from x.tenant
-                                  and n.created_at = x.created_at, unnest(n.tsv) u;
+    select c.id, u.lexeme, d.doc, coalesce(array_length(u.positions, 1), 1), d.dl
+      from unnest(pair_ids, pair_tenants, pair_times, pair_tsvs, pair_sides) g(id, tenant, created_at, tsv, side)
+      join ml.bm25_docs d on d.collection_id = c.id and d.id = g.id and d.tenant is not distinct from g.tenant
+                          and d.created_at = g.created_at,
+           unnest(g.tsv) u
+     where g.side = 1;
   else
-    with came as (
-      insert into ml.bm25_docs as bd (collection_id, id, tenant, created_at, dl)
-      select c.id, n.id, n.tenant, n.created_at, n.doc_len from new_rows n
-      returning bd.doc, bd.id, bd.tenant, bd.created_at, bd.dl)
+    -- the new rows' document numbers by bm25_docs' key index, not by joining what the insert returned with
+    -- new_rows (two row sources of unknown size: a nested loop over both would be quadratic)
+    insert into ml.bm25_docs (collection_id, id, tenant, created_at, dl)
+    select c.id, n.id, n.tenant, n.created_at, n.doc_len from new_rows n;
     insert into ml.bm25_delta (collection_id, term, doc, tf, dl)
-    select c.id, u.lexeme, x.doc, coalesce(array_length(u.positions, 1), 1), x.dl
-      from came x join new_rows n on n.id = x.id and n.tenant is not distinct from x.tenant
-                                  and n.created_at = x.created_at, unnest(n.tsv) u;
+    select c.id, u.lexeme, d.doc, coalesce(array_length(u.positions, 1), 1), d.dl
+      from new_rows n
+      join ml.bm25_docs d on d.collection_id = c.id and d.id = n.id and d.tenant is not distinct from n.tenant
+                          and d.created_at = n.created_at,
+           unnest(n.tsv) u;
   end if;
   if TG_OP = 'DELETE' then
     return null;
@@ -358,15 +379,29 @@ begin
       into ids, tenants, times, texts
       from new_rows n where n.embedding is null and n.content is not null;
   else
-    select array_agg(n.id), array_agg(n.tenant), array_agg(n.created_at), array_agg(n.content),
-           array_agg(ml._content_hash(whole, n.content)),
-           array_agg(case when n.embedding is not null then ml._content_hash(whole, o.content) end)
+    -- each new row beside its old one, paired by grouping (as above, no join of the transition tables)
+    select array_agg(p.id), array_agg(p.tenant), array_agg(p.created_at), array_agg(p.content),
+           array_agg(ml._content_hash(whole, p.content)),
+           array_agg(case when p.has_embedding then ml._content_hash(whole, p.old_content) end)
       into ids, tenants, times, texts, hashes, olds
-      from new_rows n left join old_rows o on o.id = n.id and o.tenant is not distinct from n.tenant
-                                            and o.created_at = n.created_at
-     where n.content is not null
-       and (n.embedding is null
-            or (c.model is not null and o.id is not null and o.embedding::text = n.embedding::text));
+      from (select x.id, x.tenant, x.created_at,
+                   max(x.content) filter (where x.side = 1) as content,
+                   max(x.content) filter (where x.side = -1) as old_content,
+                   bool_or(x.side = 1) as is_new, bool_or(x.side = -1) as had_old,
+                   bool_or(x.side = 1 and x.has_embedding) as has_embedding,
+                   max(x.embedding) filter (where x.side = 1) as embedding,
+                   max(x.embedding) filter (where x.side = -1) as old_embedding
+              from (select o.id, o.tenant, o.created_at, o.content, o.embedding is not null as has_embedding,
+                           case when c.model is not null then o.embedding::text end as embedding, -1 as side
+                      from old_rows o
+                    union all
+                    select n.id, n.tenant, n.created_at, n.content, n.embedding is not null,
+                           case when c.model is not null then n.embedding::text end, 1
+                      from new_rows n) x
+             group by x.id, x.tenant, x.created_at) p
+     where p.is_new and p.content is not null
+       and (not p.has_embedding
+            or (c.model is not null and p.had_old and p.old_embedding = p.embedding));
   end if;
   if ids is not null then
     perform ml._collection_embed(c, TG_RELID, ids, tenants, times, texts, hashes, olds);
