@@ -3,16 +3,19 @@ security), interleaved in one run: what migration 0024's leakproof operators (ml
 
 Corpus: the first N documents of benchmarks/search_corpus.py (real text, vectors derived from real MiniLM
 embeddings), in a collection of a scratch database, a third each for tenants acme and globex and a third shared.
-Metadata: {"cat": i % 100, "year": 2000 + i % 25, "lang": "en" for 9 in 10 documents else "fr"}. Queries:
+Metadata: {"cat": i % 100, "year": 2000 + (i // 100) % 25, "lang": "en" for 9 in 10 documents else "fr"}. Queries:
 SciFact's queries as vectors. Sides, each query in turn on every side (the first side rotates):
 
 * ml.search with {"cat": c} (1% of the rows: the exact strategy), {"cat": c, "year": y} (0.04%) and
-  {"lang": "en"} (90%: more than exact_threshold, an iterative index scan), as the superuser and as an indb_app
-  login bound to acme;
-* the same exact query written with PostgreSQL's own @> as the app login: what every filter cost before
+  {"lang": "en"} (90%: more than exact_threshold, an iterative index scan), as the superuser and as a login
+  bound to tenant acme (granted indb_reader: an application's rights plus ml.search_explain; row security
+  applies to it as to indb_app);
+* the same exact query written with PostgreSQL's own @> as that login: what every filter cost before
   (no jsonb operator of PostgreSQL is leakproof, so row security kept the index out of reach).
 
     .venv/bin/python -m benchmarks.search_filters [documents] [queries]   # benchmarks/results/search_filters.json
+
+INDB_KEEP_BENCH_DB=1 keeps the database (indb_bench_filters); INDB_BENCH_REUSE=1 times it again without loading.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from benchmarks.search_corpus import corpus
 from benchmarks.search_scale import heavy
 
 DB = "indb_bench_filters"
-APP = "indb_bench_filter_app"
+APP = "indb_bench_filter_login"
 
 
 def _load(conn, texts, vecs, n: int) -> None:
@@ -44,7 +47,7 @@ def _load(conn, texts, vecs, n: int) -> None:
             t = texts[i].replace("\\", "\\\\").replace("\t", " ").replace("\n", " ")
             tenant = ("acme", "globex", "\\N")[i % 3]
             lang = "fr" if i % 10 == 9 else "en"
-            md = json.dumps({"cat": i % 100, "year": 2000 + i % 25, "lang": lang})
+            md = json.dumps({"cat": i % 100, "year": 2000 + (i // 100) % 25, "lang": lang})
             v = "[" + ",".join(f"{x:.6f}" for x in vecs[i].tolist()) + "]"
             buf.write(f"d{i}\t{tenant}\t{t}\t{md}\t{v}\n")
         with conn.cursor().copy("copy collections.filt (id, tenant, content, metadata, embedding) from stdin") as cp:
@@ -58,7 +61,7 @@ def _load(conn, texts, vecs, n: int) -> None:
 def _app_dsn(conn, dsn: str) -> str:
     if not conn.execute("select 1 from pg_roles where rolname = %s", [APP]).fetchone():
         conn.execute(f"create role {APP} login")
-    conn.execute(f"grant indb_app to {APP}")
+    conn.execute(f"grant indb_reader to {APP}")  # an application's rights, and ml.search_explain
     for t in ("acme", "globex"):
         conn.execute("select ml.create_tenant(%s)", [t])
     conn.execute("select ml.create_tenant('acme', %s)", [APP])
@@ -69,22 +72,29 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     nq = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     c = corpus(n)
-    dsn = create_scratch_db(DB)
+    reuse = bool(os.environ.get("INDB_BENCH_REUSE"))
+    if reuse:  # the database an earlier run kept (INDB_KEEP_BENCH_DB=1), with the same N documents loaded
+        from indb.localdb import Cluster
+
+        dsn = Cluster.local().dsn(DB)
+    else:
+        dsn = create_scratch_db(DB)
     log: dict = {}
     try:
         with psycopg.connect(dsn, autocommit=True) as su:
-            with heavy(False, log, "load"):
-                _load(su, c["texts"], c["vectors"], n)
+            if not reuse:
+                with heavy(False, log, "load"):
+                    _load(su, c["texts"], c["vectors"], n)
             app_dsn = _app_dsn(su, dsn)
             qv = ["[" + ",".join(f"{x:.6f}" for x in v.tolist()) + "]" for v in c["query_vectors"][:nq]]
             with psycopg.connect(app_dsn, autocommit=True) as app:
-                conns = {"superuser": su, "app login": app}
+                conns = {"superuser": su, "tenant login": app}
                 filters = {
                     "cat (1%)": lambda i: {"cat": i % 100},
                     "cat + year (0.04%)": lambda i: {"cat": i % 100, "year": 2000 + i % 25},
                     "lang en (90%)": lambda i: {"lang": "en"},
                 }
-                sides = [(f, who) for f in filters for who in conns] + [("cat (1%)", "app login, PostgreSQL's @>")]
+                sides = [(f, who) for f in filters for who in conns] + [("cat (1%)", "tenant login, PostgreSQL's @>")]
                 old_sql = (
                     "select s.id, (1 - s.d)::float8, s.content, s.metadata from (select t.id, (t.embedding <=> "
                     "%s::vector(384)) + 0 as d, t.content, t.metadata from collections.filt t where "
@@ -92,6 +102,13 @@ def main() -> None:
                 )
                 ts: dict = {f"{f} / {who}": [] for f, who in sides}
                 rows: dict = {k: 0 for k in ts}
+                strategies = {
+                    f: app.execute(
+                        "select strategy from ml.search_explain('filt', %s::vector, 10, %s)",
+                        [qv[0], Jsonb(filters[f](0))],
+                    ).fetchone()[0]
+                    for f in filters
+                }
                 with heavy(True, log, "timed"):
                     for rnd in range(2):  # the first round warms caches and plans
                         for i, q in enumerate(qv):
@@ -113,20 +130,13 @@ def main() -> None:
                                 if rnd == 1:
                                     ts[f"{f} / {who}"].append(dt)
                                     rows[f"{f} / {who}"] += len(got)
-                strategies = {
-                    f: app.execute(
-                        "select strategy from ml.search_explain('filt', %s::vector, 10, %s)",
-                        [qv[0], Jsonb(filters[f](0))],
-                    ).fetchone()[0]
-                    for f in filters
-                }
         out = {
             "question": "metadata-filtered ml.search as an application login (row security) vs the superuser, "
             "and the same exact query with PostgreSQL's own @> (the path before migration 0024)",
             "documents": n,
             "queries": len(qv),
             "phases": log,
-            "strategy_as_app": strategies,
+            "strategy_as_tenant_login": strategies,
             "sides": {
                 k: {
                     "p50_ms": round(percentile(v, 50), 2),

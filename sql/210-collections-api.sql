@@ -108,7 +108,7 @@ declare
 begin
   execute format('create index %I on %s using gin (tsv)', c.table_name || '_tsv', tbl);
   -- the leakproof operator class (migration 0024): metadata filters keep this index under row security
-  execute format('create index %I on %s using gin (metadata ml.jsonb_tenant_ops)', c.table_name || '_metadata', tbl);
+  execute format('create index %I on %s using gin (metadata ml.jsonb_tenant_path_ops)', c.table_name || '_metadata', tbl);
   if c.partition_by = 'time' then
     execute format('create index %I on %s (created_at)', c.table_name || '_created_at', tbl);
   end if;

@@ -14,12 +14,14 @@ This migration adds:
   a stored value nested deeper than thousands of levels along the very keys of the query (filters that indb
   translates are at most 16 levels deep; indb never stores such values itself). Neither has a side effect; both
   return only true or false.
-* ml.jsonb_tenant_ops: a GIN operator class for jsonb over these two operators, with the support functions of
-  PostgreSQL's jsonb_ops (the same index keys), so the planner can use the index for them.
-* ml.jsonb_tenant_path_ops: the same for PostgreSQL's jsonb_path_ops (containment only), for the registry's
-  params and tags: registry.search_runs' equality conditions on them now reach their GIN indexes under row
-  security too (before, only its metric walk kept a reader's search fast).
-* Every collection's metadata index is rebuilt with that operator class (same name). A filter's SQL
+* ml.jsonb_tenant_path_ops: a GIN operator class for ml.@> with the support functions of PostgreSQL's
+  jsonb_path_ops (the same index keys: a hash of each path and value), so the planner can use the index for it.
+  jsonb_path_ops rather than jsonb_ops: measured on 100,000 documents, a two-key filter matching 40 rows read
+  46 buffers in 1.2 ms against 230 in 4.4 ms, and the index is 1.2 MB instead of 7.3 MB (jsonb_ops indexes every
+  key alone, so "cat" leads to every row); the price is that $exists (ml.?) is no longer an index condition.
+* Every collection's metadata index is rebuilt with that operator class (same name), and so are the registry's
+  params and tags indexes: registry.search_runs' equality conditions on them now reach their GIN indexes under
+  row security too (before, only its metric walk kept a reader's search fast). A filter's SQL
   (plpython/indb_runtime/filters.py) now uses operator(ml.@>) and operator(ml.?).
 
 Hand-written SQL with the plain @> operator no longer finds an index on a collection's metadata; write
@@ -59,29 +61,23 @@ begin
                           restrict = matchingsel, join = matchingjoinsel);
   end if;
 end $$;
--- the GIN operator classes: PostgreSQL's own jsonb_ops and jsonb_path_ops (their support functions and key
--- type, read from the catalog), with ml.@> and ml.? in place of @> and ? (their other operators are left out)
+-- the GIN operator class: PostgreSQL's own jsonb_path_ops (its support functions and key type, read from the
+-- catalog) with ml.@> in place of @> (its jsonpath operators are left out)
 do $$
-declare
-  k record;
 begin
-  for k in select * from (values ('jsonb_tenant_ops', 'jsonb_ops'), ('jsonb_tenant_path_ops', 'jsonb_path_ops')) v(mine, theirs)
-  loop
-    continue when exists (select 1 from pg_opclass c where c.opcnamespace = 'ml'::regnamespace and c.opcname = k.mine);
+  if not exists (select 1 from pg_opclass c
+                  where c.opcnamespace = 'ml'::regnamespace and c.opcname = 'jsonb_tenant_path_ops') then
     execute (
-      select format('create operator class ml.%I for type jsonb using gin as %s, %s, storage %s', k.mine,
-                    (select string_agg(format('operator %s ml.%s(jsonb, %s)', o.amopstrategy, x.oprname,
-                                              format_type(x.oprright, null)), ', ' order by o.amopstrategy)
-                       from pg_amop o join pg_operator x on x.oid = o.amopopr
-                      where o.amopfamily = c.opcfamily and x.oprname in ('@>', '?')),
+      select format('create operator class ml.jsonb_tenant_path_ops for type jsonb using gin as '
+                    'operator 7 ml.@>(jsonb, jsonb), %s, storage %s',
                     (select string_agg(format('function %s %s', f.amprocnum, f.amproc::regprocedure), ', '
                                        order by f.amprocnum)
                        from pg_amproc f where f.amprocfamily = c.opcfamily),
                     format_type(c.opckeytype, null))
         from pg_opclass c
-       where c.opcname = k.theirs and c.opcnamespace = 'pg_catalog'::regnamespace
+       where c.opcname = 'jsonb_path_ops' and c.opcnamespace = 'pg_catalog'::regnamespace
          and c.opcmethod = (select oid from pg_am where amname = 'gin'));
-  end loop;
+  end if;
 end $$;
 comment on operator ml.@>(jsonb, jsonb) is 'jsonb containment, leakproof: a metadata filter that keeps its index under row security';
 comment on operator ml.?(jsonb, text) is 'jsonb key exists, leakproof: a metadata filter that keeps its index under row security';
@@ -110,9 +106,9 @@ begin
     if not exists (select 1 from pg_index i join pg_class ic on ic.oid = i.indexrelid
                     join pg_opclass oc on oc.oid = i.indclass[0]
                    where i.indrelid = format('%I.%I', c.table_schema, c.table_name)::regclass
-                     and ic.relname = c.table_name || '_metadata' and oc.opcname = 'jsonb_tenant_ops') then
+                     and ic.relname = c.table_name || '_metadata' and oc.opcname = 'jsonb_tenant_path_ops') then
       execute format('drop index if exists %I.%I', c.table_schema, c.table_name || '_metadata');
-      execute format('create index %I on %I.%I using gin (metadata ml.jsonb_tenant_ops)',
+      execute format('create index %I on %I.%I using gin (metadata ml.jsonb_tenant_path_ops)',
                      c.table_name || '_metadata', c.table_schema, c.table_name);
     end if;
   end loop;

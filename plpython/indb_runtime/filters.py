@@ -6,10 +6,10 @@ SQL text. Example: ``{"year": {"$gte": 2020}, "lang": "en"}`` becomes
 ``((case when jsonb_typeof(metadata -> ($3->>0)) = 'number' then (metadata -> ($3->>0))::numeric end)
 >= ($3->>1)::numeric and metadata operator(ml.@>) ($3->2))`` with params ``["year", 2020, {"lang": "en"}]``.
 
-Equality, $in and $exists on metadata use ml.@> and ml.? (migration 0024): PostgreSQL's own containment and
-key test declared LEAKPROOF, with a GIN operator class of their own, so that under row security (every role but
-a superuser) they still reach the collection's metadata index. A value compared by containment is at most
-MAX_VALUE_DEPTH levels deep.
+Equality and $in on metadata use ml.@>, $exists ml.? (migration 0024): PostgreSQL's own containment and key
+test declared LEAKPROOF, so that under row security (every role but a superuser) they may be evaluated ahead of
+the tenant policy; ml.@> has a GIN operator class of its own (jsonb_path_ops' keys), so containment still reaches
+the collection's metadata index. A value compared by containment is at most MAX_VALUE_DEPTH levels deep.
 
 Language (Mongo-like):
   {"key": value}                        equality (metadata containment, uses the GIN index)

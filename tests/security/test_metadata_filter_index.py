@@ -1,5 +1,5 @@
-"""Metadata filters under row security (migration 0024): equality, $in and $exists on metadata use ml.@> and ml.?,
-PostgreSQL's own containment and key test declared LEAKPROOF, so that a tenant's application login keeps the
+"""Metadata filters under row security (migration 0024): equality and $in on metadata use ml.@> ($exists ml.?),
+PostgreSQL's own containment (and key test) declared LEAKPROOF, so that a tenant's application login keeps the
 collection's GIN index instead of reading every row it may see. Attacked here: the answers stay the caller's own
 and shared rows through ml.search, ml.keyword_search (ml.hybrid_search runs both) and plain SELECT; the plan as that login
 is an index scan; a filter value nested deep enough to make containment recurse far is refused."""
@@ -91,7 +91,7 @@ def test_the_plan_of_a_tenants_filtered_search_reads_the_metadata_index(connect_
         "join pg_opclass oc on oc.oid = i.indclass[0] where ic.relname = %s",
         [f"{filtered_collection}_metadata"],
     ).fetchone()[0]
-    assert opclass == "jsonb_tenant_ops"
+    assert opclass == "jsonb_tenant_path_ops"
 
 
 def test_a_deeply_nested_filter_value_is_refused(connect_as, filtered_collection):

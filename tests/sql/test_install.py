@@ -192,7 +192,7 @@ def test_install_updates_an_older_pgvector_keeping_data_and_index(empty_db):
 
 def test_upgrade_rebuilds_collection_metadata_indexes_with_the_leakproof_opclass(empty_db):
     """A collection made before migration 0024 has a metadata index of PostgreSQL's jsonb_ops, which row security
-    keeps out of a tenant's reach; upgrading rebuilds it (same name) with ml.jsonb_tenant_ops, rows unchanged."""
+    keeps out of a tenant's reach; upgrading rebuilds it (same name) with ml.jsonb_tenant_path_ops, rows unchanged."""
     dsn = empty_db("indb_mdidx")
     install(dsn, venv=sys.prefix)
     opclass = (
@@ -213,6 +213,6 @@ def test_upgrade_rebuilds_collection_metadata_indexes_with_the_leakproof_opclass
     summary = install(dsn, venv=sys.prefix)
     assert summary["from"] == "0023" and summary["to"] == head_revision()
     with psycopg.connect(dsn, autocommit=True) as c:
-        assert c.execute(opclass).fetchone()[0] == "jsonb_tenant_ops"
+        assert c.execute(opclass).fetchone()[0] == "jsonb_tenant_path_ops"
         got = c.execute("select count(*) from ml.search('old_docs', '[1,0]'::vector, 100, '{\"cat\": 3}')").fetchone()
         assert got[0] == 20
