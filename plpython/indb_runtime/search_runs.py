@@ -551,8 +551,7 @@ def _bind(params: list, value, pgtype: str) -> str:
 # Both apply from LARGE runs on (run_search's row estimate; indb.search_runs_walk_from overrides it for a session,
 # which tests use to run the walk on small registries): below that the cached generic plan is already fast
 # (p99 36.5 / 29.3 ms at 100,000 runs), a custom plan costs its planning on every call, and a walk over a small
-# registry mostly ends in the general query anyway. Exception: a caller under row security takes the walk at any
-# size (see _plans).
+# registry mostly ends in the general query anyway.
 LARGE = 200_000  # runs (run_search's reltuples) from which the two plans below are used; below, the cached plan
 WALK_MIN = 1000
 WALK_PER_RESULT = 100
@@ -648,32 +647,30 @@ def _walk(plpy: spi.Plpy, experiments, filter_text, order_by, max_results, key: 
     return [{c: r[c] for c in COLUMNS} for r in rows]
 
 
-def _plans(plpy: spi.Plpy) -> tuple[bool, bool]:
-    """(large, walk_under_rls). large: run_search's row estimate >= LARGE, or >= the session's
-    indb.search_runs_walk_from (runs) when set. walk_under_rls: row security applies to the caller on run_search
-    and that setting is not set: the metric walk is then taken at any size. Under row security the general query
-    cannot use the GIN index of params and tags (no jsonb operator is leakproof, so the policy's condition must
-    come first): as an indb_reader login at 100,000 runs, an order_by on a metric took p50 125 / p95 198 ms
-    that way, and 47 / 54 ms by the walk, whose index reads (latest_metrics' key and value, run_search's key)
-    are leakproof comparisons. The setting, when set, decides alone (tests force either plan with it)."""
+def _large(plpy: spi.Plpy) -> bool:
+    """run_search's row estimate >= LARGE, or >= the session's indb.search_runs_walk_from (runs) when set. The
+    same for every caller: under row security the general query reaches the GIN index of params and tags too
+    (ml.@> is leakproof, migration 0024). Before, a reader's general query read run_search whole, and readers took
+    the metric walk at any size (100,000 runs, an indb_reader login, 2026-12-02, same run: the general query now
+    p50 29.9 / p99 46.5 ms, the walk 45.3 / 54.6 ms)."""
     r = spi.one(
         plpy,
-        "select c.reltuples::float8 as n, current_setting('indb.search_runs_walk_from', true) as t, "
-        "row_security_active(c.oid) as rls from pg_class c where c.oid = 'registry.run_search'::regclass",
+        "select c.reltuples::float8 as n, current_setting('indb.search_runs_walk_from', true) as t "
+        "from pg_class c where c.oid = 'registry.run_search'::regclass",
     )
     if r is None:
-        return False, False
+        return False
     t = (r["t"] or "").strip()
-    return r["n"] >= (float(t) if t.isdigit() else LARGE), bool(r["rls"]) and not t
+    return r["n"] >= (float(t) if t.isdigit() else LARGE)
 
 
 def execute(plpy: spi.Plpy, experiments, filter_text, order_by, max_results):
     sql, params = build(experiments, filter_text, order_by, max_results)
-    large, walk_under_rls = _plans(plpy)
+    large = _large(plpy)
     first = first_metric_order(order_by)
     if large and not order_by:
         return _run_custom(plpy, sql, params)
-    if first is not None and (large or walk_under_rls):
+    if first is not None and large:
         rows = _walk(plpy, experiments, filter_text, order_by, max_results, *first)
         if rows is not None:
             return rows

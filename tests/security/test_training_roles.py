@@ -206,8 +206,8 @@ def test_search_runs_walk_and_custom_plan_keep_tenants_apart(connect_as, sconn):
     """search_runs' two large-registry plans (the metric walk over latest_metrics and the custom plan without
     order_by; indb.search_runs_walk_from = 0 turns them on for a small registry) run with the caller's rights:
     a tenant's reader finds exactly its own runs, the same as through the general query, never the other
-    tenant's. A reader is under row security, so by default it takes the walk for an order_by on a metric at any
-    size: the same answers again. A role with no indb grant cannot search at all."""
+    tenant's, and the same as by default (a small registry: the general query, whose params and tags conditions
+    reach their index through the leakproof ml.@>). A role with no indb grant cannot search at all."""
     w = {t: connect_as(f"{t}_writer") for t in ("acme", "globex")}
     for t, c in w.items():
         for i in range(12):

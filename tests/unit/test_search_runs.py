@@ -135,7 +135,7 @@ def test_execute_prepares_once_per_filter_shape():
         answers={
             "from registry.run_search": [{"run_id": "u"}],
             "current_setting('plan_cache_mode')": [{"v": "auto"}],
-            "from pg_class": [{"n": 1e6, "t": None, "rls": False}],
+            "from pg_class": [{"n": 1e6, "t": None}],
         }
     )
     prepared = []
@@ -155,20 +155,18 @@ def test_execute_prepares_once_per_filter_shape():
 
 
 @pytest.mark.parametrize(
-    ("runs", "setting", "rls", "order_by", "walks"),
+    ("runs", "setting", "order_by", "walks"),
     [
-        (1000, None, True, ["metrics.rmse ASC"], True),  # under row security: the walk at any size
-        (1000, None, False, ["metrics.rmse ASC"], False),  # a superuser on a small registry: the general query
-        (1000, "1000000000", True, ["metrics.rmse ASC"], False),  # the setting decides alone
-        (1000, "0", False, ["metrics.rmse ASC"], True),
-        (1000, None, True, ["params.depth"], False),  # only an order_by on a metric has a walk
-        (1e6, None, False, ["metrics.rmse ASC"], True),
+        (1000, None, ["metrics.rmse ASC"], False),  # a small registry: the general query (any caller)
+        (1000, "1000000000", ["metrics.rmse ASC"], False),  # the setting decides alone
+        (1000, "0", ["metrics.rmse ASC"], True),
+        (1e6, None, ["params.depth"], False),  # only an order_by on a metric has a walk
+        (1e6, None, ["metrics.rmse ASC"], True),
     ],
 )
-def test_the_metric_walk_is_taken_by_size_setting_or_row_security(runs, setting, rls, order_by, walks):
+def test_the_metric_walk_is_taken_by_size_or_setting(runs, setting, order_by, walks):
     """The metric walk (latest_metrics' key and value index, then each run by its key) answers an order_by on a
-    metric from LARGE runs on, at any size for a caller under row security (the GIN index of params and tags is
-    out of its reach), and as indb.search_runs_walk_from says when that is set."""
+    metric from LARGE runs on, and as indb.search_runs_walk_from says when that is set."""
     from indb_runtime import spi
 
     spi.clear_plans()
@@ -176,7 +174,7 @@ def test_the_metric_walk_is_taken_by_size_setting_or_row_security(runs, setting,
         answers={
             "walk_value": [],  # the walk finds fewer than max_results: the general query answers
             "from registry.run_search": [{"run_id": "u"}],
-            "from pg_class": [{"n": runs, "t": setting, "rls": rls}],
+            "from pg_class": [{"n": runs, "t": setting}],
         }
     )
     out = sr.execute(plpy, None, "params.depth = '6'", order_by, 10)
