@@ -116,6 +116,28 @@ as $$ select regexp_replace(message, '^((plpy\.[A-Za-z]+|spiexceptions\.[A-Za-z]
 comment on function ml._errmsg(text) is
   'internal: an error message without PL/Python''s exception prefix; see DEVELOPERS.md, "PL/Python functions"';
 
+-- The one name rule: a table or view name, optionally schema-qualified, quoted or not, is resolved to its
+-- relation (42P01 when there is none); anything else (a query) is null. ml._relation_sql and predict_batch's
+-- block reader (plpython/indb_runtime/training.py) both ask it.
+create or replace function ml._relation_name(source text, what text default 'relation') returns regclass
+language plpgsql stable parallel safe
+as $$
+declare
+  rel regclass;
+begin
+  if source !~ '^\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?\s*$' then
+    return null;
+  end if;
+  rel := to_regclass(btrim(source));
+  if rel is null then
+    raise exception '% "%" is not a table or view', what, btrim(source) using errcode = '42P01',
+      hint = 'create the table first, schema-qualify it, or pass a SELECT statement';
+  end if;
+  return rel;
+end $$;
+comment on function ml._relation_name(text, text) is
+  'internal: the relation a table/view name resolves to (42P01 when none), or null when the text is not a name';
+
 -- "A table name or a SELECT": the one resolver every area uses (ml.train, predict_batch, evaluate, feature
 -- view sources, entity queries). A name becomes "select * from <relation>" (resolved with to_regclass and
 -- quoted by PostgreSQL); anything else must be ONE read-only query. It is refused before anything runs when
@@ -134,12 +156,8 @@ begin
     raise exception '% is empty', what using errcode = '22023',
       hint = 'pass a table or view name, or one SELECT statement';
   end if;
-  if source ~ '^\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?\s*$' then
-    rel := to_regclass(btrim(source));
-    if rel is null then
-      raise exception '% "%" is not a table or view', what, btrim(source) using errcode = '42P01',
-        hint = 'create the table first, schema-qualify it, or pass a SELECT statement';
-    end if;
+  rel := ml._relation_name(source, what);
+  if rel is not null then
     return 'select * from ' || rel::text;
   end if;
   q := regexp_replace(source, ';\s*$', '');

@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import struct
 import time
 from collections.abc import Callable
@@ -1272,29 +1271,23 @@ def fetch_scalar_groups(plpy, from_sql: str, cols: list[dict], chunk: int = 5000
         yield rn, data
 
 
-# A plain table named by the caller (not a view, a query, a partitioned table or one with inheritance children):
-# the same rule as ml._relation_sql's name branch, so to_regclass sees only a name it has resolved already.
-_NAME = re.compile(r'\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*("[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?\s*')
 _LAST_BLOCK = "'(4294967295,0)'::tid"  # past any block number a table can have (InvalidBlockNumber)
 
 
-def plain_table(plpy, relation: str, from_sql: str) -> dict | None:
-    """{name, pages, tuples} when ``relation`` names a plain table or materialized view whose rows are read
-    from its own blocks only; None otherwise (the caller then reads through from_sql)."""
-    if not _NAME.fullmatch(relation):
-        return None
-    r = spi.one(
+def plain_table(plpy, relation: str) -> dict | None:
+    """{name, pages, tuples} when ``relation`` names (ml._relation_name: the name rule of ml._relation_sql) a
+    plain table or materialized view whose rows are read from its own blocks only (not a view, a query, a
+    partitioned table or one with inheritance children); None otherwise (the caller then reads through its
+    FROM item)."""
+    return spi.one(
         plpy,
-        "select c.oid::int8 as oid, c.oid::regclass::text as shown, quote_ident(n.nspname) || '.' || "
-        "quote_ident(c.relname) as name, c.relpages::int8 as pages, c.reltuples::float8 as tuples "
+        "select c.oid::int8 as oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) as name, "
+        "c.relpages::int8 as pages, c.reltuples::float8 as tuples "
         "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "where c.oid = to_regclass(btrim($1)) and c.relkind in ('r', 'm') and not c.relhassubclass",
+        "where c.oid = ml._relation_name($1) and c.relkind in ('r', 'm') and not c.relhassubclass",
         ["text"],
         [relation],
     )
-    if r is None or from_sql != f"(select * from {r['shown']})":
-        return None
-    return r
 
 
 def fetch_block_chunks(plpy, table: dict, cols: list[dict], chunk: int = 50000):
@@ -1365,7 +1358,7 @@ def _batch_chunks(plpy, relation: str, from_sql: str, use: list[dict], chunk: in
         for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
             yield None, len(rn), data, total
         return
-    table = plain_table(plpy, relation, from_sql)
+    table = plain_table(plpy, relation)
     if table is not None:
         for size, data in fetch_block_chunks(plpy, table, use, chunk):
             yield None, size, data, None
