@@ -110,6 +110,8 @@ def test_selective_filter_is_answered_exactly_and_explained(sconn, corpus):
     ).fetchone()
     assert row[0] == "exact" and row[2] == 20 and "exact_threshold" in row[1]
     assert "actual rows=10" in row[4]
+    # one statement: the filter's rows counted, and the top k of them read again by tid (not through the filter)
+    assert "Tid Scan on" in row[4] and "CTE m" in row[4]
     row = sconn.execute(
         'select strategy, settings, plan from ml.search_explain(%s, %s::vector, 10, \'{"color": "red"}\', '
         '\'{"exact_threshold": 100, "ef_search": 40}\')',
@@ -312,3 +314,47 @@ def test_text_queries_use_the_collection_model(sconn):
     for q in ["", "   ", None]:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="empty query"):
             sconn.execute("select * from ml.search(%s, %s::text, 3)", [name, q])
+
+
+def test_exact_filtered_search_in_a_partitioned_collection_returns_only_matching_rows(sconn):
+    """A row's tid names a row of one partition; the same tids exist in every partition. The exact answer of a
+    filtered search must hold the filter's rows only, as the brute force says."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, DIM))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    docs = [
+        {
+            "id": f"p{i:03d}",
+            "content": f"doc {i}",
+            "embedding": X[i].round(6).tolist(),
+            "tenant": ["acme", "globex", "initech"][i % 3],
+            "metadata": {"shelf": i % 5},
+        }
+        for i in range(300)
+    ]
+    name = f"sp_{secrets.token_hex(3)}"
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, partition_by => 'tenant', options => %s)",
+        [name, Jsonb({"dimensions": DIM})],
+    )
+    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
+    tids = sconn.execute(
+        f"select ctid::text, count(*) from collections.{name} group by 1 having count(*) > 1"
+    ).fetchall()
+    assert tids, "the partitions share tids (the case this test is about)"
+    ids = np.array([d["id"] for d in docs])
+    Xs = X.round(6)
+    for shelf in range(5):
+        q = Xs[shelf * 7]
+        pred = lambda d, s=shelf: d["tenant"] == "globex" and d["metadata"]["shelf"] == s  # noqa: E731
+        expect, matches = brute(Xs, ids, docs, q, 10, pred)
+        got = sconn.execute(
+            "select id from ml.search(%s, %s::vector, 10, %s)",
+            [name, str(q.tolist()), Jsonb({"tenant": "globex", "shelf": shelf})],
+        ).fetchall()
+        assert [r[0] for r in got] == expect and matches == 20
+        plan = sconn.execute(
+            "select strategy, plan from ml.search_explain(%s, %s::vector, 10, %s)",
+            [name, str(q.tolist()), Jsonb({"tenant": "globex", "shelf": shelf})],
+        ).fetchone()
+        assert plan[0] == "exact" and "Tid Scan on" in plan[1]
