@@ -354,29 +354,39 @@ def test_exact_filtered_search_in_a_partitioned_collection_returns_only_matching
         assert plan[0] == "exact"
 
 
-def test_a_filter_the_planner_misjudges_still_returns_exactly_the_matching_rows(sconn):
-    """A filter the planner expects to match far more than exact_threshold rows goes to the iterative index scan
-    without counting; when the estimate is wrong (statistics from before an update) and the scan finds fewer than
-    k rows, the exact fallback still answers with every matching row, in order."""
-    rng = np.random.default_rng(11)
+def stale_statistics(sconn, seed: int, grp_at_analyze: str, grp_now):
+    """3,000 unit vectors in a collection (autovacuum off) analyzed while every row's metadata grp was
+    grp_at_analyze, then updated to grp_now(i) without a new ANALYZE: the planner's estimates are wrong.
+    Returns the collection's name, the vectors, the ids and the documents as they are now."""
+    rng = np.random.default_rng(seed)
     X = rng.normal(size=(3000, DIM))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     Xs = X.round(6)
     docs = [
-        {"id": f"m{i:04d}", "content": f"doc {i}", "embedding": Xs[i].tolist(), "metadata": {"grp": "a"}}
+        {"id": f"g{i:04d}", "content": f"doc {i}", "embedding": Xs[i].tolist(), "metadata": {"grp": grp_at_analyze}}
         for i in range(3000)
     ]
-    name = f"sm_{secrets.token_hex(3)}"
+    name = f"sg_{secrets.token_hex(3)}"
     sconn.execute("select ml.create_collection(%s, model => null, options => %s)", [name, Jsonb({"dimensions": DIM})])
     sconn.execute(f"alter table collections.{name} set (autovacuum_enabled = false)")
     sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
     sconn.execute(f"analyze collections.{name}")
-    # now only every 300th row is in group a; the statistics still say all of them are
-    sconn.execute(f"""update collections.{name} set metadata = '{{"grp": "b"}}' where id::text not like 'm_%00'""")
-    still_a = [d for i, d in enumerate(docs) if i % 100 == 0]
-    for d in docs:
-        d["metadata"] = {"grp": "a" if d in still_a else "b"}
-    ids = np.array([d["id"] for d in docs])
+    for i, d in enumerate(docs):
+        d["metadata"] = {"grp": grp_now(i)}
+    sconn.execute(
+        f"update collections.{name} t set metadata = jsonb_build_object('grp', u.g) "
+        "from unnest(%s::text[], %s::text[]) u(id, g) where t.id = u.id",
+        [[d["id"] for d in docs], [d["metadata"]["grp"] for d in docs]],
+    )
+    return name, Xs, np.array([d["id"] for d in docs]), docs
+
+
+def test_a_filter_the_planner_misjudges_still_returns_exactly_the_matching_rows(sconn):
+    """A filter the planner expects to match far more than exact_threshold rows goes to the iterative index scan
+    without counting; when the estimate is wrong (statistics from before an update) and the scan finds fewer than
+    k rows, the exact fallback still answers with every matching row, in order."""
+    # the statistics say every row is in group a; now every 100th is
+    name, Xs, ids, docs = stale_statistics(sconn, 11, "a", lambda i: "a" if i % 100 == 0 else "b")
     q = Xs[1]
     opts = Jsonb({"exact_threshold": 100, "max_scan_tuples": 50})
     ex = sconn.execute(
@@ -418,23 +428,8 @@ def test_a_filter_the_planner_thinks_rare_but_is_common_is_answered_by_the_index
     """The other wrong estimate: statistics from before an update say few rows match, so the bounded exact scan
     runs; it finds more than exact_threshold rows and stops there, and the index scan answers (the top k of the
     matching rows, in order) instead of an exact scan of every matching row."""
-    rng = np.random.default_rng(12)
-    X = rng.normal(size=(3000, DIM))
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    Xs = X.round(6)
-    docs = [
-        {"id": f"r{i:04d}", "content": f"doc {i}", "embedding": Xs[i].tolist(), "metadata": {"grp": "b"}}
-        for i in range(3000)
-    ]
-    name = f"sr_{secrets.token_hex(3)}"
-    sconn.execute("select ml.create_collection(%s, model => null, options => %s)", [name, Jsonb({"dimensions": DIM})])
-    sconn.execute(f"alter table collections.{name} set (autovacuum_enabled = false)")
-    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
-    sconn.execute(f"analyze collections.{name}")
-    sconn.execute(f"""update collections.{name} set metadata = '{{"grp": "a"}}' where id::text not like 'r_%0'""")
-    for i, d in enumerate(docs):
-        d["metadata"] = {"grp": "b" if i % 10 == 0 else "a"}
-    ids = np.array([d["id"] for d in docs])
+    # the statistics say no row is in group a; now 9 in 10 are
+    name, Xs, ids, docs = stale_statistics(sconn, 12, "b", lambda i: "b" if i % 10 == 0 else "a")
     q = Xs[2]
     opts = Jsonb({"exact_threshold": 100, "ef_search": 200})
     ex = sconn.execute(
