@@ -88,7 +88,7 @@ class TorchMLP:
                 loss = loss_fn(self.net(Xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
             self.loss_curve_.append(total / n)
             tick(epoch + 1, int(self.epochs))
         self.net.eval()
