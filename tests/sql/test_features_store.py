@@ -979,6 +979,8 @@ def test_feature_references_parse_as_the_syntax_says(sconn):
         "v@0:f",
         "*:f",
         "v@2:*",
+        "v:f:",  # a second separator: the syntax refuses it (an earlier fast path took it as v:f)
+        "v@2:*:",
     ]
     rng = random.Random(16)
     alphabet = "ab_19@: *\t-é"
