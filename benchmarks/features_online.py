@@ -9,10 +9,12 @@ As an application login: the same calls by a LOGIN role granted indb_app, which 
 superuser sides skip it). Before this side existed, a function of the view's columns in the read's condition kept
 the primary key out of reach under row security: every call of an application read the whole online store.
 
-Old beside new (INDB_ONLINE_REF, a git revision, default a1dac8f = before issue 16's second round): that
-revision's get_online and get_online_batch are installed as bench_ref.* in the same database and measured in
-alternating blocks with the current ones (same data, same connection kind), in wall time and in server CPU time
-of the backend (/proc/<pid>/schedstat), which load from other work on the shared machine disturbs less.
+Old beside new (INDB_ONLINE_REF, a git revision, default 0184eea = before features._parse_feature_ref and
+features._online_key used one match without groups): a second database gets indb's SQL as of that revision
+(installed from a git worktree of it, every function and migration of that revision) and the same online_src rows,
+and both are called in alternating blocks (same calls, same connection kind), in wall time and in server CPU time
+of each backend (/proc/<pid>/schedstat), which load from other work on the shared machine disturbs less; the
+answers are compared call by call.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import json
 import multiprocessing as mp
 import os
 import random
-import re
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -57,32 +60,70 @@ def summary(lat_s: list[float], wall: float | None = None) -> dict:
     return out
 
 
-REF = os.environ.get("INDB_ONLINE_REF", "a1dac8f")
+REF = os.environ.get("INDB_ONLINE_REF", "0184eea")
 
 
-def install_reference(conn, rev: str) -> bool:
-    """get_online and get_online_batch of git revision rev, as bench_ref.get_online(_batch)."""
-    from indb.install import render_sql
+def define_view(c) -> int:
+    """The entity, the 20-feature view over online_src (ttl 1 day) and its online store; the view's id."""
+    c.execute("select features.create_entity('user', array['user_id'])")
+    feats = [{"name": f"f{i}", "type": "float8"} for i in range(1, N_FEATS + 1)]
+    c.execute(
+        "select features.create_feature_view('online20', 'user', 'online_src', 'ts', %s, ttl => '1 day')",
+        [json.dumps(feats)],
+    )
+    c.execute("select features.materialize_incremental('online20')")
+    c.execute("vacuum analyze features.online_store")
+    return c.execute("select id from features.feature_views where name = 'online20'").fetchone()[0]
+
+
+_SRC_DDL = "create table online_src (user_id bigint, ts timestamptz, {})".format(
+    ", ".join(f"f{i} float8" for i in range(1, N_FEATS + 1))
+)
+
+
+@contextmanager
+def reference_database(rev: str, src_dsn: str):
+    """A second database with indb as of git revision ``rev`` (every function of that revision, installed from a
+    worktree of it) and the same online_src rows as ``src_dsn``; yields its DSN, or None when the revision cannot
+    be checked out. Dropped afterwards, with the worktree."""
+    from indb.localdb import Cluster
 
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(
-        ["git", "show", f"{rev}:sql/520-features-read.sql"], capture_output=True, text=True, cwd=root
-    ).stdout
-    blocks = []
-    for name in ("get_online", "get_online_batch"):
-        m = re.search(rf"create or replace function features\.{name}\(.*?\nend \$\$;\n", src, re.S)
-        if not m:
-            return False
-        blocks.append(m.group(0).replace(f"function features.{name}(", f"function bench_ref.{name}(", 1))
-    conn.execute("create schema if not exists bench_ref")
-    tmp = Path(tempfile.mkdtemp()) / "ref.sql"
-    tmp.write_text("\n".join(blocks))
-    vector_schema = conn.execute(
-        "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'"
-    ).fetchone()[0]
-    conn.execute(render_sql(tmp, vector_schema))
-    shutil.rmtree(tmp.parent)
-    return True
+    wt = Path(tempfile.mkdtemp(prefix="indb-ref-"))
+    name = "indb_bench_features_online_ref"
+    added = subprocess.run(["git", "worktree", "add", "--detach", str(wt), rev], cwd=root, capture_output=True)
+    if added.returncode != 0:
+        shutil.rmtree(wt, ignore_errors=True)
+        yield None
+        return
+    cluster = Cluster.local()
+    try:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+            admin.execute(f'create database "{name}"')
+        dsn = tcp_dsn(cluster.dsn(name))[0]  # the transport of the measured side
+        env = {**os.environ, "PYTHONPATH": f"{wt / 'client'}:{wt / 'plpython'}"}
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from indb.cli import main; sys.exit(main())", "install", "--dsn", dsn],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        with psycopg.connect(src_dsn) as src, psycopg.connect(dsn, autocommit=True) as dst:
+            dst.execute(_SRC_DDL)
+            with (
+                src.cursor().copy("copy online_src to stdout") as out,
+                dst.cursor().copy("copy online_src from stdin") as into,
+            ):
+                for chunk in out:
+                    into.write(chunk)
+            define_view(dst)
+        yield dsn
+    finally:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+        subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=root, capture_output=True)
+        shutil.rmtree(wt, ignore_errors=True)
 
 
 def backend_cpu_ms(pid: int) -> float:
@@ -90,24 +131,22 @@ def backend_cpu_ms(pid: int) -> float:
         return int(f.read().split()[0]) / 1e6
 
 
-def ab_blocks(dsn: str, blocks: int = 12, per_block: int = 40) -> dict:
-    """The revision's functions (bench_ref) and the current ones (features), alternating blocks of calls:
-    get_online (1 entity) and get_online_batch (100 entities); results compared call by call."""
+def ab_blocks(dsn: str, ref_dsn: str, blocks: int = 12, per_block: int = 40) -> dict:
+    """The reference revision's database and this one, the same calls in alternating blocks: get_online
+    (1 entity) and get_online_batch (100 entities); results compared call by call."""
     rnd = random.Random(7)
     out: dict = {}
-    with psycopg.connect(dsn, autocommit=True) as c:
-        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(dsn, autocommit=True) as new, psycopg.connect(ref_dsn, autocommit=True) as ref:
+        conns = {"ref": ref, "new": new}
+        pids = {side: c.execute("select pg_backend_pid()").fetchone()[0] for side, c in conns.items()}
         for kind, n in (("get_online", 1), ("get_online_batch", 100)):
-            lat = {"ref": [], "new": []}
-            cpu = {"ref": [], "new": []}
+            lat: dict[str, list[float]] = {"ref": [], "new": []}
+            cpu: dict[str, list[float]] = {"ref": [], "new": []}
             same = True
+            q = f"select features.{kind}(%s, %s::jsonb)"
             for b in range(blocks):
                 for side in ("ref", "new") if b % 2 == 0 else ("new", "ref"):
-                    schema = "bench_ref" if side == "ref" else "features"
-                    if kind == "get_online":
-                        q = f"select {schema}.get_online(%s, %s::jsonb)"
-                    else:
-                        q = f"select {schema}.get_online_batch(%s, %s::jsonb)"
+                    c, pid = conns[side], pids[side]
                     for i in range(per_block):
                         ks = [{"user_id": rnd.randint(1, N_USERS + 50)} for _ in range(n)]  # a few not found
                         arg = json.dumps(ks[0] if n == 1 else ks)
@@ -119,9 +158,8 @@ def ab_blocks(dsn: str, blocks: int = 12, per_block: int = 40) -> dict:
                             lat[side].append(dt)
                             cpu[side].append(backend_cpu_ms(pid) - c0)
                         if i == 0:
-                            other = "features" if side == "ref" else "bench_ref"
-                            q2 = q.replace(f"{schema}.", f"{other}.")
-                            same = same and rows == c.execute(q2, [FEATS, arg]).fetchall()
+                            other = conns["new" if side == "ref" else "ref"]
+                            same = same and rows == other.execute(q, [FEATS, arg]).fetchall()
             out[kind] = {
                 side: {
                     "calls": len(lat[side]),
@@ -319,15 +357,7 @@ def main() -> None:
                 f"create table online_src as select g::bigint as user_id, now() - random() * interval '1 hour' as ts, {cols} "
                 f"from generate_series(1, {N_USERS}) g"
             )
-            c.execute("select features.create_entity('user', array['user_id'])")
-            feats = [{"name": f"f{i}", "type": "float8"} for i in range(1, N_FEATS + 1)]
-            c.execute(
-                "select features.create_feature_view('online20', 'user', 'online_src', 'ts', %s, ttl => '1 day')",
-                [json.dumps(feats)],
-            )
-            c.execute("select features.materialize_incremental('online20')")
-            c.execute("vacuum analyze features.online_store")
-            view_id = c.execute("select id from features.feature_views where name = 'online20'").fetchone()[0]
+            view_id = define_view(c)
             rows = c.execute(
                 "select entity_key, values from features.online_store where view_id = %s", [view_id]
             ).fetchall()
@@ -353,9 +383,9 @@ def main() -> None:
             "get_online_batch100_1_client": summary(pg_batch((app, BATCH_CALLS, 5))),
         }
         print("indb as an app login:", res["as_app_role"], flush=True)
-        with psycopg.connect(dsn, autocommit=True) as c:
-            if install_reference(c, REF):
-                res["old_beside_new"] = {"reference_revision": REF, **ab_blocks(dsn)}
+        with reference_database(REF, dsn) as ref_dsn:
+            if ref_dsn is not None:
+                res["old_beside_new"] = {"reference_revision": REF, **ab_blocks(dsn, ref_dsn)}
         out["indb"] = res
         out["install"] = note
     # redis with the same data (20 fields per user hash)

@@ -31,7 +31,7 @@ from .training_common import FEATURES, PREPROCESS, connect, load_housing, save
 
 ROWS = int(os.environ.get("BENCH_BATCH_ROWS", "1000000"))
 PER_ROW_ROWS = int(os.environ.get("BENCH_PER_ROW_ROWS", "100000"))
-ROUNDS = int(os.environ.get("BENCH_BATCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_BATCH_ROUNDS", "3"))
 HP = {"n_estimators": 300, "max_depth": 6, "learning_rate": 0.1}
 
 
@@ -122,7 +122,7 @@ src = T.relation_sql(plpy, 'bench_housing_1m')
 have = {{c['name']: c for c in T.describe_relation(plpy, src)}}
 cols = [have[c] for c in {features!r}]
 out = {{}}
-table = T.plain_table(plpy, 'bench_housing_1m', src)
+table = T.plain_table(plpy, 'bench_housing_1m')
 for name, fetch in (('v020_fetch_chunks', lambda: ((len(g[0]),) for g in T.fetch_chunks(plpy, src, cols, 50000))),
                     ('fetch_scalar_groups', lambda: ((len(g[0]),) for g in T.fetch_scalar_groups(plpy, src, cols, 50000))),
                     ('fetch_block_chunks', lambda: T.fetch_block_chunks(plpy, table, cols, 50000))):
