@@ -103,12 +103,14 @@ def reference_database(rev: str, src_dsn: str):
             admin.execute(f'create database "{name}"')
         dsn = tcp_dsn(cluster.dsn(name))[0]  # the transport of the measured side
         env = {**os.environ, "PYTHONPATH": f"{wt / 'client'}:{wt / 'plpython'}"}
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-c", "import sys; from indb.cli import main; sys.exit(main())", "install", "--dsn", dsn],
             env=env,
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"indb install of revision {rev} failed:\n{(done.stdout + done.stderr)[-2000:]}")
         with psycopg.connect(src_dsn) as src, psycopg.connect(dsn, autocommit=True) as dst:
             dst.execute(_SRC_DDL)
             with (
