@@ -20,11 +20,12 @@ cancelled statement) has its texts dropped from the queue; the batch it was part
 
 Workers: ``--workers`` threads (default: one per core, at most 4) take batches from the one queue. A worker that
 runs alone uses every core for its model call (torch intra-op threads), so a lone request is as fast as in a
-backend; while several run, or while requests overlap, each uses its share of the cores, and the texts waiting
-are shared among the idle workers. On a CPU the model is bound by arithmetic, and one call spread over several
-threads wastes part of each core on synchronisation: two single-threaded calls side by side embed more texts per
-second than one call on two threads (measured here for 4-text batches of SciFact sentences: 13.5 ms of CPU per
-text against 20.6; benchmarks/runtime_shared.py).
+backend (a small one, a sentence or two, is faster on one thread: device.SMALL_CALL_CHARS); while several run,
+or while requests overlap, each uses its share of the cores, and the texts waiting are shared among the idle
+workers. On a CPU the model is bound by arithmetic, and one call spread over several threads wastes part of
+each core on synchronisation: two single-threaded calls side by side embed more texts per second than one call
+on two threads (measured here for 4-text batches of SciFact sentences: 13.5 ms of CPU per text against 20.6;
+benchmarks/runtime_shared.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bootstrap, wire
+from . import bootstrap, device, wire
 
 log = logging.getLogger("indb.runtime")
 
@@ -298,10 +299,13 @@ class Batcher:
             self.most_busy = max(self.most_busy, self.busy)
             return batch
 
-    def threads_for_call(self, cores: int) -> int:
-        """torch threads for the model call a worker is about to make: every core when no other worker is in
-        one or about to take one, else an equal share (called under ``cond``, after next_batch counted this
-        worker as busy; texts still waiting will be taken by idle workers)."""
+    def threads_for_call(self, cores: int, texts: list[str] | None = None) -> int:
+        """torch threads for the model call a worker is about to make on ``texts``: one for a small call
+        (device.SMALL_CALL_CHARS); else every core when no other worker is in one or about to take
+        one, else an equal share (called under ``cond``, after next_batch counted this worker as busy; texts still
+        waiting will be taken by idle workers)."""
+        if texts is not None and device.is_small_call(texts):
+            return 1
         if time.monotonic() - self.overlapped < OVERLAP_S:
             # requests overlap: several connections are embedding, and each worker is best on its own core
             return max(1, cores // self.workers)
@@ -338,7 +342,7 @@ class Batcher:
             job0 = batch[0][0]
             texts = [t for j, a, b in batch for t in j.texts[a:b]]
             with self.cond:
-                threads = self.threads_for_call(cores)
+                threads = self.threads_for_call(cores, texts)
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             try:

@@ -215,7 +215,7 @@ def _job(service, source: int, n: int = 1):
 
 
 def test_a_lone_request_among_idle_pooled_connections_does_not_wait_for_the_batching_window():
-    from indb_runtime import service
+    from indb_runtime import device, service
 
     b = service.Batcher(window_ms=2000, max_batch=64, workers=2)
     b.connections = 32  # a pool: 32 connections to the service, one of them embedding
@@ -225,6 +225,9 @@ def test_a_lone_request_among_idle_pooled_connections_does_not_wait_for_the_batc
     assert time.monotonic() - t < 0.5, "a lone request waited for the window"
     assert [len(j.texts) for j, _, _ in batch] == [1]
     assert b.threads_for_call(cores=2) == 2  # alone: every core, as fast as in a backend
+    # ... unless it is small: a sentence is embedded faster on one thread than split over two
+    assert b.threads_for_call(cores=2, texts=["a sentence of 85 characters"]) == 1
+    assert b.threads_for_call(cores=2, texts=["x" * device.SMALL_CALL_CHARS]) == 2
 
 
 def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_core_each():
