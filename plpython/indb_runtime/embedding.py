@@ -220,7 +220,7 @@ def encode(
         idx = order[start : start + batch_size]
         part = [texts[i] for i in idx]
         # a sentence or two: one thread is faster, and cheaper, than all of them (device.SMALL_CALL_CHARS)
-        one = device.is_small_call(part) and str(model.device) == "cpu"
+        one = device.is_small_call(part) and str(getattr(model, "device", "")) == "cpu"
         threads = _torch_threads(1) if one else None
         try:
             vecs = model.encode(
