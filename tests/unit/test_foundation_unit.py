@@ -230,6 +230,29 @@ def test_a_lone_request_among_idle_pooled_connections_does_not_wait_for_the_batc
     assert b.threads_for_call(cores=2, texts=["x" * device.SMALL_CALL_CHARS]) == 2
 
 
+def test_a_lone_request_is_embedded_by_the_thread_that_received_it_and_overlapping_ones_are_queued():
+    from indb_runtime import service
+
+    b = service.Batcher(window_ms=2000, max_batch=64, workers=2)
+    lone = _job(service, 1)
+    batch = b.try_inline(lone)
+    assert batch == [(lone, 0, 1)] and b.busy == 1 and not b.pending  # no hand-off to a worker
+    # a request that arrives while that one is in the model call is queued, and marks the overlap
+    second = _job(service, 2)
+    assert b.try_inline(second) is None
+    b.submit(second)
+    assert b.pending == [second] and b.overlapped == second.arrived
+    # once requests overlap, even a request alone in the queue goes through the batcher (it may wait for others)
+    b.pending.clear()
+    b.inflight.clear()
+    b.busy = 0
+    assert b.try_inline(_job(service, 3)) is None
+    # a request over max_batch is cut into pieces by the batcher
+    b.overlapped = -1e9
+    assert b.try_inline(_job(service, 4, n=65)) is None
+    assert b.try_inline(_job(service, 5, n=64)) is not None
+
+
 def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_core_each():
     from indb_runtime import service
 
