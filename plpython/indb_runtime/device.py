@@ -18,6 +18,16 @@ def is_small_call(texts) -> bool:
     return sum(len(t) for t in texts) < SMALL_CALL_CHARS
 
 
+def set_torch_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n`` (nothing when it has that many); returns the number before."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    return before
+
+
 def torch_device() -> str:
     forced = os.environ.get("INDB_DEVICE")
     if forced:

@@ -221,7 +221,7 @@ def encode(
         part = [texts[i] for i in idx]
         # a sentence or two: one thread is faster, and cheaper, than all of them (device.SMALL_CALL_CHARS)
         one = device.is_small_call(part) and str(getattr(model, "device", "")) == "cpu"
-        threads = _torch_threads(1) if one else None
+        threads = device.set_torch_threads(1) if one else None
         try:
             vecs = model.encode(
                 part,
@@ -232,22 +232,12 @@ def encode(
             )
         finally:
             if threads is not None:
-                _torch_threads(threads)
+                device.set_torch_threads(threads)
         for j, i in enumerate(idx):
             out[i] = vecs[j]
         if done is not None:
             done(start + len(idx))
     return [v.tolist() for v in out]
-
-
-def _torch_threads(n: int) -> int:
-    """Set torch's intra-op threads to ``n``; returns the number before."""
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    return before
 
 
 class FastTokenizer:

@@ -301,9 +301,9 @@ class Batcher:
 
     def threads_for_call(self, cores: int, texts: list[str] | None = None) -> int:
         """torch threads for the model call a worker is about to make on ``texts``: one for a small call
-        (device.SMALL_CALL_CHARS); else every core when no other worker is in one or about to take
-        one, else an equal share (called under ``cond``, after next_batch counted this worker as busy; texts still
-        waiting will be taken by idle workers)."""
+        (device.SMALL_CALL_CHARS); else every core when no other worker is in one or about to take one, else an
+        equal share (called under ``cond``, after next_batch counted this worker as busy; texts still waiting will
+        be taken by idle workers)."""
         if texts is not None and device.is_small_call(texts):
             return 1
         if time.monotonic() - self.overlapped < OVERLAP_S:
@@ -351,16 +351,13 @@ class Batcher:
         """One model call on the texts of ``batch`` (from next_batch or try_inline, which counted it busy); fills
         the jobs' outputs, or their error, and sets each job done once all its texts are in."""
         import numpy as np
-        import torch
 
         job0 = batch[0][0]
         texts = [t for j, a, b in batch for t in j.texts[a:b]]
-        with self.cond:
-            threads = self.threads_for_call(os.cpu_count() or 1, texts)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        vecs = None
         try:
+            with self.cond:
+                threads = self.threads_for_call(os.cpu_count() or 1, texts)
+            device.set_torch_threads(threads)
             vecs = job0.model.encode(
                 texts,
                 batch_size=len(texts),
@@ -369,7 +366,9 @@ class Batcher:
                 show_progress_bar=False,
             )
             err = None
-        except Exception as e:  # a model failure fails the requests of this batch, not the service
+        except Exception as e:
+            # a failure (of the model, or of setting its threads) fails the requests of this batch, not the
+            # service: busy and inflight are given back below, so the workers' count stays right
             log.exception("model call failed")
             err = wire_error("38000", f"the model failed: {e}")
         # several workers may hold pieces of one big request: its output is filled under the lock
@@ -384,7 +383,7 @@ class Batcher:
                     self.inflight[id(j)] = left
                 else:
                     del self.inflight[id(j)]
-                if err is not None or vecs is None:
+                if err is not None:
                     j.error = err
                     j.done.set()
                     continue

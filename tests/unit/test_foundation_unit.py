@@ -253,6 +253,29 @@ def test_a_lone_request_is_embedded_by_the_thread_that_received_it_and_overlappi
     assert b.try_inline(_job(service, 5, n=64)) is not None
 
 
+def test_a_model_failure_on_the_inline_path_fails_that_request_and_gives_its_worker_back():
+    from indb_runtime import service
+
+    class Broken:
+        def encode(self, texts, **kw):
+            raise RuntimeError("out of memory")
+
+    class Fine:
+        def encode(self, texts, **kw):
+            import numpy as np
+
+            return np.ones((len(texts), 3), dtype=np.float32)
+
+    b = service.Batcher(window_ms=10, max_batch=64, workers=1)
+    bad = service.Job(("m",), Broken(), True, ["a sentence"], 1)
+    b.embed_batch(b.try_inline(bad))
+    assert bad.done.is_set() and bad.error is not None and bad.error.code == "38000"
+    assert b.busy == 0 and not b.inflight  # the one worker is free again: the next request is served
+    good = service.Job(("m",), Fine(), True, ["another", "two"], 2)
+    b.embed_batch(b.try_inline(good))
+    assert good.done.is_set() and good.error is None and good.out.shape == (2, 3)
+
+
 def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_core_each():
     from indb_runtime import service
 
