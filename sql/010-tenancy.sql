@@ -87,7 +87,7 @@ begin
     return null;
   end if;
   if pg_catalog.to_regrole('indb_tenant_' operator(pg_catalog.||) t) is null or t operator(pg_catalog.=) 'manager' then
-    raise exception 'tenant "%" does not exist', t using errcode = '42501',
+    raise exception 'tenant "%" does not exist', ml._clip(t) using errcode = '42501',
       hint = 'an admin creates tenants with ml.create_tenant(name, member); RESET indb.tenant to act for no tenant';
   end if;
   if not pg_catalog.pg_has_role(who, 'indb_tenant_' operator(pg_catalog.||) t, 'member')
@@ -187,7 +187,7 @@ begin
   if member is not null then
     select * into m from pg_roles where rolname = member;
     if m.oid is null then
-      raise exception 'role "%" does not exist', member using errcode = '42704', hint = 'create the login role first';
+      raise exception 'role "%" does not exist', ml._clip(member) using errcode = '42704', hint = 'create the login role first';
     end if;
     if m.rolsuper or m.rolbypassrls or m.rolname like 'indb\_tenant\_%'
        or m.rolname in ('indb_app', 'indb_reader', 'indb_writer', 'indb_admin', 'indb_owner') then

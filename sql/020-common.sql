@@ -1,5 +1,18 @@
 -- Helpers shared by every area: option and argument validation.
 
+-- a value a caller supplied, as an error message shows it: whole up to 100 characters, else its first 100 and its
+-- length, so that a 1 MB name makes a short message and log line (the callers keep their own quoting). No SET
+-- clause: it stays inlinable; every name in it is pg_catalog
+create or replace function ml._clip(v text, n int default 100) returns text
+language sql immutable parallel safe
+as $$
+  select case when pg_catalog.length(v) operator(pg_catalog.<=) n then v
+              else pg_catalog.left(v, n) operator(pg_catalog.||) '... (' operator(pg_catalog.||)
+                   pg_catalog.length(v)::text operator(pg_catalog.||) ' characters)' end
+$$;
+comment on function ml._clip(text, int) is
+  'internal: a caller''s value for an error message, cut to its first n characters (and its length) when longer';
+
 create or replace function ml._check_k(k int, what text default 'k') returns void
 language plpgsql immutable parallel safe
 as $$

@@ -72,7 +72,7 @@ begin
   end if;
   select * into v from ml.vectorizers x where x.name = vectorizer;
   if not found then
-    raise exception 'vectorizer "%" does not exist', vectorizer using errcode = '42704',
+    raise exception 'vectorizer "%" does not exist', ml._clip(vectorizer) using errcode = '42704',
       detail = coalesce('vectorizers: ' || (select string_agg(x.name, ', ' order by x.name) from ml.vectorizers x),
                         'there are no vectorizers (that this session may see)'),
       hint = 'create one with ml.create_vectorizer(source, columns)';

@@ -84,7 +84,7 @@ declare
 begin
   select * into c from ml.collections where name = collection;
   if not found then
-    raise exception 'collection "%" does not exist', collection
+    raise exception 'collection "%" does not exist', ml._clip(collection)
       using errcode = '42704',
             detail = coalesce('existing collections: ' || (select string_agg(name, ', ' order by name) from ml.collections), 'there are no collections yet'),
             hint = 'create it with ml.create_collection(name, ...)';

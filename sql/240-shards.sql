@@ -46,7 +46,7 @@ declare
 begin
   select * into s from ml.shards where name = shard;
   if not found then
-    raise exception 'shard "%" does not exist', shard using errcode = '42704',
+    raise exception 'shard "%" does not exist', ml._clip(shard) using errcode = '42704',
       detail = coalesce('shards: ' || (select string_agg(name, ', ' order by name) from ml.shards), 'there are no shards yet'),
       hint = 'an admin adds one with ml.add_shard(server_name, dsn)';
   end if;

@@ -105,7 +105,7 @@ begin
     end if;
   end if;
   if eid is null then
-    raise exception 'experiment % not found', quote_literal(name) using errcode = '42704',
+    raise exception 'experiment % not found', quote_literal(ml._clip(name)) using errcode = '42704',
       hint = 'check the name and the session''s tenant; registry.start_run creates a missing experiment';
   end if;
   return eid;
@@ -136,7 +136,7 @@ declare m registry.registered_models;
 begin
   select * into m from registry.registered_models r where r.name = _model.name;
   if not found then
-    raise exception 'registered model % not found', coalesce(quote_literal(name), 'NULL') using errcode = '42704',
+    raise exception 'registered model % not found', coalesce(quote_literal(ml._clip(name)), 'NULL') using errcode = '42704',
       hint = 'register it first (registry.register_model), and check the session''s tenant';
   end if;
   if lock then
@@ -246,7 +246,7 @@ begin
     else true   -- prediction_log: no table of its own (registry.lineage asks for an edge)
   end;
   if not found_it then
-    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(id) using errcode = '42704',
+    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(ml._clip(id)) using errcode = '42704',
       hint = 'check the id and the session''s tenant (setting indb.tenant)';
   end if;
   return id;

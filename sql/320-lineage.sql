@@ -73,7 +73,7 @@ begin
   if not exists (select 1 from registry.lineage_edges e
                   where (e.src_kind = kind and e.src_id = nid) or (e.dst_kind = kind and e.dst_id = nid))
      and kind not in ('dataset', 'training_set', 'run', 'model_version', 'deployment', 'feature_view_version') then
-    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(id) using errcode = '42704',
+    raise exception '% % not found', replace(kind, '_', ' '), quote_literal(ml._clip(id)) using errcode = '42704',
       hint = 'no lineage edge names it; check the id and the session''s tenant (setting indb.tenant)';
   end if;
   return query

@@ -101,7 +101,7 @@ begin
   end if;
   select * into m from registry.registered_models r where r.name = project;
   if not found then
-    raise exception 'project "%" does not exist', project using errcode = '42704',
+    raise exception 'project "%" does not exist', ml._clip(project) using errcode = '42704',
       hint = 'train it first with ml.train (projects of other tenants are not visible)';
   end if;
   if m.tenant is distinct from ml.current_tenant() and not ml.is_admin() then

@@ -21,7 +21,7 @@ begin
   end if;
   select * into m from registry.registered_models r where r.name = _serving_model.project;
   if not found then
-    raise exception 'project "%" does not exist', _serving_model.project using errcode = '42704',
+    raise exception 'project "%" does not exist', ml._clip(_serving_model.project) using errcode = '42704',
       hint = 'train it with ml.train; see ml.projects_overview';
   end if;
   select * into d from registry.deployments x where x.model_id = m.id order by x.id desc limit 1;

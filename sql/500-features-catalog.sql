@@ -168,7 +168,7 @@ declare
   known text;
 begin
   if m is null then
-    raise exception 'invalid feature view reference %', coalesce(quote_literal(ref), 'NULL') using errcode = '22023',
+    raise exception 'invalid feature view reference %', coalesce(quote_literal(ml._clip(ref)), 'NULL') using errcode = '22023',
       hint = 'use name (latest version) or name@version';
   end if;
   select * into v from features.feature_views x
@@ -176,7 +176,7 @@ begin
   if v.id is null then
     select string_agg(x.name || '@' || x.version, ', ' order by x.version) into known
       from features.feature_views x where x.name = m[1];
-    raise exception 'feature view "%" does not exist', btrim(ref) using errcode = '42704',
+    raise exception 'feature view "%" does not exist', ml._clip(btrim(ref)) using errcode = '42704',
       detail = coalesce('versions of ' || m[1] || ': ' || known, 'no view of that name'),
       hint = 'create it with features.create_feature_view, or list them: select name, version from features.feature_views';
   end if;
@@ -260,13 +260,13 @@ declare
   f jsonb;
 begin
   if m is null or m[3] = '*' then
-    raise exception 'invalid feature reference %', coalesce(quote_literal(ref), 'NULL') using errcode = '22023',
+    raise exception 'invalid feature reference %', coalesce(quote_literal(ml._clip(ref)), 'NULL') using errcode = '22023',
       hint = 'use view:feature or view@version:feature';
   end if;
   v := features._view(m[1] || coalesce('@' || m[2], ''));
   select x into f from jsonb_array_elements(v.features) x where x->>'name' = m[3];
   if f is null then
-    raise exception 'feature view %@% has no feature "%"', v.name, v.version, m[3] using errcode = '42704',
+    raise exception 'feature view %@% has no feature "%"', v.name, v.version, ml._clip(m[3]) using errcode = '42704',
       detail = 'its features: ' || (select string_agg(x->>'name', ', ') from jsonb_array_elements(v.features) x),
       hint = 'check the spelling, or name another version with view@version:feature';
   end if;
@@ -292,7 +292,7 @@ begin
     if m is null then
       select * into od from features.on_demand_features x where x.name = btrim(coalesce(r, ''));
       if od.id is null then
-        raise exception 'invalid or unknown feature reference %', coalesce(quote_literal(r), 'NULL') using errcode = '42704',
+        raise exception 'invalid or unknown feature reference %', coalesce(quote_literal(ml._clip(r)), 'NULL') using errcode = '42704',
           hint = 'use view:feature, view@version:feature, view:*, or the name of an on-demand feature';
       end if;
       n := n + 1;
@@ -349,9 +349,9 @@ begin
   select x->>'out_name' into dup from jsonb_array_elements(acc) x where not (x->>'hidden')::boolean
    group by x->>'out_name' having count(*) > 1 limit 1;
   if dup is not null then
-    raise exception 'feature name "%" is requested from more than one view (or twice)', dup using errcode = '42710',
-      detail = (select string_agg(coalesce((x->>'view_ref') || ':', '') || (x->>'feature'), ', ')
-                  from jsonb_array_elements(acc) x where x->>'out_name' = dup and not (x->>'hidden')::boolean),
+    raise exception 'feature name "%" is requested from more than one view (or twice)', ml._clip(dup) using errcode = '42710',
+      detail = ml._clip((select string_agg(coalesce((x->>'view_ref') || ':', '') || (x->>'feature'), ', ')
+                           from jsonb_array_elements(acc) x where x->>'out_name' = dup and not (x->>'hidden')::boolean), 1000),
       hint = 'request it once, or qualify the output names with full_names => true (view__feature)';
   end if;
   return query select x.ord, x.view_id, x.view_ref, x.feature, x.ftype, x.out_name, x.hidden, x.odfv_id

@@ -790,7 +790,7 @@ begin
   if not found then
     select string_agg(x.name, ', ') into known
       from (select distinct d.name from registry.datasets d where d.kind = 'training_set' order by 1 limit 20) x;
-    raise exception 'training set "%" does not exist', coalesce(name, 'NULL') using errcode = '42704',
+    raise exception 'training set "%" does not exist', coalesce(ml._clip(name), 'NULL') using errcode = '42704',
       detail = coalesce('training sets: ' || known, 'there are no training sets yet'),
       hint = 'create it with features.create_training_set(name, entity_query, features, label)';
   end if;
