@@ -228,14 +228,23 @@ class Batcher:
         self.overlapped = -1e9  # when a request last arrived while another was queued or being embedded
         self.sent: dict[int, float] = {}  # connection -> when it last sent a request
 
+    def _received(self, job: Job) -> None:
+        """Count a request that arrived (under ``cond``): submit and try_inline."""
+        self.sent[job.source] = job.arrived
+        self.requests += 1
+        self.texts += len(job.texts)
+
+    def _call_started(self) -> None:
+        """Count a worker going into a model call (under ``cond``): next_batch and try_inline."""
+        self.busy += 1
+        self.most_busy = max(self.most_busy, self.busy)
+
     def submit(self, job: Job) -> None:
         with self.cond:
             if self.pending or self.inflight:
                 self.overlapped = job.arrived
-            self.sent[job.source] = job.arrived
+            self._received(job)
             self.pending.append(job)
-            self.requests += 1
-            self.texts += len(job.texts)
             self.cond.notify_all()
 
     def cancel(self, job: Job) -> None:
@@ -295,8 +304,7 @@ class Batcher:
                 room -= n
                 if j.taken == len(j.texts):
                     self.pending.remove(j)
-            self.busy += 1
-            self.most_busy = max(self.most_busy, self.busy)
+            self._call_started()
             return batch
 
     def threads_for_call(self, cores: int, texts: list[str] | None = None) -> int:
@@ -338,13 +346,10 @@ class Batcher:
                 or job.arrived - self.overlapped < OVERLAP_S
             ):
                 return None
-            self.sent[job.source] = job.arrived
-            self.requests += 1
-            self.texts += len(job.texts)
+            self._received(job)
             job.taken = len(job.texts)
             self.inflight[id(job)] = 1
-            self.busy += 1
-            self.most_busy = max(self.most_busy, self.busy)
+            self._call_started()
             return [(job, 0, len(job.texts))]
 
     def embed_batch(self, batch: list[tuple[Job, int, int]]) -> None:
