@@ -1,8 +1,8 @@
 -- Helpers shared by every area: option and argument validation.
 
 -- a value a caller supplied, as an error message shows it: whole up to 100 characters, else its first 100 and its
--- length, so that a 1 MB name makes a short message and log line (the callers keep their own quoting). No SET
--- clause: it stays inlinable; every name in it is pg_catalog
+-- length, so that a 1 MB name makes a short message and log line (the callers keep their own quoting; messages
+-- that show a longer prefix pass n). No SET clause: it stays inlinable; every name in it is pg_catalog
 create or replace function ml._clip(v text, n int default 100) returns text
 language sql immutable parallel safe
 as $$
@@ -82,7 +82,7 @@ begin
     raise exception '% name is empty', what using errcode = '22023', hint = format('give the %s a name', what);
   end if;
   if octet_length(name) > max_bytes then
-    raise exception '% name % is % bytes long; at most % bytes', what, quote_literal(left(name, 80)),
+    raise exception '% name % is % bytes long; at most % bytes', what, quote_literal(ml._clip(name, 80)),
       octet_length(name), max_bytes using errcode = '42622',
       hint = 'PostgreSQL truncates longer names, so two of them could share a table: choose a shorter name';
   end if;
@@ -176,19 +176,19 @@ begin
   q := regexp_replace(source, ';\s*$', '');
   if q !~* '^\s*\(?\s*(select|with|values|table)\M' then
     raise exception '% must be a table or view name or a SELECT statement', what using errcode = '22023',
-      detail = format('got: %s', left(source, 200)), hint = 'pass a table or view name, or one SELECT statement';
+      detail = format('got: %s', ml._clip(source, 200)), hint = 'pass a table or view name, or one SELECT statement';
   end if;
   begin
     open cur for execute q;
     close cur;
   exception when invalid_cursor_definition then
     raise exception '% must be one SELECT statement; it holds several', what using errcode = '42601',
-      detail = format('got: %s', left(source, 200)), hint = 'pass a single query (a view, or a WITH ... SELECT)';
+      detail = format('got: %s', ml._clip(source, 200)), hint = 'pass a single query (a view, or a WITH ... SELECT)';
   end;
   execute 'explain (format json, costs off) ' || q into plan;
   if plan::text ~ '"Node Type": "ModifyTable"' then
     raise exception '% must be a read-only query; it writes', what using errcode = '42601',
-      detail = format('got: %s', left(source, 200)), hint = 'remove the INSERT, UPDATE or DELETE';
+      detail = format('got: %s', ml._clip(source, 200)), hint = 'remove the INSERT, UPDATE or DELETE';
   end if;
   return q;
 end $$;

@@ -125,11 +125,11 @@ begin
       hint = 'ask an administrator (a member of indb_admin)';
   end if;
   if name is null or btrim(name) = '' or length(name) > 200 or name ~ '[[:cntrl:]]' then
-    raise exception 'invalid embedding model name %', coalesce(quote_literal(left(name, 80)), 'NULL')
+    raise exception 'invalid embedding model name %', coalesce(quote_literal(ml._clip(name, 80)), 'NULL')
       using errcode = '22023', hint = 'a model name is 1-200 printable characters';
   end if;
   if source_path is null or (source_path !~ '^package:[A-Za-z_][A-Za-z0-9_]*$' and source_path !~ '^/') then
-    raise exception 'invalid model source %', coalesce(quote_literal(left(source_path, 200)), 'NULL')
+    raise exception 'invalid model source %', coalesce(quote_literal(ml._clip(source_path, 200)), 'NULL')
       using errcode = '22023', hint = 'an absolute folder path as the server sees it, or package:<module of the runtime venv>';
   end if;
   if dimensions is null or dimensions < 1 or dimensions > 16000 then

@@ -14,7 +14,7 @@ begin
   perform ml._check_options(options, array['m', 'ef_construction', 'lists', 'halfvec', 'binary_rerank',
                                            'text_search_config', 'dimensions', 'rls'], 'ml.create_collection');
   if name is null or name !~ '^[a-z_][a-z0-9_]{0,47}$' then
-    raise exception 'invalid collection name %', coalesce(quote_literal(name), 'null')
+    raise exception 'invalid collection name %', coalesce(quote_literal(ml._clip(name)), 'null')
       using errcode = '22023', hint = 'use 1-48 lowercase letters, digits and underscores, starting with a letter or underscore';
   end if;
   if exists (select 1 from ml.collections x where x.name = _collection_check_args.name) then
@@ -253,7 +253,7 @@ begin
      or (d ->> 'id') = ''
   limit 1;
   if bad is not null then
-    raise exception 'document % of docs has no usable "id": %', n, left(bad::text, 200)
+    raise exception 'document % of docs has no usable "id": %', n, ml._clip(bad::text, 200)
       using errcode = '22023', hint = 'every document is an object with a non-empty string "id"';
   end if;
   select d, i into bad, n from jsonb_array_elements(docs) with ordinality x(d, i)
@@ -266,7 +266,7 @@ begin
   limit 1;
   if bad is not null then
     raise exception 'document % (id %) has an unknown key or a value of the wrong type', n, bad -> 'id'
-      using errcode = '22023', detail = left(bad::text, 300),
+      using errcode = '22023', detail = ml._clip(bad::text, 300),
             hint = 'keys: id (string), content (string), metadata (object), tenant (string), created_at (ISO timestamp string), embedding (array of numbers)';
   end if;
   select d ->> 'id' into bad_id from jsonb_array_elements(docs) d

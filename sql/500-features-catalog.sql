@@ -623,7 +623,7 @@ begin
     f := jsonb_build_object('name', f #>> '{}');
   end if;
   if jsonb_typeof(f) <> 'object' or jsonb_typeof(f -> 'name') is distinct from 'string' then
-    raise exception 'invalid feature definition %', left(f::text, 200) using errcode = '22023',
+    raise exception 'invalid feature definition %', ml._clip(f::text, 200) using errcode = '22023',
       hint = 'each feature is {"name": "...", "type": "float8", "expr": "SQL over the source"}; the name is an identifier';
   end if;
   fname := f ->> 'name';

@@ -31,8 +31,9 @@ def refused(conn, sql, params, state: str) -> psycopg.Error:
         ("acme_app", "select ml.predict(%s, '{}'::jsonb)", [BIG], "42704"),  # project
         ("acme_app", "select features.get_online(array[%s || ':x'], '{\"k\": 1}')", [BIG], "42704"),  # feature view
         ("acme_reader", "select * from registry.lineage('model_version', %s)", [BIG], "42704"),  # registered model
+        ("acme_writer", "select ml.create_collection(%s)", [BIG], "22023"),  # an invalid new name
     ],
-    ids=["collection", "vectorizer", "project", "feature_view", "registered_model"],
+    ids=["collection", "vectorizer", "project", "feature_view", "registered_model", "new_collection"],
 )
 def test_a_name_of_a_million_characters_is_refused_with_a_short_message(connect_as, who, sql, params, state):
     e = refused(connect_as(who), sql, params, state)
