@@ -176,6 +176,26 @@ def ab_blocks(dsn: str, ref_dsn: str, blocks: int = 12, per_block: int = 40) -> 
     return out
 
 
+def new_connection_calls(dsn: str, connections: int = 10, calls: int = 7) -> dict:
+    """Calls 1..`calls` of a new connection (what a pool that opens connections, or a short-lived process, pays),
+    for get_online (1 entity) and get_online_batch (100 entities): the median over `connections` connections of
+    each call's latency. The steady-state sides above warm every connection first and do not see this."""
+    rnd = random.Random(11)
+    out: dict = {}
+    for kind, n in (("get_online", 1), ("get_online_batch", 100)):
+        q = f"select features.{kind}(%s, %s::jsonb)"
+        lat: list[list[float]] = [[] for _ in range(calls)]
+        for _ in range(connections):
+            with psycopg.connect(dsn, autocommit=True) as c:
+                for j in range(calls):
+                    ks = [{"user_id": rnd.randint(1, N_USERS)} for _ in range(n)]
+                    t0 = time.perf_counter()
+                    c.execute(q, [FEATS, json.dumps(ks[0] if n == 1 else ks)], prepare=True).fetchall()
+                    lat[j].append((time.perf_counter() - t0) * 1000)
+        out[kind] = {"connections": connections, "median_ms_of_call": [round(statistics.median(x), 2) for x in lat]}
+    return out
+
+
 # -- workers (run in child processes for the multi-client runs) -----------------------------------------------
 def pg_single(args):
     dsn, calls, seed = args
@@ -385,9 +405,13 @@ def main() -> None:
             "get_online_batch100_1_client": summary(pg_batch((app, BATCH_CALLS, 5))),
         }
         print("indb as an app login:", res["as_app_role"], flush=True)
+        res["new_connection"] = new_connection_calls(dsn)
+        print("indb, calls 1-7 of a new connection:", res["new_connection"], flush=True)
         with reference_database(REF, dsn) as ref_dsn:
             if ref_dsn is not None:
                 res["old_beside_new"] = {"reference_revision": REF, **ab_blocks(dsn, ref_dsn)}
+                res["old_beside_new"]["new_connection_ref"] = new_connection_calls(ref_dsn)
+                print("reference, calls 1-7 of a new connection:", res["old_beside_new"]["new_connection_ref"])
         out["indb"] = res
         out["install"] = note
     # redis with the same data (20 fields per user hash)

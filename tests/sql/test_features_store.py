@@ -1040,3 +1040,36 @@ def test_an_integer_entity_key_takes_the_short_path_only_when_it_gives_the_same_
         except psycopg.Error as e:
             slow = ("error", e.sqlstate)
         assert fast == slow, (v, fast, slow)
+
+
+def test_first_batch_calls_of_a_new_connection_do_not_compile_their_plan(sconn, db_dsn):
+    """The first five get_online_batch calls of a session are planned for their own arguments; the planner's
+    estimate for 100 entities x 20 features passed jit_above_cost, and each call spent 30-40 ms compiling a plan
+    that then ran in ~1 ms. auto_explain (EXPLAIN ANALYZE of every statement the calls run) shows no JIT."""
+    c = sconn
+    c.execute(
+        "create table fj_src as select g as k, now() as ts, "
+        + ", ".join(f"random() as f{i}" for i in range(1, 21))
+        + " from generate_series(1, 500) g"
+    )
+    c.execute("select features.create_entity('fj_key', array['k'])")
+    c.execute(
+        "select features.create_feature_view('fj', 'fj_key', 'fj_src', 'ts', %s)",
+        [json.dumps([{"name": f"f{i}", "type": "float8"} for i in range(1, 21)])],
+    )
+    c.execute("select features.materialize_incremental('fj')")
+    feats = [f"fj:f{i}" for i in range(1, 21)]
+    with psycopg.connect(db_dsn, autocommit=True) as fresh:
+        logs: list[str] = []
+        fresh.add_notice_handler(lambda d: logs.append(d.message_primary or ""))
+        fresh.execute("load 'auto_explain'")
+        for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on"):
+            fresh.execute(f"set auto_explain.{setting}")
+        fresh.execute("set client_min_messages = log")
+        for call in range(7):
+            keys = json.dumps([{"k": k} for k in range(1 + call * 50, 101 + call * 50)])
+            rows = fresh.execute("select features.get_online_batch(%s, %s)", [feats, keys]).fetchall()
+            assert len(rows) == 100 and rows[0][0]["_status"]["f1"] == "present"
+        plans = [m for m in logs if "plan:" in m]
+        assert len(plans) >= 14  # the calls and the statements inside them were explained
+        assert not [m for m in plans if "JIT:" in m], "a get_online_batch statement was compiled"
