@@ -241,3 +241,36 @@ def test_a_bulk_update_after_an_upsert_pairs_old_and_new_rows_exactly(sconn):
     assert_exact(sconn, name, reference(sconn, table, queries), queries)
     # a vector kept by the writer is not lost by a metadata update (a collection without a model)
     assert sconn.execute(f"select embedding::text from {table} where id = 'd7'").fetchone()[0] == "[1,7]"
+
+
+def test_merge_pending_takes_collections_with_enough_delta_or_any_tombstone(sconn):
+    """ml._bm25_merge_pending(min_rows), what the minute job runs: a collection whose delta holds fewer than
+    min_rows postings waits; one with at least min_rows is merged; a tombstone (a deleted or re-indexed row) is
+    merged whatever min_rows is. (It reads at most min_rows postings per collection, not the whole delta.)"""
+    name = f"mp_{secrets.token_hex(3)}"
+    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+    sconn.execute(
+        "select ml.add_documents(%s, %s)",
+        [
+            name,
+            Jsonb(
+                [
+                    {"id": f"d{i}", "content": f"alpha beta gamma {w}", "embedding": [1, 0]}
+                    for i, w in enumerate(["delta", "epsilon", "zeta"])
+                ]
+            ),
+        ],
+    )
+    delta, dead, merged = index_counts(sconn, name)
+    assert delta == 12 and dead == 0 and merged == 0
+    sconn.execute("select ml._bm25_merge_pending(13)")
+    assert index_counts(sconn, name) == (12, 0, 0)  # fewer than min_rows: left for later
+    sconn.execute("select ml._bm25_merge_pending(12)")
+    delta, dead, merged = index_counts(sconn, name)
+    assert delta == 0 and dead == 0 and merged > 0
+    sconn.execute(f"delete from collections.{name} where id = 'd0'")
+    assert index_counts(sconn, name)[:2] == (0, 1)
+    sconn.execute("select ml._bm25_merge_pending(1000000)")
+    assert index_counts(sconn, name)[:2] == (0, 0)
+    assert [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'delta', 10)", [name])] == []
+    assert [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'zeta', 10)", [name])] == ["d2"]
