@@ -18,8 +18,10 @@ flavor ``indb-pickle``) is refused with SQLSTATE 0A000 and a hint that says how 
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import io
 import json
+import sys
 import zipfile
 from typing import Any
 
@@ -118,9 +120,35 @@ def _dump_estimator(algorithm: str, est: Any) -> tuple[str, bytes, dict]:
         buf = io.BytesIO()
         torch.save(weights, buf)
         return "model.pt", buf.getvalue(), {"mlp": state}
-    import skops.io as sio
+    return "model.skops", skops_io().dumps(est), {}
 
-    return "model.skops", sio.dumps(est), {}
+
+class _RefuseTorch(importlib.abc.MetaPathFinder):
+    """An import finder that answers torch and its submodules with ModuleNotFoundError."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def skops_io() -> Any:
+    """skops.io, imported without torch when torch is not loaded yet. Importing skops.io lists scikit-learn's
+    estimators (sklearn.utils.discovery.all_estimators), which walks every scikit-learn package and so imports
+    sklearn.externals.array_api_compat.torch, and torch with it: ~2 s and ~150 MB in each backend that loads or
+    saves a scikit-learn model and never uses torch. The walk skips a package that fails to import; nothing of
+    skops or of the models it loads needs torch, and a later ``import torch`` (an embedding) works as usual."""
+    if "skops.io" in sys.modules or "torch" in sys.modules:
+        import skops.io as sio
+
+        return sio
+    finder = _RefuseTorch()
+    sys.meta_path.insert(0, finder)
+    try:
+        import skops.io as sio
+    finally:
+        sys.meta_path.remove(finder)
+    return sio
 
 
 def _load_estimator(algorithm: str, task: str, name: str, data: bytes, meta: dict, where: str) -> Any:
@@ -151,7 +179,7 @@ def _load_estimator(algorithm: str, task: str, name: str, data: bytes, meta: dic
 
 def load_skops(data: bytes, where: str, trusted: frozenset[str] = TRUSTED_SKOPS_TYPES) -> Any:
     """A scikit-learn estimator from skops bytes, refusing any type outside ``trusted``."""
-    import skops.io as sio
+    sio = skops_io()
 
     types = set(sio.get_untrusted_types(data=data))
     bad = sorted(types - trusted)

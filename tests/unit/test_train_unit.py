@@ -254,3 +254,31 @@ def test_pickles_and_changed_bytes_are_refused():
     assert e.value.sqlstate == "XX001"
     with pytest.raises(IndbRuntimeError, match="not a model trained by ml.train"):
         model_store.load_bundle(b"{}", model_store.sha256_hex(b"{}"), "xgboost-json", "xgboost")
+
+
+def test_a_scikit_learn_model_is_saved_and_loaded_without_importing_torch():
+    """skops.io's import walks every scikit-learn package, and one of them imports torch (~1.3 s and ~125 MB of
+    private memory in each backend that predicts with a scikit-learn model). In a fresh interpreter: a model makes
+    the round trip through model_store without torch loaded, and torch (and scikit-learn's shim for it) still
+    import afterwards, for a backend that also embeds."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from indb_runtime import algorithms as algs, model_store
+X = np.random.RandomState(0).rand(50, 3)
+y = X @ [1.0, 2.0, 3.0]
+est = algs.make("regression", "linear", algs.check_hyperparams("regression", "linear", {}))
+algs.fit("regression", "linear", est, X, y)
+blob = model_store.dump_bundle({"task": "regression", "algorithm": "linear"}, est)
+back = model_store.load_bundle(blob, model_store.sha256_hex(blob), model_store.BUNDLE_FORMAT, "indb")
+assert np.allclose(back["est"].predict(X), est.predict(X))
+assert "torch" not in sys.modules, "torch was imported"
+import torch, sklearn.externals.array_api_compat.torch
+print("ok", torch.zeros(1).shape)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok")
