@@ -42,6 +42,38 @@ def measure(conn, sql: str, params_list: list) -> dict:
     }
 
 
+def first_calls(dsn: str, project: str, sql: str, params: tuple, connections: int = 5) -> dict:
+    """A new connection's first and second ml.predict (what a pool that opens connections pays: PL/Python starts,
+    the model's libraries are imported and the model is read), the median over `connections` connections, and
+    what the backend holds after the first call: its private memory and whether torch was imported (a
+    scikit-learn or xgboost model needs no torch)."""
+    import statistics
+
+    import psycopg
+
+    first, second, private_mb, torch = [], [], [], []
+    for _ in range(connections):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for lat in (first, second):
+                t0 = time.perf_counter()
+                conn.execute(sql, params).fetchone()
+                lat.append((time.perf_counter() - t0) * 1000)
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                rollup = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith("kB\n")}
+            private_mb.append((rollup["Private_Clean"] + rollup["Private_Dirty"]) / 1024)
+            with open(f"/proc/{pid}/maps") as f:
+                torch.append("libtorch_cpu" in f.read())
+    return {
+        "project": project,
+        "connections": connections,
+        "first_call_ms_median": round(statistics.median(first), 1),
+        "second_call_ms_median": round(statistics.median(second), 2),
+        "backend_private_mb_median": round(statistics.median(private_mb), 1),
+        "backends_with_torch_loaded": sum(torch),
+    }
+
+
 def main() -> None:
     c = connect()
     load_housing(c.conn)
@@ -75,6 +107,19 @@ def main() -> None:
     res["float8[]"] = measure(c.conn, "select ml.predict('bench_latency_num', %s::float8[])", arrays)
     res["jsonb"] = measure(c.conn, "select ml.predict('bench_latency_json', %s::jsonb)", objs)
     res["select_1_baseline"] = measure(c.conn, "select %s::int", [(i,) for i in range(len(rows))])
+    c.train(
+        "bench_latency_linear",
+        task="regression",
+        algorithm="linear",
+        relation=f"select {', '.join(NUMERIC)}, median_house_value from bench_housing",
+        target="median_house_value",
+        preprocess={"total_bedrooms": {"impute": "median"}},
+    )
+    dsn = c.conn.info.dsn
+    res["new_connection"] = [
+        first_calls(dsn, p, f"select ml.predict('{p}', %s::float8[])", arrays[0])
+        for p in ("bench_latency_num", "bench_latency_linear")
+    ]
     res["target_met"] = res["float8[]"]["p99_ms"] <= 2.0
     save("single_row_latency", res)
     print(json.dumps(res, indent=1))
