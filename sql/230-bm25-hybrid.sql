@@ -55,11 +55,11 @@ begin
 end $$;
 
 -- The BM25 index (migration 0017, plpython/indb_runtime/bm25.py): top documents by numpy over the query's
--- postings (merged segment + delta, less tombstones); never reads a document. Rows (doc number, score), best
--- first: the n best and every document tied with the n-th.
+-- postings (merged segment + delta, less tombstones); never reads a document. One row: the document numbers and
+-- scores of the n best and of every document tied with the n-th, best first (arrays: migration 0027).
 create or replace function ml.__bm25_topk_py(cid bigint, terms text[], idfs float8[], avgdl float8, k1 float8,
                                              b float8, n int)
-returns table(doc bigint, score float8)
+returns table(docs bigint[], scores float8[])
 language plpython3u stable parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -70,7 +70,7 @@ return errors.call(plpy, bm25.topk, plpy, cid, terms, idfs, avgdl, k1, b, n)
 $$;
 select ml._wrap_python('ml._bm25_topk', 'ml.__bm25_topk_py(bigint, text[], float8[], float8, float8, float8, int)');
 comment on function ml._bm25_topk(bigint, text[], float8[], float8, float8, float8, int) is
-  'internal: the BM25 index''s top documents (doc number, score) for the query''s lexemes';
+  'internal: the BM25 index''s top documents (doc numbers, scores) for the query''s lexemes';
 
 -- Fold a collection's delta and tombstones into its merged postings. SECURITY DEFINER: it writes the index
 -- tables, which no role writes; it changes no result of any search (merged or not, scores are the same), so any
@@ -203,22 +203,25 @@ begin
     return;
   end if;
   -- the index's best documents, then their rows (the caller's rights: row-level security by tenant, and the
-  -- filter); when filter or tenancy leave fewer than k, the next candidates (4 times as many each round)
+  -- filter); when filter or tenancy leave fewer than k, the next candidates (4 times as many each round).
+  -- A round takes its n candidates in their final order (score, then id: a bounded sort of the index's answer,
+  -- which holds every document tied with the n-th), then reads their rows one candidate at a time: a query whose
+  -- best score thousands of documents share reads n rows, not thousands. The first n in this order are the first
+  -- n of the result's order, so the next round (4n) continues exactly where one that passed fewer than k stopped.
   sql := format(
     'select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) from ('
-    'select t.id, s.score, t.content, t.metadata from unnest($1::bigint[], $2::float8[]) s(doc, score) '
-    'join ml.bm25_docs d on d.collection_id = $3 and d.doc = s.doc '
-    -- the filter inside the derived table: its column names (id, tenant, created_at) are the collection's, not
-    -- ml.bm25_docs' (unqualified, they were ambiguous)
-    'join (select * from %s t where %s) t on t.id = d.id and %s and t.created_at = d.created_at '
-    'order by s.score desc, t.id limit $4) x', ml._collection_table(c), fsql,
-    case when c.partition_by = 'tenant' then 't.tenant = d.tenant' else 't.tenant is not distinct from d.tenant' end);
+    'select t.id, c.score, t.content, t.metadata from ('
+    'select s.score, d.id, d.created_at, d.tenant from unnest($1::bigint[], $2::float8[]) s(doc, score) '
+    'join ml.bm25_docs d on d.collection_id = $3 and d.doc = s.doc order by s.score desc, d.id limit $7) c '
+    -- the filter inside the lateral subquery: its column names (id, tenant, created_at) are the collection's
+    'cross join lateral (select * from %s t where t.id = c.id and %s and %s and t.created_at = c.created_at) t '
+    'order by c.score desc, c.id limit $4) x', ml._collection_table(c), fsql,
+    case when c.partition_by = 'tenant' then 't.tenant = c.tenant' else 't.tenant is not distinct from c.tenant' end);
   n := greatest(k, 10);
   loop
-    select array_agg(z.doc), array_agg(z.score) into ds, ss
-      from ml._bm25_topk(c.id, t.terms, t.idfs, t.tl::float8 / t.nd, k1, b, n) z;
+    select z.docs, z.scores into ds, ss from ml._bm25_topk(c.id, t.terms, t.idfs, t.tl::float8 / t.nd, k1, b, n) z;
     cand := coalesce(cardinality(ds), 0);
-    execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams;
+    execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams, n;
     got := coalesce(cardinality(r_ids), 0);
     exit when got >= k or cand < n;
     if cand >= 160 and (got::float8 / cand) ^ 2 * t.nd < k then

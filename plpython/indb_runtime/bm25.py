@@ -85,8 +85,11 @@ def scores(
 
 def topk(
     plpy, cid: int, terms: list[str], idfs: list[float], avgdl: float, k1: float, b: float, n: int
-) -> list[tuple[int, float]]:
-    """The n best (document number, score), best first, plus every document tied with the n-th."""
+) -> list[tuple[list[int], list[float]]]:
+    """One row: the document numbers and scores of the n best, best first, plus every document tied with the
+    n-th (the caller breaks ties by id). Two arrays, not a row per document: a query whose best score many
+    documents share (a common word in short texts of one length) returns them all, and PL/Python made a row of
+    each at ~3 us (50,000 tied documents: ~250 ms as rows, ~50 ms as arrays)."""
     postings, dead = _postings(plpy, cid, terms)
     docs, sc = scores(postings, dead, terms, idfs, avgdl, k1, b)
     if len(docs) > n:
@@ -95,7 +98,7 @@ def topk(
         keep = np.flatnonzero(sc >= nth)
         docs, sc = docs[keep], sc[keep]
     order = np.argsort(-sc, kind="stable")
-    return list(zip(docs[order].tolist(), sc[order].tolist(), strict=True))
+    return [(docs[order].tolist(), sc[order].tolist())]
 
 
 def merge(plpy, cid: int) -> dict:

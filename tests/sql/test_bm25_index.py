@@ -274,3 +274,37 @@ def test_merge_pending_takes_collections_with_enough_delta_or_any_tombstone(scon
     assert index_counts(sconn, name)[:2] == (0, 0)
     assert [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'delta', 10)", [name])] == []
     assert [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'zeta', 10)", [name])] == ["d2"]
+
+
+def test_documents_tied_in_score_come_by_id_and_a_filter_continues_past_them(sconn):
+    """A word that 400 short documents of one length share gives them one score: the top k are the k smallest ids
+    among them, after the documents that score higher; a filter that passes few of them still finds its k (later
+    rounds continue in the same order); tenancy and deletes are respected the same way."""
+    name = f"tie_{secrets.token_hex(3)}"
+    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+    docs = [
+        {"id": f"d{i:03d}", "content": "alpha beta", "metadata": {"bucket": i % 7}, "embedding": [1, 0]}
+        for i in range(400)
+    ]
+    docs += [{"id": f"top{i}", "content": "alpha alpha alpha beta", "embedding": [1, 0]} for i in range(3)]
+    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
+    for merged in (False, True):
+        got = sconn.execute("select id, score from ml.keyword_search(%s, 'alpha', 10)", [name]).fetchall()
+        assert [g[0] for g in got] == ["top0", "top1", "top2"] + [f"d{i:03d}" for i in range(7)]
+        assert got[0][1] == got[2][1] > got[3][1] == got[9][1]
+        ids = [
+            r[0]
+            for r in sconn.execute(
+                "select id from ml.keyword_search(%s, 'alpha', 10, %s)", [name, Jsonb({"bucket": 5})]
+            )
+        ]
+        assert ids == [f"d{i:03d}" for i in range(400) if i % 7 == 5][:10]
+        sconn.execute(f"delete from collections.{name} where id in ('top1', 'd000', 'd001')")
+        ids = [r[0] for r in sconn.execute("select id from ml.keyword_search(%s, 'alpha', 5)", [name])]
+        assert ids == ["top0", "top2", "d002", "d003", "d004"]
+        sconn.execute(
+            f"insert into collections.{name} (id, content, embedding) values ('top1', 'alpha alpha alpha beta', '[1,0]'), "
+            "('d000', 'alpha beta', '[1,0]'), ('d001', 'alpha beta', '[1,0]')"
+        )
+        if not merged:
+            sconn.execute("select ml._bm25_merge_pending()")
