@@ -56,9 +56,10 @@ end $$;
 
 -- The BM25 index (migration 0017, plpython/indb_runtime/bm25.py): top documents by numpy over the query's
 -- postings (merged segment + delta, less tombstones); never reads a document. One row: the document numbers and
--- scores of the n best and of every document tied with the n-th, best first (arrays: migration 0027).
-create or replace function ml.__bm25_topk_py(cid bigint, terms text[], idfs float8[], avgdl float8, k1 float8,
-                                             b float8, n int)
+-- scores of the n best and of every document tied with the n-th, best first (two arrays since migration 0027,
+-- which dropped ml._bm25_topk and its row per document).
+create or replace function ml.__bm25_top_py(cid bigint, terms text[], idfs float8[], avgdl float8, k1 float8,
+                                            b float8, n int)
 returns table(docs bigint[], scores float8[])
 language plpython3u stable parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -66,11 +67,11 @@ as $$
 import sys
 if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
 from indb_runtime import bm25, errors
-return errors.call(plpy, bm25.topk, plpy, cid, terms, idfs, avgdl, k1, b, n)
+return errors.call(plpy, bm25.top, plpy, cid, terms, idfs, avgdl, k1, b, n)
 $$;
-select ml._wrap_python('ml._bm25_topk', 'ml.__bm25_topk_py(bigint, text[], float8[], float8, float8, float8, int)');
-comment on function ml._bm25_topk(bigint, text[], float8[], float8, float8, float8, int) is
-  'internal: the BM25 index''s top documents (doc numbers, scores) for the query''s lexemes';
+select ml._wrap_python('ml._bm25_top', 'ml.__bm25_top_py(bigint, text[], float8[], float8, float8, float8, int)');
+comment on function ml._bm25_top(bigint, text[], float8[], float8, float8, float8, int) is
+  'internal: the BM25 index''s top documents (document numbers, scores) for the query''s lexemes';
 
 -- Fold a collection's delta and tombstones into its merged postings. SECURITY DEFINER: it writes the index
 -- tables, which no role writes; it changes no result of any search (merged or not, scores are the same), so any
@@ -219,7 +220,7 @@ begin
     case when c.partition_by = 'tenant' then 't.tenant = c.tenant' else 't.tenant is not distinct from c.tenant' end);
   n := greatest(k, 10);
   loop
-    select z.docs, z.scores into ds, ss from ml._bm25_topk(c.id, t.terms, t.idfs, t.tl::float8 / t.nd, k1, b, n) z;
+    select z.docs, z.scores into ds, ss from ml._bm25_top(c.id, t.terms, t.idfs, t.tl::float8 / t.nd, k1, b, n) z;
     cand := coalesce(cardinality(ds), 0);
     execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams, n;
     got := coalesce(cardinality(r_ids), 0);

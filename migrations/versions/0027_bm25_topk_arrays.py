@@ -3,8 +3,9 @@
 ml._bm25_topk (and ml.__bm25_topk_py, the PL/Python function it wraps) returned a row per document: the n best
 and every document tied with the n-th. A query whose best score many documents share (a common word in short
 texts of one length) returned them all, and PL/Python made a row of each at ~3 us, then the wrapper stored them
-again (50,000 tied documents: ~300 ms). They now return one row of two arrays (document numbers, scores); the
-return type changes, so the old functions go here and sql/230 creates the new ones.
+again (50,000 tied documents: ~300 ms). sql/230 now creates ml._bm25_top / ml.__bm25_top_py, which return one row of
+two arrays (document numbers, scores); the old pair goes here. The runtime keeps bm25.topk (rows) for databases of
+the cluster that have not been upgraded yet: they share its Python.
 
 Revision ID: 0027
 Revises: 0026

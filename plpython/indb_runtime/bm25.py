@@ -1,4 +1,4 @@
-"""The BM25 index of a collection, evaluated with numpy (ml._bm25_topk_py, ml._bm25_merge_py).
+"""The BM25 index of a collection, evaluated with numpy (ml.__bm25_top_py, ml.__bm25_merge_py).
 
 Postings per lexeme (sql/230): the merged segment in ml.bm25_postings (big-endian int4 arrays in bytea:
 document numbers in ascending order, term frequencies, document lengths) plus the rows written since the last
@@ -83,13 +83,10 @@ def scores(
     return docs, acc[docs]
 
 
-def topk(
+def _best(
     plpy, cid: int, terms: list[str], idfs: list[float], avgdl: float, k1: float, b: float, n: int
-) -> list[tuple[list[int], list[float]]]:
-    """One row: the document numbers and scores of the n best, best first, plus every document tied with the
-    n-th (the caller breaks ties by id). Two arrays, not a row per document: a query whose best score many
-    documents share (a common word in short texts of one length) returns them all, and PL/Python made a row of
-    each at ~3 us (50,000 tied documents: ~250 ms as rows, ~50 ms as arrays)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The n best (document numbers, scores), best first, plus every document tied with the n-th."""
     postings, dead = _postings(plpy, cid, terms)
     docs, sc = scores(postings, dead, terms, idfs, avgdl, k1, b)
     if len(docs) > n:
@@ -98,7 +95,26 @@ def topk(
         keep = np.flatnonzero(sc >= nth)
         docs, sc = docs[keep], sc[keep]
     order = np.argsort(-sc, kind="stable")
-    return [(docs[order].tolist(), sc[order].tolist())]
+    return docs[order], sc[order]
+
+
+def top(
+    plpy, cid: int, terms: list[str], idfs: list[float], avgdl: float, k1: float, b: float, n: int
+) -> list[tuple[list[int], list[float]]]:
+    """ml._bm25_top: one row of two arrays (document numbers, scores), not a row per document: a query whose best
+    score many documents share (a common word in short texts of one length) returns them all, and PL/Python made
+    a row of each at ~3 us (50,000 tied documents: ~250 ms as rows, ~50 ms as arrays)."""
+    docs, sc = _best(plpy, cid, terms, idfs, avgdl, k1, b, n)
+    return [(docs.tolist(), sc.tolist())]
+
+
+def topk(
+    plpy, cid: int, terms: list[str], idfs: list[float], avgdl: float, k1: float, b: float, n: int
+) -> list[tuple[int, float]]:
+    """The same as rows (document number, score): what ml._bm25_topk of a database that `indb install` has not
+    upgraded to migration 0027 yet calls (the runtime is shared by every database of the cluster)."""
+    docs, sc = _best(plpy, cid, terms, idfs, avgdl, k1, b, n)
+    return list(zip(docs.tolist(), sc.tolist(), strict=True))
 
 
 def merge(plpy, cid: int) -> dict:

@@ -308,3 +308,30 @@ def test_documents_tied_in_score_come_by_id_and_a_filter_continues_past_them(sco
         )
         if not merged:
             sconn.execute("select ml._bm25_merge_pending()")
+
+
+def test_a_database_not_yet_upgraded_still_gets_the_index_answer_as_rows(sconn, scifact_bm25):
+    """The runtime's Python is shared by every database of the cluster, and `indb install` upgrades one database at
+    a time: the SQL of a database still before migration 0027 calls bm25.topk and reads rows (document number,
+    score). They must be ml._bm25_top's arrays, row by row."""
+    name, _ = scifact_bm25
+    sconn.execute(
+        "create or replace function pg_temp.topk_rows(cid bigint, terms text[], idfs float8[], avgdl float8, "
+        "k1 float8, b float8, n int) returns table(doc bigint, score float8) language plpython3u as $$\n"
+        "import sys\n"
+        "if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')\n"
+        "from indb_runtime import bm25\n"
+        "return bm25.topk(plpy, cid, terms, idfs, avgdl, k1, b, n)\n$$"
+    )
+    args = (
+        "select c.id, t.terms, t.idfs, t.tl::float8 / t.nd from ml.collections c, "
+        "lateral ml._bm25_terms(c, 'cancer cells in mice') t where c.name = %s"
+    )
+    cid, terms, idfs, avgdl = sconn.execute(args, [name]).fetchone()
+    rows = sconn.execute(
+        "select doc, score from pg_temp.topk_rows(%s, %s, %s, %s, 1.2, 0.75, 10)", [cid, terms, idfs, avgdl]
+    ).fetchall()
+    docs, scores = sconn.execute(
+        "select docs, scores from ml._bm25_top(%s, %s, %s, %s, 1.2, 0.75, 10)", [cid, terms, idfs, avgdl]
+    ).fetchone()
+    assert len(rows) >= 10 and [r[0] for r in rows] == docs and [r[1] for r in rows] == scores
