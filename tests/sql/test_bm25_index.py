@@ -40,17 +40,24 @@ def assert_exact(conn, name: str, ref, queries, filt=None) -> None:
     assert not bad, f"{len(bad)} of {len(queries)} queries differ from the reference, e.g. {bad[:2]}"
 
 
+def keyword_collection(conn, prefix: str, docs: list[dict]) -> str:
+    """A collection without a model (keyword search needs no vectors) holding ``docs``, added 1,000 at a time;
+    its name."""
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    conn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+    for lo in range(0, len(docs), 1000):
+        conn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs[lo : lo + 1000])])
+    return name
+
+
 @pytest.fixture(scope="module")
 def scifact_bm25(sconn, data_dir):
     """All 5,183 SciFact documents in a collection without a model (keyword search needs no vectors)."""
-    name = f"sfbm25_{secrets.token_hex(3)}"
-    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
     docs = read_corpus(data_dir)
     for i, d in enumerate(docs):
         d["embedding"] = [1, 0]
         d["metadata"] = {"bucket": i % 3}
-    for lo in range(0, len(docs), 1000):
-        sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs[lo : lo + 1000])])
+    name = keyword_collection(sconn, "sfbm25", docs)
     queries, _ = read_train(data_dir)
     assert len(queries) == 809
     return name, queries
@@ -132,8 +139,6 @@ def test_a_filter_that_passes_few_documents_is_exact(sconn, scifact_bm25):
 def test_tenant_scoped_keyword_search_is_exact(sconn):
     """A collection shared by two tenants: each sees the exact BM25 top k of its own rows (statistics are the
     collection's), never the other's rows, also when the other tenant's documents score higher."""
-    name = f"tbm25_{secrets.token_hex(3)}"
-    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
     docs = []
     for i in range(300):
         tenant = "acme" if i % 10 == 0 else "globex"  # acme has 30 rows; globex's score higher
@@ -141,7 +146,7 @@ def test_tenant_scoped_keyword_search_is_exact(sconn):
         docs.append({"id": f"d{i}", "tenant": tenant, "content": words, "embedding": [1, 0]})
     ensure_tenant(sconn, "acme")
     ensure_tenant(sconn, "globex")
-    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
+    name = keyword_collection(sconn, "tbm25", docs)
     table = f"collections.{name}"
     queries = {"q1": "merger plan", "q2": "plan filler"}
     for tenant in ("acme", "globex"):
@@ -247,20 +252,11 @@ def test_merge_pending_takes_collections_with_enough_delta_or_any_tombstone(scon
     """ml._bm25_merge_pending(min_rows), what the minute job runs: a collection whose delta holds fewer than
     min_rows postings waits; one with at least min_rows is merged; a tombstone (a deleted or re-indexed row) is
     merged whatever min_rows is. (It reads at most min_rows postings per collection, not the whole delta.)"""
-    name = f"mp_{secrets.token_hex(3)}"
-    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
-    sconn.execute(
-        "select ml.add_documents(%s, %s)",
-        [
-            name,
-            Jsonb(
-                [
-                    {"id": f"d{i}", "content": f"alpha beta gamma {w}", "embedding": [1, 0]}
-                    for i, w in enumerate(["delta", "epsilon", "zeta"])
-                ]
-            ),
-        ],
-    )
+    docs = [
+        {"id": f"d{i}", "content": f"alpha beta gamma {w}", "embedding": [1, 0]}
+        for i, w in enumerate(["delta", "epsilon", "zeta"])
+    ]
+    name = keyword_collection(sconn, "mp", docs)
     delta, dead, merged = index_counts(sconn, name)
     assert delta == 12 and dead == 0 and merged == 0
     sconn.execute("select ml._bm25_merge_pending(13)")
@@ -279,15 +275,13 @@ def test_merge_pending_takes_collections_with_enough_delta_or_any_tombstone(scon
 def test_documents_tied_in_score_come_by_id_and_a_filter_continues_past_them(sconn):
     """A word that 400 short documents of one length share gives them one score: the top k are the k smallest ids
     among them, after the documents that score higher; a filter that passes few of them still finds its k (later
-    rounds continue in the same order); tenancy and deletes are respected the same way."""
-    name = f"tie_{secrets.token_hex(3)}"
-    sconn.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+    rounds continue in the same order); a deleted document leaves its place to the next."""
     docs = [
         {"id": f"d{i:03d}", "content": "alpha beta", "metadata": {"bucket": i % 7}, "embedding": [1, 0]}
         for i in range(400)
     ]
     docs += [{"id": f"top{i}", "content": "alpha alpha alpha beta", "embedding": [1, 0]} for i in range(3)]
-    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
+    name = keyword_collection(sconn, "tie", docs)
     for merged in (False, True):
         got = sconn.execute("select id, score from ml.keyword_search(%s, 'alpha', 10)", [name]).fetchall()
         assert [g[0] for g in got] == ["top0", "top1", "top2"] + [f"d{i:03d}" for i in range(7)]
