@@ -114,3 +114,22 @@ def test_another_tenant_cannot_write_into_a_tenants_collection(connect_as, acme_
 def test_an_admin_sees_every_tenant(connect_as, acme_collection):
     a = connect_as("admin")
     assert sorted(r[0] for r in a.execute(f"select id from collections.{acme_collection}")) == ["a1", "g1"]
+
+
+@pytest.mark.parametrize("kind", ["tenant", None])
+def test_ties_by_id_never_bring_in_another_tenants_rows(connect_as, sconn, kind):
+    """Keyword search breaks ties by id and reads candidates in that order (since 0027): in a collection where the
+    first 200 ids of a tie are globex's, acme's logins get acme's five smallest ids, and globex's its own; the
+    rounds that skip the other tenant's candidates continue until k of one's own are found."""
+    name = f"tie_{secrets.token_hex(3)}"
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, partition_by => %s, options => '{\"dimensions\": 2}')",
+        [name, kind],
+    )
+    docs = [{"id": f"a{i:03d}", "tenant": "globex", "content": "merger plan", "embedding": [1, 0]} for i in range(200)]
+    docs += [{"id": f"b{i:03d}", "tenant": "acme", "content": "merger plan", "embedding": [1, 0]} for i in range(50)]
+    sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb(docs)])
+    for who, want in (("acme_reader", "b"), ("acme_app", "b"), ("globex_reader", "a")):
+        c = connect_as(who)
+        got = [r[0] for r in c.execute("select id from ml.keyword_search(%s, 'plan', 5)", [name])]
+        assert got == [f"{want}{i:03d}" for i in range(5)], (who, got)
