@@ -225,7 +225,8 @@ begin
     execute sql into r_ids, r_scores, r_contents, r_metas using ds, ss, c.id, k, null::int, fparams, n;
     got := coalesce(cardinality(r_ids), 0);
     exit when got >= k or cand < n;
-    if cand >= 160 and (got::float8 / cand) ^ 2 * t.nd < k then
+    -- the round read least(cand, n) candidates (the index's answer may hold more: the documents tied with the n-th)
+    if least(cand, n) >= 160 and (got::float8 / least(cand, n)) ^ 2 * t.nd < k then
       -- A filter that passes few of the best documents: the next rounds would grow until they had read every
       -- document of the query's terms. From 160 candidates on, when the share the filter passed says fewer than k
       -- rows would pass in the next rounds' reach (share^2 * documents < k), the rows the filter passes are scored
