@@ -39,6 +39,16 @@ def proc_status_kib(pid: int | str, field: str) -> int | None:
     return None
 
 
+def proc_rollup_kib(pid: int | str) -> dict[str, int]:
+    """The memory fields of /proc/<pid>/smaps_rollup (Pss, Private_Clean, Private_Dirty, ...) in KiB; empty if
+    the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith(" kB\n")}
+    except OSError:
+        return {}
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -43,14 +43,7 @@ def connect(dsn: str, mode: str) -> psycopg.Connection:
 
 
 def pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return common.proc_rollup_kib(pid).get("Pss", 0) * 1024
 
 
 def cpu_seconds(pid: int) -> float:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 
-from .common import percentile
+from .common import percentile, proc_rollup_kib
 from .training_common import PREPROCESS, connect, load_housing, save
 
 CALLS = int(os.environ.get("BENCH_LATENCY_CALLS", "3000"))
@@ -47,8 +48,6 @@ def first_calls(dsn: str, project: str, sql: str, params: tuple, connections: in
     the model's libraries are imported and the model is read), the median over `connections` connections, and
     what the backend holds after the first call: its private memory and whether torch was imported (a
     scikit-learn or xgboost model needs no torch)."""
-    import statistics
-
     import psycopg
 
     first, second, private_mb, torch = [], [], [], []
@@ -59,8 +58,7 @@ def first_calls(dsn: str, project: str, sql: str, params: tuple, connections: in
                 conn.execute(sql, params).fetchone()
                 lat.append((time.perf_counter() - t0) * 1000)
             pid = conn.execute("select pg_backend_pid()").fetchone()[0]
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                rollup = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith("kB\n")}
+            rollup = proc_rollup_kib(pid)
             private_mb.append((rollup["Private_Clean"] + rollup["Private_Dirty"]) / 1024)
             with open(f"/proc/{pid}/maps") as f:
                 torch.append("libtorch_cpu" in f.read())
