@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from runtime_helpers import MODEL, connect, texts
 
+from benchmarks.common import proc_rollup_kib
 from indb_runtime import wire
 
 
@@ -27,11 +28,9 @@ def cosine(a, b) -> float:
 
 
 def pss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Pss line")
+    rollup = proc_rollup_kib(pid)
+    assert "Pss" in rollup, f"no Pss of process {pid}"
+    return rollup["Pss"] * 1024
 
 
 def test_shared_and_backend_modes_give_the_same_embeddings(service, db_dsn, scifact_docs):
