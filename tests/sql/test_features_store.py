@@ -913,12 +913,31 @@ def test_get_online_batch_fast_path_answers_like_the_general_path(sconn):
         """update features.online_store set values = values || '{"secret": 1}' where view_id = """
         "(select id from features.feature_views where name = 'fb') and entity_key = '[5]'"
     )
-    keys = json.dumps([{"k": k} for k in (1, 2, 3, 4, 5, 6, 1)])
-    for feats in (["fb:*"], ["fb:a"], ["fb:c", "fb:a"], ["fb:a", "fb2:z"], ["fb2:z", "fb:*"], ["fb:b"]):
+    # the entity keys as callers spell them: extra keys (one named like a feature, one like _status), a key
+    # as a string must come back as they were passed, whatever path answers the row
+    keys = json.dumps(
+        [{"k": k} for k in (1, 2, 3, 4, 5, 6, 1)]
+        + [{"k": 1, "note": "x"}, {"k": 1, "a": 99}, {"k": 1, "_status": "mine"}, {"k": "1"}, {"k": 3, "b": 0}]
+    )
+    for feats in (
+        ["fb:*"],
+        ["fb:a"],
+        ["fb:c", "fb:a"],
+        ["fb:a", "fb2:z"],
+        ["fb2:z", "fb:*"],
+        ["fb:b"],
+        ["fb:a", "fb:b", "fb:c"],
+    ):
         for full in (False, True):
-            got = [r[0] for r in c.execute("select features.get_online_batch(%s, %s, null, %s)", [feats, keys, full])]
+            # compared as text: a number's spelling (1 against 1.0) must not change either
+            got = [
+                r[0] for r in c.execute("select features.get_online_batch(%s, %s, null, %s)::text", [feats, keys, full])
+            ]
             want = [
-                r[0] for r in c.execute("select features._get_online_batch_slow(%s, %s, null, %s)", [feats, keys, full])
+                r[0]
+                for r in c.execute(
+                    "select features._get_online_batch_slow(%s, %s, null, %s)::text", [feats, keys, full]
+                )
             ]
             assert got == want, (feats, full)
             assert all("secret" not in r for r in got)
