@@ -15,6 +15,9 @@ features._online_key used one match without groups): a second database gets indb
 and both are called in alternating blocks (same calls, same connection kind), in wall time and in server CPU time
 of each backend (/proc/<pid>/schedstat), which load from other work on the shared machine disturbs less; the
 answers are compared call by call.
+
+Every connection reads json as the indb client does (indb.client.json_loads, orjson); the batch is also measured
+with psycopg's default json.loads, the decoder this benchmark (and the client) used before.
 """
 
 from __future__ import annotations
@@ -43,6 +46,19 @@ N_FEATS = 20
 CALLS = int(os.environ.get("INDB_ONLINE_CALLS", "5000"))
 BATCH_CALLS = int(os.environ.get("INDB_ONLINE_BATCH_CALLS", "300"))
 FEATS = [f"online20:f{i}" for i in range(1, N_FEATS + 1)]
+
+
+def serving_connection(dsn: str, stdlib_json: bool = False) -> psycopg.Connection:
+    """A connection that reads json as the indb client does (indb.client.json_loads: orjson, json.loads where
+    orjson would change a value); with stdlib_json, psycopg's default (json.loads), as before the client had it."""
+    from psycopg.types.json import set_json_loads
+
+    from indb.client import json_loads
+
+    c = psycopg.connect(dsn, autocommit=True)
+    if not stdlib_json:
+        set_json_loads(json_loads, c)
+    return c
 
 
 def summary(lat_s: list[float], wall: float | None = None) -> dict:
@@ -138,7 +154,7 @@ def ab_blocks(dsn: str, ref_dsn: str, blocks: int = 12, per_block: int = 40) -> 
     (1 entity) and get_online_batch (100 entities); results compared call by call."""
     rnd = random.Random(7)
     out: dict = {}
-    with psycopg.connect(dsn, autocommit=True) as new, psycopg.connect(ref_dsn, autocommit=True) as ref:
+    with serving_connection(dsn) as new, serving_connection(ref_dsn) as ref:
         conns = {"ref": ref, "new": new}
         pids = {side: c.execute("select pg_backend_pid()").fetchone()[0] for side, c in conns.items()}
         for kind, n in (("get_online", 1), ("get_online_batch", 100)):
@@ -186,7 +202,7 @@ def new_connection_calls(dsn: str, connections: int = 10, calls: int = 7) -> dic
         q = f"select features.{kind}(%s, %s::jsonb)"
         lat: list[list[float]] = [[] for _ in range(calls)]
         for _ in range(connections):
-            with psycopg.connect(dsn, autocommit=True) as c:
+            with serving_connection(dsn) as c:
                 for j in range(calls):
                     ks = [{"user_id": rnd.randint(1, N_USERS)} for _ in range(n)]
                     t0 = time.perf_counter()
@@ -201,7 +217,7 @@ def pg_single(args):
     dsn, calls, seed = args
     rnd = random.Random(seed)
     lat = []
-    with psycopg.connect(dsn, autocommit=True) as c:
+    with serving_connection(dsn) as c:
         q = "select features.get_online(%s, %s::jsonb)"
         for _ in range(50):  # warm-up: plan cache, catalog caches
             c.execute(q, [FEATS, json.dumps({"user_id": rnd.randint(1, N_USERS)})], prepare=True).fetchone()
@@ -231,10 +247,10 @@ def pg_raw(args):
 
 
 def pg_batch(args):
-    dsn, calls, seed = args
+    dsn, calls, seed, *rest = args
     rnd = random.Random(seed)
     lat = []
-    with psycopg.connect(dsn, autocommit=True) as c:
+    with serving_connection(dsn, stdlib_json=bool(rest and rest[0])) as c:
         q = "select features.get_online_batch(%s, %s::jsonb)"
         for _ in range(10):
             c.execute(
@@ -392,6 +408,8 @@ def main() -> None:
         res["get_online_4_clients"] = concurrent(pg_single, lambda i: (dsn, CALLS // 2, 10 + i), 4)
         print("indb get_online 4 clients:", res["get_online_4_clients"], flush=True)
         res["get_online_batch100_1_client"] = summary(pg_batch((dsn, BATCH_CALLS, 2)))
+        # the same calls with psycopg's default json.loads (what this side measured before the client used orjson)
+        res["get_online_batch100_1_client_stdlib_json"] = summary(pg_batch((dsn, BATCH_CALLS, 2, True)))
         res["get_online_batch100_4_clients"] = concurrent(pg_batch, lambda i: (dsn, BATCH_CALLS // 2, 20 + i), 4)
         print("indb batch:", res["get_online_batch100_1_client"], res["get_online_batch100_4_clients"], flush=True)
         res["raw_pk_lookup_1_client"] = summary(pg_raw((dsn, CALLS, 3, view_id)))
