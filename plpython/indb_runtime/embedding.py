@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import chunking, device, spi, wire
+from . import chunking, device, packing, spi, wire
 from .errors import IndbRuntimeError, invalid, undefined
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -223,13 +223,7 @@ def encode(
         one = device.is_small_call(part) and str(getattr(model, "device", "")) == "cpu"
         threads = device.set_torch_threads(1) if one else None
         try:
-            vecs = model.encode(
-                part,
-                batch_size=len(idx),
-                convert_to_numpy=True,
-                normalize_embeddings=spec.normalize,
-                show_progress_bar=False,
-            )
+            vecs = model_call(model, part, spec.normalize)
         finally:
             if threads is not None:
                 device.set_torch_threads(threads)
@@ -238,6 +232,23 @@ def encode(
         if done is not None:
             done(start + len(idx))
     return [v.tolist() for v in out]
+
+
+def model_call(model: Any, texts: Sequence[str], normalize: bool) -> Any:
+    """The one model call of both paths (``encode`` in a backend, the runtime service's batches): texts of
+    different lengths packed without padding (packing.py) when the model is one that packing reproduces, else
+    sentence-transformers. A float32 array, one row per text."""
+    if packing.worth_packing(model, texts):
+        packed = packing.packer(model)
+        if packed is not None:
+            return packed(texts, normalize)
+    return model.encode(
+        list(texts),
+        batch_size=len(texts),
+        convert_to_numpy=True,
+        normalize_embeddings=normalize,
+        show_progress_bar=False,
+    )
 
 
 class FastTokenizer:

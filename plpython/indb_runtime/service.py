@@ -357,19 +357,15 @@ class Batcher:
         the jobs' outputs, or their error, and sets each job done once all its texts are in."""
         import numpy as np
 
+        from . import embedding
+
         job0 = batch[0][0]
         texts = [t for j, a, b in batch for t in j.texts[a:b]]
         try:
             with self.cond:
                 threads = self.threads_for_call(os.cpu_count() or 1, texts)
             device.set_torch_threads(threads)
-            vecs = job0.model.encode(
-                texts,
-                batch_size=len(texts),
-                convert_to_numpy=True,
-                normalize_embeddings=job0.normalize,
-                show_progress_bar=False,
-            )
+            vecs = embedding.model_call(job0.model, texts, job0.normalize)
             err = None
         except Exception as e:
             # a failure (of the model, or of setting its threads) fails the requests of this batch, not the
@@ -709,6 +705,9 @@ def _preload(svc: Service, db: str, model: str) -> None:
             return
         m = svc.models.get(svc.catalog.resolve(db, model, row[0]))
         m.encode(["warm-up"], show_progress_bar=False)
+        from . import packing
+
+        packing.packer(m)  # its self-check now, not in the first batch that packs
     except Exception as e:  # preloading is an optimisation: the first request loads it otherwise
         log.info("preload of %s/%s skipped: %s", db, model, e)
 

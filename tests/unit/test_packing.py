@@ -1,0 +1,88 @@
+"""Packed batches (plpython/indb_runtime/packing.py) with the real MiniLM model, no database: the vectors of a
+packed batch are the model's own vectors of each text alone, whatever mix of lengths the batch holds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from indb_runtime import embedding
+
+    spec = embedding.builtin_models()[embedding.DEFAULT_MODEL]
+    return embedding.load(spec)
+
+
+def texts_of_every_kind() -> list[str]:
+    sents = []
+    with open(DATA / "scifact" / "corpus.jsonl") as f:
+        for line in f:
+            doc = json.loads(line)
+            sents.append(doc["title"])
+            sents.append(doc["text"][:300])
+            if len(sents) >= 24:
+                break
+    long_text = " ".join(sents)  # over the model's 256-token window: truncated, as the model itself does
+    return [*sents, "", "   ", "A", "UPPER case and ünïcödé — text ✓", long_text, "x " * 400]
+
+
+def alone(model, texts):
+    return np.stack([model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in texts])
+
+
+def test_a_packed_batch_gives_each_texts_own_vector(model):
+    from indb_runtime import packing
+
+    texts = texts_of_every_kind()
+    run = packing.packer(model)
+    assert run is not None, "MiniLM is a BERT encoder with mean pooling: it must be packed"
+    for batch in (texts[:2], texts[:7], texts):
+        got = run(batch, True)
+        want = alone(model, batch)
+        assert got.shape == want.shape and got.dtype == np.float32
+        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        assert cos.min() >= 0.999999, (batch[int(cos.argmin())][:60], float(cos.min()))
+        assert np.abs(got - want).max() < 1e-5
+
+
+def test_the_one_model_call_packs_only_batches_that_padding_would_waste(model, monkeypatch):
+    from indb_runtime import embedding, packing
+
+    calls: list[int] = []
+    real = packing.packed_encode
+    monkeypatch.setattr(packing, "packed_encode", lambda m, t, n: calls.append(len(t)) or real(m, t, n))
+    packing._PACKERS.pop(id(model), None)  # the packer wraps the function at its creation
+    varied = ["Cells divide.", "PostgreSQL keeps the embeddings next to the rows they describe, and more."]
+    same = ["one two three", "four five six"]
+    v = embedding.model_call(model, varied, True)
+    s = embedding.model_call(model, same, True)
+    one = embedding.model_call(model, ["Cells divide."], True)
+    # long texts of different lengths: all cut to the model's window, so they hardly pad
+    cut = ["word " * 400, "other " * 700, "third " * 1000]
+    c = embedding.model_call(model, cut, True)
+    assert calls[-1:] == [2], "a batch of different lengths is packed"
+    assert len(calls) == 2, "the self-check (4 probes) and the varied batch: not texts of one length, not one text"
+    for got, texts in ((v, varied), (s, same), (one, ["Cells divide."]), (c, cut)):
+        assert np.abs(got - alone(model, texts)).max() < 1e-5
+
+
+def test_a_model_packing_does_not_reproduce_is_left_to_sentence_transformers():
+    from indb_runtime import embedding, packing
+
+    class NotSentenceTransformers:
+        def encode(self, texts, **kw):
+            return np.full((len(texts), 3), 0.5, dtype=np.float32)
+
+    m = NotSentenceTransformers()
+    assert packing.packer(m) is None
+    out = embedding.model_call(m, ["short", "a much longer text than the other one"], True)
+    assert out.shape == (2, 3) and float(out[0, 0]) == 0.5
