@@ -188,6 +188,12 @@ def load(spec: ModelSpec) -> Any:
     return model
 
 
+def dimensions(model: Any) -> int:
+    """The length of the model's vectors (sentence-transformers 6 renamed the method; the old name warns)."""
+    fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(fn())
+
+
 def forget(name: str) -> None:
     """Drop cached copies of model ``name`` (after it was registered again)."""
     for cache in (_MODELS, _TOKENIZERS):

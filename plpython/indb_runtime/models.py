@@ -78,7 +78,7 @@ def register(
         )
     if dimensions is None or max_tokens is None:
         model = embedding.load(embedding.ModelSpec(name, folder, dimensions, max_tokens, normalize))
-        dimensions = dimensions or int(model.get_sentence_embedding_dimension())
+        dimensions = dimensions or embedding.dimensions(model)
         max_tokens = max_tokens or int(model.max_seq_length or 0) or None
     spi.run(
         plpy,

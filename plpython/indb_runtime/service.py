@@ -158,7 +158,7 @@ class Models:
                 "names": {r.name},
                 "folder": r.folder,
                 "max_tokens": r.max_tokens,
-                "dimensions": int(m.get_sentence_embedding_dimension()),
+                "dimensions": embedding.dimensions(m),
                 "load_seconds": round(time.time() - t0, 3),
                 "parameter_bytes": int(params),
                 "device": str(m.device),
