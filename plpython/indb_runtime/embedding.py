@@ -244,10 +244,12 @@ def model_call(model: Any, texts: Sequence[str], normalize: bool) -> Any:
     """The one model call of both paths (``encode`` in a backend, the runtime service's batches): texts of
     different lengths packed without padding (packing.py) when the model is one that packing reproduces, else
     sentence-transformers. A float32 array, one row per text."""
-    if packing.worth_packing(model, texts):
+    if packing.may_pay(texts):
         packed = packing.packer(model)
         if packed is not None:
-            return packed(texts, normalize)
+            feats = packing.tokenize(model, texts)
+            if packing.padding_share(packing.token_lengths(feats)) >= packing.MIN_PADDING_SHARE:
+                return packed(feats, normalize)
     return model.encode(
         list(texts),
         batch_size=len(texts),

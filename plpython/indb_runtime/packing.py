@@ -12,7 +12,7 @@ run as one larger matrix product without padding, and attention runs per text on
 sentences: 13.4 / 11.7 / 10.5 ms a text in batches of 2 / 4 / 8, and the same vectors (cosine >= 0.9999999,
 largest difference 1.6e-7). Long texts (SciFact abstracts, ~250 tokens, sorted by length) gain nothing: their
 batches hardly pad, and attention is a larger share (packed batches of 8: 74 against 66 ms a text);
-`worth_packing` leaves a batch that would pad less than MIN_PADDING_SHARE to sentence-transformers.
+a batch that would pad less than MIN_PADDING_SHARE is left to sentence-transformers (embedding.model_call).
 
 Only a model whose computation this module reproduces is packed: a BERT encoder (absolute positions, not a
 decoder) under sentence-transformers' Transformer, mean pooling and an optional Normalize; and only after its
@@ -39,7 +39,7 @@ _PROBES = (
     "batch wastes most of the work on a CPU when the texts differ in length, which packing avoids entirely.",
 )
 _MIN_COSINE = 0.999999
-_PACKERS: dict[int, Callable[[Sequence[str], bool], Any] | None] = {}
+_PACKERS: dict[int, Callable[[dict, bool], Any] | None] = {}
 
 
 def _packable(model: Any) -> bool:
@@ -63,24 +63,25 @@ def _packable(model: Any) -> bool:
     return getattr(pool, "pooling_mode", None) == "mean" and getattr(pool, "include_prompt", True) is True
 
 
-def packer(model: Any) -> Callable[[Sequence[str], bool], Any] | None:
-    """The packed encoder of ``model`` (texts, normalize -> float32 array), or None when the model is not one
-    this module reproduces or its packed vectors for the probe texts differ from its own. Decided once per model."""
+def packer(model: Any) -> Callable[[dict, bool], Any] | None:
+    """The packed encoder of ``model`` (tokenized texts, normalize -> float32 array), or None when the model is not
+    one this module reproduces or its packed vectors for the probe texts differ from its own. Decided once per
+    model."""
     key = id(model)
     if key in _PACKERS:
         return _PACKERS[key]
-    fn: Callable[[Sequence[str], bool], Any] | None = None
+    fn: Callable[[dict, bool], Any] | None = None
     if _packable(model):
         import numpy as np
 
-        def run(texts: Sequence[str], normalize: bool) -> Any:
-            return packed_encode(model, texts, normalize)
+        def run(feats: dict, normalize: bool) -> Any:
+            return packed_encode(model, feats, normalize)
 
         try:
             want = np.stack(
                 [model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in _PROBES]
             ).astype(np.float64)
-            got = run(_PROBES, False).astype(np.float64)
+            got = run(tokenize(model, _PROBES), False).astype(np.float64)
             cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
             if float(cos.min()) >= _MIN_COSINE:
                 fn = run
@@ -92,27 +93,34 @@ def packer(model: Any) -> Callable[[Sequence[str], bool], Any] | None:
     return fn
 
 
-def _padding_share(lengths: Sequence[int]) -> float:
+def padding_share(lengths: Sequence[int]) -> float:
     """The share of a padded batch's tokens that are padding, over its real tokens."""
-    return len(lengths) * max(lengths) / max(1, sum(lengths)) - 1
+    return len(lengths) * max(lengths) / max(1, sum(lengths)) - 1 if lengths else 0.0
 
 
-def worth_packing(model: Any, texts: Sequence[str]) -> bool:
-    """Padding to the longest text would add at least MIN_PADDING_SHARE of the batch's tokens. Estimated from
-    the texts' lengths in characters first (no tokenizer call when they are alike), then counted in tokens as the
-    model truncates them (long texts of different lengths are all cut to the window: they hardly pad)."""
-    if len(texts) < 2 or _padding_share([len(t) + 8 for t in texts]) < MIN_PADDING_SHARE:
-        return False
-    try:
-        ids = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]
-    except Exception:  # not a model with a Hugging Face tokenizer: sentence-transformers' own path
-        return False
-    return _padding_share([len(x) for x in ids]) >= MIN_PADDING_SHARE
+def may_pay(texts: Sequence[str]) -> bool:
+    """Padding might add MIN_PADDING_SHARE of the batch's tokens, judged from the texts' lengths in characters: a
+    cheap first test, so that a batch of texts alike in length is not tokenized twice."""
+    return len(texts) > 1 and padding_share([len(t) + 8 for t in texts]) >= MIN_PADDING_SHARE
 
 
-def packed_encode(model: Any, texts: Sequence[str], normalize: bool) -> Any:
-    """Embed ``texts`` with ``model`` (a packable one) as one sequence of all their tokens: one float32 row per text,
-    what model.encode gives (mean pooling; L2-normalised when the model ends in Normalize or ``normalize``)."""
+def tokenize(model: Any, texts: Sequence[str]) -> dict:
+    """``texts`` tokenized by sentence-transformers itself (its preprocessing, truncation to the model's window,
+    padded). Always through this call, never the tokenizer with other settings: a fast tokenizer keeps its
+    padding and truncation settings in the tokenizer object, and the runtime's workers share one model, so two
+    threads that asked for different settings would change them under each other's calls."""
+    prep = getattr(model, "preprocess", None) or model.tokenize
+    return prep(list(texts))
+
+
+def token_lengths(feats: dict) -> list[int]:
+    return feats["attention_mask"].sum(1).tolist()
+
+
+def packed_encode(model: Any, feats: dict, normalize: bool) -> Any:
+    """Embed the texts of ``feats`` (``tokenize``) with ``model`` (a packable one) as one sequence of all their
+    tokens: one float32 row per text, what model.encode gives (mean pooling; L2-normalised when the model ends in
+    Normalize or ``normalize``)."""
     import torch
     import torch.nn.functional as F
 
@@ -122,10 +130,7 @@ def packed_encode(model: Any, texts: Sequence[str], normalize: bool) -> Any:
     heads = cfg.num_attention_heads
     dim = cfg.hidden_size // heads
     with torch.inference_mode():
-        # sentence-transformers' own tokenization (its preprocessing of each text), then the padding dropped
-        prep = getattr(model, "preprocess", None) or model.tokenize
-        feats = prep(list(texts))
-        keep = feats["attention_mask"].bool()
+        keep = feats["attention_mask"].bool()  # the padding dropped
         lens = keep.sum(1).tolist()
         ids = feats["input_ids"][keep].unsqueeze(0)
         types = feats["token_type_ids"][keep].unsqueeze(0) if "token_type_ids" in feats else torch.zeros_like(ids)

@@ -46,7 +46,7 @@ def test_a_packed_batch_gives_each_texts_own_vector(model):
     run = packing.packer(model)
     assert run is not None, "MiniLM is a BERT encoder with mean pooling: it must be packed"
     for batch in (texts[:2], texts[:7], texts):
-        got = run(batch, True)
+        got = run(packing.tokenize(model, batch), True)
         want = alone(model, batch)
         assert got.shape == want.shape and got.dtype == np.float32
         cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
@@ -59,7 +59,7 @@ def test_the_one_model_call_packs_only_batches_that_padding_would_waste(model, m
 
     calls: list[int] = []
     real = packing.packed_encode
-    monkeypatch.setattr(packing, "packed_encode", lambda m, t, n: calls.append(len(t)) or real(m, t, n))
+    monkeypatch.setattr(packing, "packed_encode", lambda m, f, n: calls.append(len(f["input_ids"])) or real(m, f, n))
     packing._PACKERS.pop(id(model), None)  # the packer wraps the function at its creation
     varied = ["Cells divide.", "PostgreSQL keeps the embeddings next to the rows they describe, and more."]
     same = ["one two three", "four five six"]
@@ -86,3 +86,51 @@ def test_a_model_packing_does_not_reproduce_is_left_to_sentence_transformers():
     assert packing.packer(m) is None
     out = embedding.model_call(m, ["short", "a much longer text than the other one"], True)
     assert out.shape == (2, 3) and float(out[0, 0]) == 0.5
+
+
+def test_two_threads_embedding_with_one_model_do_not_disturb_each_other(model):
+    """The runtime's workers share one model: one thread tokenizes and packs batches while another embeds through
+    sentence-transformers, and both get the right vectors without an error. (A fast tokenizer keeps its padding
+    settings in the tokenizer object: a tokenizer call with other settings in one thread made the other's batch
+    fail now and then, "Unable to create tensor ... padding=True"; packing tokenizes only as sentence-transformers
+    does, packing.tokenize. That race is too rare to be caught here every time.)"""
+    import threading
+    import time
+
+    from indb_runtime import embedding, packing
+
+    texts = texts_of_every_kind()
+    varied = texts[:5]  # different lengths: packed
+    alike = ["one two three", "four five six", "seven eight nine"]  # one length: sentence-transformers
+    want = {"packed": alone(model, varied), "st": alone(model, alike)}
+    errors: list[str] = []
+    worst = [0.0]
+    stop = time.monotonic() + 3.0
+
+    def packs() -> None:
+        i = 0
+        while time.monotonic() < stop:
+            try:
+                if i % 50 == 0:
+                    got = embedding.model_call(model, varied, True)
+                    worst[0] = max(worst[0], float(np.abs(got - want["packed"]).max()))
+                else:  # the step that decides on and feeds a packed batch, as often as it can run
+                    packing.tokenize(model, varied)
+            except Exception as e:  # collected: an exception in a thread would not fail the test
+                errors.append(str(e)[:200])
+            i += 1
+
+    def encodes() -> None:
+        while time.monotonic() < stop:
+            try:
+                got = embedding.model_call(model, alike, True)
+                worst[0] = max(worst[0], float(np.abs(got - want["st"]).max()))
+            except Exception as e:
+                errors.append(str(e)[:200])
+
+    threads = [threading.Thread(target=packs), threading.Thread(target=encodes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and worst[0] < 1e-5, errors[:3]
