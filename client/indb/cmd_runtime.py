@@ -85,7 +85,7 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="as JSON")
     s.set_defaults(func=_status)
     v = acts.add_parser("serve", help="run the supervised service in the foreground (logs to stderr)")
-    v.add_argument("--window-ms", type=float, default=10.0, help="batching window in ms (default 10)")
+    v.add_argument("--window-ms", type=float, default=20.0, help="batching window in ms (default 20)")
     v.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
     v.add_argument("--workers", type=int, default=0, help="model calls side by side (default: one per core, at most 4)")
     v.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")

@@ -11,7 +11,7 @@ names a database and a model registered there; the service reads the model's fol
 nor name a folder an administrator did not register.
 
 Batching: while requests overlap (one arrived while another was queued or being embedded, within the last
-second), requests for one model that arrive within ``--window-ms`` (default 10) of the first waiting one, or
+second), requests for one model that arrive within ``--window-ms`` (default 20) of the first waiting one, or
 until ``--max-batch`` texts are waiting, go to the model in one call; the window ends early when every connection
 that sent a request in the last second already waits. A lone request, or one among idle pooled connections,
 never waits for the window. A large request is taken ``max-batch`` texts at a time, after the small requests
@@ -765,7 +765,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["serve", "supervise"])
     p.add_argument("--data", required=True, help="the cluster's data directory")
     p.add_argument("--log", help="log file (default: log/runtime.log beside the data directory; - for stderr)")
-    p.add_argument("--window-ms", type=float, default=float(os.environ.get("INDB_RUNTIME_WINDOW_MS", "10")))
+    p.add_argument("--window-ms", type=float, default=float(os.environ.get("INDB_RUNTIME_WINDOW_MS", "20")))
     p.add_argument("--max-batch", type=int, default=int(os.environ.get("INDB_RUNTIME_MAX_BATCH", "64")))
     p.add_argument("--max-request-bytes", type=int, default=wire.DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument(
