@@ -39,7 +39,7 @@ _PROBES = (
     "batch wastes most of the work on a CPU when the texts differ in length, which packing avoids entirely.",
 )
 _MIN_COSINE = 0.999999
-_PACKERS: dict[int, Callable[[dict, bool], Any] | None] = {}
+_UNSET = object()
 
 
 def _packable(model: Any) -> bool:
@@ -66,10 +66,10 @@ def _packable(model: Any) -> bool:
 def packer(model: Any) -> Callable[[dict, bool], Any] | None:
     """The packed encoder of ``model`` (tokenized texts, normalize -> float32 array), or None when the model is not
     one this module reproduces or its packed vectors for the probe texts differ from its own. Decided once per
-    model."""
-    key = id(model)
-    if key in _PACKERS:
-        return _PACKERS[key]
+    model, and kept on the model object (so it goes when the model goes)."""
+    known = getattr(model, "_indb_packer", _UNSET)
+    if known is not _UNSET:
+        return known  # type: ignore[return-value]
     fn: Callable[[dict, bool], Any] | None = None
     if _packable(model):
         import numpy as np
@@ -89,7 +89,10 @@ def packer(model: Any) -> Callable[[dict, bool], Any] | None:
                 log.warning("packed batches disabled for this model: probe cosine %.9f", float(cos.min()))
         except Exception:
             log.exception("packed batches disabled for this model: the self-check failed")
-    _PACKERS[key] = fn
+    try:
+        model._indb_packer = fn
+    except AttributeError:  # an object that takes no attributes: decided again next time
+        pass
     return fn
 
 
@@ -131,7 +134,7 @@ def packed_encode(model: Any, feats: dict, normalize: bool) -> Any:
     dim = cfg.hidden_size // heads
     with torch.inference_mode():
         keep = feats["attention_mask"].bool()  # the padding dropped
-        lens = keep.sum(1).tolist()
+        lens = token_lengths(feats)
         ids = feats["input_ids"][keep].unsqueeze(0)
         types = feats["token_type_ids"][keep].unsqueeze(0) if "token_type_ids" in feats else torch.zeros_like(ids)
         pos = torch.cat([torch.arange(n) for n in lens]).unsqueeze(0)
