@@ -38,8 +38,9 @@ def _status(args) -> int:
         f"{st.get('workers', 1)} workers ({st.get('busy_workers', 0)} busy)"
     )
     print(
-        f"  requests {st['requests']} ({st['texts']} texts), batches {st['batches']}, mean batch size "
-        f"{st['mean_batch_size']}, queue depth {st['queue_depth']} ({st['queued_texts']} texts), "
+        f"  requests {st['requests']} ({st['texts']} texts), batches {st['batches']} "
+        f"({st.get('packed_batches', 0)} packed), mean batch size {st['mean_batch_size']}, "
+        f"queue depth {st['queue_depth']} ({st['queued_texts']} texts), "
         f"connections {st['connections']}, cancelled {st['cancelled_requests']}"
     )
     for m in st["models"]:

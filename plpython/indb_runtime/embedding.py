@@ -249,7 +249,9 @@ def model_call(model: Any, texts: Sequence[str], normalize: bool) -> Any:
         if packed is not None:
             feats = packing.tokenize(model, texts)
             if packing.padding_share(packing.token_lengths(feats)) >= packing.MIN_PADDING_SHARE:
-                return packed(feats, normalize)
+                vecs = packed(feats, normalize)
+                packing.count(len(texts))
+                return vecs
     return model.encode(
         list(texts),
         batch_size=len(texts),

@@ -23,6 +23,7 @@ through sentence-transformers as before. The weights are the loaded model's own 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,20 @@ _PROBES = (
 )
 _MIN_COSINE = 0.999999
 _UNSET = object()
+# batches and texts embedded packed by this process (embedding.model_call), for the runtime service's statistics
+_COUNTS = {"batches": 0, "texts": 0}
+_COUNTS_LOCK = threading.Lock()
+
+
+def count(texts: int) -> None:
+    with _COUNTS_LOCK:
+        _COUNTS["batches"] += 1
+        _COUNTS["texts"] += texts
+
+
+def counts() -> dict:
+    with _COUNTS_LOCK:
+        return dict(_COUNTS)
 
 
 def _packable(model: Any) -> bool:

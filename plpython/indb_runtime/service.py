@@ -416,12 +416,18 @@ class Batcher:
                 last_trim = time.monotonic()
 
     def stats(self) -> dict:
+        from . import packing
+
+        packed = packing.counts()
         with self.cond:
             return {
                 "requests": self.requests,
                 "texts": self.texts,
                 "batches": self.batches,
                 "mean_batch_size": round(self.batched_texts / self.batches, 2) if self.batches else None,
+                # batches of texts of different lengths embedded without padding (packing.py)
+                "packed_batches": packed["batches"],
+                "packed_texts": packed["texts"],
                 "workers": self.workers,
                 "busy_workers": self.busy,
                 "most_busy_workers": self.most_busy,

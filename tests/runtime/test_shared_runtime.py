@@ -105,15 +105,24 @@ def test_warmup_in_shared_mode_warms_the_service_not_the_backend(service, db_dsn
 
 
 def test_requests_from_many_connections_are_batched_together(service, db_dsn):
+    """Six connections embed at once: their texts go to the model in fewer calls than texts, and each connection
+    gets its own text's vector, the one a backend computes for that text alone, whatever else shared its batch
+    (texts of different lengths: the batches are packed, one sequence of all their tokens, attention per text)."""
     before = service.runtime_stats()
     conns = [connect(db_dsn, "shared") for _ in range(6)]
+    sent = {
+        (i, j): f"sentence {i} {j} about proteins and cells" + " in tissue" * ((3 * i + j) % 7)
+        for i in range(6)
+        for j in range(8)
+    }
+    got: dict = {}
     try:
         start = threading.Barrier(len(conns))
 
         def work(c, i):
             start.wait()
             for j in range(8):
-                c.execute("select ml.embed(%s, %s)", [MODEL, f"sentence {i} {j} about proteins and cells"])
+                got[i, j] = c.execute("select ml.embed(%s, %s)", [MODEL, sent[i, j]]).fetchone()[0].to_list()
 
         threads = [threading.Thread(target=work, args=(c, i)) for i, c in enumerate(conns)]
         for t in threads:
@@ -128,6 +137,12 @@ def test_requests_from_many_connections_are_batched_together(service, db_dsn):
     batches = after["batches"] - before["batches"]
     assert texts_done == 48
     assert batches < texts_done, f"{texts_done} single-text requests went to the model in {batches} calls"
+    assert after["packed_batches"] > before["packed_batches"], "texts of different lengths batched: packed"
+    with connect(db_dsn, "backend") as b:
+        alone = {k: b.execute("select ml.embed(%s, %s)", [MODEL, t]).fetchone()[0].to_list() for k, t in sent.items()}
+    assert got.keys() == alone.keys()
+    worst = max(max(abs(x - y) for x, y in zip(got[k], alone[k])) for k in sent)
+    assert worst < 1e-5, f"a vector differs from its text's own by {worst}"
 
 
 def test_cancel_while_waiting_on_the_service_acts_within_a_second(service, db_dsn, scifact_docs):
