@@ -17,7 +17,7 @@ as $$ select jsonb_build_object(
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head', 'audit.seal'),
   'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction',
                                    'ml._shard_search', 'ml._shard_keyword_search'),
-  'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table'),
+  'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table', 'ml._search_static_set'),
   -- trigger functions that writers attach to tables of their own (ml.create_vectorizer runs as its caller and
   -- makes the triggers on the caller's source table, which needs EXECUTE); each checks that the table it
   -- fires on is the one its catalog row names, so attaching it elsewhere does nothing

@@ -176,6 +176,7 @@ begin
     tbl := ml._collection_make_table(c);
     perform ml._collection_make_indexes(c);
     perform ml._collection_make_triggers(c);
+    perform ml._search_static_set(c, true);   -- its filter-free ANN search, planned once per session (sql/220)
   end if;
   -- readers and apps search, writers write (a data table); the one tenant policy
   perform ml._apply_table_grants(tbl);
@@ -227,6 +228,7 @@ begin
   if to_regclass(ml._collection_table(c)) is not null then
     execute format('drop table %s cascade', ml._assert_indb_owned(to_regclass(ml._collection_table(c))));
   end if;
+  perform ml._search_static_set(c, false);
   delete from ml.collections where id = c.id;
   return true;
 end $$;

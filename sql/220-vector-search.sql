@@ -189,6 +189,76 @@ as $$
                 format('(t.embedding %s $1::%s)', ml._collection_op(c), ml._collection_vtype(c)), lim)
 $$;
 
+-- A filter-free ANN search (ml._search's common call) runs a query that the session plans once and that takes
+-- the query vector as a value: ml._search_static holds one static query per collection such a search can take
+-- (plpgsql keeps each statement's plan; force_generic_plan: one plan, as PostgreSQL would settle on after five
+-- calls). Measured against the session's prepared statement this replaces as the first choice: the vector's
+-- text form both ways (~30 us), the EXECUTE statement and the statement lookup (~100 us in all on a ~1 ms search;
+-- benchmarks/search_overhead.py). A branch answers only when the caller's signature (md5 of the SQL that
+-- ml._search_ann_sql builds now) is the one it was made from; otherwise, and for a collection without a branch,
+-- the prepared statement answers (ml._search). Row security applies as in any query: the function runs as its
+-- caller (SECURITY INVOKER); its body names collection tables only (quoted) and is made by indb_owner only.
+create or replace function ml._search_static_ddl(branches text) returns text
+language sql immutable parallel safe
+as $$
+  select format($f$create or replace function ml._search_static(query vector, k int, cid bigint, sig text,
+    out served boolean, out ids text[], out scores float8[], out contents text[], out metas jsonb[])
+language plpgsql volatile parallel unsafe
+set search_path from current
+set plan_cache_mode = force_generic_plan
+as %L$f$, E'begin\n  served := false;\n  case cid\n  when 0 then  -- no collection (CASE needs a WHEN)\n    null;\n'
+              || E'  -- branches begin\n' || branches || E'  -- branches end\n  else\n    null;\n  end case;\nend')
+$$;
+comment on function ml._search_static_ddl(text) is
+  'internal: the CREATE statement of ml._search_static with these branches (ml._search_static_set)';
+
+-- add (present) or remove the branch of collection c in ml._search_static (made if missing; c null: only that);
+-- called by ml._create_collection, ml.drop_collection and `indb install`, as indb_owner (nobody else may run it,
+-- or replace the function)
+create or replace function ml._search_static_set(c ml.collections, present boolean) returns boolean
+language plpgsql volatile parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  src text;
+  branches text;
+  sql text;
+begin
+  -- one change at a time: two transactions replacing one function would fail ("tuple concurrently updated"), or
+  -- the later would drop the earlier's branch
+  perform pg_advisory_xact_lock(hashtext('indb.search_static'));
+  select p.prosrc into src from pg_catalog.pg_proc p
+   where p.oid = to_regprocedure('ml._search_static(vector, int, bigint, text)');
+  branches := coalesce(substring(src from E'\n  -- branches begin\n(.*)  -- branches end\n'), '');
+  -- the collection's branch, delimited by its marker lines (the name is [a-z0-9_]: no marker in the SQL)
+  branches := regexp_replace(branches, format(E'  -- collection %s begin\n.*?  -- collection %s end\n', c.id, c.id), '');
+  if present and c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
+     and c.shards is null and c.storage in ('vector', 'halfvec') then
+    sql := ml._search_ann_sql(c, 'true', '$2');
+    branches := branches || format(
+      E'  -- collection %s begin\n'
+      || E'  when %s then\n'
+      || E'    if sig = %L then\n'
+      || E'      select true, array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata)\n'
+      || E'        into served, ids, scores, contents, metas\n'
+      || E'        from (%s) x(id, score, content, metadata);\n'
+      || E'    end if;\n'
+      || E'  -- collection %s end\n',
+      c.id, c.id, md5(sql), sql, c.id);
+  end if;
+  execute ml._search_static_ddl(branches);
+  comment on function ml._search_static(vector, int, bigint, text) is
+    'internal: the static query of each collection for a filter-free ANN search (ml._search; made by ml._search_static_set)';
+  return present;
+end $$;
+comment on function ml._search_static_set(ml.collections, boolean) is
+  'internal (indb_owner): add or remove a collection''s branch in ml._search_static';
+
+-- made with every collection's branch (c null: none changes; re-applying this file keeps the branches of
+-- collections the installing role cannot see, which are remade when that role can)
+select ml._search_static_set(null, false);
+select count(ml._search_static_set(c, true)) from ml.collections c;
+
 -- The plan of a vector search: every argument checked, the filter translated (values travel in one jsonb
 -- parameter, $3), the strategy, the SQL ($1 query, $2 k, $3 filter values; exact fallback for iterative scans)
 -- and the index settings. Used by ml._search and ml.search_explain.
@@ -329,6 +399,7 @@ declare
   cur int;
   ef int;
   n bigint;
+  served boolean;
 begin
   if c.shards is not null then
     -- fan-out: each shard's own top k' (sql/240), merged here
@@ -350,9 +421,15 @@ begin
     if greatest(coalesce(ef, cur), k) <> cur then
       perform set_config('hnsw.ef_search', greatest(coalesce(ef, cur), k)::text, true);
     end if;
-    execute format('execute %I(%L)', ml._search_prepared(ml._search_ann_sql(c, 'true', k::text), ml._collection_vtype(c)),
-                   query::text)
-      into r_ids, r_scores, r_contents, r_metas;
+    -- the collection's static query (planned once per session, the vector passed as a value); else the
+    -- session's prepared statement (the vector passed as text)
+    select s.served, s.ids, s.scores, s.contents, s.metas into served, r_ids, r_scores, r_contents, r_metas
+      from ml._search_static(query, k, c.id, md5(ml._search_ann_sql(c, 'true', '$2'))) s;
+    if not served then
+      execute format('execute %I(%L)', ml._search_prepared(ml._search_ann_sql(c, 'true', k::text),
+                                                           ml._collection_vtype(c)), query::text)
+        into r_ids, r_scores, r_contents, r_metas;
+    end if;
     if greatest(coalesce(ef, cur), k) <> cur then
       perform set_config('hnsw.ef_search', cur::text, true);
     end if;
@@ -376,8 +453,15 @@ begin
   -- than the query itself); a filter-free ANN search with k <= 100 runs a prepared statement, planned once per
   -- session instead of at every call (benchmarks/search_overhead.py)
   if (p ->> 'prepared')::boolean then
-    execute format('execute %I(%L)', ml._search_prepared(p ->> 'sql', ml._collection_vtype(c)), query::text)
-      into r_ids, r_scores, r_contents, r_metas;
+    served := false;
+    if p ->> 'filter_sql' = 'true' then  -- (tenant_scope narrows the filter: not the static query's SQL)
+      select s.served, s.ids, s.scores, s.contents, s.metas into served, r_ids, r_scores, r_contents, r_metas
+        from ml._search_static(query, k, c.id, md5(ml._search_ann_sql(c, 'true', '$2'))) s;
+    end if;
+    if not served then
+      execute format('execute %I(%L)', ml._search_prepared(p ->> 'sql', ml._collection_vtype(c)), query::text)
+        into r_ids, r_scores, r_contents, r_metas;
+    end if;
   else
     execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
                    'from (%s) x(id, score, content, metadata)', p ->> 'sql')

@@ -1,6 +1,8 @@
-"""ml.search's plan cache (a filter-free ANN search runs a prepared statement that its session keeps), attacked
-by real logins: a statement the session prepared itself under ml.search's name is replaced, never run; the
-cached plan follows the session's tenant when it switches; other sessions never see a session's statements."""
+"""ml.search's plan caches, attacked by real logins. A filter-free ANN search runs the collection's static query in
+ml._search_static (planned once per session), or for a collection without one a prepared statement that its
+session keeps: a statement the session prepared itself under ml.search's name is never run (replaced when the
+prepared path runs); the cached plan follows the session's tenant when it switches, on either path; other
+sessions never see a session's statements; no working role can change the static queries."""
 
 from __future__ import annotations
 
@@ -29,6 +31,19 @@ def shared_collection(sconn):
     return name
 
 
+def _static_branch(sconn, collection: str, present: bool) -> None:
+    sconn.execute("select ml._search_static_set(c, %s) from ml.collections c where c.name = %s", [present, collection])
+
+
+@pytest.fixture(params=["static", "prepared"])
+def path(request, sconn, shared_collection):
+    """Which fast path answers: the static query, or (its branch removed) the prepared statement."""
+    if request.param == "prepared":
+        _static_branch(sconn, shared_collection, False)
+    yield request.param
+    _static_branch(sconn, shared_collection, True)
+
+
 def _statement_name(sconn, collection: str, k: int) -> str:
     return sconn.execute(
         "select 'indb_search_' || md5(ml._collection_vtype(c) || ' ' || ml._search_ann_sql(c, 'true', %s)) "
@@ -38,7 +53,7 @@ def _statement_name(sconn, collection: str, k: int) -> str:
 
 
 @pytest.mark.parametrize("who", ["acme_reader", "acme_app", "reader"])
-def test_a_statement_prepared_under_ml_searchs_name_is_replaced_never_run(connect_as, sconn, shared_collection, who):
+def test_a_statement_prepared_under_ml_searchs_name_is_never_run(connect_as, sconn, shared_collection, path, who):
     c = connect_as(who)
     honest = sorted(r[0] for r in c.execute(f"select id from collections.{shared_collection}"))
     stmt = _statement_name(sconn, shared_collection, 10)
@@ -47,14 +62,17 @@ def test_a_statement_prepared_under_ml_searchs_name_is_replaced_never_run(connec
     )
     got = sorted(r[0] for r in c.execute("select id from ml.search(%s, '[1,0]'::vector, 10)", [shared_collection]))
     assert got == honest and "planted" not in got
-    # the session's statement of that name is now ml.search's
     text = c.execute("select statement from pg_prepared_statements where name = %s", [stmt]).fetchone()[0]
-    assert f"from collections.{shared_collection} t " in text and "planted" not in text
+    if path == "prepared":  # the session's statement of that name is now ml.search's
+        assert f"from collections.{shared_collection} t " in text and "planted" not in text
+    else:  # the static query answered; the session's own statement was left alone, unused
+        assert "planted" in text
 
 
-def test_the_cached_plan_follows_the_sessions_tenant(db_dsn, sconn, shared_collection):
+def test_the_cached_plan_follows_the_sessions_tenant(db_dsn, sconn, shared_collection, path):
     """A reader of two tenants switching indb.tenant in one session: every ml.search answers as plain SQL does in
-    that state, through the same prepared statement, also once PostgreSQL uses its generic plan."""
+    that state, through the same cached plan (static query or prepared statement), also once it is the generic
+    plan."""
     role = login_name("two_tenants_reader")
     if not sconn.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone():
         sconn.execute(f'create role "{role}" login')
@@ -78,14 +96,17 @@ def test_the_cached_plan_follows_the_sessions_tenant(db_dsn, sconn, shared_colle
                 seen[tenant] = got
         # the switch changes what is visible, so the test can fail
         assert "acme_0" in seen["acme"] and "acme_0" not in seen["globex"] and "globex_0" in seen["globex"]
-        generic, custom = a.execute(
+        plans = a.execute(
             "select generic_plans, custom_plans from pg_prepared_statements where statement like %s",
             [f"%from collections.{shared_collection} t %"],
         ).fetchone()
-        assert generic >= 1 and generic + custom == 12
+        if path == "prepared":
+            assert plans[0] >= 1 and plans[0] + plans[1] == 12
+        else:  # the static query (a generic plan from the first call) answered all twelve
+            assert plans is None
 
 
-def test_a_sessions_statements_are_its_own(connect_as, shared_collection):
+def test_a_sessions_statements_are_its_own(connect_as, shared_collection, path):
     a, g = connect_as("acme_reader"), connect_as("globex_reader")
     a.execute("select id from ml.search(%s, '[1,0]'::vector, 10)", [shared_collection]).fetchall()
     assert g.execute("select count(*) from pg_prepared_statements where name like 'indb_search_%'").fetchone()[0] == 0
@@ -99,3 +120,21 @@ def test_a_sessions_statements_are_its_own(connect_as, shared_collection):
         "shared_1",
         "shared_2",
     ]
+
+
+@pytest.mark.parametrize("who", ["writer", "admin", "acme_app", "norights"])
+def test_no_working_role_can_change_the_static_queries(connect_as, sconn, shared_collection, who):
+    """ml._search_static runs as every searcher: only indb_owner may make its body (ml._search_static_set, from
+    ml.create_collection and ml.drop_collection). A working role can neither call the setter nor replace the
+    function with a query of its own."""
+    c = connect_as(who)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute("select ml._search_static_set(c, true) from ml.collections c where c.name = %s", [shared_collection])
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute(
+            "create or replace function ml._search_static(query vector, k int, cid bigint, sig text, "
+            "out served boolean, out ids text[], out scores float8[], out contents text[], out metas jsonb[]) "
+            "language sql as $$ select true, array['planted'], array[1::float8], array['x'], array['{}'::jsonb] $$"
+        )
+    src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+    assert "planted" not in src and f"from collections.{shared_collection} t " in src

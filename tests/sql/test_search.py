@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 
 import numpy as np
 import psycopg
@@ -184,11 +185,21 @@ def _prepared(conn, name, k):
     ).fetchone()
 
 
-def test_the_prepared_fast_path_answers_as_the_full_path_and_the_hand_written_query(sconn, corpus):
-    """A filter-free ANN search (k <= 100) runs a prepared statement planned once per session: the same rows and
-    scores as the full path (an option that takes it: max_scan_tuples) and as pgvector queried by hand."""
+def _static_branch(conn, name: str, present: bool) -> None:
+    """Add or remove collection `name`'s branch in ml._search_static (as indb's owner would)."""
+    conn.execute("select ml._search_static_set(c, %s) from ml.collections c where c.name = %s", [present, name])
+
+
+@pytest.mark.parametrize("path", ["static", "prepared"])
+def test_the_fast_paths_answer_as_the_full_path_and_the_hand_written_query(sconn, corpus, path):
+    """A filter-free ANN search (k <= 100) runs the collection's static query in ml._search_static (planned once
+    per session, the vector passed as a value) or, for a collection without one, a prepared statement: either
+    way the same rows and scores as the full path (an option that takes it: max_scan_tuples) and as pgvector
+    queried by hand."""
     name, X, ids, docs = corpus
     sconn.execute("set hnsw.ef_search = 40")
+    if path == "prepared":
+        _static_branch(sconn, name, False)
     try:
         for q in X[:30]:
             v = str(q.tolist())
@@ -207,10 +218,40 @@ def test_the_prepared_fast_path_answers_as_the_full_path_and_the_hand_written_qu
             ).fetchall()
             assert [r[0] for r in fast] == [r[0] for r in full] == [r[0] for r in hand]
             assert np.allclose([r[1] for r in fast], [r[1] for r in hand], atol=1e-6)
-        generic, custom = _prepared(sconn, name, 10)
-        assert generic + custom >= 30 and generic >= 1  # planned once, then the cached (generic) plan ran
+        if path == "prepared":
+            generic, custom = _prepared(sconn, name, 10)
+            assert generic + custom >= 30 and generic >= 1  # planned once, then the cached (generic) plan ran
+        else:
+            assert _prepared(sconn, name, 10) is None  # the static query answered: no statement was prepared
     finally:
         sconn.execute("reset hnsw.ef_search")
+        _static_branch(sconn, name, True)
+
+
+def test_a_static_branch_made_from_other_sql_is_not_used(sconn, corpus):
+    """A branch answers only for the SQL it was made from (its signature): one made by another version of
+    ml._search_ann_sql (simulated: a branch whose query returns a planted row) is passed over for the prepared
+    statement, so a stale branch costs speed, never rows."""
+    name, X = corpus[0], corpus[1]
+    cid = sconn.execute("select id from ml.collections where name = %s", [name]).fetchone()[0]
+    v = str(X[3].tolist())
+    honest = sconn.execute("select id from ml.search(%s, %s::vector, 10)", [name, v]).fetchall()
+    src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+    planted = sconn.execute(
+        "select ml._search_static_ddl(%s)",
+        [
+            f"  when {cid} then\n    if sig = 'not the current sql' then\n      select true, array['planted'], "
+            "array[1::float8], array['x'], array['{}'::jsonb] into served, ids, scores, contents, metas;\n"
+            "    end if;\n"
+        ],
+    ).fetchone()[0]
+    sconn.execute(planted)
+    try:
+        assert sconn.execute("select id from ml.search(%s, %s::vector, 10)", [name, v]).fetchall() == honest
+    finally:  # the branches as they were
+        branches = src.split("  -- branches begin\n", 1)[1].split("  -- branches end\n", 1)[0]
+        sconn.execute(sconn.execute("select ml._search_static_ddl(%s)", [branches]).fetchone()[0])
+    assert _static_source(sconn) == src
 
 
 def test_the_fast_path_sets_ef_search_only_for_the_query(sconn, corpus):
@@ -228,8 +269,9 @@ def test_the_fast_path_sets_ef_search_only_for_the_query(sconn, corpus):
 
 
 def test_a_collection_dropped_and_made_again_under_its_name_is_searched_afresh(sconn):
-    """The session's prepared statement names the table: after drop + create (same name, same or other
-    dimensions) ml.search answers from the new rows, never from a stale plan."""
+    """The session's static query (and prepared statement) names the table: after drop + create (same name,
+    same or other dimensions) ml.search answers from the new rows, never from a stale plan; the dropped
+    collection's branch is gone from ml._search_static."""
     name = f"re_{secrets.token_hex(3)}"
     for dims, rows in ((2, [("old", [1, 0])]), (2, [("new", [1, 0])]), (3, [("three", [1, 0, 0])])):
         sconn.execute(
@@ -238,7 +280,14 @@ def test_a_collection_dropped_and_made_again_under_its_name_is_searched_afresh(s
         sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": i, "embedding": e} for i, e in rows])])
         q = str([1.0] + [0.0] * (dims - 1))
         assert [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5)", [name, q])] == [rows[0][0]]
+        cid = sconn.execute("select id from ml.collections where name = %s", [name]).fetchone()[0]
+        assert f"when {cid} then" in _static_source(sconn)
         sconn.execute("select ml.drop_collection(%s)", [name])
+        assert f"when {cid} then" not in _static_source(sconn) and f"collections.{name} " not in _static_source(sconn)
+
+
+def _static_source(conn) -> str:
+    return conn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
 
 
 @pytest.mark.parametrize(
@@ -446,3 +495,39 @@ def test_a_filter_the_planner_thinks_rare_but_is_common_is_answered_by_the_index
     assert matches == 2700 and len(got) == 10 and len(set(got) & set(expect)) >= 9, (got, expect)
     assert all(docs[int(i[1:])]["metadata"]["grp"] == "a" for i in got)
     assert [r[1] for r in rows] == sorted([r[1] for r in rows], reverse=True)
+
+
+def test_collections_made_at_once_both_get_their_static_query(db_dsn, sconn):
+    """Two transactions making collections at once: the second waits for the first to commit before it changes
+    ml._search_static (otherwise one of them fails, "tuple concurrently updated", or drops the other's branch)."""
+    a_name, b_name = f"ca_{secrets.token_hex(3)}", f"cb_{secrets.token_hex(3)}"
+    a = psycopg.connect(db_dsn)
+    b = psycopg.connect(db_dsn, autocommit=True)
+    errors: list[BaseException] = []
+
+    def make_b() -> None:
+        try:
+            b.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [b_name])
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    try:
+        a.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [a_name])
+        t = threading.Thread(target=make_b)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive()  # waiting for the first transaction
+        a.commit()
+        t.join(30)
+        assert not errors and not t.is_alive()
+        src = _static_source(sconn)
+        for name in (a_name, b_name):
+            cid = sconn.execute("select id from ml.collections where name = %s", [name]).fetchone()[0]
+            assert f"when {cid} then" in src
+            sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": name, "embedding": [1, 0]}])])
+            assert sconn.execute("select id from ml.search(%s, '[1,0]'::vector, 3)", [name]).fetchall() == [(name,)]
+    finally:
+        a.close()
+        b.close()
+        for name in (a_name, b_name):
+            sconn.execute("select ml.drop_collection(%s, if_exists => true)", [name])
