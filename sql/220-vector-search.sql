@@ -192,7 +192,8 @@ $$;
 -- A filter-free ANN search (ml._search's common call) runs a query that the session plans once and that takes
 -- the query vector as a value: ml._search_static holds one static query per collection such a search can take
 -- (plpgsql keeps each statement's plan; force_generic_plan: one plan, as PostgreSQL would settle on after five
--- calls). Measured against the session's prepared statement this replaces as the first choice: the vector's
+-- calls; no JIT: the generic plan's LIMIT $2 is estimated at 10% of the rows, which at 1,000,000 documents
+-- passes jit_above_cost, and compiling took ~6 ms of a ~2 ms search). Measured against the session's prepared statement this replaces as the first choice: the vector's
 -- text form both ways (~30 us), the EXECUTE statement and the statement lookup (~100 us in all on a ~1 ms search;
 -- benchmarks/search_overhead.py). A branch answers only when the caller's signature (md5 of the SQL that
 -- ml._search_ann_sql builds now) is the one it was made from; otherwise, and for a collection without a branch,
@@ -206,6 +207,7 @@ as $$
 language plpgsql volatile parallel unsafe
 set search_path from current
 set plan_cache_mode = force_generic_plan
+set jit = off
 as %L$f$, E'begin\n  served := false;\n  case cid\n  when 0 then  -- no collection (CASE needs a WHEN)\n    null;\n'
               || E'  -- branches begin\n' || branches || E'  -- branches end\n  else\n    null;\n  end case;\nend')
 $$;
