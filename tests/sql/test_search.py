@@ -553,3 +553,31 @@ def test_the_static_query_is_never_compiled(db_dsn, corpus):
         static = [m for m in logs if "plan:" in m and f"from collections.{name} t " in m]
         assert len(static) >= 3  # the static query ran (and was explained)
         assert not [m for m in static if "JIT:" in m], "the static search query was compiled"
+
+
+def test_the_static_queries_are_capped_the_oldest_make_room(db_dsn, sconn):
+    """ml._search_static is compiled again in every session after each change (~0.16 ms a branch): at most
+    indb.search_static_max branches (default 64). Beyond it the oldest branch makes room, and its collection is
+    still searched exactly (the prepared path)."""
+    names = [f"cap{i}_{secrets.token_hex(3)}" for i in range(3)]
+    with psycopg.connect(db_dsn, autocommit=True) as c:
+        c.execute("set indb.search_static_max = 2")
+        try:
+            for name in names:
+                c.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+                c.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": name, "embedding": [1, 0]}])])
+            src = _static_source(sconn)
+            assert src.count("  -- collection ") == 2 * 2  # two branches, a begin and an end line each
+            ids = [sconn.execute("select id from ml.collections where name = %s", [n]).fetchone()[0] for n in names]
+            assert f"when {ids[0]} then" not in src and all(f"when {i} then" in src for i in ids[1:])
+            for name in names:  # the evicted one too
+                assert c.execute("select id from ml.search(%s, '[1,0]'::vector, 3)", [name]).fetchall() == [(name,)]
+        finally:
+            c.execute("reset indb.search_static_max")
+            for name in names:
+                c.execute("select ml.drop_collection(%s, if_exists => true)", [name])
+            # the other collections' branches back, the newest last (as `indb install` does)
+            c.execute(
+                "do $$ declare x ml.collections; begin for x in select * from ml.collections order by id loop "
+                "perform ml._search_static_set(x, true); end loop; end $$"
+            )
