@@ -69,6 +69,19 @@ def one_row(conn, sql: str, params=None) -> dict:
     return rows[0]
 
 
+def explain_everything(conn) -> list[str]:
+    """Make ``conn`` EXPLAIN ANALYZE every statement it runs, nested ones included (auto_explain, as notices), and
+    return the list its messages are collected in (a plan's message contains "plan:", and "JIT:" if it was
+    compiled). Needs a superuser connection (LOAD)."""
+    logs: list[str] = []
+    conn.add_notice_handler(lambda d: logs.append(d.message_primary or ""))
+    conn.execute("load 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on"):
+        conn.execute(f"set auto_explain.{setting}")
+    conn.execute("set client_min_messages = log")
+    return logs
+
+
 def watch_progress(db_dsn, command, target, call, params, until=None, release=None):
     """Run ``call`` in a new session (a thread) and poll ml.progress from another session while it runs: the
     rows seen for (command, target). ``until(row)``: the row to wait for before ``release()`` lets the call go on."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from helpers import explain_everything
 from psycopg.rows import dict_row
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -1079,12 +1080,7 @@ def test_first_batch_calls_of_a_new_connection_do_not_compile_their_plan(sconn, 
     c.execute("select features.materialize_incremental('fj')")
     feats = [f"fj:f{i}" for i in range(1, 21)]
     with psycopg.connect(db_dsn, autocommit=True) as fresh:
-        logs: list[str] = []
-        fresh.add_notice_handler(lambda d: logs.append(d.message_primary or ""))
-        fresh.execute("load 'auto_explain'")
-        for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on"):
-            fresh.execute(f"set auto_explain.{setting}")
-        fresh.execute("set client_min_messages = log")
+        logs = explain_everything(fresh)
         for call in range(7):
             keys = json.dumps([{"k": k} for k in range(1 + call * 50, 101 + call * 50)])
             rows = fresh.execute("select features.get_online_batch(%s, %s)", [feats, keys]).fetchall()

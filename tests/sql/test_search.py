@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import psycopg
 import pytest
+from helpers import explain_everything
 from psycopg.types.json import Jsonb
 
 DIM = 8
@@ -539,14 +540,9 @@ def test_the_static_query_is_never_compiled(db_dsn, corpus):
     jit_above_cost = 0 (every plan qualifies): auto_explain (every statement the search runs) shows no JIT."""
     name, X = corpus[0], corpus[1]
     with psycopg.connect(db_dsn, autocommit=True) as c:
-        logs: list[str] = []
-        c.add_notice_handler(lambda d: logs.append(d.message_primary or ""))
-        c.execute("load 'auto_explain'")
-        for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on"):
-            c.execute(f"set auto_explain.{setting}")
+        logs = explain_everything(c)
         c.execute("set jit = on")
         c.execute("set jit_above_cost = 0")
-        c.execute("set client_min_messages = log")
         for q in X[:3]:
             rows = c.execute("select id from ml.search(%s, %s::vector, 10)", [name, str(q.tolist())]).fetchall()
             assert len(rows) == 10
