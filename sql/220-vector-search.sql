@@ -193,9 +193,9 @@ $$;
 -- the query vector as a value: ml._search_static holds one static query per collection such a search can take
 -- (plpgsql keeps each statement's plan; force_generic_plan: one plan, as PostgreSQL would settle on after five
 -- calls; no JIT: the generic plan's LIMIT $2 is estimated at 10% of the rows, which at 1,000,000 documents
--- passes jit_above_cost, and compiling took ~6 ms of a ~2 ms search). Measured against the session's prepared statement this replaces as the first choice: the vector's
--- text form both ways (~30 us), the EXECUTE statement and the statement lookup (~100 us in all on a ~1 ms search;
--- benchmarks/search_overhead.py). A branch answers only when the caller's signature (md5 of the SQL that
+-- passes jit_above_cost, and compiling took ~6 ms of a ~2 ms search). What it saves against the session's
+-- prepared statement, which stays the fallback: the vector's text form both ways (~30 us), the EXECUTE
+-- statement and the statement lookup (~100 us in all on a ~1 ms search; benchmarks/search_overhead.py). A branch answers only when the caller's signature (md5 of the SQL that
 -- ml._search_ann_sql builds now) is the one it was made from; otherwise, and for a collection without a branch,
 -- the prepared statement answers (ml._search). Row security applies as in any query: the function runs as its
 -- caller (SECURITY INVOKER); its body names collection tables only (quoted) and is made by indb_owner only.
