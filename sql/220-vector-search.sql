@@ -226,11 +226,12 @@ declare
   branches text;
   sql text;
   before text;
-  -- at most this many branches (indb.search_static_max, 0-256, default 64): the function is compiled again in
-  -- every session after each change, ~0.16 ms a branch (2,000 branches: 330 ms), and CASE tries the branches in
-  -- turn. Beyond it, the oldest branches make room; their collections are searched through the prepared path.
-  cap int := case when current_setting('indb.search_static_max', true) ~ '^[0-9]{1,3}$'
-                  then least(current_setting('indb.search_static_max', true)::int, 256) else 64 end;
+  -- at most this many branches (64; indb.search_static_max, 0-256, when an indb_admin sets it: a writer who could
+  -- lower it would evict other tenants' branches): the function is compiled again in every session after each
+  -- change, ~0.16 ms a branch (2,000 branches: 330 ms), and CASE tries the branches in turn. Beyond it, the
+  -- oldest branches make room; their collections are searched through the prepared path.
+  want text := current_setting('indb.search_static_max', true);
+  cap int := case when want ~ '^[0-9]{1,3}$' and ml.is_admin() then least(want::int, 256) else 64 end;
 begin
   -- one change at a time: two transactions replacing one function would fail ("tuple concurrently updated"), or
   -- the later would drop the earlier's branch

@@ -138,3 +138,18 @@ def test_no_working_role_can_change_the_static_queries(connect_as, sconn, shared
         )
     src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
     assert "planted" not in src and f"from collections.{shared_collection} t " in src
+
+
+def test_a_writer_cannot_lower_the_cap_to_evict_other_tenants_static_queries(connect_as, sconn, shared_collection):
+    """indb.search_static_max is honoured for indb_admin only: a tenant's writer who sets it to 1 and makes a
+    collection gets its own branch, and every other collection keeps its own."""
+    name = f"ev_{secrets.token_hex(3)}"
+    w = connect_as("acme_writer")
+    w.execute("set indb.search_static_max = 1")
+    try:
+        w.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+        src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+        assert f"from collections.{name} t " in src
+        assert f"from collections.{shared_collection} t " in src, "another collection's branch was evicted"
+    finally:
+        sconn.execute("select ml.drop_collection(%s, if_exists => true)", [name])
