@@ -1,5 +1,6 @@
 -- Vector search over a collection: exact, ANN and filtered (iterative index scan) strategies, as named steps:
--- ml._search_plan (checks, filter, strategy, SQL, index settings), then ml._search runs the plan and
+-- ml.search starts in ml._search_static (a filter-free ANN search: the collection's static query), anything else
+-- goes to ml._search_plan (checks, filter, strategy, SQL, index settings); ml._search runs the plan and
 -- ml.search_explain explains it.
 
 create or replace function ml._search_options() returns text[]
@@ -175,41 +176,52 @@ begin
   return gucs;
 end $$;
 
--- The SQL of the plain index scan (already in distance order: HNSW/IVFFlat never return null embeddings): $1 the
--- query, fsql the filter, lim the limit ('$2', or k written in for the prepared statement of a filter-free search)
-create or replace function ml._search_ann_sql(c ml.collections, fsql text, lim text) returns text
+-- The SQL of the plain index scan (already in distance order: HNSW/IVFFlat never return null embeddings): q the
+-- query vector ($1, or the parameter's name in ml._search_static), fsql the filter, lim the limit ('$2', or a
+-- number written in: k for the prepared statement of a filter-free search, 100 for ml._search_static)
+create or replace function ml._search_ann_sql(c ml.collections, fsql text, lim text, q text default '$1') returns text
 language sql stable parallel safe
 as $$
   -- one expression, no FROM, STABLE like format(): the planner inlines it into the caller's (cached)
   -- expression; otherwise the function is run through the SQL-function executor at every call (~30-60 us)
   select format('select t.id, (%s%s)::float8, t.content, t.metadata from %s t where %s order by %s limit %s',
                 case c.metric when 'cosine' then '1 - ' else '-' end,
-                format('(t.embedding %s $1::%s)', ml._collection_op(c), ml._collection_vtype(c)),
+                format('(t.embedding %s %s::%s)', ml._collection_op(c), q, ml._collection_vtype(c)),
                 ml._collection_table(c), fsql,
-                format('(t.embedding %s $1::%s)', ml._collection_op(c), ml._collection_vtype(c)), lim)
+                format('(t.embedding %s %s::%s)', ml._collection_op(c), q, ml._collection_vtype(c)), lim)
 $$;
 
--- A filter-free ANN search (ml._search's common call) runs a query that the session plans once and that takes
--- the query vector as a value: ml._search_static holds one static query per collection such a search can take
--- (plpgsql keeps each statement's plan; force_generic_plan: one plan, as PostgreSQL would settle on after five
--- calls; no JIT: the generic plan's LIMIT $2 is estimated at 10% of the rows, which at 1,000,000 documents
--- passes jit_above_cost, and compiling took ~6 ms of a ~2 ms search). What it saves against the session's
--- prepared statement, which stays the fallback: the vector's text form both ways (~30 us), the EXECUTE
--- statement and the statement lookup (~100 us in all on a ~1 ms search; benchmarks/search_overhead.py). A branch answers only when the caller's signature (md5 of the SQL that
--- ml._search_ann_sql builds now) is the one it was made from; otherwise, and for a collection without a branch,
--- the prepared statement answers (ml._search). Row security applies as in any query: the function runs as its
--- caller (SECURITY INVOKER); its body names collection tables only (quoted) and is made by indb_owner only.
+-- ml.search with a query vector starts in ml._search_static. Its common call, a filter-free ANN search, runs a
+-- static query that the session plans once and that takes the query vector as a value: one branch per collection
+-- (plpgsql keeps each statement's plan). A branch answers when the call is one it takes (no filter, no option but
+-- ef_search, 1 <= k <= 100, a vector of the collection's dimensions, non-zero for cosine) and the catalog row the
+-- caller sees (row security on ml.collections) is the one the branch was made from: id, name, table, metric,
+-- storage, dimensions, index. Anything else, errors included, goes to ml._search: the full path, which for a
+-- collection without a branch runs the session's prepared statement.
+-- The query is `select * from (<the ANN query> limit 100) s limit k`: its generic plan is costed for k of 100 rows,
+-- as a hand-written `limit 10` is. (`limit k` alone is costed at 10% of the table: PostgreSQL keeps planning it
+-- per call, and at 1,000,000 documents its generic plan passed jit_above_cost: ~6 ms of compiling a ~2 ms search.)
+-- One plpgsql layer, no signature hashed per call, no SET but search_path: 160-210k instructions a search more
+-- than the hand-written query (without and with ef_search), against ~470k with ml._search in front (callgrind of
+-- a backend, 20,000 documents; the time: benchmarks/search_overhead.py). Row security applies as in any query:
+-- the function runs as its caller (SECURITY INVOKER); its body names collection tables only (quoted), and it is
+-- made by indb_owner only.
 create or replace function ml._search_static_ddl(branches text) returns text
 language sql immutable parallel safe
 as $$
-  select format($f$create or replace function ml._search_static(query vector, k int, cid bigint, sig text,
-    out served boolean, out ids text[], out scores float8[], out contents text[], out metas jsonb[])
+  select format($f$create or replace function ml._search_static(collection text, query vector, k int, filter jsonb,
+    options jsonb)
+returns table(id text, score float8, content text, metadata jsonb)
 language plpgsql volatile parallel unsafe
 set search_path from current
-set plan_cache_mode = force_generic_plan
-set jit = off
-as %L$f$, E'begin\n  served := false;\n  case cid\n  when 0 then  -- no collection (CASE needs a WHEN)\n    null;\n'
-              || E'  -- branches begin\n' || branches || E'  -- branches end\n  else\n    null;\n  end case;\nend')
+as %L$f$,
+    E'declare\n  cur int;\n  ef int;\nbegin\n'
+    || E'  if k between 1 and 100 and (filter is null or filter = ''{}'') and query is not null\n'
+    || E'     and (options is null or options = ''{}'' or options - ''ef_search'' = ''{}'') then\n'
+    || E'    case collection\n    when '''' then  -- no collection (CASE needs a WHEN)\n      null;\n'
+    || E'    -- branches begin\n' || branches || E'    -- branches end\n'
+    || E'    else\n      null;\n    end case;\n  end if;\n'
+    || E'  return query select * from ml._search(ml._collection(collection), query, k, filter, options);\nend')
 $$;
 comment on function ml._search_static_ddl(text) is
   'internal: the CREATE statement of ml._search_static with these branches (ml._search_static_set)';
@@ -224,7 +236,6 @@ as $$
 declare
   src text;
   branches text;
-  sql text;
   before text;
   -- at most this many branches (64; indb.search_static_max, 0-256, when an indb_admin sets it: a writer who could
   -- lower it would evict other tenants' branches): the function is compiled again in every session after each
@@ -237,33 +248,48 @@ begin
   -- the later would drop the earlier's branch
   perform pg_advisory_xact_lock(hashtext('indb.search_static'));
   select p.prosrc into src from pg_catalog.pg_proc p
-   where p.oid = to_regprocedure('ml._search_static(vector, int, bigint, text)');
-  branches := coalesce(substring(src from E'\n  -- branches begin\n(.*)  -- branches end\n'), '');
-  -- the collection's branch, delimited by its marker lines (the name is [a-z0-9_]: no marker in the SQL)
-  branches := regexp_replace(branches, format(E'  -- collection %s begin\n.*?  -- collection %s end\n', c.id, c.id), '');
+   where p.oid = to_regprocedure('ml._search_static(text, vector, int, jsonb, jsonb)');
+  branches := coalesce(substring(src from E'\n    -- branches begin\n(.*)    -- branches end\n'), '');
+  -- the collection's branch, delimited by its marker lines (a name is [a-z_][a-z0-9_]*: no marker in the SQL)
+  branches := regexp_replace(branches, format(E'    -- collection %s begin\n.*?    -- collection %s end\n', c.name, c.name), '');
   if present and c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
      and c.shards is null and c.storage in ('vector', 'halfvec') and cap > 0 then
     -- room for it: the oldest branches (the first ones) go
-    while (select count(*) from regexp_matches(branches, E'  -- collection [0-9]+ begin\n', 'g')) >= cap loop
+    while (select count(*) from regexp_matches(branches, E'    -- collection [a-z0-9_]+ begin\n', 'g')) >= cap loop
       before := branches;
-      branches := regexp_replace(branches, E'^  -- collection ([0-9]+) begin\n.*?  -- collection \\1 end\n', '');
+      branches := regexp_replace(branches, E'^    -- collection ([a-z0-9_]+) begin\n.*?    -- collection \\1 end\n', '');
       exit when branches = before;
     end loop;
-    sql := ml._search_ann_sql(c, 'true', '$2');
+    -- ef_search as ml._search_settings sets it for an ANN search: raised to k, put back after the query
     branches := branches || format(
-      E'  -- collection %s begin\n'
-      || E'  when %s then\n'
-      || E'    if sig = %L then\n'
-      || E'      select true, array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata)\n'
-      || E'        into served, ids, scores, contents, metas\n'
-      || E'        from (%s) x(id, score, content, metadata);\n'
-      || E'    end if;\n'
-      || E'  -- collection %s end\n',
-      c.id, c.id, md5(sql), sql, c.id);
+      E'    -- collection %s begin\n'
+      || E'    when %L then\n'
+      || E'      if vector_dims(query) = %s%s\n'
+      || E'         and exists (select from ml.collections x where x.id = %s and x.name = %L and x.table_schema = %L\n'
+      || E'                     and x.table_name = %L and x.metric = %L and x.storage = %L and x.dimensions = %s\n'
+      || E'                     and x.index_type = ''hnsw'' and x.partition_by is distinct from ''time''\n'
+      || E'                     and not x.binary_rerank and x.shards is null) then\n'
+      || E'        cur := coalesce(current_setting(''hnsw.ef_search'', true)::int, 40);\n'
+      || E'        if options ? ''ef_search'' then\n'
+      || E'          ef := ml._opt_int(options, ''ef_search'', null, 1, 1000);\n'
+      || E'        end if;\n'
+      || E'        if greatest(coalesce(ef, cur), k) <> cur then\n'
+      || E'          perform set_config(''hnsw.ef_search'', greatest(coalesce(ef, cur), k)::text, true);\n'
+      || E'        end if;\n'
+      || E'        return query select * from (%s) s limit k;\n'
+      || E'        if greatest(coalesce(ef, cur), k) <> cur then\n'
+      || E'          perform set_config(''hnsw.ef_search'', cur::text, true);\n'
+      || E'        end if;\n'
+      || E'        return;\n'
+      || E'      end if;\n'
+      || E'    -- collection %s end\n',
+      c.name, c.name, c.dimensions, case when c.metric = 'cosine' then ' and vector_norm(query) > 0' else '' end,
+      c.id, c.name, c.table_schema, c.table_name, c.metric, c.storage, c.dimensions,
+      ml._search_ann_sql(c, 'true', '100', 'query'), c.name);
   end if;
   execute ml._search_static_ddl(branches);
-  comment on function ml._search_static(vector, int, bigint, text) is
-    'internal: the static query of each collection for a filter-free ANN search (ml._search; made by ml._search_static_set)';
+  comment on function ml._search_static(text, vector, int, jsonb, jsonb) is
+    'internal: ml.search with a query vector; a filter-free ANN search runs its collection''s static query (made by ml._search_static_set)';
   return present;
 end $$;
 comment on function ml._search_static_set(ml.collections, boolean) is
@@ -417,44 +443,11 @@ declare
   p jsonb;
   saved jsonb := '{}';
   r_ids text[]; r_scores float8[]; r_contents text[]; r_metas jsonb[];
-  cur int;
-  ef int;
   n bigint;
-  served boolean;
 begin
   if c.shards is not null then
     -- fan-out: each shard's own top k' (sql/240), merged here
     return query select * from ml._shard_search(c.name, query, k, filter, options);
-    return;
-  end if;
-  -- the common call, answered without building a plan: no filter, no option but ef_search, an HNSW index
-  -- (not time-partitioned), no binary rerank, k <= 100, a valid query vector. The same SQL, settings and
-  -- prepared statement as the plan below would give (ml._search_plan, ml._search_settings); anything else,
-  -- errors included, takes the full path.
-  if (filter is null or filter = '{}') and (options is null or options = '{}' or options - 'ef_search' = '{}')
-     and c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
-     and k between 1 and 100 and query is not null and vector_dims(query) = c.dimensions
-     and (c.metric <> 'cosine' or vector_norm(query) > 0) then
-    cur := coalesce(current_setting('hnsw.ef_search', true)::int, 40);
-    if options ? 'ef_search' then
-      ef := ml._opt_int(options, 'ef_search', null, 1, 1000);
-    end if;
-    if greatest(coalesce(ef, cur), k) <> cur then
-      perform set_config('hnsw.ef_search', greatest(coalesce(ef, cur), k)::text, true);
-    end if;
-    -- the collection's static query (planned once per session, the vector passed as a value); else the
-    -- session's prepared statement (the vector passed as text)
-    select s.served, s.ids, s.scores, s.contents, s.metas into served, r_ids, r_scores, r_contents, r_metas
-      from ml._search_static(query, k, c.id, md5(ml._search_ann_sql(c, 'true', '$2'))) s;
-    if not served then
-      execute format('execute %I(%L)', ml._search_prepared(ml._search_ann_sql(c, 'true', k::text),
-                                                           ml._collection_vtype(c)), query::text)
-        into r_ids, r_scores, r_contents, r_metas;
-    end if;
-    if greatest(coalesce(ef, cur), k) <> cur then
-      perform set_config('hnsw.ef_search', cur::text, true);
-    end if;
-    return query select * from unnest(r_ids, r_scores, r_contents, r_metas);
     return;
   end if;
   p := ml._search_plan(c, query, k, filter, options);
@@ -474,15 +467,8 @@ begin
   -- than the query itself); a filter-free ANN search with k <= 100 runs a prepared statement, planned once per
   -- session instead of at every call (benchmarks/search_overhead.py)
   if (p ->> 'prepared')::boolean then
-    served := false;
-    if p ->> 'filter_sql' = 'true' then  -- (tenant_scope narrows the filter: not the static query's SQL)
-      select s.served, s.ids, s.scores, s.contents, s.metas into served, r_ids, r_scores, r_contents, r_metas
-        from ml._search_static(query, k, c.id, md5(ml._search_ann_sql(c, 'true', '$2'))) s;
-    end if;
-    if not served then
-      execute format('execute %I(%L)', ml._search_prepared(p ->> 'sql', ml._collection_vtype(c)), query::text)
-        into r_ids, r_scores, r_contents, r_metas;
-    end if;
+    execute format('execute %I(%L)', ml._search_prepared(p ->> 'sql', ml._collection_vtype(c)), query::text)
+      into r_ids, r_scores, r_contents, r_metas;
   else
     execute format('select array_agg(x.id), array_agg(x.score), array_agg(x.content), array_agg(x.metadata) '
                    'from (%s) x(id, score, content, metadata)', p ->> 'sql')
@@ -505,7 +491,7 @@ create or replace function ml.search(
     collection text, query vector, k int default 10, filter jsonb default null, options jsonb default '{}')
 returns table(id text, score float8, content text, metadata jsonb)
 language sql stable parallel unsafe
-as $$ select * from ml._search(ml._collection(collection), query, k, filter, options) $$;
+as $$ select * from ml._search_static(collection, query, k, filter, options) $$;
 -- (a SQL wrapper, STABLE and without SET, so that the planner inlines it: one function layer less per query)
 comment on function ml.search(text, vector, int, jsonb, jsonb) is
   'vector search with a query vector: top k by the collection''s metric (score: higher is better), optional jsonb filter';
@@ -527,7 +513,7 @@ begin
       hint = 'pass the query as a vector: ml.search(collection, ''[...]''::vector, ...)';
   end if;
   perform ml._check_k(k);
-  return query select * from ml._search(c, ml.embed(c.model, query), k, filter, options);
+  return query select * from ml._search_static(c.name, ml.embed(c.model, query), k, filter, options);
 end $$;
 comment on function ml.search(text, text, int, jsonb, jsonb) is
   'vector search with a text query embedded by the collection''s model; same results shape as the vector overload';

@@ -293,7 +293,7 @@ begin
   return query
   with v as (
     select s.id, s.score, s.content, s.metadata, row_number() over (order by s.score desc, s.id)::int as r
-    from ml._search(c, qv, greatest(candidates, k), filter, options) s
+    from ml._search_static(c.name, qv, greatest(candidates, k), filter, options) s  -- (sql/220: the static query when it applies)
   ), kw as (
     select s.id, s.score, s.content, s.metadata, row_number() over (order by s.score desc, s.id)::int as r
     from ml._keyword_search(c, query, greatest(candidates, k), filter, options) s

@@ -132,9 +132,9 @@ def test_no_working_role_can_change_the_static_queries(connect_as, sconn, shared
         c.execute("select ml._search_static_set(c, true) from ml.collections c where c.name = %s", [shared_collection])
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         c.execute(
-            "create or replace function ml._search_static(query vector, k int, cid bigint, sig text, "
-            "out served boolean, out ids text[], out scores float8[], out contents text[], out metas jsonb[]) "
-            "language sql as $$ select true, array['planted'], array[1::float8], array['x'], array['{}'::jsonb] $$"
+            "create or replace function ml._search_static(collection text, query vector, k int, filter jsonb, "
+            "options jsonb) returns table(id text, score float8, content text, metadata jsonb) "
+            "language sql as $$ select 'planted', 1::float8, 'x', '{}'::jsonb $$"
         )
     src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
     assert "planted" not in src and f"from collections.{shared_collection} t " in src
@@ -151,5 +151,37 @@ def test_a_writer_cannot_lower_the_cap_to_evict_other_tenants_static_queries(con
         src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
         assert f"from collections.{name} t " in src
         assert f"from collections.{shared_collection} t " in src, "another collection's branch was evicted"
+    finally:
+        sconn.execute("select ml.drop_collection(%s, if_exists => true)", [name])
+
+
+def test_another_tenants_collection_is_not_searched_through_its_static_query(connect_as, sconn):
+    """ml._search_static answers by collection name, before the catalog lookup of the full path: its branch checks
+    that the caller sees the collection's catalog row (row security on ml.collections). A collection that acme owns
+    is, for globex, a collection that does not exist (42704, as on the full path), even though its table holds
+    shared rows that globex's row security would let it read; acme searches it through the static query."""
+    name = f"own_{secrets.token_hex(3)}"
+    a = connect_as("acme_writer")
+    a.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
+    try:
+        # rows without a tenant in acme's collection (an admin's load): row security alone would show them to globex
+        sconn.execute(
+            "select ml.add_documents(%s, %s)",
+            [name, Jsonb([{"id": f"shared_{i}", "tenant": None, "embedding": [1, 0.1 * i]} for i in range(3)])],
+        )
+        src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+        assert f"when '{name}' then" in src
+        for who in ("globex_reader", "globex_app"):
+            g = connect_as(who)
+            for opts in ("{}", '{"ef_search": 40}'):
+                with pytest.raises(psycopg.errors.UndefinedObject, match=f'collection "{name}" does not exist'):
+                    g.execute("select * from ml.search(%s, '[1,0]'::vector, 3, null, %s)", [name, opts])
+        r = connect_as("acme_reader")
+        assert [x[0] for x in r.execute("select id from ml.search(%s, '[1,0]'::vector, 3)", [name])] == [
+            "shared_0",
+            "shared_1",
+            "shared_2",
+        ]
+        assert not r.execute("select 1 from pg_prepared_statements").fetchall()  # the static query answered
     finally:
         sconn.execute("select ml.drop_collection(%s, if_exists => true)", [name])
