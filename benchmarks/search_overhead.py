@@ -10,6 +10,8 @@ Needs the collection `scale` that `python -m benchmarks.search_scale N` built (d
 project's cluster, or INDB_BENCH_DSN). Queries: SciFact's queries, embedded by ml.embed in that database.
 
     python -m benchmarks.search_overhead [queries]      # benchmarks/results/search_overhead.json, key "<documents>"
+    INDB_BENCH_DSN="... user=<a login granted indb_reader>" python -m benchmarks.search_overhead 1000
+                                                        # key "<documents> (<login>)": row security applies
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def main() -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     if "documents" in data:  # the first format: one run (100,000 documents, before ml._search ran without a cursor)
         data = {f"{data['documents']} (before: RETURN QUERY EXECUTE)": data}
-    data[str(n)] = out
+    # a login that row security applies to (INDB_BENCH_DSN) gets a key of its own
+    su = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0]
+    out["role"] = conn.info.user
+    data[str(n) if su else f"{n} ({conn.info.user})"] = out
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}")
 
