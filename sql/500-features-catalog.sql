@@ -240,7 +240,8 @@ as $$
   select (row_number() over (order by u.o, f.o))::int, v.id, v.name || '@' || v.version, f.x->>'name', f.x->>'type',
          case when full_names then v.name || '__' || (f.x->>'name') else f.x->>'name' end, false, null::bigint, u.o::int
     from unnest(refs) with ordinality u(ref, o)
-    cross join lateral (select features._parse_feature_ref(u.ref) as m) p
+    -- offset 0: parsed once per reference (pulled up, the parse would run again at each p.m[i])
+    cross join lateral (select features._parse_feature_ref(u.ref) as m offset 0) p
     cross join lateral (select * from features.feature_views fv
                          where fv.name = p.m[1] and (p.m[2] is null or fv.version = p.m[2]::int)
                          order by fv.version desc limit 1) v
