@@ -279,11 +279,13 @@ begin
     ek as materialized (
       select e.o, e.k, features._online_key(e.k, vs.join_keys, vs.key_types, vs.ref) as key
         from jsonb_array_elements(entity_keys) with ordinality e(k, o) cross join vs),
+    -- (the requested part of the row, `mine`, computed in the read's own step: as a column of s it was computed
+    -- again at each of its three uses below)
     s as (
       select ek.o, ek.k, vs.req, vs.ans_not_found, vs.ans_ttl, vs.st_present, st.values,
-             features._expired(st.event_ts, vs.ttl) as expired, st.values - vs.other as mine
+             features._expired(st.event_ts, vs.ttl) as expired, st.mine
         from ek cross join vs
-        left join lateral (select o.values, o.event_ts from features.online_store o
+        left join lateral (select o.values, o.event_ts, o.values - vs.other as mine from features.online_store o
                             where o.view_id = vs.id and o.entity_key = ek.key offset 0) st on true)
     select case when s.values is null then s.k || s.ans_not_found
                 when s.expired then s.k || s.ans_ttl
