@@ -226,6 +226,18 @@ $$;
 comment on function ml._search_static_ddl(text) is
   'internal: the CREATE statement of ml._search_static with these branches (ml._search_static_set)';
 
+-- the collections ml._search_static holds a branch for: an HNSW index on a table that is not time-partitioned, no
+-- binary rerank, not sharded (what the branch's query is). One expression, so that the branch's catalog check
+-- inlines it (ml._search_static_set decides with it, the branch checks it again on the row the caller sees)
+create or replace function ml._search_static_takes(c ml.collections) returns boolean
+language sql immutable parallel safe
+as $$
+  select c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
+         and c.shards is null and c.storage in ('vector', 'halfvec')
+$$;
+comment on function ml._search_static_takes(ml.collections) is
+  'internal: whether ml._search_static holds a branch for a collection like c';
+
 -- add (present) or remove the branch of collection c in ml._search_static (made if missing; c null: only that);
 -- called by ml._create_collection, ml.drop_collection and `indb install`, as indb_owner (nobody else may run it,
 -- or replace the function)
@@ -252,8 +264,7 @@ begin
   branches := coalesce(substring(src from E'\n    -- branches begin\n(.*)    -- branches end\n'), '');
   -- the collection's branch, delimited by its marker lines (a name is [a-z_][a-z0-9_]*: no marker in the SQL)
   branches := regexp_replace(branches, format(E'    -- collection %s begin\n.*?    -- collection %s end\n', c.name, c.name), '');
-  if present and c.index_type = 'hnsw' and c.partition_by is distinct from 'time' and not c.binary_rerank
-     and c.shards is null and c.storage in ('vector', 'halfvec') and cap > 0 then
+  if present and ml._search_static_takes(c) and cap > 0 then
     -- room for it: the oldest branches (the first ones) go
     while (select count(*) from regexp_matches(branches, E'    -- collection [a-z0-9_]+ begin\n', 'g')) >= cap loop
       before := branches;
@@ -267,8 +278,7 @@ begin
       || E'      if vector_dims(query) = %s%s\n'
       || E'         and exists (select from ml.collections x where x.id = %s and x.name = %L and x.table_schema = %L\n'
       || E'                     and x.table_name = %L and x.metric = %L and x.storage = %L and x.dimensions = %s\n'
-      || E'                     and x.index_type = ''hnsw'' and x.partition_by is distinct from ''time''\n'
-      || E'                     and not x.binary_rerank and x.shards is null) then\n'
+      || E'                     and ml._search_static_takes(x)) then\n'
       || E'        cur := coalesce(current_setting(''hnsw.ef_search'', true)::int, 40);\n'
       || E'        if options ? ''ef_search'' then\n'
       || E'          ef := ml._opt_int(options, ''ef_search'', null, 1, 1000);\n'
