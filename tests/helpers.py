@@ -69,6 +69,16 @@ def one_row(conn, sql: str, params=None) -> dict:
     return rows[0]
 
 
+def static_branch(conn, collection: str, present: bool) -> None:
+    """Add or remove ``collection``'s branch in ml._search_static, as indb's owner does (superuser ``conn``)."""
+    conn.execute("select ml._search_static_set(c, %s) from ml.collections c where c.name = %s", [present, collection])
+
+
+def static_source(conn) -> str:
+    """The body of ml._search_static: one branch per collection whose filter-free search it answers."""
+    return conn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+
+
 def explain_everything(conn) -> list[str]:
     """Make ``conn`` EXPLAIN ANALYZE every statement it runs, nested ones included (auto_explain, as notices), and
     return the list its messages are collected in (a plan's message contains "plan:", and "JIT:" if it was

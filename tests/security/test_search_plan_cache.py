@@ -10,7 +10,7 @@ import secrets
 
 import psycopg
 import pytest
-from helpers import login_name
+from helpers import login_name, static_branch, static_source
 from psycopg.types.json import Jsonb
 
 
@@ -31,17 +31,13 @@ def shared_collection(sconn):
     return name
 
 
-def _static_branch(sconn, collection: str, present: bool) -> None:
-    sconn.execute("select ml._search_static_set(c, %s) from ml.collections c where c.name = %s", [present, collection])
-
-
 @pytest.fixture(params=["static", "prepared"])
 def path(request, sconn, shared_collection):
     """Which fast path answers: the static query, or (its branch removed) the prepared statement."""
     if request.param == "prepared":
-        _static_branch(sconn, shared_collection, False)
+        static_branch(sconn, shared_collection, False)
     yield request.param
-    _static_branch(sconn, shared_collection, True)
+    static_branch(sconn, shared_collection, True)
 
 
 def _statement_name(sconn, collection: str, k: int) -> str:
@@ -136,7 +132,7 @@ def test_no_working_role_can_change_the_static_queries(connect_as, sconn, shared
             "options jsonb) returns table(id text, score float8, content text, metadata jsonb) "
             "language sql as $$ select 'planted', 1::float8, 'x', '{}'::jsonb $$"
         )
-    src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+    src = static_source(sconn)
     assert "planted" not in src and f"from collections.{shared_collection} t " in src
 
 
@@ -148,7 +144,7 @@ def test_a_writer_cannot_lower_the_cap_to_evict_other_tenants_static_queries(con
     w.execute("set indb.search_static_max = 1")
     try:
         w.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
-        src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+        src = static_source(sconn)
         assert f"from collections.{name} t " in src
         assert f"from collections.{shared_collection} t " in src, "another collection's branch was evicted"
     finally:
@@ -169,7 +165,7 @@ def test_another_tenants_collection_is_not_searched_through_its_static_query(con
             "select ml.add_documents(%s, %s)",
             [name, Jsonb([{"id": f"shared_{i}", "tenant": None, "embedding": [1, 0.1 * i]} for i in range(3)])],
         )
-        src = sconn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+        src = static_source(sconn)
         assert f"when '{name}' then" in src
         for who in ("globex_reader", "globex_app"):
             g = connect_as(who)

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import psycopg
 import pytest
-from helpers import explain_everything
+from helpers import explain_everything, static_branch, static_source
 from psycopg.types.json import Jsonb
 
 DIM = 8
@@ -187,11 +187,6 @@ def _prepared(conn, name, k):
     ).fetchone()
 
 
-def _static_branch(conn, name: str, present: bool) -> None:
-    """Add or remove collection `name`'s branch in ml._search_static (as indb's owner would)."""
-    conn.execute("select ml._search_static_set(c, %s) from ml.collections c where c.name = %s", [present, name])
-
-
 @pytest.mark.parametrize("path", ["static", "prepared"])
 def test_the_fast_paths_answer_as_the_full_path_and_the_hand_written_query(sconn, corpus, path):
     """A filter-free ANN search (k <= 100) runs the collection's static query in ml._search_static (planned once
@@ -201,7 +196,7 @@ def test_the_fast_paths_answer_as_the_full_path_and_the_hand_written_query(sconn
     name, X, ids, docs = corpus
     sconn.execute("set hnsw.ef_search = 40")
     if path == "prepared":
-        _static_branch(sconn, name, False)
+        static_branch(sconn, name, False)
     before = sum(_prepared(sconn, name, 10) or (0, 0))  # (the session's earlier tests ran it too)
     try:
         for q in X[:30]:
@@ -228,7 +223,7 @@ def test_the_fast_paths_answer_as_the_full_path_and_the_hand_written_query(sconn
         assert generic + custom - before == (60 if path == "prepared" else 30)
     finally:
         sconn.execute("reset hnsw.ef_search")
-        _static_branch(sconn, name, True)
+        static_branch(sconn, name, True)
 
 
 def test_a_static_branch_made_for_another_catalog_row_is_not_used(sconn, corpus):
@@ -239,7 +234,7 @@ def test_a_static_branch_made_for_another_catalog_row_is_not_used(sconn, corpus)
     cid, dims = sconn.execute("select id, dimensions from ml.collections where name = %s", [name]).fetchone()
     v = str(X[3].tolist())
     honest = sconn.execute("select id from ml.search(%s, %s::vector, 10)", [name, v]).fetchall()
-    src = _static_source(sconn)
+    src = static_source(sconn)
     branches = src.split("    -- branches begin\n", 1)[1].split("    -- branches end\n", 1)[0]
     planted = (
         f"    -- collection {name} begin\n    when '{name}' then\n"
@@ -252,7 +247,7 @@ def test_a_static_branch_made_for_another_catalog_row_is_not_used(sconn, corpus)
         assert sconn.execute("select id from ml.search(%s, %s::vector, 10)", [name, v]).fetchall() == honest
     finally:  # the branches as they were
         sconn.execute(sconn.execute("select ml._search_static_ddl(%s)", [branches]).fetchone()[0])
-    assert _static_source(sconn) == src
+    assert static_source(sconn) == src
 
 
 def test_the_fast_path_sets_ef_search_only_for_the_query(sconn, corpus):
@@ -282,15 +277,9 @@ def test_a_collection_dropped_and_made_again_under_its_name_is_searched_afresh(s
         q = str([1.0] + [0.0] * (dims - 1))
         assert [r[0] for r in sconn.execute("select id from ml.search(%s, %s::vector, 5)", [name, q])] == [rows[0][0]]
         cid = sconn.execute("select id from ml.collections where name = %s", [name]).fetchone()[0]
-        assert f"when '{name}' then" in _static_source(sconn) and f"x.id = {cid} " in _static_source(sconn)
+        assert f"when '{name}' then" in static_source(sconn) and f"x.id = {cid} " in static_source(sconn)
         sconn.execute("select ml.drop_collection(%s)", [name])
-        assert f"when '{name}' then" not in _static_source(sconn) and f"collections.{name} " not in _static_source(
-            sconn
-        )
-
-
-def _static_source(conn) -> str:
-    return conn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
+        assert f"when '{name}' then" not in static_source(sconn) and f"collections.{name} " not in static_source(sconn)
 
 
 @pytest.mark.parametrize(
@@ -523,7 +512,7 @@ def test_collections_made_at_once_both_get_their_static_query(db_dsn, sconn):
         a.commit()
         t.join(30)
         assert not errors and not t.is_alive()
-        src = _static_source(sconn)
+        src = static_source(sconn)
         for name in (a_name, b_name):
             assert f"when '{name}' then" in src
             sconn.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": name, "embedding": [1, 0]}])])
@@ -576,7 +565,7 @@ def test_the_static_queries_are_capped_the_oldest_make_room(db_dsn, sconn):
             for name in names:
                 c.execute("select ml.create_collection(%s, model => null, options => '{\"dimensions\": 2}')", [name])
                 c.execute("select ml.add_documents(%s, %s)", [name, Jsonb([{"id": name, "embedding": [1, 0]}])])
-            src = _static_source(sconn)
+            src = static_source(sconn)
             assert src.count("    -- collection ") == 2 * 2  # two branches, a begin and an end line each
             assert f"when '{names[0]}' then" not in src and all(f"when '{n}' then" in src for n in names[1:])
             for name in names:  # the evicted one too
