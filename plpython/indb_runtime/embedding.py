@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import chunking, device, packing, spi, wire
+from . import chunking, device, spi, wire
 from .errors import IndbRuntimeError, invalid, undefined
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -244,6 +244,10 @@ def model_call(model: Any, texts: Sequence[str], normalize: bool) -> Any:
     """The one model call of both paths (``encode`` in a backend, the runtime service's batches): texts of
     different lengths packed without padding (packing.py) when the model is one that packing reproduces, else
     sentence-transformers. A float32 array, one row per text."""
+    # imported here, where a model runs: a backend that embeds through the runtime service never loads it (nor
+    # the logging and threading it imports: ~5 ms of a connection's first embedding)
+    from . import packing
+
     if packing.may_pay(texts):
         packed = packing.packer(model)
         if packed is not None:
