@@ -438,20 +438,20 @@ lc_messages = 'C.UTF-8'
                 raise ClusterError(f"createdb {DB_NAME} failed: {r.stderr}")
 
 
-def compile_runtime() -> bool:
+def compile_runtime() -> None:
     """Byte-compile the runtime package (plpython/indb_runtime) where the server imports it from, as the user who
     starts the cluster. Backends run as the server's OS user, which cannot write bytecode into a checkout it does
     not own (an editable install): without this every new connection compiled the package's source again, ~10 ms
     of its first embedding. A file edited later is compiled again in memory (Python checks the source's mtime), as
-    before. False when the folder cannot be written (a read-only install, whose installer compiled it)."""
+    before. Where the folder cannot be written (a read-only install, whose installer compiled it) nothing changes."""
     import compileall
 
     import indb_runtime
 
     try:
-        return bool(compileall.compile_dir(Path(indb_runtime.__file__).parent, quiet=2, workers=1))
+        compileall.compile_dir(Path(indb_runtime.__file__).parent, quiet=2, workers=1)
     except OSError:
-        return False
+        pass
 
 
 def server_environment() -> dict[str, str]:
