@@ -59,6 +59,21 @@ $$;
 comment on function features._parse_feature_ref(text) is
   'internal: ''view:feature'', ''view@2:feature'', ''view:*'' -> {view, version, feature}';
 
+-- an array of references, each parsed once, with its position (1-based): the one place the resolver, get_online
+-- and get_online_batch split their references. Plain SQL without SET (inlined into the caller's query, which
+-- plans and caches it as before); `offset 0` keeps the parse in its own step: pulled up, it ran again at each
+-- m[i] (3 regex matches a reference, not 1)
+create or replace function features._parse_feature_refs(refs text[])
+returns table (o bigint, vname text, vver text, feat text)
+language sql immutable parallel safe
+as $$
+  select u.o, x.m[1], x.m[2], x.m[3]
+    from pg_catalog.unnest(refs) with ordinality u(ref, o)
+   cross join lateral (select features._parse_feature_ref(u.ref) as m offset 0) x
+$$;
+comment on function features._parse_feature_refs(text[]) is
+  'internal: each reference of the array with its position: (o, view, version or null, feature or *)';
+
 -- an online value is past its view's ttl
 create or replace function features._expired(event_ts timestamptz, ttl interval) returns boolean
 language sql stable parallel safe
@@ -239,14 +254,12 @@ set search_path = pg_catalog, pg_temp
 as $$
   select (row_number() over (order by u.o, f.o))::int, v.id, v.name || '@' || v.version, f.x->>'name', f.x->>'type',
          case when full_names then v.name || '__' || (f.x->>'name') else f.x->>'name' end, false, null::bigint, u.o::int
-    from unnest(refs) with ordinality u(ref, o)
-    -- offset 0: parsed once per reference (pulled up, the parse would run again at each p.m[i])
-    cross join lateral (select features._parse_feature_ref(u.ref) as m offset 0) p
+    from features._parse_feature_refs(refs) u
     cross join lateral (select * from features.feature_views fv
-                         where fv.name = p.m[1] and (p.m[2] is null or fv.version = p.m[2]::int)
+                         where fv.name = u.vname and (u.vver is null or fv.version = u.vver::int)
                          order by fv.version desc limit 1) v
     cross join lateral jsonb_array_elements(v.features) with ordinality f(x, o)
-   where p.m[3] = '*' or f.x->>'name' = p.m[3]
+   where u.feat = '*' or f.x->>'name' = u.feat
 $$;
 
 -- one view:feature reference (not *) -> the feature's definition with its view ({view_id, view_ref, name, type,

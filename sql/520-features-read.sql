@@ -130,11 +130,7 @@ declare
   n_rows int;
   n_names int;
 begin
-  with p as (
-    select u.o, m[1] as vname, m[2] as vver, m[3] as feat
-      from unnest(get_online.features) with ordinality u(ref, o)
-     -- offset 0: parsed once per reference (pulled up, the parse ran again at each m[i]: 3 regex matches, not 1)
-     cross join lateral (select features._parse_feature_ref(u.ref) as m offset 0) x),
+  with p as (select * from features._parse_feature_refs(get_online.features)),
   vv as materialized (
     -- one catalog lookup per distinct view reference, not per feature, with its feature names as an array
     select d.vname, d.vver, v.*
@@ -236,11 +232,7 @@ begin
   -- resolution as static SQL (plan cached per session), same rules as features._resolve_fast: each reference
   -- parsed once, each distinct view looked up once with its feature names as an array (a membership test per
   -- reference instead of a jsonb containment over the view's feature list)
-  with p as (
-    select u.o, x.m[1] as vname, x.m[2] as vver, x.m[3] as feat
-      from unnest(get_online_batch.features) with ordinality u(ref, o)
-     -- offset 0: parsed once per reference (pulled up, the parse ran again at each m[i]: 3 regex matches, not 1)
-     cross join lateral (select features._parse_feature_ref(u.ref) as m offset 0) x),
+  with p as (select * from features._parse_feature_refs(get_online_batch.features)),
   vv as materialized (
     select d.vname, d.vver, v.id, v.name, v.names
       from (select distinct p.vname, p.vver from p) d
