@@ -16,6 +16,7 @@ declare
   expired boolean;
   res jsonb := entity_keys;
   status jsonb := '{}';
+  event_ts jsonb := '{}';
   inputs jsonb := '{}';
   input_status jsonb := '{}';
   od record;
@@ -41,7 +42,7 @@ begin
       end if;
     end loop;
     if vals is not null then
-      res := res || jsonb_build_object('_event_ts', coalesce(res -> '_event_ts', '{}') || jsonb_build_object(v.name || '@' || v.version, ets));
+      event_ts := event_ts || jsonb_build_object(v.name || '@' || v.version, ets);
     end if;
   end loop;
   for od in select s.out_name, s.odfv_id from features._resolve(_get_online_slow.features, full_names) s
@@ -50,7 +51,9 @@ begin
     res := res || jsonb_build_object(od.out_name, val);
     status := status || jsonb_build_object(od.out_name, features._odfv_status(od.odfv_id, input_status, val));
   end loop;
-  return res || jsonb_build_object('_status', status);
+  -- (_event_ts from its own object: an entity key spelled _event_ts is replaced, as _status is)
+  return res || jsonb_build_object('_status', status)
+         || case when event_ts <> '{}' then jsonb_build_object('_event_ts', event_ts) else '{}' end;
 end $$;
 
 create or replace function features._get_online_batch_slow(features text[], entity_keys jsonb, request jsonb,
@@ -110,11 +113,19 @@ begin
   end loop;
 end $$;
 
--- The serving path: one static statement (plpgsql caches its plan per session) resolves the references,
--- computes the entity key once per view and reads the online store by primary key. The small functions it
--- calls (_parse_feature_ref, _online_key, _expired, _served, _status) are plain SQL, inlined by the planner. Anything
--- unusual (on-demand features, unknown names, duplicate output names) goes to the general implementation,
--- which raises the precise error or evaluates on-demand features.
+-- The serving path, in two steps (plpgsql caches the plans of both per session):
+-- * the common request, distinct plain names of one view (no '*', no full_names): one statement resolves the
+--   view and its requested and other features, one reads the online store by primary key, and the answer is
+--   built from the stored object (the requested part with one jsonb operation, the _status objects with one
+--   call each) when the row holds every requested feature, none of them null, and nothing else, or is missing,
+--   or is past the ttl. ~1.1M instructions a call for 20 features, against ~1.8M for the statement below;
+-- * anything else, and a row that holds a null or lacks a feature: one static statement resolves the
+--   references, computes the entity key once per view, reads the online store by primary key and builds the
+--   answer feature by feature. The small functions it calls (_parse_feature_ref, _online_key, _expired, _served,
+--   _status) are plain SQL, inlined by the planner. Anything unusual (on-demand features, unknown names,
+--   duplicate output names) goes on to the general implementation, which raises the precise error or evaluates
+--   on-demand features.
+-- Both give the same answers (tests/sql/test_features_store.py compares them with the general implementation).
 create or replace function features.get_online(features text[], entity_keys jsonb, request jsonb default null,
                                                full_names boolean default false)
 returns jsonb
@@ -129,7 +140,45 @@ declare
   n_refs int;
   n_rows int;
   n_names int;
+  sv record;
+  skey text;
+  vals jsonb;
+  ts timestamptz;
+  mine jsonb;
 begin
+  -- the common request: the view and, in order, the requested features (each once, all of the view: `known`)
+  -- and the view's other features
+  select fv.id, fv.name || '@' || fv.version as ref, fv.ttl, fv.join_keys, fv.key_types, p.feats,
+         array(select y->>'name' from jsonb_array_elements(fv.features) y where not (y->>'name' = any (p.feats))) as other,
+         (select count(*) from jsonb_array_elements(fv.features) y where y->>'name' = any (p.feats)) = p.n as known
+    into sv
+    from (select min(r.vname) as vname, min(r.vver) as vver, array_agg(r.feat order by r.o) as feats, count(*) as n
+            from features._parse_feature_refs(get_online.features) r
+          having count(*) = count(distinct r.feat) and bool_and(r.feat <> '*')
+             and min(r.vname || '@' || coalesce(r.vver, '')) = max(r.vname || '@' || coalesce(r.vver, ''))) p
+   cross join lateral (select * from features.feature_views fv
+                        where fv.name = p.vname and (p.vver is null or fv.version = p.vver::int)
+                        order by fv.version desc limit 1) fv;
+  if found and sv.known and not full_names then
+    -- the key first, then a read that compares columns with values (row security lets it reach the primary key)
+    skey := features._online_key(entity_keys, sv.join_keys, sv.key_types, sv.ref);
+    select o.values, o.event_ts into vals, ts from features.online_store o where o.view_id = sv.id and o.entity_key = skey;
+    if vals is null then
+      return entity_keys || jsonb_object(sv.feats, array_fill(null::text, array[cardinality(sv.feats)]))
+             || jsonb_build_object('_status', jsonb_object(sv.feats, array_fill('not_found'::text, array[cardinality(sv.feats)])));
+    elsif features._expired(ts, sv.ttl) then
+      return entity_keys || jsonb_object(sv.feats, array_fill(null::text, array[cardinality(sv.feats)]))
+             || jsonb_build_object('_status', jsonb_object(sv.feats, array_fill('outside_ttl'::text, array[cardinality(sv.feats)])),
+                                   '_event_ts', jsonb_build_object(sv.ref, ts));
+    end if;
+    mine := vals - sv.other;
+    -- every requested feature there and not null (nulls stripped first), and nothing else
+    if jsonb_strip_nulls(mine) ?& sv.feats and mine - sv.feats = '{}' then
+      return entity_keys || mine
+             || jsonb_build_object('_status', jsonb_object(sv.feats, array_fill('present'::text, array[cardinality(sv.feats)])),
+                                   '_event_ts', jsonb_build_object(sv.ref, ts));
+    end if;
+  end if;
   with p as (select * from features._parse_feature_refs(get_online.features)),
   vv as materialized (
     -- one catalog lookup per distinct view reference, not per feature, with its feature names as an array
@@ -161,8 +210,10 @@ begin
   select entity_keys
          || jsonb_object_agg(r.out_name, features._served(vs.values, vs.expired, r.feat))
          || jsonb_build_object('_status', jsonb_object_agg(r.out_name, features._status(vs.values is not null, vs.expired, vs.values -> r.feat)))
+         -- (no _event_ts when no view has a row, as in the general implementation: the aggregate over no rows
+         -- gave "_event_ts": null)
          || coalesce((select jsonb_build_object('_event_ts', jsonb_object_agg(x.name || '@' || x.version, x.event_ts))
-                        from vs x where x.event_ts is not null), '{}'),
+                        from vs x where x.event_ts is not null having count(*) > 0), '{}'),
          count(distinct r.o), count(*), count(distinct r.out_name)
     into res, n_refs, n_rows, n_names
     from r join vs on vs.id = r.id;

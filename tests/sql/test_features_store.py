@@ -953,6 +953,88 @@ def test_get_online_batch_fast_path_answers_like_the_general_path(sconn):
     ]
 
 
+def test_get_online_answers_like_the_general_path(sconn):
+    """get_online answers the common request (plain names of one view) from the stored object and its other
+    requests with one statement that builds the answer feature by feature: for every kind of row (all present,
+    a null value, a feature missing from the stored object, a stored key that is not a feature, past the ttl,
+    not found), feature subsets in any order, '*', a version, two views, full_names and entity keys spelled with
+    extra keys, both must give what the general implementation (features._get_online_slow) gives, as text."""
+    c = sconn
+    c.execute("create table fo_src (k int, ts timestamptz, a float8, b float8, c text)")
+    c.execute("create table fo2_src (k int, ts timestamptz, z int)")
+    c.execute(
+        "insert into fo_src values (1, now(), 1, 2, 'x'), (2, now(), null, 2, 'y'), (3, now(), 3, 4, 'z'), "
+        "(4, now() - interval '3 days', 5, 6, 'w'), (5, now(), 7, 8, null), (7, now(), 1.5, 1e15, 'v')"
+    )
+    c.execute("insert into fo2_src values (1, now(), 10), (3, now(), null)")
+    c.execute("select features.create_entity('fo_key', array['k'])")
+    c.execute(
+        "select features.create_feature_view('fo', 'fo_key', 'fo_src', 'ts', "
+        """'[{"name": "a"}, {"name": "b"}, {"name": "c"}]', ttl => '1 day')"""
+    )
+    c.execute("""select features.create_feature_view('fo2', 'fo_key', 'fo2_src', 'ts', '[{"name": "z"}]')""")
+    for v in ("fo", "fo2"):
+        c.execute("select * from features.materialize(%s, now() - interval '10 days', now() + interval '1 hour')", [v])
+    # a writer's direct write of the online store: entity 3 lacks b, entity 5 holds a key that is not a feature
+    c.execute(
+        "update features.online_store set values = values - 'b' where view_id = "
+        "(select id from features.feature_views where name = 'fo') and entity_key = '[3]'"
+    )
+    c.execute(
+        """update features.online_store set values = values || '{"secret": 1}' where view_id = """
+        "(select id from features.feature_views where name = 'fo') and entity_key = '[5]'"
+    )
+    keys = [{"k": k} for k in (1, 2, 3, 4, 5, 6, 7)] + [
+        {"k": 1, "note": "x"},
+        {"k": 1, "a": 99},
+        {"k": 1, "_status": "mine", "_event_ts": 0},
+        {"k": "1"},
+        {"k": 4, "b": 0},
+        {"k": 6, "_event_ts": "kept?"},
+    ]
+    cases = 0
+    for feats in (
+        ["fo:a", "fo:b", "fo:c"],
+        ["fo:c", "fo:a"],
+        ["fo:b"],
+        ["fo@1:a", "fo@1:c"],
+        ["fo:a", "fo@1:b"],
+        ["fo:*"],
+        ["fo:a", "fo2:z"],
+        ["fo2:z"],
+        ["fo:a", "fo:a"],
+    ):
+        for full in (False, True):
+            for k in keys:
+                args = [feats, json.dumps(k), full]
+                sql = "select features.{}(%s, %s::jsonb, null, %s)::text"
+                try:
+                    want = c.execute(sql.format("_get_online_slow"), args).fetchone()[0]
+                except psycopg.Error as e:
+                    with pytest.raises(psycopg.Error) as got_err:
+                        c.execute(sql.format("get_online"), args)
+                    assert got_err.value.sqlstate == e.sqlstate, (feats, full, k)
+                    continue
+                got = c.execute(sql.format("get_online"), args).fetchone()[0]
+                assert got == want, (feats, full, k)
+                assert "secret" not in got
+                cases += 1
+    assert cases > 150
+    # what each kind of row gives through the common path
+    got = [
+        c.execute("select features.get_online(array['fo:c', 'fo:a'], %s)", [json.dumps({"k": k})]).fetchone()[0]
+        for k in (1, 2, 4, 6)
+    ]
+    assert [g["_status"] for g in got] == [
+        {"a": "present", "c": "present"},
+        {"a": "null_value", "c": "present"},
+        {"a": "outside_ttl", "c": "outside_ttl"},
+        {"a": "not_found", "c": "not_found"},
+    ]
+    assert got[0]["a"] == 1 and got[0]["c"] == "x" and got[2]["a"] is None and "_event_ts" not in got[3]
+    assert set(got[2]["_event_ts"]) == {"fo@1"}
+
+
 def test_feature_references_parse_as_the_syntax_says(sconn):
     """A feature reference is parsed by split_part when it has no blanks (get_online's hot path) and by the
     regular expression that defines the syntax otherwise: both give the same answer for every kind of reference,
