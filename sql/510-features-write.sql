@@ -294,7 +294,12 @@ as $$
          || ']::text[], null)'
 $$;
 
--- statistics of every feature over the good staged rows: {feature: {...}}
+-- statistics of every feature over the good staged rows: {feature: {...}}. Numeric features: count, nulls,
+-- non_finite (NaN, Infinity, -Infinity: float8 values a source may hold), and over the finite values mean, std,
+-- min, max, quantiles and a 10-bin histogram between min and max (the max in the last bin; one value: every row
+-- in the first). Computed in float8; where float8 overflows (a sum of squares above ~1.8e308, e.g. values of
+-- 1e200) again in numeric, which does not (quantiles then by percentile_disc). Statistics never make a materialization fail: before, a NaN or an
+-- infinite value, a value of 1e200 or a constant feature of 100000 (min = max + 1e-12 in float8) failed it.
 create or replace function features._stage_stats(v features.feature_views) returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -303,32 +308,50 @@ declare
   f jsonb;
   s jsonb;
   h jsonb;
+  t text;
   out jsonb := '{}';
 begin
   for f in select x from jsonb_array_elements(v.features) x loop
     if (f->>'type') in ('smallint', 'integer', 'bigint', 'real', 'double precision', 'numeric')
        or (f->>'type') like 'numeric(%' then
-      execute format($q$
-        select jsonb_build_object('kind', 'numeric', 'count', count(*), 'nulls', count(*) - count(x),
-               'mean', avg(x), 'std', stddev_samp(x), 'min', min(x), 'max', max(x),
-               'quantiles', jsonb_build_object('p01', q[1], 'p05', q[2], 'p25', q[3], 'p50', q[4], 'p75', q[5], 'p95', q[6], 'p99', q[7]))
-          from (select %I::float8 as x from pg_temp._fv_stage where cardinality(_failures) = 0) s,
-               lateral (select percentile_cont(array[0.01,0.05,0.25,0.5,0.75,0.95,0.99]) within group (order by %I::float8) as q
-                          from pg_temp._fv_stage where cardinality(_failures) = 0) qq
-         group by q $q$, f->>'name', f->>'name') into s;
-      if s is null then
-        s := jsonb_build_object('kind', 'numeric', 'count', 0, 'nulls', 0);
-      elsif (s->>'max') is not null then
-        -- 10 equal-width bins between min and max
-        execute format($q$
-          select jsonb_build_object('edges', (select jsonb_agg($1 + ($2 - $1) * i / 10.0) from generate_series(0, 10) i),
-                                    'counts', (select jsonb_agg(coalesce(c, 0) order by b) from generate_series(1, 10) b
-                                                 left join (select least(width_bucket(%I::float8, $1, $2 + 1e-12, 10), 10) as bk, count(*) c
-                                                              from pg_temp._fv_stage where cardinality(_failures) = 0 and %I is not null
-                                                             group by 1) hh on hh.bk = b)) $q$,
-          f->>'name', f->>'name') into h using (s->>'min')::float8, (s->>'max')::float8;
-        s := s || jsonb_build_object('histogram', h);
-      end if;
+      foreach t in array array['float8', 'numeric'] loop
+        begin
+          -- y: the finite values (abs(NaN) is above Infinity in PostgreSQL's order)
+          execute format($q$
+            select jsonb_build_object('kind', 'numeric', 'count', count(*), 'nulls', count(*) - count(x),
+                   'non_finite', count(x) - count(y), 'mean', avg(y)::float8,
+                   'std', case when stddev_samp(y) <= 1.7976931348623157e308 then stddev_samp(y)::float8 end,
+                   'min', min(y)::float8, 'max', max(y)::float8,
+                   'quantiles', jsonb_build_object('p01', q[1], 'p05', q[2], 'p25', q[3], 'p50', q[4], 'p75', q[5], 'p95', q[6], 'p99', q[7]))
+              from (select x, case when abs(x) < 'Infinity' then x::%2$s end as y
+                      from (select %1$I::float8 as x from pg_temp._fv_stage where cardinality(_failures) = 0) s0) s,
+                   lateral (select percentile_%3$s(array[0.01,0.05,0.25,0.5,0.75,0.95,0.99])
+                                     within group (order by case when abs(%1$I::float8) < 'Infinity' then %1$I::float8 end) as q
+                              from pg_temp._fv_stage where cardinality(_failures) = 0) qq
+             group by q $q$, f->>'name', t, case t when 'float8' then 'cont' else 'disc' end) into s;
+          if s is null then
+            s := jsonb_build_object('kind', 'numeric', 'count', 0, 'nulls', 0, 'non_finite', 0);
+          elsif (s->>'max') is not null then
+            execute format($q$
+              select jsonb_build_object('edges', (select jsonb_agg(($1::%2$s + ($2::%2$s - $1::%2$s) * i / 10)::float8)
+                                                    from generate_series(0, 10) i),
+                                        'counts', (select jsonb_agg(coalesce(c, 0) order by b) from generate_series(1, 10) b
+                                                     left join (select case when $1 = $2 then 1
+                                                                            else least(width_bucket(y, $1::%2$s, $2::%2$s, 10), 10) end as bk,
+                                                                       count(*) c
+                                                                  from (select %1$I::float8::%2$s as y from pg_temp._fv_stage
+                                                                         where cardinality(_failures) = 0 and abs(%1$I::float8) < 'Infinity') s
+                                                                 group by 1) hh on hh.bk = b)) $q$,
+              f->>'name', t) into h using (s->>'min')::float8, (s->>'max')::float8;
+            s := s || jsonb_build_object('histogram', h);
+          end if;
+          exit;
+        exception when numeric_value_out_of_range then
+          -- float8 overflowed: the same in numeric (quantiles by percentile_disc, which takes stored values
+          -- instead of interpolating between them), where nothing overflows
+          s := jsonb_build_object('kind', 'numeric');
+        end;
+      end loop;
     else
       execute format($q$
         select jsonb_build_object('kind', 'categorical', 'count', count(*), 'nulls', count(*) - count(x),

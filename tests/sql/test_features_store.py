@@ -78,6 +78,45 @@ def test_materialize_writes_offline_online_and_statistics(shop):
     assert stats["country"]["kind"] == "categorical" and stats["country"]["distinct"] == 3
 
 
+@pytest.mark.parametrize(
+    "values, expect",
+    [
+        # NaN and infinities are float8 values a source may hold: counted apart, the rest described
+        ([1.5, 2.5, "NaN", "Infinity", "-Infinity", None], {"non_finite": 3, "nulls": 1, "min": 1.5, "max": 2.5}),
+        # squares above float8's range: described in numeric
+        ([1e200, -1e200, 0.0], {"non_finite": 0, "min": -1e200, "max": 1e200, "mean": 0}),
+        # one value (min = max): every row in the first bin
+        ([100000.0, 100000.0], {"non_finite": 0, "min": 100000, "max": 100000, "std": 0}),
+    ],
+    ids=["nan-infinity", "1e200", "constant-100000"],
+)
+def test_statistics_never_fail_a_materialization(sconn, request, values, expect):
+    """A float8 feature holding NaN or an infinity, values whose squares overflow float8, or one large constant
+    made every materialization of its view fail in its statistics ('lower and upper bounds must be finite',
+    'value out of range: overflow', 'lower bound cannot equal upper bound'): nothing reached the stores. Now the
+    rows are stored and served, and the statistics describe the finite values and count the others."""
+    c = sconn
+    name = "st_" + request.node.callspec.id.replace("-", "_")
+    c.execute(f"create table {name}_src (k int, ts timestamptz, a float8)")
+    with c.cursor().copy(f"copy {name}_src from stdin") as cp:
+        for i, v in enumerate(values):
+            cp.write_row((i, datetime.now(UTC), v))
+    c.execute("select features.create_entity(%s, array['k'])", [name + "_e"])
+    c.execute(f"""select features.create_feature_view('{name}', '{name}_e', '{name}_src', 'ts', '[{{"name": "a"}}]')""")
+    r = row(c, "select * from features.materialize(%s, now() - interval '1 day', now() + interval '1 hour')", [name])
+    assert r["rows_written"] == len(values) and r["rows_quarantined"] == 0
+    st = one(c, "select stats from features.statistics where run_id = %s and feature = 'a'", [r["run_id"]])
+    assert st["count"] == len(values)
+    for key, want in expect.items():
+        assert st[key] == pytest.approx(want), (key, st)
+    h = st["histogram"]
+    assert len(h["edges"]) == 11 and sum(h["counts"]) == len(values) - st["nulls"] - st["non_finite"]
+    assert h["edges"][0] == pytest.approx(st["min"]) and h["edges"][-1] == pytest.approx(st["max"])
+    assert st["quantiles"]["p01"] >= st["min"] and st["quantiles"]["p99"] <= st["max"]
+    got = one(c, "select features.get_online(array[%s], '{\"k\": 0}')", [name + ":a"])
+    assert got["_status"]["a"] == "present"
+
+
 def test_rematerializing_is_idempotent(shop):
     r = row(shop, "select * from features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
     assert r["rows_written"] == 60
