@@ -285,6 +285,12 @@ def _str(v: Any) -> str | None:
     return str(v)
 
 
+def _metric_values(metrics: dict | None) -> dict:
+    """Metric values as floats. They are float8 in the database and come back inside jsonb, which spells NaN and
+    the infinities as strings ("NaN", "Infinity") and 1e300 as an integer of 301 digits."""
+    return {k: (None if v is None else float(v)) for k, v in (metrics or {}).items()}
+
+
 class TrackingAPI(Base):
     # -- runs
     def create_experiment(self, name: str, description: str | None = None, tags: dict | None = None) -> int:
@@ -313,6 +319,7 @@ class TrackingAPI(Base):
         rid = run_id.id if isinstance(run_id, Run) else str(run_id)
         info = self.call("select * from registry.get_run(%s)", [rid])[0]
         info["run_id"] = str(info["run_id"])
+        info["metrics"] = _metric_values(info["metrics"])
         if info["parent_run_id"] is not None:
             info["parent_run_id"] = str(info["parent_run_id"])
         info["artifacts"] = self.list_artifacts(rid)
@@ -351,7 +358,9 @@ class TrackingAPI(Base):
         for r in rows:
             d = {k: r[k] for k in ("run_id", "experiment", "run_name", "status", "user_name", "start_time", "end_time")}
             d["run_id"] = str(d["run_id"])
-            for prefix in ("metrics", "params", "tags"):
+            for k, v in _metric_values(r["metrics"]).items():
+                d[f"metrics.{k}"] = v
+            for prefix in ("params", "tags"):
                 for k, v in (r[prefix] or {}).items():
                     d[f"{prefix}.{k}"] = v
             flat.append(d)

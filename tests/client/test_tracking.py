@@ -202,6 +202,24 @@ def test_search_runs_dataframe(client):
         client.search_runs([exp], "metrics.rmse < 'x'")
 
 
+def test_metric_values_come_back_as_floats(client):
+    """Metrics are float8 and may be NaN or infinite (a diverged loss): search_runs and get_run return them as
+    the floats that were logged. They travel inside jsonb, which spelled them "NaN" and "Infinity" (strings)
+    and 1e300 as an integer of 301 digits."""
+    import math
+
+    exp = uid("exp")
+    with client.start_run(experiment=exp, run_name="diverged") as run:
+        run.log_metrics({"nan": float("nan"), "inf": float("inf"), "ninf": float("-inf"), "big": 1e300, "one": 1})
+    df = client.search_runs([exp], "metrics.inf > 1e308")
+    assert list(df["run_name"]) == ["diverged"]
+    for got in (df.iloc[0].to_dict(), {f"metrics.{k}": v for k, v in client.get_run(run.id)["metrics"].items()}):
+        vals = {k: got[f"metrics.{k}"] for k in ("nan", "inf", "ninf", "big", "one")}
+        assert all(type(v) is float for v in vals.values()), vals
+        assert math.isnan(vals["nan"]) and vals["inf"] == math.inf and vals["ninf"] == -math.inf
+        assert vals["big"] == 1e300 and vals["one"] == 1.0
+
+
 def test_audit_verify_from_the_client(client):
     out = client.audit_verify()
     assert out["ok"] is True and out["events_checked"] > 0
