@@ -288,6 +288,7 @@ as $$
   select 'array_remove(array[' ||
          (select string_agg(format('case when %I is null then %L end', k, k || ': missing key'), ', ') from unnest(v.join_keys) k)
          || ', case when event_ts is null then ''event_ts: missing timestamp'' end'
+         || ', case when not isfinite(event_ts) then ''event_ts: infinite timestamp'' end'
          || coalesce((select ', ' || string_agg(format('case when not coalesce((%s), false) then %L end', e.predicate,
                                                         e.feature || ': ' || e.rule), ', ')
                         from jsonb_array_elements(v.features) x, features._expectations(x) e), '')
@@ -389,14 +390,27 @@ declare
   keycols text := (select string_agg(format('%I', k), ', ') from unnest(v.join_keys) k);
   featcols text := (select string_agg(format('%I', x->>'name'), ', ') from jsonb_array_elements(v.features) x);
   sql text;
-  p timestamptz := features._partition_start(v.partition_by, lo);
+  p timestamptz;
   nxt timestamptz;
+  starts timestamptz[];
   n bigint := 0;
   c bigint;
   staged bigint := 0;
   reported timestamptz := clock_timestamp();
 begin
-  perform features._ensure_partitions(v.id, lo, hi);
+  -- the periods the rows fall in, and only those: a row of a wrong year (9999, 1900) made one partition for each
+  -- period between it and the others, and as many inserts (thousands: "out of shared memory" when their locks
+  -- filled the lock table)
+  select array_agg(x.p order by x.p) into starts
+    from (select distinct features._partition_start(v.partition_by, s.event_ts) as p
+            from pg_temp._fv_stage s where cardinality(s._failures) = 0 and s.event_ts >= lo and s.event_ts <= hi) x;
+  c := (select count(*) from unnest(starts) x(p)
+         where to_regclass(format('features.%I', features._partition_name(v.id, x.p))) is null);
+  if c > 1000 then
+    raise exception 'the rows'' event times (% to %) fall in % % periods without a partition: more than 1000 in one call',
+                    lo, hi, c, v.partition_by
+      using errcode = '54000', hint = 'check the event times of the rows (a wrong year?), or write in smaller ranges';
+  end if;
   sql := format($q$insert into %s as o (%s, event_ts, written_at, %s)
                    select distinct on (%s, event_ts) %s, event_ts, now(), %s
                      from pg_temp._fv_stage
@@ -406,7 +420,8 @@ begin
                 features._offline_rel(v.id), keycols, featcols, keycols, keycols, featcols, keycols, keycols,
                 (select string_agg(format('%I = excluded.%I', x->>'name', x->>'name'), ', ')
                    from jsonb_array_elements(v.features) x));
-  while p <= hi loop
+  foreach p in array coalesce(starts, '{}') loop
+    perform features._ensure_partitions(v.id, p, p);
     nxt := features._partition_next(v.partition_by, p);
     execute sql using p, nxt;
     get diagnostics c = row_count;
@@ -421,7 +436,6 @@ begin
         reported := clock_timestamp();
       end if;
     end if;
-    p := nxt;
   end loop;
   return n;
 end $$;

@@ -117,6 +117,59 @@ def test_statistics_never_fail_a_materialization(sconn, request, values, expect)
     assert got["_status"]["a"] == "present"
 
 
+def test_a_wrong_year_makes_one_partition_and_an_infinite_time_is_quarantined(sconn):
+    """Rows in 1900 and 9999 beside today's: the offline store gets a partition for each year that holds rows (a
+    partition for every year between them, and an insert for each, ended in "out of shared memory"). A row at
+    -infinity is quarantined like a row without a time, and the others are written."""
+    c = sconn
+    c.execute("create table wy_src (k int, ts timestamptz, a float8)")
+    c.execute(
+        "insert into wy_src values (1, now(), 1), (2, '1900-01-01', 2), (3, '9999-12-31', 3), (4, '-infinity', 4)"
+    )
+    c.execute("select features.create_entity('wy_e', array['k'])")
+    c.execute("""select features.create_feature_view('wy', 'wy_e', 'wy_src', 'ts', '[{"name": "a"}]')""")
+    r = row(
+        c, "select rows_read, rows_written, rows_quarantined from features.materialize('wy', '-infinity', 'infinity')"
+    )
+    assert (r["rows_read"], r["rows_written"], r["rows_quarantined"]) == (4, 3, 1)
+    parts = one(
+        c,
+        "select count(*) from pg_inherits where inhparent = "
+        "(select offline_table::regclass from features.feature_views where name = 'wy')",
+    )
+    assert parts == 3
+    q = c.execute(
+        "select entity_key, failures from features.quarantine where view_id = "
+        "(select id from features.feature_views where name = 'wy')"
+    ).fetchall()
+    assert q == [("[4]", ["event_ts: infinite timestamp"])]
+    assert one(c, """select features.get_online(array['wy:a'], '{"k": 3}')""")["a"] == 3
+
+
+def test_more_than_1000_new_partitions_in_one_call_is_a_clear_error(sconn):
+    """Rows on 1,001 days of a view partitioned by day: refused before any partition is made (54000, with the
+    count and what to do), not "out of shared memory" after thousands."""
+    c = sconn
+    c.execute("create table dp_src (k int, ts timestamptz, a float8)")
+    c.execute(
+        "insert into dp_src select g, '2020-01-01'::timestamptz + g * interval '1 day', g from generate_series(1, 1001) g"
+    )
+    c.execute("select features.create_entity('dp_e', array['k'])")
+    c.execute(
+        """select features.create_feature_view('dp', 'dp_e', 'dp_src', 'ts', '[{"name": "a"}]', partition_by => 'day')"""
+    )
+    with pytest.raises(psycopg.Error) as e:
+        c.execute("select * from features.materialize('dp', '2019-01-01', '2030-01-01')")
+    assert e.value.sqlstate == "54000" and "1001 day periods" in str(e.value)
+    assert "smaller ranges" in e.value.diag.message_hint
+    parts = one(
+        c,
+        "select count(*) from pg_inherits where inhparent = "
+        "(select offline_table::regclass from features.feature_views where name = 'dp')",
+    )
+    assert parts == 0
+
+
 def test_rematerializing_is_idempotent(shop):
     r = row(shop, "select * from features.materialize('customer_stats', %s, %s)", [T0, T0 + timedelta(days=3)])
     assert r["rows_written"] == 60
@@ -584,7 +637,7 @@ def test_definitions_refuse_code_of_other_schemas_and_floods(shop):
             "42622",
             "63 bytes",
         ),
-        ("select features.push('fs_daily', %s)", "54000", "10000 new"),
+        ("select features.push('fs_daily', %s)", "54000", "more than 1000 in one call"),
         ("select features.materialize('customer_stats@1', null, '2024-01-01')", "22023", "start_ts < end_ts"),
         ("select features.create_training_set(null, 'select 1', array['customer_stats@1:amount'])", "22023", "empty"),
         ("select features.check_skew('customer_stats@1', 10, threshold => 2)", "22023", "threshold"),
@@ -605,8 +658,14 @@ def test_definitions_refuse_code_of_other_schemas_and_floods(shop):
     for sql, state, text in cases:
         params = None
         if "%s" in sql:
-            day = {"customer_id": 1, "amount": 1}
-            params = [json.dumps([{**day, "ts": "1924-01-01T00:00:00Z"}, {**day, "ts": "2024-01-01T00:00:00Z"}])]
+            # rows on 1,001 days of a view partitioned by day (two rows, 1924 and 2024, asked for the 36,525
+            # partitions between them until only the periods that hold rows got one)
+            t0 = datetime(1924, 1, 1, tzinfo=UTC)
+            params = [
+                json.dumps(
+                    [{"customer_id": 1, "amount": 1, "ts": (t0 + timedelta(days=d)).isoformat()} for d in range(1001)]
+                )
+            ]
         e = err(shop, sql, params)
         assert e.sqlstate == state, (sql, e.sqlstate, str(e))
         assert text in str(e) + " " + (e.diag.message_detail or ""), (sql, str(e))
