@@ -446,6 +446,15 @@ begin
         using errcode = '42501', hint = 'write documents of the tenant the session acts for (SET indb.tenant)';
     end if;
   end if;
+  if c.partition_by = 'time' then
+    -- a time of +-infinity has no month (its partition's name was null: "null values cannot be formatted as an
+    -- SQL identifier")
+    select x into bad from unnest(times) x where not isfinite(x) limit 1;
+    if found then
+      raise exception 'created_at % of a document of collection % is not a finite time', bad, quote_literal(c.name)
+        using errcode = '22008', hint = 'give each document a real time, or leave created_at out (the time of the write)';
+    end if;
+  end if;
   for v, lo, hi in
     select x, null::timestamptz, null::timestamptz from unnest(tenants) x
      where c.partition_by = 'tenant' and x is not null group by x

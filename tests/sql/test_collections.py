@@ -299,6 +299,24 @@ def test_time_partitions_by_month_and_tiering(sconn):
     assert one(sconn, f"select count(*) from collections.{n}_m_202402 where id = '3'") == 1
 
 
+def test_time_partitions_refuse_an_infinite_time(sconn):
+    """A document at created_at = infinity has no month: a clear 22008 (it was "null values cannot be formatted as
+    an SQL identifier"), and nothing is written."""
+    n = name("inf")
+    sconn.execute(
+        "select ml.create_collection(%s, model => null, partition_by => 'time', options => '{\"dimensions\": 3}')", [n]
+    )
+    for t in ("infinity", "-infinity"):
+        with pytest.raises(psycopg.Error) as e:
+            sconn.execute(
+                "select ml.add_documents(%s, %s)",
+                [n, Jsonb([{"id": "a", "created_at": t, "embedding": [1, 2, 3]}, {"id": "b", "embedding": [1, 2, 4]}])],
+            )
+        assert e.value.sqlstate == "22008" and "not a finite time" in str(e.value)
+        assert "created_at out" in e.value.diag.message_hint
+    assert one(sconn, f"select count(*) from collections.{n}") == 0
+
+
 def test_ivfflat_is_built_once_data_exists_and_health_reports_recall(sconn):
     n = name("ivf")
     sconn.execute(
