@@ -1101,6 +1101,18 @@ def test_get_online_answers_like_the_general_path(sconn):
         ["fo:a", "fo2:z"],
         ["fo2:z"],
         ["fo:a", "fo:a"],
+        # spellings the common path must leave to the others (answer or precise error)
+        ["fo:a", "fo@1:b"],
+        ["fo@01:a"],
+        ["fo@1@1:a"],
+        ["fo:a:b"],
+        [" fo:a", "fo:b "],
+        ["fo : c"],
+        ["fo:"],
+        [":a"],
+        ["fo:a", None],
+        ["fo:A"],
+        ["fo2:z", "fo:z"],
     ):
         for full in (False, True):
             for k in keys:
