@@ -299,8 +299,9 @@ $$;
 -- non_finite (NaN, Infinity, -Infinity: float8 values a source may hold), and over the finite values mean, std,
 -- min, max, quantiles and a 10-bin histogram between min and max (the max in the last bin; one value: every row
 -- in the first). Computed in float8; where float8 overflows (a sum of squares above ~1.8e308, e.g. values of
--- 1e200) again in numeric, which does not (quantiles then by percentile_disc). Statistics never make a materialization fail: before, a NaN or an
--- infinite value, a value of 1e200 or a constant feature of 100000 (min = max + 1e-12 in float8) failed it.
+-- 1e200) again in numeric, which does not (quantiles then by percentile_disc). Statistics never make a
+-- materialization fail: before, a NaN or an infinite value, a value of 1e200 or a constant feature of 100000
+-- (min = max + 1e-12 in float8) failed it.
 create or replace function features._stage_stats(v features.feature_views) returns jsonb
 language plpgsql volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
