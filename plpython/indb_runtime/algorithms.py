@@ -244,6 +244,33 @@ def _chunked_forest(est, X, y, tick) -> None:
     est.set_params(warm_start=False)
 
 
+# algorithms that compute in float32: a value beyond its range becomes infinity inside the library (xgboost:
+# "Label contains NaN, infinity or a value too large", with a C++ stack trace)
+FLOAT32_ALGORITHMS = ("xgboost", "lightgbm", "mlp")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(algorithm: str, X, y, hint: str | None = None) -> None:
+    """22003 when ``algorithm`` computes in float32 and the features or the target hold a value beyond it."""
+    if algorithm not in FLOAT32_ALGORITHMS:
+        return
+    for what, a in (("the target", y), ("a feature", X)):
+        if a is None:
+            continue
+        a = np.asarray(getattr(a, "data", a) if hasattr(a, "tocsr") else a)  # a sparse matrix: its stored values
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        m = float(np.nanmax(np.abs(a))) if not np.all(np.isnan(a)) else 0.0
+        if m > FLOAT32_MAX:
+            raise IndbRuntimeError(
+                "22003",
+                f"{algorithm} computes in float32 (up to 3.4e38), and {what} holds a value of {m:.3g}",
+                hint=hint
+                or "scale that column (divide it by a power of ten) or train with algorithm => 'linear' "
+                "(or another scikit-learn algorithm: float64)",
+            )
+
+
 def fit(
     task: str,
     algorithm: str,
@@ -255,6 +282,9 @@ def fit(
 ) -> dict:
     """Fit ``est`` in place; returns per-iteration curves {name: [values]} where the library has them."""
     curves: dict[str, list] = {}
+    check_float32_range(algorithm, X, y)
+    if eval_set is not None:
+        check_float32_range(algorithm, *eval_set)
     try:
         if algorithm == "xgboost":
             import xgboost as xgb
@@ -306,20 +336,21 @@ def fit(
             tick(1, 1)
     except IndbRuntimeError:
         raise
-    except (TypeError, ValueError) as e:
-        if type(e).__name__ == "InvalidParameterError" or "parameter" in str(e).lower():
-            raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above") from None
-        raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}") from None
-    except Exception as e:  # errors from xgboost / lightgbm native code
+    except Exception as e:
         if type(e).__module__.startswith(("plpy", "spiexceptions")) or type(e).__name__ in (
             "QueryCanceled",
             "SPIError",
         ):
             raise
+        # errors of xgboost / lightgbm native code (XGBoostError is a ValueError: tested first)
         if "XGBoostError" in type(e).__name__ or "LightGBMError" in type(e).__name__:
             raise invalid(
                 f"{algorithm} rejected the training set-up: {str(e).splitlines()[0][:500]}", hint="check hyperparams"
             ) from None
+        if isinstance(e, (TypeError, ValueError)):
+            if type(e).__name__ == "InvalidParameterError" or "parameter" in str(e).lower():
+                raise invalid(f"{algorithm}: {e}", hint="fix the hyperparameter named above") from None
+            raise IndbRuntimeError("38000", f"{algorithm} training failed: {e}") from None
         raise
     return curves
 

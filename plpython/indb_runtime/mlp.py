@@ -6,9 +6,12 @@ asking for ``scale`` in preprocess. ``tick(epoch, epochs)`` runs after every epo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+from .errors import IndbRuntimeError
 
 
 class TorchMLP:
@@ -57,10 +60,20 @@ class TorchMLP:
         import torch
 
         torch.manual_seed(self.random_state)
-        X = np.asarray(X, dtype=np.float32)
-        self.mu_ = X.mean(axis=0)
-        self.sd_ = X.std(axis=0)
+        # the standardization is computed in float64 (in float32, the squares of values above ~1.8e19 overflowed
+        # to an infinite std) and kept in float32, the network's type
+        X64 = np.asarray(X, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mu_ = X64.mean(axis=0).astype(np.float32)
+            self.sd_ = X64.std(axis=0).astype(np.float32)
+        if not (np.all(np.isfinite(self.mu_)) and np.all(np.isfinite(self.sd_))):
+            raise IndbRuntimeError(
+                "22003",
+                "mlp computes in float32: the features' spread is beyond its range (3.4e38)",
+                hint="scale the features (divide by a power of ten) or train with another algorithm",
+            )
         self.sd_[self.sd_ == 0] = 1.0
+        X = X64.astype(np.float32)
         Xt = torch.from_numpy((X - self.mu_) / self.sd_)
         if self.task == "classification":
             self.classes_ = np.unique(y)
@@ -68,8 +81,15 @@ class TorchMLP:
             yt = torch.from_numpy(np.searchsorted(self.classes_, y).astype(np.int64))
             loss_fn: Any = torch.nn.CrossEntropyLoss()
         else:
-            y = np.asarray(y, dtype=np.float32)
-            self.ymu_, self.ysd_ = float(y.mean()), float(y.std() or 1.0)
+            y64 = np.asarray(y, dtype=np.float64)
+            self.ymu_, self.ysd_ = float(y64.mean()), float(y64.std() or 1.0)
+            if not (math.isfinite(self.ymu_) and math.isfinite(self.ysd_)):
+                raise IndbRuntimeError(
+                    "22003",
+                    "mlp computes in float32: the target's spread is beyond its range (3.4e38)",
+                    hint="scale the target (divide by a power of ten) or train with another algorithm",
+                )
+            y = y64.astype(np.float32)
             n_out = 1
             yt = torch.from_numpy(((y - self.ymu_) / self.ysd_).reshape(-1, 1))
             loss_fn = torch.nn.MSELoss()
@@ -90,6 +110,12 @@ class TorchMLP:
                 opt.step()
                 total += loss.item() * len(idx)
             self.loss_curve_.append(total / n)
+            if not math.isfinite(total):
+                raise IndbRuntimeError(
+                    "22000",
+                    f"mlp training diverged: the loss became {total} in epoch {epoch + 1}",
+                    hint=f"lower learning_rate (now {self.learning_rate}), or scale the features",
+                )
             tick(epoch + 1, int(self.epochs))
         self.net.eval()
         return self

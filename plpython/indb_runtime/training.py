@@ -1081,7 +1081,17 @@ def bundle_for(plpy, project: str, model_id) -> dict:
     return load_version(plpy, project, model_id)
 
 
+def _model_input(bundle: dict, X):
+    """X for the model: a value beyond float32 where the model computes in float32 is an error (xgboost turned
+    1e300 into infinity and answered as if the value were missing)."""
+    algs.check_float32_range(
+        bundle["algorithm"], X, None, hint="the model computes in float32: pass values within +-3.4e38"
+    )
+    return X
+
+
 def _raw_predict(bundle: dict, X: np.ndarray) -> np.ndarray:
+    X = _model_input(bundle, X)
     if bundle["algorithm"] == "xgboost" and bundle["task"] == "regression":
         return np.asarray(bundle["_booster"].inplace_predict(X), dtype=np.float64).reshape(-1)
     return np.asarray(bundle["est"].predict(X), dtype=np.float64).reshape(-1)
@@ -1172,7 +1182,7 @@ def _log(plpy, row: dict, bundle: dict, features, value: float, t0: float) -> No
 
 def _predict_values(bundle: dict, X: np.ndarray) -> np.ndarray:
     if bundle["task"] == "clustering":
-        return np.asarray(bundle["est"].predict(X), dtype=np.float64).reshape(-1)
+        return np.asarray(bundle["est"].predict(_model_input(bundle, X)), dtype=np.float64).reshape(-1)
     return prediction_values(bundle, _raw_predict(bundle, X))
 
 
@@ -1191,7 +1201,7 @@ def predict_proba(plpy, project: str, features, kind: str) -> list:
         raise invalid(
             f'predict_proba needs a classification project; "{project}" is {bundle["task"]}', hint="use ml.predict"
         )
-    p = algs.predict_proba(bundle["est"], features_matrix(bundle, features, kind))
+    p = algs.predict_proba(bundle["est"], _model_input(bundle, features_matrix(bundle, features, kind)))
     if p is None:
         raise IndbRuntimeError(
             "0A000",
@@ -1512,6 +1522,8 @@ def evaluate(plpy, project: str, relation: str, model_id) -> list[tuple[int, int
                 )
             y = np.array([index[v] for v in vals])
             p = np.asarray(bundle["est"].predict(X)).astype(int)
-            m = algs.classification_metrics(y, p, algs.predict_proba(bundle["est"], X), len(classes))
+            m = algs.classification_metrics(
+                y, p, algs.predict_proba(bundle["est"], _model_input(bundle, X)), len(classes)
+            )
         tr(n)
     return [(bundle["_version"], n, json.dumps(_json_safe(m)))]

@@ -685,6 +685,54 @@ def test_bad_input_is_refused_with_a_clear_error(housing, kw, exc, pattern):
     assert housing.execute("select count(*) from registry.experiments where name = 'house_bad'").fetchone()[0] == 0
 
 
+def test_values_beyond_float32_are_clear_errors_or_train_where_the_algorithm_allows(housing):
+    """xgboost, lightgbm and the torch mlp compute in float32 (up to 3.4e38). A target or a feature of 6e200
+    ended in xgboost's "Label contains NaN, infinity or a value too large" with a C++ stack trace and the hint
+    "a bug in indb"; a prediction of 1e300 was answered as if the value were missing. Both are 22003 with what to
+    do now. The mlp standardized its inputs in float32, so features of ~1e20 (squares above float32) failed
+    with "Out of range float values are not JSON compliant"; it now trains on them, and a diverging mlp says so."""
+    c = housing
+    c.execute(
+        "create table f32 as select (g % 7) * 1e200::float8 + g as big, (g % 7)::float8 as small, "
+        "(g % 7) * 1e20::float8 as wide from generate_series(1, 200) g"
+    )
+    for algorithm, relation, what in (
+        ("xgboost", "select big as y, small as x from f32", "the target"),
+        ("lightgbm", "select small as y, big as x from f32", "a feature"),
+    ):
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange) as e:
+            train(c, f"f32_{algorithm}", task="regression", relation=relation, target="y", algorithm=algorithm)
+        assert f"{algorithm} computes in float32" in str(e.value) and what in str(e.value), str(e.value)
+        assert "scale that column" in e.value.diag.message_hint
+    r = train(
+        c,
+        "f32_mlp",
+        task="regression",
+        relation="select small as y, wide as x from f32",
+        target="y",
+        algorithm="mlp",
+        hyperparams=json.dumps({"epochs": 5}),
+    )
+    assert r["algorithm"] == "mlp" and r["deployed"]
+    with pytest.raises(psycopg.errors.DataException, match="mlp training diverged") as e:
+        train(
+            c,
+            "f32_mlp_diverges",
+            task="regression",
+            relation="select small as y, wide as x from f32",
+            target="y",
+            algorithm="mlp",
+            hyperparams=json.dumps({"epochs": 5, "learning_rate": 1e30}),
+        )
+    assert "lower learning_rate" in e.value.diag.message_hint
+    train(c, "f32_xgb", task="regression", relation="select small as y, small as x from f32", target="y")
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="computes in float32"):
+        c.execute("""select ml.predict('f32_xgb', '{"x": 1e300}'::jsonb)""")
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="computes in float32"):
+        c.execute("select count(*) from ml.predict_batch('f32_xgb', 'select 1e300::float8 as x')")
+    assert c.execute("""select ml.predict('f32_xgb', '{"x": 3}'::jsonb)""").fetchone()[0] == pytest.approx(3, abs=0.1)
+
+
 def test_relation_names_resolve_with_the_callers_search_path(db_dsn, housing):
     housing.execute("create schema if not exists sales")
     housing.execute(
