@@ -96,7 +96,13 @@ begin
     declare e_state text; e_msg text; e_detail text; e_hint text; e_ctx text;
     begin
       %s
-    exception when others then
+    exception
+    when query_canceled then
+      -- a cancel or statement_timeout while Python ran: the same error, without the Python traceback that
+      -- came with it as its context (and the "spiexceptions.QueryCanceled: " before its message)
+      get stacked diagnostics e_msg = message_text;
+      raise exception using errcode = 'query_canceled', message = ml._errmsg(e_msg);
+    when others then
       get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text, e_detail = pg_exception_detail,
                               e_hint = pg_exception_hint, e_ctx = pg_exception_context;
       if e_state in ('38000', 'XX000') and e_msg like 'RecursionError:%%' then
