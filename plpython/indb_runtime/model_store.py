@@ -207,8 +207,17 @@ def dump_bundle(meta: dict, est: Any) -> bytes:
     name, data, extra = _dump_estimator(meta["algorithm"], est)
     meta = dict(meta, format=BUNDLE_FORMAT, model_entry=name, **extra)
     buf = io.BytesIO()
+    try:
+        meta_json = json.dumps(meta, allow_nan=False)
+    except ValueError:  # NaN or an infinity: the data's values overflowed the fit's arithmetic (e.g. 1e300)
+        raise IndbRuntimeError(
+            "22003",
+            "the trained model holds an infinite or NaN parameter: the data's values are too large to compute with "
+            "(their squares overflow double precision)",
+            hint="scale the large columns (divide them by a power of ten), or leave such rows out",
+        ) from None
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("meta.json", json.dumps(meta, allow_nan=False))
+        z.writestr("meta.json", meta_json)
         z.writestr(name, data)
     return buf.getvalue()
 

@@ -907,7 +907,10 @@ def score_on_split(old: dict, s: Settings, d: TrainingData, sp: Split) -> float 
         return algs.clustering_metrics(sp.X_te, np.asarray(old["est"].predict(X))).get(s.key)
     if s.task == "regression":
         assert sp.y_te is not None
-        return algs.regression_metrics(sp.y_te, _raw_predict(old, X)).get(s.key)
+        try:
+            return algs.regression_metrics(sp.y_te, _raw_predict(old, X)).get(s.key)
+        except IndbRuntimeError:  # values it cannot take (beyond float32 for an xgboost model)
+            return None
     # classification: compare labels, in one index space holding both models' classes
     new_classes, old_classes = list(d.classes or []), list(old["classes"] or [])
     union = new_classes + [c for c in old_classes if c not in new_classes]
@@ -941,7 +944,8 @@ def decide_deploy(plpy, s: Settings, d: TrainingData, sp: Split, f: Fitted, vers
                 deployed = False
                 status = (
                     f"not deployed: the deployed model {cur} cannot be scored on this test split (its feature "
-                    f"columns differ); deploy the new one with ml.deploy('{s.project}', model_id => {version_id})"
+                    f"columns differ, or it cannot take their values); deploy the new one with "
+                    f"ml.deploy('{s.project}', model_id => {version_id})"
                 )
             elif new is not None and (math.isnan(old) or new > old):
                 deployed, status = (

@@ -731,6 +731,25 @@ def test_values_beyond_float32_are_clear_errors_or_train_where_the_algorithm_all
     with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="computes in float32"):
         c.execute("select count(*) from ml.predict_batch('f32_xgb', 'select 1e300::float8 as x')")
     assert c.execute("""select ml.predict('f32_xgb', '{"x": 3}'::jsonb)""").fetchone()[0] == pytest.approx(3, abs=0.1)
+    # float64 algorithms: a column of 1e300 overflows the fit's arithmetic (squares): a clear 22003, not "not JSON
+    # compliant" with the hint "a bug in indb"
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="too large to compute with") as e:
+        train(
+            c,
+            "f32_linear",
+            task="regression",
+            relation="select small as y, case when small = 3 then 1e300 else small end as x from f32",
+            target="y",
+            algorithm="linear",
+        )
+    assert "scale the large columns" in e.value.diag.message_hint
+    # values a float64 model takes but the deployed xgboost model cannot (1e100): the new model is kept, not
+    # deployed, and the training does not fail on scoring the old one
+    deployed, status = c.execute(
+        "select deployed, status from ml.train('f32_xgb', algorithm => 'linear', "
+        "relation => 'select small as y, case when small = 3 then 1e100 else small end as x from f32')"
+    ).fetchone()
+    assert not deployed and "cannot take their values" in status, status
 
 
 def test_relation_names_resolve_with_the_callers_search_path(db_dsn, housing):
