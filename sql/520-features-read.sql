@@ -84,9 +84,12 @@ begin
         jsonb_array_length(entity_keys) using errcode = '22023',
         hint = 'pass one request object per entity, in the same order, or one object for all';
     end if;
-    return query select features.get_online(_get_online_batch_slow.features, e.k,
-                                            case when jsonb_typeof(request) = 'array' then request -> (e.o::int - 1)
-                                                 else request end, full_names)
+    -- (without get_online's _event_ts, as every batch answer; an entity key of that name stays)
+    return query select (features.get_online(_get_online_batch_slow.features, e.k,
+                                             case when jsonb_typeof(request) = 'array' then request -> (e.o::int - 1)
+                                                  else request end, full_names) - '_event_ts')
+                        || case when e.k ? '_event_ts' then jsonb_build_object('_event_ts', e.k -> '_event_ts')
+                                else '{}' end
                    from jsonb_array_elements(entity_keys) with ordinality e(k, o) order by e.o;
     return;
   end if;

@@ -388,6 +388,24 @@ def test_on_demand_feature_is_the_same_online_and_offline(shop):
         assert r["amount_vs_request"] is None and r["_status"]["amount_vs_request"] == status, r
     e = err(shop, "select features.get_online(array['amount_vs_request'], '{\"customer_id\": 3}')")
     assert e.sqlstate == "22023" and "request_amount" in str(e)
+    # in a batch, the same answer per entity, and no _event_ts, as in every batch answer (it carried one only
+    # when the request held an on-demand feature)
+    batch = [
+        r[0]
+        for r in shop.execute(
+            "select features.get_online_batch(array['amount_vs_request', 'customer_stats@1:amount'], "
+            """'[{"customer_id": 3}, {"customer_id": 999}]', '{"request_amount": 12.5}')"""
+        )
+    ]
+    plain = [
+        r[0]
+        for r in shop.execute(
+            "select features.get_online_batch(array['customer_stats@1:amount'], "
+            """'[{"customer_id": 3}, {"customer_id": 999}]')"""
+        )
+    ]
+    assert batch[0]["amount_vs_request"] == 7.5 and batch[1]["_status"]["amount_vs_request"] == "not_found"
+    assert all("_event_ts" not in b for b in batch + plain), batch + plain
     e = err(
         shop,
         "select features.create_on_demand_feature('bad_odf', 'nosuchcol + 1', 'float8', array['customer_stats@1:amount'])",
