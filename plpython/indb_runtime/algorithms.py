@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -260,8 +261,12 @@ def check_float32_range(algorithm: str, X, y, hint: str | None = None) -> None:
         a = np.asarray(getattr(a, "data", a) if hasattr(a, "tocsr") else a)  # a sparse matrix: its stored values
         if a.dtype.kind != "f" or a.size == 0:
             continue
-        m = float(np.nanmax(np.abs(a))) if not np.all(np.isnan(a)) else 0.0
-        if m > FLOAT32_MAX:
+        # two passes without a copy (predict_batch calls this for every chunk); all-NaN gives NaN: no error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            hi, lo = float(np.nanmax(a)), float(np.nanmin(a))
+        if hi > FLOAT32_MAX or lo < -FLOAT32_MAX:
+            m = hi if hi > -lo else -lo
             raise IndbRuntimeError(
                 "22003",
                 f"{algorithm} computes in float32 (up to 3.4e38), and {what} holds a value of {m:.3g}",
