@@ -1000,36 +1000,49 @@ def test_errors_of_the_new_paths_name_the_problem_and_the_fix(shop):
         assert e.diag.message_hint and "None" not in str(e) + e.diag.message_hint, (sql, str(e))
 
 
+def _two_views_with_every_kind_of_row(c, prefix: str, more_rows: str = "") -> None:
+    """Views <prefix> (a, b, c; ttl 1 day) and <prefix>2 (z) of entity <prefix>_key, materialized, whose online
+    rows are of every kind: all present (1), a null (2; 5 for c), a feature missing from the stored object (3),
+    past the ttl (4), a stored key that is not a feature (5), not found (6); ``more_rows`` adds source rows."""
+    c.execute(f"create table {prefix}_src (k int, ts timestamptz, a float8, b float8, c text)")
+    c.execute(f"create table {prefix}2_src (k int, ts timestamptz, z int)")
+    c.execute(
+        f"insert into {prefix}_src values (1, now(), 1, 2, 'x'), (2, now(), null, 2, 'y'), (3, now(), 3, 4, 'z'), "
+        f"(4, now() - interval '3 days', 5, 6, 'w'), (5, now(), 7, 8, null){more_rows}"
+    )
+    c.execute(f"insert into {prefix}2_src values (1, now(), 10), (3, now(), null)")
+    c.execute("select features.create_entity(%s, array['k'])", [f"{prefix}_key"])
+    c.execute(
+        "select features.create_feature_view(%s, %s, %s, 'ts', "
+        """'[{"name": "a"}, {"name": "b"}, {"name": "c"}]', ttl => '1 day')""",
+        [prefix, f"{prefix}_key", f"{prefix}_src"],
+    )
+    c.execute(
+        """select features.create_feature_view(%s, %s, %s, 'ts', '[{"name": "z"}]')""",
+        [f"{prefix}2", f"{prefix}_key", f"{prefix}2_src"],
+    )
+    for v in (prefix, f"{prefix}2"):
+        c.execute("select * from features.materialize(%s, now() - interval '10 days', now() + interval '1 hour')", [v])
+    # a writer's direct write of the online store: entity 3 lacks b, entity 5 holds a key that is not a feature
+    view = "(select id from features.feature_views where name = %s)"
+    c.execute(
+        f"update features.online_store set values = values - 'b' where view_id = {view} and entity_key = '[3]'",
+        [prefix],
+    )
+    c.execute(
+        f"""update features.online_store set values = values || '{{"secret": 1}}' where view_id = {view} """
+        "and entity_key = '[5]'",
+        [prefix],
+    )
+
+
 def test_get_online_batch_fast_path_answers_like_the_general_path(sconn):
     """get_online_batch answers most rows with one jsonb operation per (entity, view); every kind of row (all
     present, a null value, a feature missing from the stored object, a stored key that is not a feature, past
     the ttl, not found), feature subsets, '*', two views and full_names must give what the general per-feature
     path (features._get_online_batch_slow) gives."""
     c = sconn
-    c.execute("create table fb_src (k int, ts timestamptz, a float8, b float8, c text)")
-    c.execute("create table fb2_src (k int, ts timestamptz, z int)")
-    c.execute(
-        "insert into fb_src values (1, now(), 1, 2, 'x'), (2, now(), null, 2, 'y'), (3, now(), 3, 4, 'z'), "
-        "(4, now() - interval '3 days', 5, 6, 'w'), (5, now(), 7, 8, null)"
-    )
-    c.execute("insert into fb2_src values (1, now(), 10), (3, now(), null)")
-    c.execute("select features.create_entity('fb_key', array['k'])")
-    c.execute(
-        "select features.create_feature_view('fb', 'fb_key', 'fb_src', 'ts', "
-        """'[{"name": "a"}, {"name": "b"}, {"name": "c"}]', ttl => '1 day')"""
-    )
-    c.execute("""select features.create_feature_view('fb2', 'fb_key', 'fb2_src', 'ts', '[{"name": "z"}]')""")
-    for v in ("fb", "fb2"):
-        c.execute("select * from features.materialize(%s, now() - interval '10 days', now() + interval '1 hour')", [v])
-    # a writer's direct write of the online store: entity 3 lacks b, entity 5 holds a key that is not a feature
-    c.execute(
-        "update features.online_store set values = values - 'b' where view_id = "
-        "(select id from features.feature_views where name = 'fb') and entity_key = '[3]'"
-    )
-    c.execute(
-        """update features.online_store set values = values || '{"secret": 1}' where view_id = """
-        "(select id from features.feature_views where name = 'fb') and entity_key = '[5]'"
-    )
+    _two_views_with_every_kind_of_row(c, "fb")
     # the entity keys as callers spell them: extra keys (one named like a feature, one like _status), a key
     # as a string must come back as they were passed, whatever path answers the row
     keys = json.dumps(
@@ -1076,30 +1089,7 @@ def test_get_online_answers_like_the_general_path(sconn):
     not found), feature subsets in any order, '*', a version, two views, full_names and entity keys spelled with
     extra keys, both must give what the general implementation (features._get_online_slow) gives, as text."""
     c = sconn
-    c.execute("create table fo_src (k int, ts timestamptz, a float8, b float8, c text)")
-    c.execute("create table fo2_src (k int, ts timestamptz, z int)")
-    c.execute(
-        "insert into fo_src values (1, now(), 1, 2, 'x'), (2, now(), null, 2, 'y'), (3, now(), 3, 4, 'z'), "
-        "(4, now() - interval '3 days', 5, 6, 'w'), (5, now(), 7, 8, null), (7, now(), 1.5, 1e15, 'v')"
-    )
-    c.execute("insert into fo2_src values (1, now(), 10), (3, now(), null)")
-    c.execute("select features.create_entity('fo_key', array['k'])")
-    c.execute(
-        "select features.create_feature_view('fo', 'fo_key', 'fo_src', 'ts', "
-        """'[{"name": "a"}, {"name": "b"}, {"name": "c"}]', ttl => '1 day')"""
-    )
-    c.execute("""select features.create_feature_view('fo2', 'fo_key', 'fo2_src', 'ts', '[{"name": "z"}]')""")
-    for v in ("fo", "fo2"):
-        c.execute("select * from features.materialize(%s, now() - interval '10 days', now() + interval '1 hour')", [v])
-    # a writer's direct write of the online store: entity 3 lacks b, entity 5 holds a key that is not a feature
-    c.execute(
-        "update features.online_store set values = values - 'b' where view_id = "
-        "(select id from features.feature_views where name = 'fo') and entity_key = '[3]'"
-    )
-    c.execute(
-        """update features.online_store set values = values || '{"secret": 1}' where view_id = """
-        "(select id from features.feature_views where name = 'fo') and entity_key = '[5]'"
-    )
+    _two_views_with_every_kind_of_row(c, "fo", ", (7, now(), 1.5, 1e15, 'v')")
     keys = [{"k": k} for k in (1, 2, 3, 4, 5, 6, 7)] + [
         {"k": 1, "note": "x"},
         {"k": 1, "a": 99},
