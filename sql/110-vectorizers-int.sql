@@ -571,10 +571,16 @@ end $$;
 comment on function ml._vectorizer_trigger() is
   'internal: statement-level trigger of a vectorizer''s source table (argument: vectorizer id); checks that it fires on that source';
 
+-- plan_cache_mode: its statements are prepared once per backend (spi.run) with the rows' keys and hashes as array
+-- parameters. Left to choose, the plan cache re-plans them at every trigger call (a plan for a 1-element array
+-- looks cheaper than the generic one, estimated at 100 elements): 1.4 of the 7.2 ms of backend CPU a single-row
+-- INSERT into a sync vectorizer cost (runtime service mode). Their generic plans (index probes per key) are as
+-- fast for 3,000-row statements (benchmarks/runtime_shared.py, CHANGELOG).
 create or replace function ml.__vectorizer_apply_py(vid int, keys jsonb, contents text[], hashes text[],
                                                     vanished jsonb) returns jsonb
 language plpython3u volatile parallel unsafe
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 import sys, json
 if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
