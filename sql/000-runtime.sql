@@ -10,6 +10,16 @@ language sql immutable parallel safe
 as $$ select '@INDB_VERSION@'::text $$;
 comment on function ml.version() is 'version of the installed indb SQL objects';
 
+-- The runtime venv is the one `indb install` recorded (ml.installs, which only the installer writes), never a
+-- setting: any role may SET a custom setting (or ALTER ROLE itself SET one), and the venv's .pth files and the
+-- packages imported from it run as the server's OS user. (Until 0.2.0 it was the setting indb.venv, which let an
+-- application role run code of its choosing from any folder the server could read.)
+create or replace function ml._runtime_venv() returns text
+language sql stable security definer parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select i.venv from ml.installs i order by i.id desc limit 1 $$;
+comment on function ml._runtime_venv() is 'internal: the runtime venv the newest `indb install` recorded (ml.installs)';
+
 create or replace function ml._activate() returns text
 language plpython3u parallel unsafe
 set search_path = pg_catalog, pg_temp
@@ -19,11 +29,11 @@ mod = sys.modules.get('indb_runtime.bootstrap')
 if mod is not None and mod.STATE.get('activated_at'):
     return mod.STATE['venv']
 import os, site
-venv = plpy.execute("select current_setting('indb.venv', true) as v")[0]['v']
+venv = plpy.execute("select ml._runtime_venv() as v")[0]['v']
 if not venv:
     plpy.error('indb runtime venv is not configured for this database',
-               detail="the setting indb.venv is empty",
-               hint='run `indb install` (it writes ALTER DATABASE ... SET indb.venv), or SET indb.venv to the runtime venv path',
+               detail="no `indb install` recorded a runtime venv in this database (ml.installs)",
+               hint='run `indb install` (with --venv <the runtime venv> when it is not the one indb runs from)',
                sqlstate='58P01')
 pyver = 'python%d.%d' % sys.version_info[:2]
 sp = os.path.join(venv, 'lib', pyver, 'site-packages')
@@ -47,7 +57,7 @@ except bootstrap.RuntimeMismatch as e:
     plpy.error(str(e), hint='re-run `indb install` with the venv that holds the matching runtime', sqlstate='55000')
 return venv
 $$;
-comment on function ml._activate() is 'internal: put the runtime venv (setting indb.venv) on sys.path and check versions';
+comment on function ml._activate() is 'internal: put the runtime venv (ml._runtime_venv()) on sys.path and check versions';
 
 -- ----------------------------------------------------------------------------------------------------------
 -- The public face of a PL/Python function. PL/Python reports every error with its exception class in the

@@ -16,7 +16,7 @@ as $$ select jsonb_build_object(
     'audit.apply_retention', 'audit.ensure_partitions', 'ml.add_shard', 'ml.remove_shard'),
   'AUDIT_READ', jsonb_build_array('audit.verify', 'audit.head', 'audit.seal'),
   'DEFINER_APP', jsonb_build_array('ml._serving_model', 'ml._model_artifact', 'ml._log_prediction',
-                                   'ml._shard_search', 'ml._shard_keyword_search'),
+                                   'ml._shard_search', 'ml._shard_keyword_search', 'ml._runtime_venv'),
   'DEFINER_NOBODY', jsonb_build_array('features._create_offline_table', 'ml._search_static_set'),
   -- trigger functions that writers attach to tables of their own (ml.create_vectorizer runs as its caller and
   -- makes the triggers on the caller's source table, which needs EXECUTE); each checks that the table it

@@ -4,8 +4,9 @@
 2. `alembic upgrade head` (stateful changes: schemas, tables, indexes), then ALTER EXTENSION vector UPDATE
    when the server has a newer pgvector than the database;
 3. re-apply every sql/*.sql file in order (stateless objects: create or replace functions, views, grants);
-4. point the database at the runtime venv (`ALTER DATABASE ... SET indb.venv`) and check, inside the
-   server, that PL/Python can import the runtime package at the same version.
+4. record the runtime venv in ml.installs (the only place PL/Python's ml._activate reads it from: a setting
+   any role could change) and check, inside the server, that PL/Python can import the runtime package at the
+   same version.
 Any failure rolls everything back: nothing is half-installed.
 """
 
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql as psql
 
 from . import __version__
 from .errors import InstallError
@@ -92,16 +92,6 @@ def _revision(sa) -> str | None:
     return sa.execute(text("select version_num from ml.alembic_version")).scalar()
 
 
-def _point_at_venv(cur, venv: str) -> None:
-    """ALTER DATABASE ... SET indb.venv, and the same for this transaction."""
-    cur.execute(
-        psql.SQL("alter database {} set indb.venv = {}").format(
-            psql.Identifier(cur.connection.info.dbname), psql.Literal(venv)
-        )
-    )
-    cur.execute("select set_config('indb.venv', %s, true)", [venv])
-
-
 def _apply_sql(cur) -> list[str]:
     """Re-apply every sql/ file in order, with the pinned search_path widened to the vector extension's schema."""
     cur.execute(
@@ -168,7 +158,8 @@ def install(
     log=print,
 ) -> dict:
     """Upgrade the database at ``dsn`` to ``target`` and re-apply sql/, in one transaction under an advisory
-    lock: alembic upgrade, indb.venv, the sql/ files, the runtime check, a row in ml.installs. Returns a summary."""
+    lock: alembic upgrade, a row in ml.installs (the runtime venv), the sql/ files, the runtime check. Returns a
+    summary."""
     from alembic import command
     from sqlalchemy import create_engine, text
 
@@ -188,13 +179,14 @@ def install(
             dbapi = sa.connection.dbapi_connection
             assert isinstance(dbapi, psycopg.Connection)
             with dbapi.cursor() as cur:
-                _point_at_venv(cur, venv)
-                pgvector = _update_vector(cur)
-                applied = _apply_sql(cur) if apply_sql else []
-                runtime = _check_runtime(cur, venv) if apply_sql and check_runtime else None
+                # first: ml._activate takes the runtime venv from the newest row (sql/000-runtime.sql), and a
+                # sql/ file or the runtime check may run PL/Python
                 cur.execute(
                     "insert into ml.installs(version, revision, venv) values (%s, %s, %s)", [__version__, after, venv]
                 )
+                pgvector = _update_vector(cur)
+                applied = _apply_sql(cur) if apply_sql else []
+                runtime = _check_runtime(cur, venv) if apply_sql and check_runtime else None
     except InstallError:
         raise
     except psycopg.Error as e:

@@ -1,7 +1,7 @@
 """Runs first in every backend that uses indb's PL/Python functions.
 
-`ml._activate()` (sql/000-runtime.sql) puts the venv named by the `indb.venv` setting at the front of
-sys.path and then calls :func:`activate`. Nothing heavy is imported here: the environment variables
+`ml._activate()` (sql/000-runtime.sql) puts the runtime venv `indb install` recorded (ml._runtime_venv()) at
+the front of sys.path and then calls :func:`activate`. Nothing heavy is imported here: the environment variables
 must be set before torch / xgboost / tokenizers are imported anywhere in the backend.
 """
 

