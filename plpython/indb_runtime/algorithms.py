@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -187,6 +188,80 @@ def _type_ok(value, expected) -> bool:
     return False
 
 
+# LightGBM takes any of its native parameters through the scikit-learn wrapper, and some of them name files or
+# the network: distributed training listens on a port and waits for the listed machines (for up to `time_out`,
+# 120 minutes by default), and the file parameters read or write paths of the server, all as the database
+# server's OS user. They are refused under every alias (LightGBM's own alias
+# table); `tree_learner` may only be "serial".
+LIGHTGBM_REFUSED = frozenset(
+    {
+        # distributed training
+        "machines",
+        "machine_list_filename",
+        "local_listen_port",
+        "num_machines",
+        "time_out",
+        # files (the command-line tool's input, output and configuration, forced splits and bins)
+        "config",
+        "data",
+        "valid",
+        "input_model",
+        "output_model",
+        "output_result",
+        "convert_model",
+        "save_binary",
+        "snapshot_freq",
+        "forcedsplits_filename",
+        "forcedbins_filename",
+        "parser_config_file",
+        "task",
+    }
+)
+
+
+def _lightgbm_canonical(name: str) -> str:
+    """LightGBM's own name for a parameter given under any of its aliases (the name itself when unknown)."""
+    from lightgbm.basic import _ConfigAliases
+
+    for canonical, aliases in _ConfigAliases._get_all_param_aliases().items():
+        if name == canonical or name in aliases:
+            return canonical
+    return name
+
+
+def _check_lightgbm_param(name: str, value: Any) -> None:
+    canonical = _lightgbm_canonical(name)
+    refused = canonical in LIGHTGBM_REFUSED
+    if canonical == "tree_learner" and str(value).strip().lower() not in ("serial", "serial_tree_learner"):
+        refused = True
+    if refused:
+        also = f' ("{canonical}")' if canonical != name else ""
+        raise invalid(
+            f'hyperparameter "{name}"{also} of lightgbm is not allowed: it names a file or the network, which '
+            "LightGBM would open as the database server's OS user",
+            detail="indb refuses LightGBM's distributed training (machines, ports, tree_learner other than "
+            "serial) and its file parameters under every alias",
+            hint="train on this server's rows through the training query; leave these parameters out",
+        )
+
+
+THREAD_PARAMS = frozenset({"n_jobs", "nthread", "nthreads", "num_threads", "num_thread"})
+
+
+def _check_threads(algorithm: str, name: str, value: Any) -> None:
+    """A thread count above the server's cores is refused: each is an OS thread of the database server (10,000 of
+    them in one training statement take the process table that new connections need), for no speed."""
+    canonical = _lightgbm_canonical(name) if algorithm == "lightgbm" else name
+    if canonical not in THREAD_PARAMS and name not in THREAD_PARAMS:
+        return
+    cores = os.cpu_count() or 1
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cores:
+        raise invalid(
+            f'hyperparameter "{name}" of {algorithm} must be at most {cores} (this server\'s CPU cores), got {value}',
+            hint=f"leave it out, or pass a number from 1 to {cores} (-1 or 0 mean all cores where the library allows)",
+        )
+
+
 def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
     """Unknown names and wrong types fail here with the parameter named (before any fitting)."""
     if not isinstance(hyperparams, dict):
@@ -197,6 +272,9 @@ def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
     if algorithm in ("kmeans", "mini_batch_kmeans") and "n_clusters" not in hyperparams:
         out["n_clusters"] = 8
     for k, v in hyperparams.items():
+        if algorithm == "lightgbm":
+            _check_lightgbm_param(k, v)
+        _check_threads(algorithm, k, v)
         if k not in known and algorithm not in ("xgboost", "lightgbm"):
             raise invalid(
                 f'unknown hyperparameter "{k}" for {algorithm}',

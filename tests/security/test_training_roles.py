@@ -5,6 +5,7 @@ before anything runs, with a clean error."""
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import psycopg
@@ -281,3 +282,61 @@ def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_a
         assert "Tid Range Scan" in plan, plan
     finally:
         sconn.execute(f"drop table public.{t}")
+
+
+def train_lightgbm(conn, project: str, hyperparams: str):
+    return conn.execute(
+        "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => 'lightgbm', "
+        "hyperparams => %s::jsonb)",
+        [project, REL, hyperparams],
+    ).fetchone()
+
+
+def test_lightgbm_parameters_that_open_the_network_or_files_are_refused(connect_as):
+    """LightGBM takes any native parameter through its scikit-learn wrapper. Given machines and a data-parallel
+    tree_learner, a writer's ml.train listened on a port of the database server and waited for the listed
+    machines (LightGBM's time_out: 120 minutes); its file parameters name paths the server's OS user would
+    open. Each is refused, under its aliases, before anything is fitted."""
+    w = connect_as("writer")
+    for hp in (
+        '{"machines": "127.0.0.1:12400,127.0.0.1:12401", "num_machines": 2, "tree_learner": "data"}',
+        '{"tree_learner": "voting"}',
+        '{"workers": "127.0.0.1:12400"}',
+        '{"local_listen_port": 12400}',
+        '{"mlist": "/etc/hosts"}',
+        '{"forcedsplits_filename": "/etc/passwd"}',
+        '{"fs": "/dev/zero"}',
+        '{"output_model": "/tmp/indb-lightgbm-model.txt"}',
+        '{"config": "/etc/passwd"}',
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="of lightgbm is not allowed") as e:
+            train_lightgbm(w, uid("lgb"), hp)
+        clean(e.value)
+    # LightGBM's parameters that are neither files nor the network, under their names and aliases, still train
+    row = train_lightgbm(w, uid("lgb_ok"), '{"min_data_in_leaf": 5, "tree": "serial", "n_estimators": 20}')
+    assert row[2] == "lightgbm"
+
+
+def test_a_thread_count_above_the_servers_cores_is_refused(connect_as):
+    """n_jobs / nthread / num_threads are OS threads of the database server: a writer asking for 100,000 would
+    take the process table that new connections need. Above the cores they are refused before fitting."""
+    w = connect_as("writer")
+    cores = os.cpu_count() or 1
+    for alg, hp in (
+        ("xgboost", '{"n_jobs": 100000}'),
+        ("lightgbm", '{"nthreads": 100000}'),
+        ("random_forest", '{"n_jobs": 5000}'),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=f"must be at most {cores}") as e:
+            w.execute(
+                "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => %s, "
+                "hyperparams => %s::jsonb)",
+                [uid("threads"), REL, alg, hp],
+            )
+        clean(e.value)
+    row = w.execute(
+        "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => 'xgboost', "
+        "hyperparams => %s::jsonb)",
+        [uid("threads_ok"), REL, f'{{"n_jobs": {cores}, "n_estimators": 10}}'],
+    ).fetchone()
+    assert row[2] == "xgboost"
