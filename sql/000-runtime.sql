@@ -11,8 +11,8 @@ as $$ select '@INDB_VERSION@'::text $$;
 comment on function ml.version() is 'version of the installed indb SQL objects';
 
 -- The runtime venv is the one `indb install` recorded (ml.installs, which only the installer writes), never a
--- setting: any role may SET a custom setting (or ALTER ROLE itself SET one), and the venv's .pth files and the
--- packages imported from it run as the server's OS user. (Until 0.2.0 it was the setting indb.venv, which let an
+-- setting: any role may SET a custom setting, and the venv's .pth files and the packages imported from it run
+-- as the server's OS user. (Until 0.2.0 it was the setting indb.venv, which let an
 -- application role run code of its choosing from any folder the server could read.)
 create or replace function ml._runtime_venv() returns text
 language sql stable security definer parallel safe

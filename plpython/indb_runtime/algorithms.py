@@ -7,6 +7,7 @@ plpy.execute plus a NOTICE with progress).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -191,8 +192,8 @@ def _type_ok(value, expected) -> bool:
 # LightGBM takes any of its native parameters through the scikit-learn wrapper, and some of them name files or
 # the network: distributed training listens on a port and waits for the listed machines (for up to `time_out`,
 # 120 minutes by default), and the file parameters read or write paths of the server, all as the database
-# server's OS user. They are refused under every alias (LightGBM's own alias
-# table); `tree_learner` may only be "serial".
+# server's OS user. They are refused under every alias (LightGBM's own alias table); `tree_learner` may only be
+# "serial".
 LIGHTGBM_REFUSED = frozenset(
     {
         # distributed training
@@ -217,20 +218,23 @@ LIGHTGBM_REFUSED = frozenset(
         "task",
     }
 )
+# thread counts (LightGBM's own aliases resolve to num_threads through its alias table)
+THREAD_PARAMS = frozenset({"n_jobs", "nthread", "nthreads", "num_threads", "num_thread"})
 
 
-def _lightgbm_canonical(name: str) -> str:
-    """LightGBM's own name for a parameter given under any of its aliases (the name itself when unknown)."""
+@functools.cache
+def _lightgbm_aliases() -> dict[str, str]:
+    """{any name LightGBM accepts for a parameter: its canonical name}, read once from LightGBM's alias table."""
     from lightgbm.basic import _ConfigAliases
 
-    for canonical, aliases in _ConfigAliases._get_all_param_aliases().items():
-        if name == canonical or name in aliases:
-            return canonical
-    return name
+    return {
+        alias: canonical
+        for canonical, aliases in _ConfigAliases._get_all_param_aliases().items()
+        for alias in (canonical, *aliases)
+    }
 
 
-def _check_lightgbm_param(name: str, value: Any) -> None:
-    canonical = _lightgbm_canonical(name)
+def _check_lightgbm_param(name: str, canonical: str, value: Any) -> None:
     refused = canonical in LIGHTGBM_REFUSED
     if canonical == "tree_learner" and str(value).strip().lower() not in ("serial", "serial_tree_learner"):
         refused = True
@@ -245,13 +249,9 @@ def _check_lightgbm_param(name: str, value: Any) -> None:
         )
 
 
-THREAD_PARAMS = frozenset({"n_jobs", "nthread", "nthreads", "num_threads", "num_thread"})
-
-
-def _check_threads(algorithm: str, name: str, value: Any) -> None:
+def _check_threads(algorithm: str, name: str, canonical: str, value: Any) -> None:
     """A thread count above the server's cores is refused: each is an OS thread of the database server (10,000 of
     them in one training statement take the process table that new connections need), for no speed."""
-    canonical = _lightgbm_canonical(name) if algorithm == "lightgbm" else name
     if canonical not in THREAD_PARAMS and name not in THREAD_PARAMS:
         return
     cores = os.cpu_count() or 1
@@ -272,9 +272,10 @@ def check_hyperparams(task: str, algorithm: str, hyperparams: dict) -> dict:
     if algorithm in ("kmeans", "mini_batch_kmeans") and "n_clusters" not in hyperparams:
         out["n_clusters"] = 8
     for k, v in hyperparams.items():
+        canonical = _lightgbm_aliases().get(k, k) if algorithm == "lightgbm" else k
         if algorithm == "lightgbm":
-            _check_lightgbm_param(k, v)
-        _check_threads(algorithm, k, v)
+            _check_lightgbm_param(k, canonical, v)
+        _check_threads(algorithm, k, canonical, v)
         if k not in known and algorithm not in ("xgboost", "lightgbm"):
             raise invalid(
                 f'unknown hyperparameter "{k}" for {algorithm}',

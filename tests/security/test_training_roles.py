@@ -18,12 +18,12 @@ def uid(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(3)}"
 
 
-def train(conn, project: str, relation: str | None = REL, **kw):
+def train(conn, project: str, relation: str | None = REL, algorithm: str = "linear", **kw):
     args = "".join(f", {k} => %({k})s" for k in kw)
     return conn.execute(
         f"select * from ml.train(%(p)s, task => 'regression', relation => %(r)s, target => 'y', "
-        f"algorithm => 'linear'{args})",
-        dict(p=project, r=relation, **kw),
+        f"algorithm => %(a)s{args})",
+        dict(p=project, r=relation, a=algorithm, **kw),
     ).fetchone()
 
 
@@ -284,14 +284,6 @@ def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_a
         sconn.execute(f"drop table public.{t}")
 
 
-def train_lightgbm(conn, project: str, hyperparams: str):
-    return conn.execute(
-        "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => 'lightgbm', "
-        "hyperparams => %s::jsonb)",
-        [project, REL, hyperparams],
-    ).fetchone()
-
-
 def test_lightgbm_parameters_that_open_the_network_or_files_are_refused(connect_as):
     """LightGBM takes any native parameter through its scikit-learn wrapper. Given machines and a data-parallel
     tree_learner, a writer's ml.train listened on a port of the database server and waited for the listed
@@ -310,10 +302,15 @@ def test_lightgbm_parameters_that_open_the_network_or_files_are_refused(connect_
         '{"config": "/etc/passwd"}',
     ):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="of lightgbm is not allowed") as e:
-            train_lightgbm(w, uid("lgb"), hp)
+            train(w, uid("lgb"), algorithm="lightgbm", hyperparams=hp)
         clean(e.value)
     # LightGBM's parameters that are neither files nor the network, under their names and aliases, still train
-    row = train_lightgbm(w, uid("lgb_ok"), '{"min_data_in_leaf": 5, "tree": "serial", "n_estimators": 20}')
+    row = train(
+        w,
+        uid("lgb_ok"),
+        algorithm="lightgbm",
+        hyperparams='{"min_data_in_leaf": 5, "tree": "serial", "n_estimators": 20}',
+    )
     assert row[2] == "lightgbm"
 
 
@@ -328,15 +325,7 @@ def test_a_thread_count_above_the_servers_cores_is_refused(connect_as):
         ("random_forest", '{"n_jobs": 5000}'),
     ):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=f"must be at most {cores}") as e:
-            w.execute(
-                "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => %s, "
-                "hyperparams => %s::jsonb)",
-                [uid("threads"), REL, alg, hp],
-            )
+            train(w, uid("threads"), algorithm=alg, hyperparams=hp)
         clean(e.value)
-    row = w.execute(
-        "select * from ml.train(%s, task => 'regression', relation => %s, target => 'y', algorithm => 'xgboost', "
-        "hyperparams => %s::jsonb)",
-        [uid("threads_ok"), REL, f'{{"n_jobs": {cores}, "n_estimators": 10}}'],
-    ).fetchone()
+    row = train(w, uid("threads_ok"), algorithm="xgboost", hyperparams=f'{{"n_jobs": {cores}, "n_estimators": 10}}')
     assert row[2] == "xgboost"

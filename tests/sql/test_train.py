@@ -704,26 +704,22 @@ def test_values_beyond_float32_are_clear_errors_or_train_where_the_algorithm_all
             train(c, f"f32_{algorithm}", task="regression", relation=relation, target="y", algorithm=algorithm)
         assert f"{algorithm} computes in float32" in str(e.value) and what in str(e.value), str(e.value)
         assert "scale that column" in e.value.diag.message_hint
-    r = train(
-        c,
-        "f32_mlp",
-        task="regression",
-        relation="select small as y, wide as x from f32",
-        target="y",
-        algorithm="mlp",
-        hyperparams=json.dumps({"epochs": 5}),
-    )
-    assert r["algorithm"] == "mlp" and r["deployed"]
-    with pytest.raises(psycopg.errors.DataException, match="mlp training diverged") as e:
-        train(
+
+    def mlp_on_wide_features(project: str, **hyperparams):
+        return train(
             c,
-            "f32_mlp_diverges",
+            project,
             task="regression",
             relation="select small as y, wide as x from f32",
             target="y",
             algorithm="mlp",
-            hyperparams=json.dumps({"epochs": 5, "learning_rate": 1e30}),
+            hyperparams=json.dumps({"epochs": 5, **hyperparams}),
         )
+
+    r = mlp_on_wide_features("f32_mlp")
+    assert r["algorithm"] == "mlp" and r["deployed"]
+    with pytest.raises(psycopg.errors.DataException, match="mlp training diverged") as e:
+        mlp_on_wide_features("f32_mlp_diverges", learning_rate=1e30)
     assert "lower learning_rate" in e.value.diag.message_hint
     train(c, "f32_xgb", task="regression", relation="select small as y, small as x from f32", target="y")
     with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="computes in float32"):
