@@ -96,6 +96,20 @@ def docker_client():
     return docker.from_env()
 
 
+def run_once(image: str, cmd: list[str], *, timeout: float = 120, **run_kwargs) -> str:
+    """Output of ``cmd`` run in a one-off container of ``image``. Started detached and waited for with a
+    timeout: podman's Docker API can leave an attached stream open after the container has exited, and
+    docker-py's attached ``containers.run`` then blocks on it for good."""
+    c = docker_client().containers.run(image, entrypoint=cmd, detach=True, **run_kwargs)
+    try:
+        code = c.wait(timeout=timeout)["StatusCode"]
+        out = c.logs(stdout=True, stderr=True).decode(errors="replace")
+        assert code == 0, f"{cmd[0]} exited with {code}:\n{out[-2000:]}"
+        return out
+    finally:
+        c.remove(force=True)
+
+
 def start_indb(
     image: str, tmp_path: Path, *, password_file: bool = False, env: dict | None = None, **run_kwargs
 ) -> Indb:

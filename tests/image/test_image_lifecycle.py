@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from indb_image import DATA_DIR, NETWORK, docker_client, starts_since
+from indb_image import DATA_DIR, NETWORK, run_once, starts_since
 
 import indb
 
@@ -30,17 +30,12 @@ def schema(server) -> str:
 
 def cluster_state(server) -> str:
     """`Database cluster state` of pg_controldata, read from the volume by a one-off container."""
-    out = (
-        docker_client()
-        .containers.run(
-            server.wrapped.image.id,
-            entrypoint=["pg_controldata", f"{DATA_DIR}/pgdata"],
-            volumes={server.volume: {"bind": DATA_DIR, "mode": "ro"}},
-            user="postgres",
-            network_mode="host" if NETWORK == "host" else "none",
-            remove=True,
-        )
-        .decode()
+    out = run_once(
+        server.wrapped.image.id,
+        ["pg_controldata", f"{DATA_DIR}/pgdata"],
+        volumes={server.volume: {"bind": DATA_DIR, "mode": "ro"}},
+        user="postgres",
+        network_mode="host" if NETWORK == "host" else "none",
     )
     return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Database cluster state"))
 
