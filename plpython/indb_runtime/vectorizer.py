@@ -33,6 +33,8 @@ from . import chunking, embedding, progress, spi, wire
 from .errors import IndbRuntimeError, invalid
 
 RESERVED = ("seq", "chunk", "embedding", "content_hash", "model", "embedded_at")
+# a statement that writes this many destination rows into a destination without statistics analyzes it (below)
+ANALYZE_AFTER_ROWS = 1000
 
 _VSCHEMA: list[str] = []
 
@@ -94,6 +96,7 @@ class Vectorizer:
         self.nkeys = len(self.qkeys)
         self.policy = embedding.LongText(self.chunk_size, self.chunk_overlap or 0, self.chunk_by)
         self._owned = False
+        self._analyzed: set[str] = set()  # destinations this object analyzed (analyze_if_unknown: once each)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -274,7 +277,47 @@ class Vectorizer:
         )
         args = self.key_columns_arrays(keys) + [seqs, texts, vecs, hashes, model]
         spi.run(self.plpy, sql, ["text[]"] * n + ["int4[]", "text[]", "text[]", "text[]", "text"], args)
+        if len(keys) >= ANALYZE_AFTER_ROWS:
+            self.analyze_if_unknown(dest)
         return len(keys)
+
+    def analyze_if_unknown(self, dest: str) -> None:
+        """ANALYZE ``dest`` when it was never analyzed, or held no rows when it was (a new destination that one
+        statement filled, e.g. a bulk INSERT into the source). The statements above look rows up by key through
+        plans each backend keeps; without statistics PostgreSQL assumes 200 distinct keys, so every key seems to
+        match a share of the table and the plan hash-joins a scan of the whole destination: after a 2,000-row
+        INSERT each single-row INSERT scanned it (~1-2 ms then, growing with the table) until autovacuum analyzed
+        it, up to a minute later. Once analyzed, the key's distinct count is stored as a fraction of the rows and
+        stays right as the table grows. Never waits: when another session holds the lock ANALYZE needs (its own
+        ANALYZE, a VACUUM), this is left to autovacuum; and never fails the statement that wrote the rows."""
+        if dest in self._analyzed:  # its statistics reach the cumulative view only when this transaction ends
+            return
+        self._analyzed.add(dest)
+        r = spi.one(
+            self.plpy,
+            # (pg_stats shows nothing of a table under forced row security, even to its owner: the cumulative
+            # statistics say whether it was ever analyzed, reltuples whether it held rows then)
+            "select pg_catalog.pg_has_role(c.relowner, 'USAGE') and (c.reltuples <= 0 or coalesce("
+            "greatest(t.last_analyze, t.last_autoanalyze) is null, true)) as go, "
+            "pg_catalog.current_setting('lock_timeout') as lt "
+            "from pg_catalog.pg_class c left join pg_catalog.pg_stat_all_tables t on t.relid = c.oid "
+            "where c.oid = $1::regclass",
+            ["text"],
+            [dest],
+        )
+        if not r or not r["go"]:
+            return
+        spi.run(self.plpy, "select pg_catalog.set_config('lock_timeout', '100ms', true)")
+        try:
+            with self.plpy.subtransaction():  # type: ignore[attr-defined]
+                self.plpy.execute(f"analyze {dest}")
+        except self.plpy.SPIError as e:  # type: ignore[attr-defined]
+            # the rows are written: a failed ANALYZE (the lock, anything else) must not fail the statement; a
+            # cancel or statement_timeout still does
+            if getattr(e, "sqlstate", None) == "57014":
+                raise
+        finally:
+            spi.run(self.plpy, "select pg_catalog.set_config('lock_timeout', $1, true)", ["text"], [r["lt"]])
 
     # -- catalogs, through the definers of sql/110 -------------------------------------------------
     def enqueue(self, keys: list[Key]) -> int:
@@ -643,6 +686,8 @@ def _refresh(plpy: spi.Plpy, v: Vectorizer, max_rows: int | None, only_staging: 
                 stats["embedded_chunks"] += v.embed_and_write(dest, model, part, on_progress=report)
                 stats["embedded_rows"] += len(part)
                 p.update(i + len(part))
+            if len(rows) >= ANALYZE_AFTER_ROWS:  # written in steps smaller than that: see analyze_if_unknown
+                v.analyze_if_unknown(dest)
     # rows without an up-to-date embedding after this call (queued ones too): only max_rows leaves some
     stats["remaining"] = sum(count_stale(plpy, v, d, m) for d, m in targets) if max_rows else 0
     v.touch(stats["embedded_chunks"])
