@@ -229,3 +229,23 @@ def test_dropping_a_source_table_removes_its_vectorizer_and_keeps_the_embeddings
     assert sconn.execute("select count(*) from ml.vectorizers where name = %s", [other]).fetchone()[0] == 0
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         w.execute("delete from ml.vectorizers")
+
+
+def test_a_bulk_insert_analyzes_the_destination_without_showing_its_values_to_anyone(
+    acme_vectorizer, connect_as, sconn
+):
+    """A writer's INSERT of 1,000 rows or more makes the vectorizer's trigger (as indb_owner) ANALYZE the
+    destination, so that single-row writes after it find their keys by index. The statistics hold samples of the
+    chunks' text: pg_stats shows none of them to another tenant, to a role without rights, nor to the writer
+    itself (the destination is under forced row security); the write raises no notice."""
+    v = acme_vectorizer
+    w = connect_as("acme_writer")
+    notices: list[str] = []
+    w.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    w.execute(f"insert into {v['source']} select g, 'acme secret number ' || g from generate_series(3, 1002) g")
+    assert notices == []
+    assert sconn.execute(f"select count(*) from {v['dest']}").fetchone()[0] == 1002
+    stats = "select count(*) from pg_stats where schemaname = 'embeddings' and tablename = %s and attname = 'chunk'"
+    assert sconn.execute(stats, [v["name"]]).fetchone()[0] == 1, "the bulk INSERT analyzed the destination"
+    for who in ("acme_writer", "acme_reader", "globex_reader", "globex_writer", "reader", "app", "norights"):
+        assert connect_as(who).execute(stats, [v["name"]]).fetchone()[0] == 0, who
