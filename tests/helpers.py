@@ -79,6 +79,14 @@ def static_source(conn) -> str:
     return conn.execute("select prosrc from pg_proc where proname = '_search_static'").fetchone()[0]
 
 
+def seq_scans(conn, rel: str) -> int:
+    """Sequential scans of ``rel`` so far (pg_stat_user_tables), with ``conn``'s own statements counted: its
+    statistics are flushed first."""
+    conn.execute("select pg_stat_force_next_flush()")
+    conn.execute("select pg_stat_clear_snapshot()")
+    return conn.execute("select seq_scan from pg_stat_user_tables where relid = %s::regclass", [rel]).fetchone()[0]
+
+
 def explain_everything(conn) -> list[str]:
     """Make ``conn`` EXPLAIN ANALYZE every statement it runs, nested ones included (auto_explain, as notices), and
     return the list its messages are collected in (a plan's message contains "plan:", and "JIT:" if it was
