@@ -15,6 +15,7 @@ runs of other labels (e.g. the version before a change, measured from its checko
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -31,7 +32,10 @@ SINGLE = int(os.environ.get("INDB_BENCH_SINGLE", "150"))
 LABEL = os.environ.get("INDB_BENCH_LABEL", "current")
 
 
-def seq_scans(c: psycopg.Connection, rel: str) -> int:
+def seq_scans(c: psycopg.Connection, writer: psycopg.Connection, rel: str) -> int:
+    """Sequential scans of ``rel`` so far, read on ``c``, with ``writer``'s statements counted (a backend flushes
+    its statistics when it goes idle after pg_stat_force_next_flush)."""
+    writer.execute("select pg_stat_force_next_flush()")
     c.execute("select pg_stat_clear_snapshot()")
     return c.execute(
         "select coalesce(seq_scan, 0) from pg_stat_user_tables where relid = %s::regclass", [rel]
@@ -44,12 +48,8 @@ def singles(dsn: str, insert: str, rows: list[tuple], watched: str) -> dict:
         for r in rows[:10]:
             c.execute(insert, r)
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
-        # the warm-up statements' statistics reach the cumulative view before the count starts
-        c.execute("select pg_stat_force_next_flush()")
-        c.execute("select 1")
-        time.sleep(1.0)
         with psycopg.connect(dsn, autocommit=True) as obs:
-            scans0 = seq_scans(obs, watched)
+            scans0 = seq_scans(obs, c, watched)
             cpu0 = cpu_seconds(pid)
             lat = []
             for r in rows[10:]:
@@ -57,10 +57,7 @@ def singles(dsn: str, insert: str, rows: list[tuple], watched: str) -> dict:
                 c.execute(insert, r)
                 lat.append(time.perf_counter() - t)
             cpu = cpu_seconds(pid) - cpu0
-            c.execute("select pg_stat_force_next_flush()")
-            c.execute("select 1")
-            time.sleep(1.0)
-            scans = seq_scans(obs, watched) - scans0
+            scans = seq_scans(obs, c, watched) - scans0
     n = len(lat)
     return {
         "single_row_inserts": n,
@@ -102,8 +99,6 @@ def main() -> None:
             dsn, "insert into collections.bench_docs (id, content) values (%s, %s)", rows, "collections.bench_docs"
         )
         print(f"collection: {res['collection']}", flush=True)
-    import json
-
     runs = {}
     old = common.RESULTS / "single_row_writes.json"
     if old.exists():
