@@ -380,18 +380,52 @@ begin
   if c.partition_by is not null then
     perform ml.ensure_collection_partitions(c.name, tenants, times);
   end if;
-  execute format('insert into %s as t (id, content, metadata, tenant, created_at, embedding) '
-                 'select v.id, v.content, v.metadata, v.tenant, v.created_at, v.e::%s '
-                 'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
-                 '  as v(id, content, metadata, tenant, created_at, e) order by %s '
-                 'on conflict (%s) do update set content = excluded.content, metadata = excluded.metadata, '
-                 'tenant = excluded.tenant, created_at = excluded.created_at, embedding = excluded.embedding',
-                 tbl, ml._collection_vtype(c),
-                 case c.partition_by when 'tenant' then 'v.tenant, v.id' else 'v.id' end,
-                 case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end)
-    using ids, contents, metas, tenants, times, embs;
-  get diagnostics n = row_count;
+  begin
+    execute format('insert into %s as t (id, content, metadata, tenant, created_at, embedding) '
+                   'select v.id, v.content, v.metadata, v.tenant, v.created_at, v.e::%s '
+                   'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
+                   '  as v(id, content, metadata, tenant, created_at, e) order by %s '
+                   'on conflict (%s) do update set content = excluded.content, metadata = excluded.metadata, '
+                   'tenant = excluded.tenant, created_at = excluded.created_at, embedding = excluded.embedding',
+                   tbl, ml._collection_vtype(c),
+                   case c.partition_by when 'tenant' then 'v.tenant, v.id' else 'v.id' end,
+                   case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end)
+      using ids, contents, metas, tenants, times, embs;
+    get diagnostics n = row_count;
+  exception when invalid_text_representation or numeric_value_out_of_range then
+    -- pgvector refused a vector ("invalid input syntax", or a 300-digit number "out of range") without saying
+    -- which document: name it and the element. Looked for only here, so that good batches pay nothing
+    perform ml._documents_bad_vector(c, batch);
+    raise;
+  end;
   return n;
+end $$;
+
+-- raises the error for the first document whose embedding holds an element that is not a JSON number, or a
+-- number out of the range of the collection's storage (vector: float4, halfvec: float2); nothing if none does
+create or replace function ml._documents_bad_vector(c ml.collections, batch jsonb) returns void
+language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  lim numeric := case c.storage when 'halfvec' then 65520 else 3.4028236e38 end;
+  bad record;
+begin
+  select d ->> 'id' as id, x.i, x.v into bad
+    from jsonb_array_elements(batch) d
+   cross join lateral jsonb_array_elements(case when jsonb_typeof(d -> 'embedding') = 'array' then d -> 'embedding'
+                                                else '[]' end) with ordinality x(v, i)
+   where jsonb_typeof(x.v) <> 'number' or abs(x.v::numeric) >= lim
+   limit 1;
+  if found then
+    raise exception 'document % has an embedding whose element % is %', bad.id, bad.i,
+      case when jsonb_typeof(bad.v) <> 'number' then 'not a number: ' || ml._clip(bad.v::text, 40)
+           else format('out of the range of %s (%s)', c.storage, btrim(to_char(bad.v::numeric, '9.999EEEE'))) end
+      using errcode = '22023',
+      hint = case when jsonb_typeof(bad.v) <> 'number' then 'an embedding is an array of JSON numbers (JSON has no NaN or Infinity)'
+                  else format('%s holds numbers of magnitude below %s', c.storage,
+                              case c.storage when 'halfvec' then '65,504' else '3.4e38' end) end;
+  end if;
 end $$;
 
 -- the lock every ml.add_documents (and partition maker) of a collection takes before it writes

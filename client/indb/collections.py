@@ -13,12 +13,14 @@ partition_by, text_search_config, tenant). ``tier_partition`` returns one dict p
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from .base import Base
+from .errors import InvalidInput
 
 
 def _vector_literal(v) -> str:
@@ -28,7 +30,16 @@ def _vector_literal(v) -> str:
 def _doc(d: Mapping) -> dict:
     out = dict(d)
     if "embedding" in out and out["embedding"] is not None:
-        out["embedding"] = [float(x) for x in out["embedding"]]
+        out["embedding"] = vec = [float(x) for x in out["embedding"]]
+        # JSON has no NaN or Infinity: json.dumps would send the bare token, which the server refuses as invalid
+        # JSON without naming the document
+        bad = next((i for i, x in enumerate(vec) if not math.isfinite(x)), None)
+        if bad is not None:
+            raise InvalidInput(
+                f"document {out.get('id')!r} has an embedding whose element {bad + 1} is {vec[bad]}",
+                sqlstate="22023",
+                hint="an embedding holds finite numbers only (JSON has no NaN or Infinity)",
+            )
     if isinstance(out.get("created_at"), (_dt.datetime, _dt.date)):
         out["created_at"] = out["created_at"].isoformat()
     return out
@@ -67,12 +78,12 @@ class CollectionsAPI(Base):
         ``progress``: True for a tqdm bar on stderr, or a callable that gets a line per batch."""
         from .progress import Progress
 
-        docs = list(docs)
+        docs = [_doc(d) for d in docs]  # all checked before the first batch is sent
         out = progress if callable(progress) else None
         bar = Progress(len(docs), f"add_documents {collection}", out=out, unit="documents") if progress else None
         written = 0
         for start in range(0, len(docs), batch_size):
-            batch = [_doc(d) for d in docs[start : start + batch_size]]
+            batch = docs[start : start + batch_size]
             written += self.scalar("select ml.add_documents(%s, %s)", [collection, Jsonb(batch)])
             if bar:
                 bar.update(len(batch))

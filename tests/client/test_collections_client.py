@@ -40,5 +40,10 @@ def test_client_round_trip_with_progress_and_typed_errors(client):
     with pytest.raises(InvalidInput) as e:
         client.search(name, "x", filter={"i": {"$between": [1, 2]}})
     assert e.value.sqlstate == "22023" and "$.i.$between" in str(e.value)
+    # a NaN in a vector (a numpy array from a model that overflowed): named, and no batch is written, earlier ones included
+    with pytest.raises(InvalidInput, match="document 'v2' has an embedding whose element 3 is nan"):
+        docs = [{"id": "v1", "content": "ok"}, {"id": "v2", "embedding": [0.1] * 2 + [float("nan")] + [0.1] * 381}]
+        client.add_documents(name, docs, batch_size=1)
+    assert client.scalar(f"select count(*) from collections.{name} where id like 'v%'") == 0
     assert client.drop_collection(name) is True
     assert client.drop_collection(name, if_exists=True) is False

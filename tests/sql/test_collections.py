@@ -155,6 +155,15 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
         ([{"id": "c", "metadata": [1]}], "wrong type"),
         ([{"id": "c", "embedding": [1, 0, 0]}, {"id": "c", "embedding": [1, 0, 0]}], "appears more than once"),
         ({"id": "c"}, "JSON array"),
+        # pgvector's own errors name no document (and print all 300 digits of 1e300)
+        (
+            [{"id": "c", "embedding": [1, "NaN", 0]}],
+            'document c has an embedding whose element 2 is not a number: "NaN"',
+        ),
+        (
+            [{"id": "c", "embedding": [1, 0, 1e300]}],
+            r"document c has an embedding whose element 3 is out of the range of vector \(1\.000e\+300\)",
+        ),
     ]:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=words):
             sconn.execute(
@@ -162,6 +171,13 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
                 [n, Jsonb([{"id": "z", "embedding": [0, 0, 1]}] + docs if isinstance(docs, list) else docs)],
             )
     assert one(sconn, f"select array_agg(id order by id) from collections.{n}") == ["a", "b"]
+    h = name()
+    sconn.execute(
+        'select ml.create_collection(%s, model => null, options => \'{"dimensions": 3, "halfvec": true}\')', [h]
+    )
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="element 1 is out of the range of halfvec"):
+        sconn.execute("select ml.add_documents(%s, %s)", [h, Jsonb([{"id": "a", "embedding": [70000, 0, 1]}])])
+    assert one(sconn, "select ml.add_documents(%s, %s)", [h, Jsonb([{"id": "a", "embedding": [65504, 0, 1]}])]) == 1
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="has no model"):
         sconn.execute(f"insert into collections.{n} (id, content) values ('q', 'text but no vector')")
 
