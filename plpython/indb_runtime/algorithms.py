@@ -460,13 +460,18 @@ def predict_proba(est, X: np.ndarray) -> np.ndarray | None:
 
 
 def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict:
-    err = p - y
+    # computed on targets scaled to at most 1 in magnitude: squares of targets near 1e200 overflowed (r2 and rmse
+    # came out NaN, stored as null, for a model that fitted them well); r2 does not depend on the scale
+    scale = float(np.max(np.abs(y))) if len(y) else 0.0
+    if not math.isfinite(scale) or scale == 0.0:
+        scale = 1.0
+    ys, err = y / scale, (p - y) / scale
     ss_res = float(np.sum(err**2))
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    ss_tot = float(np.sum((ys - ys.mean()) ** 2))
     return {
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
-        "rmse": math.sqrt(ss_res / len(y)),
-        "mae": float(np.mean(np.abs(err))),
+        "rmse": scale * math.sqrt(ss_res / len(y)),
+        "mae": scale * float(np.mean(np.abs(err))),
     }
 
 

@@ -79,6 +79,10 @@ def test_target_encoding_and_labels():
 def test_metrics():
     m = algs.regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
     assert m["mae"] == pytest.approx(1 / 3) and m["rmse"] == pytest.approx((1 / 3) ** 0.5) and m["r2"] == 0.5
+    # targets near 1e200: their squares overflow a double, the metrics must not
+    big = algs.regression_metrics(np.array([1.0, 2.0, 3.0]) * 1e200, np.array([1.0, 2.0, 4.0]) * 1e200)
+    assert big["r2"] == pytest.approx(0.5) and big["rmse"] == pytest.approx((1 / 3) ** 0.5 * 1e200)
+    assert big["mae"] == pytest.approx(1e200 / 3)
     c = algs.classification_metrics(
         np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), 2
     )
