@@ -380,24 +380,17 @@ begin
   if c.partition_by is not null then
     perform ml.ensure_collection_partitions(c.name, tenants, times);
   end if;
-  begin
-    execute format('insert into %s as t (id, content, metadata, tenant, created_at, embedding) '
-                   'select v.id, v.content, v.metadata, v.tenant, v.created_at, v.e::%s '
-                   'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
-                   '  as v(id, content, metadata, tenant, created_at, e) order by %s '
-                   'on conflict (%s) do update set content = excluded.content, metadata = excluded.metadata, '
-                   'tenant = excluded.tenant, created_at = excluded.created_at, embedding = excluded.embedding',
-                   tbl, ml._collection_vtype(c),
-                   case c.partition_by when 'tenant' then 'v.tenant, v.id' else 'v.id' end,
-                   case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end)
-      using ids, contents, metas, tenants, times, embs;
-    get diagnostics n = row_count;
-  exception when invalid_text_representation or numeric_value_out_of_range then
-    -- pgvector refused a vector ("invalid input syntax", or a 300-digit number "out of range") without saying
-    -- which document: name it and the element. Looked for only here, so that good batches pay nothing
-    perform ml._documents_bad_vector(c, batch);
-    raise;
-  end;
+  execute format('insert into %s as t (id, content, metadata, tenant, created_at, embedding) '
+                 'select v.id, v.content, v.metadata, v.tenant, v.created_at, v.e::%s '
+                 'from unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[]) '
+                 '  as v(id, content, metadata, tenant, created_at, e) order by %s '
+                 'on conflict (%s) do update set content = excluded.content, metadata = excluded.metadata, '
+                 'tenant = excluded.tenant, created_at = excluded.created_at, embedding = excluded.embedding',
+                 tbl, ml._collection_vtype(c),
+                 case c.partition_by when 'tenant' then 'v.tenant, v.id' else 'v.id' end,
+                 case c.partition_by when 'tenant' then 'tenant, id' when 'time' then 'id, created_at' else 'id' end)
+    using ids, contents, metas, tenants, times, embs;
+  get diagnostics n = row_count;
   return n;
 end $$;
 
@@ -482,14 +475,31 @@ begin
     return 0;
   elsif c.shards is not null then
     return ml._shard_add_documents(c.name, docs);  -- each shard upserts (and embeds) its own documents
-  elsif jsonb_array_length(docs) <= 256 then
-    return ml._documents_add(c, docs);
+  end if;
+  -- pgvector refuses a bad vector ("invalid input syntax", or a 300-digit number "out of range") without saying
+  -- which document: the handlers name it and the element, looked for only after an error. A block is a
+  -- subtransaction, and more than 64 in one transaction slow every other session's snapshots: one per call, not
+  -- per chunk, and none for a small call without vectors of its own (the common one: a loop of single-document
+  -- calls in one transaction)
+  if jsonb_array_length(docs) <= 256 then
+    if not exists (select 1 from jsonb_array_elements(docs) d where jsonb_typeof(d -> 'embedding') = 'array') then
+      return ml._documents_add(c, docs);
+    end if;
+    begin
+      return ml._documents_add(c, docs);
+    exception when invalid_text_representation or numeric_value_out_of_range then
+      perform ml._documents_bad_vector(c, docs);
+      raise;
+    end;
   end if;
   begin
     written := ml._documents_add(c, docs);
     perform ml._report_progress(null, null, null);
   exception when others then
     perform ml._report_progress(null, null, null);  -- a failed call leaves no progress behind
+    if sqlstate in ('22P02', '22003') then
+      perform ml._documents_bad_vector(c, docs);
+    end if;
     raise;
   end;
   return written;

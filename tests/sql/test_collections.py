@@ -171,6 +171,11 @@ def test_documents_can_bring_their_own_embedding_and_bad_docs_write_nothing(scon
                 [n, Jsonb([{"id": "z", "embedding": [0, 0, 1]}] + docs if isinstance(docs, list) else docs)],
             )
     assert one(sconn, f"select array_agg(id order by id) from collections.{n}") == ["a", "b"]
+    # a call of more than 256 documents (written in chunks, with progress): the bad one is in the second chunk
+    many = [{"id": f"m{i}", "embedding": [1, 0, 1e300 if i == 290 else i]} for i in range(300)]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="document m290 has an embedding whose element 3"):
+        sconn.execute("select ml.add_documents(%s, %s)", [n, Jsonb(many)])
+    assert one(sconn, f"select count(*) from collections.{n}") == 2
     h = name()
     sconn.execute(
         'select ml.create_collection(%s, model => null, options => \'{"dimensions": 3, "halfvec": true}\')', [h]
