@@ -4,6 +4,8 @@ module, and client.py puts them together, so nothing imports client.py from belo
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from typing import Any, Self
 import psycopg
 from psycopg.rows import dict_row
 
-from .errors import ReplicaLagError, translate
+from .errors import InvalidInput, ReplicaLagError, translate
 from .localdb import Cluster
 
 # The read paths that a hot standby serves: a statement that calls only these functions goes to the
@@ -50,6 +52,34 @@ def is_read(sql: str) -> bool:
         return False
     called = {f"{a}.{b}" for a, b in _CALLED.findall(text)}
     return bool(called) and called <= READ_FUNCTIONS
+
+
+def jsonable(value: Any, what: str) -> Any:
+    """``value`` made ready for a jsonb parameter: numpy numbers and arrays become Python numbers and lists, and a
+    float JSON cannot hold (NaN, +-Infinity) is refused with InvalidInput (22023) naming where it is (``what``, then
+    the keys and indexes down to it). json.dumps would write a bare NaN token, which PostgreSQL refuses as invalid
+    JSON without naming the value, and only when that part of a batched call is sent."""
+    if isinstance(value, float):  # numpy's float64 too
+        if not math.isfinite(value):
+            raise InvalidInput(
+                f"{what} is {value!r}: JSON has no NaN or Infinity",
+                sqlstate="22023",
+                hint="pass None for a missing value (or the string 'NaN' where a float column is to hold one)",
+            )
+        return value
+    if isinstance(value, dict):
+        return {k: jsonable(v, f"{what}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, f"{what}[{i}]") for i, v in enumerate(value)]
+    if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") in ("b", "i", "u", "f"):
+        return jsonable(value.tolist(), what)  # numbers and booleans (numpy's datetimes stay: str() below)
+    return value
+
+
+def json_text(value: Any, what: str) -> str:
+    """``value`` as JSON text for a jsonb parameter (see jsonable); what JSON has no type for (datetimes, Decimal,
+    UUID) is written as its str(), which the server casts to the column's type."""
+    return json.dumps(jsonable(value, what), default=str)
 
 
 def default_dsn() -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base
+from .base import Base, jsonable
 from .errors import InvalidInput
 
 
@@ -42,7 +42,8 @@ def _doc(d: Mapping) -> dict:
             )
     if isinstance(out.get("created_at"), (_dt.datetime, _dt.date)):
         out["created_at"] = out["created_at"].isoformat()
-    return out
+    # a NaN in the metadata is refused here too, before the first batch, not by the server in a later one
+    return {k: jsonable(v, f"document {out.get('id')!r} {k}") for k, v in out.items()}
 
 
 class CollectionsAPI(Base):

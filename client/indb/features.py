@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as psql
 
-from .base import Base
+from .base import Base, json_text
 
 
 class FeaturesMixin(Base):
@@ -76,7 +76,7 @@ class FeatureStore:
                 entity,
                 source,
                 timestamp_column,
-                json.dumps(features),
+                json_text(features, "features"),
                 ttl,
                 description,
                 owner,
@@ -96,7 +96,7 @@ class FeatureStore:
     ) -> str:
         return self._c.scalar(
             "select features.create_on_demand_feature(%s, %s, %s, %s, %s::jsonb, %s)",
-            [name, expression, type, list(inputs), json.dumps(request_fields or {}), description],
+            [name, expression, type, list(inputs), json_text(request_fields or {}, "request_fields"), description],
         )
 
     # -- writes ----------------------------------------------------------------------------------
@@ -139,10 +139,9 @@ class FeatureStore:
 
     def push(self, view: str, rows: list[dict] | dict, target: str = "online_and_offline") -> dict:
         """Write computed feature rows (``target``: online, offline or online_and_offline); the same row as
-        :meth:`materialize` (kind 'push')."""
-        return self._one(
-            "select * from features.push(%s, %s::jsonb, %s)", [view, json.dumps(rows, default=str), target]
-        )
+        :meth:`materialize` (kind 'push'). A float NaN or infinity is refused before anything is sent (JSON has
+        none): pass None for a missing value, or the string 'NaN' to store a float feature's NaN."""
+        return self._one("select * from features.push(%s, %s::jsonb, %s)", [view, json_text(rows, "rows"), target])
 
     # -- reads -----------------------------------------------------------------------------------
     def get_online(
@@ -153,7 +152,12 @@ class FeatureStore:
         Returns {key..., feature: value, '_status': {feature: present|not_found|outside_ttl}}."""
         return self._c.scalar(
             "select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
-            [list(features), json.dumps(entity_keys), None if request is None else json.dumps(request), full_names],
+            [
+                list(features),
+                json_text(entity_keys, "entity_keys"),
+                None if request is None else json_text(request, "request"),
+                full_names,
+            ],
         )
 
     def get_online_batch(
@@ -163,8 +167,8 @@ class FeatureStore:
             "select features.get_online_batch(%s, %s::jsonb, %s::jsonb, %s) as r",
             [
                 list(features),
-                json.dumps(list(entity_keys)),
-                None if request is None else json.dumps(request),
+                json_text(list(entity_keys), "entity_keys"),
+                None if request is None else json_text(request, "request"),
                 full_names,
             ],
         )

@@ -40,7 +40,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base
+from .base import Base, jsonable
 from .errors import InvalidInput
 
 LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")
@@ -407,8 +407,8 @@ class TrackingAPI(Base):
                 task,
                 Jsonb(input_schema) if input_schema is not None else None,
                 Jsonb(output_schema) if output_schema is not None else None,
-                Jsonb(metrics or {}),
-                Jsonb(hyperparams or {}),
+                Jsonb(jsonable(metrics or {}, "metrics")),
+                Jsonb(jsonable(hyperparams or {}, "hyperparams")),
                 description,
                 Jsonb({k: _str(v) for k, v in (tags or {}).items()}),
             ],

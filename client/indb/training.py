@@ -11,7 +11,6 @@ float8[].
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
@@ -21,7 +20,7 @@ from typing import IO, Any
 
 import psycopg
 
-from .base import Base
+from .base import Base, json_text
 from .errors import InvalidInput
 
 Progress = Callable[[str], None] | bool | None
@@ -179,12 +178,12 @@ class TrainingAPI(Base):
                     relation,
                     target,
                     algorithm,
-                    json.dumps(dict(hyperparams or {})),
+                    json_text(dict(hyperparams or {}), "hyperparams"),
                     test_size,
                     test_sampling,
-                    json.dumps(dict(preprocess)) if preprocess is not None else None,
+                    json_text(dict(preprocess), "preprocess") if preprocess is not None else None,
                     search,
-                    json.dumps(dict(search_params or {})),
+                    json_text(dict(search_params or {}), "search_params"),
                     automatic_deploy,
                     materialize,
                 ],
@@ -194,7 +193,7 @@ class TrainingAPI(Base):
     def _features_sql(self, function: str, project: str, features: Mapping[str, Any] | Sequence[Any]) -> tuple:
         """(SQL, params) calling ``function(project, features)`` with jsonb (a dict) or float8[] (numbers)."""
         if isinstance(features, Mapping):
-            return f"{function}(%s, %s::jsonb)", [project, json.dumps(dict(features), default=str)]
+            return f"{function}(%s, %s::jsonb)", [project, json_text(dict(features), "features")]
         return f"{function}(%s, %s::float8[])", [project, numbers(features)]
 
     def predict(self, project: str, features: Mapping[str, Any] | Sequence[Any]) -> float:

@@ -45,5 +45,11 @@ def test_client_round_trip_with_progress_and_typed_errors(client):
         docs = [{"id": "v1", "content": "ok"}, {"id": "v2", "embedding": [0.1] * 2 + [float("nan")] + [0.1] * 381}]
         client.add_documents(name, docs, batch_size=1)
     assert client.scalar(f"select count(*) from collections.{name} where id like 'v%'") == 0
+    # a NaN in the metadata (a pandas row's missing float): named with its key, and nothing written either
+    with pytest.raises(InvalidInput, match=r"document 'v2' metadata\['w'\] is nan") as e:
+        docs = [{"id": "v1", "content": "ok"}, {"id": "v2", "content": "ok", "metadata": {"w": float("nan")}}]
+        client.add_documents(name, docs, batch_size=1)
+    assert e.value.sqlstate == "22023" and "None" in (e.value.hint or "")
+    assert client.scalar(f"select count(*) from collections.{name} where id like 'v%'") == 0
     assert client.drop_collection(name) is True
     assert client.drop_collection(name, if_exists=True) is False

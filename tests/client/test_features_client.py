@@ -134,3 +134,31 @@ def test_cli_prints_tables_and_exits_non_zero_on_errors(fs, db_dsn, capsys, monk
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["features", "incremental", "cl_stats", "--dsn", db_dsn]) == 0
     assert "incremental" in capsys.readouterr().out
+
+
+def test_a_nan_in_pushed_rows_is_refused_by_name_and_none_is_a_missing_value(fs):
+    import numpy as np
+
+    from indb.errors import InvalidInput
+
+    df = pd.DataFrame(
+        {
+            "user_id": [21, 22],
+            "ts": pd.to_datetime(["2024-05-20", "2024-05-20"], utc=True),
+            "score": [1.5, np.nan],
+            "tier": ["gold", "free"],
+            "score_sq": [2.25, np.nan],
+        }
+    )
+    # pandas' missing float is NaN, which JSON cannot hold: named, and nothing is written (the first row neither)
+    with pytest.raises(InvalidInput, match=r"rows\[1\]\['score'\] is nan") as e:
+        fs.push("cl_stats", df.to_dict("records"))
+    assert e.value.sqlstate == "22023" and "None" in (e.value.hint or "")
+    assert fs.get_online(["cl_stats:score"], {"user_id": 21})["_status"] == {"score": "not_found"}
+    # None is a missing value; the string 'NaN' stores a float NaN, served back as "NaN"
+    r = fs.push("cl_stats", df.astype(object).where(df.notna(), None).to_dict("records"))
+    assert r["rows_written"] == 2
+    fs.push("cl_stats", [{"user_id": 23, "ts": "2024-05-20T00:00:00Z", "score": "NaN", "tier": "x", "score_sq": 1}])
+    rows = fs.get_online_batch(["cl_stats:score"], [{"user_id": np.int64(k)} for k in (21, 22, 23)])
+    assert [x["score"] for x in rows] == [1.5, None, "NaN"]
+    assert [x["_status"]["score"] for x in rows] == ["present", "null_value", "present"]

@@ -223,3 +223,14 @@ def test_metric_values_come_back_as_floats(client):
 def test_audit_verify_from_the_client(client):
     out = client.audit_verify()
     assert out["ok"] is True and out["events_checked"] > 0
+
+
+def test_a_nan_metric_of_a_registered_model_is_refused_by_name(client):
+    from indb.errors import InvalidInput
+
+    name = uid("nanm")
+    with pytest.raises(InvalidInput, match=r"metrics\['r2'\] is nan") as e:
+        client.register_model(name, b"model", flavor="custom", metrics={"rmse": 0.5, "r2": float("nan")})
+    assert e.value.sqlstate == "22023"
+    v = client.register_model(name, b"model", flavor="custom", metrics={"rmse": 0.5, "r2": None})
+    assert v["version"] == 1  # nothing was registered by the refused call

@@ -307,3 +307,33 @@ def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_
     second = b.next_batch()
     assert sorted(j.source for j, _, _ in second) == [3, 4] and b.busy == 2
     assert b.threads_for_call(cores=2) == 1
+
+
+def test_the_client_names_a_nan_it_cannot_send_as_json_and_sends_numpy_numbers_as_numbers():
+    import json
+
+    import numpy as np
+
+    from indb.base import json_text
+    from indb.errors import InvalidInput
+
+    for bad, where in [
+        ([{"a": 1.0}, {"a": float("nan")}], "rows[1]['a'] is nan"),
+        ({"k": [1.0, float("-inf")]}, "rows['k'][1] is -inf"),
+        ({"k": np.float32("inf")}, "rows['k'] is inf"),
+        ({"k": np.array([0.5, np.nan])}, "rows['k'][1] is nan"),
+    ]:
+        with pytest.raises(InvalidInput) as e:
+            json_text(bad, "rows")
+        assert str(e.value).startswith(where) and e.value.sqlstate == "22023"
+    text = json_text(
+        {
+            "i": np.int64(3),
+            "f": np.float32(0.5),
+            "b": np.bool_(True),
+            "a": np.arange(2),
+            "t": np.datetime64("2024-05-01"),
+        },
+        "rows",
+    )
+    assert json.loads(text) == {"i": 3, "f": 0.5, "b": True, "a": [0, 1], "t": "2024-05-01"}
