@@ -27,6 +27,14 @@ def _vector_literal(v) -> str:
     return "[" + ",".join(repr(float(x)) for x in v) + "]"
 
 
+def _filter_options(filter: Any, options: Mapping | None) -> list:
+    """The filter and options of the search functions as jsonb parameters (a NaN in either refused by name)."""
+    return [
+        Jsonb(jsonable(filter, "filter")) if filter is not None else None,
+        Jsonb(jsonable(dict(options or {}), "options")),
+    ]
+
+
 def _doc(d: Mapping) -> dict:
     out = dict(d)
     if "embedding" in out and out["embedding"] is not None:
@@ -60,7 +68,7 @@ class CollectionsAPI(Base):
         returns the row of what was made."""
         rows = self.call(
             "select * from ml.create_collection(%s, %s, %s, %s, %s, %s)",
-            [name, model, index, metric, partition_by, Jsonb(dict(options or {}))],
+            [name, model, index, metric, partition_by, Jsonb(jsonable(dict(options or {}), "options"))],
         )
         return rows[0]
 
@@ -108,7 +116,8 @@ class CollectionsAPI(Base):
         else:
             sql, q = "select * from ml.search(%s, %s::vector, %s, %s, %s)", _vector_literal(query)
         return self.call(
-            sql, [collection, q, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))]
+            sql,
+            [collection, q, k, *_filter_options(filter, options)],
         )
 
     def explain_search(
@@ -125,7 +134,8 @@ class CollectionsAPI(Base):
         else:
             sql, q = "select * from ml.search_explain(%s, %s::vector, %s, %s, %s)", _vector_literal(query)
         rows = self.call(
-            sql, [collection, q, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))]
+            sql,
+            [collection, q, k, *_filter_options(filter, options)],
         )
         return rows[0]
 
@@ -135,7 +145,7 @@ class CollectionsAPI(Base):
         """ml.keyword_search: BM25 (options k1, b)."""
         return self.call(
             "select * from ml.keyword_search(%s, %s, %s, %s, %s)",
-            [collection, query, k, Jsonb(filter) if filter is not None else None, Jsonb(dict(options or {}))],
+            [collection, query, k, *_filter_options(filter, options)],
         )
 
     def hybrid_search(
@@ -152,19 +162,20 @@ class CollectionsAPI(Base):
         options: Mapping | None = None,
     ) -> list[dict]:
         """ml.hybrid_search: rows id, score, vector_rank, keyword_rank, content, metadata."""
+        f, o = _filter_options(filter, options)
         return self.call(
             "select * from ml.hybrid_search(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 collection,
                 query,
                 k,
-                Jsonb(filter) if filter is not None else None,
+                f,
                 method,
                 rrf_k,
                 vector_weight,
                 keyword_weight,
                 candidates,
-                Jsonb(dict(options or {})),
+                o,
             ],
         )
 

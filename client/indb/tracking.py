@@ -294,7 +294,9 @@ def _metric_values(metrics: dict | None) -> dict:
 class TrackingAPI(Base):
     # -- runs
     def create_experiment(self, name: str, description: str | None = None, tags: dict | None = None) -> int:
-        return self.scalar("select registry.create_experiment(%s, %s, %s)", [name, description, Jsonb(tags or {})])
+        return self.scalar(
+            "select registry.create_experiment(%s, %s, %s)", [name, description, Jsonb(jsonable(tags or {}, "tags"))]
+        )
 
     def start_run(
         self,

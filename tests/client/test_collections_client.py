@@ -51,5 +51,7 @@ def test_client_round_trip_with_progress_and_typed_errors(client):
         client.add_documents(name, docs, batch_size=1)
     assert e.value.sqlstate == "22023" and "None" in (e.value.hint or "")
     assert client.scalar(f"select count(*) from collections.{name} where id like 'v%'") == 0
+    with pytest.raises(InvalidInput, match=r"filter\['i'\]\['\$lt'\] is nan"):
+        client.hybrid_search(name, "cats", k=3, filter={"i": {"$lt": float("nan")}})
     assert client.drop_collection(name) is True
     assert client.drop_collection(name, if_exists=True) is False
