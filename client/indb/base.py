@@ -4,10 +4,13 @@ module, and client.py puts them together, so nothing imports client.py from belo
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal
 import json
 import math
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -55,10 +58,11 @@ def is_read(sql: str) -> bool:
 
 
 def jsonable(value: Any, what: str) -> Any:
-    """``value`` made ready for a jsonb parameter: numpy numbers and arrays become Python numbers and lists, and a
-    float JSON cannot hold (NaN, +-Infinity) is refused with InvalidInput (22023) naming where it is (``what``, then
-    the keys and indexes down to it). json.dumps would write a bare NaN token, which PostgreSQL refuses as invalid
-    JSON without naming the value, and only when that part of a batched call is sent."""
+    """``value`` made ready for a jsonb parameter: numpy numbers and arrays become Python numbers and lists, dates
+    and times ISO 8601 texts, a Decimal a number, a UUID its text; and a float JSON cannot hold (NaN, +-Infinity)
+    is refused with InvalidInput (22023) naming where it is (``what``, then the keys and indexes down to it).
+    json.dumps would write a bare NaN token, which PostgreSQL refuses as invalid JSON without naming the value,
+    and only when that part of a batched call is sent."""
     if isinstance(value, float):  # numpy's float64 too
         if not math.isfinite(value):
             raise InvalidInput(
@@ -71,14 +75,19 @@ def jsonable(value: Any, what: str) -> Any:
         return {k: jsonable(v, f"{what}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v, f"{what}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (_dt.date, _dt.time)):  # datetimes too: ISO 8601, which the server reads
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return jsonable(float(value), what) if isinstance(value, decimal.Decimal) else str(value)
     if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") in ("b", "i", "u", "f"):
         return jsonable(value.tolist(), what)  # numbers and booleans (numpy's datetimes stay: str() below)
     return value
 
 
 def json_text(value: Any, what: str) -> str:
-    """``value`` as JSON text for a jsonb parameter (see jsonable); what JSON has no type for (datetimes, Decimal,
-    UUID) is written as its str(), which the server casts to the column's type."""
+    """``value`` as JSON text for a jsonb parameter (see jsonable); any other object JSON has no type for (a
+    pandas Timestamp is a datetime; numpy's datetime64, for one) is written as its str(), which the server casts
+    to the column's type."""
     return json.dumps(jsonable(value, what), default=str)
 
 

@@ -24,7 +24,14 @@ from .errors import InvalidInput
 
 
 def _vector_literal(v) -> str:
-    return "[" + ",".join(repr(float(x)) for x in v) + "]"
+    try:
+        return "[" + ",".join(repr(float(x)) for x in v) + "]"
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"a query is a text or a vector of numbers, got {type(v).__name__}",
+            sqlstate="22023",
+            hint="search(collection, 'some words') or search(collection, numpy_vector)",
+        ) from None
 
 
 def _filter_options(filter: Any, options: Mapping | None) -> list:
@@ -35,7 +42,13 @@ def _filter_options(filter: Any, options: Mapping | None) -> list:
     ]
 
 
-def _doc(d: Mapping) -> dict:
+def _doc(d: Mapping, i: int) -> dict:
+    if not isinstance(d, Mapping):
+        raise InvalidInput(
+            f"docs[{i}] is {type(d).__name__}, not a document",
+            sqlstate="22023",
+            hint="a document is a dict: {'id': ..., 'content': ..., 'metadata': {...}}",
+        )
     out = dict(d)
     if "embedding" in out and out["embedding"] is not None:
         out["embedding"] = vec = [float(x) for x in out["embedding"]]
@@ -87,7 +100,15 @@ class CollectionsAPI(Base):
         ``progress``: True for a tqdm bar on stderr, or a callable that gets a line per batch."""
         from .progress import Progress
 
-        docs = [_doc(d) for d in docs]  # all checked before the first batch is sent
+        if isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Iterable):
+            raise InvalidInput(
+                f"docs is a list of documents, got {type(docs).__name__}",
+                sqlstate="22023",
+                hint="add_documents(collection, [{'id': 'a', 'content': '...'}]); one document goes in a list of one",
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}", sqlstate="22023")
+        docs = [_doc(d, i) for i, d in enumerate(docs)]  # all checked before the first batch is sent
         out = progress if callable(progress) else None
         bar = Progress(len(docs), f"add_documents {collection}", out=out, unit="documents") if progress else None
         written = 0

@@ -8,11 +8,11 @@ The SQL functions that act on a vectorizer return one row of columns; these meth
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .base import Base
-from .errors import NotFound
+from .errors import InvalidInput, NotFound
 from .progress import Progress
 
 QUEUE_STATS = ("processed", "embedded", "unchanged", "deleted", "skipped_locked", "failed", "retrying")
@@ -26,10 +26,25 @@ class EmbeddingsAPI(Base):
 
     # -- models ---------------------------------------------------------------------------------
     def embed(self, inputs, model: str = "all-MiniLM-L6-v2"):
-        """One text -> numpy vector; a list -> list of vectors (one model call in the server)."""
-        if isinstance(inputs, str):
+        """One text -> numpy vector; a list -> list of vectors (one model call in the server). None, or None in a
+        list, gives None, as NULL does in SQL."""
+        if inputs is None or isinstance(inputs, str):
             return as_numpy(self.scalar("select ml.embed(%s, %s::text)", [model, inputs]))
-        return [as_numpy(v) for v in self.scalar("select ml.embed(%s, %s::text[])", [model, list(inputs)])]
+        if isinstance(inputs, (bytes, Mapping)) or not isinstance(inputs, Iterable):
+            raise InvalidInput(
+                f"embed takes a text or a list of texts, got {type(inputs).__name__}",
+                sqlstate="22023",
+                hint="client.embed('a text') or client.embed(['one', 'two'])",
+            )
+        texts = list(inputs)
+        bad = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+        if bad is not None:
+            raise InvalidInput(
+                f"inputs[{bad}] is {type(texts[bad]).__name__}, not a text",
+                sqlstate="22023",
+                hint="pass texts (str); convert other values with str() first",
+            )
+        return [as_numpy(v) for v in self.scalar("select ml.embed(%s, %s::text[])", [model, texts])]
 
     def register_embedding_model(
         self,

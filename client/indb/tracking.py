@@ -201,9 +201,17 @@ class Run:
 
     # -- metrics (batched)
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp: datetime | None = None) -> None:
+        try:
+            v, s = float(value), int(step or 0)
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                f"metric {key!r}: the value must be a number and the step an integer, got {value!r} at step {step!r}",
+                sqlstate="22023",
+                hint="log text with log_param or set_tag",
+            ) from None
         self._keys.append(key)
-        self._values.append(float(value))
-        self._steps.append(int(step or 0))
+        self._values.append(v)
+        self._steps.append(s)
         self._ts.append(timestamp)
         if len(self._keys) >= self.batch_size or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -55,6 +55,8 @@ def test_get_online_returns_a_dict(fs):
     assert r["score"] == 2.5 and r["tier"] == "gold" and r["_status"] == {"score": "present", "tier": "present"}
     rows = fs.get_online_batch(["cl_stats:score"], [{"user_id": 2}, {"user_id": 5}])
     assert [x["score"] for x in rows] == [7.0, None]
+    # one reference as a text is a list of one (not split into characters)
+    assert fs.get_online("cl_stats:score", {"user_id": 1})["score"] == 2.5
 
 
 def test_bad_feature_name_is_a_not_found_error(fs):
