@@ -11,7 +11,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -82,6 +82,15 @@ def jsonable(value: Any, what: str) -> Any:
     if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") in ("b", "i", "u", "f"):
         return jsonable(value.tolist(), what)  # numbers and booleans (numpy's datetimes stay: str() below)
     return value
+
+
+def mapping(value: Any, what: str) -> dict:
+    """An optional dict argument as a dict (None: empty); anything else is InvalidInput naming the argument."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{what} must be a dict, got {type(value).__name__}", hint=f"{what}={{'name': value, ...}}")
+    return dict(value)
 
 
 def json_text(value: Any, what: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base, jsonable
+from .base import Base, jsonable, mapping
 from .errors import InvalidInput
 
 
@@ -38,7 +38,7 @@ def _filter_options(filter: Any, options: Mapping | None) -> list:
     """The filter and options of the search functions as jsonb parameters (a NaN in either refused by name)."""
     return [
         Jsonb(jsonable(filter, "filter")) if filter is not None else None,
-        Jsonb(jsonable(dict(options or {}), "options")),
+        Jsonb(jsonable(mapping(options, "options"), "options")),
     ]
 
 
@@ -81,7 +81,7 @@ class CollectionsAPI(Base):
         returns the row of what was made."""
         rows = self.call(
             "select * from ml.create_collection(%s, %s, %s, %s, %s, %s)",
-            [name, model, index, metric, partition_by, Jsonb(jsonable(dict(options or {}), "options"))],
+            [name, model, index, metric, partition_by, Jsonb(jsonable(mapping(options, "options"), "options"))],
         )
         return rows[0]
 

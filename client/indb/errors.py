@@ -7,10 +7,11 @@ class IndbError(Exception):
     """Base class of everything indb raises. ``sqlstate`` is set when the error came from the database."""
 
     sqlstate: str | None = None
+    default_sqlstate: str | None = None  # what an error the client raises itself carries when it names none
 
     def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None, hint: str | None = None):
         super().__init__(message)
-        self.sqlstate = sqlstate
+        self.sqlstate = sqlstate if sqlstate is not None else self.default_sqlstate
         self.detail = detail
         self.hint = hint
 
@@ -32,11 +33,16 @@ class InstallError(IndbError):
 
 
 class InvalidInput(IndbError):
-    """Bad arguments: 22xxx data exceptions, 42xxx names that do not exist."""
+    """Bad arguments: 22xxx data exceptions, 42xxx names that do not exist. Raised by the client itself (an argument
+    it refuses before calling the server) it carries 22023, invalid_parameter_value."""
+
+    default_sqlstate = "22023"
 
 
 class NotFound(InvalidInput):
     """An object named in the call does not exist (42704 undefined_object, 42P01 undefined_table, P0002)."""
+
+    default_sqlstate = "42704"
 
 
 class PermissionDenied(IndbError):

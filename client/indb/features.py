@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql as psql
 
 from .base import Base, json_text
+from .errors import InvalidInput
 
 
 class FeaturesMixin(Base):
@@ -180,7 +181,10 @@ class FeatureStore:
 
         df = entity_df
         if not isinstance(df, pd.DataFrame):
-            raise TypeError("entity_df must be a pandas DataFrame or a SQL string")
+            raise InvalidInput(
+                f"the entity rows are a pandas DataFrame or a SQL query, got {type(df).__name__}",
+                hint="a DataFrame of the join keys and an event timestamp, or 'select ... from ...'",
+            )
         cols = [str(c) for c in df.columns]
         types = [_pg_type(df[c].dtype) for c in df.columns]
         records = json.loads(df.to_json(orient="records", date_format="iso", date_unit="us"))

@@ -40,7 +40,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base, jsonable
+from .base import Base, jsonable, mapping
 from .errors import InvalidInput
 
 LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")
@@ -187,17 +187,13 @@ class Run:
         self.client.call("select registry.log_param(%s, %s, %s)", [self.id, key, _str(value)])
 
     def log_params(self, params: dict) -> None:
-        self.client.call(
-            "select registry.log_params(%s, %s)", [self.id, Jsonb({k: _str(v) for k, v in params.items()})]
-        )
+        self.client.call("select registry.log_params(%s, %s)", [self.id, _texts(params, "params")])
 
     def set_tag(self, key: str, value: Any) -> None:
         self.client.call("select registry.set_tag(%s, %s, %s)", [self.id, key, _str(value)])
 
     def set_tags(self, tags: dict) -> None:
-        self.client.call(
-            "select registry.log_batch(%s, tags => %s)", [self.id, Jsonb({k: _str(v) for k, v in tags.items()})]
-        )
+        self.client.call("select registry.log_batch(%s, tags => %s)", [self.id, _texts(tags, "tags")])
 
     # -- metrics (batched)
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp: datetime | None = None) -> None:
@@ -285,6 +281,11 @@ class Run:
                 pass
 
 
+def _texts(values: Any, what: str) -> Jsonb:
+    """Params or tags (a dict, or None for none) as a jsonb of texts."""
+    return Jsonb({k: _str(v) for k, v in mapping(values, what).items()})
+
+
 def _str(v: Any) -> str | None:
     if v is None:
         return None
@@ -318,7 +319,7 @@ class TrackingAPI(Base):
         parent = parent_run.id if isinstance(parent_run, Run) else parent_run
         rid = self.scalar(
             "select registry.start_run(%s, %s, %s, %s)",
-            [experiment, run_name, Jsonb({k: _str(v) for k, v in (tags or {}).items()}), parent],
+            [experiment, run_name, _texts(tags, "tags"), parent],
         )
         return Run(self, str(rid), experiment, batch_size=batch_size, flush_seconds=flush_seconds)
 
@@ -420,7 +421,7 @@ class TrackingAPI(Base):
                 Jsonb(jsonable(metrics or {}, "metrics")),
                 Jsonb(jsonable(hyperparams or {}, "hyperparams")),
                 description,
-                Jsonb({k: _str(v) for k, v in (tags or {}).items()}),
+                _texts(tags, "tags"),
             ],
         )
         return rows[0]

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import psycopg
 
-from .base import Base, json_text
+from .base import Base, json_text, mapping
 from .errors import InvalidInput
 
 Progress = Callable[[str], None] | bool | None
@@ -178,12 +178,12 @@ class TrainingAPI(Base):
                     relation,
                     target,
                     algorithm,
-                    json_text(dict(hyperparams or {}), "hyperparams"),
+                    json_text(mapping(hyperparams, "hyperparams"), "hyperparams"),
                     test_size,
                     test_sampling,
-                    json_text(dict(preprocess), "preprocess") if preprocess is not None else None,
+                    json_text(mapping(preprocess, "preprocess"), "preprocess") if preprocess is not None else None,
                     search,
-                    json_text(dict(search_params or {}), "search_params"),
+                    json_text(mapping(search_params, "search_params"), "search_params"),
                     automatic_deploy,
                     materialize,
                 ],

@@ -83,3 +83,23 @@ def test_a_metric_that_is_not_a_number_is_named(client):
     run.log_metric("accuracy", np.float32(0.75), step=np.int64(2))
     run.end()
     assert client.get_run(run.id)["metrics"]["accuracy"] == 0.75
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda c: c.train("cb_p", task="regression", relation="t", target="y", hyperparams=[1, 2]),
+            "hyperparams must be a dict, got list",
+        ),
+        (lambda c: c.start_run(experiment="cb_e").log_params(["lr", 0.1]), "params must be a dict, got list"),
+        (lambda c: c.features.get_historical(123, ["v:f"]), "the entity rows are a pandas DataFrame or a SQL query"),
+        (lambda c: c.predict("cb_p", "1,2"), "features must be numbers in feature order or a dict"),
+        (lambda c: c.search("cb_none", "x", options=[("ef_search", 40)]), "options must be a dict, got list"),
+    ],
+    ids=["hyperparams_list", "params_list", "entity_int", "predict_text", "options_list"],
+)
+def test_an_argument_of_the_wrong_shape_is_refused_before_the_call_with_22023(client, call, message):
+    with pytest.raises(InvalidInput) as e:
+        call(client)
+    assert str(e.value).startswith(message) and e.value.sqlstate == "22023"
