@@ -97,7 +97,10 @@ def json_text(value: Any, what: str) -> str:
     """``value`` as JSON text for a jsonb parameter (see jsonable); any other object JSON has no type for (a
     pandas Timestamp is a datetime; numpy's datetime64, for one) is written as its str(), which the server casts
     to the column's type."""
-    return json.dumps(jsonable(value, what), default=str)
+    try:  # the usual case, in C: ~7x faster than the walk (100 entity keys: ~50 us against ~340)
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):  # a NaN, or a value json has no type for: walk it to name or convert it
+        return json.dumps(jsonable(value, what), default=str)
 
 
 def default_dsn() -> str:

@@ -64,7 +64,8 @@ def _doc(d: Mapping, i: int) -> dict:
     if isinstance(out.get("created_at"), (_dt.datetime, _dt.date)):
         out["created_at"] = out["created_at"].isoformat()
     # a NaN in the metadata is refused here too, before the first batch, not by the server in a later one
-    return {k: jsonable(v, f"document {out.get('id')!r} {k}") for k, v in out.items()}
+    # (the embedding is checked above, element by element)
+    return {k: v if k == "embedding" else jsonable(v, f"document {out.get('id')!r} {k}") for k, v in out.items()}
 
 
 class CollectionsAPI(Base):
