@@ -51,7 +51,14 @@ def _doc(d: Mapping, i: int) -> dict:
         )
     out = dict(d)
     if "embedding" in out and out["embedding"] is not None:
-        out["embedding"] = vec = [float(x) for x in out["embedding"]]
+        try:
+            out["embedding"] = vec = [float(x) for x in out["embedding"]]
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                f"document {out.get('id')!r} has an embedding that is not a list of numbers",
+                sqlstate="22023",
+                hint="an embedding is a list or numpy array of floats, as many as the collection's dimensions",
+            ) from None
         # JSON has no NaN or Infinity: json.dumps would send the bare token, which the server refuses as invalid
         # JSON without naming the document
         bad = next((i for i, x in enumerate(vec) if not math.isfinite(x)), None)

@@ -34,8 +34,22 @@ def coll(client):
         (lambda c, n: c.add_documents(n, {"id": "a", "content": "x"}), "docs is a list of documents, got dict"),
         (lambda c, n: c.add_documents(n, [{"id": "a", "content": "x"}, "b"]), "docs[1] is str, not a document"),
         (lambda c, n: c.add_documents(n, [{"id": "a", "content": "x"}], batch_size=0), "batch_size must be a positive"),
+        (
+            lambda c, n: c.add_documents(n, [{"id": "a", "content": "x"}, {"id": "b", "embedding": ["x"] * 384}]),
+            "document 'b' has an embedding that is not a list of numbers",
+        ),
     ],
-    ids=["embed_int", "embed_list_int", "search_none", "search_texts", "docs_str", "docs_dict", "doc_str", "batch0"],
+    ids=[
+        "embed_int",
+        "embed_list_int",
+        "search_none",
+        "search_texts",
+        "docs_str",
+        "docs_dict",
+        "doc_str",
+        "batch0",
+        "embedding_texts",
+    ],
 )
 def test_a_wrong_argument_is_an_invalid_input_that_names_it(client, coll, call, message):
     with pytest.raises(InvalidInput) as e:
