@@ -84,6 +84,12 @@ def jsonable(value: Any, what: str) -> Any:
     return value
 
 
+def as_texts(value: Any) -> list:
+    """A list argument of texts (columns, feature references, queries); one text given alone is a list of one:
+    list() would split it into characters, each an unknown name (or, for search queries, a wrong answer)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def mapping(value: Any, what: str) -> dict:
     """An optional dict argument as a dict (None: empty); anything else is InvalidInput naming the argument."""
     if value is None:

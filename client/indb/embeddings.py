@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .base import Base
+from .base import Base, as_texts
 from .errors import InvalidInput, NotFound
 from .progress import Progress
 
@@ -100,7 +100,7 @@ class EmbeddingsAPI(Base):
             "select * from ml.create_vectorizer(%s::regclass, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 source,
-                list(columns),
+                as_texts(columns),
                 model,
                 mode,
                 chunk_size,
@@ -220,7 +220,7 @@ class EmbeddingsAPI(Base):
         return self._row("select * from ml.migrate_vectorizer(%s, %s, %s)", [name, new_model, backfill])
 
     def compare_vectorizer_models(self, name: str, sample_queries: list[str], k: int = 10) -> list[dict]:
-        return self.call("select * from ml.compare_vectorizer_models(%s, %s, %s)", [name, list(sample_queries), k])
+        return self.call("select * from ml.compare_vectorizer_models(%s, %s, %s)", [name, as_texts(sample_queries), k])
 
     def promote_vectorizer(self, name: str, force: bool = False) -> dict:
         """ml.promote_vectorizer's row: serving and previous model and destination, stale_rows_promoted."""

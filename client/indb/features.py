@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as psql
 
-from .base import Base, json_text
+from .base import Base, as_texts, json_text
 from .errors import InvalidInput
 
 
@@ -97,7 +97,7 @@ class FeatureStore:
     ) -> str:
         return self._c.scalar(
             "select features.create_on_demand_feature(%s, %s, %s, %s, %s::jsonb, %s)",
-            [name, expression, type, list(inputs), json_text(request_fields or {}, "request_fields"), description],
+            [name, expression, type, as_texts(inputs), json_text(request_fields or {}, "request_fields"), description],
         )
 
     # -- writes ----------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class FeatureStore:
         return self._c.scalar(
             "select features.get_online(%s, %s::jsonb, %s::jsonb, %s)",
             [
-                _refs(features),
+                as_texts(features),
                 json_text(entity_keys, "entity_keys"),
                 None if request is None else json_text(request, "request"),
                 full_names,
@@ -167,7 +167,7 @@ class FeatureStore:
         rows = self._c.call(
             "select features.get_online_batch(%s, %s::jsonb, %s::jsonb, %s) as r",
             [
-                _refs(features),
+                as_texts(features),
                 json_text(list(entity_keys), "entity_keys"),
                 None if request is None else json_text(request, "request"),
                 full_names,
@@ -208,7 +208,7 @@ class FeatureStore:
         q = entity if isinstance(entity, str) else self.entity_query(entity)
         return self._c.scalar(
             "select features.historical_query(%s, %s, %s::interval, %s, %s, %s)",
-            [q, _refs(features), ttl_override, full_names, timestamp_column, created_cutoff],
+            [q, as_texts(features), ttl_override, full_names, timestamp_column, created_cutoff],
         )
 
     def get_historical(
@@ -230,7 +230,7 @@ class FeatureStore:
         with self._c._errors(), self._c.conn.transaction(), self._c.conn.cursor() as cur:
             cur.execute(
                 "select features.get_historical_cursor(%s, %s, %s::interval, %s, %s, %s, '_indb_historical')",
-                [q, _refs(features), ttl_override, full_names, timestamp_column, created_cutoff],
+                [q, as_texts(features), ttl_override, full_names, timestamp_column, created_cutoff],
             )
             cur.execute("fetch all from _indb_historical")
             cols = [d.name for d in cur.description or []]
@@ -251,7 +251,7 @@ class FeatureStore:
         q = entity if isinstance(entity, str) else self.entity_query(entity)
         return self._one(
             "select * from features.create_training_set(%s, %s, %s, %s, %s::interval, null, %s)",
-            [name, q, _refs(features), label, ttl_override, created_cutoff],
+            [name, q, as_texts(features), label, ttl_override, created_cutoff],
         )
 
     def training_set(self, name: str) -> dict:
@@ -288,12 +288,6 @@ class FeatureStore:
 
     def freshness(self) -> list[dict]:
         return self._c.call("select * from features.freshness order by name, version")
-
-
-def _refs(features: str | Sequence[str]) -> list[str]:
-    """Feature references as a list: one reference given as a text is a list of one (list() would split it into
-    characters, each an unknown reference)."""
-    return [features] if isinstance(features, str) else list(features)
 
 
 def _torch_dataset_base() -> type:

@@ -40,7 +40,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base, jsonable, mapping
+from .base import Base, as_texts, jsonable, mapping
 from .errors import InvalidInput
 
 LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")
@@ -359,11 +359,14 @@ class TrackingAPI(Base):
         params.<key>, metrics.<key>, tags.<key>."""
         import pandas as pd
 
-        if isinstance(experiments, str):
-            experiments = [experiments]
         rows = self.call(
             "select * from registry.search_runs(%s, %s, %s, %s)",
-            [list(experiments) if experiments is not None else None, filter or "", order_by, max_results],
+            [
+                as_texts(experiments) if experiments is not None else None,
+                filter or "",
+                as_texts(order_by) if order_by is not None else None,
+                max_results,
+            ],
         )
         flat = []
         for r in rows:

@@ -117,3 +117,21 @@ def test_an_argument_of_the_wrong_shape_is_refused_before_the_call_with_22023(cl
     with pytest.raises(InvalidInput) as e:
         call(client)
     assert str(e.value).startswith(message) and e.value.sqlstate == "22023"
+
+
+def test_one_text_where_a_list_of_texts_goes_is_a_list_of_one(client):
+    """list('body') would be ['b', 'o', 'd', 'y']: a vectorizer over four unknown columns, and search_runs
+    ordered by single letters."""
+    table = f"cb_t_{secrets.token_hex(3)}"
+    client.call(f"create table {table} (id int primary key, body text)")
+    client.call(f"insert into {table} values (1, 'a cat'), (2, 'a dog')")
+    v = client.create_vectorizer(table, "body", name=table)
+    assert v["embedded_rows"] == 2
+    exp = f"cb_x_{secrets.token_hex(3)}"
+    for acc in (0.5, 0.9):
+        with client.start_run(experiment=exp) as run:
+            run.log_metric("acc", acc)
+    df = client.search_runs(exp, order_by="metrics.acc DESC")
+    assert df["metrics.acc"].tolist() == [0.9, 0.5]
+    client.drop_vectorizer(table)
+    client.call(f"drop table {table}")
