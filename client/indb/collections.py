@@ -23,15 +23,21 @@ from .base import Base, jsonable, mapping
 from .errors import InvalidInput
 
 
-def _vector_literal(v) -> str:
+def _floats(v: Any, message: str, hint: str) -> list[float]:
+    """A vector as Python floats; anything that is not a sequence of numbers is InvalidInput(message)."""
     try:
-        return "[" + ",".join(repr(float(x)) for x in v) + "]"
+        return [float(x) for x in v]
     except (TypeError, ValueError):
-        raise InvalidInput(
-            f"a query is a text or a vector of numbers, got {type(v).__name__}",
-            sqlstate="22023",
-            hint="search(collection, 'some words') or search(collection, numpy_vector)",
-        ) from None
+        raise InvalidInput(message, hint=hint) from None
+
+
+def _vector_literal(v) -> str:
+    vec = _floats(
+        v,
+        f"a query is a text or a vector of numbers, got {type(v).__name__}",
+        "search(collection, 'some words') or search(collection, numpy_vector)",
+    )
+    return "[" + ",".join(repr(x) for x in vec) + "]"
 
 
 def _filter_options(filter: Any, options: Mapping | None) -> list:
@@ -51,14 +57,11 @@ def _doc(d: Mapping, i: int) -> dict:
         )
     out = dict(d)
     if "embedding" in out and out["embedding"] is not None:
-        try:
-            out["embedding"] = vec = [float(x) for x in out["embedding"]]
-        except (TypeError, ValueError):
-            raise InvalidInput(
-                f"document {out.get('id')!r} has an embedding that is not a list of numbers",
-                sqlstate="22023",
-                hint="an embedding is a list or numpy array of floats, as many as the collection's dimensions",
-            ) from None
+        out["embedding"] = vec = _floats(
+            out["embedding"],
+            f"document {out.get('id')!r} has an embedding that is not a list of numbers",
+            "an embedding is a list or numpy array of floats, as many as the collection's dimensions",
+        )
         # JSON has no NaN or Infinity: json.dumps would send the bare token, which the server refuses as invalid
         # JSON without naming the document
         bad = next((i for i, x in enumerate(vec) if not math.isfinite(x)), None)
