@@ -11,12 +11,13 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from .errors import InvalidInput, ReplicaLagError, translate
 from .localdb import Cluster
@@ -67,7 +68,6 @@ def jsonable(value: Any, what: str) -> Any:
         if not math.isfinite(value):
             raise InvalidInput(
                 f"{what} is {value!r}: JSON has no NaN or Infinity",
-                sqlstate="22023",
                 hint="pass None for a missing value (or the string 'NaN' where a float column is to hold one)",
             )
         return value
@@ -77,11 +77,22 @@ def jsonable(value: Any, what: str) -> Any:
         return [jsonable(v, f"{what}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (_dt.date, _dt.time)):  # datetimes too: ISO 8601, which the server reads
         return value.isoformat()
-    if isinstance(value, (decimal.Decimal, uuid.UUID)):
-        return jsonable(float(value), what) if isinstance(value, decimal.Decimal) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return jsonable(float(value), what)  # Decimal('NaN') refused by name as the float is
+    if isinstance(value, uuid.UUID):
+        return str(value)
     if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") in ("b", "i", "u", "f"):
         return jsonable(value.tolist(), what)  # numbers and booleans (numpy's datetimes stay: str() below)
     return value
+
+
+def a_list(value: Any, what: str, hint: str) -> list:
+    """A list argument (texts to embed, documents) as a list; a text, bytes, a dict or a non-iterable is
+    InvalidInput, ``what`` (the argument and what it takes) followed by the type given: list() would split a text
+    into characters and a dict into its keys."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{what}, got {type(value).__name__}", hint=hint)
+    return list(value)
 
 
 def as_texts(value: Any) -> list:
@@ -107,6 +118,12 @@ def json_text(value: Any, what: str) -> str:
         return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):  # a NaN, or a value json has no type for: walk it to name or convert it
         return json.dumps(jsonable(value, what), default=str)
+
+
+def jsonb(value: Any, what: str) -> Jsonb:
+    """``value`` as a jsonb parameter, written by json_text (NaN refused by name, numpy and dates converted)."""
+    text = json_text(value, what)
+    return Jsonb(value, dumps=lambda _value: text)
 
 
 def default_dsn() -> str:

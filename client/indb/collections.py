@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base, jsonable, mapping
+from .base import Base, a_list, jsonable, jsonb, mapping
 from .errors import InvalidInput
 
 
@@ -43,8 +43,8 @@ def _vector_literal(v) -> str:
 def _filter_options(filter: Any, options: Mapping | None) -> list:
     """The filter and options of the search functions as jsonb parameters (a NaN in either refused by name)."""
     return [
-        Jsonb(jsonable(filter, "filter")) if filter is not None else None,
-        Jsonb(jsonable(mapping(options, "options"), "options")),
+        jsonb(filter, "filter") if filter is not None else None,
+        jsonb(mapping(options, "options"), "options"),
     ]
 
 
@@ -52,7 +52,6 @@ def _doc(d: Mapping, i: int) -> dict:
     if not isinstance(d, Mapping):
         raise InvalidInput(
             f"docs[{i}] is {type(d).__name__}, not a document",
-            sqlstate="22023",
             hint="a document is a dict: {'id': ..., 'content': ..., 'metadata': {...}}",
         )
     out = dict(d)
@@ -68,7 +67,6 @@ def _doc(d: Mapping, i: int) -> dict:
         if bad is not None:
             raise InvalidInput(
                 f"document {out.get('id')!r} has an embedding whose element {bad + 1} is {vec[bad]}",
-                sqlstate="22023",
                 hint="an embedding holds finite numbers only (JSON has no NaN or Infinity)",
             )
     if isinstance(out.get("created_at"), (_dt.datetime, _dt.date)):
@@ -92,7 +90,7 @@ class CollectionsAPI(Base):
         returns the row of what was made."""
         rows = self.call(
             "select * from ml.create_collection(%s, %s, %s, %s, %s, %s)",
-            [name, model, index, metric, partition_by, Jsonb(jsonable(mapping(options, "options"), "options"))],
+            [name, model, index, metric, partition_by, jsonb(mapping(options, "options"), "options")],
         )
         return rows[0]
 
@@ -111,14 +109,13 @@ class CollectionsAPI(Base):
         ``progress``: True for a tqdm bar on stderr, or a callable that gets a line per batch."""
         from .progress import Progress
 
-        if isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Iterable):
-            raise InvalidInput(
-                f"docs is a list of documents, got {type(docs).__name__}",
-                sqlstate="22023",
-                hint="add_documents(collection, [{'id': 'a', 'content': '...'}]); one document goes in a list of one",
-            )
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}", sqlstate="22023")
+            raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+        docs = a_list(
+            docs,
+            "docs is a list of documents",
+            "add_documents(collection, [{'id': 'a', 'content': '...'}]); one document goes in a list of one",
+        )
         docs = [_doc(d, i) for i, d in enumerate(docs)]  # all checked before the first batch is sent
         out = progress if callable(progress) else None
         bar = Progress(len(docs), f"add_documents {collection}", out=out, unit="documents") if progress else None

@@ -8,10 +8,10 @@ The SQL functions that act on a vectorizer return one row of columns; these meth
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from .base import Base, as_texts
+from .base import Base, a_list, as_texts
 from .errors import InvalidInput, NotFound
 from .progress import Progress
 
@@ -30,18 +30,13 @@ class EmbeddingsAPI(Base):
         list, gives None, as NULL does in SQL."""
         if inputs is None or isinstance(inputs, str):
             return as_numpy(self.scalar("select ml.embed(%s, %s::text)", [model, inputs]))
-        if isinstance(inputs, (bytes, Mapping)) or not isinstance(inputs, Iterable):
-            raise InvalidInput(
-                f"embed takes a text or a list of texts, got {type(inputs).__name__}",
-                sqlstate="22023",
-                hint="client.embed('a text') or client.embed(['one', 'two'])",
-            )
-        texts = list(inputs)
+        texts = a_list(
+            inputs, "embed takes a text or a list of texts", "client.embed('a text') or client.embed(['one', 'two'])"
+        )
         bad = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
         if bad is not None:
             raise InvalidInput(
                 f"inputs[{bad}] is {type(texts[bad]).__name__}, not a text",
-                sqlstate="22023",
                 hint="pass texts (str); convert other values with str() first",
             )
         return [as_numpy(v) for v in self.scalar("select ml.embed(%s, %s::text[])", [model, texts])]

@@ -40,7 +40,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .base import Base, as_texts, jsonable, mapping
+from .base import Base, as_texts, jsonb, mapping
 from .errors import InvalidInput
 
 LEGACY_FORMATS = ("sklearn-pickle", "pickle", "torch-save")
@@ -202,7 +202,6 @@ class Run:
         except (TypeError, ValueError):
             raise InvalidInput(
                 f"metric {key!r}: the value must be a number and the step an integer, got {value!r} at step {step!r}",
-                sqlstate="22023",
                 hint="log text with log_param or set_tag",
             ) from None
         self._keys.append(key)
@@ -304,7 +303,7 @@ class TrackingAPI(Base):
     # -- runs
     def create_experiment(self, name: str, description: str | None = None, tags: dict | None = None) -> int:
         return self.scalar(
-            "select registry.create_experiment(%s, %s, %s)", [name, description, Jsonb(jsonable(tags or {}, "tags"))]
+            "select registry.create_experiment(%s, %s, %s)", [name, description, jsonb(tags or {}, "tags")]
         )
 
     def start_run(
@@ -421,8 +420,8 @@ class TrackingAPI(Base):
                 task,
                 Jsonb(input_schema) if input_schema is not None else None,
                 Jsonb(output_schema) if output_schema is not None else None,
-                Jsonb(jsonable(metrics or {}, "metrics")),
-                Jsonb(jsonable(hyperparams or {}, "hyperparams")),
+                jsonb(metrics or {}, "metrics"),
+                jsonb(hyperparams or {}, "hyperparams"),
                 description,
                 _texts(tags, "tags"),
             ],
