@@ -578,7 +578,9 @@ comment on function ml._vectorizer_trigger() is
 -- fast for 3,000-row statements (benchmarks/runtime_shared.py, CHANGELOG).
 create or replace function ml.__vectorizer_apply_py(vid int, keys jsonb, contents text[], hashes text[],
                                                     vanished jsonb) returns jsonb
-language plpython3u volatile parallel unsafe
+-- STRICT: a NULL argument (the statement triggers pass none) does nothing, not a Python TypeError reported as a
+-- bug (38000) when a writer calls it directly
+language plpython3u volatile strict parallel unsafe
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$

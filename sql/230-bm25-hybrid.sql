@@ -57,11 +57,12 @@ end $$;
 -- The BM25 index (migration 0017, plpython/indb_runtime/bm25.py): top documents by numpy over the query's
 -- postings (merged segment + delta, less tombstones); never reads a document. One row: the document numbers and
 -- scores of the n best and of every document tied with the n-th, best first (two arrays since migration 0027,
--- which dropped ml._bm25_topk and its row per document).
+-- which dropped ml._bm25_topk and its row per document). STRICT: a NULL argument (none comes from ml._keyword_search,
+-- but a writer may call it directly) is no documents, not a Python TypeError reported as a bug (38000).
 create or replace function ml.__bm25_top_py(cid bigint, terms text[], idfs float8[], avgdl float8, k1 float8,
                                             b float8, n int)
 returns table(docs bigint[], scores float8[])
-language plpython3u stable parallel unsafe
+language plpython3u stable strict parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 import sys
