@@ -10,9 +10,12 @@ documents are picked with argpartition.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+from .errors import invalid
 
 BE4 = np.dtype(">i4")
 
@@ -87,6 +90,15 @@ def _best(
     plpy, cid: int, terms: list[str], idfs: list[float], avgdl: float, k1: float, b: float, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The n best (document numbers, scores), best first, plus every document tied with the n-th."""
+    # ml._keyword_search passes one idf per lexeme, the collection's statistics and n >= 10; a writer may call
+    # ml._bm25_top directly, and its arguments are then refused here, not by numpy as a bug (38000)
+    if len(terms) != len(idfs) or any(t is None for t in terms) or any(x is None for x in idfs):
+        raise invalid(
+            f"ml._bm25_top takes one idf per term, not null: {len(terms)} terms and {len(idfs)} idfs",
+            hint="ml.keyword_search computes them",
+        )
+    if not all(math.isfinite(x) for x in (avgdl, k1, b, *idfs)) or n < 1:
+        raise invalid("ml._bm25_top takes finite statistics and n >= 1", hint="ml.keyword_search computes them")
     postings, dead = _postings(plpy, cid, terms)
     docs, sc = scores(postings, dead, terms, idfs, avgdl, k1, b)
     if len(docs) > n:
