@@ -14,8 +14,10 @@ import pkgutil
 import shutil
 import sys
 
+import psycopg
+
 from . import __version__
-from .errors import ClusterError, IndbError
+from .errors import ClusterError, IndbError, translate
 from .localdb import Cluster, Replica, replicas
 
 
@@ -228,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except IndbError as e:
         print(f"indb {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except psycopg.Error as e:  # one the command did not translate: its message, not a traceback
+        print(f"indb {args.command}: error: {translate(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -165,7 +165,15 @@ def install(
 
     venv = venv or sys.prefix
     t0 = time.time()
-    with psycopg.connect(dsn) as raw:
+    try:
+        raw = psycopg.connect(dsn)
+    except psycopg.Error as e:  # a server that is down, a database that does not exist, a malformed DSN
+        raise InstallError(
+            f"cannot connect to the database: {str(e).strip()}",
+            sqlstate=e.sqlstate,
+            hint="start the project's cluster with `indb db start`, or name another database with --dsn (or INDB_DSN)",
+        ) from None
+    with raw:
         check_server(raw)
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
     cfg = alembic_config()

@@ -38,3 +38,27 @@ def test_help_works_for_every_command():
     for path, _ in _walk(build_parser()):
         r = subprocess.run([str(BIN / "indb"), *path, "--help"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stdout.startswith("usage: indb"), (path, r.stderr)
+
+
+def test_a_command_that_cannot_connect_says_so_without_a_traceback(cluster):
+    """A newcomer's first `indb install --dsn ...` names a database that does not exist, or a DSN with a typo:
+    one line saying it cannot connect and what to do, exit status 1, no Python traceback. Every command, not only
+    install: the same for one that reads the database (`indb models`)."""
+    from conftest import dsn_for
+
+    missing = dsn_for(cluster, "indb_no_such_database")
+    for args, expected in [
+        (["install", "--dsn", missing], 'database "indb_no_such_database" does not exist'),
+        (["install", "--dsn", "not a dsn"], 'missing "=" after "not"'),
+        (["models", "--dsn", missing], 'database "indb_no_such_database" does not exist'),
+    ]:
+        r = subprocess.run([str(BIN / "indb"), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"indb {args[0]}: error: ") and expected in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr, (args, r.stderr)
+    assert (
+        "indb db start"
+        in subprocess.run(
+            [str(BIN / "indb"), "install", "--dsn", missing], capture_output=True, text=True, timeout=60
+        ).stderr
+    )
