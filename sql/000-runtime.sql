@@ -20,6 +20,30 @@ set search_path = pg_catalog, pg_temp
 as $$ select i.venv from ml.installs i order by i.id desc limit 1 $$;
 comment on function ml._runtime_venv() is 'internal: the runtime venv the newest `indb install` recorded (ml.installs)';
 
+-- Every indb function searches the vector extension's schema (usually public) for pgvector's types, operators and
+-- functions: `indb install` widens each pinned search_path to pg_catalog, <that schema>, pg_temp. A role that may
+-- create objects in that schema could make a function or operator there that one of indb's would pick over
+-- PostgreSQL's own (an exact match of argument types beats pg_catalog's polymorphic or coerced one: a
+-- to_jsonb(registry.experiments) in public ran as indb_owner in the audit trigger), and so run its code as
+-- indb_owner, or as whoever calls. The roles that may ('PUBLIC' when every role may), other than superusers and
+-- PostgreSQL's own pg_* roles: `indb install` refuses while there is one, and ml.runtime_info() warns.
+create or replace function ml._vector_schema_creators() returns text[]
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(case when exists (select 1 from aclexplode(n.nspacl) a where a.grantee = 0 and a.privilege_type = 'CREATE')
+                       then array['PUBLIC'] end,
+                  array(select r.rolname::text from pg_roles r
+                         where not r.rolsuper and r.rolname !~ '^pg_'
+                           and r.rolname not in ('indb_owner', 'indb_tenant_manager')
+                           and has_schema_privilege(r.oid, n.oid, 'CREATE')
+                         order by r.rolname))
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+   where e.extname = 'vector'
+$$;
+comment on function ml._vector_schema_creators() is
+  'internal: the roles (or PUBLIC) other than superusers that may create objects in the vector extension''s schema, which indb''s functions search';
+
 create or replace function ml._activate() returns text
 language plpython3u parallel unsafe
 set search_path = pg_catalog, pg_temp

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql as pgsql
 
 from . import __version__
 from .errors import InstallError
@@ -110,6 +111,36 @@ def _apply_sql(cur) -> list[str]:
     return applied
 
 
+def _check_vector_schema(cur) -> None:
+    """Refuse (42501, the whole install rolled back) while a role other than a superuser may create objects in the
+    vector extension's schema, which every indb function searches (ml._vector_schema_creators, sql/000-runtime.sql):
+    a function or operator made there could be picked by one of indb's and run as indb_owner."""
+    cur.execute(
+        "select ml._vector_schema_creators(), n.nspname, n.nspowner = 'pg_database_owner'::regrole, "
+        "(select d.datdba::regrole::text from pg_database d where d.datname = current_database()) "
+        "from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'"
+    )
+    creators, schema, db_owner_owns, db_owner = cur.fetchone()
+    if not creators:
+        return
+    ident = pgsql.Identifier(schema).as_string(cur)
+    who = ", ".join(c if c == "PUBLIC" else pgsql.Identifier(c).as_string(cur) for c in creators)
+    hint = f"REVOKE CREATE ON SCHEMA {ident} FROM {who}"
+    if db_owner_owns and db_owner in creators:
+        hint += (
+            f"; the database's owner {db_owner} may create there as a member of pg_database_owner, the schema's "
+            f"owner: ALTER SCHEMA {ident} OWNER TO a superuser"
+        )
+    raise InstallError(
+        f"indb cannot be installed safely: {', '.join(creators)} may create objects in schema {schema}, which holds "
+        "pgvector and which every indb function searches for pgvector's types and operators",
+        sqlstate="42501",
+        detail="a function or operator made there could be picked by an indb function over PostgreSQL's own and run "
+        "as indb_owner (or as whoever calls it); nothing was installed",
+        hint=hint + "; then run indb install again",
+    )
+
+
 def _update_vector(cur) -> dict:
     """ALTER EXTENSION vector UPDATE when the server has a newer pgvector than the database (a system upgrade
     of pgvector leaves existing databases on the old SQL version until this runs). Returns {from, to}."""
@@ -194,6 +225,8 @@ def install(
                 )
                 pgvector = _update_vector(cur)
                 applied = _apply_sql(cur) if apply_sql else []
+                if apply_sql:
+                    _check_vector_schema(cur)
                 runtime = _check_runtime(cur, venv) if apply_sql and check_runtime else None
     except InstallError:
         raise

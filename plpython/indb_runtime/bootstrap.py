@@ -121,6 +121,13 @@ def session_runtime_info(plpy) -> dict:
         "select current_user::text as role, r.rolsuper, r.rolbypassrls from pg_roles r where r.rolname = current_user"
     )[0]
     warnings = session_warnings(r["role"], r["rolsuper"], r["rolbypassrls"])
+    creators = plpy.execute("select ml._vector_schema_creators() as c")[0]["c"]
+    if creators:
+        warnings.append(
+            f"{', '.join(creators)} may create objects in the schema that holds pgvector, which every indb function "
+            "searches: a function or operator made there could run as indb_owner; revoke CREATE on that schema "
+            "(indb install refuses while anyone but a superuser has it)"
+        )
     for w in warnings:
         plpy.warning(w)
     info["pgvector"] = plpy.execute("select extversion from pg_extension where extname = 'vector'")[0]["extversion"]

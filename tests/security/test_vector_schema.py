@@ -1,0 +1,84 @@
+"""The schema that holds pgvector (public, usually) is on every indb function's search_path, for pgvector's types
+and operators. A role that may create objects there can make a function that an indb function picks over
+PostgreSQL's own: a writer's public.to_jsonb(registry.experiments) ran as indb_owner inside the audit trigger of
+registry.create_experiment, and indb_owner owns the catalogs and the audit log. In PostgreSQL 15 that role is
+the database's owner (through pg_database_owner, the owner of public), anyone granted CREATE there, or everyone in
+a database upgraded from PostgreSQL 14 or older. `indb install` refuses while there is such a role (not a
+superuser), and ml.runtime_info() warns when one appears later."""
+
+from __future__ import annotations
+
+import sys
+
+import psycopg
+import pytest
+from helpers import login_name
+
+from indb.errors import InstallError
+
+
+def install(dsn: str) -> dict:
+    from indb.install import install as run
+
+    return run(dsn, venv=sys.prefix)
+
+
+def installed(dsn: str) -> bool:
+    with psycopg.connect(dsn) as c:
+        return c.execute("select to_regnamespace('ml') is not null").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "grant, named",
+    [
+        ("grant create on schema public to {writer}", "{writer}"),
+        ("grant create on schema public to public", "PUBLIC"),
+        ("alter database {db} owner to {writer}", "{writer}"),
+    ],
+    ids=[
+        "a writer granted CREATE",
+        "PUBLIC (a database upgraded from PostgreSQL 14)",
+        "a non-superuser owns the database",
+    ],
+)
+def test_install_refuses_while_a_role_may_create_in_the_vector_schema(empty_db, logins, grant, named):
+    dsn = empty_db("indb_vecschema")
+    db = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    writer = login_name("writer")
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute("create extension if not exists vector")
+        su.execute(grant.format(writer=writer, db=db))
+    with pytest.raises(InstallError) as e:
+        install(dsn)
+    assert e.value.sqlstate == "42501"
+    assert f"{named.format(writer=writer)} may create objects in schema public" in str(e.value)
+    assert "REVOKE CREATE ON SCHEMA" in (e.value.hint or "")
+    if "owner" in grant:
+        assert "ALTER SCHEMA" in (e.value.hint or "")
+    assert not installed(dsn), "a refused install leaves nothing behind"
+    # what the hint says, then the install goes through
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute("revoke create on schema public from public")
+        su.execute(f'revoke create on schema public from "{writer}"')
+        su.execute(
+            "alter schema public owner to current_user"
+        )  # the superuser: the owner no longer follows the database's
+    assert install(dsn)["to"]
+    assert installed(dsn)
+
+
+def test_runtime_info_warns_when_a_role_may_create_there_after_the_install(empty_db, logins):
+    dsn = empty_db("indb_vecschema_late")
+    install(dsn)
+    writer = login_name("writer")
+    reader = psycopg.conninfo.make_conninfo(dsn, user=login_name("reader"))
+
+    def schema_warnings() -> list[str]:
+        with psycopg.connect(reader, autocommit=True) as c:
+            warnings = c.execute("select ml.runtime_info()->'warnings'").fetchone()[0]
+        return [w for w in warnings if "the schema that holds pgvector" in w]
+
+    assert schema_warnings() == []
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute(f'grant create on schema public to "{writer}"')
+    assert [w.split(" may ")[0] for w in schema_warnings()] == [writer]
