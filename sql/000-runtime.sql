@@ -44,6 +44,72 @@ $$;
 comment on function ml._vector_schema_creators() is
   'internal: the roles (or PUBLIC) other than superusers that may create objects in the vector extension''s schema, which indb''s functions search';
 
+-- The same hazard made earlier: functions, procedures, aggregates and operators in that schema that belong to a
+-- role other than a superuser and to no extension (`indb install` refuses while there is one).
+create or replace function ml._vector_schema_foreign_routines() returns text[]
+language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select array(
+    select x.name from (
+      select p.oid::regprocedure::text as name, p.proowner as owner, 'pg_proc'::regclass as cls, p.oid
+        from pg_proc p where p.pronamespace = n.oid
+      union all
+      select o.oid::regoperator::text, o.oprowner, 'pg_operator'::regclass, o.oid
+        from pg_operator o where o.oprnamespace = n.oid) x
+     where not (select r.rolsuper from pg_roles r where r.oid = x.owner)
+       and not exists (select 1 from pg_depend d where d.classid = x.cls and d.objid = x.oid and d.deptype = 'e')
+     order by x.name)
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+   where e.extname = 'vector'
+$$;
+comment on function ml._vector_schema_foreign_routines() is
+  'internal: functions and operators in the vector extension''s schema that belong to a non-superuser and to no extension';
+
+-- And while one may (a grant after the install): an event trigger refuses a function, procedure, aggregate or
+-- operator that a role other than a superuser creates in that schema or moves into it (ALTER ... SET SCHEMA).
+-- Tables and views stay allowed: indb names every relation it reads with its schema (temporary ones pg_temp.).
+-- Objects of an extension (CREATE EXTENSION of a trusted one) are its author's, not the role's.
+create or replace function ml._guard_vector_schema() returns event_trigger
+language plpgsql parallel unsafe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  o record;
+begin
+  if (select r.rolsuper from pg_roles r where r.rolname = current_user) then
+    return;
+  end if;
+  for o in select c.object_type, c.object_identity, c.schema_name from pg_event_trigger_ddl_commands() c
+            where not c.in_extension
+              and c.object_type in ('function', 'procedure', 'aggregate', 'operator')
+              and c.schema_name = (select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+                                    where e.extname = 'vector') loop
+    raise exception 'only a superuser may put functions, procedures, aggregates or operators in schema %, which holds pgvector',
+                    o.schema_name
+      using errcode = '42501',
+            detail = format('%s %s: indb''s functions search that schema for pgvector''s types and operators, and '
+                            'would call it in place of PostgreSQL''s own where its argument types match better',
+                            o.object_type, o.object_identity),
+            hint = 'create it in a schema of your own';
+  end loop;
+end $$;
+comment on function ml._guard_vector_schema() is
+  'internal: event trigger; refuses functions and operators that a non-superuser puts in the vector extension''s schema';
+
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    drop event trigger if exists indb_guard_vector_schema;
+    create event trigger indb_guard_vector_schema on ddl_command_end
+      when tag in ('CREATE FUNCTION', 'CREATE PROCEDURE', 'CREATE AGGREGATE', 'CREATE OPERATOR', 'ALTER FUNCTION',
+                   'ALTER PROCEDURE', 'ALTER ROUTINE', 'ALTER AGGREGATE', 'ALTER OPERATOR')
+      execute function ml._guard_vector_schema();
+  else
+    raise notice 'indb: not a superuser, the guard of the vector extension''s schema (event trigger) not installed';
+  end if;
+end $$;
+
 create or replace function ml._activate() returns text
 language plpython3u parallel unsafe
 set search_path = pg_catalog, pg_temp

@@ -122,6 +122,19 @@ def _check_vector_schema(cur) -> None:
     )
     creators, schema, db_owner_owns, db_owner = cur.fetchone()
     if not creators:
+        cur.execute("select ml._vector_schema_foreign_routines()")
+        foreign = cur.fetchone()[0]
+        if foreign:
+            shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+            raise InstallError(
+                f"indb cannot be installed safely: schema {schema}, which holds pgvector and which every indb function "
+                f"searches, has functions or operators of roles that are not superusers: {shown}",
+                sqlstate="42501",
+                detail="one of them could be picked by an indb function over PostgreSQL's own and run as indb_owner; "
+                "nothing was installed",
+                hint="move them to a schema of their own (ALTER FUNCTION ... SET SCHEMA ...), or, once read, give them "
+                "to a superuser (ALTER FUNCTION ... OWNER TO postgres); then run indb install again",
+            )
         return
     ident = pgsql.Identifier(schema).as_string(cur)
     who = ", ".join(c if c == "PUBLIC" else pgsql.Identifier(c).as_string(cur) for c in creators)

@@ -121,12 +121,18 @@ def session_runtime_info(plpy) -> dict:
         "select current_user::text as role, r.rolsuper, r.rolbypassrls from pg_roles r where r.rolname = current_user"
     )[0]
     warnings = session_warnings(r["role"], r["rolsuper"], r["rolbypassrls"])
-    creators = plpy.execute("select ml._vector_schema_creators() as c")[0]["c"]
-    if creators:
+    schema = plpy.execute("select ml._vector_schema_creators() as c, ml._vector_schema_foreign_routines() as f")[0]
+    if schema["c"]:
         warnings.append(
-            f"{', '.join(creators)} may create objects in the schema that holds pgvector, which every indb function "
+            f"{', '.join(schema['c'])} may create objects in the schema that holds pgvector, which every indb function "
             "searches: a function or operator made there could run as indb_owner; revoke CREATE on that schema "
             "(indb install refuses while anyone but a superuser has it)"
+        )
+    if schema["f"]:
+        warnings.append(
+            f"the schema that holds pgvector, which every indb function searches, has functions or operators of "
+            f"roles that are not superusers ({', '.join(schema['f'][:10])}): one could run as indb_owner; move them "
+            "to a schema of their own"
         )
     for w in warnings:
         plpy.warning(w)

@@ -82,3 +82,51 @@ def test_runtime_info_warns_when_a_role_may_create_there_after_the_install(empty
     with psycopg.connect(dsn, autocommit=True) as su:
         su.execute(f'grant create on schema public to "{writer}"')
     assert [w.split(" may ")[0] for w in schema_warnings()] == [writer]
+
+
+def test_install_refuses_while_the_vector_schema_holds_a_non_superusers_function(empty_db, logins):
+    """One made before the install (by a role that could, then): its owner's code, picked by indb's functions."""
+    dsn = empty_db("indb_vecschema_fn")
+    writer = login_name("writer")
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute("create extension if not exists vector")
+        su.execute("create function public.to_jsonb(int8range) returns jsonb language sql as $$ select '{}'::jsonb $$")
+        su.execute(f'alter function public.to_jsonb(int8range) owner to "{writer}"')
+    with pytest.raises(InstallError) as e:
+        install(dsn)
+    assert e.value.sqlstate == "42501" and "to_jsonb(int8range)" in str(e.value)
+    assert not installed(dsn)
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute("alter function public.to_jsonb(int8range) owner to current_user")
+    assert install(dsn)["to"]
+
+
+def test_a_role_granted_create_later_cannot_put_a_function_there(empty_db, logins):
+    """The attack itself, after a grant that came after the install: the writer's function that the audit trigger
+    of registry.create_experiment would have run as indb_owner is refused, as is one moved in from the writer's
+    own schema, and an operator; a table is still allowed (indb names every relation it reads with its schema)."""
+    dsn = empty_db("indb_vecschema_guard")
+    install(dsn)
+    writer = login_name("writer")
+    with psycopg.connect(dsn, autocommit=True) as su:
+        su.execute(f'grant create on schema public to "{writer}"')
+        su.execute(f'create schema attacker authorization "{writer}"')
+    with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, user=writer), autocommit=True) as w:
+        for sql in (
+            "create function public.to_jsonb(registry.experiments) returns jsonb language plpgsql "
+            "as $$ begin raise notice 'ran as %', current_user; return '{}'::jsonb; end $$",
+            "create operator public.=== (leftarg = int, rightarg = int, function = int4eq)",
+            "create procedure public.p() language sql as $$ select 1 $$",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a superuser may put functions"):
+                w.execute(sql)
+        w.execute(
+            "create function attacker.to_jsonb(registry.experiments) returns jsonb language sql as $$ select '{}'::jsonb $$"
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a superuser may put functions"):
+            w.execute("alter function attacker.to_jsonb(registry.experiments) set schema public")
+        w.execute("create table public.notes (x int)")  # allowed
+        notices: list[str] = []
+        w.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        w.execute("select registry.create_experiment('vecschema_guard')")
+        assert not any(n.startswith("ran as") for n in notices)
