@@ -44,9 +44,7 @@ def test_a_command_that_cannot_connect_says_so_without_a_traceback(cluster):
     """A newcomer's first `indb install --dsn ...` names a database that does not exist, or a DSN with a typo:
     one line saying it cannot connect and what to do, exit status 1, no Python traceback. Every command, not only
     install: the same for one that reads the database (`indb models`)."""
-    from conftest import dsn_for
-
-    missing = dsn_for(cluster, "indb_no_such_database")
+    missing = cluster.dsn("indb_no_such_database")
     for args, expected in [
         (["install", "--dsn", missing], 'database "indb_no_such_database" does not exist'),
         (["install", "--dsn", "not a dsn"], 'missing "=" after "not"'),
