@@ -25,7 +25,8 @@ or while requests overlap, each uses its share of the cores, and the texts waiti
 workers. On a CPU the model is bound by arithmetic, and one call spread over several threads wastes part of
 each core on synchronisation: two single-threaded calls side by side embed more texts per second than one call
 on two threads (measured here for 4-text batches of SciFact sentences: 13.5 ms of CPU per text against 20.6;
-benchmarks/runtime_shared.py).
+benchmarks/runtime_shared.py). On a GPU the waiting texts go to one call: the workers' calls would queue on the one
+device (benchmarks/runtime_device.py).
 """
 
 from __future__ import annotations
@@ -259,7 +260,9 @@ class Batcher:
 
     def next_batch(self) -> list[tuple[Job, int, int]]:
         with self.cond:
-            while not self.pending and not self.stopping:
+            # wait for a request, and for a free slot: a lone request embedded by the thread that received it
+            # (try_inline) counts as busy, and model calls stay within ``workers``
+            while (not self.pending or self.busy >= self.workers) and not self.stopping:
                 self.cond.wait(0.5)
             if self.stopping:
                 return []
@@ -292,7 +295,10 @@ class Batcher:
             batch: list[tuple[Job, int, int]] = []
             # share the waiting texts with the idle workers: on a CPU, workers that each run a part on one core
             # embed more per second than one worker that runs all of it on every core
-            idle = self.workers - self.busy
+            # (at least this worker: others may have gone into calls while it waited for the window)
+            idle = max(1, self.workers - self.busy)
+            if not str(getattr(self.pending[0].model, "device", "cpu")).startswith("cpu"):
+                idle = 1  # on a GPU one call on all of them is faster: calls from several workers queue on it
             room = min(self.max_batch, -(-self._waiting(key) // idle))
             for j in jobs:
                 if room <= 0:

@@ -309,6 +309,62 @@ def test_overlapping_requests_are_batched_and_shared_among_the_idle_workers_one_
     assert b.threads_for_call(cores=2) == 1
 
 
+def test_a_queued_request_waits_for_the_one_worker_while_a_lone_request_holds_it_inline():
+    """workers=1: the thread that received a lone request embeds it (try_inline, counted busy); a request that
+    arrives meanwhile is queued, and the worker waits for the call to end instead of starting a second model
+    call. It once divided by the number of idle workers (0) and spun, logging a traceback each time."""
+    import numpy as np
+
+    from indb_runtime import service
+
+    class Fine:
+        device = "cpu"
+
+        def encode(self, texts, **kw):
+            return np.ones((len(texts), 3), dtype=np.float32)
+
+    b = service.Batcher(window_ms=10, max_batch=64, workers=1)
+    lone = service.Job(("m",), Fine(), True, ["a sentence"], 1)
+    inline = b.try_inline(lone)
+    assert inline is not None and b.busy == 1
+    queued = service.Job(("m",), Fine(), True, ["another sentence"], 2)
+    b.submit(queued)
+    got: list = []
+    errors: list = []
+
+    def worker():
+        try:
+            got.append(b.next_batch())
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=worker, daemon=True)
+    th.start()
+    th.join(0.3)
+    assert not errors, f"the worker failed: {errors[0]!r}"
+    assert th.is_alive() and b.busy == 1, "a second model call started beside the one the worker count allows"
+    b.embed_batch(inline)  # the inline call ends: its slot is free
+    th.join(2)
+    assert not errors and got and [(j, a, z) for j, a, z in got[0]] == [(queued, 0, 1)]
+    b.embed_batch(got[0])
+    assert lone.done.is_set() and queued.done.is_set() and b.busy == 0
+
+
+def test_waiting_texts_for_a_model_on_a_gpu_go_to_one_call_not_shared_among_workers():
+    """On a CPU the idle workers share the waiting texts (one core each); on a GPU their calls would queue on the
+    one device, and one call on all of them is faster (benchmarks/results/runtime_device.json)."""
+    from indb_runtime import service
+
+    class OnGpu:
+        device = "cuda:0"
+
+    b = service.Batcher(window_ms=10, max_batch=64, workers=2)
+    for s in (1, 2, 3, 4):
+        b.submit(service.Job(("gpu",), OnGpu(), True, [f"text {s}"], s))
+    batch = b.next_batch()
+    assert sorted(j.source for j, _, _ in batch) == [1, 2, 3, 4] and not b.pending
+
+
 def test_the_client_names_a_nan_it_cannot_send_as_json_and_sends_numpy_numbers_as_numbers():
     import json
 
