@@ -343,10 +343,12 @@ def test_four_concurrent_writers_end_with_a_verified_chain(empty_db):
             errors.append(e)
 
     sealed_while_writing: list[int] = []
+    sealing = threading.Event()  # the writers start once the sealer is connected (a loaded machine may take a while)
 
     def seal() -> None:
         try:
             with psycopg.connect(dsn, autocommit=True) as c:
+                sealing.set()
                 while not done.is_set():
                     sealed_while_writing.append(one(c, "select audit.seal()"))
                     time.sleep(0.05)
@@ -355,6 +357,7 @@ def test_four_concurrent_writers_end_with_a_verified_chain(empty_db):
 
     sealer = threading.Thread(target=seal)
     sealer.start()
+    assert sealing.wait(60), errors
     threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
     for t in threads:
         t.start()
