@@ -20,13 +20,19 @@ set search_path = pg_catalog, pg_temp
 as $$ select i.venv from ml.installs i order by i.id desc limit 1 $$;
 comment on function ml._runtime_venv() is 'internal: the runtime venv the newest `indb install` recorded (ml.installs)';
 
--- Every indb function searches the vector extension's schema (usually public) for pgvector's types, operators and
--- functions: `indb install` widens each pinned search_path to pg_catalog, <that schema>, pg_temp. A role that may
--- create objects in that schema could make a function or operator there that one of indb's would pick over
--- PostgreSQL's own (an exact match of argument types beats pg_catalog's polymorphic or coerced one: a
--- to_jsonb(registry.experiments) in public ran as indb_owner in the audit trigger), and so run its code as
--- indb_owner, or as whoever calls. The roles that may ('PUBLIC' when every role may), other than superusers and
--- PostgreSQL's own pg_* roles: `indb install` refuses while there is one, and ml.runtime_info() warns.
+-- The search_path of indb's functions. Every function pins `search_path = pg_catalog, pg_temp` and writes pgvector's
+-- types, functions, operators and operator classes with their schema (@VS@, which `indb install` renders as the
+-- quoted schema of the vector extension, usually "public"). A function or operator that another role makes in
+-- public is then never picked by name resolution inside indb's functions: before 0.2.0 every function also
+-- searched that schema, and a writer's public.to_jsonb(registry.experiments), an exact match that beats
+-- pg_catalog's polymorphic one, ran as indb_owner in the audit trigger of registry.create_experiment.
+-- USER_SQL_PATH: the few SECURITY INVOKER functions that run a caller's own SQL or table name (a feature view's
+-- source, an entity query, an on-demand feature's expression) search that schema as well, after pg_catalog, so
+-- that `events` means public.events there as in the caller's session. They run as their caller, no SECURITY
+-- DEFINER function or trigger calls them, and tests/security/test_vector_schema.py checks both.
+-- Defence in depth on top: the roles other than superusers and PostgreSQL's own pg_* roles that may create
+-- objects in the vector extension's schema ('PUBLIC' when every role may): `indb install` refuses while there
+-- is one, an event trigger refuses their functions and operators there, and ml.runtime_info() warns.
 create or replace function ml._vector_schema_creators() returns text[]
 language sql stable parallel safe
 set search_path = pg_catalog, pg_temp

@@ -117,11 +117,12 @@ as $$ select format('%I.%I', c.table_schema, c.table_name) $$;
 -- distance operator, score expression and ANN operator class for a collection
 create or replace function ml._collection_op(c ml.collections) returns text
 language sql immutable parallel safe
-as $$ select case c.metric when 'cosine' then '<=>' when 'l2' then '<->' else '<#>' end $$;
+as $$ select case c.metric when 'cosine' then 'operator(@VS@.<=>)' when 'l2' then 'operator(@VS@.<->)'
+                   else 'operator(@VS@.<#>)' end $$;
 
 create or replace function ml._collection_vtype(c ml.collections) returns text
 language sql stable parallel safe  -- stable as format() is, so that callers inline it
-as $$ select format('%s(%s)', c.storage, c.dimensions) $$;
+as $$ select format('@VS@.%s(%s)', c.storage, c.dimensions) $$;
 
 create or replace function ml._collection_ann_indexes(c ml.collections) returns table(index_name text, table_name text, am text, bytes bigint)
 language sql stable parallel safe
@@ -152,10 +153,10 @@ declare
   am text := c.index_type;
 begin
   if c.binary_rerank then
-    expr := format('(binary_quantize(embedding)::bit(%s))', c.dimensions);
-    opclass := 'bit_hamming_ops';
+    expr := format('(@VS@.binary_quantize(embedding)::bit(%s))', c.dimensions);
+    opclass := '@VS@.bit_hamming_ops';
   else
-    opclass := c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops';
+    opclass := '@VS@.' || c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops';
   end if;
   if am = 'hnsw' then
     withs := format('m = %s, ef_construction = %s', ml._opt_int(c.options, 'm', 16, 2, 100),

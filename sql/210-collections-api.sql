@@ -633,7 +633,7 @@ begin
   select * into st from ml.collection_stats where collection_id = c.id;
   -- sampled recall@10 of the ANN index against an exact scan, with stored vectors as queries
   if c.index_type <> 'none' and sample > 0 then
-    for q in execute format('select embedding::vector as e from %s where embedding is not null order by random() limit $1', tbl) using sample loop
+    for q in execute format('select embedding::@VS@.vector as e from %s where embedding is not null order by random() limit $1', tbl) using sample loop
       select array_agg(s.id) into approx from ml._search(c, q.e, 10, null, '{}') s;
       select array_agg(s.id) into exact from ml._search(c, q.e, 10, null, '{"exact": true}') s;
       hits := hits + (select count(*) from unnest(approx) a where a = any(exact));
@@ -714,7 +714,7 @@ begin
     if index = 'ivfflat' then
       execute format('select count(*) from %s', r.rel) into nrows;
       execute format('create index %I on %s using ivfflat (embedding %s) with (lists = %s)', r.part || '_ann', r.rel,
-                     c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
+                     '@VS@.' || c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
                      greatest(1, nrows / 1000));
     end if;
     done := done || jsonb_build_object('collection', c.name, 'partition', r.part, 'index', index);

@@ -209,7 +209,7 @@ $$;
 create or replace function ml._search_static_ddl(branches text) returns text
 language sql immutable parallel safe
 as $$
-  select format($f$create or replace function ml._search_static(collection text, query vector, k int, filter jsonb,
+  select format($f$create or replace function ml._search_static(collection text, query @VS@.vector, k int, filter jsonb,
     options jsonb)
 returns table(id text, score float8, content text, metadata jsonb)
 language plpgsql volatile parallel unsafe
@@ -260,7 +260,7 @@ begin
   -- the later would drop the earlier's branch
   perform pg_advisory_xact_lock(hashtext('indb.search_static'));
   select p.prosrc into src from pg_catalog.pg_proc p
-   where p.oid = to_regprocedure('ml._search_static(text, vector, int, jsonb, jsonb)');
+   where p.oid = to_regprocedure('ml._search_static(text, @VS@.vector, int, jsonb, jsonb)');
   branches := coalesce(substring(src from E'\n    -- branches begin\n(.*)    -- branches end\n'), '');
   -- the collection's branch, delimited by its marker lines (a name is [a-z_][a-z0-9_]*: no marker in the SQL)
   branches := regexp_replace(branches, format(E'    -- collection %s begin\n.*?    -- collection %s end\n', c.name, c.name), '');
@@ -275,7 +275,7 @@ begin
     branches := branches || format(
       E'    -- collection %s begin\n'
       || E'    when %L then\n'
-      || E'      if vector_dims(query) = %s%s\n'
+      || E'      if @VS@.vector_dims(query) = %s%s\n'
       || E'         and exists (select from ml.collections x where x.id = %s and x.name = %L and x.table_schema = %L\n'
       || E'                     and x.table_name = %L and x.metric = %L and x.storage = %L and x.dimensions = %s\n'
       || E'                     and ml._search_static_takes(x)) then\n'
@@ -293,12 +293,12 @@ begin
       || E'        return;\n'
       || E'      end if;\n'
       || E'    -- collection %s end\n',
-      c.name, c.name, c.dimensions, case when c.metric = 'cosine' then ' and vector_norm(query) > 0' else '' end,
+      c.name, c.name, c.dimensions, case when c.metric = 'cosine' then ' and @VS@.vector_norm(query) > 0' else '' end,
       c.id, c.name, c.table_schema, c.table_name, c.metric, c.storage, c.dimensions,
       ml._search_ann_sql(c, 'true', '100', 'query'), c.name);
   end if;
   execute ml._search_static_ddl(branches);
-  comment on function ml._search_static(text, vector, int, jsonb, jsonb) is
+  comment on function ml._search_static(text, @VS@.vector, int, jsonb, jsonb) is
     'internal: ml.search with a query vector; a filter-free ANN search runs its collection''s static query (made by ml._search_static_set)';
   return present;
 end $$;
@@ -345,11 +345,11 @@ begin
   if query is null then
     raise exception 'query vector is null' using errcode = '22004', hint = 'pass a vector or a text query';
   end if;
-  if vector_dims(query) <> c.dimensions then
-    raise exception 'query vector has % dimensions; collection % stores %', vector_dims(query), c.name, c.dimensions
+  if @VS@.vector_dims(query) <> c.dimensions then
+    raise exception 'query vector has % dimensions; collection % stores %', @VS@.vector_dims(query), c.name, c.dimensions
       using errcode = '22023', hint = 'embed the query with the collection''s model (' || coalesce(c.model, 'none') || ')';
   end if;
-  if c.metric = 'cosine' and vector_norm(query) = 0 then
+  if c.metric = 'cosine' and @VS@.vector_norm(query) = 0 then
     raise exception 'query vector is zero: its cosine similarity to anything is undefined' using errcode = '22023',
       hint = 'pass a non-zero vector';
   end if;
@@ -385,8 +385,8 @@ begin
     sql := exact_sql;
   elsif c.binary_rerank then
     sql := format('select s.id, (%s)::float8, s.content, s.metadata from (select * from (select t.id, %s as d, '
-                  't.content, t.metadata from %s t where %s and t.embedding is not null order by binary_quantize(t.embedding)::bit(%s) '
-                  '<~> binary_quantize(%s)::bit(%s) limit %s) r order by r.d limit $2) s order by s.d, s.id',
+                  't.content, t.metadata from %s t where %s and t.embedding is not null order by @VS@.binary_quantize(t.embedding)::bit(%s) '
+                  'operator(@VS@.<~>) @VS@.binary_quantize(%s)::bit(%s) limit %s) r order by r.d limit $2) s order by s.d, s.id',
                   score_expr, dist, tbl, fsql, c.dimensions, q, c.dimensions, greatest(cand, k));
   else
     sql := ml._search_ann_sql(c, fsql, case when s.strategy = 'ann' and k <= 100 then k::text else '$2' end);
@@ -542,6 +542,11 @@ declare
   saved jsonb := '{}';
   g record;
   sql text;
+  -- the vector extension's schema as EXPLAIN prints it, escaped for a regular expression: indb writes pgvector's
+  -- names and operators with their schema (@VS@ in sql/), and the plan is shown as a user writes them
+  vs text := regexp_replace((select quote_ident(n.nspname) from pg_catalog.pg_extension e
+                               join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'),
+                            '([.$^*+?()\[\]{}|\\])', '\\\1', 'g');
 begin
   perform ml._refuse_sharded(c, 'ml.search_explain');
   p := ml._search_plan(c, query, k, filter, options);
@@ -567,6 +572,8 @@ begin
              using query, k, p -> 'params' loop
     plan := plan || g."QUERY PLAN" || E'\n';
   end loop;
+  plan := regexp_replace(plan, 'OPERATOR\(' || vs || '\.([^)]+)\)', '\1', 'g');
+  plan := regexp_replace(plan, '\m' || vs || '\.', '', 'g');
   plan := regexp_replace(plan, '''\[[^]'']*\]''::(vector|halfvec)(\(\d+\))?', '$1', 'g');
   if saved <> '{}' then
     perform ml._search_set(saved);

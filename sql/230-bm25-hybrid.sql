@@ -269,7 +269,7 @@ as $$
 #variable_conflict use_column
 declare
   c ml.collections := ml._collection(collection);
-  qv vector;
+  qv @VS@.vector;
 begin
   perform ml._check_k(k);
   perform ml._check_k(candidates, 'candidates');
@@ -344,7 +344,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   c ml.collections := ml._collection(collection);
-  qv vector;
+  qv @VS@.vector;
   t0 timestamptz;
   t record;
   e record;

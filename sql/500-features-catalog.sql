@@ -118,7 +118,9 @@ begin
     raise exception '% has no type', what using errcode = '22023', hint = 'name a type such as float8, int or text';
   end if;
   begin
-    t := to_regtype(type_name);
+    -- a name without a schema: pg_catalog's, else the vector extension's schema's (`vector(384)`, as a caller
+    -- whose search_path holds public writes it; this function searches pg_catalog only, sql/000-runtime.sql)
+    t := coalesce(to_regtype(type_name), case when type_name !~ '\.' then to_regtype('@VS@.' || btrim(type_name)) end);
   exception when others then
     t := null;
   end;
@@ -157,7 +159,7 @@ end $$;
 create or replace function features._describe_py(query text, what text default 'query')
 returns table (ord int, name text, type text)
 language plpython3u volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 as $$
 import sys
 if 'indb_runtime.bootstrap' not in sys.modules: plpy.execute('select ml._activate()')
@@ -696,7 +698,7 @@ create or replace function features.create_feature_view(
   partition_by text default 'year', breaking boolean default false)
 returns text
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 as $$
 declare
   e features.entities;

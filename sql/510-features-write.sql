@@ -545,7 +545,7 @@ create or replace function features._materialize(v features.feature_views, kind 
                                                  end_ts timestamptz, with_stats boolean)
 returns jsonb
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 as $$
 declare
   run_id bigint;

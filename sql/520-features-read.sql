@@ -564,7 +564,7 @@ create or replace function features.historical_query(entity_query text, features
                                                      created_cutoff boolean default false)
 returns text
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 as $$
 declare
   eq text := ml._relation_sql(entity_query, 'entity query');
@@ -653,7 +653,7 @@ create or replace function features.get_historical(entity_query text, features t
                                                    created_cutoff boolean default false)
 returns setof jsonb
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 set jit = off
 as $$
 begin
@@ -676,7 +676,7 @@ create or replace function features.get_historical_cursor(entity_query text, fea
                                                           cursor_name text default 'historical')
 returns refcursor
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 set jit = off
 as $$
 declare
@@ -776,7 +776,7 @@ create or replace function features._create_training_set(name text, entity_query
                                                          created_cutoff boolean)
 returns jsonb
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 set jit = off
 as $$
 declare

@@ -231,7 +231,7 @@ $$;
 create or replace function features._check_skew(view text, sample int, strict boolean, threshold float8)
 returns jsonb
 language plpgsql volatile parallel unsafe
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, @VS@, pg_temp  -- the caller's SQL: USER_SQL_PATH (sql/000-runtime.sql)
 as $$
 declare
   v features.feature_views := features._view(view);

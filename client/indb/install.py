@@ -41,14 +41,15 @@ PINNED_SEARCH_PATH = "search_path = pg_catalog, pg_temp"
 
 
 def render_sql(path: Path, vector_schema: str = "public") -> str:
-    """The text of a sql/ file as installed: @INDB_VERSION@ filled in, and every pinned
-    ``search_path = pg_catalog, pg_temp`` widened with the schema that holds the vector extension
-    (its types and operators must resolve inside functions; the schema is wherever the database
-    already has pgvector, usually public)."""
-    pinned = (
-        f'search_path = pg_catalog, "{vector_schema}", pg_temp' if vector_schema != "pg_catalog" else PINNED_SEARCH_PATH
-    )
-    return path.read_text().replace("@INDB_VERSION@", __version__).replace(PINNED_SEARCH_PATH, pinned)
+    """The text of a sql/ file as installed: @INDB_VERSION@ filled in, and @VS@ replaced by the quoted name of the
+    schema that holds the vector extension (wherever the database already has pgvector, usually public).
+
+    Every pgvector type, function, operator and operator class in indb's SQL is written with @VS@ in front: the
+    pinned ``search_path = pg_catalog, pg_temp`` of indb's functions does not hold that schema, so a function or
+    operator another role makes there (everyone may create in public in many databases) is never picked by name
+    resolution inside indb's functions, which run as indb_owner."""
+    quoted = '"' + vector_schema.replace('"', '""') + '"'
+    return path.read_text().replace("@INDB_VERSION@", __version__).replace("@VS@", quoted)
 
 
 def alembic_config():
@@ -94,7 +95,7 @@ def _revision(sa) -> str | None:
 
 
 def _apply_sql(cur) -> list[str]:
-    """Re-apply every sql/ file in order, with the pinned search_path widened to the vector extension's schema."""
+    """Re-apply every sql/ file in order, with @VS@ rendered as the vector extension's schema (render_sql)."""
     cur.execute(
         "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'"
     )

@@ -51,7 +51,7 @@ def column_kind(type_name: str, is_enum: bool = False) -> str | None:
         return "numeric"
     if t == "boolean":
         return "bool"
-    if t == "vector":
+    if t == "vector" or t.endswith(".vector"):  # named with its schema where that is not on the search_path
         return "vector"
     if t in TEXT_TYPES or is_enum:
         return "text"

@@ -147,15 +147,19 @@ def test_default_port_is_stable_per_state_folder(monkeypatch):
     assert default_port(Path("/x/a/.state")) == 6543
 
 
-def test_pinned_search_path_is_widened_with_the_vector_schema(tmp_path):
+def test_pgvector_names_are_qualified_with_its_schema_and_the_pinned_search_path_stays_narrow(tmp_path):
+    """indb's functions search pg_catalog and pg_temp only; pgvector's names are written with @VS@, its schema."""
     from indb.install import render_sql
 
     f = tmp_path / "x.sql"
     f.write_text(
-        "create function ml.f() returns int language sql set search_path = pg_catalog, pg_temp as $$ select 1 $$;"
+        "create function ml.f(q vector) returns int language sql set search_path = pg_catalog, pg_temp "
+        "as $$ select @VS@.vector_dims(q) $$;"
     )
-    assert 'search_path = pg_catalog, "extensions", pg_temp' in render_sql(f, "extensions")
-    assert 'search_path = pg_catalog, "public", pg_temp' in render_sql(f)
+    out = render_sql(f, "extensions")
+    assert 'select "extensions".vector_dims(q)' in out and "search_path = pg_catalog, pg_temp " in out
+    assert 'select "public".vector_dims(q)' in render_sql(f)
+    assert '"we""ird".vector_dims' in render_sql(f, 'we"ird')
 
 
 def test_socket_folder_stays_within_the_unix_socket_path_limit():

@@ -109,6 +109,7 @@ def test_null_at_prediction_without_impute_is_refused():
 
 def test_column_kinds_and_vectors():
     assert column_kind("numeric(10,2)") == "numeric" and column_kind("vector(384)") == "vector"
+    assert column_kind("public.vector(384)") == "vector" and column_kind("extensions.vector") == "vector"
     assert column_kind("real[]") == "array" and column_kind("text[]") is None
     assert column_kind("character varying(20)") == "text" and column_kind("mood", is_enum=True) == "text"
     assert parse_vector("[1, 2.5,-3]") == [1.0, 2.5, -3.0] and parse_vector(None) is None
