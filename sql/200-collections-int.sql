@@ -120,6 +120,12 @@ language sql immutable parallel safe
 as $$ select case c.metric when 'cosine' then 'operator(@VS@.<=>)' when 'l2' then 'operator(@VS@.<->)'
                    else 'operator(@VS@.<#>)' end $$;
 
+-- the ANN operator class of the collection's stored vectors for its metric (`"public".vector_cosine_ops`)
+create or replace function ml._collection_opclass(c ml.collections) returns text
+language sql immutable parallel safe
+as $$ select '@VS@.' || c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end
+             || '_ops' $$;
+
 create or replace function ml._collection_vtype(c ml.collections) returns text
 language sql stable parallel safe  -- stable as format() is, so that callers inline it
 as $$ select format('@VS@.%s(%s)', c.storage, c.dimensions) $$;
@@ -156,7 +162,7 @@ begin
     expr := format('(@VS@.binary_quantize(embedding)::bit(%s))', c.dimensions);
     opclass := '@VS@.bit_hamming_ops';
   else
-    opclass := '@VS@.' || c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops';
+    opclass := ml._collection_opclass(c);
   end if;
   if am = 'hnsw' then
     withs := format('m = %s, ef_construction = %s', ml._opt_int(c.options, 'm', 16, 2, 100),

@@ -714,7 +714,7 @@ begin
     if index = 'ivfflat' then
       execute format('select count(*) from %s', r.rel) into nrows;
       execute format('create index %I on %s using ivfflat (embedding %s) with (lists = %s)', r.part || '_ann', r.rel,
-                     '@VS@.' || c.storage || '_' || case c.metric when 'cosine' then 'cosine' when 'l2' then 'l2' else 'ip' end || '_ops',
+                     ml._collection_opclass(c),
                      greatest(1, nrows / 1000));
     end if;
     done := done || jsonb_build_object('collection', c.name, 'partition', r.part, 'index', index);

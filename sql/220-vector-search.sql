@@ -544,8 +544,7 @@ declare
   sql text;
   -- the vector extension's schema as EXPLAIN prints it, escaped for a regular expression: indb writes pgvector's
   -- names and operators with their schema (@VS@ in sql/), and the plan is shown as a user writes them
-  vs text := regexp_replace((select quote_ident(n.nspname) from pg_catalog.pg_extension e
-                               join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'),
+  vs text := regexp_replace((select extnamespace::regnamespace::text from pg_extension where extname = 'vector'),
                             '([.$^*+?()\[\]{}|\\])', '\\\1', 'g');
 begin
   perform ml._refuse_sharded(c, 'ml.search_explain');
