@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +49,37 @@ def proc_rollup_kib(pid: int | str) -> dict[str, int]:
             return {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith(" kB\n")}
     except OSError:
         return {}
+
+
+def run_together(n: int, body: Callable[[int, Callable[[], None]], None]) -> float:
+    """Run ``body(i, ready)`` in n threads at once. Each calls ``ready()`` once it is set up (connected, warm); the
+    clock starts when all have, and stops when the last one returns: the wall seconds. The first error of a thread
+    is raised here, and a thread that fails before ``ready()`` releases the others instead of leaving them waiting."""
+    start = threading.Barrier(n + 1)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            body(i, start.wait)
+        except threading.BrokenBarrierError:
+            pass  # another thread failed before it was ready: its error is the one raised
+        except BaseException as e:
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
 
 
 def percentile(values: list[float], p: float) -> float:

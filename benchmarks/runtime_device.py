@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -36,6 +35,8 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_P
     os.environ.setdefault(_k, _v)
 
 from indb_runtime import device, embedding, service, wire  # noqa: E402
+
+from .common import percentile, run_together  # noqa: E402  (standard library only: no database driver on a GPU machine)
 
 MODEL = "all-MiniLM-L6-v2"
 DB = "bench"
@@ -96,35 +97,6 @@ class Running:
         self.tmp.cleanup()
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-def in_threads(n: int, fn) -> float:
-    """Run fn(i) in n threads at once; the wall seconds until all are done."""
-    start = threading.Barrier(n + 1)
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        start.wait()
-        try:
-            fn(i)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
-
-
 def measure(run: Running, abstracts: list[str], sentences: list[str], clients: int) -> dict:
     out: dict = {}
     c = run.client()
@@ -136,17 +108,18 @@ def measure(run: Running, abstracts: list[str], sentences: list[str], clients: i
         t0 = time.perf_counter()
         run.embed(c, [s])
         lat.append((time.perf_counter() - t0) * 1000)
-    out["single_text_ms"] = {"p50": round(statistics.median(lat), 2), "p99": round(pct(lat, 0.99), 2)}
+    out["single_text_ms"] = {"p50": round(percentile(lat, 50), 2), "p99": round(percentile(lat, 99), 2)}
     # 2. clients x one sentence a request
     per = max(1, min(len(sentences) // clients, 400))
     before = run.stats()
     conns = [run.client() for _ in range(clients)]
 
-    def singles(i: int) -> None:
+    def singles(i: int, ready) -> None:
+        ready()
         for s in sentences[i * per : (i + 1) * per]:
             run.embed(conns[i], [s])
 
-    wall = in_threads(clients, singles)
+    wall = run_together(clients, singles)
     after = run.stats()
     batches = after["batches"] - before["batches"]
     out[f"{clients}_clients_single_texts_per_s"] = round(clients * per / wall, 1)
@@ -159,12 +132,13 @@ def measure(run: Running, abstracts: list[str], sentences: list[str], clients: i
         out[f"bulk_{name}_per_s"] = round(len(texts) / (time.perf_counter() - t0), 1)
     # 4. clients x bulk abstracts
 
-    def bulk(i: int) -> None:
+    def bulk(i: int, ready) -> None:
+        ready()
         mine = abstracts[i::clients]
         for a in range(0, len(mine), 256):
             run.embed(conns[i], mine[a : a + 256])
 
-    out[f"{clients}_clients_bulk_abstracts_per_s"] = round(len(abstracts) / in_threads(clients, bulk), 1)
+    out[f"{clients}_clients_bulk_abstracts_per_s"] = round(len(abstracts) / run_together(clients, bulk), 1)
     for x in conns + [c]:
         x.close()
     return out

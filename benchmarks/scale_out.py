@@ -29,13 +29,12 @@ import json
 import os
 import random
 import sys
-import threading
 import time
 
 import numpy as np
 import psycopg
 
-from benchmarks.common import percentile, scratch_database, write
+from benchmarks.common import percentile, run_together, scratch_database, write
 
 DB = "indb_bench_scale_out"
 ENTITIES = int(os.environ.get("INDB_SCALE_OUT_ENTITIES", "100000"))
@@ -68,28 +67,20 @@ def throughput(dsns: list[str], sql: str, make_params, seconds: float) -> dict:
     """len(dsns) client threads, one connection each, calling sql for `seconds`; totals and latencies."""
     lat: list[list[float]] = [[] for _ in dsns]
     per: list[int] = [0 for _ in dsns]
-    start = threading.Barrier(len(dsns) + 1)
 
-    def client(i: int, dsn: str) -> None:
+    def client(i: int, ready) -> None:
         rng = random.Random(i)
-        with psycopg.connect(dsn, autocommit=True) as c:
+        with psycopg.connect(dsns[i], autocommit=True) as c:
             for _ in range(20):  # warm the session (plans, caches)
                 c.execute(sql, make_params(rng)).fetchall()
-            start.wait()
+            ready()
             end = time.perf_counter() + seconds
             while (t := time.perf_counter()) < end:
                 c.execute(sql, make_params(rng)).fetchall()
                 lat[i].append((time.perf_counter() - t) * 1000)
                 per[i] += 1
 
-    threads = [threading.Thread(target=client, args=(i, d)) for i, d in enumerate(dsns)]
-    for th in threads:
-        th.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
+    wall = run_together(len(dsns), client)
     every = [x for one in lat for x in one]
     return {
         "clients": len(dsns),
