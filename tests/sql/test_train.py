@@ -871,7 +871,10 @@ def test_predict_batch_reports_rows_done_of_all_in_ml_progress(housing_x3, db_ds
     assert "predicting" in phases and set(phases) <= {"starting", "predicting"}, phases
     assert phases == sorted(phases, key=lambda ph: ph == "predicting")  # never back to "starting"
     counted = [r for r in seen if r[4] is not None]
-    assert counted and all(r[4] == 61920 and 0 < r[3] <= 61920 and r[5] == "rows" for r in counted)
+    # the total is known from the first chunk on (the table's rows are counted first), and done only grows (the
+    # call is too short here for the throttled updates of done, one every progress.EVERY_S, to be sure to come)
+    assert counted and all(r[4] == 61920 and 0 <= r[3] <= 61920 and r[5] == "rows" for r in counted)
+    assert [r[3] for r in counted] == sorted(r[3] for r in counted)
 
 
 def test_evaluate_reports_in_ml_progress(housing_x3, db_dsn, conn):
@@ -886,4 +889,5 @@ def test_evaluate_reports_in_ml_progress(housing_x3, db_dsn, conn):
     )
     seen = watch(db_dsn, conn, "select * from ml.evaluate('progress_eval', 'housing_x3')")
     assert seen and all(r[:2] == ("ml.evaluate", "progress_eval") for r in seen)
-    assert {r[2] for r in seen} <= {"reading", "scoring"} and "reading" in {r[2] for r in seen}
+    # (the entry opens as "starting", which the watching session may catch before "reading")
+    assert {r[2] for r in seen} <= {"starting", "reading", "scoring"} and "reading" in {r[2] for r in seen}
