@@ -1375,7 +1375,7 @@ def _batch_chunks(plpy, relation: str, from_sql: str, use: list[dict], chunk: in
         return
     table = plain_table(plpy, relation)
     if table is not None:
-        # the rows to come, counted first (one more scan, ~1% of the call) so that ml.progress shows done of
+        # the rows to come, counted first (one more scan, ~2% of the call) so that ml.progress shows done of
         # all, and the time left, from the first chunk on, not only once the last block is read
         total = spi.one(plpy, f"select count(*)::int8 as n from {table['name']}")["n"]  # type: ignore[index]
         for size, data in fetch_block_chunks(plpy, table, use, chunk):
