@@ -1366,9 +1366,9 @@ class _Phases:
 def _batch_chunks(plpy, relation: str, from_sql: str, use: list[dict], chunk: int):
     """(row numbers or None for scan order, rows, {column: values}, total rows or None) per chunk for
     predict_batch. Scalar columns of a plain table: block ranges, streamed in block order, the total counted
-    first. Scalar columns of a
-    view or query: groups in any order, placed by row number (the aggregate holds every row before it returns
-    its first group). Arrays/vectors: a plain cursor, chunks in scan order, the total known."""
+    first. Scalar columns of a view or query: groups in any order, placed by row number (the aggregate holds
+    every row before it returns its first group). Arrays/vectors: a plain cursor, chunks in scan order, the
+    total known."""
     if not _scalar(use):
         for rn, data, total in fetch_chunks(plpy, from_sql, use, chunk):
             yield None, len(rn), data, total
