@@ -28,8 +28,9 @@ comment on function ml._runtime_venv() is 'internal: the runtime venv the newest
 -- pg_catalog's polymorphic one, ran as indb_owner in the audit trigger of registry.create_experiment.
 -- USER_SQL_PATH: the few SECURITY INVOKER functions that run a caller's own SQL or table name (a feature view's
 -- source, an entity query) search that schema as well, after pg_catalog, so that `events` means public.events
--- there as in the caller's session (an on-demand feature's expression is compiled and served without it). They run as their caller, no SECURITY
--- DEFINER function or trigger calls them, and tests/security/test_vector_schema.py checks both.
+-- there as in the caller's session (an on-demand feature's expression is compiled and served without it). They
+-- run as their caller, no SECURITY DEFINER function or trigger calls them, and tests/security/test_vector_schema.py
+-- checks both.
 -- Defence in depth on top: the roles other than superusers and PostgreSQL's own pg_* roles that may create
 -- objects in the vector extension's schema ('PUBLIC' when every role may): `indb install` refuses while there
 -- is one, an event trigger refuses their functions and operators there, and ml.runtime_info() warns.

@@ -37,9 +37,6 @@ def sql_files() -> list[Path]:
     return sorted((repo_root() / "sql").glob("*.sql"))
 
 
-PINNED_SEARCH_PATH = "search_path = pg_catalog, pg_temp"
-
-
 def render_sql(path: Path, vector_schema: str = "public") -> str:
     """The text of a sql/ file as installed: @INDB_VERSION@ filled in, and @VS@ replaced by the quoted name of the
     schema that holds the vector extension (wherever the database already has pgvector, usually public).
