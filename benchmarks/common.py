@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the shared data sets (../shared/data beside the checkout), used in place; INDB_DATA names another folder
+DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def machine() -> dict:

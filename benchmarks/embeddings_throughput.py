@@ -22,12 +22,11 @@ import os
 import re
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 
 from . import common
-from .common import proc_status_kib
+from .common import DATA, proc_status_kib
 
 MODEL = "all-MiniLM-L6-v2"
 N = int(os.environ.get("INDB_BENCH_N", "10000"))
@@ -37,9 +36,8 @@ DB = "indb_bench_embeddings"
 
 
 def texts(n: int) -> list[str]:
-    data = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     out = []
-    with open(data / "scifact" / "corpus.jsonl") as f:
+    with open(DATA / "scifact" / "corpus.jsonl") as f:
         for line in f:
             d = json.loads(line)
             for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9])", d["text"]):

@@ -42,9 +42,8 @@ import psycopg
 from ._features_db import bench_database, write_section
 from ._pit_data import CHECK, TTL_S, VIEWS, generate
 from ._pit_load import load
-from .common import proc_status_kib
+from .common import DATA, proc_status_kib
 
-DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LOCK = os.environ.get("INDB_BENCH_LOCK", "/work/heavy.lock")
 
 

@@ -36,7 +36,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_P
 
 from indb_runtime import device, embedding, service, wire  # noqa: E402
 
-from .common import percentile, run_together  # noqa: E402  (standard library only: no database driver on a GPU machine)
+from .common import DATA, percentile, run_together  # noqa: E402  (standard library only: no database driver on a GPU machine)
 
 MODEL = "all-MiniLM-L6-v2"
 DB = "bench"
@@ -164,8 +164,7 @@ def compare(run: Running, folder: str, texts: list[str]) -> dict:
 
 
 def default_corpus() -> Path:
-    data = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return data / "scifact" / "corpus.jsonl"
+    return DATA / "scifact" / "corpus.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from .common import RESULTS, write
+from .common import DATA, RESULTS, write
 
-DATA = Path(os.environ.get("INDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COLUMNS = (
     "longitude float8, latitude float8, housing_median_age float8, total_rooms float8, "
     "total_bedrooms float8, population float8, households float8, median_income float8, "
