@@ -10,6 +10,7 @@ import secrets
 
 import psycopg
 import pytest
+from helpers import watch_progress
 
 REL = "select g::float8 as x, (g % 7)::float8 as z, g * 2.0 + (g % 5) as y from generate_series(1, 80) g"
 
@@ -246,7 +247,7 @@ def test_search_runs_walk_and_custom_plan_keep_tenants_apart(connect_as, sconn):
         sconn.execute("drop role walk_nobody")
 
 
-def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_as, sconn):
+def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_as, logins, sconn):
     """predict_batch reads a plain table by ranges of its blocks. Under the table's row security a tenant's app
     gets predictions for its own rows only, numbered in block order, and the ranges stay index-like TID range
     scans (tid comparisons are leakproof, so the policy does not push them into a filter over every block)."""
@@ -273,6 +274,18 @@ def test_predict_batch_over_a_tenant_table_reads_only_the_callers_rows(connect_a
         assert len(got) == 2000 and [r[0] for r in got] == [r[0] for r in want]
         assert all(abs(a[1] - b[1]) <= 1e-9 * abs(b[1]) for a, b in zip(got, want))  # a linear model: BLAS order
         assert app.execute(f"select count(*) from public.{t} where tenant <> 'acme'").fetchone()[0] == 0
+        # the total ml.progress shows is counted under the same row security: the tenant's 2,000 rows, never the
+        # table's 3,000 (acme's writer, which may read the progress of its own calls; small chunks, so that the
+        # call lasts long enough to be seen)
+        seen = watch_progress(
+            psycopg.conninfo.make_conninfo(logins["acme_writer"], options="-c indb.predict_batch_chunk=10"),
+            "ml.predict_batch",
+            p,
+            f"select count(*) from ml.predict_batch(%s, 'public.{t}')",
+            [p],
+        )
+        totals = {r[2] for r in seen if r[2] is not None}
+        assert totals == {2000}, seen
         plan = "\n".join(
             r[0]
             for r in app.execute(
