@@ -11,7 +11,7 @@ SYSTEM_STAMP := $(STATE)/.system-ok
 IMAGE ?= indb:latest
 IMAGE_ENV = VENV=$(VENV) STATE=$(STATE) INDB_IMAGE=$(IMAGE)
 
-.PHONY: all help system venv db install demo test test-unit lint format bench stop image test-image
+.PHONY: all help system c-functions venv db install demo test test-unit lint format bench stop image test-image
 
 all: install
 
@@ -23,6 +23,19 @@ $(SYSTEM_STAMP): docker/install-system.sh
 	@bash docker/install-system.sh
 	@mkdir -p $(STATE) && touch $@
 system: $(SYSTEM_STAMP) ## install PostgreSQL 15, plpython3, pg_cron and pgvector (Debian packages)
+
+# 1b. indb's C functions (sql/c: the audit log's append path), built with PGXS and installed into the server's
+#     library folder (as root, or through sudo); rebuilt when their sources change
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+C_STAMP := $(STATE)/.c-functions-ok
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(C_STAMP): sql/c/indb_audit.c sql/c/Makefile $(SYSTEM_STAMP)
+	@mkdir -p $(STATE)/log
+	@echo "[c] building sql/c (indb_audit.so) with PGXS (log: $(STATE)/log/c-functions.log)"
+	@( $(MAKE) -C sql/c PG_CONFIG=$(PG_CONFIG) && $(SUDO) $(MAKE) -C sql/c PG_CONFIG=$(PG_CONFIG) install ) \
+	  > $(STATE)/log/c-functions.log 2>&1 || { tail -n 30 $(STATE)/log/c-functions.log; exit 1; }
+	@touch $@
+c-functions: $(C_STAMP) ## build and install indb's C functions (sql/c) into the server
 
 # 2. the venv: made with the interpreter PL/Python embeds; exact pins from the runtime lock (what the
 #    database needs) plus the dev lock (tests, lint, benchmarks); indb itself installed editable
@@ -44,7 +57,7 @@ db: $(STAMP) ## start the project's PostgreSQL cluster in .state/
 	@$(INDB) db start
 
 # 4. schema: alembic upgrade head + sql/ re-applied, in one transaction
-install: db ## install or upgrade indb in the project's database
+install: db $(C_STAMP) ## install or upgrade indb in the project's database
 	@$(INDB) install
 
 demo: install ## set up everything and run the end-to-end demo on ../shared/data

@@ -86,206 +86,48 @@ as $$ select 182285636 $$;   -- hashtext('indb audit lane')
 -- append one event (internal: the audit triggers, the functions of this area and ml.create_tenant call it;
 -- no working role may execute it). Takes no lock another transaction waits on (see the top of this file).
 --
--- A transaction claims a lane at its first event with a transaction-level advisory try-lock on the lane's number
--- (never waiting; in memory, nothing written): first the lane this session used last (indb.audit_lane_pref, so a
--- session keeps to one lane and lanes are about as many as concurrent writers), then any lane whose lock is free,
--- then a new lane. Every appender holds the lane's advisory lock before it updates the lane's row, so the update
--- never waits on another appender; a session that forges the settings gets a lane it can lock, or a new one (the
--- row is only ever moved by the UPDATE below, which links the event to the row it finds). 0.2.0 took the lane
--- with SELECT ... FOR UPDATE SKIP LOCKED: a statement and a WAL record more per transaction (measured on single-event
--- transactions: 260-550 us each with it, 92-180 us with the advisory try-lock, on a loaded 2-core machine).
+-- C (sql/c/indb_audit.c), one statement per event kept as a saved plan: the lane's row moves to the event and the
+-- event is inserted, with audit._content_hash over both. A transaction claims a lane at its first event with a
+-- transaction-level advisory try-lock on the lane's number (never waiting; in memory, nothing written): first the
+-- lane this session used last, then any lane whose lock is free, then a new lane. Every appender holds the lane's
+-- advisory lock before it updates the lane's row, so the update never waits on another appender. The lane held and
+-- the place of its row's newest version live in the backend's memory, not in settings a session could SET (a
+-- transaction of 100,000 events updates the row by its place and stays linear). The PL/pgSQL it replaces:
+-- ~590,000 instructions an event, ~45% of them PL/pgSQL's set-up around the one statement.
+-- enable_seqscan = off: the statement's plan is kept for the session, and a plan made while audit.lanes was one
+-- page (a sequential scan is then the cheapest) read every dead version of the lane's row for each event once a
+-- long transaction had grown the table (5,000 instead of 45,000 events/s, measured); the row is found by its place
+-- (TID scan) or by the lane's key (index scan), whatever the table's size was when the plan was made.
 create or replace function audit._append(action text, object text, row_key jsonb, old_values jsonb,
                                          new_values jsonb, tenant text, acting_role text default null) returns bigint
-language plpgsql volatile security definer parallel unsafe
+language c volatile security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
-as $$
-declare
-  nid bigint := nextval('audit.events_id_seq');
-  who text := coalesce(acting_role, audit._acting_role());
-  t timestamptz := clock_timestamp();
-  app text := current_setting('application_name', true);
-  addr inet := inet_client_addr();
-  x bigint := txid_current();
-  -- "<lane>/<ctid of its row>": the lane this transaction holds, and where the row's newest version is
-  -- (updating it by ctid does not walk the versions this transaction made: a transaction of 100,000 events stays
-  -- linear). Anyone may set these settings; a wrong value only makes the code below take another lane.
-  held text := current_setting('indb.audit_lane', true);
-  pref text;
-  ln int;
-  at tid;
-begin
-  if held ~ '^[0-9]{1,9}/\([0-9]{1,10},[0-9]{1,5}\)$' then
-    ln := split_part(held, '/', 1)::int;
-    -- re-entrant for the holder; false when another transaction holds the lane (a forged setting)
-    if pg_try_advisory_xact_lock(audit._lane_lock(), ln) then
-      at := split_part(held, '/', 2)::tid;
-      with l as (
-        update audit.lanes l
-           set pos = l.pos + 1, last_id = nid, prev_hash = l.last_hash,
-               last_hash = audit._content_hash(nid, t, action, object, row_key, old_values, new_values,
-                                               session_user::text, who, app, addr, x, tenant, l.lane, l.pos + 1,
-                                               l.last_hash)
-         where l.ctid = at and l.lane = ln
-        returning l.ctid, l.lane, l.pos, l.prev_hash, l.last_hash),
-      e as (
-        insert into audit.events(id, ts, action, object, row_key, old_values, new_values, session_user_name,
-                                 current_user_name, application_name, client_addr, txid, tenant, hash, lane,
-                                 lane_pos, lane_prev)
-        select nid, t, action, object, row_key, old_values, new_values, session_user::text, who, app, addr, x,
-               tenant, l.last_hash, l.lane, l.pos, l.prev_hash
-          from l)
-      select l.ctid into at from l;
-      if found then
-        perform set_config('indb.audit_lane', ln || '/' || at, true);
-        return nid;
-      end if;
-    end if;
-  end if;
-  -- the first event of this transaction (or a setting that does not hold): claim a lane, never waiting
-  pref := current_setting('indb.audit_lane_pref', true);
-  for attempt in 1..3 loop
-    ln := null;
-    if attempt = 1 then
-      -- the lane this session used last
-      continue when pref !~ '^[0-9]{1,9}$' or pref is null;
-      continue when not pg_try_advisory_xact_lock(audit._lane_lock(), pref::int);
-      ln := pref::int;
-    elsif attempt = 2 then
-      -- any lane no other transaction holds (LIMIT 1: the scan stops at the first lock it gets)
-      select l.lane into ln from audit.lanes l where pg_try_advisory_xact_lock(audit._lane_lock(), l.lane) limit 1;
-      continue when ln is null;
-    else
-      -- all busy: a new lane (invisible to others until this transaction commits)
-      insert into audit.lanes default values returning lanes.lane into ln;
-      perform pg_try_advisory_xact_lock(audit._lane_lock(), ln);
-    end if;
-    with l as (
-      update audit.lanes l
-         set pos = l.pos + 1, last_id = nid, prev_hash = l.last_hash,
-             last_hash = audit._content_hash(nid, t, action, object, row_key, old_values, new_values,
-                                             session_user::text, who, app, addr, x, tenant, l.lane, l.pos + 1,
-                                             l.last_hash)
-       where l.lane = ln
-      returning l.ctid, l.lane, l.pos, l.prev_hash, l.last_hash),
-    e as (
-      insert into audit.events(id, ts, action, object, row_key, old_values, new_values, session_user_name,
-                               current_user_name, application_name, client_addr, txid, tenant, hash, lane,
-                               lane_pos, lane_prev)
-      select nid, t, action, object, row_key, old_values, new_values, session_user::text, who, app, addr, x,
-             tenant, l.last_hash, l.lane, l.pos, l.prev_hash
-        from l)
-    select l.ctid into at from l;
-    if found then
-      perform set_config('indb.audit_lane', ln || '/' || at, true);
-      if pref is distinct from ln::text then
-        perform set_config('indb.audit_lane_pref', ln::text, false);
-      end if;
-      return nid;
-    end if;
-  end loop;
-  raise exception 'audit: could not append event % to lane %', nid, ln using errcode = 'XX000';
-end $$;
+set enable_seqscan = off
+as '$libdir/indb_audit', 'indb_audit_append';
 comment on function audit._append(text, text, jsonb, jsonb, jsonb, text, text) is
   'internal: append one event (no lock another transaction waits on); audit.seal() chains it later';
 
--- row trigger: TG_ARGV[0] = comma-separated primary key columns, TG_ARGV[1..] = the bytea columns
+-- row trigger (C, sql/c/indb_audit.c): TG_ARGV[0] = comma-separated primary key columns, TG_ARGV[1..] = the bytea
+-- columns. The event: who, the primary key, the row as jsonb (an UPDATE: only the columns that changed, compared
+-- as jsonb; nothing but updated_at: no event). Bytea columns are nulled *before* the row becomes jsonb, so a large
+-- value (a 150 MB model) is never turned into a JSON string; they are recorded as "sha256:<hex>", an UPDATE only
+-- when the bytes changed (a column the UPDATE did not touch keeps its stored value and is not read).
 create or replace function audit._row_trigger() returns trigger
-language plpgsql security definer parallel unsafe
+language c security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
-as $$
-declare
-  o jsonb;
-  n jsonb;
-  k jsonb := '{}';
-  src jsonb;
-  c text;
-  h text;
-  changed boolean;
-  nb int := cardinality(tg_argv) - 1;
-  bytes text[];
-  nulls jsonb := '{}';
-begin
-  if nb = 0 then
-    if tg_op <> 'INSERT' then o := to_jsonb(old); end if;
-    if tg_op <> 'DELETE' then n := to_jsonb(new); end if;
-  else
-    -- the bytea columns are set to NULL *before* the row becomes jsonb, so a large value (a 150 MB model) is
-    -- never turned into a JSON string (that fails above 256 MB and is slow); their sha256 is added below
-    bytes := tg_argv[1:];
-    foreach c in array bytes loop
-      nulls := nulls || jsonb_build_object(c, null);
-    end loop;
-    if tg_op <> 'INSERT' then o := to_jsonb(jsonb_populate_record(old, nulls)) - bytes; end if;
-    if tg_op <> 'DELETE' then n := to_jsonb(jsonb_populate_record(new, nulls)) - bytes; end if;
-    -- bytes are recorded as their sha256; an UPDATE hashes them only when they changed
-    for i in 1..nb loop
-      c := tg_argv[i];
-      if tg_op = 'UPDATE' then
-        execute format('select ($1).%1$I is distinct from ($2).%1$I', c) into changed using old, new;
-        continue when not changed;
-      end if;
-      if tg_op <> 'INSERT' then
-        execute format('select ''sha256:'' || encode(sha256(($1).%I), ''hex'')', c) into h using old;
-        o := o || jsonb_build_object(c, h);
-      end if;
-      if tg_op <> 'DELETE' then
-        execute format('select ''sha256:'' || encode(sha256(($1).%I), ''hex'')', c) into h using new;
-        n := n || jsonb_build_object(c, h);
-      end if;
-    end loop;
-  end if;
-  src := coalesce(n, o);
-  foreach c in array string_to_array(tg_argv[0], ',') loop
-    k := k || jsonb_build_object(c, src -> c);
-  end loop;
-  if k = '{}'::jsonb then
-    k := null;
-  end if;
-  if tg_op = 'UPDATE' then
-    -- only what changed
-    select jsonb_object_agg(e.key, e.value), jsonb_object_agg(e.key, n -> e.key) into o, n
-      from jsonb_each(o) e where n -> e.key is distinct from e.value;
-    if o is null or o - 'updated_at' = '{}'::jsonb then
-      return null;  -- nothing changed but a timestamp
-    end if;
-  end if;
-  perform audit._append(tg_op, tg_table_schema || '.' || tg_table_name, k, o, n, src ->> 'tenant');
-  return null;
-end $$;
+set enable_seqscan = off
+as '$libdir/indb_audit', 'indb_audit_row_trigger';
 
--- statement trigger of history tables: one summary event per INSERT statement. TG_ARGV[0]: the column
--- summarized as "keys" (metrics/params: key, training trials: metric); every history table has run_id and tenant.
--- sha256: over the rows' text form (record output, as in `SELECT r::text`), one line per row, in the order the
--- statement inserted them (0.2.0 hashed each row's jsonb: 5x the cost, for the same evidence).
+-- statement trigger of history tables (C, sql/c/indb_audit.c): one summary event per INSERT statement. TG_ARGV[0]:
+-- the column summarized as "keys" (metrics/params: key, training trials: metric); every history table has run_id
+-- and tenant. The event's new_values: {rows, run_ids, keys, sha256}; sha256 over the rows' text form (record
+-- output, as in `SELECT r::text`), one line per row, in the order the statement inserted them (0.2.0 hashed each
+-- row's jsonb: 5x the cost, for the same evidence). Its query is planned once per table and kept.
 create or replace function audit._batch_trigger() returns trigger
-language plpgsql security definer parallel unsafe
+language c security definer parallel unsafe
 set search_path = pg_catalog, pg_temp
-as $$
-declare
-  s jsonb;
-  ten text;
-begin
-  -- one static query per table kind (plpgsql plans it per table, at its first use)
-  if tg_argv[0] = 'metric' then
-    select jsonb_build_object('rows', count(*), 'run_ids', jsonb_agg(distinct r.run_id),
-                              'keys', jsonb_agg(distinct r.metric),
-                              'sha256', encode(sha256(convert_to(string_agg(r::text, E'\n'), 'UTF8')), 'hex')),
-           min(r.tenant)
-      into s, ten
-      from new_rows r;
-  else
-    select jsonb_build_object('rows', count(*), 'run_ids', jsonb_agg(distinct r.run_id),
-                              'keys', jsonb_agg(distinct r.key),
-                              'sha256', encode(sha256(convert_to(string_agg(r::text, E'\n'), 'UTF8')), 'hex')),
-           min(r.tenant)
-      into s, ten
-      from new_rows r;
-  end if;
-  if (s ->> 'rows')::bigint > 0 then
-    perform audit._append('INSERT_BATCH', tg_table_schema || '.' || tg_table_name, null, null, s, ten);
-  end if;
-  return null;
-end $$;
+set enable_seqscan = off
+as '$libdir/indb_audit', 'indb_audit_batch_trigger';
 
 -- registry.latest_metrics is derived from registry.metrics (registry.log_batch writes both in one call): every
 -- row an INSERT or UPDATE leaves must be a logged point. Falsifying a result therefore means changing

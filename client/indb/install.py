@@ -32,6 +32,9 @@ REQUIRED_EXTENSIONS = {
     "`apt-get install postgresql-<major>-plpython3` (PostgreSQL 15: postgresql-plpython3-15).",
 }
 
+# indb's own C functions (sql/c, the audit log's append path): built with PGXS into the server's library folder
+C_LIBRARY = "indb_audit"
+
 
 def sql_files() -> list[Path]:
     return sorted((repo_root() / "sql").glob("*.sql"))
@@ -102,6 +105,15 @@ def _apply_sql(cur) -> list[str]:
         try:
             cur.execute(render_sql(f, vector_schema))
         except psycopg.Error as e:
+            if e.sqlstate == "58P01" and C_LIBRARY in str(e):
+                raise InstallError(
+                    f"cannot install indb: its C library {C_LIBRARY}.so is not in this server's library folder "
+                    "(pg_config --pkglibdir); nothing was changed.",
+                    sqlstate="58P01",
+                    hint="Build and install it on the database server: `make c-functions` in this repository (as "
+                    "root, or with sudo), or `make -C sql/c install PG_CONFIG=<the server's pg_config>`; the "
+                    "docker/Dockerfile image has it.",
+                ) from e
             raise InstallError(
                 f"applying {f.relative_to(repo_root())} failed: {e}", sqlstate=getattr(e, "sqlstate", None)
             ) from e

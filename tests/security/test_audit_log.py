@@ -21,6 +21,8 @@ import psycopg
 import pytest
 from helpers import login_name
 
+LANE_LOCK = 182285636  # audit._lane_lock(): hashtext('indb audit lane')
+
 
 def one(conn, sql, params=None):
     row = conn.execute(sql, params).fetchone()
@@ -72,12 +74,18 @@ def test_an_open_audited_transaction_does_not_stall_another_tenant(connect_as, l
 
 
 def test_a_forged_lane_setting_neither_waits_nor_breaks_a_lane(connect_as, logins, sconn):
-    """A session may SET indb.audit_lane (anyone may set a custom setting): naming the lane another open
-    transaction holds, or a made-up place, neither waits for it nor writes into it; the writer takes a free lane
-    and every lane stays consistent."""
+    """A session may SET any custom setting, the indb.audit_lane* ones older versions kept the held lane in
+    included: naming the lane another open transaction holds, or a made-up place, neither waits for it nor
+    writes into it; the writer takes a free lane and every lane stays consistent."""
     with psycopg.connect(logins["globex_writer"]) as holder:
         holder.execute("select registry.start_run(%s)", [f"exp_{secrets.token_hex(4)}"])
-        held = one(holder, "select current_setting('indb.audit_lane', true)")  # "<lane>/<ctid of its row>"
+        # the lane the open transaction holds: its advisory lock (class audit._lane_lock(), key the lane)
+        lane_held = one(
+            sconn,
+            "select objid from pg_locks where locktype = 'advisory' and classid = %s and objsubid = 2 and pid = %s",
+            [LANE_LOCK, holder.info.backend_pid],
+        )
+        held = f"{lane_held}/(0,1)"  # "<lane>/<ctid of its row>"
         forger = connect_as("acme_writer")
         forger.execute("set lock_timeout = '3s'")
         for forged in (held, held.split("/")[0] + "/(0,1)", "1/(4294967295,1)", "garbage"):

@@ -152,6 +152,67 @@ def test_a_change_of_the_bytes_alone_is_an_event(conn):
     assert last == {"description": "x"}
 
 
+class _Undo(Exception):
+    pass
+
+
+def test_events_of_a_rolled_back_savepoint_vanish_and_the_lane_stays_linked(conn):
+    """The lane a transaction holds, and where its row's newest version is, live in the backend's memory: a
+    savepoint rolled back takes back its events and its moves of the lane, also when the transaction claimed
+    its lane inside it, and when a PL/pgSQL exception block rolls back. The events that stay are consecutive
+    in one lane, each linked to the one before, and the log verifies."""
+    tag = secrets.token_hex(4)
+    insert = "insert into registry.experiments(name) values (%s)"
+    before = one(conn, "select coalesce(max(id), 0) from audit.events")
+    with conn.transaction():
+        with pytest.raises(_Undo), conn.transaction():  # the transaction's first event, rolled back
+            conn.execute(insert, [f"a_{tag}"])
+            raise _Undo
+        conn.execute(insert, [f"b_{tag}"])
+        with pytest.raises(_Undo), conn.transaction():
+            conn.execute(insert, [f"c_{tag}"])
+            conn.execute(insert, [f"c2_{tag}"])
+            raise _Undo
+        conn.execute(insert, [f"d_{tag}"])
+        conn.execute(
+            f"do $$ begin insert into registry.experiments(name) values ('e_{tag}'); raise exception 'undo'; "
+            "exception when others then null; end $$"
+        )
+        conn.execute(insert, [f"f_{tag}"])
+    rows = conn.execute(
+        "select new_values ->> 'name', lane, lane_pos, lane_prev, hash from audit.events "
+        "where id > %s and object = 'registry.experiments' and new_values ->> 'name' like %s order by id",
+        [before, f"%_{tag}"],
+    ).fetchall()
+    assert [r[0] for r in rows] == [f"b_{tag}", f"d_{tag}", f"f_{tag}"]
+    assert len({r[1] for r in rows}) == 1
+    assert [r[2] - rows[0][2] for r in rows] == [0, 1, 2]
+    assert rows[1][3] == rows[0][4] and rows[2][3] == rows[1][4]
+    # the lane's row points at the newest event
+    assert one(conn, "select last_hash from audit.lanes where lane = %s", [rows[0][1]]) == rows[2][4]
+    conn.execute("select audit.seal()")
+    assert verify(conn) == (True, None, "ok")
+
+
+def test_a_transaction_of_many_events_stays_linked(conn):
+    """5,000 events in one transaction: each moves the lane's row by its place (no walk over the versions the
+    transaction made), and the lane links them all."""
+    tag = secrets.token_hex(4)
+    before = one(conn, "select coalesce(max(id), 0) from audit.events")
+    conn.execute(
+        "insert into registry.experiments(name) select 'many_' || %s || '_' || g from generate_series(1, 5000) g",
+        [tag],
+    )
+    n, lanes, span = conn.execute(
+        "select count(*), count(distinct lane), max(lane_pos) - min(lane_pos) from audit.events "
+        "where id > %s and object = 'registry.experiments' and new_values ->> 'name' like %s",
+        [before, f"many_{tag}_%"],
+    ).fetchone()
+    assert (n, lanes, span) == (5000, 1, 4999)
+    conn.execute("select audit.seal()")
+    assert verify(conn) == (True, None, "ok")
+
+
 @pytest.mark.parametrize("role", [None] + ROLES)
 def test_update_delete_truncate_refused_for_every_role(conn, role):
     conn.execute("select registry.start_run(%s)", [f"exp_{secrets.token_hex(4)}"])

@@ -91,6 +91,27 @@ def test_failed_install_rolls_back_everything(empty_db, tmp_path, monkeypatch):
         assert c.execute("select count(*) from pg_extension where extname = 'vector'").fetchone()[0] == 0
 
 
+def test_install_without_the_c_library_says_how_to_build_it_and_changes_nothing(empty_db, monkeypatch):
+    """A server without indb_audit.so (a fresh server where `make c-functions` did not run): the install fails
+    with 58P01 and the command that builds it, and leaves no half state."""
+    import indb.install as inst
+
+    dsn = empty_db("indb_no_c")
+    render = inst.render_sql
+    monkeypatch.setattr(inst, "C_LIBRARY", "indb_audit_not_built")
+    monkeypatch.setattr(
+        inst,
+        "render_sql",
+        lambda p, vs="public": render(p, vs).replace("'$libdir/indb_audit'", "'$libdir/indb_audit_not_built'"),
+    )
+    with pytest.raises(inst.InstallError, match="indb_audit_not_built.so is not in this server's library") as ei:
+        inst.install(dsn, venv=sys.prefix)
+    assert ei.value.sqlstate == "58P01"
+    assert "make c-functions" in ei.value.hint
+    with psycopg.connect(dsn) as c:
+        assert c.execute("select to_regnamespace('audit') is null").fetchone()[0]
+
+
 def test_install_refuses_a_venv_the_server_cannot_use(empty_db):
     dsn = empty_db("indb_badvenv")
     with pytest.raises(inst_error(), match="cannot load the indb runtime") as ei:
