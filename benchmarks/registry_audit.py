@@ -11,6 +11,9 @@ in many short alternating blocks so that load from other work on the shared mach
 The overhead is the median over adjacent (on, off) block pairs of on/off - 1, with the medians of each side, in
 wall-clock time and in CPU time of the server backend(s) doing the work (/proc/<pid>/schedstat, when the server
 runs on this machine): on a shared machine, CPU time is the steadier measure of what the audit costs.
+c_vs_plpgsql: the same workload, audit on, alternating between the append path of today (C, sql/c) and the PL/pgSQL
+one of revision PLPGSQL_REF (its audit._append, _row_trigger and _batch_trigger, taken with `git show` and created
+in place), and with the audit off: backend CPU per iteration of each side. Skipped where git cannot show it.
 seal: where audit.seal() exists, the events the workload left pending are sealed and timed.
 verify(): N_EVENTS synthetic events appended through audit._append (the trigger path) in transactions of
 1,000, sealed (where sealing exists), then audit.verify() timed 3 times; seconds per million = median * 1e6 / events.
@@ -18,8 +21,11 @@ verify(): N_EVENTS synthetic events appended through audit._append (the trigger 
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import threading
+from pathlib import Path
 
 import psycopg
 
@@ -31,6 +37,10 @@ THREADS = 4
 MT_BLOCKS = 6
 MT_PER_THREAD = 8
 N_EVENTS = 200_000
+AB_BLOCKS = 30
+AB_PER_BLOCK = 12
+# the last revision whose audit append was PL/pgSQL
+PLPGSQL_REF = os.environ.get("INDB_AUDIT_PLPGSQL_REF", "5ea01fe")
 
 
 def backend_cpu_s(pids: list[int]) -> float | None:
@@ -100,6 +110,67 @@ def paired_overhead(on: list[float], off: list[float], higher_is_better: bool = 
     return round((statistics.median(ratios) - 1) * 100, 1)
 
 
+def plpgsql_append(rev: str) -> str | None:
+    """The CREATE statements of audit._append, _row_trigger and _batch_trigger as PL/pgSQL at revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(
+        ["git", "show", f"{rev}:sql/800-audit-int.sql"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if shown.returncode != 0:
+        return None
+    text, parts = shown.stdout, []
+    for start, end in (
+        ("create or replace function audit._append(", "comment on function audit._append("),
+        ("create or replace function audit._row_trigger()", "-- statement trigger of history tables"),
+        ("create or replace function audit._batch_trigger()", "-- registry.latest_metrics is derived"),
+    ):
+        a = text.find(start)
+        b = text.find(end, a)
+        if a < 0 or b < 0 or "language plpgsql" not in text[a:b]:
+            return None
+        parts.append(text[a:b])
+    return "\n".join(parts)
+
+
+def c_vs_plpgsql(client, admin: psycopg.Connection, pids: list[int]) -> dict | None:
+    """Backend CPU per iteration: the audit off, the C append, the PL/pgSQL append of PLPGSQL_REF; alternating."""
+    old = plpgsql_append(PLPGSQL_REF)
+    if old is None:
+        return None
+    current = admin.execute(
+        "select string_agg(pg_get_functiondef(p.oid), E';\\n') || ';' from pg_proc p "
+        "join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = 'audit' and p.proname in ('_append', '_row_trigger', '_batch_trigger')"
+    ).fetchone()[0]
+    sides = {"off": None, "c": current, "plpgsql": old}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
+    try:
+        for b in range(AB_BLOCKS):
+            for side in list(sides) if b % 2 == 0 else list(sides)[::-1]:
+                set_audit(admin, side != "off")
+                if sides[side]:
+                    admin.execute(sides[side])
+                workload(client, 2, f"ab-warm{b}{side}")  # plans made again after the functions changed
+                c0 = backend_cpu_s(pids)
+                workload(client, AB_PER_BLOCK, f"ab{b}{side}")
+                c1 = backend_cpu_s(pids)
+                if c0 is not None and c1 is not None:
+                    cpu[side].append((c1 - c0) / AB_PER_BLOCK * 1000.0)
+    finally:
+        admin.execute(current)
+        set_audit(admin, True)
+    if not cpu["off"]:
+        return None
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    return {
+        "reference": PLPGSQL_REF,
+        "iterations_per_side": AB_BLOCKS * AB_PER_BLOCK,
+        "backend_cpu_ms_per_iteration": {k: round(v, 3) for k, v in med.items()},
+        "audit_cpu_ms_per_iteration": {k: round(med[k] - med["off"], 3) for k in ("c", "plpgsql")},
+        "cpu_overhead_pct": {k: round((med[k] / med["off"] - 1) * 100, 1) for k in ("c", "plpgsql")},
+    }
+
+
 def has_seal(conn: psycopg.Connection) -> bool:
     return conn.execute("select to_regprocedure('audit.seal()') is not null").fetchone()[0]
 
@@ -145,6 +216,8 @@ def main() -> None:
             admin.execute("select count(*) from audit.events").fetchone()[0] - before
         ) / 10
         print("overhead", overhead)
+        versus = c_vs_plpgsql(client, admin, pids)
+        print("c_vs_plpgsql", versus)
 
         clients = [indb.connect(dsn) for _ in range(THREADS)]
         concurrent(clients, 2, "mtwarm")
@@ -232,6 +305,7 @@ def main() -> None:
                 "workload": "per iteration: start_run, log_params(10), 20 metrics in one log_batch, set_tag, end_run, "
                 "register_model (1 KiB), set_alias",
                 "overhead": overhead,
+                "c_vs_plpgsql": versus,
                 "concurrency": concurrency,
                 "seal": seal,
                 "verify": verify,
