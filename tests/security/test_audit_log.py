@@ -50,6 +50,25 @@ def test_a_role_without_rights_cannot_append_to_the_audit_log(connect_as, sconn)
             nr.execute(sql)
 
 
+@pytest.mark.parametrize("role", ["norights", "writer", "acme_writer", "admin"])
+def test_no_role_can_put_the_audit_triggers_on_its_own_table_to_forge_events(connect_as, sconn, role):
+    """The audit triggers (C, SECURITY DEFINER as the log's owner) would write whatever row a table gives them,
+    tenant column included: on a table of the attacker's own they would forge events. Attaching them needs
+    EXECUTE, which no role has."""
+    c = connect_as(role)
+    c.execute("create temp table forged(id int primary key, tenant text, note text)")
+    before = newest_event(sconn)
+    for trg in (
+        "create trigger f after insert on pg_temp.forged for each row execute function audit._row_trigger('id')",
+        "create trigger f after insert on pg_temp.forged referencing new table as new_rows "
+        "for each statement execute function audit._batch_trigger('note')",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(trg)
+    c.execute("insert into pg_temp.forged values (1, 'globex', 'x')")
+    assert newest_event(sconn) == before
+
+
 def test_a_role_without_rights_cannot_stall_audited_writes(connect_as, logins):
     with psycopg.connect(logins["norights"]) as nr:  # a transaction left open after its GRANT
         nr.execute("create temp table t(x int)")
