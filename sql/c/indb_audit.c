@@ -132,15 +132,20 @@ try_lane_lock(int32 lane)
 											Int32GetDatum(lane)));
 }
 
-/* run the append statement; true (and the lane's new place) when the lane's row was there to move */
+/*
+ * Run the append statement on the lane's row: by its place `at` where given (plan_by_place), else by the lane's
+ * key (plan_by_lane). True, and the row's new place, when the row was there to move.
+ */
 static bool
-run_append(SPIPlanPtr plan, Datum *values, const char *nulls, int32 lane, ItemPointer place)
+run_append(Datum *values, char *nulls, int32 lane, ItemPointer at, ItemPointer place)
 {
 	bool		isnull;
 	int			rc;
 
 	values[9] = Int32GetDatum(lane);
-	rc = SPI_execute_plan(plan, values, nulls, false, 1);
+	values[10] = PointerGetDatum(at);
+	nulls[10] = at ? ' ' : 'n';
+	rc = SPI_execute_plan(at ? plan_by_place : plan_by_lane, values, nulls, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "audit: the append statement failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -149,13 +154,19 @@ run_append(SPIPlanPtr plan, Datum *values, const char *nulls, int32 lane, ItemPo
 	return true;
 }
 
+/* what an event is made of, in the order of audit._append's arguments */
+enum
+{
+	EV_ACTION, EV_OBJECT, EV_ROW_KEY, EV_OLD, EV_NEW, EV_TENANT, EV_ACTING, EV_FIELDS
+};
+
 /*
- * Append one event; its id. Called with SPI not connected. Never waits for another transaction: the lane is
- * claimed with advisory try-locks (the lane held, this session's last lane, any free lane, else a new one).
+ * Append one event (its fields, EV_FIELDS of them, and their null flags); its id. Never waits for another
+ * transaction: the lane is claimed with advisory try-locks (the lane held, this session's last lane, any free
+ * lane, else a new one). Connects to SPI itself (nested, where the caller is connected).
  */
 static int64
-append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old_values, bool old_null,
-			 Datum new_values, bool new_null, Datum tenant, bool tenant_null, Datum acting, bool acting_null)
+append_event(const Datum *ev, const bool *ev_null)
 {
 	Oid			seq;
 	int64		nid;
@@ -171,29 +182,17 @@ append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old
 						errhint("Run indb install.")));
 	nid = nextval_internal(seq, false);
 
-	memset(nulls, ' ', NPARAMS);
+	/* $1 id, $2 time, $3..$9 the event's fields, $10 lane and $11 place (run_append) */
 	nulls[NPARAMS] = '\0';
 	values[0] = Int64GetDatum(nid);
+	nulls[0] = ' ';
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[2] = action;
-	values[3] = object;
-	values[4] = row_key;
-	if (key_null)
-		nulls[4] = 'n';
-	values[5] = old_values;
-	if (old_null)
-		nulls[5] = 'n';
-	values[6] = new_values;
-	if (new_null)
-		nulls[6] = 'n';
-	values[7] = tenant;
-	if (tenant_null)
-		nulls[7] = 'n';
-	values[8] = acting;
-	if (acting_null)
-		nulls[8] = 'n';
-	values[10] = (Datum) 0;
-	nulls[10] = 'n';
+	nulls[1] = ' ';
+	for (int f = 0; f < EV_FIELDS; f++)
+	{
+		values[2 + f] = ev_null[f] ? (Datum) 0 : ev[f];
+		nulls[2 + f] = ev_null[f] ? 'n' : ' ';
+	}
 
 	SPI_connect();
 	saved_plan(&plan_by_place, APPEND_SQL("l.ctid = $11 and l.lane = $10"));
@@ -202,12 +201,8 @@ append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old
 	/* the lane this transaction holds: its row's newest version is where the last event left it */
 	if (held_lxid == MyProc->lxid && try_lane_lock(held_lane))
 	{
-		values[10] = PointerGetDatum(&held_place);
-		nulls[10] = ' ';
 		lane = held_lane;
-		done = run_append(plan_by_place, values, nulls, lane, &place);
-		values[10] = (Datum) 0;
-		nulls[10] = 'n';
+		done = run_append(values, nulls, lane, &held_place, &place);
 	}
 	/* this session's last lane, then any lane no other transaction holds, then a new lane */
 	for (int attempt = 1; !done && attempt <= 3; attempt++)
@@ -223,7 +218,8 @@ append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old
 		{
 			bool		isnull;
 			int			rc = SPI_execute("select l.lane from audit.lanes l "
-										 "where pg_catalog.pg_try_advisory_xact_lock(182285636, l.lane) limit 1",
+										 "where pg_catalog.pg_try_advisory_xact_lock(" CppAsString2(LANE_LOCK_CLASS)
+										 ", l.lane) limit 1",
 										 false, 1);
 
 			if (rc != SPI_OK_SELECT)
@@ -242,7 +238,7 @@ append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old
 			lane = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 			(void) try_lane_lock(lane);
 		}
-		done = run_append(plan_by_lane, values, nulls, lane, &place);
+		done = run_append(values, nulls, lane, NULL, &place);
 	}
 	SPI_finish();
 	if (!done)
@@ -258,16 +254,18 @@ append_event(Datum action, Datum object, Datum row_key, bool key_null, Datum old
 Datum
 indb_audit_append(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	Datum		ev[EV_FIELDS];
+	bool		ev_null[EV_FIELDS];
+
+	if (PG_ARGISNULL(EV_ACTION) || PG_ARGISNULL(EV_OBJECT))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("audit: an event needs an action and an object")));
-	PG_RETURN_INT64(append_event(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
-								 PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2), PG_ARGISNULL(2),
-								 PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3), PG_ARGISNULL(3),
-								 PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4), PG_ARGISNULL(4),
-								 PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5), PG_ARGISNULL(5),
-								 fcinfo->nargs > 6 && !PG_ARGISNULL(6) ? PG_GETARG_DATUM(6) : (Datum) 0,
-								 fcinfo->nargs <= 6 || PG_ARGISNULL(6)));
+	for (int f = 0; f < EV_FIELDS; f++)
+	{
+		ev_null[f] = f >= PG_NARGS() || PG_ARGISNULL(f);
+		ev[f] = ev_null[f] ? (Datum) 0 : PG_GETARG_DATUM(f);
+	}
+	PG_RETURN_INT64(append_event(ev, ev_null));
 }
 
 /* to_jsonb(record): the same conversion as SQL's to_jsonb(old) */
@@ -355,8 +353,8 @@ bytes_differ(Datum a, bool anull, Datum b, bool bnull)
 }
 
 /*
- * The row as jsonb, without its bytea columns (nulled before the conversion, so a large value is never turned
- * into a JSON string), and a second object with their "sha256:<hex>" (only where `other` differs, when given).
+ * The row as jsonb, its bytea columns null (nulled before the conversion, so a large value is never turned into
+ * a JSON string; with_sha256 then puts their hashes in).
  */
 static Jsonb *
 row_without_bytes(HeapTuple tuple, TupleDesc desc, int nbytes, int *byte_cols)
@@ -378,53 +376,25 @@ row_without_bytes(HeapTuple tuple, TupleDesc desc, int nbytes, int *byte_cols)
 	return j;
 }
 
-/* obj without the keys of the bytea columns, plus the keys pushed in extra (already an open object) */
+/*
+ * obj with the "sha256:<hex>" entries pushed in `sha` (an open object) put in place of its null bytea columns. A
+ * column with no entry (an UPDATE that did not change the bytes) stays null on both sides, and the UPDATE's diff
+ * drops it; INSERT and DELETE have an entry for every bytea column.
+ */
 static Jsonb *
-finish_with_bytes(Jsonb *obj, TupleDesc desc, int nbytes, int *byte_cols, JsonbParseState **extra)
+with_sha256(Jsonb *obj, JsonbParseState **sha)
 {
-	JsonbIterator *it = JsonbIteratorInit(&obj->root);
-	JsonbValue	v;
-	JsonbIteratorToken r;
-	JsonbParseState *st = NULL;
-	JsonbValue *res;
-	Jsonb	   *sha;
+	Jsonb	   *entries = JsonbValueToJsonb(pushJsonbValue(sha, WJB_END_OBJECT, NULL));
 
-	/* the sha256 entries */
-	res = pushJsonbValue(extra, WJB_END_OBJECT, NULL);
-	sha = JsonbValueToJsonb(res);
-	/* obj - bytea keys || sha */
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	while ((r = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (r == WJB_KEY)
-		{
-			bool		skip = false;
-			JsonbValue	val;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(obj), JsonbPGetDatum(entries)));
+}
 
-			for (int i = 0; i < nbytes; i++)
-			{
-				Form_pg_attribute a = TupleDescAttr(desc, byte_cols[i] - 1);
-
-				if (strlen(NameStr(a->attname)) == (size_t) v.val.string.len &&
-					memcmp(NameStr(a->attname), v.val.string.val, v.val.string.len) == 0)
-					skip = true;
-			}
-			r = JsonbIteratorNext(&it, &val, true);
-			Assert(r == WJB_VALUE);
-			if (skip)
-				continue;
-			pushJsonbValue(&st, WJB_KEY, &v);
-			pushJsonbValue(&st, WJB_VALUE, &val);
-		}
-	}
-	it = JsonbIteratorInit(&sha->root);
-	while ((r = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (r == WJB_KEY || r == WJB_VALUE)
-			pushJsonbValue(&st, r, &v);
-	}
-	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(res);
+/* "<schema>.<table>", the event's object */
+static Datum
+relation_object(Relation rel)
+{
+	return CStringGetTextDatum(psprintf("%s.%s", get_namespace_name(RelationGetNamespace(rel)),
+										RelationGetRelationName(rel)));
 }
 
 Datum
@@ -442,7 +412,6 @@ indb_audit_row_trigger(PG_FUNCTION_ARGS)
 	int			nbytes;
 	int		   *byte_cols = NULL;
 	const char *op;
-	char	   *object;
 	JsonbValue *tv;
 	Datum		tenant = (Datum) 0;
 	bool		tenant_null = true;
@@ -529,9 +498,9 @@ indb_audit_row_trigger(PG_FUNCTION_ARGS)
 			}
 		}
 		if (o)
-			o = finish_with_bytes(o, desc, nbytes, byte_cols, &os);
+			o = with_sha256(o, &os);
 		if (n)
-			n = finish_with_bytes(n, desc, nbytes, byte_cols, &ns);
+			n = with_sha256(n, &ns);
 	}
 	src = n ? n : o;
 
@@ -601,11 +570,13 @@ indb_audit_row_trigger(PG_FUNCTION_ARGS)
 		n = JsonbValueToJsonb(pushJsonbValue(&ns, WJB_END_OBJECT, NULL));
 	}
 
-	object = psprintf("%s.%s", get_namespace_name(RelationGetNamespace(td->tg_relation)),
-					  RelationGetRelationName(td->tg_relation));
-	(void) append_event(CStringGetTextDatum(op), CStringGetTextDatum(object),
-						PointerGetDatum(k), k == NULL, PointerGetDatum(o), o == NULL, PointerGetDatum(n), n == NULL,
-						tenant, tenant_null, (Datum) 0, true);
+	{
+		Datum		ev[EV_FIELDS] = {CStringGetTextDatum(op), relation_object(td->tg_relation), PointerGetDatum(k),
+		PointerGetDatum(o), PointerGetDatum(n), tenant, (Datum) 0};
+		bool		ev_null[EV_FIELDS] = {false, false, k == NULL, o == NULL, n == NULL, tenant_null, true};
+
+		(void) append_event(ev, ev_null);
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -631,11 +602,7 @@ indb_audit_batch_trigger(PG_FUNCTION_ARGS)
 	SPIPlanPtr	plan = NULL;
 	int			slot = -1;
 	int			rc;
-	bool		isnull,
-				ten_null;
-	Datum		summary,
-				ten;
-	char	   *object;
+	bool		isnull;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || td->tg_newtable == NULL || td->tg_trigger->tgnargs != 1)
@@ -686,12 +653,12 @@ indb_audit_batch_trigger(PG_FUNCTION_ARGS)
 		elog(ERROR, "audit: the batch summary failed: %s", SPI_result_code_string(rc));
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)) > 0)
 	{
-		summary = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		ten = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &ten_null);
-		object = psprintf("%s.%s", get_namespace_name(RelationGetNamespace(td->tg_relation)),
-						  RelationGetRelationName(td->tg_relation));
-		(void) append_event(CStringGetTextDatum("INSERT_BATCH"), CStringGetTextDatum(object), (Datum) 0, true,
-							(Datum) 0, true, summary, false, ten, ten_null, (Datum) 0, true);
+		Datum		ev[EV_FIELDS] = {CStringGetTextDatum("INSERT_BATCH"), relation_object(td->tg_relation), (Datum) 0,
+		(Datum) 0, SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), (Datum) 0, (Datum) 0};
+		bool		ev_null[EV_FIELDS] = {false, false, true, true, false, true, true};
+
+		ev[EV_TENANT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &ev_null[EV_TENANT]);
+		(void) append_event(ev, ev_null);
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
