@@ -152,6 +152,40 @@ def test_a_change_of_the_bytes_alone_is_an_event(conn):
     assert last == {"description": "x"}
 
 
+def test_bytea_columns_are_recorded_by_hash_on_every_kind_of_change(conn):
+    """A table with two bytea columns: an INSERT records each as its sha256 (null as null); an UPDATE records
+    only the bytes that changed (set to null included) and none when they did not; a DELETE records the old
+    hashes; the rest of the row is plain jsonb."""
+    t = f"public.audit_bytes_{secrets.token_hex(3)}"
+    conn.execute(f"create table {t}(id int primary key, tenant text, a bytea, b bytea, note text)")
+    conn.execute("select audit.attach(%s)", [t])
+
+    def sha(x: bytes) -> str:
+        return "sha256:" + hashlib.sha256(x).hexdigest()
+
+    before = one(conn, "select coalesce(max(id), 0) from audit.events")
+    for sql in (
+        f"insert into {t} values (1, 'acme', 'x', null, 'n1')",
+        f"update {t} set note = 'n2' where id = 1",
+        f"update {t} set a = null, b = 'y' where id = 1",
+        f"update {t} set a = a, b = b where id = 1",
+        f"delete from {t} where id = 1",
+    ):
+        conn.execute(sql)
+    ev = conn.execute(
+        "select action, row_key, old_values, new_values, tenant from audit.events where id > %s and object = %s "
+        "order by id",
+        [before, t],
+    ).fetchall()
+    row = {"id": 1, "tenant": "acme"}
+    assert ev == [
+        ("INSERT", {"id": 1}, None, {**row, "a": sha(b"x"), "b": None, "note": "n1"}, "acme"),
+        ("UPDATE", {"id": 1}, {"note": "n1"}, {"note": "n2"}, "acme"),
+        ("UPDATE", {"id": 1}, {"a": sha(b"x"), "b": None}, {"a": None, "b": sha(b"y")}, "acme"),
+        ("DELETE", {"id": 1}, {**row, "a": None, "b": sha(b"y"), "note": "n2"}, None, "acme"),
+    ]
+
+
 class _Undo(Exception):
     pass
 
