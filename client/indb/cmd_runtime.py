@@ -46,7 +46,8 @@ def _status(args) -> int:
     for m in st["models"]:
         print(
             f"  model {', '.join(m['names'])}: {m['dimensions']} dims, {m['parameter_bytes'] / 2**20:.0f} MiB of "
-            f"parameters on {m['device']}, loaded in {m['load_seconds']} s from {m['folder']}"
+            f"parameters on {m['device']} ({m.get('engine', 'torch')}), loaded in {m['load_seconds']} s from "
+            f"{m['folder']}"
         )
     return 0
 
@@ -59,6 +60,8 @@ def _serve(args) -> int:
         argv += ["--workers", str(args.workers)]
     for p in args.preload or []:
         argv += ["--preload", p]
+    if args.engine:
+        argv += ["--engine", args.engine]
     if os.geteuid() == 0:
         argv = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in server_environment().items()], *argv]
     os.execvpe(argv[0], argv, {**os.environ, **server_environment()})
@@ -90,6 +93,11 @@ def register(sub) -> None:
     v.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
     v.add_argument("--workers", type=int, default=0, help="model calls side by side (default: one per core, at most 4)")
     v.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
+    v.add_argument(
+        "--engine",
+        choices=["auto", "torch"],
+        help="auto (default): ONNX Runtime for the models it reproduces on a CPU, else PyTorch; torch: PyTorch only",
+    )
     v.set_defaults(func=_serve)
     acts.add_parser("start", help="start the supervised service in the background").set_defaults(func=_start)
     acts.add_parser("stop", help="stop the service and its supervisor").set_defaults(func=_stop)

@@ -32,14 +32,14 @@ log = logging.getLogger("indb_runtime.packing")
 # pack a batch when padding would add at least this share of its tokens (n x longest > (1 + share) x sum)
 MIN_PADDING_SHARE = 0.15
 # probe texts of different lengths for the self-check of a model (packed against sentence-transformers)
-_PROBES = (
+PROBES = (
     "Cells divide.",
     "PostgreSQL keeps the embeddings next to the rows they describe, so a search reads one database.",
     "A",
     "Dynamic batching collects requests from many connections; padding each text to the longest one of the "
     "batch wastes most of the work on a CPU when the texts differ in length, which packing avoids entirely.",
 )
-_MIN_COSINE = 0.999999
+MIN_COSINE = 0.999999
 _UNSET = object()
 # batches and texts embedded packed by this process (embedding.model_call), for the runtime service's statistics
 _COUNTS = {"batches": 0, "texts": 0}
@@ -57,7 +57,7 @@ def counts() -> dict:
         return dict(_COUNTS)
 
 
-def _packable(model: Any) -> bool:
+def packable(model: Any) -> bool:
     """True when ``model`` is exactly what packed_encode reproduces (module classes and settings)."""
     try:
         mods = list(model)
@@ -86,7 +86,7 @@ def packer(model: Any) -> Callable[[dict, bool], Any] | None:
     if known is not _UNSET:
         return known  # type: ignore[return-value]
     fn: Callable[[dict, bool], Any] | None = None
-    if _packable(model):
+    if packable(model):
         import numpy as np
 
         def run(feats: dict, normalize: bool) -> Any:
@@ -94,11 +94,11 @@ def packer(model: Any) -> Callable[[dict, bool], Any] | None:
 
         try:
             want = np.stack(
-                [model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in _PROBES]
+                [model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in PROBES]
             ).astype(np.float64)
-            got = run(tokenize(model, _PROBES), False).astype(np.float64)
+            got = run(tokenize(model, PROBES), False).astype(np.float64)
             cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
-            if float(cos.min()) >= _MIN_COSINE:
+            if float(cos.min()) >= MIN_COSINE:
                 fn = run
             else:
                 log.warning("packed batches disabled for this model: probe cosine %.9f", float(cos.min()))

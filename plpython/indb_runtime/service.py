@@ -27,6 +27,11 @@ each core on synchronisation: two single-threaded calls side by side embed more 
 on two threads (measured here for 4-text batches of SciFact sentences: 13.5 ms of CPU per text against 20.6;
 benchmarks/runtime_shared.py). On a GPU the waiting texts go to one call: the workers' calls would queue on the one
 device (benchmarks/runtime_device.py).
+
+Engine: on a CPU, the models packing.py reproduces run on ONNX Runtime (onnx_engine.py: exported once into
+``runtime/onnx/``, checked against the model's own vectors at load, a call's texts in groups alike in length run
+side by side on the threads the call was given); every other model, and any model with ``--engine torch``
+(INDB_RUNTIME_ENGINE=torch), on PyTorch as described above.
 """
 
 from __future__ import annotations
@@ -129,9 +134,12 @@ def wire_error(code: str, message: str, hint: str | None = None) -> WireError:
 
 # -- models ----------------------------------------------------------------------------------------
 class Models:
-    """One loaded copy per (folder, max_tokens); loaded by the first request that needs it."""
+    """One loaded copy per (folder, max_tokens); loaded by the first request that needs it, with its ONNX Runtime
+    engine (onnx_engine.py; the graph kept in ``onnx_dir``) unless ``engine`` is torch."""
 
-    def __init__(self) -> None:
+    def __init__(self, onnx_dir: Path | None = None, engine: str | None = None) -> None:
+        self.onnx_dir = onnx_dir
+        self.engine = engine
         self.models: dict[tuple[str, int | None], Any] = {}
         self.info: dict[tuple[str, int | None], dict] = {}
         self.lock = threading.Lock()
@@ -155,6 +163,11 @@ class Models:
                 code = getattr(e, "sqlstate", "38000")
                 raise wire_error(code, getattr(e, "message", str(e))) from None
             params = sum(p.numel() * p.element_size() for p in m.parameters())
+            eng = None
+            if self.onnx_dir is not None:
+                from . import onnx_engine
+
+                eng = onnx_engine.prepare(m, self.onnx_dir, self.engine)
             self.info[key] = {
                 "names": {r.name},
                 "folder": r.folder,
@@ -163,6 +176,7 @@ class Models:
                 "load_seconds": round(time.time() - t0, 3),
                 "parameter_bytes": int(params),
                 "device": str(m.device),
+                "engine": eng.describe() if eng is not None else "torch",
             }
             self.models[key] = m
             log.info("loaded model %s from %s in %.2f s", r.name, r.folder, time.time() - t0)
@@ -207,6 +221,13 @@ def workers_arg(value: str) -> int:
             f"--workers {n}: give a whole number from 1 to 64 (default: one per core, at most 4)"
         )
     return n
+
+
+def engine_arg(value: str) -> str:
+    """--engine / INDB_RUNTIME_ENGINE: auto (ONNX Runtime where it reproduces the model, onnx_engine.py) or torch."""
+    if value not in ("auto", "torch"):
+        raise argparse.ArgumentTypeError(f"--engine {value!r}: give auto or torch")
+    return value
 
 
 class Batcher:
@@ -363,15 +384,19 @@ class Batcher:
         the jobs' outputs, or their error, and sets each job done once all its texts are in."""
         import numpy as np
 
-        from . import embedding
+        from . import embedding, onnx_engine
 
         job0 = batch[0][0]
         texts = [t for j, a, b in batch for t in j.texts[a:b]]
         try:
             with self.cond:
                 threads = self.threads_for_call(os.cpu_count() or 1, texts)
-            device.set_torch_threads(threads)
-            vecs = embedding.model_call(job0.model, texts, job0.normalize)
+            eng = onnx_engine.attached(job0.model)
+            if eng is not None:
+                vecs = eng.embed(texts, job0.normalize, threads)
+            else:
+                device.set_torch_threads(threads)
+                vecs = embedding.model_call(job0.model, texts, job0.normalize)
             err = None
         except Exception as e:
             # a failure (of the model, or of setting its threads) fails the requests of this batch, not the
@@ -422,9 +447,10 @@ class Batcher:
                 last_trim = time.monotonic()
 
     def stats(self) -> dict:
-        from . import packing
+        from . import onnx_engine, packing
 
         packed = packing.counts()
+        onnx = onnx_engine.counts()
         with self.cond:
             return {
                 "requests": self.requests,
@@ -434,6 +460,11 @@ class Batcher:
                 # batches of texts of different lengths embedded without padding (packing.py)
                 "packed_batches": packed["batches"],
                 "packed_texts": packed["texts"],
+                # ONNX Runtime session calls (texts alike in length, padded to the longest of each group)
+                "onnx_calls": onnx["calls"],
+                "onnx_texts": onnx["texts"],
+                "onnx_tokens": onnx["tokens"],
+                "onnx_padding_tokens": onnx["padding"],
                 "workers": self.workers,
                 "busy_workers": self.busy,
                 "most_busy_workers": self.most_busy,
@@ -459,13 +490,21 @@ def _memory() -> dict:
 
 
 class Service:
-    def __init__(self, data: Path, window_ms: float, max_batch: int, max_request_bytes: int, workers: int = 1):
+    def __init__(
+        self,
+        data: Path,
+        window_ms: float,
+        max_batch: int,
+        max_request_bytes: int,
+        workers: int = 1,
+        engine: str | None = None,
+    ):
         self.data = data
         self.dir = wire.runtime_dir(data)
         self.path = self.dir / wire.SOCKET_NAME
         self.max_request_bytes = max_request_bytes
         self.catalog = Catalog(data)
-        self.models = Models()
+        self.models = Models(self.dir / "onnx", engine)
         self.batcher = Batcher(window_ms, max_batch, workers)
         self.started = time.time()
         self.listener: socket.socket | None = None
@@ -676,7 +715,7 @@ def serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(k, v)
     data = Path(args.data).resolve()
     _setup_logging(None if args.log == "-" else Path(args.log or default_log(data)))
-    svc = Service(data, args.window_ms, args.max_batch, args.max_request_bytes, args.workers)
+    svc = Service(data, args.window_ms, args.max_batch, args.max_request_bytes, args.workers, args.engine)
     svc.prepare()
     svc.listen()
 
@@ -687,12 +726,13 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     log.info(
-        "serving on %s (pid %d, window %.1f ms, max batch %d, %d workers)",
+        "serving on %s (pid %d, window %.1f ms, max batch %d, %d workers, engine %s)",
         svc.path,
         os.getpid(),
         args.window_ms,
         args.max_batch,
         svc.batcher.workers,
+        args.engine,
     )
     for item in args.preload or []:
         db, _, model = item.partition("/")
@@ -765,6 +805,7 @@ def supervise(args: argparse.Namespace) -> int:
 def _passthrough(args: argparse.Namespace) -> list[str]:
     out = ["--data", str(args.data), "--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
     out += ["--max-request-bytes", str(args.max_request_bytes), "--workers", str(args.workers)]
+    out += ["--engine", args.engine]
     if args.log:
         out += ["--log", args.log]
     for p in args.preload or []:
@@ -787,6 +828,12 @@ def parser() -> argparse.ArgumentParser:
         help="threads that make model calls side by side (default: one per core, at most 4)",
     )
     p.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
+    p.add_argument(
+        "--engine",
+        type=engine_arg,
+        default=os.environ.get("INDB_RUNTIME_ENGINE") or "auto",
+        help="auto: ONNX Runtime for the models it reproduces on a CPU, else PyTorch (onnx_engine.py); torch: PyTorch",
+    )
     return p
 
 

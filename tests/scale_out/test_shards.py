@@ -345,9 +345,12 @@ def test_hybrid_search_equals_single_node(corpus, sconn, conn):
             )
             assert [r[0] for r in a] == [r[0] for r in b] and len(a) == 10
             assert [r[2:] for r in a] == [r[2:] for r in b]
-            # vectors embedded on each shard vs here: the same model and runtime, so the same ranks; the
-            # scores of the vector leg may differ in the last float4 bits
-            assert all(abs(x[1] - y[1]) <= 1e-6 for x, y in zip(a, b, strict=True))
+            # vectors embedded on each shard vs here: the same model, so the same ranks. The shards here run no
+            # runtime service, so their backends embed with PyTorch while this database's service runs ONNX
+            # Runtime: the vectors agree to ~2e-7 a component (cosine >= 0.9999998), and the weighted fusion
+            # rescales the vector scores by their range over the candidates
+            worst = max(abs(x[1] - y[1]) for x, y in zip(a, b, strict=True))
+            assert worst <= 1e-5, (method, t, worst)
 
 
 def test_filters_work_as_on_one_node(corpus, sconn):
