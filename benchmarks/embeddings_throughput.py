@@ -35,6 +35,11 @@ WORKER_TAKE = 256  # rows per ml.process_queue transaction (the default: 4 x bat
 DB = "indb_bench_embeddings"
 
 
+def destination(c, source: str) -> str:
+    """The table a vectorizer of ``source`` writes its embeddings to (ml.vectorizers names it)."""
+    return c.execute("select destination::text from ml.vectorizers where source = %s::regclass", [source]).fetchone()[0]
+
+
 def texts(n: int) -> list[str]:
     out = []
     with open(DATA / "scifact" / "corpus.jsonl") as f:
@@ -136,7 +141,7 @@ def main() -> None:
         t = time.time()
         c.execute("insert into bench_sync select i, t from unnest(%s::text[]) with ordinality u(t, i)", [data])
         side("3_sync_vectorizer_one_insert", time.time() - t)
-        assert c.execute("select count(*) from bench_sync_embeddings").fetchone()[0] == n
+        assert c.execute(f"select count(*) from {destination(c, 'bench_sync')}").fetchone()[0] == n
 
     # 4. async vectorizer, 1 and 2 workers
     for workers in (1, 2):
@@ -156,10 +161,13 @@ def main() -> None:
         def loop(wc, tbl=tbl, errs=errs):
             try:
                 while True:
-                    r = wc.execute("select ml.process_queue(%s, %s)", [tbl, WORKER_TAKE]).fetchone()[0]
-                    if r["processed"] == 0 and r["pending"] == 0:
+                    processed, pending = wc.execute(
+                        "select coalesce(sum(processed), 0), coalesce(sum(pending), 0) from ml.process_queue(%s, %s)",
+                        [tbl, WORKER_TAKE],
+                    ).fetchone()
+                    if processed == 0 and pending == 0:
                         return
-                    if r["processed"] == 0:
+                    if processed == 0:
                         time.sleep(0.01)
             except Exception as e:
                 errs.append(e)
@@ -175,7 +183,7 @@ def main() -> None:
             wc.close()
         assert not errs, errs
         with connect(dsn) as c:
-            assert c.execute(f"select count(*) from {tbl}_embeddings").fetchone()[0] == n
+            assert c.execute(f"select count(*) from {destination(c, tbl)}").fetchone()[0] == n
         side(
             f"4_async_{workers}_worker" + ("s" if workers > 1 else ""),
             drained,

@@ -268,7 +268,10 @@ def main() -> None:
         with connect(dsn, "shared") as c:  # the service loads the model before anything is measured
             c.execute("select ml.embed(%s, 'warm the service')", [MODEL])
         st = cluster.runtime_stats() or {}
-        res["service"] = {k: st.get(k) for k in ("window_ms", "max_batch", "max_request_bytes")}
+        res["service"] = {k: st.get(k) for k in ("window_ms", "max_batch", "max_request_bytes", "workers")}
+        # the service's engine for the model (ONNX Runtime by default, PyTorch with INDB_RUNTIME_ENGINE=torch);
+        # backends run PyTorch
+        res["service"]["engine"] = next((m.get("engine", "torch") for m in st.get("models", [])), None)
         # each measurement in both modes back to back, so that both see the same machine
         m: dict = {mode: {} for mode in MODES}
         for mode in MODES:
@@ -298,7 +301,8 @@ def main() -> None:
         "bulk_cpu_ratio": round(b["bulk"]["cpu_ms_per_row"] / s["bulk"]["cpu_ms_per_row"], 2),
         "first_call_shared_ms": s["first_call"]["median_ms"],
     }
-    path = common.write("runtime", res)
+    # INDB_BENCH_RESULT: another results file, e.g. for a run with the service on PyTorch (INDB_RUNTIME_ENGINE=torch)
+    path = common.write(os.environ.get("INDB_BENCH_RESULT", "runtime"), res)
     print(f"wrote {path}: {res['targets']}")
 
 
