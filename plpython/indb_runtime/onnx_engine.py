@@ -62,16 +62,17 @@ def attached(model: Any) -> Engine | None:
     return eng if isinstance(eng, Engine) else None
 
 
-def prepare(model: Any, folder: Path, choice: str | None = None) -> Engine | None:
+def prepare(model: Any, folder: Path, choice: str | None = None, source: str = "") -> Engine | None:
     """Make (once per model object) the engine for ``model``, its graph exported into ``folder`` when not there
-    yet; None when the model is left to PyTorch (not wanted, not a model this reproduces, or a failure: logged)."""
+    yet; None when the model is left to PyTorch (not wanted, not a model this reproduces, or a failure: logged).
+    ``source``: where the model was loaded from (its graphs are named after it: export)."""
     known = getattr(model, "_indb_onnx", _UNSET)
     if known is not _UNSET:
         return known if isinstance(known, Engine) else None
     eng: Engine | None = None
     if wanted(choice) and packing.packable(model) and getattr(model.tokenizer, "padding_side", "right") == "right":
         try:
-            eng = Engine(model, export(model, folder))
+            eng = Engine(model, export(model, folder, source))
             eng.check()
         except ImportError as e:
             log.info("onnxruntime is not installed (%s): models run on PyTorch", e)
@@ -115,15 +116,18 @@ def _encoder(bert: Any) -> Any:
     return Encoder(bert).eval()
 
 
-def export(model: Any, folder: Path) -> Path:
-    """The model's encoder as an ONNX file in ``folder`` (exported when missing; written beside and renamed, so a
-    reader never sees half a file)."""
-    path = Path(folder) / f"encoder-{_digest(model)}.onnx"
+def export(model: Any, folder: Path, source: str = "") -> Path:
+    """The model's encoder as an ONNX file in ``folder``, exported when missing (written beside and renamed, so a
+    reader never sees half a file). The name is encoder-<source>-<digest>.onnx, both digested: a new export of a
+    model from the same source (its weights changed, or torch or onnxruntime was upgraded) removes that source's
+    older graphs, and any half-written file an export killed midway left behind."""
+    folder = Path(folder)
+    prefix = f"encoder-{hashlib.sha256(source.encode()).hexdigest()[:12]}-"
+    path = folder / f"{prefix}{_digest(model)}.onnx"
     if path.exists():
         return path
     import torch
 
-    folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     feats = packing.tokenize(model, packing.PROBES)
     types = feats.get("token_type_ids")
@@ -145,6 +149,11 @@ def export(model: Any, folder: Path) -> Path:
         )
     os.replace(tmp, path)
     log.info("exported the encoder to %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    # one service per cluster exports, one model at a time (service.Models): any other file of this source is old
+    for old in [*folder.glob(f"{prefix}*.onnx"), *folder.glob(f".{prefix}*")]:
+        if old != path:
+            old.unlink(missing_ok=True)
+            log.info("removed %s (an older graph of this model, or a half-written one)", old.name)
     return path
 
 

@@ -167,7 +167,7 @@ class Models:
             if self.onnx_dir is not None:
                 from . import onnx_engine
 
-                eng = onnx_engine.prepare(m, self.onnx_dir, self.engine)
+                eng = onnx_engine.prepare(m, self.onnx_dir, self.engine, source=r.folder)
             self.info[key] = {
                 "names": {r.name},
                 "folder": r.folder,

@@ -117,3 +117,23 @@ def test_the_service_embeds_with_onnx_runtime_and_agrees_with_a_backend(service,
         mine = [b.execute("select ml.embed(%s, %s)", [MODEL, t]).fetchone()[0].to_list() for t in sample]
     assert cosines(shared, mine).min() >= 0.999999
     assert service.runtime_stats()["onnx_texts"] >= st["onnx_texts"] + len(sample)
+
+
+def test_a_new_export_removes_the_older_graphs_of_its_model_only(st_model, tmp_path):
+    """After an upgrade (another digest for the same source) the old 90 MB graph does not stay behind, nor does a
+    file an export killed midway left; another model's graph stays."""
+    import hashlib
+
+    from indb_runtime import onnx_engine
+
+    prefix = f"encoder-{hashlib.sha256(b'/models/minilm').hexdigest()[:12]}-"
+    older = tmp_path / f"{prefix}{'0' * 32}.onnx"
+    half = tmp_path / f".{prefix}{'1' * 32}.onnx.4242.1"
+    other = tmp_path / f"encoder-{hashlib.sha256(b'/models/other').hexdigest()[:12]}-{'2' * 32}.onnx"
+    for f in (older, half, other):
+        f.write_bytes(b"old")
+    eng = onnx_engine.prepare(fresh(st_model), tmp_path, source="/models/minilm")
+    assert eng is not None and eng.path.name.startswith(prefix) and eng.path.exists()
+    assert not older.exists() and not half.exists()
+    assert other.exists()
+    assert onnx_engine.export(fresh(st_model), tmp_path, source="/models/minilm") == eng.path, "kept, not redone"
