@@ -337,20 +337,33 @@ lc_messages = 'C.UTF-8'
                     *argv,
                 ]
             self.logdir.mkdir(exist_ok=True)
-            subprocess.Popen(
-                argv,
-                env=env,
-                cwd="/",
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            # what the supervisor writes before its own logging starts (a bad --engine or --workers in
+            # INDB_RUNTIME_*, an import error) goes to the same log, which stays the server's OS user's
+            log = self.logdir / "runtime.log"
+            log.touch(mode=0o600)
+            self._own(log)
+            with open(log, "ab") as early:
+                proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd="/",
+                    stdin=subprocess.DEVNULL,
+                    stdout=early,
+                    stderr=early,
+                    start_new_session=True,
+                )
+        else:
+            proc = None
         deadline = time.time() + timeout
         while time.time() < deadline:
             st = self.runtime_stats()
             if st is not None:
                 return f"runtime service started (pid {st['pid']}, socket {self.runtime_socket})"
+            if proc is not None and proc.poll() is not None:
+                raise ClusterError(
+                    f"the runtime service's supervisor exited with status {proc.returncode}; the end of "
+                    f"{self.logdir / 'runtime.log'}:\n{_tail(self.logdir / 'runtime.log', 5)}"
+                )
             time.sleep(0.2)
         raise ClusterError(f"the runtime service did not answer within {timeout} s; see {self.logdir / 'runtime.log'}")
 

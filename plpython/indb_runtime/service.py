@@ -774,6 +774,7 @@ def supervise(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "indb_runtime.service", "serve", *_passthrough(args)]
     stopping = False
     child: subprocess.Popen | None = None
+    quiet: dict = {} if args.log == "-" else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
     def on_term(signum, _frame):
         nonlocal stopping
@@ -787,7 +788,9 @@ def supervise(args: argparse.Namespace) -> int:
     while not stopping:
         t0 = time.time()
         # few malloc arenas: every connection is a thread, and each arena would keep its own freed memory
-        child = subprocess.Popen(argv, env={"MALLOC_ARENA_MAX": "2", **os.environ})
+        # the service logs to its file itself; what else it would print (progress bars of model loading) is
+        # dropped, unless it logs to stderr (indb runtime serve: the terminal)
+        child = subprocess.Popen(argv, env={"MALLOC_ARENA_MAX": "2", **os.environ}, **quiet)
         log.info("supervisor %d: service started (pid %d)", os.getpid(), child.pid)
         code = child.wait()
         if stopping:

@@ -125,3 +125,18 @@ def test_async_items_stay_queued_while_the_service_is_down(service_down, db_dsn,
         wait_for_service(cluster)
         r = c.execute("select processed, failed, pending from ml.process_queue('rt_async')").fetchone()
         assert r == (2, 0, 0)
+
+
+def test_a_bad_runtime_setting_fails_the_start_at_once_and_names_the_problem(service_down, monkeypatch):
+    """INDB_RUNTIME_ENGINE=bogus: `indb db start` / runtime_start says what is wrong within seconds (it waited 60 s
+    and pointed at a log that did not hold the reason), and nothing is left running."""
+    from indb.localdb import ClusterError
+
+    monkeypatch.setenv("INDB_RUNTIME_ENGINE", "bogus")
+    t0 = time.time()
+    with pytest.raises(ClusterError) as e:
+        service_down.runtime_start()
+    assert time.time() - t0 < 30
+    assert "--engine 'bogus': give auto or torch" in str(e.value)
+    assert "runtime.log" in str(e.value)
+    assert service_down.runtime_stats() is None
