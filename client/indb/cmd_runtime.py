@@ -93,9 +93,11 @@ def register(sub) -> None:
     v.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
     v.add_argument("--workers", type=int, default=0, help="model calls side by side (default: one per core, at most 4)")
     v.add_argument("--preload", action="append", help="db/model to load at start (repeatable)")
+    from indb_runtime.onnx_engine import ENGINES
+
     v.add_argument(
         "--engine",
-        choices=["auto", "torch"],
+        choices=ENGINES,
         help="auto (default): ONNX Runtime for the models it reproduces on a CPU, else PyTorch; torch: PyTorch only",
     )
     v.set_defaults(func=_serve)

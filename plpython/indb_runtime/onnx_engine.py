@@ -36,6 +36,7 @@ from . import packing
 
 log = logging.getLogger("indb.runtime.onnx")
 
+ENGINES = ("auto", "torch")  # --engine / INDB_RUNTIME_ENGINE (service.py, indb runtime serve)
 EXPORT_VERSION = 1  # bump when the exported graph changes
 MAX_GROUP = 8  # texts in one session call: larger batches of padded texts gained nothing here
 _UNSET = object()
@@ -181,6 +182,7 @@ class Engine:
         self.model = model
         self.path = path
         self.normalizes = len(list(model)) == 3  # ends in Normalize
+        self.dim = int(list(model)[0].auto_model.config.hidden_size)
         self.version = ort.__version__
         self.min_cosine: float | None = None
 
@@ -204,11 +206,12 @@ class Engine:
         lengths = mask[rows].sum(1)
         width = int(lengths.max())
         m = mask[rows, :width]
-        with _COUNTS_LOCK:
-            _COUNTS["calls"] += count
-            _COUNTS["texts"] += count * len(rows)
-            _COUNTS["tokens"] += count * int(lengths.sum())
-            _COUNTS["padding"] += count * (len(rows) * width - int(lengths.sum()))
+        if count:
+            with _COUNTS_LOCK:
+                _COUNTS["calls"] += 1
+                _COUNTS["texts"] += len(rows)
+                _COUNTS["tokens"] += int(lengths.sum())
+                _COUNTS["padding"] += len(rows) * width - int(lengths.sum())
         hidden = self.session.run(None, {"ids": ids[rows, :width], "mask": m, "types": types[rows, :width]})[0]
         mf = m[..., None].astype(np.float32)
         out = (hidden * mf).sum(1) / np.clip(mf.sum(1), 1e-9, None)
@@ -248,11 +251,9 @@ class Engine:
         n = max(1, min(threads, len(groups)))
         shares = [groups[i::n] for i in range(n)]
         done = list(_pool().map(share, shares)) if n > 1 else [share(groups)]
-        out: Any = None
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         for part, vecs in zip(shares, done):
             for g, v in zip(part, vecs):
-                if out is None:
-                    out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
                 out[g] = v
         return out
 
@@ -261,16 +262,10 @@ class Engine:
         own (sentence-transformers): raises when a cosine is below packing.MIN_COSINE."""
         import numpy as np
 
-        want = np.stack(
-            [self.model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in packing.PROBES]
-        ).astype(np.float64)
         ids, mask, types = self._inputs(packing.PROBES)
         alone = np.stack([self._run(*self._inputs([t]), [0], False, count=False)[0] for t in packing.PROBES])
         padded = self._run(ids, mask, types, list(range(len(packing.PROBES))), False, count=False)
-        worst = 1.0
-        for got in (alone.astype(np.float64), padded.astype(np.float64)):
-            cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
-            worst = min(worst, float(cos.min()))
+        worst = min(packing.probe_cosine(self.model, alone), packing.probe_cosine(self.model, padded))
         if worst < packing.MIN_COSINE:
             raise ValueError(f"probe cosine {worst:.9f} against the model's own vectors")
         self.min_cosine = worst

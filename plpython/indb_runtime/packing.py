@@ -78,6 +78,26 @@ def packable(model: Any) -> bool:
     return getattr(pool, "pooling_mode", None) == "mean" and getattr(pool, "include_prompt", True) is True
 
 
+def probe_cosine(model: Any, got: Any) -> float:
+    """The lowest cosine between ``got`` (one row per text of PROBES) and the model's own vectors for them (each
+    text alone, through sentence-transformers; computed once per model and kept on it). The self-check of the
+    packed encoder here and of the ONNX Runtime engine (onnx_engine.py)."""
+    import numpy as np
+
+    want = getattr(model, "_indb_probe_vectors", None)
+    if want is None:
+        want = np.stack([model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in PROBES]).astype(
+            np.float64
+        )
+        try:
+            model._indb_probe_vectors = want
+        except AttributeError:
+            pass
+    got = np.asarray(got, dtype=np.float64)
+    cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min())
+
+
 def packer(model: Any) -> Callable[[dict, bool], Any] | None:
     """The packed encoder of ``model`` (tokenized texts, normalize -> float32 array), or None when the model is not
     one this module reproduces or its packed vectors for the probe texts differ from its own. Decided once per
@@ -87,21 +107,16 @@ def packer(model: Any) -> Callable[[dict, bool], Any] | None:
         return known  # type: ignore[return-value]
     fn: Callable[[dict, bool], Any] | None = None
     if packable(model):
-        import numpy as np
 
         def run(feats: dict, normalize: bool) -> Any:
             return packed_encode(model, feats, normalize)
 
         try:
-            want = np.stack(
-                [model.encode([t], convert_to_numpy=True, show_progress_bar=False)[0] for t in PROBES]
-            ).astype(np.float64)
-            got = run(tokenize(model, PROBES), False).astype(np.float64)
-            cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
-            if float(cos.min()) >= MIN_COSINE:
+            worst = probe_cosine(model, run(tokenize(model, PROBES), False))
+            if worst >= MIN_COSINE:
                 fn = run
             else:
-                log.warning("packed batches disabled for this model: probe cosine %.9f", float(cos.min()))
+                log.warning("packed batches disabled for this model: probe cosine %.9f", worst)
         except Exception:
             log.exception("packed batches disabled for this model: the self-check failed")
     try:

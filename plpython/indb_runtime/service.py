@@ -225,8 +225,10 @@ def workers_arg(value: str) -> int:
 
 def engine_arg(value: str) -> str:
     """--engine / INDB_RUNTIME_ENGINE: auto (ONNX Runtime where it reproduces the model, onnx_engine.py) or torch."""
-    if value not in ("auto", "torch"):
-        raise argparse.ArgumentTypeError(f"--engine {value!r}: give auto or torch")
+    from .onnx_engine import ENGINES
+
+    if value not in ENGINES:
+        raise argparse.ArgumentTypeError(f"--engine {value!r}: give {' or '.join(ENGINES)}")
     return value
 
 
@@ -756,9 +758,13 @@ def _preload(svc: Service, db: str, model: str) -> None:
             log.info("preload: model %s is not registered in %s", model, db)
             return
         m = svc.models.get(svc.catalog.resolve(db, model, row[0]))
-        m.encode(["warm-up"], show_progress_bar=False)
-        from . import packing
+        from . import onnx_engine, packing
 
+        eng = onnx_engine.attached(m)
+        if eng is not None:  # the model runs on ONNX Runtime (checked when Models.get made it): no PyTorch call
+            eng.embed(["warm-up"], True)
+            return
+        m.encode(["warm-up"], show_progress_bar=False)
         packing.packer(m)  # its self-check now, not in the first batch that packs
     except Exception as e:  # preloading is an optimisation: the first request loads it otherwise
         log.info("preload of %s/%s skipped: %s", db, model, e)
