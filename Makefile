@@ -29,9 +29,9 @@ system: $(SYSTEM_STAMP) ## install PostgreSQL 15, plpython3, pg_cron and pgvecto
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 C_STAMP := $(STATE)/.c-functions-ok
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-$(C_STAMP): sql/c/indb_audit.c sql/c/Makefile $(SYSTEM_STAMP)
+$(C_STAMP): sql/c/indb_audit.c sql/c/indb_pit.c sql/c/Makefile $(SYSTEM_STAMP)
 	@mkdir -p $(STATE)/log
-	@echo "[c] building sql/c (indb_audit.so) with PGXS (log: $(STATE)/log/c-functions.log)"
+	@echo "[c] building sql/c (indb_audit.so, indb_pit.so) with PGXS (log: $(STATE)/log/c-functions.log)"
 	@( $(MAKE) -C sql/c PG_CONFIG=$(PG_CONFIG) && $(SUDO) $(MAKE) -C sql/c PG_CONFIG=$(PG_CONFIG) install ) \
 	  > $(STATE)/log/c-functions.log 2>&1 || { tail -n 30 $(STATE)/log/c-functions.log; exit 1; }
 	@touch $@

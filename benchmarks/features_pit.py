@@ -9,7 +9,8 @@ Data 2: the seeded generator of benchmarks/_pit_data.py at INDB_PIT_SCALE (defau
 key, text and integer keys, late rows (written_at up to 20 days after event_ts) loaded out of order with COPY.
 
 All three sides join exactly the same feature rows and entity rows; load time is not counted. Strategies
-(indb.features_pit_method): lateral (index probe per entity row), lvcf (one sort, last value carried forward),
+(indb.features_pit_method): asof (C: each view's offline rows sorted in memory, binary search per entity row),
+lateral (index probe per entity row), lvcf (one sort, last value carried forward),
 merge (the earlier two-window sort-merge), auto (what users get); lateral_parallel: lateral with parallel plans
 made free (parallel_setup_cost = 0, ...), to see whether workers help. Memory: the Postgres backend's anonymous
 memory (RssAnon, sampled every 20 ms) above its level before the query, and temp-file bytes (spilled sorts and
@@ -255,6 +256,7 @@ def pg_side(conn, entity_sql: str, feats: list[str], check: list[str], methods: 
             ),
             "window_passes": sum("WindowAgg" in x for x in plan),
             "views_by_strategy": {
+                "asof": q.count("o.event_ts, o.written_at, "),  # one offline query per view in its call
                 "lvcf": q.count("as _indb_best"),
                 "merge": q.count("as _indb_grp"),
                 "lateral": q.count("left join lateral"),
@@ -419,7 +421,7 @@ def movielens(conn, tmp: Path) -> dict:
         "views": views,
         "check": ["u_avg_prior", "m_avg_prior", "u_last_rating"],
     }
-    methods = ["auto", "lateral", "lvcf", "merge", "lateral_parallel"]
+    methods = ["auto", "asof", "lateral", "lvcf", "merge", "lateral_parallel"]
     res = compare("movielens", conn, entity_sql, feats, spec, methods, repeats=3)
     res["entity_rows"] = n_ent
     res["feature_rows"] = sum(v["rows"] for v in views)
@@ -442,10 +444,11 @@ def synthetic(conn, tmp: Path, scale: int) -> dict:
     }
     big = scale >= 50
     methods = (
-        ["auto", "lateral"]  # auto is lvcf for every view at this size (see views_by_strategy)
+        ["auto", "lvcf"]  # auto is asof for every view at this size (see views_by_strategy); lvcf was before
         if big and not os.environ.get("INDB_PIT_ALL_METHODS")
         else [
             "auto",
+            "asof",
             "lateral",
             "lvcf",
             "merge",

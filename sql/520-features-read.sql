@@ -419,32 +419,58 @@ begin
   end loop;
 end $$;
 
--- strategy per view (indb.features_pit_method = auto | lateral | lvcf | merge):
+-- strategy per view (indb.features_pit_method = auto | asof | lateral | lvcf | merge):
+-- - asof (C, sql/c/indb_pit.c): the entity rows read once into memory; each view's offline rows read by one
+--   sequential scan, sorted in memory by (key, event_ts), and binary-searched per entity row; rows go out in the
+--   entity query's order, without a join back. Memory: the entity rows, the result and the largest view;
 -- - lateral: one index probe per entity row (streams; best when entity rows are few compared with feature rows);
 -- - lvcf ("last value carried forward", one sort): the entity rows, sorted by (keys, time), merged with the
 --   offline store read in its primary-key order (no sort), one running max(event_ts) per key, then one keyed
---   read of that offline row; best when they are comparable;
+--   read of that offline row; spills to disk within work_mem instead of holding a view in memory;
 -- - merge: the earlier sort-merge (two window passes), kept for comparison.
--- auto: lvcf when feature rows < 6 x entity rows, else lateral.
-create or replace function features._pit_method(v features.feature_views, est_entities float8) returns text
+-- auto: lateral when feature rows >= 6 x entity rows; otherwise asof when the view's offline rows fit in
+-- indb.features_pit_asof_mb (default 1024; estimated at 64 bytes a row and 16 a feature), else lvcf.
+create or replace function features._pit_method(v features.feature_views, est_entities float8, nfeat int)
+returns text
 language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   method text := coalesce(nullif(current_setting('indb.features_pit_method', true), ''), 'auto');
+  mb text := nullif(current_setting('indb.features_pit_asof_mb', true), '');
   est_f float8;
 begin
-  if method not in ('auto', 'lateral', 'lvcf', 'merge') then
-    raise exception 'indb.features_pit_method must be auto, lateral, lvcf or merge, got %', method
+  if method not in ('auto', 'asof', 'lateral', 'lvcf', 'merge') then
+    raise exception 'indb.features_pit_method must be auto, asof, lateral, lvcf or merge, got %', method
       using errcode = '22023', hint = 'RESET indb.features_pit_method';
   end if;
   if method <> 'auto' then
     return method;
   end if;
+  if mb is not null and mb !~ '^[0-9]{1,9}$' then
+    raise exception 'indb.features_pit_asof_mb must be a number of megabytes, got %', mb
+      using errcode = '22023', hint = 'SET indb.features_pit_asof_mb = 1024, or RESET it';
+  end if;
   select sum(c.reltuples) filter (where c.reltuples >= 0) into est_f
     from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = features._offline_rel(v.id);
-  return case when est_f is not null and est_f < 6 * est_entities then 'lvcf' else 'lateral' end;
+  if est_f is not null and est_f >= 6 * est_entities then
+    return 'lateral';
+  end if;
+  return case when coalesce(est_f, 0) * (64 + 16 * nfeat) <= coalesce(mb::float8, 1024) * 1048576 then 'asof'
+              else 'lvcf' end;
 end $$;
+
+-- the asof strategy (header above): entity_sql returns the entity query's n_pass columns, the entity row's
+-- time as timestamptz, then every view's join keys cast to bigint or text; view_sql[i] returns view i's offline
+-- rows as (keys cast the same way, event_ts, written_at, features). SECURITY INVOKER, read-only: both queries run
+-- as the caller, under row-level security like any query of the caller's
+create or replace function features._pit_asof(entity_sql text, n_pass int, view_sql text[], view_keys int[],
+                                              view_ttl interval[], cutoff boolean)
+returns setof record
+language c stable parallel unsafe
+as '$libdir/indb_pit', 'indb_pit_asof';
+comment on function features._pit_asof(text, int, text[], int[], interval[], boolean) is
+  'internal: the point-in-time join''s asof strategy (sql/c/indb_pit.c); features.historical_query writes its calls';
 
 -- LATERAL join: the latest offline row per entity row, by index probe. cutoff: only rows written (written_at,
 -- the store's created timestamp) at or before the entity row's time, so a late write about an earlier event
@@ -588,6 +614,17 @@ declare
   uniq text[];
   cutoff boolean := coalesce(created_cutoff, false);
   method text;
+  -- the asof strategy's views: their offline queries, key counts, ttls; the entity side's key expressions and
+  -- the column definitions of their features
+  a_sql text[] := '{}';
+  a_keys int[] := '{}';
+  a_ttl interval[] := '{}';
+  a_ekeys text[] := '{}';
+  a_cols text[] := '{}';
+  src text;
+  srccols text;
+  col text;
+  j int;
 begin
   if ttl_override is not null and ttl_override <= interval '0' then
     raise exception 'ttl_override must be positive, got %', ttl_override using errcode = '22023',
@@ -609,8 +646,21 @@ begin
     end if;
     -- each feature fetched once (an on-demand feature's input may also be requested itself)
     uniq := array(select f from unnest(r.feats) with ordinality u(f, o) group by f order by min(o));
-    method := features._pit_method(v, est_e);
-    if method in ('lvcf', 'merge') then
+    method := features._pit_method(v, est_e, cardinality(uniq));
+    if method = 'asof' then
+      a_sql := a_sql || format('select %s, o.event_ts, o.written_at, %s from %s o',
+        (select string_agg(format('o.%I::%s', k, case when t = 'int' then 'int8' else 'text' end), ', ' order by o)
+           from unnest(v.join_keys, v.key_types) with ordinality u(k, t, o)),
+        (select string_agg(format('o.%I', f), ', ') from unnest(uniq) f), features._offline_rel(v.id));
+      a_keys := a_keys || cardinality(v.join_keys);
+      a_ttl := a_ttl || coalesce(ttl_override, v.ttl);
+      a_ekeys := a_ekeys || array(select format('q.%I::%s', k, case when t = 'int' then 'int8' else 'text' end)
+                                    from unnest(v.join_keys, v.key_types) with ordinality u(k, t, o) order by o);
+      for j in 1 .. cardinality(uniq) loop
+        a_cols := a_cols || format('%I %s', '_indb_' || alias || '_' || j,
+          (select (x->>'type')::regtype from jsonb_array_elements(v.features) x where x->>'name' = uniq[j]));
+      end loop;
+    elsif method in ('lvcf', 'merge') then
       ctes := ctes || case when method = 'lvcf'
                            then features._pit_lvcf(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff)
                            else features._pit_merge(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff) end;
@@ -619,13 +669,16 @@ begin
       joins := joins || features._pit_lateral(v, uniq, e.ts, coalesce(ttl_override, v.ttl), alias, cutoff);
     end if;
     for i in 1 .. cardinality(r.feats) loop
-      fmap := fmap || jsonb_build_object(r.feats[i], format('%I.%I', alias, r.feats[i]));
+      -- an asof view's features are columns of e (the C function's result), named by their place in uniq
+      col := case when method = 'asof' then format('e.%I', '_indb_' || alias || '_' || array_position(uniq, r.feats[i]))
+                  else format('%I.%I', alias, r.feats[i]) end;
+      fmap := fmap || jsonb_build_object(r.feats[i], col);
       if not r.hid[i] then
         if e.ecols ? r.outs[i] then
           raise exception 'feature "%" has the same name as a column of the entity query', r.outs[i] using errcode = '42710',
             hint = 'rename the column in the entity query, or use full_names => true';
         end if;
-        sel := sel || format('%I.%I as %I', alias, r.feats[i], r.outs[i]);
+        sel := sel || format('%s as %I', col, r.outs[i]);
       end if;
     end loop;
   end loop;
@@ -633,12 +686,28 @@ begin
              where s.view_id is null order by s.ord loop
     sel := sel || (features._odfv_select(od.odfv_id, e.ecols, fmap) || format(' as %I', od.out_name));
   end loop;
-  if cardinality(ctes) = 0 then
-    return format('select e.*%s from (%s) e %s',
-                  coalesce(', ' || array_to_string(sel, ', '), ''), eq, array_to_string(joins, ' '));
+  -- with asof views, the entity rows come from the asof function over the entity query (the entity columns,
+  -- then the asof views' features, in the entity query's order): src, and srccols its column definitions
+  if cardinality(a_sql) > 0 then
+    src := format('features._pit_asof(%L, %s, %L::text[], %L::int[], %L::interval[], %L)',
+             format('select %s, q.%I::timestamptz, %s from (%s) q',
+                    (select string_agg(format('q.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
+                    e.ts, array_to_string(a_ekeys, ', '), eq),
+             cardinality(e.enames), a_sql, a_keys, a_ttl, cutoff);
+    srccols := format('(%s, %s)', (select string_agg(format('%I %s', u.cn, e.ecols ->> u.cn), ', ' order by u.co)
+                                     from unnest(e.enames) with ordinality u(cn, co)), array_to_string(a_cols, ', '));
   end if;
-  return format('with e as materialized (select row_number() over () as _indb_rid, q.* from (%s) q), %s select %s%s from e %s order by e._indb_rid',
-                eq, array_to_string(ctes, ', '),
+  if cardinality(ctes) = 0 then
+    if src is null then
+      return format('select e.*%s from (%s) e %s',
+                    coalesce(', ' || array_to_string(sel, ', '), ''), eq, array_to_string(joins, ' '));
+    end if;
+    return format('select %s%s from %s as e%s %s',
+                  (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
+                  coalesce(', ' || array_to_string(sel, ', '), ''), src, srccols, array_to_string(joins, ' '));
+  end if;
+  return format('with e as materialized (select row_number() over () as _indb_rid, q.* from %s), %s select %s%s from e %s order by e._indb_rid',
+                coalesce(src || ' as q' || srccols, '(' || eq || ') q'), array_to_string(ctes, ', '),
                 (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
                 coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
 end $$;

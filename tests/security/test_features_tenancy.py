@@ -193,7 +193,7 @@ def test_a_tenant_app_reads_the_online_store_by_its_primary_key(connect_as, acme
     assert seq == 0 and fetched == 3, (seq, fetched)
 
 
-@pytest.mark.parametrize("method", ["lateral", "lvcf", "merge"])
+@pytest.mark.parametrize("method", ["asof", "lateral", "lvcf", "merge"])
 def test_point_in_time_join_of_each_strategy_under_the_tenant_policies(connect_as, acme, method):
     """Every join strategy reads the offline store under the forced tenant policies: acme's reader gets its own
     values (key 1 has rows on January 2, 5 and 8; no ttl), the other tenant's reader cannot even name the view."""
@@ -211,6 +211,23 @@ def test_point_in_time_join_of_each_strategy_under_the_tenant_policies(connect_a
     other = connect_as("globex_reader")
     other.execute("select set_config('indb.features_pit_method', %s, false)", [method])
     refused(other, "select * from features.get_historical(%s, array[%s])", [ent, f"{acme['view']}:x"], ("42704",))
+
+
+def test_the_asof_function_called_directly_reads_as_its_caller(connect_as, acme):
+    """features._pit_asof runs the SQL it is given as the caller (SECURITY INVOKER, read-only): the other tenant,
+    naming acme's offline table itself, finds none of its rows; no role can make it write."""
+    ent = "select 1::int as k, timestamptz '2024-01-09' as t, 1::bigint as k8"
+    view_sql = f"select k::int8, event_ts, written_at, x from {acme['offline']}"
+    call = "select x from features._pit_asof(%s, 1, array[%s], array[1], array[null::interval], false) as e(k int, x float8)"
+    assert connect_as("acme_reader").execute(call, [ent, view_sql]).fetchone()[0] == 6
+    assert connect_as("globex_reader").execute(call, [ent, view_sql]).fetchone()[0] is None
+    w = connect_as("acme_writer")
+    for sql in (
+        f"delete from {acme['offline']} returning k::int8, event_ts, written_at, x",
+        f"with d as (delete from {acme['offline']} returning *) select k::int8, event_ts, written_at, x from d",
+    ):
+        refused(w, call, [ent, sql], ("0A000",))
+    assert connect_as("acme_reader").execute(call, [ent, view_sql]).fetchone()[0] == 6
 
 
 def test_shared_views_are_read_by_every_tenant_and_written_by_none(sconn, connect_as):

@@ -60,7 +60,7 @@ def historical(conn, entity_sql, feats, ttl_override=None, method=None, cutoff=F
     return rows
 
 
-METHODS = ["lateral", "lvcf", "merge"]
+METHODS = ["asof", "lateral", "lvcf", "merge"]
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,74 @@ def test_created_cutoff_in_a_training_set(late):
     assert q(late, "select v from pit_late_ts order by acct_id") == [(1.0,), (None,)]
 
 
+def test_asof_keeps_text_keys_large_values_and_null_keys_like_the_index_probe(pit):
+    """The in-memory join copies what it keeps: a text-keyed view whose text feature is stored out of line
+    (TOAST, 100,000 characters) gives the same rows as the index probe, and NULL keys or times match nothing."""
+    pit.execute("create table pit_t_src (code text, ts timestamptz, note text, n int)")
+    big = "".join(secrets.token_hex(8) for _ in range(6250))  # 100,000 characters, incompressible
+    pit.execute(
+        "insert into pit_t_src values ('a', %s, %s, 1), ('a', %s, 'short', 2), ('b', %s, 'b1', 3), ('', %s, 'empty', 4)",
+        [at(1), big, at(5), at(2), at(1)],
+    )
+    pit.execute("select features.create_entity('code', array['code'])")
+    pit.execute(
+        """select features.create_feature_view('pt', 'code', 'pit_t_src', 'ts', '[{"name": "note"}, {"name": "n"}]')"""
+    )
+    pit.execute("select * from features.materialize('pt', '2023-12-01', '2024-02-01')")
+    rows = [("a", 0.5), ("a", 2), ("a", 6), ("b", 3), (None, 3), ("a", None), ("", 3), ("c", 3)]
+    vals = ", ".join(
+        f"({'null' if k is None else repr(k)}, {'null' if h is None else repr(at(h).isoformat())}::timestamptz)"
+        for k, h in rows
+    )
+    ent = f"select * from (values {vals}) e(code, event_timestamp)"
+    got = {m: historical(pit, ent, ["pt:note", "pt:n"], method=m) for m in ("asof", "lateral")}
+    assert got["asof"] == got["lateral"]
+    assert [(r["note"], r["n"]) for r in got["asof"]] == [
+        (None, None),
+        (big, 1),
+        ("short", 2),
+        ("b1", 3),
+        (None, None),
+        (None, None),
+        ("empty", 4),
+        (None, None),
+    ]
+
+
+def test_asof_function_refuses_what_does_not_fit_its_column_list(pit):
+    """features._pit_asof checks every column's type against its column definition list before using a value:
+    a caller's mismatched list is a 42804 naming the column, never a misread value; bad arguments are 22023/22004."""
+    ent = "select 1::int as k, now() as t, 1::bigint as k8"
+    view = "select acct_id::int8, event_ts, written_at, v from features.fv_{}_offline".format(
+        q(pit, "select id from features.feature_views where name = 'pa'")[0][0]
+    )
+    call = "select * from features._pit_asof(%s, 1, array[%s], array[1], array[null::interval], false) as e({})"
+    assert q(pit, call.format("k int, v float8"), [ent, view]) == [(1, 3.0)]
+    for cols, args, state, msg in (
+        ("k text, v float8", [ent, view], "42804", r"entity column \(column 1\) has type integer, expected text"),
+        ("k int, v text", [ent, view], "42804", r"feature \(column 4\) has type double precision, expected text"),
+        ("k int, v float8", [ent, view.replace("acct_id::int8", "acct_id")], "42804", "offline key"),
+        ("k int, v float8", [ent.replace("1::bigint", "1::int"), view], "42804", "expected bigint or text"),
+        ("k int", [ent, view], "42804", "do not fit"),
+        ("k int, v float8, w int", [ent, view], "42804", "the views return 1 features"),
+    ):
+        with pytest.raises(psycopg.Error, match=msg) as ei:
+            q(pit, call.format(cols), args)
+        assert ei.value.sqlstate == state, (cols, ei.value)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="do not fit together"):
+        q(
+            pit,
+            "select * from features._pit_asof(%s, 1, array[%s], array[1, 2], array[null::interval], false) as e(k int, v float8)",
+            [ent, view],
+        )
+    with pytest.raises(psycopg.errors.NullValueNotAllowed):
+        q(
+            pit,
+            "select * from features._pit_asof(null, 1, array[%s], array[1], array[null::interval], false) as e(k int, v float8)",
+            [view],
+        )
+
+
 def test_typed_cursor_columns_and_errors(pit):
     rows = typed_historical(pit, entity_rows([(1, at(10)), (2, at(6))]), ["pa:v"])
     assert rows == [
@@ -230,20 +298,22 @@ def test_plan_uses_the_offline_index_or_a_bounded_sort(pit):
         ("lateral", ("Index", "Limit")),
         ("lvcf", ("WindowAgg",)),
         ("merge", ("WindowAgg", "Sort")),
+        ("asof", ("Function Scan on _pit_asof",)),  # no sort and no window: C reads and sorts in memory
     ):
         pit.execute("select set_config('indb.features_pit_method', %s, false)", [method])
         sql = q(pit, "select features.historical_query(%s, array['pa:v'])", [entity_rows([(1, at(10))])])[0][0]
         plan = "\n".join(r[0] for r in q(pit, "explain " + sql))
         assert all(x in plan for x in expect), (method, plan)
-        if method != "lateral":
+        if method in ("lvcf", "merge"):
             # lvcf: one window pass per view (plus the entity rows' numbering); merge: two
             assert plan.count("WindowAgg") == {"lvcf": 2, "merge": 3}[method], (method, plan)
     pit.execute("reset indb.features_pit_method")
 
 
 def test_auto_strategy_follows_the_sizes_and_a_bad_strategy_is_refused(pit):
-    """auto: one index probe per entity row when entity rows are few next to the view's rows, one sort (lvcf)
-    when they are comparable; an unknown strategy is a 22023 naming the choices."""
+    """auto: one index probe per entity row when entity rows are few next to the view's rows; when they are
+    comparable, the in-memory asof join if the view fits indb.features_pit_asof_mb, else one sort (lvcf); an
+    unknown strategy or a bad memory setting is a 22023 naming the choices."""
     pit.execute(
         "create table pit_auto_src as select 1 as acct_id, %s + g * interval '1 minute' as ts, g::float8 as a "
         "from generate_series(1, 120) g",
@@ -255,11 +325,28 @@ def test_auto_strategy_follows_the_sizes_and_a_bad_strategy_is_refused(pit):
     pit.execute(f"analyze {rel}")  # the estimate auto reads: 120 rows
     few = q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])[0][0]
     assert "left join lateral" in few and "_indb_best" not in few
+    # one request, two strategies: pauto's 120 rows are many next to one entity row, pa's 3 are not
+    one_row = entity_rows([(1, at(12))])
+    mixed = q(pit, "select features.historical_query(%s, array['pauto:a', 'pa:v'])", [one_row])[0][0]
+    assert "features._pit_asof(" in mixed and "left join lateral" in mixed
+    got = historical(pit, one_row, ["pauto:a", "pa:v"])
+    assert got == historical(pit, one_row, ["pauto:a", "pa:v"], method="lateral")
+    assert (got[0]["a"], got[0]["v"]) == (120.0, 3.0)
     many = entity_rows([(1, at(h / 10)) for h in range(100)])
-    assert "_indb_best" in q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])[0][0]
+    sql = q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])[0][0]
+    assert "features._pit_asof(" in sql and "_indb_best" not in sql
+    pit.execute("set indb.features_pit_asof_mb = 0")  # the view does not fit: one sort instead
+    try:
+        sql = q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])[0][0]
+        assert "_indb_best" in sql and "_pit_asof" not in sql
+        pit.execute("set indb.features_pit_asof_mb = 'lots'")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="features_pit_asof_mb must be a number"):
+            q(pit, "select features.historical_query(%s, array['pauto:a'])", [many])
+    finally:
+        pit.execute("reset indb.features_pit_asof_mb")
     pit.execute("set indb.features_pit_method = 'fastest'")
     try:
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="auto, lateral, lvcf or merge"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="auto, asof, lateral, lvcf or merge"):
             q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])
     finally:
         pit.execute("reset indb.features_pit_method")
