@@ -170,7 +170,8 @@ typedef struct PitEntities
 	DestReceiver pub;
 	MemoryContext cxt;
 	int			natts;
-	Oid		   *types;			/* expected type of each column (InvalidOid: any, checked later) */
+	int			first_key;		/* columns from here on are join keys: bigint or text */
+	Oid		   *types;			/* expected type of each column (InvalidOid: a key) */
 	int16	   *typlen;
 	bool	   *byval;
 	Datum	   *vals;
@@ -264,6 +265,12 @@ entities_startup(DestReceiver *self, int operation, TupleDesc desc)
 		Form_pg_attribute a = TupleDescAttr(desc, i);
 
 		check_type(desc, i, st->types[i], "entity column");
+		if (i >= st->first_key && a->atttypid != INT8OID && a->atttypid != TEXTOID)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("point-in-time join: entity key (column %d) has type %s, expected bigint or text",
+							i + 1, format_type_be(a->atttypid)),
+					 errhint("run the SQL that features.historical_query returns for this request, unchanged")));
 		st->types[i] = a->atttypid;
 		st->typlen[i] = a->attlen;
 		st->byval[i] = a->attbyval;
@@ -490,13 +497,13 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	deconstruct_array(view_sql_a, TEXTOID, -1, false, TYPALIGN_INT, &view_sql, &sql_null, &nviews);
 	deconstruct_array(view_keys_a, INT4OID, 4, true, TYPALIGN_INT, &view_keys, &keys_null, &n_keys_a);
 	deconstruct_array(view_ttl_a, INTERVALOID, 16, false, TYPALIGN_DOUBLE, &view_ttl, &ttl_null, &n_ttl_a);
-	if (nviews < 1 || n_keys_a != nviews || n_ttl_a != nviews || n_pass < 0)
+	if (nviews < 1 || nviews > 1000 || n_keys_a != nviews || n_ttl_a != nviews || n_pass < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("point-in-time join: %d view queries, %d key counts, %d ttls and %d entity columns do not fit together",
 						nviews, n_keys_a, n_ttl_a, n_pass),
 				 errhint("run the SQL that features.historical_query returns for this request, unchanged")));
-	for (v = 0; v < nviews; v++)
+	for (v = 0; v < nviews; v++)	/* at most 1000 views of 32 keys: no overflow */
 	{
 		if (sql_null[v] || keys_null[v] || DatumGetInt32(view_keys[v]) < 1 || DatumGetInt32(view_keys[v]) > 32)
 			ereport(ERROR,
@@ -529,6 +536,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	ent.pub.mydest = DestNone;
 	ent.cxt = ecxt;
 	ent.natts = n_pass + 1 + total_keys;
+	ent.first_key = n_pass + 1;
 	ent.types = MemoryContextAllocZero(ecxt, sizeof(Oid) * ent.natts);
 	ent.typlen = MemoryContextAllocZero(ecxt, sizeof(int16) * ent.natts);
 	ent.byval = MemoryContextAllocZero(ecxt, sizeof(bool) * ent.natts);
@@ -542,12 +550,6 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "point-in-time join: SPI_connect failed");
 	run_query(text_to_cstring(entity_sql), (DestReceiver *) &ent);
-	for (i = n_pass + 1; i < ent.natts; i++)
-		if (ent.types[i] != INT8OID && ent.types[i] != TEXTOID)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("point-in-time join: entity key (column %d) has type %s, expected bigint or text",
-							i + 1, format_type_be(ent.types[i]))));
 
 	outv = MemoryContextAllocHuge(ocxt, sizeof(Datum) * Max(ent.n * total_feat, 1));
 	outn = MemoryContextAllocHuge(ocxt, sizeof(bool) * Max(ent.n * total_feat, 1));
