@@ -428,8 +428,9 @@ end $$;
 --   offline store read in its primary-key order (no sort), one running max(event_ts) per key, then one keyed
 --   read of that offline row; spills to disk within work_mem instead of holding a view in memory;
 -- - merge: the earlier sort-merge (two window passes), kept for comparison.
--- auto: lateral when feature rows >= 6 x entity rows; otherwise asof when the view's offline rows fit in
--- indb.features_pit_asof_mb (default 1024; estimated at 64 bytes a row and 16 a feature), else lvcf.
+-- auto: lateral when feature rows >= 6 x entity rows (or the store was never analyzed); otherwise asof when the
+-- view's offline rows fit in indb.features_pit_asof_mb (default 1024; estimated at 64 bytes a row and 16 a
+-- feature), else lvcf. asof itself stops with advice (54000) past twice that, should the statistics be wrong.
 create or replace function features._pit_method(v features.feature_views, est_entities float8, nfeat int)
 returns text
 language plpgsql stable parallel safe
@@ -453,11 +454,10 @@ begin
   end if;
   select sum(c.reltuples) filter (where c.reltuples >= 0) into est_f
     from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = features._offline_rel(v.id);
-  if est_f is not null and est_f >= 6 * est_entities then
-    return 'lateral';
+  if est_f is null or est_f >= 6 * est_entities then
+    return 'lateral';  -- a store never analyzed: the strategy that streams, whatever its size
   end if;
-  return case when coalesce(est_f, 0) * (64 + 16 * nfeat) <= coalesce(mb::float8, 1024) * 1048576 then 'asof'
-              else 'lvcf' end;
+  return case when est_f * (64 + 16 * nfeat) <= coalesce(mb::float8, 1024) * 1048576 then 'asof' else 'lvcf' end;
 end $$;
 
 -- the asof strategy (header above): entity_sql returns the entity query's n_pass columns, the entity row's

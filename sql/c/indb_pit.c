@@ -40,6 +40,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -164,6 +165,32 @@ group_find(const PitGroup *t, uint64 mask, const PitEntry *e, const char *arena,
 	return NULL;
 }
 
+/* the memory the join may hold: twice indb.features_pit_asof_mb (what auto planned for), checked as rows arrive,
+ * so that a view much larger than its statistics said fails with advice instead of growing the backend */
+typedef struct PitLimit
+{
+	Size		cap;
+	int			mb;
+	MemoryContext cxt[3];
+} PitLimit;
+
+static void
+check_memory(const PitLimit *lim)
+{
+	Size		used = 0;
+	int			i;
+
+	for (i = 0; i < 3; i++)
+		used += MemoryContextMemAllocated(lim->cxt[i], true);
+	if (used > lim->cap)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("point-in-time join: the asof strategy needs more than %zu MB of memory here", lim->cap >> 20),
+				 errdetail("it may hold twice indb.features_pit_asof_mb (%d MB); the feature view or the entity rows are larger than their statistics said",
+						   lim->mb),
+				 errhint("SET indb.features_pit_method = 'lvcf' (it spills to disk), or raise indb.features_pit_asof_mb; ANALYZE the offline store")));
+}
+
 /* the entity rows: every column of entity_sql, n per row, by-reference values copied into cxt */
 typedef struct PitEntities
 {
@@ -178,6 +205,7 @@ typedef struct PitEntities
 	bool	   *nulls;
 	uint64		n;
 	uint64		cap;
+	const PitLimit *lim;
 } PitEntities;
 
 /* the offline rows of one view */
@@ -204,6 +232,7 @@ typedef struct PitView
 	Datum	   *vals;			/* n * nfeat */
 	bool	   *nulls;
 	uint64		vcap;			/* rows the values arrays hold */
+	const PitLimit *lim;
 } PitView;
 
 /* a value kept after its query ends: by-reference values copied, TOAST pointers fetched */
@@ -301,6 +330,8 @@ entities_receive(TupleTableSlot *slot, DestReceiver *self)
 	}
 	st->n++;
 	MemoryContextSwitchTo(old);
+	if ((st->n & 16383) == 0)
+		check_memory(st->lim);
 	return true;
 }
 
@@ -421,6 +452,8 @@ view_receive(TupleTableSlot *slot, DestReceiver *self)
 	}
 	st->n++;
 	MemoryContextSwitchTo(old);
+	if ((st->n & 16383) == 0)
+		check_memory(st->lim);
 	if (++st->since_reset >= 1024)
 	{
 		MemoryContextReset(st->tmp);
@@ -473,6 +506,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 				vcxt,
 				tmp;
 	PitEntities ent;
+	PitLimit	lim;
 	Datum	   *outv;
 	bool	   *outn;
 	int			feat_off;
@@ -526,6 +560,27 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	ocxt = AllocSetContextCreate(fncxt, "indb pit result", ALLOCSET_DEFAULT_SIZES);
 	vcxt = AllocSetContextCreate(fncxt, "indb pit view", ALLOCSET_DEFAULT_SIZES);
 	tmp = AllocSetContextCreate(fncxt, "indb pit row", ALLOCSET_SMALL_SIZES);
+	{
+		const char *mb = GetConfigOption("indb.features_pit_asof_mb", true, false);
+		long		x = 1024;
+
+		if (mb != NULL && mb[0] != '\0')
+		{
+			char	   *end;
+
+			x = strtol(mb, &end, 10);
+			if (*end != '\0' || x < 0 || x > 1000000000L)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("indb.features_pit_asof_mb must be a number of megabytes, got %s", mb),
+						 errhint("SET indb.features_pit_asof_mb = 1024, or RESET it")));
+		}
+		lim.mb = (int) x;
+		lim.cap = (Size) x * 2 * 1024 * 1024;
+		lim.cxt[0] = ecxt;
+		lim.cxt[1] = ocxt;
+		lim.cxt[2] = vcxt;
+	}
 
 	/* the entity rows */
 	memset(&ent, 0, sizeof(ent));
@@ -537,6 +592,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	ent.cxt = ecxt;
 	ent.natts = n_pass + 1 + total_keys;
 	ent.first_key = n_pass + 1;
+	ent.lim = &lim;
 	ent.types = MemoryContextAllocZero(ecxt, sizeof(Oid) * ent.natts);
 	ent.typlen = MemoryContextAllocZero(ecxt, sizeof(int16) * ent.natts);
 	ent.byval = MemoryContextAllocZero(ecxt, sizeof(bool) * ent.natts);
@@ -554,6 +610,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	outv = MemoryContextAllocHuge(ocxt, sizeof(Datum) * Max(ent.n * total_feat, 1));
 	outn = MemoryContextAllocHuge(ocxt, sizeof(bool) * Max(ent.n * total_feat, 1));
 	memset(outn, true, sizeof(bool) * ent.n * total_feat);
+	check_memory(&lim);
 
 	initStringInfo(&buf);
 	feat_off = 0;
@@ -573,6 +630,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 		st.pub.mydest = DestNone;
 		st.cxt = vcxt;
 		st.tmp = tmp;
+		st.lim = &lim;
 		st.nkeys = nkeys;
 		st.keytypes = MemoryContextAlloc(vcxt, sizeof(Oid) * nkeys);
 		for (i = 0; i < nkeys; i++)
@@ -593,6 +651,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 		run_query(TextDatumGetCString(view_sql[v]), (DestReceiver *) &st);
 		pit_sort(st.e, st.n, st.arena);
 		groups = group_index(vcxt, st.e, st.n, st.arena, &gmask);
+		check_memory(&lim);
 
 		for (r = 0; r < ent.n; r++)
 		{

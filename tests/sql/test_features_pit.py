@@ -210,6 +210,37 @@ def test_asof_keeps_text_keys_large_values_and_null_keys_like_the_index_probe(pi
     ]
 
 
+def test_asof_stops_at_its_memory_limit_and_on_cancel_without_harm(pit):
+    """More rows than the statistics promised: past twice indb.features_pit_asof_mb the join stops with 54000 and
+    advice, and a statement_timeout stops it while it reads (57014); the connection goes on, and the same request
+    then runs with the default limit."""
+    ent = (
+        "select g % 3 as acct_id, timestamptz '2024-01-01' + g * interval '1 second' as event_timestamp "
+        "from generate_series(1, {}) g"
+    )
+    pit.execute("set indb.features_pit_method = 'asof'")
+    try:
+        pit.execute("set indb.features_pit_asof_mb = 1")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="needs more than 2 MB") as ei:
+            q(pit, "select count(*) from features.get_historical(%s, array['pa:v'])", [ent.format(300_000)])
+        assert "features_pit_method = 'lvcf'" in ei.value.diag.message_hint
+        pit.execute("reset indb.features_pit_asof_mb")
+        pit.execute("set statement_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            q(pit, "select count(*) from features.get_historical(%s, array['pa:v'])", [ent.format(20_000_000)])
+        pit.execute("reset statement_timeout")
+        count = (
+            "select count(*), count(x->>'v'), sum((x->>'v')::float8) from features.get_historical(%s, array['pa:v']) x"
+        )
+        got = q(pit, count, [ent.format(300_000)])
+        pit.execute("set indb.features_pit_method = 'lvcf'")
+        assert got == q(pit, count, [ent.format(300_000)]) and got[0][1] > 100_000
+    finally:
+        pit.execute("reset statement_timeout")
+        pit.execute("reset indb.features_pit_asof_mb")
+        pit.execute("reset indb.features_pit_method")
+
+
 def test_asof_function_refuses_what_does_not_fit_its_column_list(pit):
     """features._pit_asof checks every column's type against its column definition list before using a value:
     a caller's mismatched list is a 42804 naming the column, never a misread value; bad arguments are 22023/22004."""
@@ -325,8 +356,13 @@ def test_auto_strategy_follows_the_sizes_and_a_bad_strategy_is_refused(pit):
     pit.execute(f"analyze {rel}")  # the estimate auto reads: 120 rows
     few = q(pit, "select features.historical_query(%s, array['pauto:a'])", [entity_rows([(1, at(10))])])[0][0]
     assert "left join lateral" in few and "_indb_best" not in few
-    # one request, two strategies: pauto's 120 rows are many next to one entity row, pa's 3 are not
+    # one request, two strategies: pauto's 120 rows are many next to one entity row, pa's 3 are not (a store
+    # never analyzed is read by index probes, whatever its size)
     one_row = entity_rows([(1, at(12))])
+    sql = q(pit, "select features.historical_query(%s, array['pa:v'])", [entity_rows([(1, at(h)) for h in range(9)])])
+    assert "left join lateral" in sql[0][0]
+    pa_rel = q(pit, "select offline_table from features.feature_views where name = 'pa'")[0][0]
+    pit.execute(f"analyze {pa_rel}")
     mixed = q(pit, "select features.historical_query(%s, array['pauto:a', 'pa:v'])", [one_row])[0][0]
     assert "features._pit_asof(" in mixed and "left join lateral" in mixed
     got = historical(pit, one_row, ["pauto:a", "pa:v"])
