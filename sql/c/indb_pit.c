@@ -260,6 +260,29 @@ grow(void *p, uint64 *cap, uint64 need, Size elem)
 	return p;
 }
 
+/* row n of a values/nulls pair of arrays (width columns a row, grown together): the slot's columns from first
+ * on, kept (keep()) in the current memory context */
+static void
+store_row(Datum **vals, bool **nulls, uint64 *cap, uint64 n, int width, TupleTableSlot *slot, int first,
+		  const bool *byval, const int16 *typlen)
+{
+	uint64		old_cap = *cap;
+	Datum	   *v;
+	bool	   *nl;
+	int			i;
+
+	*vals = grow(*vals, cap, n + 1, sizeof(Datum) * width);
+	if (*cap != old_cap)
+		*nulls = repalloc_huge(*nulls, *cap * width * sizeof(bool));
+	v = *vals + n * width;
+	nl = *nulls + n * width;
+	for (i = 0; i < width; i++)
+	{
+		nl[i] = slot->tts_isnull[first + i];
+		v[i] = nl[i] ? (Datum) 0 : keep(slot->tts_values[first + i], byval[i], typlen[i]);
+	}
+}
+
 static void
 dest_noop(DestReceiver *self)
 {
@@ -311,23 +334,9 @@ entities_receive(TupleTableSlot *slot, DestReceiver *self)
 {
 	PitEntities *st = (PitEntities *) self;
 	MemoryContext old = MemoryContextSwitchTo(st->cxt);
-	Datum	   *v;
-	bool	   *nl;
-	int			i;
-
-	uint64		cap = st->cap;
 
 	slot_getallattrs(slot);
-	st->vals = grow(st->vals, &st->cap, st->n + 1, sizeof(Datum) * st->natts);
-	if (st->cap != cap)			/* the nulls array follows the values array's capacity */
-		st->nulls = repalloc_huge(st->nulls, st->cap * st->natts * sizeof(bool));
-	v = st->vals + st->n * st->natts;
-	nl = st->nulls + st->n * st->natts;
-	for (i = 0; i < st->natts; i++)
-	{
-		nl[i] = slot->tts_isnull[i];
-		v[i] = nl[i] ? (Datum) 0 : keep(slot->tts_values[i], st->byval[i], st->typlen[i]);
-	}
+	store_row(&st->vals, &st->nulls, &st->cap, st->n, st->natts, slot, 0, st->byval, st->typlen);
 	st->n++;
 	MemoryContextSwitchTo(old);
 	if ((st->n & 16383) == 0)
@@ -402,8 +411,6 @@ view_receive(TupleTableSlot *slot, DestReceiver *self)
 	MemoryContext old;
 	StringInfo	buf = &st->key;
 	PitEntry   *e;
-	Datum	   *v;
-	bool	   *nl;
 	int			i;
 
 	slot_getallattrs(slot);
@@ -434,22 +441,7 @@ view_receive(TupleTableSlot *slot, DestReceiver *self)
 	e->wr = DatumGetTimestampTz(slot->tts_values[st->nkeys + 1]);
 	st->alen += buf->len;
 	if (st->nfeat > 0)
-	{
-		uint64		vcap = st->vcap;
-
-		st->vals = grow(st->vals, &st->vcap, st->n + 1, sizeof(Datum) * st->nfeat);
-		if (st->vcap != vcap)
-			st->nulls = repalloc_huge(st->nulls, st->vcap * st->nfeat * sizeof(bool));
-		v = st->vals + st->n * st->nfeat;
-		nl = st->nulls + st->n * st->nfeat;
-		for (i = 0; i < st->nfeat; i++)
-		{
-			int			a = st->nkeys + 2 + i;
-
-			nl[i] = slot->tts_isnull[a];
-			v[i] = nl[i] ? (Datum) 0 : keep(slot->tts_values[a], st->byval[i], st->typlen[i]);
-		}
-	}
+		store_row(&st->vals, &st->nulls, &st->vcap, st->n, st->nfeat, slot, st->nkeys + 2, st->byval, st->typlen);
 	st->n++;
 	MemoryContextSwitchTo(old);
 	if ((st->n & 16383) == 0)
