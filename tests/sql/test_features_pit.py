@@ -210,6 +210,35 @@ def test_asof_keeps_text_keys_large_values_and_null_keys_like_the_index_probe(pi
     ]
 
 
+def test_auto_mixes_asof_and_one_sort_by_the_memory_limit(pit):
+    """With indb.features_pit_asof_mb = 1, a view of 20,000 rows (~1.6 MB by the estimate) is joined by one sort
+    and a view of 3 rows in memory, in the same request: the rows equal the index probe's."""
+    pit.execute(
+        "create table pit_big_src as select g %% 50 + 1 as acct_id, %s + g * interval '1 second' as ts, g::float8 as b "
+        "from generate_series(1, 20000) g",
+        [T0],
+    )
+    pit.execute("create table pit_small_src as select * from pit_a_src")
+    pit.execute("""select features.create_feature_view('pbig', 'acct', 'pit_big_src', 'ts', '[{"name": "b"}]')""")
+    pit.execute("""select features.create_feature_view('psmall', 'acct', 'pit_small_src', 'ts', '[{"name": "v"}]')""")
+    for v in ("pbig", "psmall"):
+        pit.execute("select * from features.materialize(%s, '2023-12-01', '2024-02-01')", [v])
+        pit.execute(f"analyze {q(pit, 'select offline_table from features.feature_views where name = %s', [v])[0][0]}")
+    ent = (
+        "select g % 60 as acct_id, timestamptz '2024-01-01' + g * interval '20 seconds' as event_timestamp "
+        "from generate_series(1, 5000) g"
+    )
+    pit.execute("set indb.features_pit_asof_mb = 1")
+    try:
+        sql = q(pit, "select features.historical_query(%s, array['pbig:b', 'psmall:v'])", [ent])[0][0]
+        assert "features._pit_asof(" in sql and "_indb_best" in sql
+        got = historical(pit, ent, ["pbig:b", "psmall:v"])
+    finally:
+        pit.execute("reset indb.features_pit_asof_mb")
+    assert got == historical(pit, ent, ["pbig:b", "psmall:v"], method="lateral")
+    assert sum(r["b"] is not None for r in got) > 4000 and sum(r["v"] is not None for r in got) > 100
+
+
 def test_asof_stops_at_its_memory_limit_and_on_cancel_without_harm(pit):
     """More rows than the statistics promised: past twice indb.features_pit_asof_mb the join stops with 54000 and
     advice, and a statement_timeout stops it while it reads (57014); the connection goes on, and the same request
