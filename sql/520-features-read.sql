@@ -461,15 +461,16 @@ begin
 end $$;
 
 -- the asof strategy (header above): entity_sql returns the entity query's n_pass columns, the entity row's
--- time as timestamptz, then every view's join keys cast to bigint or text; view_sql[i] returns view i's offline
--- rows as (keys cast the same way, event_ts, written_at, features). SECURITY INVOKER, read-only: both queries run
--- as the caller, under row-level security like any query of the caller's
+-- time as timestamptz, then the views' join key columns, each cast to bigint or text, each once; view i has
+-- view_keys[i] keys, whose places among those key columns (1-based) come next in key_pos; view_sql[i] returns
+-- view i's offline rows as (keys cast the same way, event_ts, written_at, features). SECURITY INVOKER,
+-- read-only: both queries run as the caller, under row-level security like any query of the caller's
 create or replace function features._pit_asof(entity_sql text, n_pass int, view_sql text[], view_keys int[],
-                                              view_ttl interval[], cutoff boolean)
+                                              key_pos int[], view_ttl interval[], cutoff boolean)
 returns setof record
 language c stable parallel unsafe
 as '$libdir/indb_pit', 'indb_pit_asof';
-comment on function features._pit_asof(text, int, text[], int[], interval[], boolean) is
+comment on function features._pit_asof(text, int, text[], int[], int[], interval[], boolean) is
   'internal: the point-in-time join''s asof strategy (sql/c/indb_pit.c); features.historical_query writes its calls';
 
 -- LATERAL join: the latest offline row per entity row, by index probe. cutoff: only rows written (written_at,
@@ -618,8 +619,10 @@ declare
   -- the column definitions of their features
   a_sql text[] := '{}';
   a_keys int[] := '{}';
+  a_kpos int[] := '{}';
   a_ttl interval[] := '{}';
   a_ekeys text[] := '{}';
+  kr record;
   a_cols text[] := '{}';
   src text;
   srccols text;
@@ -654,8 +657,15 @@ begin
         (select string_agg(format('o.%I', f), ', ') from unnest(uniq) f), features._offline_rel(v.id));
       a_keys := a_keys || cardinality(v.join_keys);
       a_ttl := a_ttl || coalesce(ttl_override, v.ttl);
-      a_ekeys := a_ekeys || array(select format('q.%I::%s', k, case when t = 'int' then 'int8' else 'text' end)
-                                    from unnest(v.join_keys, v.key_types) with ordinality u(k, t, o) order by o);
+      -- the entity side's key columns, each once (views keyed on the same column share it): a_kpos has the
+      -- place of each of this view's keys among them
+      for kr in select format('q.%I::%s', k, case when t = 'int' then 'int8' else 'text' end) as expr
+                  from unnest(v.join_keys, v.key_types) with ordinality u(k, t, o) order by o loop
+        if not kr.expr = any (a_ekeys) then
+          a_ekeys := a_ekeys || kr.expr;
+        end if;
+        a_kpos := a_kpos || array_position(a_ekeys, kr.expr);
+      end loop;
       for j in 1 .. cardinality(uniq) loop
         a_cols := a_cols || format('%I %s', '_indb_' || alias || '_' || j,
           (select (x->>'type')::regtype from jsonb_array_elements(v.features) x where x->>'name' = uniq[j]));
@@ -689,11 +699,11 @@ begin
   -- with asof views, the entity rows come from the asof function over the entity query (the entity columns,
   -- then the asof views' features, in the entity query's order): src, and srccols its column definitions
   if cardinality(a_sql) > 0 then
-    src := format('features._pit_asof(%L, %s, %L::text[], %L::int[], %L::interval[], %L)',
+    src := format('features._pit_asof(%L, %s, %L::text[], %L::int[], %L::int[], %L::interval[], %L)',
              format('select %s, q.%I::timestamptz, %s from (%s) q',
                     (select string_agg(format('q.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
                     e.ts, array_to_string(a_ekeys, ', '), eq),
-             cardinality(e.enames), a_sql, a_keys, a_ttl, cutoff);
+             cardinality(e.enames), a_sql, a_keys, a_kpos, a_ttl, cutoff);
     srccols := format('(%s, %s)', (select string_agg(format('%I %s', u.cn, e.ecols ->> u.cn), ', ' order by u.co)
                                      from unnest(e.enames) with ordinality u(cn, co)), array_to_string(a_cols, ', '));
   end if;

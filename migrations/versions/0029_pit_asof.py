@@ -18,6 +18,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("drop function if exists features._pit_method(features.feature_views, float8)")
+    # the asof function's first signature (before key_pos), on databases installed from main between the two
+    op.execute("drop function if exists features._pit_asof(text, int, text[], int[], interval[], boolean)")
 
 
 def downgrade() -> None:

@@ -1,12 +1,13 @@
 /*
  * indb_pit: the point-in-time join's "asof" strategy in C (sql/520-features-read.sql has the SQL around it).
  *
- *   features._pit_asof(entity_sql text, n_pass int, view_sql text[], view_keys int[], view_ttl interval[],
- *                      cutoff boolean) returns setof record
+ *   features._pit_asof(entity_sql text, n_pass int, view_sql text[], view_keys int[], key_pos int[],
+ *                      view_ttl interval[], cutoff boolean) returns setof record
  *
- * entity_sql returns the entity query's n_pass columns, then the entity row's time as timestamptz, then the join
- * keys of every view in turn (each cast to bigint or text). view_sql[i] returns the offline rows of view i: its
- * view_keys[i] keys (cast the same way), event_ts, written_at, then its features. The result is one row per
+ * entity_sql returns the entity query's n_pass columns, then the entity row's time as timestamptz, then the
+ * views' join key columns (each cast to bigint or text), each once: view i has view_keys[i] keys, whose places
+ * among those key columns (1-based) come next in key_pos. view_sql[i] returns the offline rows of view i: its
+ * keys (cast the same way), event_ts, written_at, then its features. The result is one row per
  * entity row, in the entity query's order: the n_pass columns, then the features of each view, from the offline
  * row with the latest event_ts at or before the entity row's time (inclusive), within view_ttl[i] when it is not
  * null (event_ts >= time - ttl), and with cutoff only among rows written at or before that time (written_at <=
@@ -216,6 +217,8 @@ typedef struct PitView
 	MemoryContext tmp;			/* per row (detoasted keys) */
 	int			nkeys;
 	Oid		   *keytypes;		/* INT8OID or TEXTOID, as the entity side */
+	int		   *keycols;		/* the keys' columns in an offline row: 0 .. nkeys - 1 */
+	int		   *entcols;		/* the keys' columns in an entity row */
 	StringInfoData key;			/* the current row's key bytes */
 	uint64		since_reset;	/* rows since tmp was reset */
 	TupleDesc	outdesc;		/* the column definition list: this view's features start at feat_off */
@@ -344,27 +347,27 @@ entities_receive(TupleTableSlot *slot, DestReceiver *self)
 	return true;
 }
 
-/* the key bytes of one row's key columns into buf (bigint: its 8 bytes; text: length, then bytes); false when
- * a key is NULL */
+/* the key bytes of a row's key columns cols[] (of types[]) into buf (bigint: its 8 bytes; text: length, then
+ * bytes); false when a key is NULL */
 static bool
-key_bytes(StringInfo buf, const Datum *v, const bool *nl, const Oid *types, int nkeys)
+key_bytes(StringInfo buf, const Datum *v, const bool *nl, const int *cols, const Oid *types, int nkeys)
 {
 	int			i;
 
 	resetStringInfo(buf);
 	for (i = 0; i < nkeys; i++)
 	{
-		if (nl[i])
+		if (nl[cols[i]])
 			return false;
 		if (types[i] == INT8OID)
 		{
-			int64		x = DatumGetInt64(v[i]);
+			int64		x = DatumGetInt64(v[cols[i]]);
 
 			appendBinaryStringInfo(buf, (const char *) &x, sizeof(x));
 		}
 		else
 		{
-			text	   *t = DatumGetTextPP(v[i]);
+			text	   *t = DatumGetTextPP(v[cols[i]]);
 			uint32		len = VARSIZE_ANY_EXHDR(t);
 
 			appendBinaryStringInfo(buf, (const char *) &len, sizeof(len));
@@ -426,7 +429,7 @@ view_receive(TupleTableSlot *slot, DestReceiver *self)
 				 errhint("SET indb.features_pit_method = 'lvcf'")));
 
 	old = MemoryContextSwitchTo(st->tmp);	/* detoasted keys */
-	key_bytes(buf, slot->tts_values, slot->tts_isnull, st->keytypes, st->nkeys);
+	key_bytes(buf, slot->tts_values, slot->tts_isnull, st->keycols, st->keytypes, st->nkeys);
 
 	MemoryContextSwitchTo(st->cxt);
 	st->arena = grow(st->arena, &st->acap, st->alen + buf->len, 1);
@@ -476,15 +479,20 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	int			n_pass;
 	ArrayType  *view_sql_a,
 			   *view_keys_a,
+			   *key_pos_a,
 			   *view_ttl_a;
 	Datum	   *view_sql,
 			   *view_keys,
+			   *key_pos,
 			   *view_ttl;
 	bool	   *sql_null,
 			   *keys_null,
+			   *pos_null,
 			   *ttl_null;
 	int			nviews,
 				n_keys_a,
+				n_pos,
+				n_keycols = 0,
 				n_ttl_a;
 	bool		cutoff;
 	TupleDesc	outdesc;
@@ -502,12 +510,12 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	Datum	   *outv;
 	bool	   *outn;
 	int			feat_off;
-	int			key_off;
+	int			key_off;			/* this view's first place in key_pos */
 	StringInfoData buf;
 	PitGroup   *groups;
 	uint64		gmask;
 
-	for (i = 0; i < 6; i++)
+	for (i = 0; i < 7; i++)
 		if (PG_ARGISNULL(i))
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -517,11 +525,13 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	n_pass = PG_GETARG_INT32(1);
 	view_sql_a = PG_GETARG_ARRAYTYPE_P(2);
 	view_keys_a = PG_GETARG_ARRAYTYPE_P(3);
-	view_ttl_a = PG_GETARG_ARRAYTYPE_P(4);
-	cutoff = PG_GETARG_BOOL(5);
+	key_pos_a = PG_GETARG_ARRAYTYPE_P(4);
+	view_ttl_a = PG_GETARG_ARRAYTYPE_P(5);
+	cutoff = PG_GETARG_BOOL(6);
 
 	deconstruct_array(view_sql_a, TEXTOID, -1, false, TYPALIGN_INT, &view_sql, &sql_null, &nviews);
 	deconstruct_array(view_keys_a, INT4OID, 4, true, TYPALIGN_INT, &view_keys, &keys_null, &n_keys_a);
+	deconstruct_array(key_pos_a, INT4OID, 4, true, TYPALIGN_INT, &key_pos, &pos_null, &n_pos);
 	deconstruct_array(view_ttl_a, INTERVALOID, 16, false, TYPALIGN_DOUBLE, &view_ttl, &ttl_null, &n_ttl_a);
 	if (nviews < 1 || nviews > 1000 || n_keys_a != nviews || n_ttl_a != nviews || n_pass < 0)
 		ereport(ERROR,
@@ -537,6 +547,21 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 					 errmsg("point-in-time join: view %d has no query or a key count outside 1..32", v + 1),
 					 errhint("run the SQL that features.historical_query returns for this request, unchanged")));
 		total_keys += DatumGetInt32(view_keys[v]);
+	}
+	/* each key's place among the entity query's key columns, which number the highest place */
+	if (n_pos != total_keys)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("point-in-time join: %d key places for %d keys", n_pos, total_keys),
+				 errhint("run the SQL that features.historical_query returns for this request, unchanged")));
+	for (i = 0; i < n_pos; i++)
+	{
+		if (pos_null[i] || DatumGetInt32(key_pos[i]) < 1 || DatumGetInt32(key_pos[i]) > total_keys)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("point-in-time join: key place %d is outside 1..%d", i + 1, total_keys),
+					 errhint("run the SQL that features.historical_query returns for this request, unchanged")));
+		n_keycols = Max(n_keycols, DatumGetInt32(key_pos[i]));
 	}
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -582,7 +607,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	ent.pub.rDestroy = dest_noop;
 	ent.pub.mydest = DestNone;
 	ent.cxt = ecxt;
-	ent.natts = n_pass + 1 + total_keys;
+	ent.natts = n_pass + 1 + n_keycols;
 	ent.first_key = n_pass + 1;
 	ent.lim = &lim;
 	ent.types = MemoryContextAllocZero(ecxt, sizeof(Oid) * ent.natts);
@@ -590,8 +615,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 	ent.byval = MemoryContextAllocZero(ecxt, sizeof(bool) * ent.natts);
 	for (i = 0; i < n_pass; i++)
 		ent.types[i] = TupleDescAttr(outdesc, i)->atttypid;
-	ent.types[n_pass] = TIMESTAMPTZOID;
-	/* key columns: bigint or text, checked after the query describes itself */
+	ent.types[n_pass] = TIMESTAMPTZOID;	/* the key columns after it: bigint or text (entities_startup) */
 	ent.vals = MemoryContextAllocHuge(ecxt, sizeof(Datum));
 	ent.nulls = MemoryContextAllocHuge(ecxt, sizeof(bool));
 
@@ -606,7 +630,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 
 	initStringInfo(&buf);
 	feat_off = 0;
-	key_off = n_pass + 1;
+	key_off = 0;
 	for (v = 0; v < nviews; v++)
 	{
 		PitView		st;
@@ -625,8 +649,14 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 		st.lim = &lim;
 		st.nkeys = nkeys;
 		st.keytypes = MemoryContextAlloc(vcxt, sizeof(Oid) * nkeys);
+		st.keycols = MemoryContextAlloc(vcxt, sizeof(int) * nkeys);
+		st.entcols = MemoryContextAlloc(vcxt, sizeof(int) * nkeys);
 		for (i = 0; i < nkeys; i++)
-			st.keytypes[i] = ent.types[key_off + i];
+		{
+			st.keycols[i] = i;
+			st.entcols[i] = ent.first_key + DatumGetInt32(key_pos[key_off + i]) - 1;
+			st.keytypes[i] = ent.types[st.entcols[i]];
+		}
 		/* this view's features: the column definition list's next columns, as many as its query returns */
 		st.outdesc = outdesc;
 		st.feat_off = n_pass + feat_off;
@@ -665,7 +695,7 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 				MemoryContextReset(tmp);
 			{
 				MemoryContext old = MemoryContextSwitchTo(tmp);	/* detoasted keys */
-				bool		have = key_bytes(&buf, ev + key_off, en + key_off, st.keytypes, nkeys);
+				bool		have = key_bytes(&buf, ev, en, st.entcols, st.keytypes, nkeys);
 
 				MemoryContextSwitchTo(old);
 				if (!have)
@@ -689,17 +719,16 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 			}
 			if (a == g->start)
 				continue;		/* every event of the key is after t */
-			j = (int64) a - 1;
-#define SAME_KEY(k) ((k) >= (int64) g->start)
+			j = (int64) a - 1;	/* entries before g->start are another key's */
 			if (ttl != NULL)
 				lo = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
 															 TimestampTzGetDatum(t), IntervalPGetDatum(ttl)));
 			if (cutoff)
 			{
 				/* the latest event among the rows written by then; rows are in event order within the key */
-				while (SAME_KEY(j) && st.e[j].wr > t && (ttl == NULL || st.e[j].ts >= lo))
+				while (j >= (int64) g->start && st.e[j].wr > t && (ttl == NULL || st.e[j].ts >= lo))
 					j--;
-				if (!SAME_KEY(j) || st.e[j].wr > t)
+				if (j < (int64) g->start || st.e[j].wr > t)
 					continue;
 			}
 			if (ttl != NULL && st.e[j].ts < lo)
@@ -719,7 +748,6 @@ indb_pit_asof(PG_FUNCTION_ARGS)
 				}
 				MemoryContextSwitchTo(old);
 			}
-#undef SAME_KEY
 		}
 		feat_off += st.nfeat;
 		key_off += nkeys;

@@ -218,7 +218,7 @@ def test_the_asof_function_called_directly_reads_as_its_caller(connect_as, acme)
     naming acme's offline table itself, finds none of its rows; no role can make it write."""
     ent = "select 1::int as k, timestamptz '2024-01-09' as t, 1::bigint as k8"
     view_sql = f"select k::int8, event_ts, written_at, x from {acme['offline']}"
-    call = "select x from features._pit_asof(%s, 1, array[%s], array[1], array[null::interval], false) as e(k int, x float8)"
+    call = "select x from features._pit_asof(%s, 1, array[%s], array[1], array[1], array[null::interval], false) as e(k int, x float8)"
     assert connect_as("acme_reader").execute(call, [ent, view_sql]).fetchone()[0] == 6
     assert connect_as("globex_reader").execute(call, [ent, view_sql]).fetchone()[0] is None
     w = connect_as("acme_writer")

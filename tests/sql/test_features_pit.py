@@ -125,6 +125,13 @@ def test_ttl_window_is_inclusive_and_expires(pit, method):
 def test_multiple_views_with_different_ttls_in_one_request(pit, method):
     got = historical(pit, entity_rows([(1, at(10.5)), (1, at(13))]), ["pa:v", "pb:w"], method=method)
     assert [(r["v"], r["w"]) for r in got] == [(1, 100), (3, None)]
+    if method == "asof":  # the two views share the entity rows' key column, which is read and kept once
+        pit.execute("set indb.features_pit_method = 'asof'")
+        try:
+            sql = q(pit, "select features.historical_query(%s, array['pa:v', 'pb:w'])", [entity_rows([(1, at(1))])])
+        finally:
+            pit.execute("reset indb.features_pit_method")
+        assert sql[0][0].count("q.acct_id::int8") == 1 and "'{1,1}'::int[]" in sql[0][0]
 
 
 def test_late_arriving_event_fills_history_but_not_online(pit):
@@ -277,7 +284,9 @@ def test_asof_function_refuses_what_does_not_fit_its_column_list(pit):
     view = "select acct_id::int8, event_ts, written_at, v from features.fv_{}_offline".format(
         q(pit, "select id from features.feature_views where name = 'pa'")[0][0]
     )
-    call = "select * from features._pit_asof(%s, 1, array[%s], array[1], array[null::interval], false) as e({})"
+    call = (
+        "select * from features._pit_asof(%s, 1, array[%s], array[1], array[1], array[null::interval], false) as e({})"
+    )
     assert q(pit, call.format("k int, v float8"), [ent, view]) == [(1, 3.0)]
     for cols, args, state, msg in (
         ("k text, v float8", [ent, view], "42804", r"entity column \(column 1\) has type integer, expected text"),
@@ -293,13 +302,20 @@ def test_asof_function_refuses_what_does_not_fit_its_column_list(pit):
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="do not fit together"):
         q(
             pit,
-            "select * from features._pit_asof(%s, 1, array[%s], array[1, 2], array[null::interval], false) as e(k int, v float8)",
+            "select * from features._pit_asof(%s, 1, array[%s], array[1, 2], array[1], array[null::interval], false) as e(k int, v float8)",
             [ent, view],
         )
+    for pos, msg in (("array[1, 1]", "2 key places for 1 keys"), ("array[2]", "key place 1 is outside 1..1")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=msg):
+            q(
+                pit,
+                f"select * from features._pit_asof(%s, 1, array[%s], array[1], {pos}, array[null::interval], false) as e(k int, v float8)",
+                [ent, view],
+            )
     with pytest.raises(psycopg.errors.NullValueNotAllowed):
         q(
             pit,
-            "select * from features._pit_asof(null, 1, array[%s], array[1], array[null::interval], false) as e(k int, v float8)",
+            "select * from features._pit_asof(null, 1, array[%s], array[1], array[1], array[null::interval], false) as e(k int, v float8)",
             [view],
         )
 
