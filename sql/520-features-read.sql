@@ -626,6 +626,7 @@ declare
   a_cols text[] := '{}';
   src text;
   srccols text;
+  elist text;
   col text;
   j int;
 begin
@@ -707,19 +708,19 @@ begin
     srccols := format('(%s, %s)', (select string_agg(format('%I %s', u.cn, e.ecols ->> u.cn), ', ' order by u.co)
                                      from unnest(e.enames) with ordinality u(cn, co)), array_to_string(a_cols, ', '));
   end if;
+  -- the entity columns of the answer (without the row number or the asof function's feature columns)
+  elist := (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co));
   if cardinality(ctes) = 0 then
     if src is null then
       return format('select e.*%s from (%s) e %s',
                     coalesce(', ' || array_to_string(sel, ', '), ''), eq, array_to_string(joins, ' '));
     end if;
     return format('select %s%s from %s as e%s %s',
-                  (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
-                  coalesce(', ' || array_to_string(sel, ', '), ''), src, srccols, array_to_string(joins, ' '));
+                  elist, coalesce(', ' || array_to_string(sel, ', '), ''), src, srccols, array_to_string(joins, ' '));
   end if;
   return format('with e as materialized (select row_number() over () as _indb_rid, q.* from %s), %s select %s%s from e %s order by e._indb_rid',
                 coalesce(src || ' as q' || srccols, '(' || eq || ') q'), array_to_string(ctes, ', '),
-                (select string_agg(format('e.%I', u.cn), ', ' order by u.co) from unnest(e.enames) with ordinality u(cn, co)),
-                coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
+                elist, coalesce(', ' || array_to_string(sel, ', '), ''), array_to_string(joins, ' '));
 end $$;
 comment on function features.historical_query(text, text[], interval, boolean, text, boolean) is
   'the SQL of the point-in-time join get_historical runs, typed columns (entity columns, then one per feature): '
